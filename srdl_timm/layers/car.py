@@ -1,0 +1,134 @@
+"""Category-specific attentional regions (CAR, paper §3.2, eqs. 2 and 4-6)."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from ..ops import category_attention as kernels
+
+__all__ = ['CategoryAttention', 'CategoryClassifier']
+
+
+class CategoryAttention(nn.Module):
+    """Channel-wise (eq. 4) and spatial-wise (eq. 5) attention per category, fused and pooled (eq. 6).
+
+    ``f_ca``, ``f_sa``, ``f_c``: d -> d; ``f_w``: d' -> d; ``f_s``: d -> 1 (the paper's "2048-to-2048" for
+    ``f_s`` cannot give one value per position). All are fully connected layers with bias.
+
+    Ablations of Table 6: ``use_ca=False`` drops eq. 4 and eq. 6 becomes ``F * SA``; ``use_sa=False`` drops
+    eq. 5 and eq. 6 becomes ``F * CA``; with both off the head is the plain GMP baseline (``f_c = GMP(F)``).
+    """
+
+    def __init__(
+            self,
+            num_features: int,
+            embed_dim: int,
+            use_ca: bool = True,
+            use_sa: bool = True,
+            attention_impl: str = 'auto',
+    ):
+        super().__init__()
+        if attention_impl not in kernels.ATTENTION_IMPLS:
+            raise ValueError(f'attention_impl must be one of {kernels.ATTENTION_IMPLS}, got {attention_impl!r}')
+        self.num_features = num_features
+        self.use_ca = use_ca
+        self.use_sa = use_sa
+        self.attention_impl = attention_impl
+        self.f_w = nn.Linear(embed_dim, num_features) if (use_ca or use_sa) else None
+        self.f_ca = nn.Linear(num_features, num_features) if use_ca else None
+        self.f_c = nn.Linear(num_features, num_features) if use_ca else None
+        self.f_sa = nn.Linear(num_features, num_features) if use_sa else None
+        self.f_s = nn.Linear(num_features, 1) if use_sa else None
+        # eq. 6 weights 0.5/0.5; with one attention ablated the remaining one is used alone
+        self.sa_weight = 0.5 if use_ca else 1.0
+        self.ca_weight = 0.5 if use_sa else 1.0
+
+    def channel_attention(self, pooled: Tensor, embeddings: Tensor) -> Tensor:
+        """Eq. 4: ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))`` -> ``[B, C, d]``.
+
+        Args:
+            pooled: ``GMP(F)`` ``[B, d]``.
+            embeddings: ``f_w(x_c)`` ``[C, d]``.
+        """
+        assert self.f_ca is not None and self.f_c is not None
+        gate = torch.tanh(self.f_ca(pooled).unsqueeze(1) * embeddings.unsqueeze(0))
+        return torch.sigmoid(self.f_c(gate))
+
+    def spatial_attention(self, feat: Tensor, embeddings: Tensor) -> Tensor:
+        """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``.
+
+        Args:
+            feat: feature map ``[B, P, d]``.
+            embeddings: ``f_w(x_c)`` ``[C, d]``.
+        """
+        assert self.f_sa is not None and self.f_s is not None
+        projected = self.f_sa(feat)
+        if torch.jit.is_scripting():
+            logits = kernels.spatial_attention_logits_reference(projected, embeddings, self.f_s.weight.view(-1))
+        else:
+            logits = kernels.spatial_attention_logits(
+                projected, embeddings, self.f_s.weight.view(-1), impl=self.attention_impl)
+        return torch.sigmoid(logits + self.f_s.bias)
+
+    def pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor]) -> Tensor:
+        """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]`` (no [B,C,P,d] tensor)."""
+        if torch.jit.is_scripting():
+            return kernels.attention_max_pool_reference(feat, sa, ca, self.sa_weight, self.ca_weight)
+        return kernels.attention_max_pool(feat, sa, ca, self.sa_weight, self.ca_weight, impl=self.attention_impl)
+
+    def forward(
+            self, feat: Tensor, nodes: Optional[Tensor], num_classes: int,
+    ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Category features and the attentions that made them.
+
+        Args:
+            feat: feature map ``[B, P, d]``.
+            nodes: contextualised embeddings ``x_c`` ``[C, d']`` (None only when both attentions are off).
+            num_classes: C, used by the GMP baseline.
+        Returns:
+            ``(f [B, C, d], SA [B, C, P] or None, CA [B, C, d] or None)``.
+        """
+        if nodes is None or self.f_w is None:
+            pooled = feat.amax(dim=1)
+            return pooled.unsqueeze(1).expand(-1, num_classes, -1), None, None
+        embeddings = self.f_w(nodes.to(feat.dtype))
+        ca: Optional[Tensor] = None
+        sa: Optional[Tensor] = None
+        if self.use_ca:
+            ca = self.channel_attention(feat.amax(dim=1), embeddings)
+        if self.use_sa:
+            sa = self.spatial_attention(feat, embeddings)
+        return self.pool(feat, sa, ca), sa, ca
+
+    def extra_repr(self) -> str:
+        return f'use_ca={self.use_ca}, use_sa={self.use_sa}, attention_impl={self.attention_impl!r}'
+
+
+class CategoryClassifier(nn.Module):
+    """``phi`` of eq. 2: one weight vector and bias per category over its own feature ``f_c``.
+
+    ``logit_c = <w_c, f_c> + b_c``; sigmoid (``psi``) is applied by the loss / at prediction time.
+    """
+
+    def __init__(self, num_features: int, num_classes: int):
+        super().__init__()
+        self.num_features = num_features
+        self.num_classes = num_classes
+        self.weight = nn.Parameter(torch.empty(num_classes, num_features))
+        self.bias = nn.Parameter(torch.zeros(num_classes))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1.0 / self.num_features ** 0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, features: Tensor, class_index: Optional[Tensor] = None) -> Tensor:
+        """Eq. 2 logits ``[B, C]`` from ``[B, C, d]``; with ``class_index`` ``[B, K]``, logits of those classes."""
+        if class_index is None:
+            return torch.einsum('bcd,cd->bc', features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
+        weight = self.weight.to(features.dtype)[class_index]  # [B, K, d]
+        return (features * weight).sum(-1) + self.bias.to(features.dtype)[class_index]
+
+    def extra_repr(self) -> str:
+        return f'num_features={self.num_features}, num_classes={self.num_classes}'

