@@ -20,6 +20,7 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ..hub import check_pretrained_weights, manifest_pretrained_cfgs
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 
@@ -423,6 +424,13 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
 
 
 def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
+    if pretrained:
+        # before any weight is read (srdl_timm.hub): an error saying how to train/publish weights when none exist,
+        # sha256 check of weights listed in weights/manifest.json, and the arguments those weights were built with
+        manifest_args = check_pretrained_weights(
+            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir'))
+        for key, value in manifest_args.items():
+            kwargs.setdefault(key, value)
     return build_model_with_cfg(
         SRDL,
         variant,
@@ -453,7 +461,7 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-default_cfgs = generate_default_cfgs({
+_arch_cfgs = {
     'srdl_resnet101': _cfg(),
     'srdl_resnet50': _cfg(),
     'srdl_resnet18': _cfg(),
@@ -461,7 +469,9 @@ default_cfgs = generate_default_cfgs({
         input_size=(3, 224, 224), pool_size=(7, 7), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         interpolation='bicubic', first_conv='backbone.conv_stem', num_classes=10),
     'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10),
-})
+}
+# pretrained tags '<arch>.<tag>': one per weight in weights/manifest.json that exists (file or Hub repo)
+default_cfgs = generate_default_cfgs({**_arch_cfgs, **manifest_pretrained_cfgs(_arch_cfgs)})
 
 
 @register_model

@@ -1,0 +1,298 @@
+"""Tests for srdl_timm/models/srdl.py: the SRDL model, its OE training forward and timm's model contract."""
+import warnings
+
+import pytest
+import torch
+import timm
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import srdl_timm  # noqa: F401  (registers the models)
+from srdl_timm.layers import erase_region
+from srdl_timm.models import SRDL
+
+NUM_CLASSES = 5
+
+
+def tiny(**kwargs):
+    kwargs.setdefault('num_classes', NUM_CLASSES)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return timm.create_model('srdl_test_resnet', **kwargs)
+
+
+@pytest.fixture
+def images():
+    return torch.randn(2, 3, 64, 96)
+
+
+def test_registered_in_timm():
+    """import srdl_timm registers the srdl_* family with timm."""
+    names = timm.list_models('srdl_*')
+    for name in ('srdl_resnet101', 'srdl_resnet50', 'srdl_resnet18', 'srdl_efficientnet_lite0'):
+        assert name in names
+
+
+def test_resnet101_default_gives_coco_logits_at_448():
+    """The paper's configuration: ResNet-101 backbone, 448x448 input, [B, 80] logits, OE absent at inference."""
+    model = timm.create_model('srdl_resnet101', num_classes=80).eval()
+    assert model.backbone_name == 'resnet101' and model.num_features == 2048
+    assert model.pretrained_cfg['input_size'] == (3, 448, 448)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 448, 448))
+    assert out.shape == (1, 80)
+
+
+def test_any_timm_cnn_backbone():
+    """backbone= takes any timm CNN with a 2-D feature map (here a ConvNeXt and an EfficientNet)."""
+    for backbone in ('convnext_atto', 'efficientnet_b0'):
+        model = tiny(backbone=backbone).eval()
+        with torch.no_grad():
+            assert model(torch.randn(1, 3, 64, 64)).shape == (1, NUM_CLASSES)
+
+
+def test_gradients_reach_every_parameter_with_oe(images):
+    """With OE on, L_ori + L_era back-propagates into every parameter (non-zero in the whole head; timm
+    zero-initialises the last BN of each residual block, so some backbone gradients start at exactly 0)."""
+    model = tiny()
+    model.set_object_erasing(True)
+    model.train()
+    logits, erased = model(images)
+    loss = srdl_timm.SRDLLoss()(
+        (logits, erased), torch.randint(0, 2, (2, NUM_CLASSES)).float())
+    loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    head = [n for n, p in model.named_parameters() if not n.startswith('backbone.') and not p.grad.abs().sum() > 0]
+    assert head == []
+
+
+def test_training_forward_is_a_tensor_when_oe_is_off(images):
+    """timm's precedent (deit distillation): the flag off, train mode returns a plain tensor."""
+    model = tiny().train()
+    assert isinstance(model(images), torch.Tensor)
+    model.set_object_erasing(True)
+    assert isinstance(model(images), tuple)
+    model.eval()
+    assert isinstance(model(images), torch.Tensor)
+
+
+def test_erased_logits_change_only_topk_and_match_direct_recompute(images):
+    """OE: erased logits differ from the original only in the top-K classes, and equal a recomputation of
+    eq. 6 with the SA rectangle zeroed (CA kept)."""
+    model = tiny(oe_topk=2).double()
+    model.set_object_erasing(True)
+    model.train()
+    model.head_drop.p = 0.0
+    x = images.double()
+    logits, erased = model(x)
+    feat_map = model.forward_features(x)
+    h, w = feat_map.shape[-2:]
+    features, sa, ca = model.forward_category_features(feat_map)
+    top = logits.topk(2, dim=1).indices
+    feat = feat_map.flatten(2).transpose(1, 2)
+    for n in range(x.shape[0]):
+        for c in range(NUM_CLASSES):
+            if c in top[n]:
+                mask = erase_region(sa[n, c].view(h, w), 0.5).flatten()
+                sa_erased = sa[n, c].masked_fill(mask, 0.0)
+                fused = 0.5 * feat[n] * sa_erased.unsqueeze(1) + 0.5 * feat[n] * ca[n, c].unsqueeze(0)
+                f_hat = fused.max(dim=0).values
+                expected = f_hat @ model.classifier.weight[c] + model.classifier.bias[c]
+                torch.testing.assert_close(erased[n, c], expected)
+            else:
+                assert erased[n, c] == logits[n, c]
+
+
+def test_eval_is_deterministic(images):
+    """Two eval forwards of the same batch give bitwise-identical logits; batch order does not matter."""
+    model = tiny().eval()
+    with torch.no_grad():
+        a, b = model(images), model(images)
+        flipped = model(images.flip(0)).flip(0)
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, flipped)
+
+
+@pytest.mark.parametrize('impl', ['reference', 'chunked'])
+def test_attention_impls_agree_in_model(images, impl):
+    """Both kernels give the same logits and gradients inside the full model."""
+    model = tiny().double()
+    model.set_attention_impl('reference')
+    x = images.double()
+    ref = model(x)
+    ref.sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_attention_impl(impl)
+    out = model(x)
+    out.sum().backward()
+    torch.testing.assert_close(out, ref)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[n], msg=n)
+
+
+class _LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):  # memory actually held (an expand() view holds none of its own)
+                self.largest = max(self.largest, t.untyped_storage().nbytes() // t.element_size())
+        return out
+
+
+def test_default_path_never_builds_b_c_p_d_tensor():
+    """The head's forward and backward, OE included, never create a tensor of B*C*h*w*d elements: every
+    intermediate stays below a quarter of it (the chunked kernels keep one block of categories at a time)."""
+    model = tiny(num_classes=100)
+    model.set_object_erasing(True)
+    model.train()
+    feat_map = torch.randn(2, model.num_features, 64, 64).relu().requires_grad_()
+    full = 2 * 100 * 64 * 64 * model.num_features
+    with _LargestTensor() as probe:
+        logits, erased = model._forward_with_erasing(feat_map)
+        (logits.sum() + erased.sum()).backward()
+    assert feat_map.grad is not None
+    assert probe.largest < full / 4, (probe.largest, full)
+
+
+def test_timm_model_api(images):
+    """forward_features/forward_head/pre_logits/reset_classifier/num_features follow timm's contract."""
+    model = tiny().eval()
+    with torch.no_grad():
+        feats = model.forward_features(images)
+        assert feats.ndim == 4 and feats.shape[1] == model.num_features
+        pre = model.forward_head(feats, pre_logits=True)
+        assert pre.shape == (2, model.head_hidden_size)
+        cat_feats, sa, ca = model.forward_category_features(feats)
+        assert cat_feats.shape == (2, NUM_CLASSES, model.num_features)
+        assert model.get_classifier() is model.classifier
+        model.reset_classifier(0)
+        pooled = model(images)
+        assert pooled.shape == pre.shape
+        torch.testing.assert_close(pooled, pre)
+        model.reset_classifier(0, '')
+        assert model(images).ndim == 4
+        model.reset_classifier(7, 'max')
+        assert model(images).shape == (2, 7)
+        assert model.label_graph.node_features.shape[0] == 7
+
+
+def test_create_model_kwargs_contract():
+    """create_model's kwargs (in_chans, drop_rate, device, dtype) are accepted; unknown kwargs raise TypeError."""
+    model = tiny(in_chans=1, drop_rate=0.1, device='cpu', dtype=torch.float64)
+    assert next(model.parameters()).dtype == torch.float64
+    assert model(torch.randn(1, 1, 64, 64, dtype=torch.float64)).shape == (1, NUM_CLASSES)
+    with pytest.raises(TypeError):
+        tiny(not_a_model_arg=1)
+
+
+def test_meta_device_and_reset_keeps_device_dtype():
+    """Built on the meta device (timm's cfg tests do this) and reset there, parameters stay meta/float64."""
+    model = tiny(device='meta', dtype=torch.float32)
+    model.to(device='meta', dtype=torch.float64)
+    model.reset_classifier(3)
+    for p in model.parameters():
+        assert p.device.type == 'meta' and p.dtype == torch.float64
+
+
+def test_group_matcher_and_no_weight_decay():
+    """group_matcher splits backbone stages and head into several groups with numeric capture groups."""
+    from timm.models._manipulate import group_parameters
+    model = tiny()
+    groups = group_parameters(model, model.group_matcher(coarse=False), reverse=True)
+    assert len(set(groups.values())) > 2
+    assert set(groups) == {n for n, _ in model.named_parameters()}
+    head_group = groups['classifier.weight']
+    assert groups['label_graph.adjacency'] == head_group and groups['car.f_sa.weight'] == head_group
+    assert isinstance(model.no_weight_decay(), set)
+
+
+def test_features_only():
+    """features_only=True gives the backbone's feature pyramid through forward_intermediates."""
+    model = tiny(features_only=True)
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert [o.shape[1] for o in outs] == model.feature_info.channels()
+
+
+def test_torchscript_fx_and_compile_in_eval(images):
+    """torch.jit.script, torch.fx (timm's feature extractor) and torch.compile reproduce eager eval logits."""
+    from timm.models._features_fx import create_feature_extractor
+    model = tiny().eval()
+    with torch.no_grad():
+        ref = model(images)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            scripted = torch.jit.script(model)
+        torch.testing.assert_close(scripted(images), ref)
+        traced = create_feature_extractor(model, ['classifier'])
+        torch.testing.assert_close(traced(images)['classifier'], ref)
+        compiled = torch.compile(model, backend='eager')
+        torch.testing.assert_close(compiled(images), ref)
+
+
+def test_grad_checkpointing_gives_same_gradients(images):
+    """set_grad_checkpointing reaches the backbone and leaves gradients unchanged."""
+    model = tiny().train()
+    model(images).sum().backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    assert model.backbone.grad_checkpointing
+    model(images).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, ref[n], msg=n)
+
+
+def test_ablation_switches_build_the_table6_variants(images):
+    """use_gcn/use_ca/use_sa remove exactly their parts; OE needs SA."""
+    assert tiny(use_gcn=False).label_graph.num_layers == 0
+    assert tiny(use_ca=False).car.f_ca is None
+    assert tiny(use_sa=False).car.f_sa is None
+    baseline = tiny(use_ca=False, use_sa=False)
+    assert baseline.label_graph is None and baseline(images).shape == (2, NUM_CLASSES)
+    with pytest.raises(ValueError, match='use_sa'):
+        tiny(use_sa=False, object_erasing=True)
+
+
+def test_label_embeddings_initialise_the_nodes():
+    """An array given as label_embeddings becomes A^0; a wrong shape is refused; none given warns."""
+    vectors = torch.randn(NUM_CLASSES, 12)
+    model = tiny(label_embeddings=vectors)
+    torch.testing.assert_close(model.label_graph.node_features, vectors)
+    assert model.car.f_w.in_features == 12
+    with pytest.raises(ValueError, match='label_embeddings'):
+        tiny(label_embeddings=torch.randn(NUM_CLASSES + 1, 12))
+
+
+def test_missing_embeddings_warn(caplog):
+    """Without label_embeddings the seeded random init is logged as a warning."""
+    with caplog.at_level('WARNING'):
+        timm.create_model('srdl_test_resnet', num_classes=3)
+    assert 'seeded random' in caplog.text
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(backbone='not_a_model'), 'Unknown backbone'),
+    (dict(backbone='vit_tiny_patch16_224'), 'spatial feature map'),
+    (dict(num_classes=-1), 'num_classes'),
+    (dict(global_pool='token'), 'global_pool'),
+    (dict(label_names=['a', 'b']), 'label_names'),
+    (dict(attention_impl='cuda-magic'), 'attention_impl'),
+])
+def test_bad_construction_raises_value_error(kwargs, message):
+    """Unknown or unusable backbones and invalid options raise ValueError naming the problem."""
+    with pytest.raises(ValueError, match=message):
+        tiny(**kwargs)
+
+
+@pytest.mark.parametrize('x, message', [
+    (torch.randn(3, 64, 64), '4-D'),
+    (torch.randn(1, 1, 64, 64), 'input channels'),
+])
+def test_bad_input_raises_value_error(x, message):
+    """Non-4-D input or the wrong channel count raise ValueError before the backbone runs."""
+    with pytest.raises(ValueError, match=message):
+        tiny()(x)
