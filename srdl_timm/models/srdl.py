@@ -210,6 +210,9 @@ class SRDL(nn.Module):
             self.num_features, self.embed_dim, use_ca=self.use_ca, use_sa=self.use_sa,
             attention_impl=self.attention_impl).to(device=device, dtype=dtype)
         self.classifier = CategoryClassifier(self.num_features, num_classes).to(device=device, dtype=dtype)
+        for module in (self.label_graph, self.car, self.classifier):
+            if module is not None:
+                module.train(self.training)
 
     def _check_backbone_output(self) -> None:
         param = next(self.backbone.parameters(), None)
@@ -440,6 +443,19 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
         feature_cfg=dict(feature_cls='getter'),
         **kwargs,
     )
+    inner = getattr(model, 'model', model)  # features_only wraps the model
+    if isinstance(inner, SRDL):
+        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
+        first_conv = inner.backbone.pretrained_cfg.get('first_conv')
+        if first_conv:
+            if isinstance(first_conv, str):
+                first_conv = 'backbone.' + first_conv
+            else:
+                first_conv = tuple('backbone.' + name for name in first_conv)
+            for cfg in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
+                if 'first_conv' in cfg:
+                    cfg['first_conv'] = first_conv
+    return model
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
@@ -468,7 +484,7 @@ _arch_cfgs = {
     'srdl_efficientnet_lite0': _cfg(
         input_size=(3, 224, 224), pool_size=(7, 7), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
         interpolation='bicubic', first_conv='backbone.conv_stem', num_classes=10),
-    'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10),
+    'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10, first_conv='backbone.conv1.0'),
 }
 # pretrained tags '<arch>.<tag>': one per weight in weights/manifest.json that exists (file or Hub repo)
 default_cfgs = generate_default_cfgs({**_arch_cfgs, **manifest_pretrained_cfgs(_arch_cfgs)})
