@@ -231,16 +231,25 @@ class MultiLabelMetrics:
         self._logits.append(logits)
         self._targets.append(targets)
 
-    def gather(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """All accumulated ``(logits, targets)`` ``[N, C]``, from every rank when distributed (rank order)."""
-        from .data.distributed import all_gather_concat
+    def gather(self, distributed: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Accumulated ``(logits, targets)`` ``[N, C]``; with ``distributed`` (default: when a process group is
+        initialised) from every rank, concatenated in rank order — a collective every rank must call."""
+        from .data.distributed import all_gather_concat, is_dist_initialized
         c = self.num_classes or 0
         logits = torch.cat(self._logits) if self._logits else torch.zeros(0, c)
         targets = torch.cat(self._targets) if self._targets else torch.zeros(0, c)
+        if distributed is None:
+            distributed = is_dist_initialized()
+        if not distributed:
+            return logits, targets
         return all_gather_concat(logits), all_gather_concat(targets)
 
-    def compute(self) -> Dict[str, Any]:
-        """Compute every metric over all accumulated samples (all ranks), in percent.
+    def compute(self, distributed: Optional[bool] = None) -> Dict[str, Any]:
+        """Compute every metric over all accumulated samples, in percent.
+
+        Args:
+            distributed: gather every rank's samples first (default: when torch.distributed is initialised). Pass
+                False when only this rank evaluated (e.g. rank 0 on the whole set), or the call would block.
 
         Returns:
             ``mAP_interpolated``, ``mAP_non_interpolated`` (floats); ``AP_interpolated``, ``AP_non_interpolated``
@@ -249,7 +258,7 @@ class MultiLabelMetrics:
             ``num_classes_evaluated``, ``num_ignored_entries``, ``num_samples_all_ignored`` (e.g. unreadable images
             skipped by the dataset), ``threshold``, ``top_k``.
         """
-        logits_t, targets_t = self.gather()
+        logits_t, targets_t = self.gather(distributed)
         logits = logits_t.numpy().astype(np.float64)
         targets = targets_t.numpy().astype(np.float64)
         n, c = logits.shape

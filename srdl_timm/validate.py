@@ -169,7 +169,7 @@ def _parse_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srdl-validate`` argument parser."""
-    p = argparse.ArgumentParser(prog='srdl-validate', description=__doc__.split('\n\n')[0],
+    p = argparse.ArgumentParser(prog='srdl-validate', description=__doc__.split('\n\n')[0].replace('``', ''),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group('model')
     g.add_argument('--model', required=True, help='timm model name, optionally hf-hub:org/repo or local-dir:PATH')
@@ -285,7 +285,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     dataset = create_dataset(args.data, args.root, split, **options)
 
     model = _create_model(args, dataset.num_classes)
-    class_index = _class_index(model, dataset.label_names, bool(args.checkpoint or args.pretrained))
+    # only hub/pretrained configs describe the weights' classes; a local checkpoint keeps the default cfg's names
+    class_index = _class_index(model, dataset.label_names, bool(args.pretrained and not args.checkpoint))
     data_config = resolve_data_config({}, model=model)
     if args.img_size:
         data_config['input_size'] = (3, args.img_size, args.img_size)

@@ -46,7 +46,7 @@ def test_interpolation_and_size_come_from_a_timm_model_config():
     cfg = resolve_data_config({}, model=timm.create_model('resnet10t', num_classes=3))
     t = create_transform(cfg, is_training=False)
     assert t.transforms[0].interpolation == InterpolationMode.BICUBIC
-    assert t.transforms[0].size == [cfg['input_size'][1], cfg['input_size'][2]]
+    assert tuple(t.transforms[0].size) == tuple(cfg['input_size'][1:])
     assert tuple(t.transforms[-1].mean.tolist()) == pytest.approx(cfg['mean'])
     bil = create_transform(dict(cfg, interpolation='bilinear'), is_training=True)
     assert all(getattr(s, 'interpolation', InterpolationMode.BILINEAR) == InterpolationMode.BILINEAR
@@ -54,12 +54,12 @@ def test_interpolation_and_size_come_from_a_timm_model_config():
 
 
 def test_train_pipeline_order_matches_the_paper():
-    """Train: resize 512 → random square crop from {512,…,256} → resize to size → hflip → tensor → normalise."""
+    """Train: resize 512 → random square crop, side in {512,…,256} → resize to size → hflip → tensor → norm."""
     t = create_transform(CFG, is_training=True)
     names = [type(s).__name__ for s in t.transforms]
     assert names == ['Resize', 'RandomSquareCrop', 'Resize', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
-    assert t.transforms[0].size == [512, 512] and t.transforms[1].sizes == PAPER_SCALES
-    assert t.transforms[2].size == [48, 48]
+    assert tuple(t.transforms[0].size) == (512, 512) and t.transforms[1].sizes == PAPER_SCALES
+    assert tuple(t.transforms[2].size) == (48, 48)
     torch.manual_seed(0)
     assert t(_gradient()).shape == (3, 48, 48)
 

@@ -197,4 +197,5 @@ def check_files_exist(paths: Sequence[str], listed_in: str, max_shown: int = 5) 
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         shown = ', '.join(missing[:max_shown]) + (', ...' if len(missing) > max_shown else '')
-        raise FileNotFoundError(f'{len(missing)} of {len(paths)} image files listed in {listed_in} are missing: {shown}')
+        raise FileNotFoundError(f'{len(missing)} of {len(paths)} image files listed in {listed_in} are missing: '
+                                f'{shown}')

@@ -64,7 +64,7 @@ class RandomSquareCrop(torch.nn.Module):
 
 
 def scaled_crop_sides(resize: int, scales: Sequence[int] = PAPER_SCALES) -> Tuple[int, ...]:
-    """Crop sides for a ``resize``×``resize`` image: ``scales`` (given for 512) times ``resize/512``, ≤ ``resize``."""
+    """Crop sides for a ``resize``² image: ``scales`` (given for 512) times ``resize/512``, at most ``resize``."""
     if resize <= 0:
         raise ValueError(f'resize must be positive, got {resize}')
     factor = resize / PAPER_RESIZE

@@ -1,0 +1,206 @@
+"""Tests of srdl_timm/validate.py (srdl-validate), srdl_timm/data/factory.create_loader and
+srdl_timm/data/distributed.py, end to end on tiny real datasets with a stock timm model (resnet10t, 64 px).
+
+Run: OMP_NUM_THREADS=1 pytest -q tests/test_validate.py
+"""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from sklearn.metrics import average_precision_score, precision_score, recall_score
+from timm.data import resolve_data_config
+
+from datasets import write_coco_json, write_corrupt_image, write_csv, write_voc
+from srdl_timm.data import (
+    VOC_CLASSES, DistributedEvalSampler, UnreadableImageError, create_dataset, create_loader, create_transform)
+from srdl_timm.validate import _class_index, main, validate
+
+IMG = 64
+
+
+def _model(num_classes, seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model('resnet10t', num_classes=num_classes).eval()
+
+
+def _checkpoint(path, model):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def coco_json(tmp_path_factory):
+    root = tmp_path_factory.mktemp('cj')
+    info = write_coco_json(root, 'val', num_images=9, categories=('cat', 'dog', 'zebra'), seed=11, max_labels=2)
+    assert (info['targets'].sum(0) > 0).all(), 'every class needs a positive'
+    return root, info
+
+
+def _eval_dataset(root, model):
+    cfg = resolve_data_config({}, model=model)
+    return create_dataset('coco-json', str(root), 'val', transform=create_transform(cfg, False, size=IMG))
+
+
+def test_validate_matches_an_independent_computation(coco_json):
+    """validate() over uneven batches equals AP/precision/recall computed with scikit-learn from a plain loop of
+    model(image) over the dataset."""
+    root, info = coco_json
+    model = _model(3)
+    ds = _eval_dataset(root, model)
+    r = validate(model, create_loader(ds, 4, is_training=False, num_workers=0), torch.device('cpu'),
+                 progress=False, label_names=ds.label_names)
+    with torch.no_grad():
+        logits = torch.cat([model(ds[i][0][None]) for i in range(len(ds))]).numpy()
+    t = ds.targets
+    assert len(np.unique(logits, axis=0)) == len(ds)
+    ref_ap = [average_precision_score(t[:, c], logits[:, c]) * 100 for c in range(3)]
+    np.testing.assert_allclose(r['AP_non_interpolated'], ref_ap, atol=1e-4)
+    assert r['mAP_non_interpolated'] == pytest.approx(np.mean(ref_ap), abs=1e-4)
+    assert r['mAP_interpolated'] >= r['mAP_non_interpolated'] - 1e-9
+    pred = logits >= 0
+    assert r['CP'] == pytest.approx(100 * precision_score(t, pred, average='macro', zero_division=0), abs=1e-4)
+    assert r['OR'] == pytest.approx(100 * recall_score(t, pred, average='micro', zero_division=0), abs=1e-4)
+    assert r['num_samples'] == len(ds) == 9
+
+
+def test_class_index_reorders_logits_and_mismatched_names_raise(coco_json):
+    """class_index picks logits columns in dataset order (per-class AP follows the names); label names that do not
+    match the dataset raise ValueError."""
+    root, _ = coco_json
+    model = _model(3)
+    ds = _eval_dataset(root, model)
+    loader = create_loader(ds, 5, is_training=False, num_workers=0)
+    a = validate(model, loader, torch.device('cpu'), progress=False)
+    b = validate(model, loader, torch.device('cpu'), progress=False, class_index=[2, 1, 0])
+    assert a['AP_interpolated'][0] != b['AP_interpolated'][0]
+    model.pretrained_cfg = dict(model.pretrained_cfg, label_names=['zebra', 'dog', 'cat'])
+    assert _class_index(model, ['cat', 'dog', 'zebra'], has_weights=True) == [2, 1, 0]
+    assert _class_index(model, ['zebra', 'dog', 'cat'], has_weights=True) is None
+    with pytest.raises(ValueError, match='label names do not match'):
+        _class_index(model, ['cat', 'dog', 'horse'], has_weights=True)
+
+
+def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
+    """With bf16 autocast, timm models run forward_head in float32 (head_dtype recorded); a model without
+    forward_head falls back to autocast logits; channels_last gives the same numbers as contiguous."""
+    root, _ = coco_json
+    model = _model(3)
+    ds = torch.utils.data.Subset(_eval_dataset(root, model), range(4))  # bf16 on CPU is slow: 4 images
+    loader = create_loader(ds, 3, is_training=False, num_workers=0)
+    cpu = torch.device('cpu')
+    amp = validate(model, loader, cpu, amp_dtype=torch.bfloat16, progress=False)
+    assert amp['head_dtype'] == 'float32' and amp['num_samples'] == 4
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 3))
+    assert validate(plain, loader, cpu, amp_dtype=torch.bfloat16, progress=False)['head_dtype'] == 'bfloat16'
+    a = validate(model, loader, cpu, progress=False)
+    b = validate(model, loader, cpu, channels_last=True, progress=False)
+    assert a['mAP_interpolated'] == pytest.approx(b['mAP_interpolated'], abs=1e-6)
+
+
+def test_cli_voc_checkpoint_report(tmp_path, capsys):
+    """srdl-validate on VOC with a local safetensors checkpoint: the classifier is loaded (same numbers as the
+    in-memory model), difficult-only entries are ignored, and the JSON holds per-class AP by VOC name, the
+    checkpoint's sha256 and the protocol."""
+    voc = write_voc(tmp_path / 'voc', {'test': 6}, seed=8)
+    model = _model(20, seed=3)
+    ckpt = _checkpoint(tmp_path / 'w.safetensors', model)
+    out = tmp_path / 'res' / 'voc.json'
+    assert main(['--model', 'resnet10t', '--checkpoint', ckpt, '--data', 'voc', '--root', str(tmp_path / 'voc'),
+                 '--img-size', str(IMG), '--batch-size', '4', '--workers', '0', '--no-progress',
+                 '--output', str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert 'mAP(interp)' in printed and 'OF1@top3' in printed and 'voc/test (6 images)' in printed
+    rep = json.loads(out.read_text())
+    assert rep['checkpoint']['sha256'] == hashlib.sha256(open(ckpt, 'rb').read()).hexdigest()
+    assert list(rep['per_class_AP']['interpolated']) == list(VOC_CLASSES)
+    p = rep['protocol']
+    assert p['difficult_policy'] == 'ignore' and p['ignored_entries'] == int((voc['ternary']['test'] == -1).sum())
+    assert p['num_images'] == p['num_images_evaluated'] == 6 and p['split'] == 'test'
+    assert p['input_size'] == [3, IMG, IMG] and p['interpolation'] == 'bicubic' and len(p['mean']) == 3
+    assert set(p['ap_definitions']) >= {'mAP_interpolated', 'mAP_non_interpolated'}
+    ds = create_dataset('voc', str(tmp_path / 'voc'), 'test', difficult='ignore',
+                        transform=create_transform(resolve_data_config({}, model=model), False, size=IMG))
+    direct = validate(model, create_loader(ds, 6, False, num_workers=0), torch.device('cpu'), progress=False)
+    assert rep['metrics']['mAP_interpolated'] == pytest.approx(direct['mAP_interpolated'], abs=1e-6)
+    assert rep['metrics']['OF1_top3'] == pytest.approx(direct['OF1_top3'], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one_process(tmp_path, coco_json):
+    """Under torchrun (2 CPU processes, gloo) with 9 images and batch 2, every image is evaluated exactly once and
+    the metrics equal the single-process run."""
+    root, _ = coco_json
+    ckpt = _checkpoint(tmp_path / 'w.safetensors', _model(3, seed=5))
+    common = ['--model', 'resnet10t', '--checkpoint', ckpt, '--data', 'coco-json', '--root', str(root),
+              '--img-size', str(IMG), '--batch-size', '2', '--workers', '0', '--no-progress']
+    one, two = tmp_path / 'one.json', tmp_path / 'two.json'
+    assert main(common + ['--output', str(one)]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                           '-m', 'srdl_timm.validate', *common, '--output', str(two)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
+    assert r2['protocol']['world_size'] == 2 and r1['protocol']['world_size'] == 1
+    assert r2['protocol']['num_images_evaluated'] == r2['metrics']['num_samples'] == 9
+    for k, v in r1['metrics'].items():
+        assert r2['metrics'][k] == pytest.approx(v, abs=1e-6), k
+    for mode in ('interpolated', 'non_interpolated'):
+        for name, v in r1['per_class_AP'][mode].items():
+            assert r2['per_class_AP'][mode][name] == pytest.approx(v, abs=1e-6)
+    assert proc.stdout.count('wrote ') == 1  # only rank 0 prints and writes
+
+
+def test_cli_unreadable_images_error_or_are_skipped_and_counted(tmp_path):
+    """A corrupt image stops srdl-validate with an error naming it; with --on-corrupt skip it is counted in the
+    report and the other images are still evaluated."""
+    info = write_csv(tmp_path, 'val', num_images=5, seed=9)
+    write_corrupt_image(os.path.join(str(tmp_path), info['rows'][1][0]), 'truncated')
+    args = ['--model', 'resnet10t', '--data', 'csv', '--root', str(tmp_path), '--img-size', str(IMG),
+            '--batch-size', '2', '--workers', '0', '--no-progress']
+    with pytest.raises(UnreadableImageError, match='val_001.jpg'):
+        main(args)
+    out = tmp_path / 'r.json'
+    assert main(args + ['--on-corrupt', 'skip', '--output', str(out)]) == 0
+    p = json.loads(out.read_text())['protocol']
+    assert p['num_images_unreadable_skipped'] == 1 and p['num_images_evaluated'] == 5
+
+
+def test_cli_bad_arguments_raise(tmp_path, coco_json):
+    """A missing checkpoint, a classifier size that does not match the dataset and malformed --model-kwargs raise
+    clear errors."""
+    root, _ = coco_json
+    base = ['--model', 'resnet10t', '--data', 'coco-json', '--root', str(root), '--img-size', str(IMG),
+            '--workers', '0', '--no-progress']
+    with pytest.raises(FileNotFoundError, match='nope.safetensors'):
+        main(base + ['--checkpoint', str(tmp_path / 'nope.safetensors')])
+    with pytest.raises(ValueError, match='returned 5 logits'):
+        main(base + ['--num-classes', '5'])
+    with pytest.raises(ValueError, match='key=value'):
+        main(base + ['--model-kwargs', 'drop_rate'])
+
+
+def test_eval_loader_never_drops_and_distributed_slices_partition():
+    """Evaluation loaders refuse drop_last; DistributedEvalSampler slices are disjoint, unpadded and cover every
+    index once; training loaders shuffle reproducibly from the seed and drop the last batch by default."""
+    data = list(range(11))
+    with pytest.raises(ValueError, match='drop_last'):
+        create_loader(data, 4, is_training=False, num_workers=0, drop_last=True)
+    assert sum(len(b) for b in create_loader(data, 4, is_training=False, num_workers=0)) == 11
+    for world in (2, 3, 4, 12):
+        parts = [list(DistributedEvalSampler(data, num_replicas=world, rank=r)) for r in range(world)]
+        assert sum(parts, []) == data and max(map(len, parts)) - min(map(len, parts)) <= 1
+    a = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=3)]
+    b = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=3)]
+    c = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=4)]
+    assert a == b and a != c and len(a) == 2 and sum(a, []) != sorted(sum(a, []))
+    with pytest.raises(ValueError, match='not initialised'):
+        create_loader(data, 4, is_training=False, num_workers=0, distributed=True)
