@@ -1,0 +1,477 @@
+"""Spatial attention maps of SRDL as arrays and as PNG overlays (the paper's Figure 5).
+
+Figure 5 of the paper shows, for each input image, the spatial-wise attention maps (SA, eq. 5) of the categories
+with the top-3 confidences. This module computes the same thing for any SRDL model:
+
+* :func:`explain` takes images (PIL images, paths, ``uint8`` arrays, or an already normalised batch tensor) and
+  returns one dict per image with the top-k categories, their scores and their SA maps, both on the feature grid
+  (``h x w``) and bilinearly upsampled to the image; optionally the rectangle object erasing (OE, §3.3, eqs. 7-10)
+  would erase from each map (:func:`srdl_timm.layers.oe.erase_region`, the same code the training pass runs).
+* :func:`render_overlay` draws one map over an image as a heat map with the label and score (and the OE
+  rectangle); :func:`save_explanation` writes, per image, one overlay PNG per category at the input image's own
+  size and a Figure-5-style panel (input + overlays side by side, every panel :data:`PANEL_HEIGHT` pixels high).
+
+Alignment: the project's eval transform squash-resizes the whole image to the model's input size (no crop), so
+the feature grid covers the whole image and upsampling the grid to the image size aligns each cell with the
+image region it saw.
+
+Heat-map scale: by default each map is min-max normalised over its own grid before colouring (as attention
+figures are usually drawn), so a nearly flat map still shows where its maximum is; a flat map (max == min) is
+drawn as all-low. ``normalize=False`` colours the raw sigmoid values (0 = blue, 1 = red) instead. The arrays
+returned by :func:`explain` are always the raw SA values in (0, 1).
+"""
+import logging
+import math
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+
+from .layers.oe import erase_region
+
+__all__ = [
+    'explain', 'explain_batch', 'attention_forward', 'model_label_names', 'default_eval_transform',
+    'upsample_maps', 'erase_box', 'heatmap_colors', 'render_overlay', 'render_panel', 'save_explanation',
+    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA',
+]
+
+_logger = logging.getLogger(__name__)
+
+#: height in pixels of every panel of the Figure-5-style ``*_panel.png`` (width follows the image's aspect ratio)
+PANEL_HEIGHT = 256
+#: OE threshold alpha used when the model carries none (the paper's default, §4.4)
+DEFAULT_ERASE_ALPHA = 0.5
+#: colour of the OE rectangle outline
+_ERASE_COLOR = (0, 255, 0)
+
+ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# model helpers
+# ----------------------------------------------------------------------------------------------------------
+def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Optional[List[str]]:
+    """Category names the model carries: ``model.label_names``, else ``model.pretrained_cfg['label_names']``.
+
+    Names are only returned when their count equals ``num_classes`` (default: ``model.num_classes``); a
+    mismatching list is ignored with a warning. Returns None when the model carries no usable names.
+    """
+    if num_classes is None:
+        num_classes = getattr(model, 'num_classes', None)
+    candidates = (
+        ('model.label_names', getattr(model, 'label_names', None)),
+        ("pretrained_cfg['label_names']", (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')),
+    )
+    for where, names in candidates:
+        if not names:
+            continue
+        names = [str(n) for n in names]
+        if num_classes is not None and len(names) != num_classes:
+            _logger.warning('ignoring %s: %d names for a model with %d classes', where, len(names), num_classes)
+            continue
+        return names
+    return None
+
+
+def _fallback_label_names(num_classes: int) -> List[str]:
+    return [f'class_{i}' for i in range(num_classes)]
+
+
+def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
+    """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
+    from timm.data import resolve_data_config
+
+    from .data.transforms import create_transform
+    config = resolve_data_config({}, model=model)
+    size = None if img_size is None else (int(img_size), int(img_size))
+    return create_transform(config, is_training=False, size=size)
+
+
+def _check_attention_model(model: nn.Module) -> None:
+    if not hasattr(model, 'attention_maps') or not hasattr(model, 'forward_category_features'):
+        raise TypeError(f'{type(model).__name__} has no spatial attention maps to explain: explanations need an '
+                        'SRDL model (srdl_timm.SRDL)')
+    if getattr(model, 'num_classes', 0) == 0:
+        raise ValueError('the model has no category head (num_classes=0): nothing to explain')
+    if not getattr(model, 'use_sa', True):
+        raise ValueError('the model was built with use_sa=False: it has no spatial attention to explain')
+
+
+def attention_forward(
+        model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One eval forward of an SRDL model returning float32 ``(logits [B, C], SA [B, C, h, w])``.
+
+    Without AMP this is ``model.attention_maps(batch)``. With ``amp_dtype`` the backbone runs under autocast and
+    the CAR head and classifier in float32 on float32 features (as ``srdl-validate`` does), so scores and maps
+    are float32 either way. The caller is responsible for ``model.eval()`` and ``torch.inference_mode()``.
+    """
+    _check_attention_model(model)
+    if amp_dtype is None:
+        out = model.attention_maps(batch)
+        logits, sa = out['logits'], out.get('spatial_attention')
+    else:
+        with torch.autocast(device_type=batch.device.type, dtype=amp_dtype):
+            feat_map = model.forward_features(batch)
+        with torch.autocast(device_type=batch.device.type, enabled=False):
+            feat_map = feat_map.float()
+            features, sa_flat, _ = model.forward_category_features(feat_map)
+            logits = model.get_classifier()(features)
+            sa = None if sa_flat is None else sa_flat.unflatten(-1, tuple(feat_map.shape[-2:]))
+    if sa is None:
+        raise ValueError('the model returned no spatial attention (built with use_sa=False?)')
+    return logits.float(), sa.float()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# arrays
+# ----------------------------------------------------------------------------------------------------------
+def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    """Bilinearly upsample maps ``[..., h, w]`` to an image ``size = (width, height)`` -> ``[..., H, W]`` float32.
+
+    ``align_corners=False``: each grid cell covers an equal share of the image, matching the squash-resize
+    eval transform.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    width, height = int(size[0]), int(size[1])
+    lead = maps.shape[:-2]
+    t = torch.from_numpy(np.ascontiguousarray(maps)).reshape(-1, 1, *maps.shape[-2:])
+    up = F.interpolate(t, size=(height, width), mode='bilinear', align_corners=False)
+    return up.reshape(*lead, height, width).numpy()
+
+
+def erase_box(mask: np.ndarray, size: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
+    """Pixel rectangle ``(left, top, right, bottom)`` (right/bottom exclusive) of an erase mask ``[h, w]``.
+
+    The mask of :func:`srdl_timm.layers.oe.erase_region` is the product of one row interval and one column
+    interval; its cells are mapped onto an image of ``size = (width, height)``. Returns None for an empty mask
+    (a flat map erases nothing).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return None
+    grid_h, grid_w = mask.shape
+    width, height = size
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    left = int(math.floor(cols[0] * width / grid_w))
+    right = int(math.ceil((cols[-1] + 1) * width / grid_w))
+    top = int(math.floor(rows[0] * height / grid_h))
+    bottom = int(math.ceil((rows[-1] + 1) * height / grid_h))
+    return left, top, min(right, width), min(bottom, height)
+
+
+def explain_batch(
+        model: nn.Module,
+        batch: torch.Tensor,
+        image_sizes: Optional[Sequence[Tuple[int, int]]] = None,
+        topk: int = 3,
+        label_names: Optional[Sequence[str]] = None,
+        erase: bool = False,
+        erase_alpha: Optional[float] = None,
+        amp_dtype: Optional[torch.dtype] = None,
+        upsample: bool = True,
+) -> List[Dict[str, Any]]:
+    """Explanations for an already transformed batch ``[B, 3, H, W]`` (see :func:`explain` for the dict keys).
+
+    Args:
+        model: an SRDL model in eval mode, on ``batch``'s device.
+        batch: normalised input batch.
+        image_sizes: ``(width, height)`` of each original image (default: the batch's own size).
+        topk: number of top-scoring categories per image (Figure 5 uses 3); clipped to the number of classes.
+        label_names: category names (default: the model's, else ``class_<i>``).
+        erase: also compute the OE erase masks and rectangles.
+        erase_alpha: OE threshold alpha (default: the model's ``object_eraser.alpha``, else 0.5).
+        amp_dtype: run the backbone under autocast in this dtype (head in float32).
+        upsample: include ``maps`` upsampled to each image size (can be large for big images).
+    """
+    if topk < 1:
+        raise ValueError(f'topk must be >= 1, got {topk}')
+    with torch.inference_mode():
+        logits, sa = attention_forward(model, batch, amp_dtype)
+    num_classes = logits.shape[1]
+    names = list(label_names) if label_names is not None else (
+        model_label_names(model, num_classes) or _fallback_label_names(num_classes))
+    if len(names) != num_classes:
+        raise ValueError(f'{len(names)} label names for a model with {num_classes} classes')
+    if image_sizes is None:
+        image_sizes = [(batch.shape[-1], batch.shape[-2])] * batch.shape[0]
+    if len(image_sizes) != batch.shape[0]:
+        raise ValueError(f'{len(image_sizes)} image sizes for a batch of {batch.shape[0]}')
+    if erase_alpha is None:
+        eraser = getattr(model, 'object_eraser', None)
+        erase_alpha = float(getattr(eraser, 'alpha', DEFAULT_ERASE_ALPHA))
+    k = min(topk, num_classes)
+    probs = torch.sigmoid(logits)
+    top = probs.topk(k, dim=1)
+    index = top.indices
+    selected = torch.gather(sa, 1, index[:, :, None, None].expand(-1, -1, *sa.shape[-2:]))
+    masks = erase_region(selected, erase_alpha) if erase else None
+    probs_np, sa_np = probs.cpu().numpy(), sa.cpu().numpy()
+    index_np, sel_np = index.cpu().numpy(), selected.cpu().numpy()
+    results: List[Dict[str, Any]] = []
+    for b, size in enumerate(image_sizes):
+        size = (int(size[0]), int(size[1]))
+        result: Dict[str, Any] = {
+            'size': size,
+            'class_index': index_np[b].astype(np.int64),
+            'labels': [names[int(c)] for c in index_np[b]],
+            'scores': probs_np[b, index_np[b]].astype(np.float32),
+            'probabilities': probs_np[b].astype(np.float32),
+            'maps_raw': sel_np[b].astype(np.float32),
+            'spatial_attention': sa_np[b].astype(np.float32),
+        }
+        if upsample:
+            result['maps'] = upsample_maps(sel_np[b], size)
+        if masks is not None:
+            mask_np = masks[b].cpu().numpy()
+            result['erase_alpha'] = erase_alpha
+            result['erase_masks'] = mask_np
+            result['erase_boxes'] = [erase_box(m, size) for m in mask_np]
+        results.append(result)
+    return results
+
+
+def _as_pil(image: ImageInput) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image.convert('RGB') if image.mode != 'RGB' else image
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.ndim == 2:
+            array = np.stack([array] * 3, axis=-1)
+        if array.ndim != 3 or array.shape[-1] not in (3, 4):
+            raise ValueError(f'image arrays must be [H, W], [H, W, 3] or [H, W, 4], got shape {array.shape}')
+        if array.dtype != np.uint8:
+            raise ValueError(f'image arrays must be uint8, got {array.dtype}')
+        return Image.fromarray(np.ascontiguousarray(array[..., :3]), mode='RGB')
+    if isinstance(image, (str, os.PathLike)):
+        from .data.images import open_image
+        return open_image(image)
+    raise TypeError(f'cannot explain an input of type {type(image).__name__}: pass PIL images, paths, uint8 '
+                    'arrays or a normalised [B, 3, H, W] tensor')
+
+
+def explain(
+        model: nn.Module,
+        images: Union[ImageInput, Sequence[ImageInput], torch.Tensor],
+        topk: int = 3,
+        label_names: Optional[Sequence[str]] = None,
+        erase: bool = False,
+        erase_alpha: Optional[float] = None,
+        transform: Optional[Any] = None,
+        batch_size: int = 16,
+        amp_dtype: Optional[torch.dtype] = None,
+        upsample: bool = True,
+) -> List[Dict[str, Any]]:
+    """Spatial attention maps of the top-k predicted categories of each image (the paper's Figure 5).
+
+    Args:
+        model: an SRDL model; it is put in eval mode and run on the device of its parameters.
+        images: one image or a sequence of PIL images, image paths (opened with
+            :func:`srdl_timm.data.images.open_image`) or ``uint8`` arrays ``[H, W(, 3)]``; or a normalised
+            batch tensor ``[B, 3, H, W]`` (then ``transform`` is not used and sizes are the tensor's).
+        topk: categories per image, by predicted score (Figure 5: 3).
+        label_names: category names (default: the model's, else ``class_<i>``).
+        erase: also compute the region object erasing would erase from each map.
+        erase_alpha: OE threshold (default: the model's ``object_eraser.alpha``, else 0.5).
+        transform: PIL -> tensor transform (default: :func:`default_eval_transform` of the model).
+        batch_size: images per forward pass.
+        amp_dtype: autocast dtype for the backbone (the head stays float32), or None.
+        upsample: include ``maps`` at image resolution.
+
+    Returns:
+        One dict per image:
+
+        * ``size``: ``(width, height)`` of the image;
+        * ``class_index`` ``[k]`` int64, ``labels`` (k names), ``scores`` ``[k]`` float32 sigmoid scores, in
+          decreasing score order;
+        * ``probabilities`` ``[C]``: all sigmoid scores;
+        * ``maps_raw`` ``[k, h, w]``: SA of those categories on the feature grid (values in (0, 1));
+        * ``maps`` ``[k, H, W]``: the same upsampled bilinearly to the image (when ``upsample``);
+        * ``spatial_attention`` ``[C, h, w]``: SA of every category;
+        * with ``erase``: ``erase_alpha``, ``erase_masks`` ``[k, h, w]`` bool and ``erase_boxes``: per category
+          ``(left, top, right, bottom)`` in image pixels (right/bottom exclusive) or None for a flat map.
+    """
+    _check_attention_model(model)
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    model.eval()
+    param = next(model.parameters())
+    device = param.device
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f'a tensor input must be a normalised batch [B, 3, H, W], got shape {tuple(images.shape)}')
+        out: List[Dict[str, Any]] = []
+        for start in range(0, images.shape[0], batch_size):
+            chunk = images[start:start + batch_size].to(device=device, dtype=param.dtype)
+            out.extend(explain_batch(model, chunk, None, topk, label_names, erase, erase_alpha, amp_dtype, upsample))
+        return out
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    pil_images = [_as_pil(img) for img in images]
+    if transform is None:
+        transform = default_eval_transform(model)
+    out = []
+    for start in range(0, len(pil_images), batch_size):
+        chunk = pil_images[start:start + batch_size]
+        batch = torch.stack([transform(img) for img in chunk]).to(device=device, dtype=param.dtype)
+        out.extend(explain_batch(model, batch, [img.size for img in chunk], topk, label_names, erase, erase_alpha,
+                                 amp_dtype, upsample))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# rendering
+# ----------------------------------------------------------------------------------------------------------
+def heatmap_colors(values: np.ndarray) -> np.ndarray:
+    """Jet colour map: values ``[...]`` in [0, 1] -> ``uint8 [..., 3]`` (0 = dark blue, 0.5 = green, 1 = dark red)."""
+    v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
+    centres = np.array([3.0, 2.0, 1.0], dtype=np.float32)  # red, green, blue peaks at v = 3/4, 1/2, 1/4
+    rgb = np.clip(1.5 - np.abs(4.0 * v - centres), 0.0, 1.0)
+    return np.rint(rgb * 255.0).astype(np.uint8)
+
+
+def _normalise_map(attention: np.ndarray) -> np.ndarray:
+    lo, hi = float(attention.min()), float(attention.max())
+    if hi <= lo:
+        return np.zeros_like(attention, dtype=np.float32)
+    return ((attention - lo) / (hi - lo)).astype(np.float32)
+
+
+def _font(height: int) -> ImageFont.ImageFont:
+    size = max(10, int(round(height / 18)))
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow without FreeType: fixed bitmap font
+        return ImageFont.load_default()
+
+
+def render_overlay(
+        image: Image.Image,
+        attention: np.ndarray,
+        label: Optional[str] = None,
+        score: Optional[float] = None,
+        erase_mask: Optional[np.ndarray] = None,
+        opacity: float = 0.5,
+        normalize: bool = True,
+) -> Image.Image:
+    """Draw one attention map over ``image`` as a heat map, with a caption and optionally the OE rectangle.
+
+    Args:
+        image: the (RGB) image; the output has exactly its size.
+        attention: the map on the feature grid ``[h, w]`` (upsampled bilinearly here) or already at
+            ``[H, W]``.
+        label / score: caption ``"label 0.93"`` drawn in the top-left corner (omitted when both are None).
+        erase_mask: ``[h, w]`` bool mask from :func:`srdl_timm.layers.oe.erase_region`; its rectangle is
+            outlined in green.
+        opacity: weight of the heat map in the blend (0 = image only, 1 = heat map only).
+        normalize: min-max normalise the map before colouring (see the module docstring).
+
+    Returns:
+        A new RGB image of ``image.size``.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f'opacity must be in [0, 1], got {opacity}')
+    image = image.convert('RGB') if image.mode != 'RGB' else image
+    width, height = image.size
+    attention = np.asarray(attention, dtype=np.float32)
+    if attention.ndim != 2:
+        raise ValueError(f'attention must be a 2-D map, got shape {attention.shape}')
+    values = _normalise_map(attention) if normalize else np.clip(attention, 0.0, 1.0)
+    if values.shape != (height, width):
+        values = upsample_maps(values, (width, height))
+    heat = heatmap_colors(values).astype(np.float32)
+    base = np.asarray(image, dtype=np.float32)
+    blended = np.rint(base * (1.0 - opacity) + heat * opacity).clip(0, 255).astype(np.uint8)
+    out = Image.fromarray(blended, mode='RGB')
+    draw = ImageDraw.Draw(out)
+    if erase_mask is not None:
+        box = erase_box(erase_mask, (width, height))
+        if box is not None:
+            line = max(1, int(round(min(width, height) / 100)))
+            draw.rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=_ERASE_COLOR, width=line)
+    if label is not None or score is not None:
+        text = ' '.join(s for s in (label, None if score is None else f'{score:.2f}') if s)
+        font = _font(height)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        pad = max(2, (bottom - top) // 4)
+        draw.rectangle((0, 0, right - left + 2 * pad, bottom - top + 2 * pad), fill=(0, 0, 0))
+        draw.text((pad - left, pad - top), text, fill=(255, 255, 255), font=font)
+    return out
+
+
+def render_panel(
+        image: Image.Image,
+        result: Dict[str, Any],
+        panel_height: int = PANEL_HEIGHT,
+        erase: bool = True,
+        normalize: bool = True,
+        gap: int = 4,
+) -> Image.Image:
+    """Figure-5-style row: the input, then one overlay per top-k category, each ``panel_height`` pixels high.
+
+    Every panel is the image resized to ``(round(W * panel_height / H), panel_height)``; panels are separated by
+    ``gap`` white pixels, so the row is ``(k + 1) * panel_width + k * gap`` wide.
+    """
+    if panel_height < 1:
+        raise ValueError(f'panel_height must be >= 1, got {panel_height}')
+    width, height = image.size
+    panel_width = max(1, int(round(width * panel_height / height)))
+    small = image.convert('RGB').resize((panel_width, panel_height), Image.BILINEAR)
+    masks = result.get('erase_masks') if erase else None
+    panels = [small]
+    for i, (label, score) in enumerate(zip(result['labels'], result['scores'])):
+        panels.append(render_overlay(small, result['maps_raw'][i], label, float(score),
+                                     None if masks is None else masks[i], normalize=normalize))
+    row = Image.new('RGB', (len(panels) * panel_width + (len(panels) - 1) * gap, panel_height), (255, 255, 255))
+    for i, panel in enumerate(panels):
+        row.paste(panel, (i * (panel_width + gap), 0))
+    return row
+
+
+def _safe_name(text: str) -> str:
+    name = re.sub(r'[^A-Za-z0-9._-]+', '_', text).strip('._')
+    return name[:64] or 'label'
+
+
+def save_explanation(
+        image: Image.Image,
+        result: Dict[str, Any],
+        out_dir: Union[str, os.PathLike],
+        stem: str,
+        erase: bool = True,
+        normalize: bool = True,
+        panel: bool = True,
+        panel_height: int = PANEL_HEIGHT,
+) -> List[str]:
+    """Write the PNG overlays of one image's explanation; returns the paths written.
+
+    Files in ``out_dir`` (created if needed):
+
+    * ``{stem}_top{r}_{label}.png`` for r = 1..k: the SA map of the r-th category over the image, at the input
+      image's own size, captioned with label and score (and the OE rectangle when ``erase`` and the result has
+      ``erase_masks``);
+    * ``{stem}_panel.png`` (when ``panel``): the Figure-5-style row of :func:`render_panel`.
+    """
+    if tuple(image.size) != tuple(result['size']):
+        raise ValueError(f'image size {image.size} differs from the explained size {tuple(result["size"])}')
+    os.makedirs(out_dir, exist_ok=True)
+    masks = result.get('erase_masks') if erase else None
+    written = []
+    for r, (label, score) in enumerate(zip(result['labels'], result['scores']), start=1):
+        overlay = render_overlay(image, result['maps_raw'][r - 1], label, float(score),
+                                 None if masks is None else masks[r - 1], normalize=normalize)
+        path = os.path.join(os.fspath(out_dir), f'{stem}_top{r}_{_safe_name(label)}.png')
+        overlay.save(path, format='PNG')
+        written.append(path)
+    if panel:
+        path = os.path.join(os.fspath(out_dir), f'{stem}_panel.png')
+        render_panel(image, result, panel_height, erase=erase, normalize=normalize).save(path, format='PNG')
+        written.append(path)
+    _logger.debug('wrote %d explanation images for %s', len(written), stem)
+    return written

@@ -1,0 +1,344 @@
+"""Tests of srdl_timm/predict.py (``srdl-predict``): real image files in, correct table/JSON/CSV out, bad inputs
+reported per file with a non-zero exit status, model loading from a safetensors checkpoint or a local-dir.
+
+Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
+"""
+import csv
+import io
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+import srdl_timm  # noqa: F401
+from srdl_timm.data.transforms import create_transform
+from srdl_timm.predict import (
+    InputItem, Prediction, collect_inputs, format_csv, format_table, load_model, main, select_labels)
+
+LABELS = ['cat', 'dog', 'car', 'tree']
+IMG = 64
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread, and it avoids thread contention on a shared CPU."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _model(num_classes=4, seed=0, **kwargs):
+    torch.manual_seed(seed)
+    emb = np.random.default_rng(seed).standard_normal((num_classes, 16)).astype(np.float32)
+    return timm.create_model('srdl_test_resnet', num_classes=num_classes, label_embeddings=emb, **kwargs).eval()
+
+
+def _write_rgb(path, size, seed):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    base = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    Image.fromarray(base).save(path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def assets(tmp_path_factory):
+    """A 4-class checkpoint with label names in its metadata and a folder of good and bad files."""
+    root = tmp_path_factory.mktemp('predict')
+    model = _model()
+    ckpt = str(root / 'srdl4.safetensors')
+    save_file(model.state_dict(), ckpt, metadata={'label_names': json.dumps(LABELS)})
+    bare = str(root / 'bare' / 'weights.safetensors')
+    os.makedirs(os.path.dirname(bare))
+    save_file(model.state_dict(), bare)
+    imgs = root / 'imgs'
+    good = [
+        _write_rgb(str(imgs / 'a.jpg'), (70, 50), 1),
+        _write_rgb(str(imgs / 'b.png'), (40, 60), 2),
+        _write_rgb(str(imgs / 'sub' / 'c.jpg'), (33, 33), 3),
+    ]
+    gray = str(imgs / 'gray.png')
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 45), dtype=np.uint8), mode='L').save(gray)
+    good.append(gray)
+    bad_dir = root / 'bad'
+    bad_dir.mkdir()
+    (bad_dir / 'notes.txt').write_text('not an image\n')
+    (bad_dir / 'fake.jpg').write_bytes(b'this is text with a jpg name\n')
+    full = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full, 'JPEG')
+    (bad_dir / 'truncated.jpg').write_bytes(full.getvalue()[: len(full.getvalue()) // 2])
+    (root / 'empty').mkdir()
+    (root / 'only_text').mkdir()
+    (root / 'only_text' / 'readme.md').write_text('# nothing\n')
+    return dict(root=root, model=model, ckpt=ckpt, bare=bare, imgs=str(imgs), good=good,
+                notes=str(bad_dir / 'notes.txt'), fake=str(bad_dir / 'fake.jpg'),
+                truncated=str(bad_dir / 'truncated.jpg'), empty=str(root / 'empty'),
+                only_text=str(root / 'only_text'))
+
+
+def _expected_scores(model, path):
+    cfg = dict(input_size=(3, IMG, IMG), interpolation='bilinear', mean=model.pretrained_cfg['mean'],
+               std=model.pretrained_cfg['std'])
+    img = Image.open(path).convert('RGB')
+    with torch.no_grad():
+        return torch.sigmoid(model(create_transform(cfg, False)(img)[None]))[0].numpy()
+
+
+def _run_json(args, tmp_path, name='out.json'):
+    out = tmp_path / name
+    rc = main(args + ['--format', 'json', '--output', str(out), '--workers', '0', '--img-size', str(IMG)])
+    return rc, json.loads(out.read_text())
+
+
+def test_json_scores_labels_and_order_match_the_model(assets, tmp_path):
+    """JSON has one record per image in input order with the checkpoint's label names and sigmoid scores equal to
+    the model's on the eval-transformed image, sorted by score; batches of 2 cover 4 images."""
+    rc, doc = _run_json([assets['imgs'], '--recursive', '--model', 'srdl_test_resnet', '--checkpoint',
+                         assets['ckpt'], '--threshold', '0', '--batch-size', '2'], tmp_path)
+    assert rc == 0
+    assert doc['num_inputs'] == 4 and doc['num_failed'] == 0
+    imgs = assets['imgs']
+    assert [r['path'] for r in doc['results']] == [
+        os.path.join(imgs, 'a.jpg'), os.path.join(imgs, 'b.png'), os.path.join(imgs, 'gray.png'),
+        os.path.join(imgs, 'sub', 'c.jpg')]
+    for record in doc['results']:
+        assert record['ok'] and record['error'] is None
+        expected = _expected_scores(assets['model'], record['path'])
+        got = {lab['label']: lab['score'] for lab in record['labels']}
+        assert list(got) == [LABELS[i] for i in np.argsort(-expected, kind='stable')]
+        for lab in record['labels']:
+            assert LABELS[lab['index']] == lab['label']
+            assert lab['score'] == pytest.approx(float(expected[lab['index']]), abs=2e-6)
+        w, h = Image.open(record['path']).size
+        assert record['size'] == [w, h]
+
+
+def test_threshold_and_topk_select_labels():
+    """--threshold keeps scores >= T, --topk the K best, both: the K best above T; neither: threshold 0.5."""
+    scores = np.array([0.2, 0.9, 0.5, 0.7, 0.49])
+    names = ['a', 'b', 'c', 'd', 'e']
+    assert [n for n, _, _ in select_labels(scores, names)] == ['b', 'd', 'c']
+    assert [n for n, _, _ in select_labels(scores, names, threshold=0.6)] == ['b', 'd']
+    assert [n for n, _, _ in select_labels(scores, names, topk=4)] == ['b', 'd', 'c', 'e']
+    assert [n for n, _, _ in select_labels(scores, names, threshold=0.6, topk=3)] == ['b', 'd']
+    assert [n for n, _, _ in select_labels(scores, names, threshold=0.3, topk=1)] == ['b']
+    assert select_labels(scores, names, threshold=0.95) == []
+    name, index, score = select_labels(scores, names, topk=1)[0]
+    assert (name, index, score) == ('b', 1, pytest.approx(0.9))
+
+
+def test_topk_cli_gives_k_labels_per_image(assets, tmp_path):
+    """--topk 2 without a threshold returns exactly the two best labels of every image."""
+    rc, doc = _run_json([assets['good'][0], assets['good'][1], '--model', 'srdl_test_resnet', '--checkpoint',
+                         assets['ckpt'], '--topk', '2'], tmp_path)
+    assert rc == 0 and doc['topk'] == 2 and doc['threshold'] is None
+    for record in doc['results']:
+        expected = _expected_scores(assets['model'], record['path'])
+        assert [lab['index'] for lab in record['labels']] == list(np.argsort(-expected, kind='stable')[:2])
+
+
+def test_bad_inputs_are_reported_per_file_and_exit_status_is_one(assets, tmp_path):
+    """Non-image, fake-extension and truncated files, a missing path, an empty folder, a folder without images and
+    a glob matching nothing each get a failed record with a reason, while the good images are still predicted."""
+    missing = str(assets['root'] / 'no_such.jpg')
+    nomatch = str(assets['root'] / 'zzz*.png')
+    inputs = [assets['good'][0], assets['notes'], assets['fake'], assets['truncated'], missing, assets['empty'],
+              assets['only_text'], nomatch, assets['good'][1]]
+    rc, doc = _run_json(inputs + ['--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt']], tmp_path)
+    assert rc == 1
+    by_path = {r['path']: r for r in doc['results']}
+    assert [r['path'] for r in doc['results']] == inputs
+    assert doc['num_failed'] == 7 and doc['num_inputs'] == 9
+    assert by_path[assets['good'][0]]['ok'] and by_path[assets['good'][1]]['ok']
+    assert by_path[assets['good'][0]]['labels']
+    expectations = {
+        assets['notes']: 'not a readable image', assets['fake']: 'not a readable image',
+        assets['truncated']: 'truncated', missing: 'no such file', assets['empty']: 'no image files',
+        assets['only_text']: 'no image files', nomatch: 'no files match',
+    }
+    for path, words in expectations.items():
+        record = by_path[path]
+        assert not record['ok'] and record['labels'] == []
+        assert words in record['error'], (path, record['error'])
+    assert '1 files without an image extension skipped' in by_path[assets['only_text']]['error']
+
+
+def test_table_and_csv_outputs_list_every_input(assets, tmp_path, capsys):
+    """The default table prints one row per input (labels or ERROR) and a summary; CSV has one row per label and
+    one row per failed input, parseable with the csv module."""
+    rc = main([assets['good'][0], assets['notes'], '--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'],
+               '--topk', '2', '--workers', '0', '--img-size', str(IMG)])
+    out = capsys.readouterr().out
+    assert rc == 1
+    lines = out.strip().splitlines()
+    assert lines[0].split() == ['image', 'labels']
+    assert lines[1].startswith(assets['good'][0]) and len(lines[1].split(',')) == 2
+    assert lines[2].startswith(assets['notes']) and 'ERROR:' in lines[2]
+    assert lines[-1] == '1 predicted, 1 failed'
+
+    csv_path = tmp_path / 'out.csv'
+    rc = main([assets['good'][0], assets['notes'], '--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'],
+               '--topk', '3', '--workers', '0', '--img-size', str(IMG), '--format', 'csv', '--output', str(csv_path)])
+    assert rc == 1
+    rows = list(csv.DictReader(csv_path.open(newline='')))
+    good_rows = [r for r in rows if r['path'] == assets['good'][0]]
+    assert [r['rank'] for r in good_rows] == ['1', '2', '3']
+    assert all(r['label'] in LABELS and r['ok'] == '1' for r in good_rows)
+    scores = [float(r['score']) for r in good_rows]
+    assert scores == sorted(scores, reverse=True)
+    bad = [r for r in rows if r['path'] == assets['notes']]
+    assert len(bad) == 1 and bad[0]['ok'] == '0' and bad[0]['label'] == '' and bad[0]['error']
+
+
+def test_formatters_on_hand_made_predictions():
+    """format_table/format_csv render labels, '(none)' for an image without labels, and errors."""
+    preds = [Prediction('x.jpg', [('dog', 1, 0.91234)]), Prediction('y.jpg', []), Prediction('z.jpg', error='boom')]
+    table = format_table(preds)
+    assert 'dog 0.912' in table and '(none)' in table and 'ERROR: boom' in table
+    assert table.strip().endswith('2 predicted, 1 failed')
+    rows = list(csv.reader(io.StringIO(format_csv(preds))))
+    assert rows[1] == ['x.jpg', '1', '1', 'dog', '1', '0.912340', '']
+    assert rows[2] == ['y.jpg', '1', '', '', '', '', '']
+    assert rows[3] == ['z.jpg', '0', '', '', '', '', 'boom']
+
+
+def test_collect_inputs_folders_globs_recursion_and_duplicates(assets):
+    """Folders give their image files sorted (sub-folders only with recursive); globs expand; a file reached twice
+    is kept once; explicit non-image files are kept (to be reported later)."""
+    flat = collect_inputs([assets['imgs']])
+    assert [i.path for i in flat] == sorted([assets['good'][0], assets['good'][1], assets['good'][3]])
+    deep = collect_inputs([assets['imgs']], recursive=True)
+    assert os.path.join(assets['imgs'], 'sub', 'c.jpg') in [i.path for i in deep] and len(deep) == 4
+    globbed = collect_inputs([os.path.join(assets['imgs'], '*.jpg'), assets['good'][0]])
+    assert [i.path for i in globbed] == [assets['good'][0]]
+    rglob = collect_inputs([os.path.join(assets['imgs'], '**', '*.jpg')], recursive=True)
+    assert sorted(i.path for i in rglob) == sorted([assets['good'][0], assets['good'][2]])
+    explicit = collect_inputs([assets['notes']])
+    assert explicit == [InputItem(assets['notes'])]
+
+
+def test_broken_symlink_and_unreadable_file_are_reported(assets, tmp_path):
+    """A dangling symbolic link fails as its own input; a file without read permission (checked when not root)
+    fails with 'permission denied'."""
+    link = tmp_path / 'dangling.jpg'
+    link.symlink_to(tmp_path / 'gone.jpg')
+    items = collect_inputs([str(link)])
+    assert items[0].error and 'broken symbolic link' in items[0].error
+    if os.geteuid() == 0:
+        pytest.skip('running as root: file permissions do not stop reads')
+    locked = tmp_path / 'locked.jpg'
+    _write_rgb(str(locked), (20, 20), 9)
+    locked.chmod(0)
+    rc, doc = _run_json([str(locked), '--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt']], tmp_path)
+    assert rc == 1 and 'permission denied' in doc['results'][0]['error']
+
+
+def test_label_names_fall_back_to_class_index_with_a_warning(assets, tmp_path, caplog):
+    """A checkpoint without label names and no --label-names gives class_0.. and logs a warning; --label-names FILE
+    supplies them."""
+    with caplog.at_level(logging.WARNING, logger='srdl_timm.predict'):
+        rc, doc = _run_json([assets['good'][0], '--model', 'srdl_test_resnet', '--checkpoint', assets['bare'],
+                             '--topk', '4'], tmp_path)
+    assert rc == 0
+    assert sorted(lab['label'] for lab in doc['results'][0]['labels']) == [f'class_{i}' for i in range(4)]
+    assert any('no label names' in r.getMessage() for r in caplog.records)
+    names = tmp_path / 'names.txt'
+    names.write_text('\n'.join(['w', 'x', 'y', 'z']) + '\n')
+    rc, doc = _run_json([assets['good'][0], '--model', 'srdl_test_resnet', '--checkpoint', assets['bare'],
+                         '--topk', '4', '--label-names', str(names)], tmp_path, 'named.json')
+    assert rc == 0 and sorted(lab['label'] for lab in doc['results'][0]['labels']) == ['w', 'x', 'y', 'z']
+
+
+def test_local_dir_model_takes_label_names_from_its_config(assets, tmp_path):
+    """A timm local-dir written by srdl_timm.hub.save_pretrained_dir (config.json + model.safetensors) loads with
+    its config's label names and weights."""
+    from srdl_timm.hub import save_pretrained_dir
+    folder = tmp_path / 'srdl_local'
+    model = _model(num_classes=3, seed=7, label_names=['sun', 'sea', 'sky'])
+    save_pretrained_dir(model, folder)
+    rc, doc = _run_json([assets['good'][0], '--model', f'local-dir:{folder}', '--threshold', '0'], tmp_path)
+    assert rc == 0
+    labels = doc['results'][0]['labels']
+    assert sorted(lab['label'] for lab in labels) == ['sea', 'sky', 'sun']
+    expected = _expected_scores(model, assets['good'][0])
+    for lab in labels:
+        assert lab['score'] == pytest.approx(float(expected[lab['index']]), abs=2e-6)
+
+
+def test_model_errors_exit_with_status_two(assets, tmp_path, capsys):
+    """A checkpoint for another class count, a non-safetensors file, a missing file, a model name without weights and
+    an unknown model name are refused with a clear message and exit status 2 before any image is read."""
+    base = [assets['good'][0], '--workers', '0']
+    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'], '--num-classes', '5']) == 2
+    assert 'does not match model' in capsys.readouterr().err
+    pth = tmp_path / 'w.pth'
+    torch.save({}, pth)
+    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', str(pth)]) == 2
+    assert 'safetensors' in capsys.readouterr().err
+    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', str(tmp_path / 'nope.safetensors')]) == 2
+    assert 'not found' in capsys.readouterr().err
+    assert main(base + ['--model', 'srdl_resnet18']) == 2
+    assert 'pretrained weights' in capsys.readouterr().err
+    assert main(base + ['--model', 'no_such_architecture']) == 2
+    assert 'unknown model' in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_configuration_is_refused(assets, tmp_path):
+    """Weights of an SRDL without GCN layers do not load silently into the default (2-layer) model."""
+    other = _model(graph_layers=0)
+    path = tmp_path / 'nogcn.safetensors'
+    save_file(other.state_dict(), str(path))
+    with pytest.raises(ValueError, match='does not match model'):
+        load_model('srdl_test_resnet', str(path))
+    loaded = load_model('srdl_test_resnet', str(path), graph_layers=0)
+    x = torch.randn(1, 3, IMG, IMG)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), other(x))
+
+
+def test_amp_and_worker_processes_give_the_same_labels(assets, tmp_path):
+    """--amp (bfloat16 backbone, float32 head) stays within 0.02 of float32 scores, and decoding in a worker process
+    gives identical results to the main process."""
+    args = assets['good'][:2] + ['--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'], '--threshold', '0']
+    _, ref = _run_json(args, tmp_path, 'ref.json')
+    rc, amp = _run_json(args + ['--amp'], tmp_path, 'amp.json')
+    assert rc == 0 and amp['amp_dtype'] == 'bfloat16'
+    for r_ref, r_amp in zip(ref['results'], amp['results']):
+        s_ref = {lab['index']: lab['score'] for lab in r_ref['labels']}
+        s_amp = {lab['index']: lab['score'] for lab in r_amp['labels']}
+        assert s_ref.keys() == s_amp.keys()
+        assert max(abs(s_ref[k] - s_amp[k]) for k in s_ref) < 0.02
+    out = tmp_path / 'workers.json'
+    assert main(args + ['--workers', '1', '--img-size', str(IMG), '--format', 'json', '--output', str(out)]) == 0
+    assert json.loads(out.read_text())['results'] == ref['results']
+
+
+def test_explain_writes_overlays_of_input_size(assets, tmp_path):
+    """--explain DIR --explain-erase writes, per image, top-k overlays at the input's size and a panel; names of
+    images with the same file name in different folders do not collide; the JSON lists the files."""
+    twin = _write_rgb(str(tmp_path / 'other' / 'a.jpg'), (52, 38), 11)
+    out_dir = tmp_path / 'overlays'
+    rc, doc = _run_json([assets['good'][0], twin, '--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'],
+                         '--threshold', '0', '--explain', str(out_dir), '--explain-erase', '--explain-topk', '2'],
+                        tmp_path)
+    assert rc == 0
+    all_files = set()
+    for record in doc['results']:
+        files = record['explanations']
+        assert len(files) == 3 and files[-1].endswith('_panel.png')
+        size = tuple(Image.open(record['path']).size)
+        for path in files[:2]:
+            with Image.open(path) as png:
+                assert png.format == 'PNG' and png.size == size
+        top_labels = [lab['label'] for lab in record['labels']]
+        assert os.path.basename(files[0]).endswith(f'_top1_{top_labels[0]}.png')
+        all_files.update(files)
+    assert len(all_files) == 6 and set(os.listdir(out_dir)) == {os.path.basename(f) for f in all_files}
