@@ -7,6 +7,7 @@ spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2
 regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
 ``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
 """
+import contextvars
 import logging
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -20,7 +21,7 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..hub import check_pretrained_weights, manifest_pretrained_cfgs
+from ..hub import check_pretrained_weights, with_manifest_tags
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 
@@ -58,6 +59,10 @@ def _prefix_pattern(pattern: str, prefix: str) -> str:
     return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
 
 
+#: True while a model is built whose label-graph nodes the pretrained checkpoint will replace (see _create_srdl)
+_NODES_FROM_CHECKPOINT: contextvars.ContextVar = contextvars.ContextVar('srdl_nodes_from_checkpoint', default=False)
+
+
 def _random_label_embeddings(num_classes: int, embed_dim: int, seed: int = 0) -> Tensor:
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(num_classes, embed_dim, generator=generator)
@@ -71,6 +76,10 @@ def _resolve_label_embeddings(
 ) -> Tensor:
     """Word vectors ``A^0`` for the label graph (eq. 3) as a ``[C, d']`` float tensor."""
     if label_embeddings is None:
+        if _NODES_FROM_CHECKPOINT.get():
+            _logger.debug('SRDL label-graph nodes: %d x %d placeholder until the checkpoint\'s are loaded',
+                          num_classes, embed_dim)
+            return _random_label_embeddings(num_classes, embed_dim)
         _logger.warning(
             'SRDL label-graph nodes initialised from a seeded random normal (%d x %d): no label_embeddings given. '
             'Pass label_embeddings="coco"/"voc"/"glove-6b-50d"/a .npy path/an array, or load pretrained weights.',
@@ -423,6 +432,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
         out[key] = value
     if dropped:
         _logger.info('Category head re-initialised; dropped from checkpoint: %s', ', '.join(dropped))
+        if 'label_graph.node_features' in dropped and _NODES_FROM_CHECKPOINT.get():
+            _logger.warning(
+                'SRDL label-graph nodes initialised from a seeded random normal: num_classes=%d differs from the '
+                'checkpoint\'s %d classes and no label_embeddings were given. Pass label_embeddings= (word vectors '
+                'of the new label names) for meaningful nodes.', model.num_classes,
+                state_dict['label_graph.node_features'].shape[0])
     return out
 
 
@@ -430,20 +445,27 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
     if pretrained:
         # before any weight is read (srdl_timm.hub): an error saying how to train/publish weights when none exist,
         # sha256 check of weights listed in weights/manifest.json, and the arguments those weights were built with
-        manifest_args = check_pretrained_weights(
-            variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'), kwargs.get('cache_dir'))
-        for key, value in manifest_args.items():
-            kwargs.setdefault(key, value)
-    return build_model_with_cfg(
-        SRDL,
-        variant,
-        pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        pretrained_strict=False,
-        feature_cfg=dict(feature_cls='getter'),
-        **kwargs,
-    )
+        kwargs = check_pretrained_weights(variant, kwargs)
+    # with pretrained weights, nodes built without label_embeddings are placeholders for the checkpoint's
+    token = _NODES_FROM_CHECKPOINT.set(bool(pretrained) and kwargs.get('label_embeddings') is None)
+    try:
+        model = build_model_with_cfg(
+            SRDL,
+            variant,
+            pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            pretrained_strict=False,
+            feature_cfg=dict(feature_cls='getter'),
+            **kwargs,
+        )
+    finally:
+        _NODES_FROM_CHECKPOINT.reset(token)
     inner = getattr(model, 'model', model)  # features_only wraps the model
+    if pretrained and isinstance(inner, SRDL) and inner.label_names is None:
+        # hf-hub:/local-dir: configs hold label_names at the top level, which timm puts in pretrained_cfg
+        names = (model.pretrained_cfg or {}).get('label_names')
+        if names and len(names) == inner.num_classes:
+            inner.label_names = [str(n) for n in names]
     if isinstance(inner, SRDL):
         # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
         first_conv = inner.backbone.pretrained_cfg.get('first_conv')
@@ -487,7 +509,7 @@ _arch_cfgs = {
     'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10, first_conv='backbone.conv1.0'),
 }
 # pretrained tags '<arch>.<tag>': one per weight in weights/manifest.json that exists (file or Hub repo)
-default_cfgs = generate_default_cfgs({**_arch_cfgs, **manifest_pretrained_cfgs(_arch_cfgs)})
+default_cfgs = generate_default_cfgs(with_manifest_tags(_arch_cfgs))
 
 
 @register_model
