@@ -1,0 +1,512 @@
+"""Atomic, verifiable training checkpoints: safetensors weights + a ``weights_only``-loadable training state.
+
+A checkpoint is a directory::
+
+    checkpoints/epoch-0003-step-00001234-<id>/
+        model.safetensors     plain SRDL ``state_dict`` (unwrapped: no DDP ``module.`` / compile prefixes)
+        ema.safetensors       EMA weights (only when training with --model-ema)
+        training_state.pt     optimizer, scheduler, AMP scaler, epoch, step, RNG states, sampler position, history
+                              (only tensors, numbers, strings, lists and dicts: loads with torch.load(weights_only=True))
+        train_config.json     the resolved training configuration
+        manifest.json         written last: size and SHA-256 of every file above, epoch, step
+
+Writing is crash-safe at every instant:
+
+1. every file goes into a fresh hidden directory ``.tmp-…`` and is flushed and ``fsync``'ed; ``manifest.json`` is
+   written last;
+2. the directory is renamed to its final, never-before-used name (``rename(2)`` is atomic) and its parent is
+   ``fsync``'ed;
+3. the ``last`` symlink in the output directory is re-pointed with ``os.replace`` of a freshly made symlink (atomic);
+4. only then are older checkpoint directories deleted.
+
+A process killed at any point therefore leaves ``last`` pointing at a complete, verified checkpoint (or at none, if
+the first one was never finished); stale ``.tmp-*`` directories are removed by the next run. Loading verifies the
+manifest (sizes and hashes), so a truncated or corrupted file raises :class:`CheckpointError` naming that file
+instead of resuming from garbage.
+"""
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import uuid
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+__all__ = [
+    'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
+    'LAST_LINK', 'atomic_write_bytes', 'atomic_write_json', 'save_safetensors_atomic', 'save_checkpoint',
+    'load_checkpoint', 'resolve_checkpoint_dir', 'find_last_checkpoint', 'verify_checkpoint', 'load_weights',
+    'capture_rng_state', 'restore_rng_state', 'state_dict_for_save', 'remove_stale_tmp',
+]
+
+_logger = logging.getLogger(__name__)
+
+MODEL_FILE = 'model.safetensors'
+EMA_FILE = 'ema.safetensors'
+STATE_FILE = 'training_state.pt'
+CONFIG_FILE = 'train_config.json'
+MANIFEST_FILE = 'manifest.json'
+LAST_LINK = 'last'
+CHECKPOINT_DIR = 'checkpoints'
+_FORMAT = 'srdl-timm-checkpoint'
+_FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, truncated or corrupt (the message names the file)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# low-level atomic writes
+# ------------------------------------------------------------------------------------------------------------
+def _fsync_dir(path: str) -> None:
+    """fsync a directory so that a rename/creation inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _tmp_name(path: str) -> str:
+    head, tail = os.path.split(os.path.abspath(path))
+    return os.path.join(head, f'.{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, torch.Tensor)):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (NaN/inf are written as null)."""
+    atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, default=_json_default) + '\n').encode('utf-8'))
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def state_dict_for_save(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """A module's ``state_dict`` as detached, contiguous CPU tensors with shared storage broken (safetensors-ready).
+
+    DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) wrappers are unwrapped first, so the keys are those of
+    the plain model.
+    """
+    while True:
+        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
+            module = module.module
+        elif hasattr(module, '_orig_mod') and isinstance(module._orig_mod, torch.nn.Module):
+            module = module._orig_mod
+        else:
+            break
+    return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in module.state_dict().items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _save_file_synced(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+    save_file(tensors, path, metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+    with open(path, 'rb+') as f:
+        os.fsync(f.fileno())
+
+
+def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
+                            metadata: Optional[Dict[str, str]] = None) -> None:
+    """Save a flat tensor dict as safetensors at ``path`` atomically (temporary file + fsync + ``os.replace``)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        _save_file_synced(tensors, tmp, metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# RNG state (weights_only-friendly)
+# ------------------------------------------------------------------------------------------------------------
+def capture_rng_state() -> Dict[str, Any]:
+    """Torch (CPU and every CUDA device), NumPy and Python RNG states as tensors/ints (``weights_only``-loadable)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    state: Dict[str, Any] = {
+        'torch': torch.get_rng_state(),
+        'numpy': {
+            'bit_generator': str(np_state[0]),
+            'keys': torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            'pos': int(np_state[2]),
+            'has_gauss': int(np_state[3]),
+            'cached_gaussian': float(np_state[4]),
+        },
+        'python': {'version': int(py_version), 'state': torch.tensor(py_internal, dtype=torch.int64),
+                   'gauss_next': py_gauss},
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng_state(state: Dict[str, Any]) -> None:
+    """Restore what :func:`capture_rng_state` captured (CUDA states only where the device count matches)."""
+    torch.set_rng_state(state['torch'].to('cpu', torch.uint8))
+    npst = state['numpy']
+    np.random.set_state((npst['bit_generator'], npst['keys'].numpy().astype(np.uint32), int(npst['pos']),
+                         int(npst['has_gauss']), float(npst['cached_gaussian'])))
+    py = state['python']
+    random.setstate((int(py['version']), tuple(int(v) for v in py['state'].tolist()), py['gauss_next']))
+    cuda_states = state.get('cuda') or []
+    if cuda_states and torch.cuda.is_available():
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+        else:
+            _logger.warning('checkpoint holds %d CUDA RNG states but %d devices are visible: CUDA RNG not restored',
+                            len(cuda_states), torch.cuda.device_count())
+
+
+# ------------------------------------------------------------------------------------------------------------
+# checkpoint directories
+# ------------------------------------------------------------------------------------------------------------
+class Checkpoint:
+    """A loaded, verified checkpoint.
+
+    Attributes:
+        path: the checkpoint directory.
+        model: model ``state_dict`` (CPU tensors).
+        ema: EMA ``state_dict`` or None.
+        state: the training state dict (see :func:`save_checkpoint`).
+        config: the training configuration saved with it (dict).
+        manifest: the manifest (epoch, step, files).
+    """
+
+    def __init__(self, path: str, model: Dict[str, torch.Tensor], ema: Optional[Dict[str, torch.Tensor]],
+                 state: Dict[str, Any], config: Dict[str, Any], manifest: Dict[str, Any]) -> None:
+        self.path = path
+        self.model = model
+        self.ema = ema
+        self.state = state
+        self.config = config
+        self.manifest = manifest
+
+    @property
+    def epoch(self) -> int:
+        """The epoch in progress (0-based) at the time of the checkpoint."""
+        return int(self.state['epoch'])
+
+    @property
+    def batch_in_epoch(self) -> int:
+        """Micro-batches of ``epoch`` already consumed (0 at an epoch boundary)."""
+        return int(self.state['batch_in_epoch'])
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer updates done."""
+        return int(self.state['global_step'])
+
+
+def remove_stale_tmp(output_dir: str) -> List[str]:
+    """Delete ``.tmp-*`` leftovers of interrupted writes under ``output_dir/checkpoints``; returns what was removed."""
+    removed = []
+    ckpt_root = os.path.join(output_dir, CHECKPOINT_DIR)
+    if os.path.isdir(ckpt_root):
+        for name in os.listdir(ckpt_root):
+            if name.startswith('.tmp-'):
+                shutil.rmtree(os.path.join(ckpt_root, name), ignore_errors=True)
+                removed.append(name)
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith(f'.{LAST_LINK}.tmp-'):
+            try:
+                os.unlink(os.path.join(output_dir, name))
+                removed.append(name)
+            except OSError:
+                pass
+    if removed:
+        _logger.info('removed %d leftover temporary checkpoint file(s) from an interrupted run: %s',
+                     len(removed), ', '.join(removed))
+    return removed
+
+
+def _check_weights_only_loadable(state: Dict[str, Any], path: str) -> None:
+    """Fail before writing if ``state`` holds objects that ``torch.load(weights_only=True)`` would refuse."""
+    allowed = (int, float, str, bool, type(None), bytes)  # exact types: subclasses pickle as other globals
+
+    def walk(obj: Any, where: str) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                if not isinstance(k, (str, int)):
+                    raise TypeError(f'{path}: training state key {k!r} at {where} is not a str/int')
+                walk(v, f'{where}.{k}')
+        elif isinstance(obj, (list, tuple)):
+            for i, v in enumerate(obj):
+                walk(v, f'{where}[{i}]')
+        elif not (isinstance(obj, torch.Tensor) or type(obj) in allowed):
+            raise TypeError(f'{path}: training state holds a {type(obj).__name__} at {where}, which '
+                            'torch.load(weights_only=True) cannot load')
+
+    walk(state, 'state')
+
+
+def save_checkpoint(
+        output_dir: str,
+        model_state: Dict[str, torch.Tensor],
+        training_state: Dict[str, Any],
+        config: Dict[str, Any],
+        ema_state: Optional[Dict[str, torch.Tensor]] = None,
+        keep_last: int = 1,
+        keep: Sequence[str] = (),
+) -> str:
+    """Write a checkpoint directory atomically, point ``output_dir/last`` at it, prune older ones.
+
+    Args:
+        output_dir: the run's output directory (checkpoints go to ``output_dir/checkpoints/``).
+        model_state: model ``state_dict`` (see :func:`state_dict_for_save`).
+        training_state: must contain int ``epoch``, ``batch_in_epoch`` and ``global_step``; any other entries must be
+            tensors / numbers / strings / None in nested lists and dicts.
+        config: JSON-serialisable training configuration (written as ``train_config.json``).
+        ema_state: EMA ``state_dict`` (optional).
+        keep_last: how many of the newest checkpoints to keep (>= 1).
+        keep: checkpoint directory paths never to delete.
+
+    Returns:
+        The new checkpoint directory.
+    """
+    if keep_last < 1:
+        raise ValueError(f'keep_last must be >= 1, got {keep_last}')
+    for key in ('epoch', 'batch_in_epoch', 'global_step'):
+        if not isinstance(training_state.get(key), int):
+            raise ValueError(f'training_state[{key!r}] must be an int')
+    epoch, step = training_state['epoch'], training_state['global_step']
+    ckpt_root = os.path.join(output_dir, CHECKPOINT_DIR)
+    os.makedirs(ckpt_root, exist_ok=True)
+    name = f'epoch-{epoch:04d}-batch-{training_state["batch_in_epoch"]:06d}-step-{step:08d}-{uuid.uuid4().hex[:8]}'
+    final_dir = os.path.join(ckpt_root, name)
+    tmp_dir = os.path.join(ckpt_root, f'.tmp-{name}')
+    os.makedirs(tmp_dir)
+    state = dict(training_state, format=_FORMAT, format_version=_FORMAT_VERSION)
+    _check_weights_only_loadable(state, os.path.join(final_dir, STATE_FILE))
+    try:
+        files = {MODEL_FILE: None, STATE_FILE: None, CONFIG_FILE: None}
+        _save_file_synced(model_state, os.path.join(tmp_dir, MODEL_FILE), metadata={'format': 'pt'})
+        if ema_state is not None:
+            _save_file_synced(ema_state, os.path.join(tmp_dir, EMA_FILE), metadata={'format': 'pt'})
+            files[EMA_FILE] = None
+        with open(os.path.join(tmp_dir, STATE_FILE), 'wb') as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(os.path.join(tmp_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
+            f.write(json.dumps(_finite(config), indent=2, default=_json_default) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        manifest = {
+            'format': _FORMAT, 'format_version': _FORMAT_VERSION, 'epoch': epoch,
+            'batch_in_epoch': training_state['batch_in_epoch'], 'global_step': step,
+            'files': {fn: {'size': os.path.getsize(os.path.join(tmp_dir, fn)),
+                           'sha256': _sha256(os.path.join(tmp_dir, fn))} for fn in files},
+        }
+        with open(os.path.join(tmp_dir, MANIFEST_FILE), 'w', encoding='utf-8') as f:
+            f.write(json.dumps(manifest, indent=2) + '\n')
+            f.flush()
+            os.fsync(f.fileno())
+        _fsync_dir(tmp_dir)
+        os.rename(tmp_dir, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    _fsync_dir(ckpt_root)
+
+    # re-point output_dir/last atomically
+    link = os.path.join(output_dir, LAST_LINK)
+    tmp_link = os.path.join(output_dir, f'.{LAST_LINK}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+    os.symlink(os.path.join(CHECKPOINT_DIR, name), tmp_link)
+    os.replace(tmp_link, link)
+    _fsync_dir(output_dir)
+    _logger.info('checkpoint written: %s (epoch %d, step %d)', final_dir, epoch, step)
+
+    # prune: keep the newest keep_last (by step, then mtime) and anything in keep
+    protected = {os.path.realpath(p) for p in keep} | {os.path.realpath(final_dir)}
+    candidates = []
+    for other in os.listdir(ckpt_root):
+        path = os.path.join(ckpt_root, other)
+        if other.startswith('.') or not os.path.isdir(path):
+            continue
+        candidates.append(path)
+    candidates.sort(key=_checkpoint_order, reverse=True)
+    for path in candidates[keep_last:]:
+        if os.path.realpath(path) not in protected:
+            shutil.rmtree(path, ignore_errors=True)
+    return final_dir
+
+
+def _checkpoint_order(path: str) -> tuple:
+    """Sort key: (global step, epoch, batch, mtime) from the directory name ``epoch-E-batch-B-step-S-id``."""
+    parts = os.path.basename(path).split('-')
+    try:
+        epoch, batch, step = int(parts[1]), int(parts[3]), int(parts[5])
+    except (IndexError, ValueError):
+        epoch = batch = step = -1
+    return step, epoch, batch, os.path.getmtime(path)
+
+
+def find_last_checkpoint(output_dir: str) -> Optional[str]:
+    """The directory ``output_dir/last`` points at, or None when there is no ``last`` link."""
+    link = os.path.join(output_dir, LAST_LINK)
+    if not os.path.lexists(link):
+        return None
+    target = os.path.realpath(link)
+    if not os.path.isdir(target):
+        raise CheckpointError(f'{link} points at {target}, which does not exist (checkpoint deleted?)')
+    return target
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+    """Accept a checkpoint directory, a ``last`` link, an output directory (uses its ``last``) or a file inside a
+    checkpoint directory; return the checkpoint directory."""
+    if not os.path.exists(path):
+        raise CheckpointError(f'checkpoint not found: {path}')
+    if os.path.isfile(path):
+        path = os.path.dirname(os.path.abspath(path))
+    path = os.path.realpath(path)
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)) or os.path.isfile(os.path.join(path, STATE_FILE)):
+        return path
+    last = find_last_checkpoint(path)
+    if last is not None:
+        return last
+    raise CheckpointError(f'{path} is neither a checkpoint directory (no {MANIFEST_FILE}) nor an output directory '
+                          f'with a "{LAST_LINK}" checkpoint link')
+
+
+def verify_checkpoint(ckpt_dir: str) -> Dict[str, Any]:
+    """Check the manifest of a checkpoint directory: every listed file present with the recorded size and SHA-256.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        CheckpointError: naming the missing, truncated or corrupt file.
+    """
+    manifest_path = os.path.join(ckpt_dir, MANIFEST_FILE)
+    if not os.path.isfile(manifest_path):
+        raise CheckpointError(f'{manifest_path} is missing: {ckpt_dir} is an incomplete checkpoint (the run was '
+                              'interrupted while writing it); resume from the previous one')
+    try:
+        with open(manifest_path, encoding='utf-8') as f:
+            manifest = json.load(f)
+        files = manifest['files']
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f'{manifest_path} is corrupt ({e})') from e
+    for name, info in files.items():
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isfile(path):
+            raise CheckpointError(f'checkpoint file {path} is missing')
+        size = os.path.getsize(path)
+        if size != info['size']:
+            raise CheckpointError(f'checkpoint file {path} is truncated or corrupt: {size} bytes, the manifest '
+                                  f'records {info["size"]}')
+        if _sha256(path) != info['sha256']:
+            raise CheckpointError(f'checkpoint file {path} is corrupt: its SHA-256 differs from the manifest')
+    return manifest
+
+
+def load_weights(path: str) -> Dict[str, torch.Tensor]:
+    """Load a safetensors weight file; a truncated/corrupt/non-safetensors file raises :class:`CheckpointError`."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f'weights file not found: {path}')
+    try:
+        return load_file(path, device='cpu')
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f'weights file {path} is truncated or corrupt: {e}') from e
+
+
+def _load_state(path: str) -> Dict[str, Any]:
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pickle / zip errors of every kind on a damaged file
+        raise CheckpointError(f'training state {path} is truncated or corrupt: {type(e).__name__}: {e}') from e
+    if not isinstance(state, dict) or state.get('format') != _FORMAT:
+        raise CheckpointError(f'{path} is not an srdl-timm training state')
+    if int(state.get('format_version', 0)) > _FORMAT_VERSION:
+        raise CheckpointError(f'{path} has format version {state["format_version"]}; this srdl-timm reads up to '
+                              f'{_FORMAT_VERSION}')
+    return state
+
+
+def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
+    """Load and verify a checkpoint (directory, ``last`` link or output directory).
+
+    Args:
+        path: see :func:`resolve_checkpoint_dir`.
+        verify: check sizes and SHA-256 against the manifest first (recommended).
+
+    Raises:
+        CheckpointError: missing/incomplete/truncated/corrupt checkpoint, naming the file.
+    """
+    ckpt_dir = resolve_checkpoint_dir(path)
+    manifest = verify_checkpoint(ckpt_dir) if verify else {}
+    model = load_weights(os.path.join(ckpt_dir, MODEL_FILE))
+    ema_path = os.path.join(ckpt_dir, EMA_FILE)
+    ema = load_weights(ema_path) if os.path.isfile(ema_path) else None
+    state = _load_state(os.path.join(ckpt_dir, STATE_FILE))
+    config_path = os.path.join(ckpt_dir, CONFIG_FILE)
+    try:
+        with open(config_path, encoding='utf-8') as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f'{config_path} is missing or corrupt ({e})') from e
+    _logger.info('loaded checkpoint %s (epoch %s, batch %s, step %s)', ckpt_dir, state.get('epoch'),
+                 state.get('batch_in_epoch'), state.get('global_step'))
+    return Checkpoint(ckpt_dir, model, ema, state, config, manifest)
