@@ -24,7 +24,6 @@ the first one was never finished); stale ``.tmp-*`` directories are removed by t
 manifest (sizes and hashes), so a truncated or corrupted file raises :class:`CheckpointError` naming that file
 instead of resuming from garbage.
 """
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from .utils import sha256_file
 
 __all__ = [
     'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
@@ -169,13 +169,6 @@ def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
             os.unlink(tmp)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -356,7 +349,7 @@ def save_checkpoint(
             'format': _FORMAT, 'format_version': _FORMAT_VERSION, 'epoch': epoch,
             'batch_in_epoch': training_state['batch_in_epoch'], 'global_step': step,
             'files': {fn: {'size': os.path.getsize(os.path.join(tmp_dir, fn)),
-                           'sha256': _sha256(os.path.join(tmp_dir, fn))} for fn in files},
+                           'sha256': sha256_file(os.path.join(tmp_dir, fn))} for fn in files},
         }
         with open(os.path.join(tmp_dir, MANIFEST_FILE), 'w', encoding='utf-8') as f:
             f.write(json.dumps(manifest, indent=2) + '\n')
@@ -457,7 +450,7 @@ def verify_checkpoint(ckpt_dir: str) -> Dict[str, Any]:
         if size != info['size']:
             raise CheckpointError(f'checkpoint file {path} is truncated or corrupt: {size} bytes, the manifest '
                                   f'records {info["size"]}')
-        if _sha256(path) != info['sha256']:
+        if sha256_file(path) != info['sha256']:
             raise CheckpointError(f'checkpoint file {path} is corrupt: its SHA-256 differs from the manifest')
     return manifest
 

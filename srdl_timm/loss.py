@@ -1,7 +1,6 @@
 """SRDL objective (paper §3.4, eqs. 11-13)."""
 from typing import Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

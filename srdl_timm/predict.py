@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from .utils import parse_model_kwargs
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'InputItem', 'Prediction', 'collect_inputs', 'load_model', 'resolve_label_names',
@@ -648,19 +649,6 @@ def format_csv(predictions: Sequence[Prediction]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 # CLI
 # ----------------------------------------------------------------------------------------------------------
-def _parse_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    import ast
-    kwargs: Dict[str, Any] = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--model-kwargs entries must be key=value, got {item!r}')
-        key, value = item.split('=', 1)
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
-
 
 def _probability(text: str) -> float:
     value = float(text)
@@ -732,7 +720,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error('--explain-erase needs --explain DIR')
     try:
         model = load_model(args.model, args.checkpoint, args.num_classes, args.random_init,
-                           **_parse_kwargs(args.model_kwargs))
+                           **parse_model_kwargs(args.model_kwargs))
         num_classes = getattr(model, 'num_classes', 0)
         if not num_classes:
             raise ValueError(f'{args.model} has no classifier (num_classes=0)')

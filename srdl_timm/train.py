@@ -27,7 +27,6 @@ metrics); ``checkpoints/…`` + the ``last`` link (see :mod:`srdl_timm.checkpoin
 ``summary.json``.
 """
 import argparse
-import ast
 import contextlib
 import csv
 import dataclasses
@@ -62,6 +61,7 @@ from srdl_timm.data.distributed import init_distributed_from_env, is_dist_initia
 from srdl_timm.distributed import EpochBatchSampler, SeededDataset, all_gather_objects, all_reduce_mean, barrier
 from srdl_timm.loss import masked_bce_with_logits
 from srdl_timm.validate import validate
+from .utils import parse_model_kwargs
 
 __all__ = [
     'TrainConfig', 'TrainState', 'RECIPES', 'TrainingError', 'NonFiniteLossError', 'resolve_config', 'fit',
@@ -993,18 +993,6 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------------------
 # command line
 # ----------------------------------------------------------------------------------------------------------------
-def _parse_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--model-kwargs entries must be key=value, got {item!r}')
-        key, value = item.split('=', 1)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``srdl-train`` argument parser (timm's flag names where the concept exists)."""
@@ -1106,7 +1094,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A :class:`TrainConfig` from parsed ``srdl-train`` arguments (unresolved: recipe fields may be None)."""
     values = vars(args).copy()
     values.pop('log_level', None)
-    values['model_kwargs'] = _parse_kwargs(values.get('model_kwargs'))
+    values['model_kwargs'] = parse_model_kwargs(values.get('model_kwargs'))
     if values.get('opt_betas') is not None:
         values['opt_betas'] = tuple(values['opt_betas'])
     names = {f.name for f in dataclasses.fields(TrainConfig)}

@@ -19,9 +19,7 @@ ignored. With ``--amp`` the backbone runs in the AMP dtype but, for models with 
 ``model(x)`` on the first batch; a model whose forward is not head∘features falls back to ``model(x)``).
 """
 import argparse
-import ast
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -41,6 +39,7 @@ from srdl_timm.data import create_dataset, create_loader, create_transform
 from srdl_timm.data.distributed import init_distributed_from_env, is_dist_initialized
 from srdl_timm.data.images import ON_CORRUPT_CHOICES
 from srdl_timm.metrics import MultiLabelMetrics
+from .utils import parse_model_kwargs, sha256_file
 
 __all__ = ['validate', 'main', 'build_parser', 'evaluate', 'AP_DEFINITIONS']
 
@@ -146,25 +145,6 @@ def validate(
     return result
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _parse_kwargs(items: Optional[List[str]]) -> Dict[str, Any]:
-    kwargs: Dict[str, Any] = {}
-    for item in items or []:
-        if '=' not in item:
-            raise ValueError(f'--model-kwargs entries must be key=value, got {item!r}')
-        key, value = item.split('=', 1)
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            kwargs[key] = value
-    return kwargs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    kwargs = _parse_kwargs(args.model_kwargs)
+    kwargs = parse_model_kwargs(args.model_kwargs)
     if args.checkpoint:
         if not os.path.isfile(args.checkpoint):
             raise FileNotFoundError(f'--checkpoint file not found: {args.checkpoint}')
@@ -307,10 +287,10 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     scalars = {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
     report = dict(
         model=args.model,
-        checkpoint=dict(path=os.path.abspath(args.checkpoint), sha256=_sha256(args.checkpoint))
+        checkpoint=dict(path=os.path.abspath(args.checkpoint), sha256=sha256_file(args.checkpoint))
         if args.checkpoint else None,
         pretrained=bool(args.pretrained),
-        model_kwargs=_parse_kwargs(args.model_kwargs),
+        model_kwargs=parse_model_kwargs(args.model_kwargs),
         metrics=scalars,
         per_class_AP=dict(
             interpolated=dict(zip(names, results['AP_interpolated'].tolist())),

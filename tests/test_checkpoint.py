@@ -25,13 +25,6 @@ from srdl_timm.train import TrainConfig, fit
 from datasets import write_csv
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: bit-reproducible across runs and processes, and no OpenMP spinning on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model_and_optimizer():

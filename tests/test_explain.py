@@ -21,13 +21,6 @@ LABELS = ['person', 'bus', 'traffic light', 'dog', 'cat']
 SIZE = 128  # test_resnet's stride 32 -> a 4x4 attention grid
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and it avoids thread contention on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope='module')

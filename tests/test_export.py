@@ -24,13 +24,6 @@ SIZE = 64
 RTOL, ATOL = 1e-4, 1e-5
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and it avoids thread contention on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model():

@@ -25,13 +25,6 @@ LABELS = ['cat', 'dog', 'car', 'tree']
 IMG = 64
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread, and it avoids thread contention on a shared CPU."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model(num_classes=4, seed=0, **kwargs):

@@ -33,13 +33,6 @@ from srdl_timm.task import SRDLTask
 from datasets import write_csv  # tests/datasets.py (not Hugging Face's package)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: bit-reproducible across runs and processes, and no OpenMP spinning on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_timm_task_stack_trains_srdl_with_object_erasing(tmp_path):

@@ -18,13 +18,6 @@ from srdl_timm.train import (
 from datasets import write_csv
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One intra-op thread: bit-reproducible across runs and processes, and no OpenMP spinning on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 # tiny, fast and deterministic: the 10-class test ResNet at 64 px, 3 classes, 8 training / 6 validation images
 BASE = dict(data='csv', model='srdl_test_resnet', img_size=64, lr=1e-3, workers=0, progress=False,
