@@ -1,0 +1,210 @@
+#!/usr/bin/env python
+"""Scale check of the CAR head in C (number of categories): peak memory of SRDL forward + backward on CPU.
+
+For each C (default 80, 250, 500, 1000) a *fresh subprocess* builds ``srdl_resnet101`` with C categories, runs
+one training forward (object erasing on, as in training) and backward at 448 x 448, batch 8, and reports its
+peak resident set size. A ``resnet101`` row (bare timm, C = 80 linear head) gives the backbone's share. Since
+the backbone dominates the whole-model peak, a second series (``srdl_resnet101:head``) runs only the CAR head
+and classifier (``forward_head``, no OE) on a fixed ``[8, 2048, 14, 14]`` feature map, forward + backward: the
+C-dependent memory alone.
+
+Method -- why a fresh process and VmHWM: PyTorch's CPU allocator keeps no peak statistics, and freed memory is
+kept by the C allocator, so peaks of successive runs in one process are not separable. Each run therefore
+starts in a new interpreter; ``VmHWM`` (peak RSS, /proc/self/status) is reset by writing ``5`` to
+/proc/self/clear_refs just before the model is built, and read after ``backward()``. Reported:
+
+* ``peak_rss``: VmHWM, the whole process (Python, libraries, weights, activations, gradients);
+* ``peak_run``: VmHWM minus the RSS just before the model was built (what the model and its step added).
+
+Allocator: by default glibc raises its mmap threshold after large frees and then serves big blocks from its
+heap, which it keeps; the peak RSS then also holds memory no tensor uses, and varies from run to run.
+``--malloc-mmap-threshold 131072`` fixes the threshold, so every tensor above 128 KiB is mapped on allocation
+and unmapped on free: RSS then follows the live tensors (page granular), which is the figure to compare
+across C. Both settings are worth reporting: the default is what a user gets.
+
+Linearity: ``peak_run`` of each series is fitted as ``a + b*C`` by least squares. A head that materialised the
+``B x C x h*w x d`` product would need at least ``B*h*w*d*4`` bytes per category per stored copy (12.25 MiB at
+448 px, batch 8, d = 2048 -- 12 GiB at C = 1000); compare the fitted slope ``b`` with it.
+
+Example::
+
+    python benchmarks/memory.py --threads 2 --json memory.json
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command line (see the module docstring)."""
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--classes', type=int, nargs='+', default=[80, 250, 500, 1000])
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--img-size', type=int, default=448)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--object-erasing', choices=('on', 'off'), default='on')
+    p.add_argument('--attention-impl', default='auto')
+    p.add_argument('--no-baseline', action='store_true', help='skip the resnet101 row')
+    p.add_argument('--no-head', action='store_true', help='skip the head-only series')
+    p.add_argument('--limit-gib', type=float, default=6.0, help='target for peak_rss at the largest C')
+    p.add_argument('--malloc-mmap-threshold', type=int, default=None,
+                   help='set MALLOC_MMAP_THRESHOLD_ (bytes) in the child processes: glibc then maps every larger '
+                        'block itself and returns it on free, so RSS follows the live tensors (see docstring)')
+    p.add_argument('--json', default=None)
+    p.add_argument('--markdown', default=None)
+    p.add_argument('--child', default=None, help=argparse.SUPPRESS)  # internal: "model:C"
+    return p.parse_args(argv)
+
+
+def _status_kib(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Dict[str, Any]:
+    """One forward + backward in this (fresh) process; peak memory from VmHWM."""
+    import numpy as np
+    import torch
+    import timm
+    import srdl_timm  # noqa: F401
+    from srdl_timm.loss import SRDLLoss
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+    target = (torch.rand(args.batch_size, num_classes) < 0.05).float()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    rss0 = _status_kib('VmRSS')
+    head_only = model_name.endswith(':head')
+    if model_name == 'resnet101':
+        model = timm.create_model('resnet101', num_classes=num_classes)
+    else:
+        embeddings = np.random.default_rng(0).standard_normal((num_classes, 300)).astype('float32')
+        model = timm.create_model(model_name.split(':')[0], num_classes=num_classes, label_embeddings=embeddings,
+                                  attention_impl=args.attention_impl)
+        model.set_object_erasing(args.object_erasing == 'on' and not head_only)
+    model.train()
+    if head_only:  # the CAR head + classifier on a fixed feature map: the C-dependent part alone
+        side = args.img_size // 32
+        x = torch.randn(args.batch_size, model.num_features, side, side).relu_().requires_grad_()
+    t0 = time.perf_counter()
+    out = model.forward_head(x) if head_only else model(x)
+    loss = SRDLLoss()(out, target)
+    loss.backward()
+    seconds = time.perf_counter() - t0
+    hwm = _status_kib('VmHWM')
+    return dict(model=model_name, classes=num_classes, peak_rss=hwm * 1024, peak_run=(hwm - rss0) * 1024,
+                rss_before=rss0 * 1024, seconds=seconds, loss=float(loss))
+
+
+def _child(args_argv: List[str], model: str, classes: int, threshold: Optional[int] = None) -> Dict[str, Any]:
+    cmd = [sys.executable, os.path.abspath(__file__), *args_argv, '--child', f'{model}:{classes}']
+    env = dict(os.environ)
+    if threshold is not None:
+        env['MALLOC_MMAP_THRESHOLD_'] = str(threshold)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f'{model} C={classes} failed:\n{result.stderr[-4000:]}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]):
+    """Least-squares ``y = a + b x``; returns ``(a, b, max |residual|)``."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx else 0.0
+    a = my - b * mx
+    return a, b, max(abs(y - (a + b * x)) for x, y in zip(xs, ys))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Run every C in its own process, print the table and the linear fit."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.child:
+        model, classes = args.child.rsplit(':', 1)
+        print(json.dumps(run_child(args, model, int(classes))))
+        return {}
+    rows = []
+    if not args.no_baseline:
+        rows.append(_child(argv, 'resnet101', 80, args.malloc_mmap_threshold))
+        print(f"resnet101 C=80: peak RSS {rows[-1]['peak_rss'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+    for c in args.classes:
+        rows.append(_child(argv, 'srdl_resnet101', c, args.malloc_mmap_threshold))
+        print(f"srdl C={c}: peak RSS {rows[-1]['peak_rss'] / 2**30:.2f} GiB", file=sys.stderr, flush=True)
+    if not args.no_head:
+        for c in args.classes:
+            rows.append(_child(argv, 'srdl_resnet101:head', c, args.malloc_mmap_threshold))
+            print(f"srdl head C={c}: peak of the run {rows[-1]['peak_run'] / 2**20:.0f} MiB", file=sys.stderr,
+                  flush=True)
+    srdl = [r for r in rows if r['model'] == 'srdl_resnet101']
+    mib = 2 ** 20
+    fits = {}
+    for name in ('srdl_resnet101', 'srdl_resnet101:head'):
+        series = [r for r in rows if r['model'] == name]
+        if len(series) >= 2:
+            a, b, resid = fit_line([r['classes'] for r in series], [r['peak_run'] / mib for r in series])
+            fits[name] = dict(intercept_mib=a, slope_mib_per_class=b, max_residual_mib=resid)
+    from srdl_timm.ops import select_impl
+    import torch
+    feat_hw = (args.img_size // 32) ** 2
+    product_mib = args.batch_size * feat_hw * 2048 * 4 / mib
+    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+               python=platform.python_version(), torch=torch.__version__, cpu=_cpu_model(), threads=args.threads,
+               attention_impl=select_impl(args.attention_impl, torch.device('cpu')))
+    lines = [f"{env['cpu']}; torch {env['torch']}; {env['date']}; CPU only",
+             f"{args.img_size}x{args.img_size}, batch {args.batch_size}, forward + backward, "
+             f"object erasing {args.object_erasing}, attention {env['attention_impl']}, threads {args.threads}, "
+             f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold or 'default'}",
+             '', '| model | C | peak RSS (GiB) | peak of the run (MiB) | fwd+bwd s |', '|---|---|---|---|---|']
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['classes']} | {r['peak_rss'] / 2**30:.2f} | {r['peak_run'] / mib:.0f} | "
+                     f"{r['seconds']:.1f} |")
+    lines.append('')
+    for name, fit in fits.items():
+        lines.append(f"Fit over C, {name}: peak of the run = {fit['intercept_mib']:.0f} MiB + "
+                     f"{fit['slope_mib_per_class']:.3f} MiB x C (max residual {fit['max_residual_mib']:.0f} MiB).")
+    if fits:
+        lines.append(f"A materialised B*C*h*w*d product would add {product_mib:.2f} MiB per category "
+                     f"per stored copy.")
+    largest = max(srdl, key=lambda r: r['classes']) if srdl else None
+    if largest:
+        ok = largest['peak_rss'] <= args.limit_gib * 2 ** 30
+        lines.append(f"C={largest['classes']}: peak RSS {largest['peak_rss'] / 2**30:.2f} GiB "
+                     f"{'<=' if ok else '>'} {args.limit_gib} GiB target.")
+    table = '\n'.join(lines) + '\n'
+    print(table)
+    out = dict(env=env, args=vars(args), rows=rows, fits=fits, product_mib_per_class=product_mib)
+    if args.markdown:
+        with open(args.markdown, 'w') as f:
+            f.write(table)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+def _cpu_model() -> str:
+    try:
+        out = subprocess.run(['lscpu'], capture_output=True, text=True, timeout=10).stdout
+        for line in out.splitlines():
+            if line.startswith('Model name'):
+                return line.split(':', 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return platform.processor() or 'unknown'
+
+
+if __name__ == '__main__':
+    main()

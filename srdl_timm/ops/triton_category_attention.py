@@ -1,0 +1,257 @@
+"""Triton path for eqs. 5-6 (+ GMP) of the CAR head, with its own backward.
+
+Selected by ``impl='triton'``, or by ``impl='auto'`` on CUDA tensors when Triton imports (see
+:func:`srdl_timm.ops.category_attention.select_impl`). Triton is imported lazily: importing this module never
+needs it.
+
+* CUDA tensors run compiled kernels.
+* CPU tensors run the same kernels in Triton's interpreter (numpy on the host) when Python was started with
+  ``TRITON_INTERPRET=1`` (Triton fixes the mode when it is imported): slow, meant for testing the kernel
+  logic on machines without a GPU.
+
+Forward of eq. 5's inner sum is one kernel; its backward two (``ds`` with ``dw`` partials, and ``de``
+partials per batch item), each recomputing ``tanh`` instead of storing the ``B x C x P x d`` product. Eq. 6 +
+GMP is one kernel that also writes the arg-max position (int32) when a gradient is needed; its backward is
+the ``O(B*C*d)`` gather/scatter shared with the chunked path.
+"""
+import functools
+import importlib.util
+import os
+from types import ModuleType
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    'is_available', 'interpreting', 'load_kernels', 'spatial_attention_logits_triton', 'attention_max_pool_triton',
+    'BLOCK_C', 'BLOCK_P', 'BLOCK_K', 'BLOCK_K_BACKWARD', 'FAST_TANH_16BIT',
+]
+
+#: Tile of the ``C x P x d`` product one program holds (powers of two, as ``tl.arange`` needs). Not tuned on
+#: hardware yet; the backward kernels hold more temporaries per element and use a narrower k tile.
+BLOCK_C, BLOCK_P, BLOCK_K = 16, 16, 32
+BLOCK_K_BACKWARD = 16
+_NUM_WARPS = 4
+
+#: Use the hardware tanh (``tanh.approx.f32``, relative error ~2**-11) for fp16/bf16 inputs on NVIDIA GPUs.
+#: fp32 and fp64 always use the exact formula.
+FAST_TANH_16BIT = True
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    return importlib.util.find_spec('triton') is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_capability_ok(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 7
+
+
+def interpreting() -> bool:
+    """Whether Triton runs in interpreter mode (``TRITON_INTERPRET=1``; Triton reads it when it is imported)."""
+    return os.environ.get('TRITON_INTERPRET', '0').lower() in ('1', 'true', 'on', 'yes')
+
+
+def is_available(device: Optional[torch.device] = None) -> bool:
+    """Whether the Triton path can run on ``device``.
+
+    CUDA: Triton importable and a card of compute capability 7.0 or newer. CPU (``None`` means CPU): Triton
+    importable and interpreter mode on (``TRITON_INTERPRET=1`` set before Python starts).
+    """
+    if not _triton_importable():
+        return False
+    if device is None or device.type == 'cpu':
+        return interpreting()
+    if device.type != 'cuda' or not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_capability_ok(index)
+
+
+def load_kernels() -> ModuleType:
+    """Import the kernel module (and Triton) on first use; compiled or interpreted as Triton was started."""
+    from . import _triton_kernels
+    return _triton_kernels
+
+
+def _kernels_for(t: Tensor) -> ModuleType:
+    if t.device.type == 'cuda':
+        return load_kernels()
+    if t.device.type == 'cpu':
+        if not interpreting():
+            raise RuntimeError(
+                "attention impl 'triton' on CPU tensors needs Triton's interpreter: start Python with "
+                "TRITON_INTERPRET=1 (slow; for testing the kernels), or use impl='chunked' on CPU")
+        return load_kernels()
+    raise RuntimeError(f"attention impl 'triton' runs on CUDA (or CPU through the interpreter), not {t.device}")
+
+
+def _fast_tanh(t: Tensor) -> bool:
+    return (FAST_TANH_16BIT and t.dtype in (torch.float16, torch.bfloat16) and t.device.type == 'cuda'
+            and torch.version.hip is None and not interpreting())
+
+
+def _acc_dtype(t: Tensor):
+    import triton.language as tl
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class _DeviceGuard:
+    """``torch.cuda.device(t.device)`` for CUDA tensors (kernels launch on the current device), else nothing."""
+
+    def __init__(self, t: Tensor):
+        self._ctx = torch.cuda.device(t.device) if t.device.type == 'cuda' else None
+
+    def __enter__(self):
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc):
+        if self._ctx is not None:
+            return self._ctx.__exit__(*exc)
+        return False
+
+
+# ----------------------------------------------------------------------------------------------------------
+# eq. 5 inner sum
+# ----------------------------------------------------------------------------------------------------------
+
+def _logits_fwd(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
+    k = _kernels_for(s)
+    batch, positions, channels = s.shape
+    num_classes = e.shape[0]
+    out = s.new_empty((batch, num_classes, positions))
+    if out.numel() == 0:
+        return out.zero_()
+    grid = (_cdiv(positions, BLOCK_P), _cdiv(num_classes, BLOCK_C), batch)
+    with _DeviceGuard(s):
+        k.logits_fwd[grid](s, e, w, out, positions, num_classes, channels, ACC=_acc_dtype(s), FAST=_fast_tanh(s),
+                           BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K, num_warps=_NUM_WARPS)
+    return out
+
+
+def _logits_bwd(
+        s: Tensor, e: Tensor, w: Tensor, grad: Tensor, need_s: bool, need_e: bool, need_w: bool,
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    k = _kernels_for(s)
+    batch, positions, channels = s.shape
+    num_classes = e.shape[0]
+    acc = torch.float64 if s.dtype == torch.float64 else torch.float32
+    grad_s = grad_e = grad_w = None
+    with _DeviceGuard(s):
+        if need_s or need_w:
+            num_pb = _cdiv(positions, BLOCK_P)
+            gs = torch.empty_like(s) if need_s else s.new_empty(1)
+            gw = torch.empty((batch, num_pb, channels), dtype=acc, device=s.device) if need_w else s.new_empty(1)
+            grid = (num_pb, _cdiv(channels, BLOCK_K_BACKWARD), batch)
+            k.logits_bwd_s[grid](s, e, w, grad, gs, gw, positions, num_classes, channels, num_pb,
+                                 ACC=_acc_dtype(s), FAST=_fast_tanh(s), NEED_S=need_s, NEED_W=need_w,
+                                 BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K_BACKWARD, num_warps=_NUM_WARPS)
+            grad_s = gs if need_s else None
+            grad_w = gw.sum(dim=(0, 1)).to(w.dtype) if need_w else None
+        if need_e:
+            ge = torch.empty((batch, num_classes, channels), dtype=acc, device=s.device)
+            grid = (_cdiv(num_classes, BLOCK_C), _cdiv(channels, BLOCK_K_BACKWARD), batch)
+            k.logits_bwd_e[grid](s, e, w, grad, ge, positions, num_classes, channels, ACC=_acc_dtype(s),
+                                 FAST=_fast_tanh(s), BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K_BACKWARD,
+                                 num_warps=_NUM_WARPS)
+            grad_e = ge.sum(dim=0).to(e.dtype)
+    return grad_s, grad_e, grad_w
+
+
+class _SpatialAttentionLogitsTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s: Tensor, e: Tensor, w: Tensor) -> Tensor:
+        s, e, w = s.contiguous(), e.contiguous(), w.contiguous()
+        ctx.save_for_backward(s, e, w)
+        return _logits_fwd(s, e, w)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        s, e, w = ctx.saved_tensors
+        need_s, need_e, need_w = ctx.needs_input_grad[:3]
+        if s.numel() == 0 or e.numel() == 0:
+            return (torch.zeros_like(s) if need_s else None, torch.zeros_like(e) if need_e else None,
+                    torch.zeros_like(w) if need_w else None)
+        return _logits_bwd(s, e, w, grad.contiguous(), need_s, need_e, need_w)
+
+
+@torch.compiler.disable
+def spatial_attention_logits_triton(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
+    """``sum_k w[k] tanh(s[b,p,k] e[c,k])`` -> ``[B, C, P]`` with the Triton kernels (differentiable).
+
+    Args:
+        s: ``[B, P, d]``; e: ``[C, d]``; w: ``[d]``; one dtype (fp32/bf16/fp16/fp64), one device.
+    """
+    if torch.is_grad_enabled() and (s.requires_grad or e.requires_grad or w.requires_grad):
+        return _SpatialAttentionLogitsTriton.apply(s, e, w)
+    return _logits_fwd(s.contiguous(), e.contiguous(), w.contiguous())
+
+
+# ----------------------------------------------------------------------------------------------------------
+# eq. 6 + GMP
+# ----------------------------------------------------------------------------------------------------------
+
+def _pool_fwd(
+        feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float, with_index: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    k = _kernels_for(feat)
+    batch, positions, channels = feat.shape
+    num_classes = sa.shape[1]
+    dtype = feat.dtype if ca is None else torch.promote_types(feat.dtype, ca.dtype)
+    out = feat.new_empty((batch, num_classes, channels), dtype=torch.promote_types(dtype, sa.dtype))
+    index = torch.empty((batch, num_classes, channels), dtype=torch.int32, device=feat.device) \
+        if with_index else None
+    if out.numel() == 0:
+        return out, index
+    grid = (_cdiv(channels, BLOCK_K), _cdiv(num_classes, BLOCK_C), batch)
+    with _DeviceGuard(feat):
+        k.pool_fwd[grid](feat, sa, ca if ca is not None else sa, out, index if index is not None else out,
+                         positions, num_classes, channels, float(sa_weight), float(ca_weight),
+                         ACC=_acc_dtype(feat), HAS_CA=ca is not None, STORE_INDEX=with_index,
+                         BLOCK_C=BLOCK_C, BLOCK_P=BLOCK_P, BLOCK_K=BLOCK_K, num_warps=_NUM_WARPS)
+    return out, index
+
+
+class _AttentionMaxPoolTriton(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float) -> Tensor:
+        feat, sa = feat.contiguous(), sa.contiguous()
+        ca = ca.contiguous() if ca is not None else None
+        out, index = _pool_fwd(feat, sa, ca, sa_weight, ca_weight, True)
+        ctx.save_for_backward(feat, sa, ca, index)
+        ctx.weights = (sa_weight, ca_weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        from .category_attention import attention_max_pool_backward
+        feat, sa, ca, index = ctx.saved_tensors
+        sa_weight, ca_weight = ctx.weights
+        grads = attention_max_pool_backward(grad, feat, sa, ca, index, sa_weight, ca_weight,
+                                            tuple(ctx.needs_input_grad[:3]))
+        return grads + (None, None)
+
+
+@torch.compiler.disable
+def attention_max_pool_triton(
+        feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
+) -> Tensor:
+    """Eq. 6 + GMP -> ``[B, C, d]`` with the Triton kernel (differentiable; arg-max ties go to the first
+    position).
+
+    Args:
+        feat: ``[B, P, d]``; sa: ``[B, C, P]``; ca: ``[B, C, d]`` or None; one dtype, one device.
+    """
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (feat, sa, ca)):
+        return _AttentionMaxPoolTriton.apply(feat, sa, ca, sa_weight, ca_weight)
+    return _pool_fwd(feat.contiguous(), sa.contiguous(), ca.contiguous() if ca is not None else None,
+                     sa_weight, ca_weight, False)[0]
