@@ -1532,6 +1532,11 @@ def run_benchmark(config: BenchmarkConfig, replace: bool = False) -> Dict[str, A
     date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
     _logger.info('srdl-benchmark on %s: rows %s, seeds %s, trainer %s, output %s', hardware['summary'],
                  ', '.join(cfg.rows), list(cfg.seeds), cfg.trainer, out)
+    load = hardware.get('load_average_1_5_15min')
+    if device.type == 'cpu' and load and load[0] > 0.5 * (os.cpu_count() or 1):
+        _logger.warning('the machine is busy (load average %.2f on %d CPUs): wall times will be longer than on an idle '
+                        'machine, and %d torch threads competing for the cores can be several times slower than 1 '
+                        '(--threads 1)', load[0], os.cpu_count() or 1, torch.get_num_threads())
     spec = prepare_data(cfg)
     t_data = time.perf_counter() - t_start
     ctx = _Context(cfg, spec, out, device)

@@ -147,10 +147,11 @@ def test_pool_gradcheck_float64(path, shape, use_ca):
                                         fast_mode=(impl == 'triton' and device == 'cpu'))
 
 
-@pytest.mark.parametrize('block_elements', [1, 7, 40, 64])
+@pytest.mark.parametrize('block_elements', [1, 7, 12, 40, 64])
 def test_chunked_block_splits_gradcheck(block_elements):
-    """The chunked path is exact whatever the block: one position or channel at a time (1), uneven splits of
-    positions/channels (7, 40), several whole categories per block (64); float64 gradcheck of both ops."""
+    """The chunked path is exact whatever the block: one position or channel at a time (1), splits of
+    positions/channels that do not divide them (7, 12), one whole category (40) or several per block (64);
+    float64 forward against the reference and gradcheck of both ops."""
     b, p, d, c = 2, 6, 5, 3  # one category is 30 elements: 1, 7 split rows, 40 and 64 take 1 and 2 categories
     s, e, w = _logits_inputs(b, p, d, c, torch.float64, 'cpu')
     fn = _logits('chunked', block_elements)

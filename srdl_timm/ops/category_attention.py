@@ -124,7 +124,8 @@ def _plan(num_classes: int, rows: int, cols: int, block_elements: int) -> Tuple[
     """Block shape ``(classes, rows)`` for a ``[classes, rows, cols]`` block of at most ``block_elements``.
 
     Whole rows of ``cols`` elements are kept; when one class's ``rows x cols`` slab is larger than the block,
-    rows are split evenly instead (``classes = 1``).
+    rows are split evenly instead (``classes = 1``). So a block always has whole rows or a single class, and
+    its slice of a ``[classes, rows]``-major output is contiguous (the chunked kernels write it in place).
     """
     per_class = max(1, rows * cols)
     if per_class <= block_elements:
@@ -187,20 +188,24 @@ def _logits_forward(s: Tensor, e: Tensor, w: Tensor, block_elements: int) -> Ten
     step_c, step_p = _plan(num_classes, positions, channels, block_elements)
     out = s.new_empty((batch, num_classes, positions))
     buf = _buffer(step_c * step_p * channels, s)
+    e3 = e.unsqueeze(1)  # [C, 1, d]
+    # _plan gives one class or whole rows per block, so a block's outputs out[b, c0:c1, p0:p1] are one
+    # contiguous run of the flat output
+    flat = out.view(-1)
+    # (the loop body is a handful of tensor ops per ~1 MiB block: keep Python-side views to a minimum)
     for b in range(batch):
         for p0 in range(0, positions, step_p):
             p1 = min(positions, p0 + step_p)
+            n_p = p1 - p0
             s_blk = s[b, p0:p1].unsqueeze(0)  # [1, Pb, d]
+            full = buf[:step_c * n_p * channels].view(step_c, n_p, channels)
             for c0 in range(0, num_classes, step_c):
-                c1 = min(num_classes, c0 + step_c)
-                t = buf[:(c1 - c0) * (p1 - p0) * channels].view(c1 - c0, p1 - p0, channels)
-                torch.mul(s_blk, e[c0:c1].unsqueeze(1), out=t)
+                n_c = min(num_classes - c0, step_c)
+                t = full if n_c == step_c else buf[:n_c * n_p * channels].view(n_c, n_p, channels)
+                torch.mul(s_blk, e3[c0:c0 + n_c], out=t)
                 t.tanh_()
-                dest = out[b, c0:c1, p0:p1]
-                if dest.is_contiguous():  # whole rows, or one class: written in place
-                    torch.mv(t.view(-1, channels), w, out=dest.view(-1))
-                else:
-                    dest.copy_(torch.mv(t.view(-1, channels), w).view(c1 - c0, p1 - p0))
+                start = (b * num_classes + c0) * positions + p0
+                torch.mv(t.view(-1, channels), w, out=flat[start:start + n_c * n_p])
     return out
 
 
@@ -363,24 +368,29 @@ def _pool_forward(
     buf = _buffer(step_c * positions * step_k, feat)
     if index is not None:
         ramp = torch.arange(positions, 0, -1, dtype=feat.dtype, device=feat.device).view(1, positions, 1)
+    sa4 = sa_w.unsqueeze(-1)  # [B, C, P, 1]
+    ca4 = ca_w.unsqueeze(2) if ca_w is not None else None  # [B, C, 1, d]
+    if step_k < channels and channels % step_k == 0:
+        # channel blocks as contiguous [P, kb] slabs: one copy of F, faster elementwise ops on every block
+        feat_blocks = feat.view(batch, positions, channels // step_k, step_k).transpose(1, 2).contiguous()
+    else:
+        feat_blocks = None
     for b in range(batch):
         for k0 in range(0, channels, step_k):
             k1 = min(channels, k0 + step_k)
-            f_blk = feat[b, :, k0:k1].unsqueeze(0)  # [1, P, kb]
+            n_k = k1 - k0
+            f_blk = (feat_blocks[b, k0 // step_k] if feat_blocks is not None else feat[b, :, k0:k1]).unsqueeze(0)
+            full = buf[:step_c * positions * n_k].view(step_c, positions, n_k)
             for c0 in range(0, num_classes, step_c):
                 c1 = min(num_classes, c0 + step_c)
-                v = buf[:(c1 - c0) * positions * (k1 - k0)].view(c1 - c0, positions, k1 - k0)
-                if ca_w is not None:
-                    torch.add(sa_w[b, c0:c1].unsqueeze(-1), ca_w[b, c0:c1, k0:k1].unsqueeze(1), out=v)
+                v = full if c1 - c0 == step_c else buf[:(c1 - c0) * positions * n_k].view(c1 - c0, positions, n_k)
+                if ca4 is not None:
+                    torch.add(sa4[b, c0:c1], ca4[b, c0:c1, :, k0:k1], out=v)
                     v.mul_(f_blk)
                 else:
-                    torch.mul(f_blk, sa_w[b, c0:c1].unsqueeze(-1), out=v)
-                dest = out[b, c0:c1, k0:k1]
-                if dest.is_contiguous():  # whole rows, or one class: written in place
-                    values = torch.amax(v, dim=1, out=dest)
-                else:
-                    values = torch.amax(v, dim=1)
-                    dest.copy_(values)
+                    torch.mul(f_blk, sa4[b, c0:c1], out=v)
+                # one class or whole rows per block (_plan): out[b, c0:c1, k0:k1] is contiguous, written in place
+                values = torch.amax(v, dim=1, out=out[b, c0:c1, k0:k1])
                 if index is not None:
                     # first arg-max without torch.max(dim)'s slow index path: mark the maxima with the
                     # descending ramp P..1, the largest mark is the first maximum (NaN rows: clamped)
