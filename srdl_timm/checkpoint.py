@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from .utils import sha256_file
+from .utils import _fsync_dir, atomic_write_bytes, atomic_write_json, jsonable, sha256_file
 
 __all__ = [
     'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
@@ -60,71 +60,6 @@ _FORMAT_VERSION = 1
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, truncated or corrupt (the message names the file)."""
-
-
-# ------------------------------------------------------------------------------------------------------------
-# low-level atomic writes
-# ------------------------------------------------------------------------------------------------------------
-def _fsync_dir(path: str) -> None:
-    """fsync a directory so that a rename/creation inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: str) -> str:
-    head, tail = os.path.split(os.path.abspath(path))
-    return os.path.join(head, f'.{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, torch.Tensor)):
-        return obj.tolist()
-    if isinstance(obj, (set, tuple)):
-        return list(obj)
-    return str(obj)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (NaN/inf are written as null)."""
-    atomic_write_bytes(path, (json.dumps(_finite(obj), indent=2, default=_json_default) + '\n').encode('utf-8'))
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def state_dict_for_save(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
@@ -160,7 +95,8 @@ def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
                             metadata: Optional[Dict[str, str]] = None) -> None:
     """Save a flat tensor dict as safetensors at ``path`` atomically (temporary file + fsync + ``os.replace``)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-    tmp = _tmp_name(path)
+    head, tail = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(head, f'.{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     try:
         _save_file_synced(tensors, tmp, metadata)
         os.replace(tmp, path)
@@ -342,7 +278,7 @@ def save_checkpoint(
             f.flush()
             os.fsync(f.fileno())
         with open(os.path.join(tmp_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-            f.write(json.dumps(_finite(config), indent=2, default=_json_default) + '\n')
+            f.write(json.dumps(jsonable(config), indent=2) + '\n')
             f.flush()
             os.fsync(f.fileno())
         manifest = {

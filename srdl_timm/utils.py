@@ -1,13 +1,22 @@
-"""Small helpers shared by the console scripts and the weight/checkpoint code."""
+"""One of each small helper the package needs: sha256, ``--model-kwargs`` parsing, JSON sanitising, atomic writes,
+label-file reading. Everything else imports these; nothing keeps its own copy."""
 import ast
 import hashlib
+import json
+import math
 import os
-from typing import Any, Dict, Optional, Sequence, Union
+import uuid
+from typing import Any, Dict, List, Optional, Sequence, Union
 
-__all__ = ['sha256_file', 'parse_model_kwargs']
+from .errors import InputError
+
+__all__ = ['sha256_file', 'parse_model_kwargs', 'jsonable', 'atomic_write_bytes', 'atomic_write_json',
+           'read_label_names']
+
+PathLike = Union[str, os.PathLike]
 
 
-def sha256_file(path: Union[str, os.PathLike], chunk_size: int = 1 << 20) -> str:
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file's bytes, read in ``chunk_size`` blocks (64 lower-case hex digits)."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -21,10 +30,82 @@ def parse_model_kwargs(items: Optional[Sequence[str]]) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for item in items or []:
         if '=' not in item:
-            raise ValueError(f'--model-kwargs entries must be key=value, got {item!r}')
+            raise InputError(f'--model-kwargs entries must be key=value, got {item!r}')
         key, value = item.split('=', 1)
         try:
             out[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
             out[key] = value
     return out
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON values: numpy/torch scalars and arrays to Python, tuples/sets to lists, paths to
+    strings, non-finite floats to ``None`` (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, (int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if hasattr(obj, 'tolist'):  # numpy arrays/scalars, torch tensors
+        return jsonable(obj.tolist())
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, 'item'):
+        return jsonable(obj.item())
+    return str(obj)
+
+
+def _fsync_dir(path: str) -> None:
+    """fsync a directory so that a rename/creation inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir."""
+    path = os.path.abspath(os.fspath(path))
+    folder, name = os.path.split(path)
+    os.makedirs(folder or '.', exist_ok=True)
+    tmp = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_dir(folder)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON atomically (via :func:`jsonable`: NaN/inf become null)."""
+    atomic_write_bytes(path, (json.dumps(jsonable(obj), indent=2) + '\n').encode('utf-8'))
+
+
+def read_label_names(path: PathLike) -> List[str]:
+    """A class-name file, one name per line (a UTF-8 BOM, surrounding blanks and blank lines ignored).
+    Raises :class:`InputError` naming the file when it is missing, empty or has duplicates."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InputError(f'label-name file not found: {path}')
+    with open(path, 'r', encoding='utf-8-sig') as f:
+        names = [line.strip() for line in f if line.strip()]
+    if not names:
+        raise InputError(f'{path}: no label names (expected one name per line)')
+    if len(set(names)) != len(names):
+        raise InputError(f'{path}: duplicate label names {sorted({n for n in names if names.count(n) > 1})}')
+    return names

@@ -19,7 +19,7 @@ from srdl_timm import benchmark as bm
 from srdl_timm.loss import masked_bce_with_logits
 from srdl_timm.metrics import average_precision
 
-from datasets import write_coco, write_voc
+from fixtures_data import write_coco, write_voc
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 needs_fashion_mnist = pytest.mark.skipif(
@@ -160,7 +160,7 @@ def test_paired_bootstrap_separates_a_better_model_from_noise():
 def test_pointing_game_hits_misses_and_chance(tmp_path):
     """A map peaking inside the class's box is a hit, one peaking elsewhere a miss; chance is the fraction of grid
     cells overlapping the boxes; boxes come from the COCO file in dataset order."""
-    from datasets import write_coco_json
+    from fixtures_data import write_coco_json
     from srdl_timm.data import create_dataset
     written = write_coco_json(tmp_path, split='test', num_images=5, image_size=(64, 48), seed=4)
     dataset = create_dataset('coco-json', str(tmp_path), 'test')

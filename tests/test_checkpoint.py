@@ -22,7 +22,7 @@ from srdl_timm.checkpoint import (
 
 from srdl_timm.train import TrainConfig, fit
 
-from datasets import write_csv
+from fixtures_data import write_csv
 
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import write_coco, write_corrupt_image
+from fixtures_data import write_coco, write_corrupt_image
 from srdl_timm.data import COCO_CLASSES, CocoMultiLabel, UnreadableImageError, create_dataset, load_coco_json
 
 

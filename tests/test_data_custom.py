@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import write_coco_json, write_corrupt_image, write_csv, write_image
+from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_image
 from srdl_timm.data import (
     CocoJsonMultiLabel, CsvMultiLabel, UnreadableImageError, create_dataset, open_image)
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from datasets import write_voc
+from fixtures_data import write_voc
 from srdl_timm.data import VOC_CLASSES, VocMultiLabel, create_dataset
 
 

@@ -25,7 +25,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import srdl_timm  # noqa: F401  registers the SRDL architectures
-from datasets import write_csv
+from fixtures_data import write_csv
 from srdl_timm import hub
 from srdl_timm.models.srdl import CLASS_DEPENDENT_KEYS
 

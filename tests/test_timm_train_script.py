@@ -30,7 +30,7 @@ from srdl_timm.data import create_dataset
 from srdl_timm.metrics import MultiLabelMetrics
 from srdl_timm.task import SRDLTask
 
-from datasets import write_csv  # tests/datasets.py (not Hugging Face's package)
+from fixtures_data import write_csv  # tests/fixtures_data.py
 
 
 

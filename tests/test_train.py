@@ -15,7 +15,7 @@ from srdl_timm.train import (
     NonFiniteLossError, RECIPES, TrainConfig, _is_oom, _oom_message, build_parser, config_from_args, fit, main,
     resolve_config)
 
-from datasets import write_csv
+from fixtures_data import write_csv
 
 
 

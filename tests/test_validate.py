@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from sklearn.metrics import average_precision_score, precision_score, recall_score
 from timm.data import resolve_data_config
 
-from datasets import write_coco_json, write_corrupt_image, write_csv, write_voc
+from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_voc
 from srdl_timm.data import (
     VOC_CLASSES, DistributedEvalSampler, UnreadableImageError, create_dataset, create_loader, create_transform)
 from srdl_timm.validate import _class_index, main, validate

@@ -34,6 +34,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from .coco import CocoFormatMultiLabel
+from ..utils import read_label_names
 from .images import MultiLabelDataset, check_files_exist
 
 __all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names']
@@ -43,19 +44,6 @@ _logger = logging.getLogger(__name__)
 IMAGE_COLUMNS = ('image', 'filename', 'file_name', 'path', 'image_path', 'file')
 LABEL_COLUMNS = ('labels', 'label', 'tags')
 _WIDE_VALUES = {'1': 1.0, '0': 0.0, '-1': -1.0}
-
-
-def read_label_names(path: str) -> List[str]:
-    """Read a class-name file, one name per line (blank lines skipped); raise ValueError on duplicates."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'label-name file not found: {path}')
-    with open(path, 'r', encoding='utf-8') as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise ValueError(f'{path}: no label names')
-    if len(set(names)) != len(names):
-        raise ValueError(f'{path}: duplicate label names {sorted({n for n in names if names.count(n) > 1})}')
-    return names
 
 
 def _pick(columns: Sequence[str], wanted: Optional[str], candidates: Sequence[str], what: str, csv_file: str,

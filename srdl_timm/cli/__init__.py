@@ -1,0 +1,90 @@
+"""Thin console scripts and their one error boundary.
+
+Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)``: ``run(args) -> int`` does the work
+through the library; :func:`run_cli` parses the flags, sets up logging and turns expected errors into one or two
+lines on stderr and an exit status:
+
+* :class:`srdl_timm.errors.SRDLError` (and subclasses): its message, exit ``exc.exit_code`` (2 input, 1 run failure);
+* ``OSError`` (missing file, permission, disk full): the file and the reason, exit 2;
+* ``KeyboardInterrupt``: exit 130.
+
+Anything else is a bug and keeps its traceback. ``--debug`` (or ``SRDL_DEBUG=1``) shows the traceback of expected
+errors too.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from typing import Callable, Optional, Sequence
+
+from ..errors import SRDLError
+
+__all__ = ['run_cli', 'add_common_args', 'format_error']
+
+DEBUG_ENV = 'SRDL_DEBUG'
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Flags every script has: ``--log-level`` and ``--debug``."""
+    parser.add_argument('--log-level', default='INFO', choices=('DEBUG', 'INFO', 'WARNING', 'ERROR'),
+                        type=str.upper, help='logging level (default INFO)')
+    parser.add_argument('--debug', action='store_true',
+                        help=f'show the full traceback of expected errors too (or set {DEBUG_ENV}=1)')
+    return parser
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The SRDLError/OSError at the bottom of a chain (e.g. re-raised by a DataLoader worker wrapper)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (SRDLError, OSError)):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def format_error(prog: str, exc: BaseException) -> str:
+    """``PROG: error: MESSAGE``; an OSError names its file(s) and the reason."""
+    if isinstance(exc, OSError) and not isinstance(exc, SRDLError):
+        where = ' -> '.join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+        reason = exc.strerror or str(exc)
+        message = f'{where}: {reason}' if where else reason
+    else:
+        message = str(exc) or type(exc).__name__
+    return f'{prog}: error: {message}'
+
+
+def _debug_requested(argv: Sequence[str]) -> bool:
+    return '--debug' in argv or os.environ.get(DEBUG_ENV, '') not in ('', '0')
+
+
+def run_cli(prog: str, build_parser: Callable[[], argparse.ArgumentParser],
+            run: Callable[[argparse.Namespace], Optional[int]], argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` with ``build_parser()``, call ``run(args)`` and map expected errors to an exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # argparse itself exits 2 with a usage line on bad flags
+    logging.basicConfig(level=getattr(logging, str(getattr(args, 'log_level', 'INFO')).upper(), logging.INFO),
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    try:
+        status = run(args)
+        return 0 if status is None else int(status)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the boundary: expected errors become a message, bugs re-raise
+        cause = _root_cause(exc)
+        if cause is None or debug:
+            raise
+        print(format_error(prog, cause), file=sys.stderr)
+        return getattr(cause, 'exit_code', 2)
+    finally:
+        with contextlib.suppress(Exception):
+            import torch.distributed as dist
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
