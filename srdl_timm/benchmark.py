@@ -628,7 +628,10 @@ def train_frozen_trunk(
         raise ValueError(f'{n} training images are fewer than one batch of {batch_size}; lower --batch-size')
     split.freeze()
     params = split.trainable_parameters()
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    try:  # the fused kernel (CPU and CUDA) does the same update in one pass over the parameters
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     warmup = int(round(warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, total, warmup))
