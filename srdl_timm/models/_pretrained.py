@@ -1,0 +1,446 @@
+"""Pretrained-weight resolution for the SRDL models (the role timm's ``_builder``/``_hub`` play for timm's own).
+
+The model file (:mod:`srdl_timm.models.srdl`) only *declares* its pretrained tags (static ``default_cfgs``); this
+module is what it calls when ``pretrained=True``:
+
+* where shipped weights live (:func:`shipped_weights_dir`: the package's ``_weights`` folder in a wheel, the
+  repository's ``weights/`` folder in a checkout / editable install; :func:`weights_dir` adds ``$SRDL_WEIGHTS_DIR``);
+* the registry ``weights/manifest.json`` (:func:`load_manifest`, schema in ``weights/README.md``) — the record of
+  every published or shipped weight, with its sha256 and the ``model_args`` it was trained with;
+* :func:`check_pretrained_weights`, run before any weight is read: refuses a manifest weight whose sha256 differs
+  (:class:`ChecksumMismatchError`), applies the entry's ``model_args``, and raises
+  :class:`MissingPretrainedWeightsError` — saying why and what to do — when no weights exist;
+* :func:`manifest_pretrained_cfgs` / :func:`with_manifest_tags`: timm cfgs of a manifest's weights (the static
+  ``default_cfgs`` are checked against them by the tests; extra weights folders register them at run time).
+
+Nothing here imports the model file: imports point ``_pretrained <- srdl <- loading/hub``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+from ..errors import InputError
+from ..utils import sha256_file
+
+__all__ = [
+    'MANIFEST_SCHEMA_VERSION', 'WEIGHTS_FILENAME', 'ChecksumMismatchError', 'MissingPretrainedWeightsError',
+    'shipped_weights_dir', 'weights_dir', 'manifest_path', 'verify_sha256', 'load_manifest',
+    'manifest_pretrained_cfgs', 'with_manifest_tags', 'check_pretrained_weights',
+]
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Version of the ``weights/manifest.json`` layout this module reads (and hub.register_weights writes).
+MANIFEST_SCHEMA_VERSION = 1
+#: The one weights file a published folder / Hub repo holds (timm's safetensors name).
+WEIGHTS_FILENAME = 'model.safetensors'
+_WEIGHTS_DIR_ENV = 'SRDL_WEIGHTS_DIR'
+_PACKAGED_WEIGHTS = '_weights'  # srdl_timm/_weights in a wheel: the repository's weights/ (pyproject package-dir)
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_TAG_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$')
+_REPO_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*/[A-Za-z0-9][A-Za-z0-9_\-.]*$')
+#: protocol fields without which metrics are not reported (ANCHORS: make every protocol choice explicit)
+_REQUIRED_PROTOCOL = (('ap_definitions', 'ap_definition'), ('split',), ('input_size',))
+#: pretrained_cfg fields a manifest entry may set (PretrainedCfg rejects unknown keys)
+_MANIFEST_CFG_KEYS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation',
+                      'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'pool_size', 'test_pool_size',
+                      'first_conv', 'classifier', 'license', 'description', 'origin_url', 'paper_name',
+                      'paper_ids', 'notes')
+_REQUIRED_ENTRY_KEYS = ('architecture', 'tag', 'hf_hub_id', 'file', 'sha256', 'num_classes', 'label_names_source',
+                        'dataset', 'metrics', 'recipe', 'created', 'model_args')
+#: model arguments that determine the weights' tensor shapes: a manifest tag's values replace the architecture's
+_WEIGHT_SHAPING_ARGS = frozenset({'backbone', 'embed_dim', 'graph_layers', 'use_gcn', 'use_ca', 'use_sa',
+                                  'backbone_kwargs'})
+_TRAIN_HINT = ('srdl-train --model {arch} --data coco --root /path/to/coco --recipe paper '
+               '--output runs/{arch}')
+
+
+class ChecksumMismatchError(InputError, RuntimeError):
+    """A weight file's sha256 differs from the one the manifest lists: the file is refused, nothing is loaded."""
+
+
+class MissingPretrainedWeightsError(InputError, RuntimeError):
+    """``pretrained=True`` was asked of an SRDL architecture/tag for which no weights exist here.
+
+    Also a ``RuntimeError``, the type timm raises for "No pretrained weights exist for ...".
+    """
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# where the weights are
+# ----------------------------------------------------------------------------------------------------------------
+def shipped_weights_dir() -> Path:
+    """Folder of the weights shipped with the package (their ``manifest.json`` and ``.safetensors`` files).
+
+    ``srdl_timm/_weights`` in an installed wheel (the repository's ``weights/`` packaged as data), else the
+    repository's ``weights/`` beside the ``srdl_timm`` package (source checkout, editable install).
+    """
+    package = Path(__file__).resolve().parent.parent
+    packaged = package / _PACKAGED_WEIGHTS
+    return packaged if packaged.is_dir() else package.parent / 'weights'
+
+
+def weights_dir() -> Path:
+    """Folder holding the weights registry: ``$SRDL_WEIGHTS_DIR`` if set, else :func:`shipped_weights_dir`."""
+    env = os.environ.get(_WEIGHTS_DIR_ENV)
+    if env:
+        return Path(env).expanduser().resolve()
+    return shipped_weights_dir()
+
+
+def manifest_path() -> Path:
+    """Path of the weights registry: ``weights_dir() / 'manifest.json'``."""
+    return weights_dir() / 'manifest.json'
+
+
+def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
+    """Check that ``path`` has sha256 ``expected``; return the digest or raise :class:`ChecksumMismatchError`.
+
+    Args:
+        path: the file to check.
+        expected: the expected hex digest.
+        what: where ``expected`` comes from, for the error message (e.g. a manifest entry).
+
+    Raises:
+        ChecksumMismatchError: the digests differ.
+        FileNotFoundError: ``path`` does not exist.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'weight file not found: {path}' + (f' ({what})' if what else ''))
+    actual = sha256_file(path)
+    if actual != expected.lower():
+        raise ChecksumMismatchError(
+            f'Refusing to load {path}: its sha256 is {actual} but {what or "the expected value"} is {expected}. '
+            'The file is corrupt, incomplete or was replaced; nothing was loaded. Restore the original file '
+            '(for a Hub download, delete it from the Hugging Face cache so it is fetched again), or if you '
+            'retrained it on purpose, register the new file with `srdl-publish ... --manifest-tag TAG --ship`.')
+    _logger.debug('sha256 ok: %s', path)
+    return actual
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the registry: weights/manifest.json
+# ----------------------------------------------------------------------------------------------------------------
+def _empty_manifest() -> Dict[str, Any]:
+    return {'schema_version': MANIFEST_SCHEMA_VERSION, 'weights': []}
+
+
+def _validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
+    label = f'{where} weights[{index}]'
+    if not isinstance(entry, dict):
+        raise InputError(f'{label} must be a JSON object')
+    missing = [k for k in _REQUIRED_ENTRY_KEYS if k not in entry]
+    if missing:
+        raise InputError(f'{label} ({entry.get("architecture")}.{entry.get("tag")}) lacks required fields '
+                         f'{missing} (schema: weights/README.md)')
+    label = f'{where} entry {entry["architecture"]}.{entry["tag"]}'
+    if not isinstance(entry['architecture'], str) or not entry['architecture'].startswith('srdl_'):
+        raise InputError(f'{label}: architecture must be an srdl_* model name, got {entry["architecture"]!r}')
+    if not isinstance(entry['tag'], str) or not _TAG_RE.match(entry['tag']):
+        raise InputError(f'{label}: tag must match {_TAG_RE.pattern}, got {entry["tag"]!r}')
+    if entry['file'] is None and entry['hf_hub_id'] is None:
+        raise InputError(f'{label}: needs a file under weights/ or an hf_hub_id (a tag exists only for weights '
+                         'that exist)')
+    if entry['file'] is not None:
+        f = entry['file']
+        if not isinstance(f, str) or not f.endswith('.safetensors') or os.path.isabs(f) or '..' in Path(f).parts:
+            raise InputError(f'{label}: file must be a relative .safetensors path inside weights/, got {f!r}')
+    if entry['hf_hub_id'] is not None and not (isinstance(entry['hf_hub_id'], str)
+                                               and _REPO_ID_RE.match(entry['hf_hub_id'])):
+        raise InputError(f'{label}: hf_hub_id must be "org/name" or null, got {entry["hf_hub_id"]!r}')
+    if entry.get('hf_revision') is not None and not isinstance(entry['hf_revision'], str):
+        raise InputError(f'{label}: hf_revision must be a string (commit sha) or null')
+    if not isinstance(entry['sha256'], str) or not _SHA256_RE.match(entry['sha256']):
+        raise InputError(f'{label}: sha256 must be 64 lower-case hex digits, got {entry["sha256"]!r}')
+    if not isinstance(entry['num_classes'], int) or entry['num_classes'] < 1:
+        raise InputError(f'{label}: num_classes must be a positive int, got {entry["num_classes"]!r}')
+    names = entry.get('label_names')
+    if names is not None and (not isinstance(names, list) or len(names) != entry['num_classes']):
+        raise InputError(f'{label}: label_names must be a list of num_classes={entry["num_classes"]} names or null')
+    if not isinstance(entry['model_args'], dict):
+        raise InputError(f'{label}: model_args must be a JSON object (config.json model_args)')
+    if entry['model_args'].get('num_classes', entry['num_classes']) != entry['num_classes']:
+        raise InputError(f'{label}: model_args.num_classes differs from num_classes')
+    metrics = entry['metrics']
+    if not isinstance(metrics, dict) or not isinstance(metrics.get('values'), dict) or not metrics['values']:
+        raise InputError(f'{label}: metrics must be {{"values": {{...}}, "protocol": {{...}}}} with at least one '
+                         'value')
+    protocol = metrics.get('protocol') or {}
+    lacking = [' or '.join(keys) for keys in _REQUIRED_PROTOCOL if not any(protocol.get(k) for k in keys)]
+    if lacking:
+        raise InputError(f'{label}: metrics.protocol lacks {lacking}')
+    cfg = entry.get('pretrained_cfg') or {}
+    unknown = sorted(set(cfg) - set(_MANIFEST_CFG_KEYS))
+    if unknown:
+        raise InputError(f'{label}: pretrained_cfg fields {unknown} are not allowed (allowed: {_MANIFEST_CFG_KEYS})')
+    return entry
+
+
+def load_manifest(path: Optional[PathLike] = None) -> Dict[str, Any]:
+    """Read and validate the weights registry.
+
+    Args:
+        path: the manifest (default :func:`manifest_path`).
+
+    Returns:
+        ``{'schema_version': 1, 'weights': [entry, ...], ...}``; an empty registry when the default manifest does
+        not exist.
+
+    Raises:
+        InputError (a ValueError): malformed JSON, unknown schema version, an invalid or duplicated entry (the
+            message names the file and the entry).
+        FileNotFoundError: an explicit ``path`` does not exist.
+    """
+    explicit = path is not None
+    path = Path(path) if explicit else manifest_path()
+    if not path.is_file():
+        if explicit:
+            raise FileNotFoundError(f'weights manifest not found: {path}')
+        _logger.debug('no weights manifest at %s', path)
+        return _empty_manifest()
+    try:
+        data = json.loads(path.read_text(encoding='utf-8-sig'))
+    except json.JSONDecodeError as e:
+        raise InputError(f'weights manifest {path} is not valid JSON: {e}') from e
+    if not isinstance(data, dict) or data.get('schema_version') != MANIFEST_SCHEMA_VERSION \
+            or not isinstance(data.get('weights'), list):
+        raise InputError(f'{path}: expected {{"schema_version": {MANIFEST_SCHEMA_VERSION}, "weights": [...]}} '
+                         '(schema: weights/README.md)')
+    seen = set()
+    digests: Dict[Tuple[str, ...], Tuple[str, str]] = {}  # weight location -> (sha256, entry name)
+    for i, entry in enumerate(data['weights']):
+        _validate_entry(entry, i, str(path))
+        key = (entry['architecture'], entry['tag'])
+        if key in seen:
+            raise InputError(f'{path}: {key[0]}.{key[1]} is listed twice')
+        seen.add(key)
+        name = f'{key[0]}.{key[1]}'
+        locations = [('file', os.path.normpath(entry['file']))] if entry['file'] else []
+        if entry['hf_hub_id']:
+            locations.append(('hub', entry['hf_hub_id'], entry.get('hf_revision') or ''))
+        for location in locations:
+            other = digests.setdefault(location, (entry['sha256'], name))
+            if other[0] != entry['sha256']:
+                raise InputError(f'{path}: {name} and {other[1]} name the same weights ({location[1]}) with '
+                                 'different sha256')
+    return data
+
+
+def _entry_file(entry: Mapping[str, Any], base: Path) -> Optional[Path]:
+    return (base / entry['file']).resolve() if entry.get('file') else None
+
+
+def _hub_id(entry: Mapping[str, Any]) -> Optional[str]:
+    if not entry.get('hf_hub_id'):
+        return None
+    return entry['hf_hub_id'] + (f'@{entry["hf_revision"]}' if entry.get('hf_revision') else '')
+
+
+def entry_pretrained_cfg(entry: Mapping[str, Any], base_cfg: Mapping[str, Any], file: Optional[str]) -> Dict[str, Any]:
+    """The timm pretrained cfg of one manifest entry: ``base_cfg`` + the entry's pre-processing, classes, location.
+
+    Args:
+        entry: a validated manifest entry.
+        base_cfg: the architecture's untagged cfg.
+        file: the weight file as the cfg should name it (absolute path, a shipped file's name, or None).
+    """
+    cfg = dict(base_cfg)
+    cfg.update(entry.get('pretrained_cfg') or {})
+    for key in ('input_size', 'test_input_size', 'min_input_size', 'mean', 'std', 'pool_size', 'test_pool_size'):
+        if isinstance(cfg.get(key), list):
+            cfg[key] = tuple(cfg[key])
+    cfg.update(
+        url='',
+        file=file,
+        hf_hub_id=_hub_id(entry),
+        hf_hub_filename=WEIGHTS_FILENAME if entry.get('hf_hub_id') else None,
+        num_classes=entry['num_classes'],
+        label_names=tuple(entry['label_names']) if entry.get('label_names') else None,
+    )
+    cfg.setdefault('description', f'SRDL weights trained on {entry["dataset"]} (weights/manifest.json)')
+    return cfg
+
+
+def manifest_pretrained_cfgs(
+        base_cfgs: Mapping[str, Mapping[str, Any]],
+        path: Optional[PathLike] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """timm pretrained cfgs ``{'<architecture>.<tag>': cfg}`` for the manifest's weights that exist.
+
+    An entry becomes a tag when its file exists beside the manifest (``file`` = its absolute path; loads offline)
+    or it names a Hub repo (``hf_hub_id``, pinned to ``hf_revision`` when given). An entry whose file is missing
+    and that has no Hub repo is skipped with a warning: the registry only offers weights that exist.
+
+    Raises:
+        InputError: an entry names an architecture not in ``base_cfgs`` (or the manifest is malformed).
+    """
+    manifest_file = Path(path) if path is not None else manifest_path()
+    data = load_manifest(manifest_file if path is not None else None)
+    out: Dict[str, Dict[str, Any]] = {}
+    for entry in data['weights']:
+        arch, tag = entry['architecture'], entry['tag']
+        if arch not in base_cfgs:
+            raise InputError(f'{manifest_file} entry {arch}.{tag}: unknown architecture {arch!r} '
+                             f'(SRDL architectures: {sorted(base_cfgs)})')
+        file = _entry_file(entry, manifest_file.parent)
+        has_file = file is not None and file.is_file()
+        if file is not None and not has_file:
+            if not entry.get('hf_hub_id'):
+                _logger.warning('%s lists %s.%s but its weight file %s does not exist: tag not registered',
+                                manifest_file, arch, tag, file)
+                continue
+            _logger.info('%s.%s: %s not on disk; the tag loads from the Hub (%s)', arch, tag, file,
+                         entry['hf_hub_id'])
+        out[f'{arch}.{tag}'] = entry_pretrained_cfg(entry, base_cfgs[arch], str(file) if has_file else None)
+    return out
+
+
+def with_manifest_tags(
+        base_cfgs: Mapping[str, Mapping[str, Any]],
+        path: Optional[PathLike] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """``generate_default_cfgs`` input: the manifest's tags, and the untagged cfg of architectures without any.
+
+    As in timm's own registry, an architecture with weights is listed only under its tags; its first tag is the
+    default, so ``create_model('srdl_x', pretrained=True)`` loads it.
+    """
+    tags = manifest_pretrained_cfgs(base_cfgs, path)
+    with_weights = {name.split('.', 1)[0] for name in tags}
+    out: Dict[str, Dict[str, Any]] = {arch: dict(cfg) for arch, cfg in base_cfgs.items() if arch not in with_weights}
+    out.update(tags)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# resolution at build time (pretrained=True)
+# ----------------------------------------------------------------------------------------------------------------
+def _source_of(cfg: Any) -> Tuple[str, Any]:
+    """Where timm will read the weights from (mirrors timm.models._builder._resolve_pretrained_source)."""
+    if cfg.source == 'hf-hub':
+        return 'hf-hub', cfg.hf_hub_id
+    if cfg.source == 'local-dir':
+        return 'local-dir', cfg.file
+    if cfg.state_dict:
+        return 'state_dict', None
+    if cfg.file:
+        return 'file', cfg.file
+    if cfg.hf_hub_id:
+        return 'hf-hub', cfg.hf_hub_id
+    if cfg.url:
+        return 'url', cfg.url
+    return '', None
+
+
+def _missing_weights_message(variant: str, tag: Optional[str]) -> str:
+    import timm
+    name = f'{variant}.{tag}' if tag else variant
+    available = sorted(timm.list_pretrained('srdl_*'))
+    return (
+        f'No pretrained SRDL weights exist for {name}. SRDL weights are trained per dataset, and '
+        + (f'the SRDL weights that exist are: {", ".join(available)}. ' if available else
+           'none are published or shipped with this installation. ')
+        + 'Train them: `' + _TRAIN_HINT.format(arch=variant) + '`; publish them: '
+        f'`srdl-publish --checkpoint runs/{variant}/<weights>.safetensors --repo-id <org>/{variant}.<dataset>` '
+        f"(then timm.create_model('hf-hub:<org>/{variant}.<dataset>', pretrained=True)), or write a folder with "
+        "`--local-dir DIR` (timm.create_model('local-dir:DIR', pretrained=True)). A local file loads with "
+        "pretrained_cfg_overlay=dict(file='weights.safetensors'). For an ImageNet-initialised backbone only, use "
+        'pretrained=False, pretrained_backbone=True.')
+
+
+def _manifests() -> Iterator[Tuple[Path, Dict[str, Any]]]:
+    """The shipped manifest, then ``$SRDL_WEIGHTS_DIR``'s when set and different."""
+    shipped = shipped_weights_dir() / 'manifest.json'
+    yield shipped, load_manifest(shipped) if shipped.is_file() else _empty_manifest()
+    extra = manifest_path()
+    if extra != shipped and extra.is_file():
+        yield extra, load_manifest(extra)
+
+
+def _not_installed_message(name: str, file: Path) -> str:
+    return (f'{name} is a shipped SRDL weight, but its file {file} is not installed: this srdl_timm installation was '
+            'built without the package data of weights/ (srdl_timm/_weights). Reinstall srdl-timm from a wheel or '
+            'source checkout that includes it (`pip install .` in the repository), or set SRDL_WEIGHTS_DIR to a '
+            f'folder holding manifest.json and {file.name}.')
+
+
+def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    """Checks made before an SRDL model's pretrained weights are read (called by the model factory).
+
+    1. Some weight source exists, else :class:`MissingPretrainedWeightsError` saying how to train
+       (``srdl-train``) and publish (``srdl-publish``) weights.
+    2. A shipped tag's ``file`` (a name relative to the shipped weights folder) becomes its absolute path; a
+       ``file`` that does not exist is an error saying why.
+    3. A weight listed in a manifest — the same file, or the same Hub repo and revision — has the manifest's
+       sha256 (a Hub file is fetched to the cache first, by the download timm then reuses), else
+       :class:`ChecksumMismatchError`.
+    4. When the resolved cfg is a manifest tag, the entry's ``model_args`` are applied: those that shape the
+       weights (backbone, embed_dim, graph_layers, use_gcn/use_ca/use_sa, backbone_kwargs) replace the
+       architecture's defaults, the others (num_classes, in_chans, global_pool, oe_*, attention_impl) are only
+       defaults, so that e.g. ``num_classes=N`` still re-initialises the category head for fine-tuning.
+
+    Args:
+        variant: architecture name.
+        model_kwargs: the factory's keyword arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``
+            and the model's arguments).
+
+    Returns:
+        The keyword arguments to build the model with.
+    """
+    from timm.models import resolve_pretrained_cfg
+
+    kwargs = dict(model_kwargs)
+    pretrained_cfg = kwargs.get('pretrained_cfg')
+    try:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg,
+                                     pretrained_cfg_overlay=kwargs.get('pretrained_cfg_overlay'))
+    except RuntimeError as e:  # timm: "Invalid pretrained tag (x) for arch."
+        if isinstance(pretrained_cfg, str) and 'Invalid pretrained tag' in str(e):
+            raise MissingPretrainedWeightsError(_missing_weights_message(variant, pretrained_cfg)) from e
+        raise
+    kind, location = _source_of(cfg)
+    if not kind:
+        raise MissingPretrainedWeightsError(_missing_weights_message(variant, cfg.tag))
+    user_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
+    if kind == 'file' and user_file and not os.path.isabs(location):  # the caller's file: relative to the cwd
+        location = os.path.abspath(location)
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs['pretrained_cfg_overlay'], file=location)
+    elif kind == 'file' and not os.path.isabs(location):  # a shipped tag names its file relative to the package data
+        shipped = shipped_weights_dir() / location
+        if not shipped.is_file():
+            raise MissingPretrainedWeightsError(_not_installed_message(f'{variant}.{cfg.tag}', shipped))
+        location = str(shipped)
+        kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=location)
+    if kind == 'file' and not os.path.isfile(location):
+        raise FileNotFoundError(f'pretrained weights file not found: {location} (pretrained_cfg file= of {variant})')
+
+    for mpath, data in _manifests():
+        for entry in data['weights']:
+            if entry['architecture'] == variant and entry['tag'] == cfg.tag:
+                for key, value in entry['model_args'].items():
+                    if key in _WEIGHT_SHAPING_ARGS:
+                        if key in kwargs and kwargs[key] != value:
+                            _logger.info('%s.%s: %s=%r (the weights\' value) replaces %r', variant, cfg.tag, key,
+                                         value, kwargs[key])
+                        kwargs[key] = value
+                    else:
+                        kwargs.setdefault(key, value)
+            what = f'{mpath} entry {entry["architecture"]}.{entry["tag"]}'
+            if kind == 'file':
+                file = _entry_file(entry, mpath.parent)
+                if file is not None and file.is_file() and os.path.samefile(file, location):
+                    verify_sha256(location, entry['sha256'], what)
+            elif kind == 'hf-hub' and entry.get('hf_hub_id'):
+                repo, _, rev = str(location).partition('@')
+                if repo == entry['hf_hub_id'] and (rev or None) == (entry.get('hf_revision') or None):
+                    from timm.models._hub import download_from_hf
+                    filename = cfg.hf_hub_filename or WEIGHTS_FILENAME
+                    cached = download_from_hf(location, filename, cache_dir=kwargs.get('cache_dir'))
+                    verify_sha256(cached, entry['sha256'], f'{what} ({entry["hf_hub_id"]}/{filename})')
+    return kwargs
