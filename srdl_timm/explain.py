@@ -32,12 +32,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from .errors import InputError
 from .layers.oe import erase_region
 
 __all__ = [
     'explain', 'explain_batch', 'attention_forward', 'model_label_names', 'default_eval_transform',
     'upsample_maps', 'erase_box', 'heatmap_colors', 'render_overlay', 'render_panel', 'save_explanation',
-    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA',
+    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -92,14 +93,18 @@ def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     return create_transform(config, is_training=False, size=size)
 
 
+class NotExplainableError(InputError, TypeError):
+    """The model has no spatial attention to explain (not an SRDL, no head, or built with ``use_sa=False``)."""
+
+
 def _check_attention_model(model: nn.Module) -> None:
     if not hasattr(model, 'attention_maps') or not hasattr(model, 'forward_category_features'):
-        raise TypeError(f'{type(model).__name__} has no spatial attention maps to explain: explanations need an '
-                        'SRDL model (srdl_timm.SRDL)')
+        raise NotExplainableError(f'{type(model).__name__} has no spatial attention maps to explain: explanations '
+                                  'need an SRDL model (srdl_timm.SRDL)')
     if getattr(model, 'num_classes', 0) == 0:
-        raise ValueError('the model has no category head (num_classes=0): nothing to explain')
+        raise NotExplainableError('the model has no category head (num_classes=0): nothing to explain')
     if not getattr(model, 'use_sa', True):
-        raise ValueError('the model was built with use_sa=False: it has no spatial attention to explain')
+        raise NotExplainableError('the model was built with use_sa=False: it has no spatial attention to explain')
 
 
 def attention_forward(

@@ -1,4 +1,4 @@
-"""``srdl-export``: ONNX and TorchScript files of an inference model, checked against PyTorch after export.
+"""ONNX and TorchScript files of an inference model, checked against PyTorch after export (``srdl-export``).
 
 What is exported is the *inference* model: eval mode, object erasing off (OE only acts in training anyway),
 and, for SRDL, the plain ``'reference'`` attention kernels (:meth:`srdl_timm.SRDL.set_attention_impl`) instead of
@@ -7,10 +7,9 @@ the memory-lean autograd functions, which neither TorchScript nor the ONNX trace
 (apply a sigmoid for scores).
 
 * ONNX: opset >= 17 (default 17), TorchScript-based exporter (``dynamo=False``: it needs no ``onnxscript``),
-  dynamic batch axis (``--no-dynamic-batch`` to fix it), optionally dynamic height/width (``--dynamic-size``).
-  ``onnx.checker`` validates the file, and onnxruntime (the ``export`` extra) is compared with PyTorch on
-  random inputs at several batch sizes (default 1 and 3, the export trace uses 2, so a batch size baked into
-  the graph is caught).
+  dynamic batch axis (optional), optionally dynamic height/width. ``onnx.checker`` validates the file, and
+  onnxruntime (the ``export`` extra) is compared with PyTorch on random inputs at several batch sizes (default
+  1 and 3, the export trace uses 2, so a batch size baked into the graph is caught).
 * TorchScript: ``torch.jit.script`` (default) or ``torch.jit.trace``, saved, reloaded with ``torch.jit.load``
   and compared the same way.
 
@@ -19,19 +18,11 @@ Both files carry the preprocessing config and label names: ONNX as ``metadata_pr
 ``config.json`` (``torch.jit.load(p, _extra_files={'config.json': ''})``). Values are strings; lists are JSON.
 
 A check passes when ``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere (defaults rtol=1e-3,
-atol=1e-4, float32). Exit status: 0 = exported and every check passed, 1 = a check failed (the file is kept
-for inspection), 2 = usage, model or export error.
-
-Examples::
-
-    srdl-export --model srdl_resnet101 --checkpoint coco.safetensors --onnx srdl_coco.onnx --torchscript srdl_coco.pt
-    srdl-export --model hf-hub:org/srdl_resnet101.coco --onnx srdl.onnx --opset 18 --img-size 576 --dynamic-size
+atol=1e-4, float32); otherwise :class:`ExportCheckError`. The console script is :mod:`srdl_timm.cli.export`.
 """
-import argparse
 import json
 import logging
 import os
-import sys
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -39,9 +30,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import InputError, OperationError
+
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
-    'check_onnx', 'check_torchscript', 'check_sizes', 'build_parser', 'main', 'MIN_OPSET',
+    'check_onnx', 'check_torchscript', 'check_sizes', 'MIN_OPSET',
 ]
 
 _logger = logging.getLogger('srdl_timm.export')
@@ -51,8 +44,8 @@ MIN_OPSET = 17
 _INPUT, _OUTPUT = 'input', 'logits'
 
 
-class ExportCheckError(RuntimeError):
-    """An exported model's outputs differ from PyTorch's beyond the tolerance."""
+class ExportCheckError(OperationError):
+    """An exported model's outputs differ from PyTorch's beyond the tolerance (exit status 1 in ``srdl-export``)."""
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
@@ -74,7 +67,7 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[
         input_size = resolve_data_config({}, model=model)['input_size']
     size = tuple(int(s) for s in input_size)
     if len(size) != 3 or min(size) < 1:
-        raise ValueError(f'input_size must be (C, H, W) with positive entries, got {input_size}')
+        raise InputError(f'input_size must be (C, H, W) with positive entries, got {input_size}')
     return size  # type: ignore[return-value]
 
 
@@ -146,7 +139,7 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, shape: Tuple[int, ...
 def _reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     out = model(x)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f'the model returned {type(out).__name__} in eval mode; export needs logits [B, C]')
+        raise InputError(f'the model returned {type(out).__name__} in eval mode; export needs logits [B, C]')
     return out.float().cpu().numpy()
 
 
@@ -177,7 +170,7 @@ def export_onnx(
     """
     import onnx
     if opset < MIN_OPSET:
-        raise ValueError(f'opset must be >= {MIN_OPSET}, got {opset}')
+        raise InputError(f'opset must be >= {MIN_OPSET}, got {opset}')
     size = _input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
@@ -226,13 +219,14 @@ def check_onnx(
 
     Raises:
         ExportCheckError: a shape or value differs beyond the tolerance, or the opset is too low.
-        ImportError: onnxruntime is not installed (``pip install srdl-timm[export]``).
+        InputError: onnxruntime is not installed (``pip install srdl-timm[export]``).
     """
     import onnx
     try:
         import onnxruntime as ort
     except ImportError as e:
-        raise ImportError('checking an ONNX export needs onnxruntime: pip install "srdl-timm[export]"') from e
+        raise InputError('checking an ONNX export needs onnxruntime: pip install "srdl-timm[export]" (or pass '
+                         '--no-check)') from e
     proto = onnx.load(path, load_external_data=False)
     opsets = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if not opsets or max(opsets) < MIN_OPSET:
@@ -262,7 +256,7 @@ def export_torchscript(
     ``metadata`` (default: :func:`export_metadata`) is stored as the extra file ``config.json``. Returns ``path``.
     """
     if method not in ('script', 'trace'):
-        raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
+        raise InputError(f"method must be 'script' or 'trace', got {method!r}")
     size = _input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
@@ -314,107 +308,3 @@ def check_torchscript(
         report['x'.join(map(str, shape))] = _compare(
             f'TorchScript {path}', got.float().numpy(), want, shape, rtol, atol)
     return report
-
-
-# ----------------------------------------------------------------------------------------------------------
-# CLI
-# ----------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    """The ``srdl-export`` argument parser."""
-    p = argparse.ArgumentParser(
-        prog='srdl-export',
-        description='Export an inference model to ONNX and TorchScript and check both against PyTorch.',
-        epilog='Exit status: 0 = exported and checked, 1 = a check failed, 2 = usage, model or export error.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group('model')
-    g.add_argument('--model', required=True, help='timm model name, hf-hub:org/repo or local-dir:PATH')
-    g.add_argument('--checkpoint', default=None, help='local .safetensors weights for --model')
-    g.add_argument('--num-classes', type=int, default=None, help='classifier size (None: from the weights)')
-    g.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V', help='extra create_model kwargs')
-    g.add_argument('--label-names', default=None, metavar='FILE', help='label names stored in the metadata')
-    g.add_argument('--random-init', action='store_true', help='no weights (smoke tests only)')
-    g.add_argument('--img-size', type=int, default=None, help='input H = W (None: the model\'s config)')
-    g = p.add_argument_group('outputs')
-    g.add_argument('--onnx', default=None, metavar='FILE', help='write an ONNX model here')
-    g.add_argument('--torchscript', default=None, metavar='FILE', help='write a TorchScript model here')
-    g.add_argument('--opset', type=int, default=MIN_OPSET, help=f'ONNX opset (>= {MIN_OPSET})')
-    g.add_argument('--no-dynamic-batch', action='store_true', help='fix the ONNX batch size to the export batch')
-    g.add_argument('--dynamic-size', action='store_true', help='make the ONNX input height and width dynamic')
-    g.add_argument('--torchscript-method', default='script', choices=('script', 'trace'))
-    g = p.add_argument_group('check')
-    g.add_argument('--no-check', action='store_true', help='skip the comparison with PyTorch')
-    g.add_argument('--check-batch-sizes', type=int, nargs='+', default=[1, 3], help='batch sizes compared')
-    g.add_argument('--rtol', type=float, default=1e-3)
-    g.add_argument('--atol', type=float, default=1e-4)
-    p.add_argument('--log-level', default='WARNING')
-    return p
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point of ``srdl-export``; returns the exit status (0 ok, 1 check failed, 2 error)."""
-    from .predict import load_model, resolve_label_names
-    from .utils import parse_model_kwargs
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format='%(levelname)s %(name)s: %(message)s')
-    if not args.onnx and not args.torchscript:
-        parser.error('nothing to do: give --onnx FILE and/or --torchscript FILE')
-    if args.opset < MIN_OPSET:
-        parser.error(f'--opset must be >= {MIN_OPSET}')
-    if min(args.check_batch_sizes) < 1:
-        parser.error('--check-batch-sizes must be >= 1')
-    batch_sizes = args.check_batch_sizes
-    if args.no_dynamic_batch:
-        batch_sizes = [2]  # the fixed export batch
-    try:
-        model = load_model(args.model, args.checkpoint, args.num_classes, args.random_init,
-                           **parse_model_kwargs(args.model_kwargs))
-        input_size = _input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
-        num_classes = getattr(model, 'num_classes', 0)
-        names = resolve_label_names(model, num_classes, args.label_names, args.checkpoint) if num_classes else None
-        metadata = export_metadata(model, input_size, names)
-    except (OSError, ValueError, TypeError, RuntimeError) as e:
-        print(f'srdl-export: error: {e}', file=sys.stderr)
-        return 2
-
-    status = 0
-    jobs: List[Tuple[str, str]] = []
-    if args.onnx:
-        jobs.append(('onnx', args.onnx))
-    if args.torchscript:
-        jobs.append(('torchscript', args.torchscript))
-    for kind, path in jobs:
-        try:
-            if kind == 'onnx':
-                export_onnx(model, path, input_size, args.opset, not args.no_dynamic_batch, args.dynamic_size,
-                            metadata)
-                what = f'ONNX opset {args.opset}, ' + ('fixed batch' if args.no_dynamic_batch else 'dynamic batch') \
-                    + (', dynamic H/W' if args.dynamic_size else '')
-            else:
-                export_torchscript(model, path, input_size, args.torchscript_method, metadata)
-                what = f'TorchScript ({args.torchscript_method})'
-        except Exception as e:
-            print(f'srdl-export: error: {kind} export failed: {type(e).__name__}: {e}', file=sys.stderr)
-            return 2
-        line = f'wrote {path} ({what}, input {"x".join(map(str, input_size))})'
-        if not args.no_check:
-            check = check_onnx if kind == 'onnx' else check_torchscript
-            try:
-                report = check(path, model, input_size, batch_sizes, args.dynamic_size, args.rtol, args.atol)
-            except ExportCheckError as e:
-                print(line)
-                print(f'srdl-export: check FAILED: {e}', file=sys.stderr)
-                status = 1
-                continue
-            except ImportError as e:
-                print(f'srdl-export: error: {e} (or pass --no-check)', file=sys.stderr)
-                return 2
-            diffs = ', '.join(f'{shape}: {diff:.2e}' for shape, diff in report.items())
-            line += f'; matches PyTorch (max |diff| {diffs})'
-        print(line)
-    return status
-
-
-if __name__ == '__main__':
-    sys.exit(main())

@@ -259,8 +259,14 @@ class MultiLabelMetrics:
             skipped by the dataset), ``threshold``, ``top_k``.
         """
         logits_t, targets_t = self.gather(distributed)
-        logits = logits_t.numpy().astype(np.float64)
-        targets = targets_t.numpy().astype(np.float64)
+        return self.compute_from(logits_t, targets_t)
+
+    def compute_from(self, logits: ArrayLike, targets: ArrayLike) -> Dict[str, Any]:
+        """:meth:`compute` on given ``logits`` and ``targets`` ``[N, C]`` (1 / 0 / -1) instead of the accumulated
+        ones, with this object's threshold and top-k (e.g. the same logits under another ignore policy)."""
+        logits = _to_numpy(logits)
+        targets = _to_numpy(targets)
+        _check_scores_targets(logits, targets)
         n, c = logits.shape
         if n == 0:
             raise ValueError('no samples accumulated; call update() before compute()')

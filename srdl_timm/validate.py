@@ -1,47 +1,31 @@
-"""``srdl-validate``: evaluate a multi-label timm model on COCO 2014, VOC 2007 or custom data (paper §4.1).
+"""Evaluate a multi-label timm model on a loader (paper §4.1): the library behind ``srdl-validate``.
 
-Prints a Table 1/2-style row (mAP in both AP definitions, CP, CR, CF1, OP, OR, OF1 and their top-3 variants) and
-writes a JSON report with per-class AP by label name and the exact protocol (AP definitions, tie handling,
-threshold, difficult policy, split and image counts, input size, interpolation, mean/std, checkpoint and its
-sha256, precision settings, world size, versions).
-
-Examples::
-
-    srdl-validate --model srdl_resnet101 --pretrained --data coco --root /data/coco --split val
-    srdl-validate --model resnet101 --checkpoint best.safetensors --data voc --root /data/VOCdevkit --split test \\
-        --amp --channels-last --output voc07_test.json
-    torchrun --nproc_per_node 8 -m srdl_timm.validate --model hf-hub:org/srdl_resnet101.coco --data coco ...
+:func:`validate` runs the model over an evaluation loader and returns
+:meth:`srdl_timm.metrics.MultiLabelMetrics.compute`'s dict (mAP in both AP definitions, CP, CR, CF1, OP, OR, OF1
+and their top-3 variants); :func:`format_row` prints a Table 1/2-style row. :func:`voc_difficult_negative`
+recomputes the metrics with VOC's difficult-only entries counted negative (the convention some labs report)
+from the same logits, so both VOC numbers come from one pass.
 
 Under torchrun each rank evaluates a disjoint, unpadded slice of the dataset and the logits are gathered before
-the metrics are computed, so every image counts exactly once. VOC is always evaluated with difficult-only entries
-ignored. With ``--amp`` the backbone runs in the AMP dtype but, for models with ``forward_features`` /
-``forward_head`` (every timm model), the head runs in float32 so AP is ranked on fp32 logits (checked against
-``model(x)`` on the first batch; a model whose forward is not head∘features falls back to ``model(x)``).
+the metrics are computed, so every image counts exactly once. With AMP the backbone runs in the AMP dtype but,
+for models with ``forward_features`` / ``forward_head`` (every timm model), the head runs in float32 so AP is
+ranked on fp32 logits (checked against ``model(x)`` on the first batch; a model whose forward is not
+head∘features falls back to ``model(x)``).
 """
-import argparse
-import contextlib
-import json
 import logging
-import math
-import os
-import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-import timm
 import torch
 import torch.nn as nn
-from timm.data import resolve_data_config
 from tqdm import tqdm
 
-import srdl_timm  # noqa: F401  (registers the srdl_* architectures with timm)
-from srdl_timm.data import create_dataset, create_loader, create_transform
-from srdl_timm.data.distributed import init_distributed_from_env, is_dist_initialized
-from srdl_timm.data.images import ON_CORRUPT_CHOICES
-from srdl_timm.metrics import MultiLabelMetrics
-from .utils import parse_model_kwargs, sha256_file
+from .data.distributed import is_dist_initialized
+from .errors import InputError
+from .metrics import MultiLabelMetrics
 
-__all__ = ['validate', 'main', 'build_parser', 'evaluate', 'AP_DEFINITIONS']
+__all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
+           'DIFFICULT_POLICY_NAMES']
 
 _logger = logging.getLogger('srdl_timm.validate')
 
@@ -56,7 +40,11 @@ AP_DEFINITIONS = {
     'classes_averaged': 'classes with at least one (non-ignored) positive',
 }
 
-_DEFAULT_SPLIT = {'coco': 'val', 'voc': 'test', 'csv': 'val', 'coco-json': 'val'}
+#: how the two VOC numbers are named in the printed rows and the JSON report
+DIFFICULT_POLICY_NAMES = {
+    'ignore': 'difficult-only entries ignored (standard VOC evaluation)',
+    'negative': 'difficult-only entries counted negative (the authors\' lab convention)',
+}
 
 
 def _forward_logits(model: nn.Module, images: torch.Tensor, device: torch.device, amp_dtype: Optional[torch.dtype],
@@ -72,7 +60,7 @@ def _forward_logits(model: nn.Module, images: torch.Tensor, device: torch.device
         with torch.autocast(device_type=device.type, dtype=amp_dtype):
             out = model(images)
     if not isinstance(out, torch.Tensor):
-        raise TypeError(f'the model returned {type(out).__name__} in eval mode; srdl-validate needs logits [B, C]')
+        raise InputError(f'the model returned {type(out).__name__} in eval mode; srdl-validate needs logits [B, C]')
     return out
 
 
@@ -86,6 +74,7 @@ def validate(
         class_index: Optional[Sequence[int]] = None,
         fp32_head: bool = True,
         label_names: Optional[Sequence[str]] = None,
+        return_outputs: bool = False,
 ) -> Dict[str, Any]:
     """Evaluate ``model`` on ``loader`` and return :meth:`srdl_timm.metrics.MultiLabelMetrics.compute`'s dict.
 
@@ -100,6 +89,8 @@ def validate(
         class_index: logits columns to take, in the dataset's class order (to re-order a model's classes).
         fp32_head: with AMP, run ``forward_head`` in float32 on float32 features so the logits are fp32.
         label_names: class names for the metrics object (optional).
+        return_outputs: also return the gathered ``logits`` and ``targets`` (float32 ``[N, C]`` arrays, dataset
+            order) under those keys, e.g. for :func:`voc_difficult_negative`.
 
     Returns:
         The metrics (percent): ``mAP_interpolated``, ``mAP_non_interpolated``, per-class ``AP_*``, CP … OF1 and
@@ -133,108 +124,61 @@ def validate(
                     logits = reference
                 checked = True
             if logits.ndim != 2:
-                raise ValueError(f'the model returned logits of shape {tuple(logits.shape)}, expected [B, C]')
+                raise InputError(f'the model returned logits of shape {tuple(logits.shape)}, expected [B, C]')
             if index is not None:
                 logits = logits[:, index.to(logits.device)]
             if logits.shape != targets.shape:
-                raise ValueError(f'the model returned {logits.shape[1]} logits per image but the dataset has '
-                                 f'{targets.shape[1]} classes (set --num-classes / use a matching checkpoint)')
+                raise InputError(f'the model returned {logits.shape[1]} logits per image but the dataset has '
+                                 f'{targets.shape[1]} classes: use weights trained on this label set')
             metrics.update(logits.float(), targets)
-    result = metrics.compute()
+    all_logits, all_targets = metrics.gather()
+    result = metrics.compute_from(all_logits, all_targets)
+    if return_outputs:
+        result['logits'], result['targets'] = all_logits.numpy(), all_targets.numpy()
     result['head_dtype'] = 'float32' if amp_dtype is None or split_head else str(amp_dtype).replace('torch.', '')
     return result
 
 
+def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optional[List[int]]:
+    """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed (same
+    order, or the model carries no label names).
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``srdl-validate`` argument parser."""
-    p = argparse.ArgumentParser(prog='srdl-validate', description=__doc__.split('\n\n')[0].replace('``', ''),
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group('model')
-    g.add_argument('--model', required=True, help='timm model name, optionally hf-hub:org/repo or local-dir:PATH')
-    g.add_argument('--checkpoint', default=None, help='local weights (.safetensors or .pth) for --model')
-    g.add_argument('--pretrained', action='store_true', help='load the model\'s pretrained (hub) weights')
-    g.add_argument('--num-classes', type=int, default=None, help='classifier size (default: the dataset\'s)')
-    g.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V', help='extra create_model kwargs')
-    g = p.add_argument_group('data')
-    g.add_argument('--data', required=True, choices=sorted(_DEFAULT_SPLIT), help='dataset format')
-    g.add_argument('--root', required=True, help='dataset root folder')
-    g.add_argument('--split', default=None, help='split (default: val for coco/csv/coco-json, test for voc)')
-    g.add_argument('--ann-file', default=None, help='annotation file overriding the default path')
-    g.add_argument('--image-dir', default=None, help='image folder overriding the default path')
-    g.add_argument('--keep-empty', action='store_true', help='keep images without any label')
-    g.add_argument('--on-corrupt', default='error', choices=ON_CORRUPT_CHOICES, help='unreadable images')
-    g.add_argument('--img-size', type=int, default=None, help='eval input size (default: the model\'s config)')
-    g.add_argument('--interpolation', default=None, help='override the model config\'s interpolation')
-    g.add_argument('--mean', type=float, nargs=3, default=None, help='override the model config\'s mean')
-    g.add_argument('--std', type=float, nargs=3, default=None, help='override the model config\'s std')
-    g.add_argument('--batch-size', type=int, default=32, help='per-process batch size')
-    g.add_argument('--workers', type=int, default=4, help='data loader workers')
-    g = p.add_argument_group('run')
-    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    g.add_argument('--amp', action='store_true', help='autocast the backbone (head stays float32)')
-    g.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
-    g.add_argument('--channels-last', action='store_true')
-    g.add_argument('--seed', type=int, default=0, help='seed for a randomly initialised model')
-    g.add_argument('--output', default=None, help='write the JSON report here')
-    g.add_argument('--no-progress', action='store_true', help='no progress bar')
-    g.add_argument('--log-level', default='INFO')
-    return p
-
-
-def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
-    kwargs = parse_model_kwargs(args.model_kwargs)
-    if args.checkpoint:
-        if not os.path.isfile(args.checkpoint):
-            raise FileNotFoundError(f'--checkpoint file not found: {args.checkpoint}')
-        nc = args.num_classes or num_classes
-        # num_classes in the overlay too, so timm keeps (and strictly loads) the checkpoint's classifier
-        return timm.create_model(args.model, pretrained=True, num_classes=nc,
-                                 pretrained_cfg_overlay=dict(file=os.path.abspath(args.checkpoint), num_classes=nc),
-                                 **kwargs)
-    if args.pretrained:
-        if args.num_classes is not None:
-            kwargs['num_classes'] = args.num_classes
-        model = timm.create_model(args.model, pretrained=True, **kwargs)
-        cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
-        if cfg_classes is not None and cfg_classes != model.num_classes:
-            raise ValueError(f'--num-classes {model.num_classes} differs from the pretrained weights\' {cfg_classes} '
-                             f'classes: timm would evaluate a randomly initialised classifier')
-        return model
-    torch.manual_seed(args.seed)
-    _logger.warning('no --checkpoint or --pretrained: evaluating randomly initialised weights (seed %d)', args.seed)
-    return timm.create_model(args.model, num_classes=args.num_classes or num_classes, **kwargs)
-
-
-def _class_index(model: nn.Module, label_names: List[str], has_weights: bool) -> Optional[List[int]]:
-    """Map dataset classes to model outputs by name when the weights carry label names."""
-    model_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-    if not has_weights or not model_names or len(model_names) != getattr(model, 'num_classes', -1):
-        return None
-    model_names = [str(n) for n in model_names]
-    if model_names == label_names:
+    Raises:
+        InputError: the model's label names are not the dataset's (naming the first missing ones).
+    """
+    from .explain import model_label_names
+    model_names = model_label_names(model)
+    label_names = [str(n) for n in label_names]
+    if not model_names or model_names == label_names:
         return None
     if sorted(model_names) == sorted(label_names):
         _logger.warning('the model\'s classes are in another order than the dataset\'s; re-ordering logits by name')
         return [model_names.index(n) for n in label_names]
     missing = sorted(set(label_names) - set(model_names))[:5]
-    raise ValueError(f'the model\'s label names do not match the dataset\'s (dataset classes missing from the model: '
-                     f'{missing}); evaluate on the data the weights were trained for')
+    unknown = sorted(set(model_names) - set(label_names))[:5]
+    raise InputError(f'the weights\' {len(model_names)} label names are not the dataset\'s {len(label_names)} '
+                     f'(dataset classes the weights do not know: {missing}; weights\' classes not in the dataset: '
+                     f'{unknown}); evaluate on the label set the weights were trained on')
 
 
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, (np.floating, float)):
-        return None if not math.isfinite(float(x)) else float(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
+def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_only: np.ndarray,
+                           label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Metrics with VOC's difficult-only (image, class) entries counted negative instead of ignored.
+
+    Args:
+        logits, targets: ``[N, C]`` from :func:`validate` with ``return_outputs=True`` on a VOC dataset built with
+            ``difficult='ignore'`` (difficult-only entries are -1); dataset order.
+        difficult_only: ``[N, C]`` bool, the dataset's :attr:`~srdl_timm.data.VocMultiLabel.difficult_only`.
+
+    Rows that are ignored as a whole (an unreadable image skipped with ``on_corrupt='skip'``) stay ignored.
+    """
+    targets = np.array(targets, dtype=np.float32, copy=True)
+    difficult_only = np.asarray(difficult_only, dtype=bool)
+    if difficult_only.shape != targets.shape:
+        raise InputError(f'difficult_only has shape {difficult_only.shape}, targets {targets.shape}')
+    skipped = (targets == -1).all(axis=1, keepdims=True)
+    targets[difficult_only & ~skipped] = 0.0
+    return MultiLabelMetrics(label_names=label_names, num_classes=targets.shape[1]).compute_from(logits, targets)
 
 
 _ROW_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
@@ -242,115 +186,23 @@ _ROW_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP'
 
 def format_row(results: Dict[str, Any], title: str, top_k: int = 3) -> str:
     """A Table 1/2-style header + row: both mAPs, CP … OF1 at threshold 0.5, and the top-k variants."""
+    return format_rows([(title, results)], top_k)
+
+
+def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> str:
+    """One header and one row per ``(title, results)``, titles padded to one width (e.g. the two VOC rows)."""
     keys = list(_ROW_KEYS) + [f'{k}_top{top_k}' for k in ('CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')]
     heads = ['mAP(interp)', 'mAP(non-interp)', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'] + \
             [f'{k}@top{top_k}' for k in ('CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')]
     widths = [max(len(h), 6) for h in heads]
-    header = f'{"":<{len(title)}} | ' + ' | '.join(f'{h:>{w}}' for h, w in zip(heads, widths))
-    row = f'{title} | ' + ' | '.join(f'{results[k]:>{w}.2f}' for k, w in zip(keys, widths))
-    return header + '\n' + row
-
-
-def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
-    """Run the evaluation described by parsed ``args`` and return the JSON report (rank 0 prints and writes it)."""
-    device, rank, world = init_distributed_from_env(args.device)
-    split = args.split or _DEFAULT_SPLIT[args.data]
-    options: Dict[str, Any] = dict(keep_empty=args.keep_empty, on_corrupt=args.on_corrupt)
-    if args.ann_file:
-        options['ann_file'] = args.ann_file
-    if args.image_dir:
-        options['image_dir'] = args.image_dir
-    if args.data == 'voc':
-        options['difficult'] = 'ignore'  # standard VOC evaluation
-    dataset = create_dataset(args.data, args.root, split, **options)
-
-    model = _create_model(args, dataset.num_classes)
-    # only hub/pretrained configs describe the weights' classes; a local checkpoint keeps the default cfg's names
-    class_index = _class_index(model, dataset.label_names, bool(args.pretrained and not args.checkpoint))
-    data_config = resolve_data_config({}, model=model)
-    if args.img_size:
-        data_config['input_size'] = (3, args.img_size, args.img_size)
-    if args.interpolation:
-        data_config['interpolation'] = args.interpolation
-    if args.mean:
-        data_config['mean'] = tuple(args.mean)
-    if args.std:
-        data_config['std'] = tuple(args.std)
-    dataset.transform = create_transform(data_config, is_training=False)
-    loader = create_loader(dataset, args.batch_size, is_training=False, num_workers=args.workers,
-                           distributed=world > 1, pin_memory=device.type == 'cuda')
-    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
-    results = validate(model, loader, device, amp_dtype=amp_dtype, channels_last=args.channels_last,
-                       progress=not args.no_progress, class_index=class_index, label_names=dataset.label_names)
-
-    names = dataset.label_names
-    scalars = {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
-    report = dict(
-        model=args.model,
-        checkpoint=dict(path=os.path.abspath(args.checkpoint), sha256=sha256_file(args.checkpoint))
-        if args.checkpoint else None,
-        pretrained=bool(args.pretrained),
-        model_kwargs=parse_model_kwargs(args.model_kwargs),
-        metrics=scalars,
-        per_class_AP=dict(
-            interpolated=dict(zip(names, results['AP_interpolated'].tolist())),
-            non_interpolated=dict(zip(names, results['AP_non_interpolated'].tolist())),
-        ),
-        label_names=names,
-        protocol=dict(
-            ap_definitions=AP_DEFINITIONS,
-            units='percent',
-            threshold=results['threshold'],
-            top_k=results['top_k'],
-            topk_requires_threshold=True,
-            difficult_policy=dataset.info.get('difficult_policy', 'n/a'),
-            ignored_entries=results['num_ignored_entries'],
-            dataset=dataset.info,
-            split=split,
-            num_images=len(dataset),
-            num_images_evaluated=results['num_samples'],
-            num_images_unreadable_skipped=results['num_samples_all_ignored'],
-            input_size=list(data_config['input_size']),
-            resize='squash to input_size (no centre crop)',
-            interpolation=data_config.get('interpolation'),
-            mean=list(data_config['mean']),
-            std=list(data_config['std']),
-            amp_dtype=args.amp_dtype if args.amp else None,
-            head_dtype=results['head_dtype'],
-            logits_dtype='float32',
-            channels_last=bool(args.channels_last),
-            batch_size=args.batch_size,
-            world_size=world,
-            class_reorder=class_index,
-            versions=dict(srdl_timm=srdl_timm.__version__, timm=timm.__version__, torch=torch.__version__),
-        ),
-    )
-    if results['num_samples'] != len(dataset):
-        raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
-    if rank == 0:
-        print(format_row(results, f'{args.model} {args.data}/{split} ({results["num_samples"]:,} images)'))
-        if args.output:
-            out_dir = os.path.dirname(os.path.abspath(args.output))
-            os.makedirs(out_dir, exist_ok=True)
-            with open(args.output, 'w', encoding='utf-8') as f:
-                json.dump(_json_safe(report), f, indent=2, allow_nan=False)
-            print(f'wrote {args.output}')
-    return report
+    tw = max(len(title) for title, _ in rows)
+    lines = [f'{"":<{tw}} | ' + ' | '.join(f'{h:>{w}}' for h, w in zip(heads, widths))]
+    for title, results in rows:
+        lines.append(f'{title:<{tw}} | ' + ' | '.join(f'{results[k]:>{w}.2f}' for k, w in zip(keys, widths)))
+    return '\n'.join(lines)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point of ``srdl-validate``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
-    try:
-        evaluate(args)
-    finally:
-        if is_dist_initialized():
-            with contextlib.suppress(Exception):
-                torch.distributed.destroy_process_group()
-    return 0
-
-
-if __name__ == '__main__':
-    sys.exit(main())
+    """Backwards-compatible alias of :func:`srdl_timm.cli.validate.main` (the ``srdl-validate`` console script)."""
+    from .cli.validate import main as cli_main
+    return cli_main(argv)

@@ -89,7 +89,7 @@ def _corrupt_copy(tmp_path, coco, mutate):
     (lambda d: d['annotations'][0].update(image_id=999999), 'unknown image_id 999999'),
     (lambda d: d['annotations'][0].pop('category_id'), "no 'category_id'"),
     (lambda d: d.pop('categories'), "missing top-level key 'categories'"),
-    (lambda d: d['images'].append(dict(d['images'][0])), 'duplicate images ids'),
+    (lambda d: d['images'].append(dict(d['images'][0])), 'duplicate image ids'),
     (lambda d: d['categories'].pop(), 'not the 80 MS-COCO categories'),
     (lambda d: d['categories'][0].update(name='human'), 'not the 80 MS-COCO categories'),
 ])

@@ -1,4 +1,4 @@
-"""Tests of srdl_timm/export.py (``srdl-export``): ONNX (opset >= 17, dynamic batch) run in onnxruntime and
+"""Tests of srdl_timm/export.py and srdl_timm/cli/export.py (``srdl-export``): ONNX (opset >= 17, dynamic batch) run in onnxruntime and
 TorchScript reloaded with torch.jit.load both match the PyTorch inference model.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_export.py
@@ -14,16 +14,16 @@ import torch
 from safetensors.torch import save_file
 
 import srdl_timm  # noqa: F401
+from srdl_timm.cli.export import main
 from srdl_timm.export import (
-    ExportCheckError, check_onnx, check_torchscript, export_onnx, export_torchscript, main, prepare_for_export)
+    ExportCheckError, check_onnx, check_torchscript, export_onnx, export_torchscript, prepare_for_export)
+from srdl_timm.loading import model_args
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 
 LABELS = ['cat', 'dog', 'car']
 SIZE = 64
 RTOL, ATOL = 1e-4, 1e-5
-
-
 
 
 def _model():
@@ -138,12 +138,15 @@ def test_checks_fail_when_the_export_differs(tmp_path):
 
 
 def test_cli_exports_both_formats_from_a_checkpoint(model, tmp_path, capsys):
-    """srdl-export with a safetensors checkpoint writes ONNX and TorchScript, reports the check, exits 0; without
-    any output it is a usage error, and a missing checkpoint exits 2."""
+    """srdl-export with a checkpoint and the config.json beside it (no --model: the config names the architecture)
+    writes ONNX and TorchScript carrying the config's label names, reports the check, exits 0; without any output
+    it is a usage error, and a missing checkpoint exits 2, each in one line."""
     ckpt = tmp_path / 'w.safetensors'
-    save_file(model.state_dict(), str(ckpt), metadata={'label_names': json.dumps(LABELS)})
+    save_file(model.state_dict(), str(ckpt))
+    (tmp_path / 'config.json').write_text(json.dumps(dict(architecture='srdl_test_resnet', num_classes=3,
+                                                          label_names=LABELS, model_args=model_args(model))))
     onnx_path, ts_path = tmp_path / 'out' / 'm.onnx', tmp_path / 'out' / 'm.pt'
-    rc = main(['--model', 'srdl_test_resnet', '--checkpoint', str(ckpt), '--img-size', str(SIZE),
+    rc = main(['--checkpoint', str(ckpt), '--img-size', str(SIZE),
                '--onnx', str(onnx_path), '--torchscript', str(ts_path), '--check-batch-sizes', '1', '2'])
     out = capsys.readouterr().out
     assert rc == 0
@@ -153,12 +156,12 @@ def test_cli_exports_both_formats_from_a_checkpoint(model, tmp_path, capsys):
     np.testing.assert_allclose(session.run(None, {'input': x.numpy()})[0], _reference(model, x), rtol=RTOL,
                                atol=ATOL)
     assert json.loads(session.get_modelmeta().custom_metadata_map['label_names']) == LABELS
-    with pytest.raises(SystemExit) as exc:
-        main(['--model', 'srdl_test_resnet', '--checkpoint', str(ckpt)])
-    assert exc.value.code == 2
+    assert main(['--model', 'srdl_test_resnet', '--checkpoint', str(ckpt)]) == 2
+    assert capsys.readouterr().err.strip() == ('srdl-export: error: nothing to do: give --onnx FILE and/or '
+                                               '--torchscript FILE')
     assert main(['--model', 'srdl_test_resnet', '--checkpoint', str(tmp_path / 'missing.safetensors'),
                  '--onnx', str(onnx_path)]) == 2
-    assert 'not found' in capsys.readouterr().err
+    assert 'checkpoint not found' in capsys.readouterr().err
 
 
 def test_prepare_for_export_is_idempotent_and_keeps_weights():

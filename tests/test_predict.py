@@ -1,5 +1,7 @@
-"""Tests of srdl_timm/predict.py (``srdl-predict``): real image files in, correct table/JSON/CSV out, bad inputs
-reported per file with a non-zero exit status, model loading from a safetensors checkpoint or a local-dir.
+"""Tests of srdl_timm/predict.py, srdl_timm/data/inputs.py and srdl_timm/cli/predict.py (``srdl-predict``): real
+image files in, correct table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model
+loading from a checkpoint (with its config beside it, or bare) or a local-dir, the header saying what the weights
+know, the progress-bar default.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
 """
@@ -17,9 +19,10 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import srdl_timm  # noqa: F401
+from srdl_timm.cli.predict import main, progress_enabled
 from srdl_timm.data.transforms import create_transform
-from srdl_timm.predict import (
-    InputItem, Prediction, collect_inputs, format_csv, format_table, load_model, main, select_labels)
+from srdl_timm.loading import model_args
+from srdl_timm.predict import InputItem, Prediction, collect_inputs, format_csv, format_table, select_labels
 
 LABELS = ['cat', 'dog', 'car', 'tree']
 IMG = 64
@@ -47,8 +50,11 @@ def assets(tmp_path_factory):
     """A 4-class checkpoint with label names in its metadata and a folder of good and bad files."""
     root = tmp_path_factory.mktemp('predict')
     model = _model()
-    ckpt = str(root / 'srdl4.safetensors')
-    save_file(model.state_dict(), ckpt, metadata={'label_names': json.dumps(LABELS)})
+    os.makedirs(root / 'named')
+    ckpt = str(root / 'named' / 'model.safetensors')  # with a config.json beside it, as srdl-publish writes
+    save_file(model.state_dict(), ckpt)
+    (root / 'named' / 'config.json').write_text(json.dumps(dict(
+        architecture='srdl_test_resnet', num_classes=4, label_names=LABELS, model_args=model_args(model))))
     bare = str(root / 'bare' / 'weights.safetensors')
     os.makedirs(os.path.dirname(bare))
     save_file(model.state_dict(), bare)
@@ -171,7 +177,9 @@ def test_table_and_csv_outputs_list_every_input(assets, tmp_path, capsys):
                '--topk', '2', '--workers', '0', '--img-size', str(IMG)])
     out = capsys.readouterr().out
     assert rc == 1
-    lines = out.strip().splitlines()
+    header = [line for line in out.splitlines() if line.startswith('#')]
+    assert header[0] == '# weights: srdl_test_resnet' and header[1] == f'# knows 4 labels: {", ".join(LABELS)}'
+    lines = out.strip().splitlines()[len(header):]
     assert lines[0].split() == ['image', 'labels']
     assert lines[1].startswith(assets['good'][0]) and len(lines[1].split(',')) == 2
     assert lines[2].startswith(assets['notes']) and 'ERROR:' in lines[2]
@@ -267,34 +275,68 @@ def test_local_dir_model_takes_label_names_from_its_config(assets, tmp_path):
 
 
 def test_model_errors_exit_with_status_two(assets, tmp_path, capsys):
-    """A checkpoint for another class count, a non-safetensors file, a missing file, a model name without weights and
-    an unknown model name are refused with a clear message and exit status 2 before any image is read."""
-    base = [assets['good'][0], '--workers', '0']
-    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'], '--num-classes', '5']) == 2
-    assert 'does not match model' in capsys.readouterr().err
+    """A class count other than the weights', an empty .pth, a missing file, a model name without weights and an
+    unknown model name are refused in one line naming the file or name, exit status 2, before any image is read."""
+    base = [assets['good'][0], '--workers', '0', '--quiet']
     pth = tmp_path / 'w.pth'
     torch.save({}, pth)
-    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', str(pth)]) == 2
-    assert 'safetensors' in capsys.readouterr().err
-    assert main(base + ['--model', 'srdl_test_resnet', '--checkpoint', str(tmp_path / 'nope.safetensors')]) == 2
-    assert 'not found' in capsys.readouterr().err
-    assert main(base + ['--model', 'srdl_resnet18']) == 2
-    assert 'pretrained weights' in capsys.readouterr().err
-    assert main(base + ['--model', 'no_such_architecture']) == 2
-    assert 'unknown model' in capsys.readouterr().err
+    cases = [
+        (['--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt'], '--num-classes', '5'],
+         'num_classes=4 but 5 classes were asked for'),
+        (['--model', 'srdl_test_resnet', '--checkpoint', str(pth)], f'{pth} holds no state dict of tensors'),
+        (['--model', 'srdl_test_resnet', '--checkpoint', str(tmp_path / 'nope.safetensors')],
+         f'checkpoint not found: {tmp_path / "nope.safetensors"}'),
+        (['--model', 'srdl_resnet18'], 'No pretrained SRDL weights exist for srdl_resnet18'),
+        (['--model', 'no_such_architecture'], "unknown model 'no_such_architecture'"),
+    ]
+    for argv, words in cases:
+        assert main(base + argv) == 2, argv
+        captured = capsys.readouterr()
+        assert captured.err.startswith('srdl-predict: error: ') and words in captured.err, captured.err
+        assert 'Traceback' not in captured.err and 'image' not in captured.out
 
 
-def test_checkpoint_of_another_configuration_is_refused(assets, tmp_path):
-    """Weights of an SRDL without GCN layers do not load silently into the default (2-layer) model."""
+def test_checkpoint_of_another_configuration_is_refused(assets, tmp_path, capsys):
+    """Weights of an SRDL without GCN layers do not load silently into the default (2-layer) model: exit 2 naming
+    the file and the tensors; with the right --model-kwargs they load and give that model's scores."""
     other = _model(graph_layers=0)
     path = tmp_path / 'nogcn.safetensors'
     save_file(other.state_dict(), str(path))
-    with pytest.raises(ValueError, match='does not match model'):
-        load_model('srdl_test_resnet', str(path))
-    loaded = load_model('srdl_test_resnet', str(path), graph_layers=0)
-    x = torch.randn(1, 3, IMG, IMG)
-    with torch.no_grad():
-        torch.testing.assert_close(loaded(x), other(x))
+    base = [assets['good'][0], '--model', 'srdl_test_resnet', '--checkpoint', str(path), '--workers', '0', '--quiet']
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert f'{path} does not fit srdl_test_resnet' in err and 'label_graph' in err, err
+    out = tmp_path / 'nogcn.json'
+    assert main(base + ['--model-kwargs', 'graph_layers=0', '--threshold', '0', '--img-size', str(IMG),
+                        '--format', 'json', '--output', str(out)]) == 0
+    expected = _expected_scores(other, assets['good'][0])
+    for lab in json.loads(out.read_text())['results'][0]['labels']:
+        assert lab['score'] == pytest.approx(float(expected[lab['index']]), abs=2e-6)
+
+
+def test_shipped_weights_header_says_what_they_know(assets, capsys):
+    """srdl-predict with the shipped Fashion Scenes tag heads its table with the 10 clothing labels and the data it
+    was trained on (from the weights' pretrained_cfg), so a photo of anything else is not read as understood."""
+    rc = main([assets['good'][0], '--model', 'srdl_efficientnet_lite0.fashion_scenes', '--workers', '0',
+               '--topk', '1'])
+    out = capsys.readouterr().out
+    assert rc == 0
+    header = [line for line in out.splitlines() if line.startswith('#')]
+    assert header[0] == '# weights: srdl_efficientnet_lite0.fashion_scenes'
+    assert header[1].startswith('# knows 10 labels: t-shirt, trousers, pullover, dress, coat, sandal')
+    assert any(line.startswith('# trained on: ') and 'Fashion Scenes' in line for line in header)
+    assert any('scores only these 10 labels' in line for line in header)
+
+
+def test_progress_bar_default_follows_the_terminal(monkeypatch):
+    """No flag: a bar exactly when stderr is a terminal; --quiet hides it there; --progress forces it elsewhere."""
+    from argparse import Namespace
+    monkeypatch.setattr('sys.stderr.isatty', lambda: True)
+    assert progress_enabled(Namespace(quiet=False, progress=False))
+    assert not progress_enabled(Namespace(quiet=True, progress=False))
+    monkeypatch.setattr('sys.stderr.isatty', lambda: False)
+    assert not progress_enabled(Namespace(quiet=False, progress=False))
+    assert progress_enabled(Namespace(quiet=False, progress=True))
 
 
 def test_amp_and_worker_processes_give_the_same_labels(assets, tmp_path):

@@ -1,5 +1,5 @@
-"""Tests of srdl_timm/validate.py (srdl-validate), srdl_timm/data/factory.create_loader and
-srdl_timm/data/distributed.py, end to end on tiny real datasets with a stock timm model (resnet10t, 64 px).
+"""Tests of srdl_timm/validate.py and srdl_timm/cli/validate.py (srdl-validate), srdl_timm/data/factory.create_loader
+and srdl_timm/data/distributed.py, end to end on tiny real datasets with a stock timm model (resnet10t, 64 px).
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_validate.py
 """
@@ -18,9 +18,9 @@ from sklearn.metrics import average_precision_score, precision_score, recall_sco
 from timm.data import resolve_data_config
 
 from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_voc
-from srdl_timm.data import (
-    VOC_CLASSES, DistributedEvalSampler, UnreadableImageError, create_dataset, create_loader, create_transform)
-from srdl_timm.validate import _class_index, main, validate
+from srdl_timm.cli.validate import main
+from srdl_timm.data import VOC_CLASSES, DistributedEvalSampler, create_dataset, create_loader, create_transform
+from srdl_timm.validate import class_index_by_name, validate
 
 IMG = 64
 
@@ -81,10 +81,10 @@ def test_class_index_reorders_logits_and_mismatched_names_raise(coco_json):
     b = validate(model, loader, torch.device('cpu'), progress=False, class_index=[2, 1, 0])
     assert a['AP_interpolated'][0] != b['AP_interpolated'][0]
     model.pretrained_cfg = dict(model.pretrained_cfg, label_names=['zebra', 'dog', 'cat'])
-    assert _class_index(model, ['cat', 'dog', 'zebra'], has_weights=True) == [2, 1, 0]
-    assert _class_index(model, ['zebra', 'dog', 'cat'], has_weights=True) is None
-    with pytest.raises(ValueError, match='label names do not match'):
-        _class_index(model, ['cat', 'dog', 'horse'], has_weights=True)
+    assert class_index_by_name(model, ['cat', 'dog', 'zebra']) == [2, 1, 0]
+    assert class_index_by_name(model, ['zebra', 'dog', 'cat']) is None
+    with pytest.raises(ValueError, match=r"dataset classes the weights do not know: \['horse'\]"):
+        class_index_by_name(model, ['cat', 'dog', 'horse'])
 
 
 def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
@@ -107,8 +107,9 @@ def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
 
 def test_cli_voc_checkpoint_report(tmp_path, capsys):
     """srdl-validate on VOC with a local safetensors checkpoint: the classifier is loaded (same numbers as the
-    in-memory model), difficult-only entries are ignored, and the JSON holds per-class AP by VOC name, the
-    checkpoint's sha256 and the protocol."""
+    in-memory model), the main metrics ignore difficult-only entries, a second named row and JSON entry count
+    them negative (equal to scikit-learn's AP with those entries set to 0), and the JSON holds per-class AP by VOC
+    name, the checkpoint's sha256 and the protocol."""
     voc = write_voc(tmp_path / 'voc', {'test': 6}, seed=8)
     model = _model(20, seed=3)
     ckpt = _checkpoint(tmp_path / 'w.safetensors', model)
@@ -131,6 +132,20 @@ def test_cli_voc_checkpoint_report(tmp_path, capsys):
     direct = validate(model, create_loader(ds, 6, False, num_workers=0), torch.device('cpu'), progress=False)
     assert rep['metrics']['mAP_interpolated'] == pytest.approx(direct['mAP_interpolated'], abs=1e-6)
     assert rep['metrics']['OF1_top3'] == pytest.approx(direct['OF1_top3'], abs=1e-6)
+    # both VOC conventions, named in the printed rows and the JSON
+    assert 'difficult=ignore: difficult-only entries ignored (standard' in printed
+    assert "difficult=negative: difficult-only entries counted negative (the authors' lab convention)" in printed
+    both = rep['metrics_by_difficult_policy']
+    assert both['ignore']['metrics']['mAP_interpolated'] == rep['metrics']['mAP_interpolated']
+    with torch.no_grad():
+        logits = torch.cat([model(ds[i][0][None]) for i in range(len(ds))]).numpy()
+    tern = voc['ternary']['test'].astype(np.float32)
+    assert (tern == -1).any(), 'the fixture must have difficult-only entries'
+    negative = np.where(tern == -1, 0.0, tern)
+    aps = [average_precision_score(negative[:, c], logits[:, c]) * 100 for c in range(20) if negative[:, c].any()]
+    assert both['negative']['metrics']['mAP_non_interpolated'] == pytest.approx(np.mean(aps), abs=1e-4)
+    assert both['negative']['metrics']['num_ignored_entries'] == 0
+    assert both['ignore']['metrics']['num_ignored_entries'] == int((tern == -1).sum())
 
 
 @pytest.mark.slow
@@ -145,7 +160,7 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, coco_json):
     assert main(common + ['--output', str(one)]) == 0
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join(sys.path))
     proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                           '-m', 'srdl_timm.validate', *common, '--output', str(two)],
+                           '-m', 'srdl_timm.cli.validate', *common, '--output', str(two)],
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r1, r2 = json.loads(one.read_text()), json.loads(two.read_text())
@@ -159,33 +174,38 @@ def test_torchrun_two_processes_equal_one_process(tmp_path, coco_json):
     assert proc.stdout.count('wrote ') == 1  # only rank 0 prints and writes
 
 
-def test_cli_unreadable_images_error_or_are_skipped_and_counted(tmp_path):
-    """A corrupt image stops srdl-validate with an error naming it; with --on-corrupt skip it is counted in the
-    report and the other images are still evaluated."""
+def test_cli_unreadable_images_error_or_are_skipped_and_counted(tmp_path, capsys):
+    """A corrupt image stops srdl-validate with exit 2 and a line naming it and --on-corrupt skip; with
+    --on-corrupt skip it is counted in the report and the other images are still evaluated."""
     info = write_csv(tmp_path, 'val', num_images=5, seed=9)
     write_corrupt_image(os.path.join(str(tmp_path), info['rows'][1][0]), 'truncated')
-    args = ['--model', 'resnet10t', '--data', 'csv', '--root', str(tmp_path), '--img-size', str(IMG),
-            '--batch-size', '2', '--workers', '0', '--no-progress']
-    with pytest.raises(UnreadableImageError, match='val_001.jpg'):
-        main(args)
+    args = ['--model', 'resnet10t', '--random-init', '--data', 'csv', '--root', str(tmp_path), '--img-size',
+            str(IMG), '--batch-size', '2', '--workers', '0', '--quiet']
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert 'val_001.jpg: corrupt or truncated image' in err and '--on-corrupt skip' in err, err
     out = tmp_path / 'r.json'
     assert main(args + ['--on-corrupt', 'skip', '--output', str(out)]) == 0
     p = json.loads(out.read_text())['protocol']
     assert p['num_images_unreadable_skipped'] == 1 and p['num_images_evaluated'] == 5
 
 
-def test_cli_bad_arguments_raise(tmp_path, coco_json):
-    """A missing checkpoint, a classifier size that does not match the dataset and malformed --model-kwargs raise
-    clear errors."""
+def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, coco_json, capsys):
+    """A missing checkpoint, a classifier size that does not match the dataset, malformed --model-kwargs and no
+    weights at all give one 'srdl-validate: error:' line naming the flag or file, exit 2."""
     root, _ = coco_json
     base = ['--model', 'resnet10t', '--data', 'coco-json', '--root', str(root), '--img-size', str(IMG),
-            '--workers', '0', '--no-progress']
-    with pytest.raises(FileNotFoundError, match='nope.safetensors'):
-        main(base + ['--checkpoint', str(tmp_path / 'nope.safetensors')])
-    with pytest.raises(ValueError, match='returned 5 logits'):
-        main(base + ['--num-classes', '5'])
-    with pytest.raises(ValueError, match='key=value'):
-        main(base + ['--model-kwargs', 'drop_rate'])
+            '--workers', '0', '--quiet']
+    cases = [
+        (['--checkpoint', str(tmp_path / 'nope.safetensors')], f'checkpoint not found: {tmp_path}'),
+        (['--random-init', '--num-classes', '5'], 'have 5 classes but'),
+        (['--random-init', '--model-kwargs', 'drop_rate'], "key=value, got 'drop_rate'"),
+        (['--checkpoint', str(tmp_path / 'nope.safetensors'), '--random-init'], '--random-init and --checkpoint'),
+    ]
+    for extra, words in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith('srdl-validate: error: ') and words in err and 'Traceback' not in err, err
 
 
 def test_eval_loader_never_drops_and_distributed_slices_partition():

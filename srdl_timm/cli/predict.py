@@ -1,7 +1,218 @@
-"""``srdl-predict``: thin console script (the work is in the library)."""
-import sys
+"""``srdl-predict``: multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.
 
-from ..predict import main
+Inputs are image files, folders (``--recursive`` to descend) and glob patterns (quote them; ``**`` with
+``--recursive``); see :mod:`srdl_timm.data.inputs`. Labels: ``--threshold`` and/or ``--topk``
+(:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5). Output: a table (default, headed by what the
+weights know: label set and training data), ``--format json`` or ``--format csv``, on stdout or in
+``--output FILE``. Bad inputs are reported per input while the rest are predicted. Exit status: 0 every input
+predicted, 1 some input failed, 2 usage, model or weights error. A progress bar shows on a terminal
+(``--quiet`` hides it and the header).
+
+The model: ``--checkpoint`` (a weights file or a training run folder; the architecture comes from the
+``train_config.json``/``config.json`` beside it, or from ``--model``), ``--model`` alone (a pretrained tag
+such as ``srdl_efficientnet_lite0.fashion_scenes``, ``hf-hub:org/repo`` or ``local-dir:PATH``), loaded strictly by
+:func:`srdl_timm.loading.load_model`: weights that do not fit the architecture, including another number of
+classes, are an error, never a re-initialised head.
+
+Examples::
+
+    srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3
+    srdl-predict 'shots/*.jpg' --checkpoint run/model.safetensors --threshold 0.6 --format json --output preds.json
+    srdl-predict street.jpg --model local-dir:./srdl_voc --explain overlays/ --explain-erase
+"""
+import argparse
+import logging
+import sys
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from . import add_common_args, run_cli
+from ..errors import InputError
+
+__all__ = ['build_parser', 'run', 'main', 'add_model_args', 'model_from_args', 'progress_enabled']
+
+_logger = logging.getLogger('srdl_timm.predict')
+
+
+# ----------------------------------------------------------------------------------------------------------
+# shared by srdl-predict, srdl-validate and srdl-export
+# ----------------------------------------------------------------------------------------------------------
+def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The model flags of the inference scripts: --model, --checkpoint, --num-classes, --model-kwargs,
+    --random-init."""
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', default=None,
+                   help='timm model name or pretrained tag (srdl_x.tag), hf-hub:org/repo or local-dir:PATH; may be '
+                        'left out when --checkpoint has a train_config.json / config.json beside it')
+    g.add_argument('--checkpoint', default=None,
+                   help='weights (.safetensors; .pth/.bin are read with weights_only=True) or a run folder; the '
+                        'config beside it rebuilds the exact architecture')
+    g.add_argument('--num-classes', type=int, default=None,
+                   help='classifier size (default: from the weights\' config); must match the weights')
+    g.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
+                   help='extra create_model kwargs (override the config\'s model_args)')
+    g.add_argument('--random-init', action='store_true', help='no weights at all (smoke tests only)')
+    return g
+
+
+def model_from_args(args: argparse.Namespace, num_classes: Optional[int] = None) -> nn.Module:
+    """The model the flags of :func:`add_model_args` describe, loaded strictly, in eval mode, on the CPU.
+
+    ``num_classes`` is a default for ``--num-classes`` (e.g. the dataset's: it builds a bare checkpoint without a
+    config, and must equal the class count of weights that have one; a mismatch is an error).
+    """
+    from ..loading import load_model
+    from ..utils import parse_model_kwargs
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    classes = args.num_classes if args.num_classes is not None else num_classes
+    if args.random_init:
+        if args.checkpoint:
+            raise InputError('--random-init and --checkpoint exclude each other')
+        if not args.model:
+            raise InputError('--random-init needs --model NAME')
+        _logger.warning('%s: randomly initialised weights (--random-init): outputs are meaningless', args.model)
+        return load_model(args.model, None, pretrained=False, num_classes=classes, model_kwargs=kwargs)
+    if not args.model and not args.checkpoint:
+        raise InputError('no model: give --checkpoint FILE (a training run\'s model.safetensors) and/or --model NAME '
+                         '(a pretrained tag, hf-hub:org/repo or local-dir:PATH)')
+    return load_model(args.model, args.checkpoint, pretrained=not args.checkpoint, num_classes=classes,
+                      model_kwargs=kwargs)
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bar: ``--progress`` forces it, ``--quiet`` / ``--no-progress`` hide it, else on when stderr is a
+    terminal (where tqdm writes)."""
+    if getattr(args, 'quiet', False) or getattr(args, 'no_progress', False):
+        return False
+    if getattr(args, 'progress', False):
+        return True
+    return sys.stderr.isatty()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# srdl-predict
+# ----------------------------------------------------------------------------------------------------------
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f'must be in [0, 1], got {text}')
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'must be >= 1, got {text}')
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'must be >= 0, got {text}')
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``srdl-predict`` argument parser."""
+    p = argparse.ArgumentParser(
+        prog='srdl-predict',
+        description='Multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.',
+        epilog='Exit status: 0 = every input predicted, 1 = some inputs failed, 2 = usage or model error.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('inputs', nargs='+', help='image files, folders and glob patterns')
+    p.add_argument('--recursive', '-r', action='store_true', help='descend into sub-folders; ** in globs')
+    g = add_model_args(p)
+    g.add_argument('--label-names', default=None, metavar='FILE',
+                   help='label names, one a line (or a JSON list), overriding the model\'s')
+    g.add_argument('--img-size', type=_positive_int, default=None, help='input size (None: the model\'s config)')
+    g = p.add_argument_group('labels')
+    g.add_argument('--threshold', type=_probability, default=None,
+                   help='keep labels with score >= this (None: 0.5, unless --topk is given)')
+    g.add_argument('--topk', type=_positive_int, default=None, help='keep the k best labels (>= --threshold if set)')
+    g = p.add_argument_group('output')
+    g.add_argument('--format', default='table', choices=('table', 'json', 'csv'))
+    g.add_argument('--output', '-o', default=None, metavar='FILE', help='write here instead of stdout')
+    g.add_argument('--explain', default=None, metavar='DIR',
+                   help='write attention overlays (Figure 5) of the top categories per image here (SRDL models)')
+    g.add_argument('--explain-topk', type=_positive_int, default=3, help='categories per image in the overlays')
+    g.add_argument('--explain-erase', action='store_true', help='outline the rectangle OE would erase')
+    g.add_argument('--erase-alpha', type=float, default=None, help='OE threshold alpha (None: the model\'s)')
+    g = p.add_argument_group('run')
+    g.add_argument('--batch-size', type=_positive_int, default=16)
+    g.add_argument('--workers', type=_non_negative_int, default=2, help='image-decoding processes (0 = main process)')
+    g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    g.add_argument('--amp', action='store_true', help='autocast the backbone (head stays float32)')
+    g.add_argument('--amp-dtype', default='bfloat16', choices=('bfloat16', 'float16'))
+    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--progress', action='store_true', help='progress bar even when stderr is not a terminal')
+    g.add_argument('--quiet', '-q', action='store_true', help='no progress bar, no header')
+    add_common_args(p)
+    p.set_defaults(log_level='WARNING')
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Predict every input; 0 when all were predicted, 1 when any failed."""
+    from ..explain import _check_attention_model, default_eval_transform
+    from ..predict import (
+        collect_inputs, format_csv, format_json, format_table, predict_files, resolve_label_names, summary_lines,
+        weights_summary)
+    from ..utils import atomic_write_bytes
+    if args.erase_alpha is not None and not 0.0 < args.erase_alpha < 1.0:
+        raise InputError(f'--erase-alpha must be in (0, 1), got {args.erase_alpha}')
+    if args.explain_erase and not args.explain:
+        raise InputError('--explain-erase needs --explain DIR')
+    model = model_from_args(args)
+    num_classes = getattr(model, 'num_classes', 0)
+    if not num_classes:
+        raise InputError(f'{args.model or args.checkpoint} has no classifier (num_classes=0)')
+    label_names = resolve_label_names(model, num_classes, args.label_names)
+    if args.explain:
+        _check_attention_model(model)
+    transform = default_eval_transform(model, args.img_size)
+    device = torch.device(args.device)
+    amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
+    summary = weights_summary(model, label_names, args.model or args.checkpoint)
+    header = [] if args.quiet else summary_lines(summary)
+    if header and args.format != 'table':
+        print('\n'.join(header), file=sys.stderr)
+
+    items = collect_inputs(args.inputs, recursive=args.recursive)
+    for item in items:
+        if item.error is not None:
+            _logger.warning('%s: %s', item.path, item.error)
+    predictions = predict_files(
+        model, items, label_names, transform, threshold=args.threshold, topk=args.topk,
+        batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, channels_last=args.channels_last,
+        workers=args.workers, explain_dir=args.explain, explain_topk=args.explain_topk,
+        explain_erase=args.explain_erase, erase_alpha=args.erase_alpha, progress=progress_enabled(args))
+
+    if args.format == 'json':
+        threshold = 0.5 if args.threshold is None and args.topk is None else args.threshold
+        meta = dict(model=args.model, checkpoint=args.checkpoint, threshold=threshold, topk=args.topk,
+                    input_size=list(transform.transforms[0].size) if hasattr(transform, 'transforms') else None,
+                    amp_dtype=args.amp_dtype if args.amp else None, explain_dir=args.explain, weights=summary)
+        text = format_json(predictions, meta)
+    elif args.format == 'csv':
+        text = format_csv(predictions)
+    else:
+        text = format_table(predictions, header=header)
+    failed = sum(not p.ok for p in predictions)
+    if args.output:
+        atomic_write_bytes(args.output, text.encode('utf-8'))
+        print(f'wrote {len(predictions)} results ({failed} failed) to {args.output}')
+    else:
+        sys.stdout.write(text)
+    return 1 if failed else 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point of ``srdl-predict``."""
+    return run_cli('srdl-predict', build_parser, run, argv)
+
 
 if __name__ == '__main__':
     sys.exit(main())

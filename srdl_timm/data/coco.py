@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 from pycocotools.coco import COCO
 
-from .images import MultiLabelDataset, check_files_exist
+from ..errors import InputError
+from .images import AnnotationError, MultiLabelDataset, check_files_exist
 from .label_sets import COCO_CATEGORY_IDS, COCO_CLASSES
 
 __all__ = ['load_coco_json', 'coco_multilabel_targets', 'CocoFormatMultiLabel', 'CocoMultiLabel', 'COCO_SPLITS']
@@ -53,46 +54,52 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
         with open(ann_file, 'rb') as f:
             data = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f'{ann_file}: malformed or truncated JSON ({e})') from e
+        raise AnnotationError(f'{ann_file}: malformed or truncated JSON ({e})') from e
     if not isinstance(data, dict):
-        raise ValueError(f'{ann_file}: expected a JSON object at top level, got {type(data).__name__}')
+        raise AnnotationError(f'{ann_file}: expected a JSON object at top level, got {type(data).__name__}')
     for key in ('images', 'annotations', 'categories'):
         if key not in data:
-            raise ValueError(f'{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, '
+            raise AnnotationError(f'{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, '
                              f'categories)')
         if not isinstance(data[key], list):
-            raise ValueError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
+            raise AnnotationError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
 
     def _check(entries: List[Any], what: str, keys: Tuple[str, ...]) -> None:
         for i, e in enumerate(entries):
             if not isinstance(e, dict):
-                raise ValueError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
+                raise AnnotationError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
             for k in keys:
                 if k not in e:
-                    raise ValueError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
+                    raise AnnotationError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
 
     _check(data['images'], 'images', ('id', 'file_name'))
     _check(data['categories'], 'categories', ('id', 'name'))
     _check(data['annotations'], 'annotations', ('image_id', 'category_id'))
     for i, c in enumerate(data['categories']):
         if not isinstance(c['id'], int) or isinstance(c['id'], bool):
-            raise ValueError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
+            raise AnnotationError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
+    for what, key in (('images', 'id'), ('annotations', 'image_id'), ('annotations', 'category_id')):
+        for i, e in enumerate(data[what]):
+            if not isinstance(e[key], (int, str)) or isinstance(e[key], bool):
+                raise AnnotationError(f'{ann_file}: {what}[{i}] {key} must be an integer (or a string), '
+                                      f'got {e[key]!r}')
     for what in ('images', 'categories'):
         ids = [e['id'] for e in data[what]]
         if len(set(ids)) != len(ids):
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-            raise ValueError(f'{ann_file}: duplicate {what} ids {dup}')
+            raise AnnotationError(f'{ann_file}: duplicate {what[:-1].replace("categorie", "category")} ids {dup} '
+                                  f'(each {what[:-1].replace("categorie", "category")} needs its own id)')
     names = [c['name'] for c in data['categories']]
     if len(set(names)) != len(names):
-        raise ValueError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
+        raise AnnotationError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
     image_ids = {e['id'] for e in data['images']}
     cat_ids = {e['id'] for e in data['categories']}
     for i, a in enumerate(data['annotations']):
         if a['category_id'] not in cat_ids:
-            raise ValueError(f'{ann_file}: annotations[{i}] has unknown category_id {a["category_id"]!r} '
+            raise AnnotationError(f'{ann_file}: annotations[{i}] has unknown category_id {a["category_id"]!r} '
                              f'(not in the file\'s categories)')
         if a['image_id'] not in image_ids:
-            raise ValueError(f'{ann_file}: annotations[{i}] has unknown image_id {a["image_id"]!r} '
+            raise AnnotationError(f'{ann_file}: annotations[{i}] has unknown image_id {a["image_id"]!r} '
                              f'(not in the file\'s images)')
     return data
 
@@ -179,7 +186,7 @@ class CocoFormatMultiLabel(MultiLabelDataset):
             raise FileNotFoundError(f'{name}: image folder not found: {image_dir}')
         images, targets, label_names, category_ids, counts = coco_multilabel_targets(data, keep_empty=keep_empty)
         if not images:
-            raise ValueError(f'{ann_file}: no images left (images: {counts["images_total"]}, without annotations: '
+            raise AnnotationError(f'{ann_file}: no images left (images: {counts["images_total"]}, without annotations: '
                              f'{counts["images_without_annotations"]}, keep_empty={keep_empty})')
         paths = [os.path.join(image_dir, str(img['file_name'])) for img in images]
         if check_files:
@@ -228,7 +235,7 @@ class CocoMultiLabel(CocoFormatMultiLabel):
     ) -> None:
         split = split[:-len(year)] if split.endswith(year) else split
         if split not in COCO_SPLITS:
-            raise ValueError(f'COCO split must be one of {COCO_SPLITS} (or with the year, e.g. "val{year}"), '
+            raise InputError(f'COCO split must be one of {COCO_SPLITS} (or with the year, e.g. "val{year}"), '
                              f'got {split!r}')
         root = os.fspath(root)
         if not os.path.isdir(root):
@@ -244,6 +251,6 @@ class CocoMultiLabel(CocoFormatMultiLabel):
         expected = list(zip(COCO_CATEGORY_IDS, COCO_CLASSES))
         if cats != expected:
             diff = sorted(set(cats) ^ set(expected))[:6]
-            raise ValueError(f'{ann_file}: categories are not the 80 MS-COCO categories (ids and names must match '
+            raise AnnotationError(f'{ann_file}: categories are not the 80 MS-COCO categories (ids and names must match '
                              f'srdl_timm.data.label_sets); first differences: {diff}. Use the "coco-json" dataset '
                              f'for other category sets.')

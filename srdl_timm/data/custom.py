@@ -29,13 +29,13 @@ ascending id order — see :class:`srdl_timm.data.coco.CocoFormatMultiLabel`.
 import csv
 import logging
 import os
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import numpy as np
 
 from .coco import CocoFormatMultiLabel
 from ..utils import read_label_names
-from .images import MultiLabelDataset, check_files_exist
+from .images import AnnotationError, MultiLabelDataset, check_files_exist
 
 __all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names']
 
@@ -50,13 +50,13 @@ def _pick(columns: Sequence[str], wanted: Optional[str], candidates: Sequence[st
           required: bool = True) -> Optional[str]:
     if wanted is not None:
         if wanted not in columns:
-            raise ValueError(f'{csv_file}: no {what} column {wanted!r}; columns are {list(columns)}')
+            raise AnnotationError(f'{csv_file}: no {what} column {wanted!r}; columns are {list(columns)}')
         return wanted
     for c in candidates:
         if c in columns:
             return c
     if required:
-        raise ValueError(f'{csv_file}: no {what} column found (looked for {list(candidates)}); columns are '
+        raise AnnotationError(f'{csv_file}: no {what} column found (looked for {list(candidates)}); columns are '
                          f'{list(columns)}; pass {what}_column=')
     return None
 
@@ -65,7 +65,7 @@ class CsvMultiLabel(MultiLabelDataset):
     """A CSV file of image paths and labels (list or wide layout, see the module docstring).
 
     Args:
-        csv_file: the CSV file (UTF-8, with a header row).
+        csv_file: the CSV file (UTF-8, a byte-order mark as Excel writes it is skipped; with a header row).
         image_dir: folder the image paths are relative to (absolute paths are kept); default: the CSV's folder.
         transform: applied to each PIL RGB image.
         label_names: class names in column order (list layout only).
@@ -103,25 +103,28 @@ class CsvMultiLabel(MultiLabelDataset):
             raise FileNotFoundError(f'image folder not found: {image_dir}')
         name = name or os.path.basename(csv_file)
         try:
-            with open(csv_file, 'r', encoding='utf-8', newline='') as f:
+            with open(csv_file, 'r', encoding='utf-8-sig', newline='') as f:
                 rows = list(csv.reader(f))
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise ValueError(f'{csv_file}: malformed CSV ({e})') from e
+        except UnicodeDecodeError as e:
+            raise AnnotationError(f'{csv_file}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "CSV UTF-8"') \
+                from e
+        except csv.Error as e:
+            raise AnnotationError(f'{csv_file}: malformed CSV ({e})') from e
         rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
         if not rows:
-            raise ValueError(f'{csv_file}: empty CSV (a header row is required)')
+            raise AnnotationError(f'{csv_file}: empty CSV (a header row is required)')
         header = [h.strip() for h in rows[0][1]]
         if len(set(header)) != len(header):
-            raise ValueError(f'{csv_file}: duplicate column names in header {header}')
+            raise AnnotationError(f'{csv_file}: duplicate column names in header {header}')
         img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
         lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
         for line, r in rows[1:]:
             if len(r) != len(header):
-                raise ValueError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
+                raise AnnotationError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
         records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
         for rec in records:
             if not rec[img_col]:
-                raise ValueError(f'{csv_file}, line {rec["_line"]}: empty image path')
+                raise AnnotationError(f'{csv_file}, line {rec["_line"]}: empty image path')
 
         if lab_col is not None:
             layout = 'list'
@@ -140,23 +143,23 @@ class CsvMultiLabel(MultiLabelDataset):
             for k, rec in enumerate(records):
                 for t in cells[rec['_line']]:
                     if t not in index:
-                        raise ValueError(f'{csv_file}, line {rec["_line"]}: unknown label {t!r} (label names from '
+                        raise AnnotationError(f'{csv_file}, line {rec["_line"]}: unknown label {t!r} (label names from '
                                          f'{names_from}: {names})')
                     targets[k, index[t]] = 1.0
         else:
             layout = 'wide'
             names, names_from = [h for h in header if h != img_col], 'header'
             if label_names is not None and list(label_names) != names:
-                raise ValueError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
+                raise AnnotationError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
                                  f'columns {names}')
             if not names:
-                raise ValueError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
+                raise AnnotationError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
             targets = np.zeros((len(records), len(names)), dtype=np.float32)
             for k, rec in enumerate(records):
                 for c, n in enumerate(names):
                     v = rec[n]
                     if v not in _WIDE_VALUES:
-                        raise ValueError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
+                        raise AnnotationError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
                                          f'or -1')
                     targets[k, c] = _WIDE_VALUES[v]
 
@@ -165,7 +168,7 @@ class CsvMultiLabel(MultiLabelDataset):
         for rec, p in zip(records, paths):
             key = os.path.normpath(p)
             if key in seen:
-                raise ValueError(f'{csv_file}, line {rec["_line"]}: image {rec[img_col]!r} already listed on line '
+                raise AnnotationError(f'{csv_file}, line {rec["_line"]}: image {rec[img_col]!r} already listed on line '
                                  f'{seen[key]}')
             seen[key] = rec['_line']
         has_label = (targets == 1).any(axis=1)
@@ -175,7 +178,7 @@ class CsvMultiLabel(MultiLabelDataset):
             paths = [p for p, h in zip(paths, has_label) if h]
             targets = targets[has_label]
         if not paths:
-            raise ValueError(f'{csv_file}: no images left (rows: {len(records)}, without labels: {empty}, '
+            raise AnnotationError(f'{csv_file}: no images left (rows: {len(records)}, without labels: {empty}, '
                              f'keep_empty={keep_empty})')
         if check_files:
             check_files_exist(paths, csv_file)

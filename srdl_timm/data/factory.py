@@ -1,7 +1,7 @@
 """``create_dataset`` and ``create_loader``: the data entry points (names as in timm's ``timm.data``)."""
 import inspect
 import logging
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
@@ -9,10 +9,11 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from .coco import CocoMultiLabel
 from .custom import CocoJsonMultiLabel, CsvMultiLabel
 from .distributed import DistributedEvalSampler, get_rank_world, is_dist_initialized
+from ..errors import InputError
 from .images import MultiLabelDataset
 from .voc import VocMultiLabel
 
-__all__ = ['create_dataset', 'create_loader', 'DATASETS']
+__all__ = ['create_dataset', 'create_loader', 'DATASETS', 'DEFAULT_SPLITS']
 
 _logger = logging.getLogger(__name__)
 
@@ -21,6 +22,14 @@ DATASETS: Dict[str, type] = {
     'voc': VocMultiLabel,
     'coco-json': CocoJsonMultiLabel,
     'csv': CsvMultiLabel,
+}
+
+#: the one table of default ``(train split, evaluation split)`` per dataset format (VOC 2007: trainval / test)
+DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
+    'coco': ('train', 'val'),
+    'voc': ('trainval', 'test'),
+    'coco-json': ('train', 'val'),
+    'csv': ('train', 'val'),
 }
 
 
@@ -54,7 +63,7 @@ def create_dataset(
     """
     key = name.lower()
     if key not in DATASETS:
-        raise ValueError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
+        raise InputError(f'unknown dataset {name!r}; choose one of {sorted(DATASETS)}')
     cls = DATASETS[key]
     if key == 'csv':
         csv_file = options.pop('ann_file', None) or f'{root}/{split}.csv'
@@ -65,7 +74,7 @@ def create_dataset(
     accepted = set(inspect.signature(cls.__init__).parameters) - {'self'}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise ValueError(f'dataset {name!r} does not take option(s) {unknown}; it takes '
+        raise InputError(f'dataset {name!r} does not take option(s) {unknown}; it takes '
                          f'{sorted(accepted - set(args) - {"transform", "name"})}')
     dataset = cls(transform=transform, **args, **options)
     if key == 'csv':
@@ -106,9 +115,9 @@ def create_loader(
         ValueError: ``drop_last=True`` for evaluation, ``distributed=True`` without a process group, bad sizes.
     """
     if batch_size <= 0:
-        raise ValueError(f'batch_size must be positive, got {batch_size}')
+        raise InputError(f'batch_size must be positive, got {batch_size}')
     if num_workers < 0:
-        raise ValueError(f'num_workers must be >= 0, got {num_workers}')
+        raise InputError(f'num_workers must be >= 0, got {num_workers}')
     if drop_last is None:
         drop_last = is_training
     if drop_last and not is_training:

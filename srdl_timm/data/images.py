@@ -25,7 +25,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-__all__ = ['UnreadableImageError', 'open_image', 'MultiLabelDataset', 'check_files_exist', 'ON_CORRUPT_CHOICES']
+from ..errors import InputError
+
+__all__ = ['UnreadableImageError', 'AnnotationError', 'open_image', 'MultiLabelDataset', 'check_files_exist',
+           'ON_CORRUPT_CHOICES']
 
 _logger = logging.getLogger(__name__)
 
@@ -35,8 +38,15 @@ ON_CORRUPT_CHOICES = ('error', 'skip')
 _PLACEHOLDER_SIZE = 64
 
 
-class UnreadableImageError(ValueError):
-    """An image file exists but cannot be decoded (truncated, corrupt, not an image, unsupported mode)."""
+class UnreadableImageError(InputError):
+    """An image file exists but cannot be decoded (truncated, corrupt, not an image, unsupported mode).
+
+    The message starts with the file's path. A ``ValueError`` (via :class:`~srdl_timm.errors.InputError`)."""
+
+
+class AnnotationError(InputError):
+    """A dataset's annotation file (COCO JSON, VOC XML or image-set list, CSV) is malformed or inconsistent; the
+    message names the file and, where there is one, the line or entry. A ``ValueError``."""
 
 
 def _to_rgb(img: Image.Image, path: str) -> Image.Image:
@@ -83,6 +93,8 @@ def open_image(path: Union[str, os.PathLike]) -> Image.Image:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image file not found: {path}')
+    if os.path.getsize(path) == 0:
+        raise UnreadableImageError(f'{path}: empty file (0 bytes), not an image')
     try:
         with Image.open(path) as img:
             img.load()  # force a full decode so truncated files fail here, not in the transform
@@ -136,11 +148,11 @@ class MultiLabelDataset(Dataset):
             info: Optional[Dict[str, Any]] = None,
     ) -> None:
         if on_corrupt not in ON_CORRUPT_CHOICES:
-            raise ValueError(f'on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}')
+            raise InputError(f'on_corrupt must be one of {ON_CORRUPT_CHOICES}, got {on_corrupt!r}')
         label_names = [str(n) for n in label_names]
         if len(set(label_names)) != len(label_names):
             dup = sorted({n for n in label_names if label_names.count(n) > 1})
-            raise ValueError(f'label names must be unique; duplicated: {dup}')
+            raise InputError(f'label names must be unique; duplicated: {dup}')
         if not label_names:
             raise ValueError('a multi-label dataset needs at least one class')
         self.image_paths: List[str] = [os.fspath(p) for p in image_paths]
@@ -167,7 +179,8 @@ class MultiLabelDataset(Dataset):
             return open_image(path)
         except UnreadableImageError as e:
             if self.on_corrupt == 'error':
-                raise
+                raise UnreadableImageError(f'{e}; --on-corrupt skip (on_corrupt=\'skip\') leaves unreadable images '
+                                           'out, counted') from e
             self.num_skipped += 1
             _logger.warning('skipping unreadable image (target set to ignore): %s', e)
             return None
@@ -196,6 +209,13 @@ def check_files_exist(paths: Sequence[str], listed_in: str, max_shown: int = 5) 
     """Raise FileNotFoundError naming the missing image files (first ``max_shown``) and the file listing them."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        shown = ', '.join(missing[:max_shown]) + (', ...' if len(missing) > max_shown else '')
+        def why(p: str) -> str:
+            if os.path.islink(p):
+                try:
+                    os.stat(p)
+                except OSError as e:
+                    return f'{p} (symbolic link: {e.strerror})'
+            return p if not os.path.isdir(p) else f'{p} (a folder)'
+        shown = ', '.join(why(p) for p in missing[:max_shown]) + (', ...' if len(missing) > max_shown else '')
         raise FileNotFoundError(f'{len(missing)} of {len(paths)} image files listed in {listed_in} are missing: '
                                 f'{shown}')

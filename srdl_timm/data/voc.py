@@ -22,7 +22,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .images import MultiLabelDataset, check_files_exist
+from ..errors import InputError
+from .images import AnnotationError, MultiLabelDataset, check_files_exist
 from .label_sets import VOC_CLASSES
 
 __all__ = ['VocMultiLabel', 'find_voc_root', 'parse_voc_xml', 'VOC_SPLITS', 'DIFFICULT_POLICIES']
@@ -62,21 +63,21 @@ def parse_voc_xml(xml_file: str, class_index: dict) -> Tuple[np.ndarray, np.ndar
     try:
         tree = ET.parse(xml_file)
     except ET.ParseError as e:
-        raise ValueError(f'{xml_file}: malformed XML ({e})') from e
+        raise AnnotationError(f'{xml_file}: malformed XML ({e})') from e
     num_classes = len(class_index)
     any_obj = np.zeros(num_classes, dtype=bool)
     non_difficult = np.zeros(num_classes, dtype=bool)
     for k, obj in enumerate(tree.getroot().iter('object')):
         name_el = obj.find('name')
         if name_el is None or not (name_el.text or '').strip():
-            raise ValueError(f'{xml_file}: object #{k} has no <name>')
+            raise AnnotationError(f'{xml_file}: object #{k} has no <name>')
         name = name_el.text.strip()
         if name not in class_index:
-            raise ValueError(f'{xml_file}: object #{k} has unknown class {name!r}; expected one of {list(class_index)}')
+            raise AnnotationError(f'{xml_file}: object #{k} has unknown class {name!r}; expected one of {list(class_index)}')
         diff_el = obj.find('difficult')
         diff_text = (diff_el.text or '').strip() if diff_el is not None else '0'
         if diff_text not in ('0', '1'):
-            raise ValueError(f'{xml_file}: object #{k} ({name}) has <difficult> {diff_text!r}, expected 0 or 1')
+            raise AnnotationError(f'{xml_file}: object #{k} ({name}) has <difficult> {diff_text!r}, expected 0 or 1')
         c = class_index[name]
         any_obj[c] = True
         if diff_text == '0':
@@ -87,12 +88,12 @@ def parse_voc_xml(xml_file: str, class_index: dict) -> Tuple[np.ndarray, np.ndar
 def _read_split(split_file: str) -> List[str]:
     if not os.path.isfile(split_file):
         raise FileNotFoundError(f'VOC image-set file not found: {split_file}')
-    with open(split_file, 'r', encoding='utf-8') as f:
+    with open(split_file, 'r', encoding='utf-8-sig') as f:
         ids = [line.split()[0] for line in f if line.strip()]
     if len(set(ids)) != len(ids):
-        raise ValueError(f'{split_file}: duplicate image ids')
+        raise AnnotationError(f'{split_file}: duplicate image ids')
     if not ids:
-        raise ValueError(f'{split_file}: no image ids listed')
+        raise AnnotationError(f'{split_file}: no image ids listed')
     return ids
 
 
@@ -129,11 +130,11 @@ class VocMultiLabel(MultiLabelDataset):
             label_names: Sequence[str] = VOC_CLASSES,
     ) -> None:
         if split not in VOC_SPLITS:
-            raise ValueError(f'VOC split must be one of {VOC_SPLITS}, got {split!r}')
+            raise InputError(f'VOC split must be one of {VOC_SPLITS}, got {split!r}')
         if difficult is None:
             difficult = 'ignore' if split == 'test' else 'positive'
         if difficult not in DIFFICULT_POLICIES:
-            raise ValueError(f'difficult policy must be one of {DIFFICULT_POLICIES}, got {difficult!r}')
+            raise InputError(f'difficult policy must be one of {DIFFICULT_POLICIES}, got {difficult!r}')
         voc_root = find_voc_root(root, year)
         ids = _read_split(os.path.join(voc_root, 'ImageSets', 'Main', f'{split}.txt'))
         class_index = {n: i for i, n in enumerate(label_names)}
@@ -150,7 +151,7 @@ class VocMultiLabel(MultiLabelDataset):
             diff_only.append(d)
             kept.append(image_id)
         if not kept:
-            raise ValueError(f'VOC{year} {split}: no image with an object in {voc_root}')
+            raise AnnotationError(f'VOC{year} {split}: no image with an object in {voc_root}')
         self.present = np.stack(present)
         self.difficult_only = np.stack(diff_only)
         self.image_ids: List[str] = kept
@@ -185,7 +186,7 @@ class VocMultiLabel(MultiLabelDataset):
     @difficult.setter
     def difficult(self, policy: str) -> None:
         if policy not in DIFFICULT_POLICIES:
-            raise ValueError(f'difficult policy must be one of {DIFFICULT_POLICIES}, got {policy!r}')
+            raise InputError(f'difficult policy must be one of {DIFFICULT_POLICIES}, got {policy!r}')
         self._difficult = policy
         self.targets = self._make_targets(policy)
         self.info['difficult_policy'] = policy
