@@ -17,10 +17,12 @@ Writing is crash-safe at every instant:
 2. the directory is renamed to its final, never-before-used name (``rename(2)`` is atomic) and its parent is
    ``fsync``'ed;
 3. the ``last`` symlink in the output directory is re-pointed with ``os.replace`` of a freshly made symlink (atomic);
-4. only then are older checkpoint directories deleted.
+4. only then are older checkpoint directories deleted: each is first renamed to a hidden ``.trash-…`` name
+   (atomic), then deleted, so a kill during the deletion never leaves a half-deleted folder that looks like a
+   checkpoint.
 
 A process killed at any point therefore leaves ``last`` pointing at a complete, verified checkpoint (or at none, if
-the first one was never finished); stale ``.tmp-*`` directories are removed by the next run. Loading verifies the
+the first one was never finished); stale ``.tmp-*`` / ``.trash-*`` directories are removed by the next run. Loading verifies the
 manifest (sizes and hashes), so a truncated or corrupted file raises :class:`CheckpointError` naming that file
 instead of resuming from garbage.
 """
@@ -35,14 +37,17 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from .utils import _fsync_dir, atomic_write_bytes, atomic_write_json, jsonable, sha256_file
+from safetensors.torch import load_file, save, save_file
+from timm.utils import unwrap_model
+
+from .errors import InputError
+from .utils import _fsync_dir, atomic_write_bytes, jsonable, sha256_file
 
 __all__ = [
     'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-    'LAST_LINK', 'atomic_write_bytes', 'atomic_write_json', 'save_safetensors_atomic', 'save_checkpoint',
+    'LAST_LINK', 'save_safetensors_atomic', 'save_checkpoint',
     'load_checkpoint', 'resolve_checkpoint_dir', 'find_last_checkpoint', 'verify_checkpoint', 'load_weights',
-    'capture_rng_state', 'restore_rng_state', 'state_dict_for_save', 'remove_stale_tmp',
+    'capture_rng_state', 'restore_rng_state', 'state_dict_for_save', 'remove_stale_tmp', 'prune_checkpoint_dir',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -58,24 +63,20 @@ _FORMAT = 'srdl-timm-checkpoint'
 _FORMAT_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, incomplete, truncated or corrupt (the message names the file)."""
+TRASH_PREFIX = '.trash-'
+
+
+class CheckpointError(InputError):
+    """A checkpoint is missing, incomplete, truncated or corrupt (the message names the file). Exit status 2."""
 
 
 def state_dict_for_save(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     """A module's ``state_dict`` as detached, contiguous CPU tensors with shared storage broken (safetensors-ready).
 
-    DDP (``module.``) and ``torch.compile`` (``_orig_mod.``) wrappers are unwrapped first, so the keys are those of
-    the plain model.
+    DDP (``module.``), ``torch.compile`` (``_orig_mod.``) and EMA wrappers are unwrapped first
+    (``timm.utils.unwrap_model``), so the keys are those of the plain model.
     """
-    while True:
-        if isinstance(module, torch.nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, '_orig_mod') and isinstance(module._orig_mod, torch.nn.Module):
-            module = module._orig_mod
-        else:
-            break
-    return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in module.state_dict().items()}
+    return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in unwrap_model(module).state_dict().items()}
 
 
 def _umask() -> int:
@@ -93,17 +94,8 @@ def _save_file_synced(tensors: Dict[str, torch.Tensor], path: str, metadata: Opt
 
 def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
                             metadata: Optional[Dict[str, str]] = None) -> None:
-    """Save a flat tensor dict as safetensors at ``path`` atomically (temporary file + fsync + ``os.replace``)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-    head, tail = os.path.split(os.path.abspath(path))
-    tmp = os.path.join(head, f'.{tail}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
-    try:
-        _save_file_synced(tensors, tmp, metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    """Save a flat tensor dict as safetensors at ``path`` atomically (:func:`srdl_timm.utils.atomic_write_bytes`)."""
+    atomic_write_bytes(path, save(tensors, metadata=metadata))
 
 
 
@@ -188,12 +180,13 @@ class Checkpoint:
 
 
 def remove_stale_tmp(output_dir: str) -> List[str]:
-    """Delete ``.tmp-*`` leftovers of interrupted writes under ``output_dir/checkpoints``; returns what was removed."""
+    """Delete leftovers of an interrupted run under ``output_dir/checkpoints``: half-written ``.tmp-*`` and
+    half-pruned ``.trash-*`` directories, and temporary ``last`` links. Returns the names removed."""
     removed = []
     ckpt_root = os.path.join(output_dir, CHECKPOINT_DIR)
     if os.path.isdir(ckpt_root):
         for name in os.listdir(ckpt_root):
-            if name.startswith('.tmp-'):
+            if name.startswith(('.tmp-', TRASH_PREFIX)):
                 shutil.rmtree(os.path.join(ckpt_root, name), ignore_errors=True)
                 removed.append(name)
     for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
@@ -204,7 +197,7 @@ def remove_stale_tmp(output_dir: str) -> List[str]:
             except OSError:
                 pass
     if removed:
-        _logger.info('removed %d leftover temporary checkpoint file(s) from an interrupted run: %s',
+        _logger.info('removed %d leftover temporary or half-pruned checkpoint folder(s) of an interrupted run: %s',
                      len(removed), ', '.join(removed))
     return removed
 
@@ -317,8 +310,19 @@ def save_checkpoint(
     candidates.sort(key=_checkpoint_order, reverse=True)
     for path in candidates[keep_last:]:
         if os.path.realpath(path) not in protected:
-            shutil.rmtree(path, ignore_errors=True)
+            prune_checkpoint_dir(path)
     return final_dir
+
+
+def prune_checkpoint_dir(path: str) -> None:
+    """Delete a checkpoint directory crash-safely: rename it to a hidden ``.trash-…`` name (atomic; the parent is
+    fsync'ed), then delete it. A kill during the deletion leaves only the hidden folder, which is never taken for a
+    checkpoint and which :func:`remove_stale_tmp` removes on the next start or resume."""
+    parent, name = os.path.split(os.path.abspath(path))
+    trash = os.path.join(parent, f'{TRASH_PREFIX}{name}')
+    os.rename(path, trash)
+    _fsync_dir(parent)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _checkpoint_order(path: str) -> tuple:

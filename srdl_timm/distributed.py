@@ -26,12 +26,12 @@ from typing import Any, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import reduce_tensor
 from torch.utils.data import Dataset, Sampler
 
 from .data.distributed import get_rank_world, is_dist_initialized
 
-__all__ = ['EpochBatchSampler', 'SeededDataset', 'derive_seed', 'all_reduce_mean', 'all_reduce_max',
-           'all_gather_objects', 'barrier']
+__all__ = ['EpochBatchSampler', 'SeededDataset', 'derive_seed', 'all_reduce_mean', 'all_gather_objects', 'barrier']
 
 _logger = logging.getLogger(__name__)
 
@@ -132,21 +132,10 @@ class SeededDataset(Dataset):
 
 
 def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tensor`` over ranks (a copy; the input itself without a process group)."""
+    """Mean of ``tensor`` over ranks (``timm.utils.reduce_tensor``; the input itself without a process group)."""
     if not is_dist_initialized() or dist.get_world_size() == 1:
         return tensor
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / dist.get_world_size()
-
-
-def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Element-wise max of ``tensor`` over ranks (a copy)."""
-    if not is_dist_initialized() or dist.get_world_size() == 1:
-        return tensor
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out
+    return reduce_tensor(tensor.detach(), dist.get_world_size())
 
 
 def all_gather_objects(obj: Any) -> List[Any]:

@@ -5,6 +5,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor, nn
 from timm.task import MultiLabelClassificationTask
+from timm.utils import unwrap_model
 
 from .loss import SRDLLoss
 
@@ -13,19 +14,19 @@ __all__ = ['SRDLTask']
 _logger = logging.getLogger(__name__)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module):  # DDP
-        model = model.module
-    return getattr(model, '_orig_mod', model)  # torch.compile
-
-
 class SRDLTask(MultiLabelClassificationTask):
     """``timm.task.MultiLabelClassificationTask`` that trains SRDL with object erasing.
 
-    Switches OE on in the model (``object_erasing=True``), so the training forward yields
-    ``(logits, erased_logits)``; the criterion is :class:`~srdl_timm.loss.SRDLLoss`. Evaluation (model in
-    eval mode) returns logits only, so timm's multi-label evaluator works unchanged. ``output`` in the
-    result dict is always the original logits.
+    With ``object_erasing=True`` (the default) OE is switched on in the model, so the training forward yields
+    ``(logits, erased_logits)`` and the criterion ``loss`` (:class:`~srdl_timm.loss.SRDLLoss`, eq. 13) adds the
+    erased term. With ``object_erasing=False`` any timm classifier works (a multi-label baseline trained with the
+    same masked BCE, eq. 11). Evaluation (eval mode) returns logits only, so timm's multi-label evaluator works
+    unchanged. DDP (:meth:`prepare_distributed`), ``torch.compile`` (:meth:`compile`), EMA (:meth:`setup_ema`,
+    :meth:`update_ema`) and gradient-accumulation ``no_sync`` are timm's, inherited.
+
+    The result dict holds ``loss`` (to back-propagate), ``output`` (the original logits) and, for logging,
+    ``loss_ori`` (eq. 11, detached) and, with OE, ``loss_era = loss - loss_ori`` (the erased term as weighted by
+    ``loss``, detached).
 
     Example::
 
@@ -38,24 +39,35 @@ class SRDLTask(MultiLabelClassificationTask):
             self,
             model: nn.Module,
             object_erasing: bool = True,
-            criterion: Optional[nn.Module] = None,
+            loss: Optional[SRDLLoss] = None,
             threshold: float = 0.5,
             device: Optional[torch.device] = None,
             dtype: Optional[torch.dtype] = None,
             verbose: bool = True,
     ):
-        inner = _unwrap(model)
-        if not hasattr(inner, 'set_object_erasing'):
-            raise TypeError(f'SRDLTask needs an SRDL model, got {type(inner).__name__}')
-        inner.set_object_erasing(object_erasing)
+        inner = unwrap_model(model)
+        if hasattr(inner, 'set_object_erasing'):
+            inner.set_object_erasing(bool(object_erasing))
+        elif object_erasing:
+            raise TypeError(f'object erasing needs an SRDL model, got {type(inner).__name__}; '
+                            'pass object_erasing=False to train it as a plain multi-label baseline')
         super().__init__(
-            model, criterion=criterion if criterion is not None else SRDLLoss(), threshold=threshold,
+            model, criterion=loss if loss is not None else SRDLLoss(), threshold=threshold,
             device=device, dtype=dtype, verbose=verbose)
+
+    @property
+    def loss(self) -> nn.Module:
+        """The criterion (:class:`~srdl_timm.loss.SRDLLoss` unless another was given)."""
+        return self.criterion
 
     def forward(self, input: Tensor, target: Tensor) -> Dict[str, Tensor]:
         if target.ndim != 2 or not target.is_floating_point():
             raise ValueError('SRDLTask expects dense floating-point targets shaped (batch, num_classes).')
         output = self.trainable_module(input)
         loss = self.criterion(output, target)
-        logits = output[0] if isinstance(output, (tuple, list)) else output
-        return {'loss': loss, 'output': logits}
+        if not isinstance(output, (tuple, list)):
+            return {'loss': loss, 'output': output, 'loss_ori': loss.detach()}
+        logits = output[0]
+        with torch.no_grad():
+            loss_ori = self.criterion(logits, target)  # a plain logits tensor: L_ori (eq. 11) alone
+        return {'loss': loss, 'output': logits, 'loss_ori': loss_ori, 'loss_era': loss.detach() - loss_ori}

@@ -16,11 +16,14 @@ import torch
 from safetensors.torch import load_file
 
 import srdl_timm  # noqa: F401
+from srdl_timm import checkpoint as checkpoint_module
 from srdl_timm.checkpoint import (
     CheckpointError, MANIFEST_FILE, MODEL_FILE, STATE_FILE, capture_rng_state, find_last_checkpoint, load_checkpoint,
-    load_weights, remove_stale_tmp, restore_rng_state, save_checkpoint, state_dict_for_save)
-
-from srdl_timm.train import TrainConfig, fit
+    load_weights, remove_stale_tmp, restore_rng_state, save_checkpoint, state_dict_for_save, verify_checkpoint)
+from srdl_timm.errors import InputError
+from srdl_timm.fit import fit
+from srdl_timm.run_dir import claim_output_dir
+from srdl_timm.train_config import TrainConfig
 
 from fixtures_data import write_csv
 
@@ -112,6 +115,36 @@ def test_pruning_keeps_newest_and_protected(tmp_path):
         save_checkpoint(str(tmp_path), sd, {'epoch': 1}, {})
 
 
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    """Pruning renames an old checkpoint to a hidden .trash- name before deleting it. A kill in the middle of the
+    deletion (simulated: the delete removes one file, then the process 'dies') therefore leaves every visible
+    checkpoint folder complete and verifiable, `last` intact, and only a hidden leftover, which the next start or
+    resume (claiming the output folder) removes. A CheckpointError is an InputError (exit status 2)."""
+    model, opt = _model_and_optimizer()
+    sd = state_dict_for_save(model)
+    save_checkpoint(str(tmp_path), sd, _state(opt, step=1), {}, keep_last=1)
+
+    class Killed(BaseException):
+        pass
+
+    def dying_rmtree(path, ignore_errors=False):
+        os.unlink(os.path.join(path, MODEL_FILE))
+        raise Killed()
+    monkeypatch.setattr(checkpoint_module.shutil, 'rmtree', dying_rmtree)
+    with pytest.raises(Killed):
+        save_checkpoint(str(tmp_path), sd, _state(opt, step=2), {}, keep_last=1)
+    monkeypatch.undo()
+    names = os.listdir(tmp_path / 'checkpoints')
+    visible = [n for n in names if not n.startswith('.')]
+    hidden = [n for n in names if n.startswith('.trash-')]
+    assert len(visible) == 1 and 'step-00000002' in visible[0] and len(hidden) == 1 and 'step-00000001' in hidden[0]
+    assert verify_checkpoint(str(tmp_path / 'checkpoints' / visible[0]))['global_step'] == 2
+    assert load_checkpoint(str(tmp_path)).global_step == 2
+    claim_output_dir(str(tmp_path), resume_here=True).release()
+    assert os.listdir(tmp_path / 'checkpoints') == visible
+    assert issubclass(CheckpointError, InputError) and CheckpointError('x').exit_code == 2
+
+
 _WRITER = textwrap.dedent('''
     import sys, torch
     from srdl_timm.checkpoint import save_checkpoint
@@ -126,9 +159,10 @@ _WRITER = textwrap.dedent('''
 
 
 def test_sigkill_while_writing_never_damages_last(tmp_path):
-    """A process that writes 6 MB checkpoints in a loop is SIGKILLed at several moments; each time `last` resolves to
-    a complete checkpoint that verifies and is internally consistent (weights, state and config of the same step),
-    and the leftover temporary directory is cleaned up by the next run."""
+    """A process that writes 6 MB checkpoints in a loop (pruning the previous one each time) is SIGKILLed at several
+    moments; each time `last` resolves to a complete checkpoint that verifies and is internally consistent (weights,
+    state and config of the same step), every visible checkpoint folder verifies (none half-pruned), and the
+    leftover temporary or half-pruned directory is cleaned up by the next run."""
     for trial, delay in enumerate((0.15, 0.7)):
         out = tmp_path / f'k{trial}'
         proc = subprocess.Popen([sys.executable, '-c', _WRITER, str(out)], env=dict(os.environ, OMP_NUM_THREADS='1'))
@@ -145,6 +179,9 @@ def test_sigkill_while_writing_never_damages_last(tmp_path):
         assert torch.equal(ckpt.model['w'], torch.full((1 << 20,), float(step)))
         assert torch.equal(ckpt.state['blob'], torch.full((1 << 19,), step))
         assert ckpt.config == {'step': step}
+        for name in os.listdir(out / 'checkpoints'):  # pruning is crash-safe: no visible half-deleted folder
+            if not name.startswith('.'):
+                verify_checkpoint(str(out / 'checkpoints' / name))
         remove_stale_tmp(str(out))
         assert not [n for n in os.listdir(out / 'checkpoints') if n.startswith('.')]
 

@@ -1,4 +1,4 @@
-"""End-to-end tests of ``srdl-train`` / :func:`srdl_timm.train.fit` on tiny real data (JPEGs + CSV on disk)."""
+"""End-to-end tests of ``srdl-train`` / :func:`srdl_timm.fit.fit` on tiny real data (JPEGs + CSV on disk)."""
 import json
 import os
 import subprocess
@@ -11,9 +11,11 @@ from safetensors.torch import load_file
 
 import srdl_timm  # noqa: F401
 from srdl_timm.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
-from srdl_timm.train import (
-    NonFiniteLossError, RECIPES, TrainConfig, _is_oom, _oom_message, build_parser, config_from_args, fit, main,
-    resolve_config)
+from srdl_timm.cli.train import build_parser, config_from_args, main
+from srdl_timm.fit import fit
+from srdl_timm.loading import load_model
+from srdl_timm.train_config import RECIPES, TrainConfig, resolve_config
+from srdl_timm.training import NonFiniteLossError, is_oom as _is_oom, oom_message as _oom_message
 
 from fixtures_data import write_csv
 
@@ -43,7 +45,8 @@ def _weights_equal(a_path, b_path):
 
 def test_few_steps_reduce_loss_and_write_outputs(csv_root, tmp_path):
     """Eight Adam steps with OE on lower the training loss (L_ori + L_era) from the first epoch to the last; the run
-    writes the reported weights (loadable strictly into a fresh timm model), logs and the resolved config."""
+    writes the reported weights (loadable strictly into a fresh timm model, and by srdl_timm.loading.load_model from
+    the run folder alone: the same architecture and outputs), logs and the resolved config."""
     out = tmp_path / 'run'
     result = fit(_cfg(csv_root, out, epochs=4, batch_size=4, aug='none', label_embeddings='auto'))
     losses = [h['train_loss'] for h in result['history']]
@@ -57,6 +60,13 @@ def test_few_steps_reduce_loss_and_write_outputs(csv_root, tmp_path):
     assert saved['model_args']['embed_dim'] == 50  # GloVe 6B-50d label embeddings ('auto' for custom names)
     model = timm.create_model('srdl_test_resnet', num_classes=3, label_embeddings=torch.zeros(3, 50))
     model.load_state_dict(load_file(result['model_path']), strict=True)
+    # the one loader rebuilds exactly the trained architecture from train_config.json beside the weights
+    loaded = load_model(None, result['model_path'])
+    assert loaded.embed_dim == 50 and loaded.num_classes == 3
+    assert loaded.pretrained_cfg['label_names'] == ['cat', 'dog', 'traffic light']
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
     assert saved['label_names'] == ['cat', 'dog', 'traffic light'] and saved['oe'] is True
     csv_lines = (out / 'log.csv').read_text().strip().splitlines()
     assert len(csv_lines) == 5 and 'val_mAP_interpolated' in csv_lines[0] and 'val_OF1' in csv_lines[0]
@@ -67,7 +77,8 @@ def test_few_steps_reduce_loss_and_write_outputs(csv_root, tmp_path):
 def test_step_limited_then_resumed_run_is_bitwise_identical(csv_root, tmp_path):
     """A run stopped mid-epoch (--max-steps 5 of 8) and resumed — with 2 loader workers instead of 0 — ends with the
     same model and EMA weights, bit for bit, and the same per-epoch losses as an uninterrupted run (CPU, paper
-    augmentation with per-sample seeds, OE, EMA, step checkpoints)."""
+    augmentation with per-sample seeds, OE, EMA, step checkpoints); a half-pruned folder left by a kill during
+    pruning is removed on resume."""
     kw = dict(epochs=2, batch_size=2, model_ema=True, model_ema_decay=0.9, checkpoint_interval_steps=1,
               report_checkpoint='ema')
     full = fit(_cfg(csv_root, tmp_path / 'full', **kw))
@@ -75,8 +86,13 @@ def test_step_limited_then_resumed_run_is_bitwise_identical(csv_root, tmp_path):
     assert part['stopped_early'] and part['global_step'] == 5 and part['model_path'] is None
     ckpt = load_checkpoint(str(tmp_path / 'part'))
     assert (ckpt.epoch, ckpt.batch_in_epoch, ckpt.global_step) == (1, 1, 5)
+    # what a kill while pruning an older checkpoint leaves behind: a renamed, half-deleted hidden folder
+    leftover = tmp_path / 'part' / 'checkpoints' / '.trash-epoch-0001-batch-000000-step-00000004-deadbeef'
+    leftover.mkdir()
+    (leftover / 'training_state.pt').write_bytes(b'half')
     resumed = fit(_cfg(csv_root, tmp_path / 'part', resume='auto', **dict(kw, workers=2)))
     assert resumed['global_step'] == 8
+    assert not leftover.exists()  # removed when the resumed run claimed its folder
     assert _weights_equal(full['model_path'], resumed['model_path'])
     full_last, resumed_last = load_checkpoint(str(tmp_path / 'full')), load_checkpoint(str(tmp_path / 'part'))
     assert all(torch.equal(full_last.model[k], resumed_last.model[k]) for k in full_last.model)
@@ -244,3 +260,129 @@ def test_two_process_ddp_matches_single_process(csv_root, tmp_path):
         assert x['val_num_samples'] == y['val_num_samples'] == 6
     ckpt = load_checkpoint(str(tmp_path / 'ddp'))
     assert ckpt.state['world_size'] == 2 and len(ckpt.state['rng']) == 2
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# lost work (#12): an output folder belongs to one run
+# ----------------------------------------------------------------------------------------------------------------
+def _cli(csv_root, output, *flags):
+    return ['--data', 'csv', '--root', csv_root, '--model', 'srdl_test_resnet', '--img-size', '64', '--epochs', '1',
+            '--batch-size', '4', '--lr', '1e-3', '--workers', '0', '--label-embeddings', 'none', '--no-progress',
+            '--log-level', 'WARNING', '--output', str(output), *flags]
+
+
+def _snapshot(folder):
+    """{relative path: sha256} of every file under ``folder`` (symlinks by target), to show nothing changed."""
+    from srdl_timm.utils import sha256_file
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, folder)
+            out[rel] = os.readlink(path) if os.path.islink(path) else sha256_file(path)
+    return out
+
+
+def test_second_run_into_the_same_output_is_refused_and_the_first_is_kept(csv_root, tmp_path, capsys):
+    """The same command started twice (or a second seed by mistake) into one --output: the second exits 2 with a
+    message naming the folder, --resume and --overwrite, and every file of the first run stays byte-identical.
+    With --overwrite it runs, and the first run's files are moved, byte-identical, to OUTPUT.old-<time>."""
+    out = tmp_path / 'run'
+    assert main(_cli(csv_root, out)) == 0
+    first = _snapshot(out)
+    assert 'model.safetensors' in first and 'train_config.json' in first
+    capsys.readouterr()
+    assert main(_cli(csv_root, out, '--seed', '7')) == 2
+    err = capsys.readouterr().err
+    assert f'--output {out} already holds another training run' in err and '--overwrite' in err
+    assert '--resume auto' in err and 'Traceback' not in err
+    assert _snapshot(out) == first
+    assert main(_cli(csv_root, out, '--seed', '7', '--overwrite')) == 0
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith('run.old-')]
+    assert len(moved) == 1
+    assert _snapshot(moved[0]) == {k: v for k, v in first.items() if k != '.srdl-train.lock'}  # the lock stays
+    assert json.loads((out / 'train_config.json').read_text())['seed'] == 7
+
+
+_LOCK_HOLDER = '''
+import sys, time
+from srdl_timm.run_dir import RunLock
+lock = RunLock(sys.argv[1]).acquire()
+print('locked', flush=True)
+time.sleep(120)
+'''
+
+
+def test_a_concurrent_run_is_blocked_by_the_lock(csv_root, tmp_path, capsys):
+    """While another process holds OUTPUT's run lock, srdl-train on OUTPUT exits 2 naming that process's pid and
+    writes nothing; once that process is gone (SIGKILL: the kernel drops the lock, no stale lock), a run proceeds."""
+    out = tmp_path / 'busy'
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, '-c', _LOCK_HOLDER, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == 'locked'
+        assert main(_cli(csv_root, out)) == 2
+        err = capsys.readouterr().err
+        assert f'--output {out} is in use by another srdl-train run (pid {holder.pid} ' in err, err
+        assert sorted(os.listdir(out)) == ['.srdl-train.lock']
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(_cli(csv_root, out)) == 0
+    assert (out / 'model.safetensors').is_file()
+
+
+def test_output_that_is_a_file_is_a_clear_error(csv_root, tmp_path, capsys):
+    """--output naming an existing file: exit 2, one line naming the path, the file untouched, no traceback."""
+    target = tmp_path / 'notes.txt'
+    target.write_text('keep me')
+    assert main(_cli(csv_root, target)) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == f'srdl-train: error: --output {target} is an existing file, not a folder; choose a folder path'
+    assert target.read_text() == 'keep me'
+    assert main(_cli(csv_root, target / 'sub')) == 2  # a file in the path
+    assert f'--output {target / "sub"} is an existing file (or a file is in its path)' in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_clear_error(csv_root, tmp_path, capsys, monkeypatch):
+    """--output inside a read-only folder: exit 2 and one line naming the path and 'not writable'.
+
+    As root, permission bits do not stop writes (root bypasses them), so there the kernel's refusal is reproduced by
+    making os.makedirs raise the PermissionError (EACCES) that a non-root user gets; the message path is the same."""
+    parent = tmp_path / 'readonly'
+    parent.mkdir()
+    parent.chmod(0o500)
+    target = parent / 'run'
+    try:
+        if os.geteuid() == 0:
+            import errno
+            from srdl_timm import run_dir
+
+            def refuse(path, *args, **kwargs):
+                raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+            monkeypatch.setattr(run_dir.os, 'makedirs', refuse)
+        assert main(_cli(csv_root, target)) == 2
+    finally:
+        parent.chmod(0o700)
+    err = capsys.readouterr().err
+    assert err.strip() == (f'srdl-train: error: --output {target} is not writable (Permission denied); choose a '
+                           'folder you can write to')
+
+
+def test_corrupt_image_with_loader_workers_gives_the_original_message(tmp_path):
+    """A truncated JPEG in the training split with --workers 2: the console script exits 2 with the file's name and
+    the reason on one line, not the DataLoader worker's wrapped traceback."""
+    from fixtures_data import write_corrupt_image
+    root = tmp_path / 'data'
+    info = write_csv(root, split='train', num_images=8, seed=0)
+    write_csv(root, split='val', num_images=4, seed=1)
+    bad = os.path.join(str(root), info['rows'][0][0])
+    write_corrupt_image(bad, kind='truncated')
+    res = subprocess.run([sys.executable, '-m', 'srdl_timm.cli.train', *_cli(str(root), tmp_path / 'o'),
+                          '--workers', '2', '--aug', 'none'], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith('srdl-train: error:')]
+    assert len(lines) == 1 and bad in lines[0] and 'truncated' in lines[0], res.stderr[-2000:]
+    assert 'Traceback' not in res.stderr and 'DataLoader worker' not in res.stderr
+    assert lines[0].startswith(f'srdl-train: error: {bad}'), lines[0]  # no (module-qualified) exception name

@@ -7,11 +7,11 @@ differ in length by one. :func:`all_gather_concat` gathers tensors of different 
 order restores dataset order.
 """
 import logging
-import os
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
+from timm.utils.distributed import init_distributed_device_so
 from torch.utils.data import Sampler
 
 __all__ = ['DistributedEvalSampler', 'is_dist_initialized', 'get_rank_world', 'all_gather_concat',
@@ -94,23 +94,20 @@ def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def init_distributed_from_env(device: str = 'cuda') -> Tuple[torch.device, int, int]:
-    """Initialise the default process group from torchrun's environment (``WORLD_SIZE`` > 1), else do nothing.
-
-    Uses NCCL with one CUDA device per local rank when ``device`` is CUDA, gloo otherwise.
+    """Initialise the default process group from torchrun's (or SLURM's) environment when it describes more than
+    one process, else do nothing: ``timm.utils.init_distributed_device_so`` (NCCL with one CUDA device per local
+    rank for CUDA, gloo otherwise).
 
     Returns:
         ``(device, rank, world_size)``.
     """
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    dev = torch.device(device)
-    if world <= 1:
-        return dev, 0, 1
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    if dev.type == 'cuda':
-        dev = torch.device('cuda', local_rank)
-        torch.cuda.set_device(dev)
-    if not is_dist_initialized():
-        dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
-    rank, world = dist.get_rank(), dist.get_world_size()
-    _logger.info('distributed: rank %d of %d on %s (backend %s)', rank, world, dev, dist.get_backend())
-    return dev, rank, world
+    if is_dist_initialized():
+        dev = torch.device(device)
+        if dev.type == 'cuda':
+            dev = torch.device('cuda', torch.cuda.current_device())
+        return dev, dist.get_rank(), dist.get_world_size()
+    info = init_distributed_device_so(str(device))
+    if info['distributed']:
+        _logger.info('distributed: rank %d of %d on %s (backend %s)', info['global_rank'], info['world_size'],
+                     info['device'], dist.get_backend())
+    return torch.device(info['device']), int(info['global_rank']), int(info['world_size'])

@@ -1,0 +1,196 @@
+"""A training run's output folder: one run owns it (a lock while it runs, no silent reuse), and its logs.
+
+``srdl-train --output DIR`` calls :func:`claim_output_dir` before anything is written:
+
+* ``DIR`` must be a folder that can be created and written: an existing file, a file in the path or a folder
+  without write permission is an :class:`OutputDirError` naming the path (exit status 2), not a traceback;
+* a run holds an exclusive ``fcntl.flock`` on ``DIR/.srdl-train.lock`` (holding its pid) for as long as it runs;
+  a second run on the same folder is refused with the first one's pid. The kernel drops the lock when the process
+  ends however it ends (SIGKILL included), so a killed run never leaves a stale lock behind;
+* a folder holding another run's files (``train_config.json``, ``model.safetensors``, ``checkpoints/``, ``last``,
+  logs) is refused unless the run continues it (``--resume auto`` or a checkpoint inside it) or ``--overwrite`` is
+  given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted).
+"""
+import csv
+import datetime
+import errno
+import io
+import logging
+import math
+import os
+import socket
+from typing import Any, Dict, List, Optional
+
+from .checkpoint import CHECKPOINT_DIR, CONFIG_FILE, LAST_LINK, remove_stale_tmp
+from .errors import InputError
+from .utils import atomic_write_bytes, atomic_write_json
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory lock, the ownership check still runs
+    fcntl = None
+
+__all__ = ['OutputDirError', 'RunLock', 'claim_output_dir', 'previous_run_files', 'LOCK_FILE', 'write_logs',
+           'format_summary']
+
+_logger = logging.getLogger(__name__)
+
+LOCK_FILE = '.srdl-train.lock'
+#: Files and folders whose presence means "a training run already wrote here".
+RUN_FILES = (CONFIG_FILE, 'model.safetensors', 'summary.json', 'log.json', 'log.csv', LAST_LINK, CHECKPOINT_DIR)
+
+
+class OutputDirError(InputError):
+    """``--output`` cannot be used: not a writable folder, in use by another run, or holding another run."""
+
+
+def _unusable(path: str, exc: OSError) -> OutputDirError:
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR) or (os.path.exists(path) and not os.path.isdir(path)):
+        return OutputDirError(f'--output {path} is an existing file (or a file is in its path), not a folder; '
+                              'choose a folder path')
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputDirError(f'--output {path} is not writable ({exc.strerror}); choose a folder you can write to')
+    return OutputDirError(f'--output {path} cannot be used: {exc.strerror or exc}')
+
+
+class RunLock:
+    """An exclusive advisory lock on ``folder/.srdl-train.lock`` (``fcntl.flock``), released on :meth:`release`
+    or when the process ends. The file keeps the holder's pid, host and start time for the refusal message."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_FILE)
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> 'RunLock':
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise _unusable(self.folder, e) from e
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                holder = os.read(fd, 200).decode('utf-8', 'replace').strip() or 'unknown pid'
+                os.close(fd)
+                raise OutputDirError(
+                    f'--output {self.folder} is in use by another srdl-train run ({holder}; lock {self.path}); '
+                    'wait for it to finish or choose another --output') from e
+        started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
+        os.ftruncate(fd, 0)
+        os.write(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode('utf-8'))
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock (the file stays; an unlocked file means no run holds the folder)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)  # closing drops the flock
+
+    def __enter__(self) -> 'RunLock':
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def previous_run_files(folder: str) -> List[str]:
+    """The names in ``folder`` that a training run wrote (empty for a new or unrelated folder)."""
+    found = []
+    for name in RUN_FILES:
+        path = os.path.join(folder, name)
+        if os.path.lexists(path) and not (name == CHECKPOINT_DIR and os.path.isdir(path) and not os.listdir(path)):
+            found.append(name)
+    return found
+
+
+def _move_aside(folder: str) -> str:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime('%Y%m%d-%H%M%S')
+    target = f'{os.path.normpath(folder)}.old-{stamp}'
+    suffix = 1
+    while os.path.lexists(target):
+        suffix += 1
+        target = f'{os.path.normpath(folder)}.old-{stamp}-{suffix}'
+    os.makedirs(target)
+    for name in os.listdir(folder):
+        if name != LOCK_FILE:
+            os.rename(os.path.join(folder, name), os.path.join(target, name))
+    return target
+
+
+def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = False) -> RunLock:
+    """Make ``folder`` this run's output folder and lock it (see the module docstring).
+
+    Args:
+        folder: the ``--output`` path.
+        resume_here: this run continues the run in ``folder`` (``--resume auto`` or a checkpoint inside it).
+        overwrite: ``--overwrite``: move another run's files to ``folder.old-<time>`` instead of refusing.
+
+    Returns:
+        The held :class:`RunLock` (release it when the run ends).
+
+    Raises:
+        OutputDirError: ``folder`` is a file / not writable / locked by a running run / holds another run.
+    """
+    if os.path.lexists(folder) and not os.path.isdir(folder):
+        raise OutputDirError(f'--output {folder} is an existing file, not a folder; choose a folder path')
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise _unusable(folder, e) from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputDirError(f'--output {folder} is not writable (permission denied); choose a folder you can '
+                             'write to')
+    lock = RunLock(folder).acquire()
+    try:
+        previous = previous_run_files(folder)
+        if previous and not resume_here:
+            if not overwrite:
+                raise OutputDirError(
+                    f'--output {folder} already holds another training run ({", ".join(previous)}); continue it '
+                    'with --resume auto, replace it with --overwrite (moves its files to a sibling '
+                    f'{os.path.basename(os.path.normpath(folder))}.old-<time> folder), or choose another --output')
+            moved_to = _move_aside(folder)
+            _logger.warning('--overwrite: moved the previous run in %s (%s) to %s; delete that folder when it is no '
+                            'longer needed', folder, ', '.join(previous), moved_to)
+        remove_stale_tmp(folder)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def write_logs(output: str, history: List[Dict[str, Any]]) -> None:
+    """``log.json`` and ``log.csv`` (one row per epoch), each written atomically."""
+    atomic_write_json(os.path.join(output, 'log.json'), history)
+    keys: List[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction='ignore')
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ('' if v is None else v) for k, v in row.items()})
+    atomic_write_bytes(os.path.join(output, 'log.csv'), buf.getvalue().encode('utf-8'))
+
+
+def format_summary(history: List[Dict[str, Any]]) -> str:
+    """A plain-text table: one row per epoch with loss, lr and the validation metrics (percent)."""
+    heads = ['epoch', 'step', 'lr', 'loss', 'L_ori', 'L_era', 'mAP(interp)', 'mAP(non-interp)', 'CF1', 'OF1', 'time']
+    cols = [('lr', '.2e'), ('train_loss', '.4f'), ('train_loss_ori', '.4f'), ('train_loss_era', '.4f'),
+            ('val_mAP_interpolated', '.2f'), ('val_mAP_non_interpolated', '.2f'), ('val_CF1', '.2f'),
+            ('val_OF1', '.2f'), ('epoch_time_s', '.1f')]
+
+    def cell(v: Any, fmt: str) -> str:
+        return '-' if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    rows = [[str(h['epoch']), str(h['global_step'])] + [cell(h.get(k), fmt) for k, fmt in cols] for h in history]
+    widths = [max([len(heads[i])] + [len(r[i]) for r in rows]) for i in range(len(heads))]
+    line = ' | '.join(h.rjust(w) for h, w in zip(heads, widths))
+    sep = '-+-'.join('-' * w for w in widths)
+    return '\n'.join([line, sep] + [' | '.join(c.rjust(w) for c, w in zip(r, widths)) for r in rows])

@@ -1,0 +1,269 @@
+"""``srdl-train``'s configuration: :class:`TrainConfig`, the ``paper`` recipe and :func:`resolve_config`.
+
+``recipe='paper'`` is §4.2 of the paper: Adam with betas (0.9, 0.999), lr 1e-5, weight decay 5e-4 (on every
+parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=5e-4)``), a global batch of 16, 20 epochs, lr ÷10
+every 10 epochs, 448×448 input with the paper's augmentation (resize 512, random square crop of side
+{512, 448, 384, 320, 256}, resize 448, horizontal flip), an ImageNet-pretrained backbone, OE with top-K 3 and
+α 0.5. An explicitly set field overrides the recipe's value.
+"""
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import timm
+
+from .data import DATASETS, DEFAULT_SPLITS
+from .errors import InputError
+
+__all__ = ['TrainConfig', 'RECIPES', 'SCHEDULERS', 'resolve_config', 'is_srdl_model_name']
+
+SCHEDULERS = ('step', 'multistep', 'cosine', 'poly', 'none')
+SUMMARY_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
+
+#: Values a recipe sets (a field left at None takes the recipe's value, else the default below).
+RECIPES: Dict[str, Dict[str, Any]] = {
+    'paper': dict(
+        opt='adam', opt_betas=(0.9, 0.999), lr=1e-5, weight_decay=5e-4, wd_exclude_bias_norm=False,
+        global_batch_size=16, epochs=20, sched='step', decay_epochs=10, decay_rate=0.1, warmup_epochs=0,
+        img_size=448, train_resize=512, aug='paper', pretrained_backbone=True, oe=True, oe_topk=3, oe_alpha=0.5,
+        label_embeddings='auto',
+    ),
+}
+
+#: Defaults of the recipe-controlled fields when no recipe (or the recipe does not set them).
+_DEFAULTS: Dict[str, Any] = dict(
+    opt='adam', opt_betas=None, lr=1e-5, weight_decay=5e-4, wd_exclude_bias_norm=True, batch_size=16,
+    global_batch_size=None, epochs=20, sched='step', decay_epochs=10, decay_rate=0.1, warmup_epochs=0, img_size=None,
+    train_resize=None, aug='paper', pretrained_backbone=False, oe=None, oe_topk=3, oe_alpha=0.5,
+    label_embeddings='auto',
+)
+
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. Fields left at None are filled by :func:`resolve_config` from the
+    recipe (``recipe='paper'``) or the defaults; explicitly set fields always win.
+
+    Data: ``data`` (coco | voc | csv | coco-json), ``root``, ``train_split`` / ``val_split`` (default train/val,
+    VOC trainval/test), ``voc_difficult`` (training policy for VOC difficult-only labels; evaluation always
+    ignores them), ``ann_file`` / ``image_dir`` (csv/coco-json overrides for the train split), ``keep_empty``,
+    ``on_corrupt``.
+
+    Model: ``model`` (timm name; ``srdl_*`` or any timm classifier as a baseline), ``pretrained`` (SRDL weights),
+    ``pretrained_backbone`` (ImageNet backbone), ``num_classes`` (checked against the dataset), ``label_embeddings``
+    ('auto' | 'none' | 'coco' | 'voc' | 'glove-6b-50d' | path), ``use_gcn`` / ``use_ca`` / ``use_sa`` (Table 6
+    ablations), ``oe`` / ``oe_topk`` / ``oe_alpha`` (§3.3), ``drop_rate``, ``model_kwargs``.
+
+    Input: ``img_size``, ``train_resize`` (first resize of the paper's augmentation; default img_size·512/448),
+    ``aug`` ('paper' or 'none' = eval transform for training).
+
+    Optimisation: ``opt``, ``opt_betas``, ``opt_eps``, ``momentum``, ``lr``, ``weight_decay``,
+    ``wd_exclude_bias_norm`` (timm's habit of no decay on biases/norms; the paper's recipe decays everything),
+    ``batch_size`` (per process), ``global_batch_size`` (recipe: batch per process = global / (world × accum)),
+    ``val_batch_size``, ``epochs``, ``sched`` (step | multistep | cosine | poly | none), ``decay_epochs``,
+    ``decay_milestones``, ``decay_rate``, ``warmup_epochs``, ``warmup_lr``, ``min_lr``, ``sched_on_updates``,
+    ``clip_grad``, ``grad_accum_steps``.
+
+    Precision / speed: ``amp`` + ``amp_dtype`` (bfloat16 | float16; float16 uses a GradScaler), ``channels_last``,
+    ``compile``, ``freeze_bn`` (BatchNorm uses its running statistics and does not update them: batch-size
+    independent, exactly equivalent under DDP), ``sync_bn`` (CUDA DDP).
+
+    EMA: ``model_ema``, ``model_ema_decay``, ``report_checkpoint`` ('final' | 'ema', declared before training:
+    the reported metrics and ``model.safetensors`` come from that model only).
+
+    Run: ``output`` (owned by one run, see :mod:`srdl_timm.run_dir`), ``resume`` (checkpoint dir, output dir, or
+    'auto' = ``output/last`` if present), ``overwrite`` (move another run's files in ``output`` aside), ``seed``,
+    ``workers``, ``device``, ``log_interval`` (optimizer steps), ``checkpoint_interval_steps`` (0 = only at epoch
+    ends), ``keep_checkpoints``, ``max_steps`` (stop, with a checkpoint, after this many optimizer steps in total),
+    ``progress``, ``deterministic``.
+    """
+    # data
+    data: str = 'csv'
+    root: str = ''
+    train_split: Optional[str] = None
+    val_split: Optional[str] = None
+    voc_difficult: str = 'ignore'
+    ann_file: Optional[str] = None
+    image_dir: Optional[str] = None
+    keep_empty: bool = False
+    on_corrupt: str = 'error'
+    # model
+    model: str = 'srdl_resnet101'
+    pretrained: bool = False
+    pretrained_backbone: Optional[bool] = None
+    num_classes: Optional[int] = None
+    label_embeddings: Optional[str] = None
+    use_gcn: bool = True
+    use_ca: bool = True
+    use_sa: bool = True
+    oe: Optional[bool] = None
+    oe_topk: Optional[int] = None
+    oe_alpha: Optional[float] = None
+    drop_rate: float = 0.0
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # input
+    img_size: Optional[int] = None
+    train_resize: Optional[int] = None
+    aug: Optional[str] = None
+    # optimisation
+    recipe: Optional[str] = None
+    opt: Optional[str] = None
+    opt_betas: Optional[Tuple[float, float]] = None
+    opt_eps: Optional[float] = None
+    momentum: float = 0.9
+    lr: Optional[float] = None
+    weight_decay: Optional[float] = None
+    wd_exclude_bias_norm: Optional[bool] = None
+    batch_size: Optional[int] = None
+    global_batch_size: Optional[int] = None
+    val_batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    sched: Optional[str] = None
+    decay_epochs: Optional[float] = None
+    decay_milestones: Optional[List[int]] = None
+    decay_rate: Optional[float] = None
+    warmup_epochs: Optional[int] = None
+    warmup_lr: float = 1e-7
+    min_lr: float = 0.0
+    sched_on_updates: bool = False
+    clip_grad: Optional[float] = None
+    grad_accum_steps: int = 1
+    # precision / speed
+    amp: bool = False
+    amp_dtype: str = 'bfloat16'
+    channels_last: bool = False
+    compile: bool = False
+    freeze_bn: bool = False
+    sync_bn: bool = False
+    # EMA
+    model_ema: bool = False
+    model_ema_decay: float = 0.9998
+    report_checkpoint: str = 'final'
+    # run
+    output: str = 'output/srdl-train'
+    resume: Optional[str] = None
+    overwrite: bool = False
+    seed: int = 42
+    workers: int = 4
+    device: Optional[str] = None
+    log_interval: int = 50
+    checkpoint_interval_steps: int = 0
+    keep_checkpoints: int = 1
+    max_steps: Optional[int] = None
+    progress: bool = True
+    deterministic: bool = False
+    # filled by resolve_config
+    world_size: int = 1
+    explicit: List[str] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-friendly dict of every field."""
+        out = dataclasses.asdict(self)
+        if out.get('opt_betas') is not None:
+            out['opt_betas'] = list(out['opt_betas'])
+        return out
+
+
+def is_srdl_model_name(name: str) -> bool:
+    """True when ``name`` is a registered ``srdl_*`` architecture (or a Hub/local folder, decided later)."""
+    if name.startswith(('hf-hub:', 'local-dir:')):
+        return True  # decided after creation
+    try:
+        return timm.models.model_entrypoint(name).__module__.startswith('srdl_timm')
+    except RuntimeError:
+        return False
+
+
+def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+    """Fill the recipe-controlled fields (explicit > recipe > default) and validate every value.
+
+    Args:
+        config: the requested configuration (not modified).
+        world_size: number of training processes (the recipe's global batch is split over them).
+
+    Returns:
+        A new, fully resolved :class:`TrainConfig`.
+
+    Raises:
+        InputError: an unknown choice or an out-of-range value, naming the flag (a ``ValueError``).
+    """
+    cfg = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
+    if cfg.recipe is not None and cfg.recipe not in RECIPES:
+        raise InputError(f'unknown --recipe {cfg.recipe!r}; choose one of {sorted(RECIPES)}')
+    recipe = RECIPES.get(cfg.recipe or '', {})
+    explicit = []
+    for key, default in _DEFAULTS.items():
+        value = getattr(cfg, key)
+        if value is not None:
+            explicit.append(key)
+            continue
+        setattr(cfg, key, recipe.get(key, default))
+    cfg.explicit = sorted(set(explicit) | set(config.explicit))
+    cfg.world_size = int(world_size)
+    if not cfg.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(cfg.model.split('.')[0]):
+        raise InputError(f'unknown --model {cfg.model!r}: not a timm architecture (see timm.list_models(\'srdl*\'))')
+    is_srdl = is_srdl_model_name(cfg.model)
+    if cfg.oe is None:
+        cfg.oe = is_srdl and cfg.use_sa
+    if cfg.data not in DATASETS:
+        raise InputError(f'unknown --data {cfg.data!r}; choose one of {sorted(DATASETS)}')
+    default_train, default_val = DEFAULT_SPLITS[cfg.data]
+    cfg.train_split = cfg.train_split or default_train
+    cfg.val_split = cfg.val_split or default_val
+    if 'batch_size' not in cfg.explicit and cfg.global_batch_size:
+        per_step = world_size * cfg.grad_accum_steps
+        if cfg.global_batch_size % per_step:
+            raise InputError(f'the recipe\'s global batch {cfg.global_batch_size} is not divisible by world size '
+                             f'{world_size} x --grad-accum-steps {cfg.grad_accum_steps}; set --batch-size explicitly')
+        cfg.batch_size = cfg.global_batch_size // per_step
+    elif 'batch_size' in cfg.explicit:
+        cfg.global_batch_size = None
+
+    def check(ok: bool, message: str) -> None:
+        if not ok:
+            raise InputError(message)
+
+    check(isinstance(cfg.lr, (int, float)) and 0.0 < cfg.lr <= 1.0 and math.isfinite(cfg.lr),
+          f'--lr must be in (0, 1], got {cfg.lr}')
+    check(isinstance(cfg.epochs, int) and 1 <= cfg.epochs <= 100_000, f'--epochs must be in [1, 100000], got {cfg.epochs}')
+    check(isinstance(cfg.batch_size, int) and 1 <= cfg.batch_size <= 65_536,
+          f'--batch-size must be in [1, 65536], got {cfg.batch_size}')
+    check(cfg.val_batch_size is None or cfg.val_batch_size >= 1, f'--val-batch-size must be >= 1, got {cfg.val_batch_size}')
+    check(0.0 <= cfg.weight_decay <= 1.0, f'--weight-decay must be in [0, 1], got {cfg.weight_decay}')
+    check(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1,
+          f'--grad-accum-steps must be >= 1, got {cfg.grad_accum_steps}')
+    check(cfg.workers >= 0, f'--workers must be >= 0, got {cfg.workers}')
+    check(cfg.log_interval >= 1, f'--log-interval must be >= 1, got {cfg.log_interval}')
+    check(cfg.checkpoint_interval_steps >= 0,
+          f'--checkpoint-interval-steps must be >= 0, got {cfg.checkpoint_interval_steps}')
+    check(cfg.keep_checkpoints >= 1, f'--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}')
+    check(cfg.max_steps is None or cfg.max_steps >= 1, f'--max-steps must be >= 1, got {cfg.max_steps}')
+    check(cfg.oe_topk >= 1, f'--oe-topk must be >= 1, got {cfg.oe_topk}')
+    check(0.0 < cfg.oe_alpha < 1.0, f'--oe-alpha must be in (0, 1), got {cfg.oe_alpha}')
+    check(cfg.amp_dtype in ('bfloat16', 'float16'), f'--amp-dtype must be bfloat16 or float16, got {cfg.amp_dtype}')
+    check(cfg.report_checkpoint in ('final', 'ema'),
+          f'--report-checkpoint must be final or ema, got {cfg.report_checkpoint}')
+    check(cfg.report_checkpoint != 'ema' or cfg.model_ema, '--report-checkpoint ema needs --model-ema')
+    check(0.0 < cfg.model_ema_decay < 1.0, f'--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}')
+    check(cfg.aug in ('paper', 'none'), f'--aug must be paper or none, got {cfg.aug}')
+    check(cfg.sched in SCHEDULERS, f'--sched must be one of {SCHEDULERS}, got {cfg.sched}')
+    check(cfg.decay_rate is None or 0.0 < cfg.decay_rate <= 1.0, f'--decay-rate must be in (0, 1], got {cfg.decay_rate}')
+    check(cfg.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {cfg.warmup_epochs}')
+    check(cfg.img_size is None or 32 <= cfg.img_size <= 4096, f'--img-size must be in [32, 4096], got {cfg.img_size}')
+    check(cfg.train_resize is None or cfg.train_resize >= 32, f'--train-resize must be >= 32, got {cfg.train_resize}')
+    check(cfg.clip_grad is None or cfg.clip_grad > 0, f'--clip-grad must be > 0, got {cfg.clip_grad}')
+    check(cfg.num_classes is None or cfg.num_classes >= 1, f'--num-classes must be >= 1, got {cfg.num_classes}')
+    check(not cfg.oe or cfg.use_sa, 'object erasing (--oe) needs the spatial attention: drop --no-sa or add --no-oe')
+    check(not cfg.oe or is_srdl, f'--oe needs an SRDL model, {cfg.model!r} is not one: add --no-oe')
+    check(0.0 <= cfg.drop_rate < 1.0, f'--drop must be in [0, 1), got {cfg.drop_rate}')
+    check(bool(cfg.root), '--root (dataset folder) is required')
+    check(cfg.voc_difficult in ('positive', 'negative', 'ignore'),
+          f'--voc-difficult must be positive, negative or ignore, got {cfg.voc_difficult}')
+    if cfg.opt_betas is not None:
+        cfg.opt_betas = tuple(float(b) for b in cfg.opt_betas)
+        check(len(cfg.opt_betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.opt_betas),
+              f'--opt-betas must be two values in [0, 1), got {cfg.opt_betas}')
+    return cfg
+
