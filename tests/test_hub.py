@@ -1,4 +1,5 @@
-"""Tests of srdl_timm/hub.py (srdl-publish, the weights manifest) and of SRDL loading through timm's own machinery:
+"""Tests of publishing (srdl_timm/hub.py, model_card.py, manifest.py, cli/publish.py: srdl-publish, model cards, the
+weights manifest) and of SRDL loading through timm's own machinery:
 local-dir:, hf-hub: from an offline Hugging Face cache the tests lay out themselves, pretrained_cfg_overlay=file,
 manifest pretrained tags with sha256 verification, num_classes changes and the missing-weights error.
 
@@ -8,7 +9,6 @@ srdl_timm are imported. Pushing to the Hub needs network access and is not teste
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_hub.py
 """
-import importlib.metadata
 import json
 import os
 import shutil
@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 import srdl_timm  # noqa: F401  registers the SRDL architectures
 from fixtures_data import write_csv
 from srdl_timm import hub
+from srdl_timm.cli.publish import main as publish_main
+from srdl_timm.models._pretrained import manifest_pretrained_cfgs
 from srdl_timm.models.srdl import CLASS_DEPENDENT_KEYS
 
 IMG = 64
@@ -147,23 +149,101 @@ def test_config_model_args_rebuild_the_exact_model(published, source):
 
 
 def test_model_card_front_matter_and_protocol(published):
-    """README.md starts with Hub YAML metadata (library_name timm, multi-label/image-classification tags, license,
-    datasets, a model-index with the report's metric values) and states the evaluation protocol, without the
-    report's local paths or bookkeeping numbers."""
+    """README.md starts with valid Hub metadata (library_name timm, pipeline_tag image-classification, multi-label
+    tags, license) and no `datasets`/model-index for a dataset that is not on the Hub (its name is stated in the
+    text instead); it lists the label names, states the evaluation protocol without the report's local paths or
+    bookkeeping numbers, and ends with the paper's BibTeX (title and the six authors; no invented venue or year)."""
     folder, result = published
     text = (folder / 'README.md').read_text()
     assert text.startswith('---\n')
     meta = yaml.safe_load(text.split('---\n')[1])
     assert meta['library_name'] == 'timm' and meta['license'] == 'apache-2.0'
-    assert {'multi-label', 'image-classification'} <= set(meta['tags'])
-    assert meta['datasets'] == ['toy-csv']
-    metrics = {m['type']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
-    assert metrics == {'mAP_interpolated': 61.25, 'mAP_non_interpolated': 58.5, 'CF1': 40.0, 'OF1': 45.5}
-    assert meta['model-index'][0]['results'][0]['dataset']['split'] == 'val'
+    assert meta['pipeline_tag'] == 'image-classification'
+    assert {'multi-label', 'image-classification', 'timm'} <= set(meta['tags'])
+    assert 'datasets' not in meta and 'model-index' not in meta
     body = text.split('---\n', 2)[2]
+    assert '**Dataset:** toy-csv' in body
+    assert 'in output order: `cat`, `dog`, `traffic light`' in body
     assert 'all-point interpolated AP' in body and '**split:** val' in body and '(3, 64, 64)' in body
+    assert '| mAP (all-point interpolated AP) | 61.25 |' in body
     assert "hf-hub:srdl-test/srdl_test_resnet.toy" in body and result.sha256 in body
     assert '/somewhere/local' not in text and 'num_samples' not in text
+    bibtex = body.split('```bibtex\n', 1)[1].split('```', 1)[0]
+    assert 'title  = {Semantic Representation and Dependency Learning for Multi-Label Image Recognition}' in bibtex
+    assert 'Pu, Tao and Sun, Mingzhan and Wu, Hefeng and Chen, Tianshui and Tian, Ling and Lin, Liang' in bibtex
+    assert 'year' not in bibtex and 'arxiv' not in bibtex.lower() and 'doi' not in bibtex.lower()
+
+
+def test_model_card_hub_dataset_metadata_and_model_index(source, tmp_path):
+    """With the dataset's Hub id, the card's `datasets` metadata is that id and the model-index holds the report's
+    metric values and split under it; a value that is not a Hub dataset id is refused."""
+    result = hub.save_pretrained_dir(source, tmp_path / 'a', repo_id='srdl-test/a', metrics=REPORT,
+                                     dataset='MS-COCO 2014', hub_dataset='detection-datasets/coco')
+    meta = yaml.safe_load((tmp_path / 'a' / 'README.md').read_text().split('---\n')[1])
+    assert meta['datasets'] == ['detection-datasets/coco']
+    res = meta['model-index'][0]['results'][0]
+    assert res['dataset']['type'] == 'detection-datasets/coco' and res['dataset']['split'] == 'val'
+    metrics = {m['type']: m['value'] for m in res['metrics']}
+    assert metrics == {'mAP_interpolated': 61.25, 'mAP_non_interpolated': 58.5, 'CF1': 40.0, 'OF1': 45.5}
+    assert result.files == ('README.md', 'config.json', 'model.safetensors')
+    with pytest.raises(ValueError, match='not a Hugging Face Hub dataset id'):
+        hub.save_pretrained_dir(source, tmp_path / 'b', metrics=REPORT, hub_dataset='my csv/val split')
+
+
+def _card_snippet(folder: Path) -> str:
+    text = (folder / 'README.md').read_text()
+    return text.split('## Model Usage', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+
+
+def _run_snippet(snippet: str, cwd: Path, env: dict) -> list:
+    """Run a card's usage snippet as written (in cwd, where image.jpg is) and return what it printed."""
+    proc = subprocess.run([sys.executable, '-c', snippet], cwd=str(cwd), env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return yaml.safe_load(proc.stdout.strip().splitlines()[-1].replace('(', '[').replace(')', ']'))
+
+
+def _expected_positives(model, image_path, names):
+    import timm.data
+    from PIL import Image
+    config = timm.data.resolve_model_data_config(model)
+    transform = timm.data.create_transform(**config, is_training=False)
+    with torch.no_grad():
+        probs = model.eval()(transform(Image.open(image_path).convert('RGB')).unsqueeze(0)).sigmoid()[0]
+    return [[names[i], round(p.item(), 3)] for i, p in enumerate(probs) if p > 0.5]
+
+
+def test_model_card_usage_snippet_runs_as_written(tmp_path):
+    """The usage snippet extracted from generated cards runs unchanged and prints the classes the model scores
+    above 0.5 on image.jpg: a local card (local-dir: with the folder's path) of a model without label names (class
+    indices, and the card says no names were recorded), and a Hub card (hf-hub:repo) served from an offline
+    Hugging Face cache."""
+    torch.manual_seed(3)
+    model = _perturb(timm.create_model('srdl_test_resnet', num_classes=3, label_embeddings=torch.randn(3, 16)), 7)
+    with torch.no_grad():
+        model.classifier.bias.fill_(0.5)  # some classes above 0.5, so the printed list is not trivially empty
+    from PIL import Image
+    work = tmp_path / 'work'
+    work.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(work / 'image.jpg')
+
+    local = tmp_path / 'local'
+    hub.save_pretrained_dir(model, local)
+    card = (local / 'README.md').read_text()
+    assert 'no label names were recorded with these weights' in card
+    expected = _expected_positives(model, work / 'image.jpg', ['0', '1', '2'])
+    assert expected  # the bias makes at least one class positive
+    assert _run_snippet(_card_snippet(local), work, ENV) == expected
+
+    named = tmp_path / 'named'
+    model.label_names = NAMES
+    hub.save_pretrained_dir(model, named, repo_id='srdl-test/snippet')
+    cache = tmp_path / 'hf-cache'
+    _populate_hub_cache(cache, 'srdl-test/snippet', named, 'c' * 40)
+    env = dict(ENV, HF_HUB_OFFLINE='1', HF_HUB_CACHE=str(cache), HF_HOME=str(tmp_path / 'hf-home'))
+    snippet = _card_snippet(named)
+    assert "timm.create_model('hf-hub:srdl-test/snippet', pretrained=True)" in snippet
+    assert _run_snippet(snippet, work, env) == _expected_positives(model, work / 'image.jpg', NAMES)
 
 
 def test_metrics_without_protocol_are_refused(source, tmp_path):
@@ -386,7 +466,7 @@ def test_manifest_pretrained_cfgs_only_for_existing_weights(published, tmp_path)
     hub.register_weights(folder, tag='b', **common)
     (tmp_path / 'srdl_test_resnet.b.safetensors').unlink()
     base = {'srdl_test_resnet': {'first_conv': 'backbone.conv1', 'classifier': 'classifier', 'num_classes': 10}}
-    cfgs = hub.manifest_pretrained_cfgs(base, mfile)
+    cfgs = manifest_pretrained_cfgs(base, mfile)
     assert list(cfgs) == ['srdl_test_resnet.a']
     cfg = cfgs['srdl_test_resnet.a']
     assert cfg['file'] == str(tmp_path / 'srdl_test_resnet.a.safetensors') and cfg['hf_hub_id'] is None
@@ -402,7 +482,7 @@ def test_manifest_pretrained_cfgs_only_for_existing_weights(published, tmp_path)
     # the refused registration left the shipped file and its entry consistent
     assert hub.verify_manifest(mfile) == [('srdl_test_resnet.a', 'ok'), ('srdl_test_resnet.b', 'missing')]
     with pytest.raises(ValueError, match="unknown architecture 'srdl_test_resnet'"):
-        hub.manifest_pretrained_cfgs({'srdl_resnet18': {}}, mfile)
+        manifest_pretrained_cfgs({'srdl_resnet18': {}}, mfile)
 
 
 @pytest.mark.parametrize('change, message', [
@@ -475,9 +555,9 @@ def test_manifest_markdown_table(published, tmp_path):
 # CLI
 # ------------------------------------------------------------------------------------------------------------
 def test_console_script_is_declared():
-    """The srdl-publish console script points at srdl_timm.hub:main."""
-    eps = importlib.metadata.entry_points(group='console_scripts', name='srdl-publish')
-    assert [ep.value for ep in eps] == ['srdl_timm.hub:main']
+    """The srdl-publish console script points at the thin script srdl_timm.cli.publish:main (pyproject.toml)."""
+    text = (Path(__file__).parent.parent / 'pyproject.toml').read_text()
+    assert 'srdl-publish = "srdl_timm.cli.publish:main"' in text
 
 
 def test_cli_publishes_a_training_checkpoint_with_srdl_validate_metrics(source, x, tmp_path, capsys):
@@ -508,7 +588,7 @@ def test_cli_publishes_a_training_checkpoint_with_srdl_validate_metrics(source, 
     measured = json.loads(report.read_text())
     out = tmp_path / 'out'
     weights = tmp_path / 'weights'
-    assert hub.main(['--checkpoint', str(ckpt), '--repo-id', 'srdl-test/cli', '--local-dir', str(out),
+    assert publish_main(['--checkpoint', str(ckpt), '--repo-id', 'srdl-test/cli', '--local-dir', str(out),
                      '--metrics', str(report), '--recipe', 'srdl-train --model srdl_test_resnet', '--dataset',
                      'toy-csv', '--manifest-tag', 'cli', '--ship', '--manifest', str(weights / 'manifest.json'),
                      '--log-level', 'WARNING']) == 0
@@ -520,37 +600,96 @@ def test_cli_publishes_a_training_checkpoint_with_srdl_validate_metrics(source, 
     assert 'pretrained_backbone' not in config['model_args'] and 'lr' not in config['model_args']
     pcfg = config['pretrained_cfg']
     assert pcfg['input_size'] == [3, IMG, IMG] and pcfg['crop_pct'] == 0.9 and pcfg['crop_mode'] == 'center'
-    meta = yaml.safe_load((out / 'README.md').read_text().split('---\n')[1])
-    values = {m['type']: m['value'] for m in meta['model-index'][0]['results'][0]['metrics']}
-    assert values['mAP_interpolated'] == round(measured['metrics']['mAP_interpolated'], 4)
+    card = (out / 'README.md').read_text()
+    assert f"| mAP (all-point interpolated AP) | {measured['metrics']['mAP_interpolated']:.2f} |" in card
     entry = hub.load_manifest(weights / 'manifest.json')['weights'][0]
     assert entry['sha256'] == hub.sha256_file(out / 'model.safetensors')
     assert entry['sha256'] == hub.sha256_file(weights / 'srdl_test_resnet.cli.safetensors')
     assert entry['metrics']['values']['mAP_non_interpolated'] == measured['metrics']['mAP_non_interpolated']
 
 
-def test_cli_refuses_pickles_and_checkpoints_that_do_not_fit_their_config(source, tmp_path, capsys):
-    """--checkpoint must be .safetensors; a run config that does not describe the weights (use_ca=True for a
-    use_ca=False checkpoint) is an error naming the offending tensors, never a partly random publication."""
-    pth = tmp_path / 'model.pth'
-    torch.save(source.state_dict(), pth)
-    assert hub.main(['--checkpoint', str(pth), '--model', 'srdl_test_resnet', '--local-dir', str(tmp_path / 'o1')]) == 2
-    assert 'only .safetensors weights are published' in capsys.readouterr().err
-    ckpt = tmp_path / 'model.safetensors'
-    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(ckpt))
-    (tmp_path / 'config.json').write_text(json.dumps({'model': 'srdl_test_resnet', **dict(HPARAMS, use_ca=True)}))
-    assert hub.main(['--checkpoint', str(ckpt), '--local-dir', str(tmp_path / 'o2')]) == 2
+def _timm_training_checkpoint(model, folder, model_kwargs, ema=None):
+    """last.pth.tar as timm's train.py writes it: timm.utils.CheckpointSaver with the run's argparse args, the
+    optimizer state and (optionally) the EMA weights."""
+    import argparse
+    from timm.utils import CheckpointSaver
+    args = argparse.Namespace(model='srdl_test_resnet', num_classes=3, model_kwargs=model_kwargs, lr=1e-3,
+                              epochs=1, img_size=IMG)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    saver = CheckpointSaver(model, optimizer, args=args, model_ema=ema, checkpoint_dir=str(folder),
+                            recovery_dir=str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    saver.save_checkpoint(epoch=0, metric=1.0)
+    return folder / 'last.pth.tar'
+
+
+def test_cli_publishes_a_timm_train_py_checkpoint_safely(source, x, tmp_path, capsys):
+    """A real timm training checkpoint (timm.utils.CheckpointSaver: args as argparse.Namespace, optimizer state,
+    state_dict and state_dict_ema) publishes with no other flag than --label-names: the architecture, classes and
+    model_kwargs come from the checkpoint's args (read with weights_only=True), the `state_dict` weights are
+    converted to model.safetensors, and the folder loads back bitwise-equal to the trained model."""
+    structural = {k: HPARAMS[k] for k in ('embed_dim', 'graph_layers', 'use_ca', 'attention_impl', 'global_pool')}
+    ema = _perturb(_source_model(), seed=9)  # different weights: the published ones must be state_dict's
+    checkpoint = _timm_training_checkpoint(source, tmp_path / 'train', structural, ema=ema)
+    names = tmp_path / 'classes.txt'
+    names.write_text('\n'.join(NAMES) + '\n')
+    out = tmp_path / 'out'
+    assert publish_main(['--checkpoint', str(checkpoint), '--label-names', str(names), '--local-dir', str(out),
+                         '--log-level', 'WARNING']) == 0
+    assert 'published README.md, config.json, model.safetensors' in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    config = json.loads((out / 'config.json').read_text())
+    assert config['architecture'] == 'srdl_test_resnet' and config['label_names'] == NAMES
+    assert config['model_args']['embed_dim'] == 8 and config['model_args']['use_ca'] is False
+    loaded = timm.create_model(f'local-dir:{out}', pretrained=True)
+    assert torch.equal(_out(loaded, x), _out(source, x))
+
+
+def test_cli_refuses_code_pickles_and_checkpoints_that_do_not_fit_their_config(source, tmp_path, capsys):
+    """A pickle that would run code on load is refused without being unpickled (exit 2, naming the file); a plain
+    torch.save'd state dict (.pth) is converted; a run config that does not describe the weights (use_ca=True for a
+    use_ca=False checkpoint) is an error naming the file and the offending tensors, never a partly random
+    publication; --model without any weights says how to train and publish."""
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ('touch ' + str(tmp_path / 'pwned'),))
+
+    evil = tmp_path / 'evil.pth'
+    torch.save({'state_dict': source.state_dict(), 'payload': Evil()}, evil)
+    assert publish_main(['--checkpoint', str(evil), '--model', 'srdl_test_resnet', '--local-dir',
+                         str(tmp_path / 'o0')]) == 2
     err = capsys.readouterr().err
-    assert 'do not fit srdl_test_resnet' in err and 'missing' in err and 'car.' in err and str(tmp_path) in err
+    assert str(evil) in err and 'not loaded' in err and not (tmp_path / 'pwned').exists()
+    assert not (tmp_path / 'o0').exists()
+
+    plain = tmp_path / 'plain' / 'model.pth'
+    plain.parent.mkdir()
+    torch.save(source.state_dict(), plain)
+    kwargs = json.dumps({k: HPARAMS[k] for k in ('embed_dim', 'graph_layers', 'use_ca', 'attention_impl',
+                                                 'global_pool')})
+    assert publish_main(['--checkpoint', str(plain), '--model', 'srdl_test_resnet', '--model-args', kwargs,
+                         '--local-dir', str(tmp_path / 'o1'), '--log-level', 'WARNING']) == 0
+    capsys.readouterr()
+    assert hub.sha256_file(tmp_path / 'o1' / 'model.safetensors')
+
+    run = tmp_path / 'run'
+    run.mkdir()
+    ckpt = run / 'model.safetensors'
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(ckpt))
+    (run / 'train_config.json').write_text(json.dumps({'model': 'srdl_test_resnet', 'num_classes': 3,
+                                                       **dict(HPARAMS, use_ca=True)}))
+    assert publish_main(['--checkpoint', str(ckpt), '--local-dir', str(tmp_path / 'o2')]) == 2
+    err = capsys.readouterr().err
+    assert 'does not fit srdl_test_resnet' in err and 'missing' in err and 'car.' in err and str(ckpt) in err
     assert not (tmp_path / 'o2').exists()
-    assert hub.main(['--model', 'srdl_test_resnet', '--local-dir', str(tmp_path / 'o3')]) == 2
+    assert publish_main(['--model', 'srdl_test_resnet', '--local-dir', str(tmp_path / 'o3')]) == 2
     assert 'srdl-train' in capsys.readouterr().err and not (tmp_path / 'o3').exists()
 
 
 def test_republishing_a_loaded_folder_keeps_its_label_names(published, tmp_path):
     """srdl-publish --model local-dir:DIR re-publishes a loaded folder with its label names and identical weights."""
     folder, result = published
-    assert hub.main(['--model', f'local-dir:{folder}', '--local-dir', str(tmp_path / 'again'), '--log-level',
+    assert publish_main(['--model', f'local-dir:{folder}', '--local-dir', str(tmp_path / 'again'), '--log-level',
                      'WARNING']) == 0
     config = json.loads((tmp_path / 'again' / 'config.json').read_text())
     assert config['label_names'] == NAMES

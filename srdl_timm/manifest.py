@@ -1,0 +1,203 @@
+"""Writing the weights registry ``weights/manifest.json``: register published weights, verify files, render the table.
+
+The registry's schema is in ``weights/README.md``; reading it (pretrained tags, sha256 checks at load time) is
+:mod:`srdl_timm.models._pretrained`. :func:`register_weights` adds the weights of a folder written by
+:func:`srdl_timm.hub.save_pretrained_dir` (optionally copying them into ``weights/``), :func:`verify_manifest`
+checks every listed file on this machine against its sha256, :func:`manifest_markdown` renders the table for
+MODEL_CARD.md.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from .errors import InputError
+from .model_card import normalise_metrics
+from .models._pretrained import (
+    WEIGHTS_FILENAME, _MANIFEST_CFG_KEYS, _empty_manifest, _entry_file, _validate_entry, load_manifest, manifest_path,
+    verify_sha256,
+)
+from .utils import atomic_write_bytes, atomic_write_json, sha256_file
+
+__all__ = ['read_json', 'register_weights', 'verify_manifest', 'manifest_markdown']
+
+_logger = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+
+def read_json(path: PathLike, what: str) -> Any:
+    """JSON of ``path``; :class:`InputError` naming ``what`` and the file when it is missing or malformed."""
+    try:
+        with open(path, 'r', encoding='utf-8-sig') as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise InputError(f'{what} not found: {path}') from None
+    except json.JSONDecodeError as e:
+        raise InputError(f'{what} {path} is not valid JSON: {e}') from e
+
+
+def register_weights(
+        folder: PathLike,
+        *,
+        tag: str,
+        dataset: str,
+        recipe: str,
+        label_names_source: str,
+        metrics: Union[None, PathLike, Mapping[str, Any]],
+        protocol: Optional[Mapping[str, Any]] = None,
+        ship: bool = True,
+        hf_hub_id: Optional[str] = None,
+        hf_revision: Optional[str] = None,
+        manifest: Optional[PathLike] = None,
+        replace: bool = False,
+        notes: Optional[str] = None,
+) -> Dict[str, Any]:
+    """Add a published folder's weights to the registry (``weights/manifest.json``).
+
+    Args:
+        folder: a folder written by :func:`save_pretrained_dir` (config.json + model.safetensors).
+        tag: the pretrained tag; the weights then load as ``timm.create_model('<architecture>.<tag>',
+            pretrained=True)``.
+        dataset: what the weights were trained and evaluated on.
+        recipe: the command that trained them.
+        label_names_source: where the class names / order come from (e.g. ``srdl_timm.data.label_sets.COCO_CLASSES``).
+        metrics: the srdl-validate report (path or dict) of these weights; its protocol is stored with the values.
+        protocol: protocol fields added to / overriding the report's.
+        ship: copy model.safetensors to ``weights/<architecture>.<tag>.safetensors`` (offline use).
+        hf_hub_id: the Hub repo the folder was pushed to, if any.
+        hf_revision: the Hub commit holding exactly this file (pins the sha256).
+        manifest: the manifest to edit (default :func:`manifest_path`; created if missing).
+        replace: replace an existing entry with the same architecture and tag.
+        notes: free text.
+
+    Returns:
+        The entry written.
+    """
+    folder = Path(folder)
+    config = read_json(folder / 'config.json', 'published config.json')
+    weights = folder / WEIGHTS_FILENAME
+    if not weights.is_file():
+        raise InputError(f'{weights} not found: register a folder written by srdl-publish')
+    if not ship and not hf_hub_id:
+        raise InputError(f'{tag}: a manifest entry needs weights that exist: ship the file into weights/ '
+                         '(ship=True / --ship) or give the Hub repo it was pushed to')
+    values, proto, _ = normalise_metrics(metrics, protocol)
+    if not values:
+        raise InputError(f'{tag}: a manifest entry needs the metrics of these weights (an srdl-validate report)')
+    mfile = Path(manifest) if manifest is not None else manifest_path()
+    data = load_manifest(mfile) if mfile.is_file() else _empty_manifest()
+    arch = config['architecture']
+    kept = [e for e in data['weights'] if (e['architecture'], e['tag']) != (arch, tag)]
+    if len(kept) != len(data['weights']) and not replace:
+        raise InputError(f'{mfile} already lists {arch}.{tag}; pass replace=True (--replace) to overwrite it')
+    digest = sha256_file(weights)
+    rel = None
+    if ship:
+        rel = f'{arch}.{tag}.safetensors'
+        atomic_write_bytes(mfile.parent / rel, weights.read_bytes())
+        verify_sha256(mfile.parent / rel, digest, f'the copy of {weights}')
+    pcfg = config.get('pretrained_cfg') or {}
+    entry = {
+        'architecture': arch,
+        'tag': tag,
+        'hf_hub_id': hf_hub_id,
+        'hf_revision': hf_revision,
+        'file': rel,
+        'sha256': digest,
+        'size_bytes': weights.stat().st_size,
+        'num_classes': int(config['num_classes']),
+        'label_names': config.get('label_names'),
+        'label_names_source': label_names_source,
+        'dataset': dataset,
+        'metrics': {'values': values, 'protocol': proto},
+        'recipe': recipe,
+        'created': datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+        'model_args': config.get('model_args') or {},
+        'pretrained_cfg': {k: pcfg[k] for k in _MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
+    }
+    if notes:
+        entry['notes'] = notes
+    _validate_entry(entry, len(data['weights']), str(mfile))
+    data['weights'] = kept + [entry]
+    atomic_write_json(mfile, data)
+    _logger.info('registered %s.%s in %s (sha256 %s)', arch, tag, mfile, digest)
+    return entry
+
+
+def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> List[Tuple[str, str]]:
+    """Check every weight of the manifest that is on this machine against its sha256.
+
+    Args:
+        path: the manifest (default :func:`manifest_path`).
+        cache_dir: Hugging Face cache to look in for Hub-only entries (nothing is downloaded).
+
+    Returns:
+        ``[(architecture.tag, status)]`` with status ``'ok'``, ``'MISMATCH ...'``, ``'missing'`` or
+        ``'not cached'``.
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    mfile = Path(path) if path is not None else manifest_path()
+    data = load_manifest(mfile)
+    report = []
+    for entry in data['weights']:
+        name = f'{entry["architecture"]}.{entry["tag"]}'
+        file = _entry_file(entry, mfile.parent)
+        if file is None or not file.is_file():
+            cached = try_to_load_from_cache(entry['hf_hub_id'], WEIGHTS_FILENAME, cache_dir=cache_dir,
+                                            revision=entry.get('hf_revision')) if entry.get('hf_hub_id') else None
+            if not isinstance(cached, str):
+                report.append((name, 'missing' if file is not None else 'not cached'))
+                continue
+            file = Path(cached)
+        actual = sha256_file(file)
+        report.append((name, 'ok' if actual == entry['sha256'] else f'MISMATCH {file}: sha256 {actual}'))
+    return report
+
+
+def manifest_markdown(manifest: Union[None, PathLike, Mapping[str, Any]] = None) -> str:
+    """A markdown table of the registry, for MODEL_CARD.md.
+
+    Args:
+        manifest: a manifest path or an already loaded manifest dict (default :func:`manifest_path`).
+
+    Returns:
+        Markdown: one row per weight (model name, dataset, classes, metrics, protocol, where, sha256, recipe), or a
+        sentence saying that none exist yet and how to make them.
+    """
+    data = dict(manifest) if isinstance(manifest, Mapping) else load_manifest(manifest)
+    if not data['weights']:
+        return ('No SRDL weights are published or shipped yet. Train with `srdl-train`, evaluate with '
+                '`srdl-validate --output results.json`, then publish with `srdl-publish --checkpoint ... '
+                '--metrics results.json --repo-id org/name` (add `--manifest-tag TAG --ship` to list them here).\n')
+    rows = ['| model | dataset | classes | mAP interp. | mAP non-interp. | CF1 | OF1 | protocol | weights | '
+            'sha256 | recipe |', '|---|---|---|---|---|---|---|---|---|---|---|']
+    for e in data['weights']:
+        v = e['metrics']['values']
+        p = e['metrics'].get('protocol', {})
+        size = p.get('input_size')
+        protocol = ', '.join(x for x in (
+            f'split {p["split"]}' if p.get('split') else '',
+            f'{size[-2]}x{size[-1]}' if size else '',
+            p.get('resize', ''), p.get('units', '')) if x)
+        where = []
+        if e.get('file'):
+            where.append(f'`weights/{e["file"]}`')
+        if e.get('hf_hub_id'):
+            where.append(f'[{e["hf_hub_id"]}](https://huggingface.co/{e["hf_hub_id"]})'
+                         + (f' @ `{e["hf_revision"][:10]}`' if e.get('hf_revision') else ''))
+        cell = lambda k: f'{v[k]:.2f}' if k in v else '—'  # noqa: E731
+        rows.append(
+            f'| `{e["architecture"]}.{e["tag"]}` | {e["dataset"]} | {e["num_classes"]} | {cell("mAP_interpolated")} '
+            f'| {cell("mAP_non_interpolated")} | {cell("CF1")} | {cell("OF1")} | {protocol} | {"<br>".join(where)} '
+            f'| `{e["sha256"][:12]}…` | `{e["recipe"]}` |')
+    rows.append('')
+    rows.append('mAP interp. = mean of all-point interpolated AP (VOC2010+); mAP non-interp. = mean of precision at '
+                'each positive (ML-GCN/ASL). Load any row with `timm.create_model(\'<model>\', pretrained=True)` '
+                'after `import srdl_timm`; the file is refused if its sha256 differs from the manifest.')
+    return '\n'.join(rows) + '\n'
