@@ -57,7 +57,8 @@ def format_error(prog: str, exc: BaseException) -> str:
         message = str(exc) or type(exc).__name__
     if 'Original Traceback' in message:  # re-raised from a DataLoader worker: keep the original message only
         last = [line for line in message.splitlines() if line.strip()][-1].strip()
-        message = last.split(': ', 1)[1] if last.startswith(type(exc).__name__ + ': ') else last
+        head, _, rest = last.partition(': ')
+        message = rest if rest and head.rsplit('.', 1)[-1] == type(exc).__name__ else last
     return f'{prog}: error: {message}'
 
 
