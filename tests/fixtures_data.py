@@ -9,6 +9,9 @@ can compare a loader's output with an independent truth.
     write_voc(root, splits={'trainval': 6, 'test': 5}, ...)  VOCdevkit/VOC2007 layout with difficult objects
     write_csv(root, split='train', ...)                      root/{split}.csv (list or wide layout) + root/images/
     write_image(path, mode=...), write_corrupt_image(path)   single image files (RGB, L, RGBA, CMYK, I;16, ...)
+
+At the end: shared pieces of the srdl-train tests (TRAIN_BASE, write_train_csv, train_config, train_cli_args) and of
+the publishing tests (HUB_* constants, toy_srdl_model, perturb, model_out, populate_hub_cache, run_python).
 """
 import json
 import os
@@ -309,3 +312,108 @@ def write_csv(root: Union[str, os.PathLike], split: str = 'train', num_images: i
             f.write(''.join(f'{n}\n' for n in label_names))
     return dict(csv_file=csv_file, rows=rows, label_names=list(label_names), targets=targets,
                 non_empty=(targets == 1).any(axis=1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# srdl-train on a tiny CSV data set (tests/test_fit.py, test_training.py, test_run_dir.py, test_cli_train.py, ...)
+# ----------------------------------------------------------------------------------------------------------------
+#: tiny, fast and deterministic: the 10-class test ResNet at 64 px, 3 classes, 8 training / 6 validation images
+TRAIN_BASE = dict(data='csv', model='srdl_test_resnet', img_size=64, lr=1e-3, workers=0, progress=False,
+                  label_embeddings='none', log_interval=1)
+
+
+def write_train_csv(root: Union[str, os.PathLike]) -> str:
+    """The srdl-train tests' data under ``root``: 8 training and 6 validation images of 3 classes (CSV layout)."""
+    write_csv(root, split='train', num_images=8, seed=0)
+    write_csv(root, split='val', num_images=6, seed=1)
+    return str(root)
+
+
+def train_config(root: str, output: Union[str, os.PathLike], **kw: Any):
+    """A :class:`srdl_timm.train_config.TrainConfig` for ``root``'s CSV data into ``output``: TRAIN_BASE + ``kw``."""
+    from srdl_timm.train_config import TrainConfig
+    return TrainConfig(root=root, output=str(output), **dict(TRAIN_BASE, **kw))
+
+
+def train_cli_args(csv_root: str, output: Union[str, os.PathLike], *flags: str) -> List[str]:
+    """``srdl-train`` flags for one short epoch (batch 4) on ``csv_root``'s data into ``output``, then ``flags``."""
+    return ['--data', 'csv', '--root', csv_root, '--model', 'srdl_test_resnet', '--img-size', '64', '--epochs', '1',
+            '--batch-size', '4', '--lr', '1e-3', '--workers', '0', '--label-embeddings', 'none', '--no-progress',
+            '--log-level', 'WARNING', '--output', str(output), *flags]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a tiny published SRDL model (tests/test_hub.py, test_model_card.py, test_manifest.py, test_cli_publish.py)
+# ----------------------------------------------------------------------------------------------------------------
+HUB_IMG = 64
+HUB_NAMES = ['cat', 'dog', 'traffic light']
+#: non-default hyper-parameters, so that a rebuild from config.json can only match if every one is recorded
+HUB_HPARAMS = dict(embed_dim=8, graph_layers=1, use_ca=False, oe_topk=2, oe_alpha=0.3, attention_impl='reference',
+                   global_pool='avg')
+HUB_PROTOCOL = {'ap_definitions': {'mAP_interpolated': 'all-point interpolated AP'}, 'split': 'val',
+                'input_size': [3, HUB_IMG, HUB_IMG], 'interpolation': 'bilinear', 'resize': 'squash to input_size',
+                'dataset': {'name': 'toy-csv val', 'root': '/somewhere/local'}, 'units': 'percent'}
+#: an srdl-validate style report of the toy model
+HUB_REPORT = {'model': 'srdl_test_resnet', 'metrics': {'mAP_interpolated': 61.25, 'mAP_non_interpolated': 58.5,
+                                                       'CF1': 40.0, 'OF1': 45.5, 'threshold': 0.5, 'num_samples': 6},
+              'protocol': HUB_PROTOCOL, 'label_names': HUB_NAMES}
+#: environment of the subprocesses these tests start (one thread; ``import fixtures_data`` works there too)
+HUB_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+
+
+def perturb(model, seed: int = 1):
+    """Move every float tensor (parameters and buffers) away from any fresh initialisation."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn(value.shape, generator=gen) * 0.05)
+    return model
+
+
+def toy_srdl_model():
+    """srdl_test_resnet with 3 named classes, random label embeddings, HUB_HPARAMS and perturbed weights (eval)."""
+    import timm
+
+    import srdl_timm  # noqa: F401  registers the SRDL architectures
+    embeddings = np.random.default_rng(0).standard_normal((3, HUB_HPARAMS['embed_dim'])).astype(np.float32)
+    model = timm.create_model('srdl_test_resnet', num_classes=3, label_embeddings=embeddings, label_names=HUB_NAMES,
+                              **HUB_HPARAMS)
+    return perturb(model).eval()
+
+
+def model_out(model, x):
+    """``model``'s eval-mode output for ``x``, without gradients."""
+    import torch
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def populate_hub_cache(cache, repo_id: str, folder, commit: str):
+    """Lay out a Hugging Face cache entry (models--org--name/{blobs,refs/main,snapshots/<commit>/}) for folder."""
+    import shutil
+
+    from srdl_timm.utils import sha256_file
+    repo_dir = cache / ('models--' + repo_id.replace('/', '--'))
+    (repo_dir / 'blobs').mkdir(parents=True, exist_ok=True)
+    (repo_dir / 'refs').mkdir(exist_ok=True)
+    snapshot = repo_dir / 'snapshots' / commit
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for f in sorted(folder.iterdir()):
+        blob = repo_dir / 'blobs' / sha256_file(f)
+        shutil.copyfile(f, blob)
+        (snapshot / f.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo_dir / 'refs' / 'main').write_text(commit)
+    return snapshot
+
+
+def run_python(script: str, env: dict, timeout: int = 120):
+    """Run ``script`` (dedented) in a fresh Python process; assert it succeeded; return the CompletedProcess."""
+    import subprocess
+    import sys
+    import textwrap
+    proc = subprocess.run([sys.executable, '-c', textwrap.dedent(script)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, f'subprocess failed:\nSTDOUT:\n{proc.stdout}\nSTDERR:\n{proc.stderr[-4000:]}'
+    return proc

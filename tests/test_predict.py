@@ -1,7 +1,7 @@
-"""Tests of srdl_timm/predict.py, srdl_timm/data/inputs.py and srdl_timm/cli/predict.py (``srdl-predict``): real
-image files in, correct table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model
-loading from a checkpoint (with its config beside it, or bare) or a local-dir, the header saying what the weights
-know, the progress-bar default.
+"""Tests of srdl_timm/predict.py and srdl_timm/cli/predict.py (``srdl-predict``): real image files in, correct
+table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model loading from a checkpoint
+(with its config beside it, or bare) or a local-dir, the header saying what the weights know, the progress-bar
+default. Collecting inputs from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
 """
@@ -22,7 +22,7 @@ import srdl_timm  # noqa: F401
 from srdl_timm.cli.predict import main, progress_enabled
 from srdl_timm.data.transforms import create_transform
 from srdl_timm.loading import model_args
-from srdl_timm.predict import InputItem, Prediction, collect_inputs, format_csv, format_table, select_labels
+from srdl_timm.predict import Prediction, collect_inputs, format_csv, format_table, select_labels
 
 LABELS = ['cat', 'dog', 'car', 'tree']
 IMG = 64
@@ -209,21 +209,6 @@ def test_formatters_on_hand_made_predictions():
     assert rows[1] == ['x.jpg', '1', '1', 'dog', '1', '0.912340', '']
     assert rows[2] == ['y.jpg', '1', '', '', '', '', '']
     assert rows[3] == ['z.jpg', '0', '', '', '', '', 'boom']
-
-
-def test_collect_inputs_folders_globs_recursion_and_duplicates(assets):
-    """Folders give their image files sorted (sub-folders only with recursive); globs expand; a file reached twice
-    is kept once; explicit non-image files are kept (to be reported later)."""
-    flat = collect_inputs([assets['imgs']])
-    assert [i.path for i in flat] == sorted([assets['good'][0], assets['good'][1], assets['good'][3]])
-    deep = collect_inputs([assets['imgs']], recursive=True)
-    assert os.path.join(assets['imgs'], 'sub', 'c.jpg') in [i.path for i in deep] and len(deep) == 4
-    globbed = collect_inputs([os.path.join(assets['imgs'], '*.jpg'), assets['good'][0]])
-    assert [i.path for i in globbed] == [assets['good'][0]]
-    rglob = collect_inputs([os.path.join(assets['imgs'], '**', '*.jpg')], recursive=True)
-    assert sorted(i.path for i in rglob) == sorted([assets['good'][0], assets['good'][2]])
-    explicit = collect_inputs([assets['notes']])
-    assert explicit == [InputItem(assets['notes'])]
 
 
 def test_broken_symlink_and_unreadable_file_are_reported(assets, tmp_path):

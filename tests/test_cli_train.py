@@ -1,0 +1,53 @@
+"""Tests of srdl_timm/cli/train.py (the ``srdl-train`` console script): bad flags exit 2 naming the flag before any
+training, and a corrupt image read by DataLoader workers gives the original one-line message, not the wrapped
+traceback. Data: the ``csv_root`` fixture (tests/conftest.py)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+import srdl_timm  # noqa: F401
+from srdl_timm.cli.train import main
+
+from fixtures_data import train_cli_args as _cli, write_csv
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--lr', '0'], '--lr must be in (0, 1]'),
+    (['--lr', '3'], '--lr must be in (0, 1]'),
+    (['--epochs', '0'], '--epochs must be in [1, 100000]'),
+    (['--batch-size', '0'], '--batch-size must be in [1, 65536]'),
+    (['--batch-size', '64'], 'fewer than one optimizer step'),
+    (['--num-classes', '5'], '--num-classes 5 does not match the dataset'),
+    (['--report-checkpoint', 'ema'], '--report-checkpoint ema needs --model-ema'),
+    (['--oe', '--no-sa'], 'object erasing (--oe) needs the spatial attention'),
+])
+def test_bad_input_is_a_clear_error(csv_root, tmp_path, capsys, flags, message):
+    """Out-of-range lr/epochs/batch, a batch larger than the data, --num-classes not matching the dataset and
+    contradictory flags exit with status 2 and a message naming the flag, before any training."""
+    status = main(['--data', 'csv', '--root', csv_root, '--model', 'srdl_test_resnet', '--img-size', '64',
+                   '--workers', '0', '--label-embeddings', 'none', '--output', str(tmp_path / 'o'),
+                   '--no-progress', *flags])
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / 'o' / 'last')
+
+
+def test_corrupt_image_with_loader_workers_gives_the_original_message(tmp_path):
+    """A truncated JPEG in the training split with --workers 2: the console script exits 2 with the file's name and
+    the reason on one line, not the DataLoader worker's wrapped traceback."""
+    from fixtures_data import write_corrupt_image
+    root = tmp_path / 'data'
+    info = write_csv(root, split='train', num_images=8, seed=0)
+    write_csv(root, split='val', num_images=4, seed=1)
+    bad = os.path.join(str(root), info['rows'][0][0])
+    write_corrupt_image(bad, kind='truncated')
+    res = subprocess.run([sys.executable, '-m', 'srdl_timm.cli.train', *_cli(str(root), tmp_path / 'o'),
+                          '--workers', '2', '--aug', 'none'], capture_output=True, text=True, timeout=180,
+                         env=dict(os.environ, OMP_NUM_THREADS='1'))
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.startswith('srdl-train: error:')]
+    assert len(lines) == 1 and bad in lines[0] and 'truncated' in lines[0], res.stderr[-2000:]
+    assert 'Traceback' not in res.stderr and 'DataLoader worker' not in res.stderr
+    assert lines[0].startswith(f'srdl-train: error: {bad}'), lines[0]  # no (module-qualified) exception name

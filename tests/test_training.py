@@ -1,0 +1,79 @@
+"""Tests of srdl_timm/training.py (the training loop on SRDLTask): gradient accumulation, AMP / channels_last / EMA /
+per-update schedule, the non-finite-loss stop and out-of-memory advice, driven through :func:`srdl_timm.fit.fit` on
+tiny real data (the ``csv_root`` fixture, tests/conftest.py)."""
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import srdl_timm  # noqa: F401
+from srdl_timm.checkpoint import load_checkpoint, verify_checkpoint
+from srdl_timm.cli.train import main
+from srdl_timm.fit import fit
+from srdl_timm.train_config import TrainConfig, resolve_config
+from srdl_timm.training import NonFiniteLossError, is_oom as _is_oom, oom_message as _oom_message
+
+from fixtures_data import train_config as _cfg
+
+
+def test_gradient_accumulation_equals_the_larger_batch(csv_root, tmp_path):
+    """Batch 2 with --grad-accum-steps 2 reaches the same weights as batch 4 (max difference < 1e-5, float
+    summation order only): micro-batches are consecutive slices of the same global batch, each micro-batch loss is
+    divided by the accumulation count, and --freeze-bn makes BatchNorm independent of the batch split."""
+    a = fit(_cfg(csv_root, tmp_path / 'big', epochs=2, batch_size=4, freeze_bn=True))
+    b = fit(_cfg(csv_root, tmp_path / 'accum', epochs=2, batch_size=2, grad_accum_steps=2, freeze_bn=True))
+    assert a['global_step'] == b['global_step'] == 4
+    x, y = load_file(a['model_path']), load_file(b['model_path'])
+    assert max((x[k] - y[k]).abs().max().item() for k in x) < 1e-5
+
+
+@pytest.mark.parametrize('amp_dtype', ['bfloat16', 'float16'])
+def test_amp_channels_last_ema_and_per_update_schedule(csv_root, tmp_path, amp_dtype):
+    """AMP (bfloat16, or float16 with a GradScaler whose state is checkpointed), channels_last, gradient clipping,
+    EMA reported as declared and a per-update cosine schedule train with finite losses that fall; the cosine lr
+    reaches its minimum exactly at the last update."""
+    result = fit(_cfg(csv_root, tmp_path / 'amp', epochs=3, batch_size=2, amp=True, amp_dtype=amp_dtype,
+                      channels_last=True, clip_grad=1.0, model_ema=True, model_ema_decay=0.5,
+                      report_checkpoint='ema', sched='cosine', sched_on_updates=True, aug='none'))
+    losses = [h['train_loss'] for h in result['history']]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0], losses
+    assert result['history'][-1]['lr'] == 0.0 and result['reported'] == 'ema'
+    ckpt = load_checkpoint(str(tmp_path / 'amp'))
+    assert (ckpt.state['scaler'] is not None) == (amp_dtype == 'float16')
+    ema = load_file(result['model_path'])
+    assert all(torch.equal(ema[k], ckpt.ema[k]) for k in ema)  # model.safetensors holds the declared EMA weights
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(csv_root, tmp_path, capsys):
+    """A non-finite loss (here from a real misconfiguration: normalisation std 1e-40 turns pixels into inf) stops
+    training with the step number, before any weight update; the previous checkpoint stays intact and `last` still
+    points at it; the CLI exits with status 3."""
+    out = tmp_path / 'run'
+    fit(_cfg(csv_root, out, epochs=1, batch_size=4))
+    last_before = os.path.realpath(out / 'last')
+    manifest_before = verify_checkpoint(last_before)
+    bad = {'pretrained_cfg_overlay': {'std': (1e-40, 1e-40, 1e-40)}}
+    with pytest.raises(NonFiniteLossError) as info:
+        fit(_cfg(csv_root, out, epochs=2, batch_size=4, resume='auto', model_kwargs=bad))
+    assert info.value.step == 3 and 'optimizer step 3' in str(info.value) and last_before in str(info.value)
+    assert os.path.realpath(out / 'last') == last_before
+    assert verify_checkpoint(last_before) == manifest_before
+    status = main(['--data', 'csv', '--root', csv_root, '--model', 'srdl_test_resnet', '--img-size', '64',
+                   '--epochs', '2', '--batch-size', '4', '--workers', '0', '--label-embeddings', 'none',
+                   '--output', str(out), '--resume', 'auto', '--no-progress',
+                   '--model-kwargs', "pretrained_cfg_overlay={'std': (1e-40, 1e-40, 1e-40)}"])
+    assert status == 3
+    assert 'optimizer step 3' in capsys.readouterr().err
+
+
+def test_oom_is_recognised_and_explained():
+    """A real allocator failure (CPU: an impossible 4 EiB allocation) is classified as out-of-memory, and the
+    message suggests a smaller batch with gradient accumulation (same global batch), AMP and a smaller input."""
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(1 << 62, dtype=torch.uint8)
+    assert _is_oom(info.value)
+    assert not _is_oom(RuntimeError('shape mismatch'))
+    cfg = resolve_config(TrainConfig(root='x', batch_size=16, model='srdl_test_resnet'))
+    text = _oom_message(cfg, torch.device('cuda'), 'epoch 1')
+    assert '--batch-size 8 --grad-accum-steps 2' in text and '--amp' in text and '--img-size' in text
