@@ -33,6 +33,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
@@ -275,6 +276,9 @@ def save_pretrained_dir(
             del model._model_args
         else:
             model._model_args = saved_args
+    # safetensors >= 0.8 writes through a private (0600) temporary file; give the weights config.json's permissions
+    # (the umask's), so a published folder is readable by whoever may read its config and card
+    os.chmod(folder / WEIGHTS_FILENAME, stat.S_IMODE((folder / 'config.json').stat().st_mode))
     config = read_json(folder / 'config.json', 'config.json')
     digest = sha256_file(folder / WEIGHTS_FILENAME)
     num_params = sum(p.numel() for p in model.parameters())

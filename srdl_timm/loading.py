@@ -384,6 +384,11 @@ def load_model(
         args = dict(config.get('model_args') or {})
         args.update(kwargs)
         state = load_state_dict(file)
+        held, said = state.get('classifier.bias'), (config.get('model_args') or {}).get('num_classes')
+        if held is not None and held.ndim == 1 and said is not None and said != held.shape[0]:
+            raise ModelLoadError(f'{file} holds weights for {held.shape[0]} classes (classifier.bias) but the model '
+                                 f'was asked for {said} by {where} (its num_classes): that config does not belong to '
+                                 'these weights; restore the config.json / train_config.json written with them')
         if num_classes is not None:
             if args.get('num_classes') is not None and args['num_classes'] != num_classes:
                 raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '

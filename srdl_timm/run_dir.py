@@ -9,7 +9,9 @@
   ends however it ends (SIGKILL included), so a killed run never leaves a stale lock behind;
 * a folder holding another run's files (``train_config.json``, ``model.safetensors``, ``checkpoints/``, ``last``,
   logs) is refused unless the run continues it (``--resume auto`` or a checkpoint inside it) or ``--overwrite`` is
-  given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted).
+  given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted). A folder
+  holding only ``train_config.json`` (a run that stopped before its first checkpoint, e.g. on a corrupt image)
+  has nothing to lose: the same command re-run after the fix starts over in it.
 """
 import csv
 import datetime
@@ -149,6 +151,12 @@ def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = F
     lock = RunLock(folder).acquire()
     try:
         previous = previous_run_files(folder)
+        if previous == [CONFIG_FILE] and not resume_here:
+            # a run that stopped before its first checkpoint (bad image, bad flag, Ctrl-C in epoch 1): it trained
+            # nothing that could be lost, so the same command, re-run after the fix, starts over
+            _logger.info('%s holds only the %s of a run that stopped before its first checkpoint; starting over',
+                         folder, CONFIG_FILE)
+            previous = []
         if previous and not resume_here:
             if not overwrite:
                 raise OutputDirError(

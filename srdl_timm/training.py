@@ -264,6 +264,15 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     global_batch = cfg.batch_size * world_size
     micro = len(train_ds) // global_batch
     micro -= micro % cfg.grad_accum_steps
+    fitting = len(train_ds) // (world_size * cfg.grad_accum_steps)
+    if micro == 0 and 'batch_size' not in cfg.explicit and not cfg.global_batch_size and fitting >= 2:
+        # the plain default batch (no --batch-size, no recipe) on a split smaller than one step: a batch that fits
+        # (>= 2 images for BatchNorm), recorded in train_config.json, so --resume recomputes the same one
+        _logger.warning('the training split has %d images, fewer than one step of the default --batch-size %d: '
+                        'training with --batch-size %d', len(train_ds), cfg.batch_size, fitting)
+        cfg.batch_size = fitting
+        global_batch = cfg.batch_size * world_size
+        micro = (len(train_ds) // global_batch) // cfg.grad_accum_steps * cfg.grad_accum_steps
     if micro == 0:
         raise InputError(f'the training split has {len(train_ds)} images, fewer than one optimizer step needs '
                          f'(batch size {cfg.batch_size} x {world_size} process(es) x {cfg.grad_accum_steps} '

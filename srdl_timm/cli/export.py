@@ -10,6 +10,7 @@ Examples::
     srdl-export --model hf-hub:org/srdl_resnet101.coco --onnx srdl.onnx --opset 18 --img-size 576 --dynamic-size
 """
 import argparse
+import os
 import sys
 import warnings
 from typing import List, Optional, Sequence, Tuple
@@ -60,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f'--opset must be >= {MIN_OPSET}, got {args.opset}')
     if min(args.check_batch_sizes) < 1:
         raise InputError(f'--check-batch-sizes must be >= 1, got {args.check_batch_sizes}')
+    for flag, path in (('--onnx', args.onnx), ('--torchscript', args.torchscript)):
+        if path and os.path.isdir(path):
+            raise InputError(f'{flag} {path} is a folder; give the file to write, e.g. {os.path.join(path, "srdl")}'
+                             + ('.onnx' if flag == '--onnx' else '.pt'))
     batch_sizes = [2] if args.no_dynamic_batch else args.check_batch_sizes  # a fixed batch is the export batch
     model = model_from_args(args)
     input_size = _input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))

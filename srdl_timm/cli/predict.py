@@ -22,6 +22,7 @@ Examples::
 """
 import argparse
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -165,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f'--erase-alpha must be in (0, 1), got {args.erase_alpha}')
     if args.explain_erase and not args.explain:
         raise InputError('--explain-erase needs --explain DIR')
+    if args.output and os.path.isdir(args.output):
+        raise InputError(f'--output {args.output} is a folder; give the file to write, e.g. '
+                         f'{os.path.join(args.output, "predictions." + ("txt" if args.format == "table" else args.format))}')
     model = model_from_args(args)
     num_classes = getattr(model, 'num_classes', 0)
     if not num_classes:

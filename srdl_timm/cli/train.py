@@ -16,6 +16,7 @@ checkpoint), 3 non-finite loss, 1 other failure of the run (see :func:`srdl_timm
 """
 import argparse
 import dataclasses
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help='OUTPUT holds another run: move its files to a sibling OUTPUT.old-<time> folder and start over '
                         '(without it such an OUTPUT is refused)')
     g.add_argument('--seed', type=int, default=42)
-    g.add_argument('-j', '--workers', type=int, default=4, help='data loader workers per process')
+    g.add_argument('-j', '--workers', type=int, default=min(4, os.cpu_count() or 1),
+                   help='data loader workers per process (default: 4, at most the CPU count)')
     g.add_argument('--device', default=None, help='cuda or cpu (default: cuda when available)')
     g.add_argument('--log-interval', type=int, default=50, help='optimizer steps between log lines')
     g.add_argument('--checkpoint-interval-steps', type=int, default=0,

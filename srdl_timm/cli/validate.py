@@ -96,6 +96,9 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
     if args.batch_size < 1:
         raise InputError(f'--batch-size must be >= 1, got {args.batch_size}')
+    if args.output and os.path.isdir(args.output):
+        raise InputError(f'--output {args.output} is a folder; give the JSON file to write, e.g. '
+                         f'{os.path.join(args.output, "val.json")}')
     device, rank, world = init_distributed_from_env(args.device)
     split = args.split or DEFAULT_SPLITS[args.data][1]
     options: Dict[str, Any] = dict(keep_empty=args.keep_empty, on_corrupt=args.on_corrupt)

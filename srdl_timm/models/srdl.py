@@ -19,6 +19,7 @@ import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from ..errors import InputError
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 from ._label_nodes import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes
@@ -198,12 +199,11 @@ class SRDL(nn.Module):
 
     def load_pretrained_backbone(self) -> None:
         """Load the backbone's ImageNet weights: offline ones shipped by a package where known, else timm's."""
-        from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone
+        from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone, timm_imagenet_backbone
         if self.backbone_name in OFFLINE_BACKBONES:
             load_pretrained_backbone(self.backbone, self.backbone_name)
             return
-        reference = timm.create_model(self.backbone_name, pretrained=True, num_classes=0, global_pool='',
-                                      in_chans=self.in_chans)
+        reference = timm_imagenet_backbone(self.backbone_name, self.in_chans)
         self.backbone.load_state_dict(reference.state_dict())
 
     # ------------------------------------------------------------------------------------------------------
@@ -383,14 +383,30 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
                 dropped.append(key)
                 continue
         out[key] = value
+    nodes = state_dict.get('label_graph.node_features')
+    if nodes is not None and nodes.ndim == 2 and nodes.shape[1] != model.embed_dim:
+        # not a class-count change: the node width is architecture (graph weights and CAR's f_w follow it)
+        raise InputError(
+            f'the checkpoint\'s label-graph nodes are {nodes.shape[1]}-d but the model was built with '
+            f'embed_dim={model.embed_dim}: pass embed_dim={nodes.shape[1]}, or load the weights with the config '
+            'beside them (srdl_timm.loading.load_model, or local-dir:/hf-hub: of a srdl-publish folder)')
+    bias = state_dict.get('classifier.bias')
+    cfg_classes = (getattr(model, 'pretrained_cfg', None) or {}).get('num_classes')
+    if bias is not None and bias.shape[0] == model.num_classes and cfg_classes not in (None, model.num_classes):
+        # timm's load_pretrained drops the classifier whenever num_classes != pretrained_cfg['num_classes']
+        _logger.warning(
+            'the weights hold a %d-class classifier, as asked (num_classes=%d), but the pretrained cfg says %d '
+            'classes, so timm re-initialises the classifier at random: to keep it, pass '
+            'pretrained_cfg_overlay=dict(file=..., num_classes=%d), or load with the config beside the weights '
+            '(srdl_timm.loading.load_model / local-dir:)', bias.shape[0], model.num_classes, cfg_classes,
+            model.num_classes)
     if dropped:
         _logger.info('Category head re-initialised; dropped from checkpoint: %s', ', '.join(dropped))
         if 'label_graph.node_features' in dropped and model.label_embeddings_source == 'random':
             _logger.warning(
                 'SRDL label-graph nodes initialised from a seeded random normal: num_classes=%d differs from the '
                 'checkpoint\'s %d classes and no label_embeddings were given. Pass label_embeddings= (word vectors '
-                'of the new label names) for meaningful nodes.', model.num_classes,
-                state_dict['label_graph.node_features'].shape[0])
+                'of the new label names) for meaningful nodes.', model.num_classes, nodes.shape[0])
     return out
 
 
