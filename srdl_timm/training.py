@@ -9,6 +9,7 @@ the rest. This module adds what exact resumption needs: a data stream that is a 
 """
 import contextlib
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
@@ -378,7 +379,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
     start = time.time()
     total = state.micro_batches_per_epoch
     bar = tqdm(total=total, initial=start_batch, desc=f'train {epoch + 1}/{cfg.epochs}', dynamic_ncols=True,
-               disable=not (cfg.progress and state.is_main), leave=False)
+               disable=not (cfg.progress and state.is_main and sys.stderr.isatty()), leave=False)
     state.optimizer.zero_grad(set_to_none=True)
     for batch_index, (images, targets) in enumerate(loader, start=start_batch):
         images = images.to(state.device, non_blocking=True)
