@@ -5,8 +5,19 @@ Table 3 measures every method at one input size (448 x 448) in ms per image. Her
 
     resnet101 (bare timm, its own linear head) | srdl (srdl_resnet101) | srdl_no_gcn | srdl_no_ca | srdl_no_sa
 
-and every mode/batch cell (inference at each ``--batch-size``; a training step -- forward, backward, optimizer
-step, with object erasing (OE) for SRDL rows that have SA -- at ``--train-batch-size``):
+(and, with ``--rows``, the peer heads of ``benchmarks/peer_heads.py`` on the same backbone: ``ml_decoder``,
+``csra``, ``ml_gcn``) and every mode/batch cell (inference at each ``--batch-size``; a training step -- forward,
+backward, optimizer step, with object erasing (OE) for SRDL rows that have SA -- at ``--train-batch-size``):
+
+* ``--method alternate`` (default on CPU): every row's model is built in this one process, and the timed
+  iterations alternate between the rows (one iteration of each in turn, the order rotated every iteration),
+  so the rows share the machine's state -- load from other jobs, caches, allocator, OpenMP threads -- as a
+  long-lived user process does. Each row's ratio to resnet101 is also given per alternation (the iteration
+  of the row over the resnet101 iteration next to it): median and quartiles of these paired ratios. Peak
+  memory is not attributable per row here (use ``--method fresh`` or benchmarks/memory.py);
+* ``--method fresh``: each cell (row, mode, batch) in a fresh subprocess, rows in turn, round after round
+  (``--rounds``); gives each row's peak memory on CPU. ``--method sequential`` (``--in-process``): cells one
+  after the other in this process (the CUDA default; peak memory from the CUDA allocator);
 
 * one input size for all rows, random inputs, ``--warmup`` untimed iterations, then ``--repeats`` timed ones;
 * CUDA: ``torch.cuda.Event`` timing of each iteration (optionally replayed from a CUDA graph, inference only);
@@ -14,8 +25,7 @@ step, with object erasing (OE) for SRDL rows that have SA -- at ``--train-batch-
   which ignores time the process waits for a core on a shared machine -- only meaningful with ``--threads 1``;
   or ``--clock process`` = ``time.process_time``, CPU time of all threads: the total work, with
   ``OMP_WAIT_POLICY=PASSIVE`` so idle OpenMP threads do not spin);
-* the median over repeats (and over ``--rounds`` -- rows are run in turn, round after round, so slow drifts of a
-  shared machine hit all rows alike);
+* the median over repeats (and over ``--rounds``);
 * peak memory: CUDA ``torch.cuda.max_memory_allocated`` over the timed iterations, less what was allocated
   before the model was built (so: weights, inputs, activations, optimizer state); CPU: each cell runs in a
   fresh subprocess, and the peak is the increase of the process's peak resident set (``VmHWM``,
@@ -27,7 +37,9 @@ Output: a markdown table on stdout, ``--json`` and ``--markdown`` files if given
 
 Examples::
 
-    python benchmarks/timing.py --device cpu --img-size 448 --batch-size 2 --threads 2
+    python benchmarks/timing.py --device cpu --img-size 448 --batch-size 1 2 8 --train-batch-size 2 --threads 2
+    python benchmarks/timing.py --device cpu --rows resnet101,srdl,ml_decoder,csra,ml_gcn --modes infer
+    python benchmarks/timing.py --device cpu --batch-size 2 --threads 2 --head-breakdown
     python benchmarks/timing.py --device cuda --precision bf16 --channels-last --batch-size 1 32 64 \\
         --train-batch-size 16 --json timing.json --markdown timing.md
 """
@@ -41,7 +53,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 ROWS: Dict[str, Dict[str, Any]] = {
     'resnet101': dict(model='resnet101', kwargs={}),
@@ -50,7 +62,11 @@ ROWS: Dict[str, Dict[str, Any]] = {
     'srdl_no_ca': dict(model='srdl_resnet101', kwargs=dict(use_ca=False)),
     'srdl_no_sa': dict(model='srdl_resnet101', kwargs=dict(use_sa=False)),
 }
+#: Peer heads on the same backbone (benchmarks/peer_heads.py); opt-in through ``--rows``.
+PEER_ROWS: Dict[str, Dict[str, Any]] = {name: dict(model='peer:' + name, kwargs={})
+                                        for name in ('ml_decoder', 'csra', 'ml_gcn')}
 BASELINE = 'resnet101'
+METHODS = ('alternate', 'fresh', 'sequential')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -64,7 +80,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--train-batch-size', type=int, default=None,
                    help='training-step batch size (default: 16 on CUDA, the largest --batch-size on CPU); 0 = skip')
     p.add_argument('--modes', default='infer,train', help='comma list of infer, train')
-    p.add_argument('--rows', default=','.join(ROWS), help=f'comma list of {", ".join(ROWS)}')
+    p.add_argument('--rows', default=','.join(ROWS),
+                   help=f'comma list of {", ".join(list(ROWS) + list(PEER_ROWS))}')
+    p.add_argument('--method', choices=METHODS, default=None,
+                   help='alternate: all rows in this process, iterations alternating (CPU default); fresh: a '
+                        'subprocess per cell (CPU peak memory); sequential: cells in turn here (CUDA default)')
     p.add_argument('--num-classes', type=int, default=80)
     p.add_argument('--precision', choices=('fp32', 'bf16', 'fp16'), default='fp32',
                    help='inference: model and input cast to this dtype; training: autocast to it, fp32 weights')
@@ -83,10 +103,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None, help='write results as JSON here')
     p.add_argument('--markdown', default=None, help='write the markdown table here')
-    p.add_argument('--in-process', action='store_true',
-                   help='CPU: run cells in this process (faster; peak memory then not reported)')
+    p.add_argument('--in-process', action='store_true', help='same as --method sequential')
     p.add_argument('--head-breakdown', action='store_true',
-                   help="instead of the table: time each piece of SRDL's head (inference, first --batch-size)")
+                   help="instead of the table: time each piece of SRDL's head (inference, first --batch-size) "
+                        'and the floor of eqs. 5-6 at the peak measured on this machine (benchmarks/head_floor.py)')
     p.add_argument('--cell', default=None, help=argparse.SUPPRESS)  # internal: run one CPU cell, print JSON
     args = p.parse_args(argv)
     return args
@@ -109,9 +129,13 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit('--cuda-graphs needs --device cuda')
     if args.clock != 'wall' and cuda:
         raise SystemExit(f'--clock {args.clock} is for CPU timing')
-    unknown = [r for r in args.rows.split(',') if r not in ROWS]
+    unknown = [r for r in args.rows.split(',') if r not in ROWS and r not in PEER_ROWS]
     if unknown:
-        raise SystemExit(f'unknown rows {unknown}; choose from {list(ROWS)}')
+        raise SystemExit(f'unknown rows {unknown}; choose from {list(ROWS) + list(PEER_ROWS)}')
+    if args.method is None:
+        args.method = 'sequential' if (cuda or args.in_process) else 'alternate'
+    elif args.in_process and args.method != 'sequential':
+        raise SystemExit('--in-process is --method sequential; drop one of them')
     return args
 
 
@@ -163,7 +187,9 @@ def build_model(row: str, num_classes: int, attention_impl: str):
     import numpy as np
     import timm
     import srdl_timm  # noqa: F401  (registers the srdl_* models)
-    spec = ROWS[row]
+    spec = ROWS.get(row) or PEER_ROWS[row]
+    if spec['model'].startswith('peer:'):
+        return _peer_heads().create_peer_model(spec['model'][5:], backbone='resnet101', num_classes=num_classes)
     if spec['model'] == 'resnet101':
         return timm.create_model('resnet101', num_classes=num_classes)
     embeddings = np.random.default_rng(0).standard_normal((num_classes, 300)).astype('float32')
@@ -176,25 +202,23 @@ def _dtype(precision: str):
     return {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}[precision]
 
 
-def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: Optional[str] = None
-             ) -> Dict[str, Any]:
-    """Build ``row``'s model, run ``mode`` at ``batch``: warm-up, timed repeats, peak memory.
+def _peer_heads():
+    """benchmarks/peer_heads.py (H5's peer heads), whether this file runs as a script or as benchmarks.timing."""
+    try:
+        from benchmarks import peer_heads
+    except ImportError:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import peer_heads
+    return peer_heads
 
-    ``label`` names the result row (default ``row``), e.g. for a variant run with other settings.
-    """
+
+def prepare_cell(args: argparse.Namespace, row: str, mode: str, batch: int) -> Tuple[Callable[[], None], Dict]:
+    """Build ``row``'s model and inputs for ``mode`` at ``batch``; returns ``(step, info)`` where ``step()`` runs
+    one iteration (inference, or a training step: forward, loss, backward, SGD step)."""
     import torch
     from srdl_timm.ops import select_impl
     device = torch.device(args.device)
-    cuda = device.type == 'cuda'
     torch.manual_seed(args.seed)
-    gc.collect()
-    if cuda:
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        base_alloc = torch.cuda.memory_allocated(device)
-    else:
-        rss0 = _proc_status_kib('VmRSS')
-        _reset_peak_rss()
     model = build_model(row, args.num_classes, args.attention_impl)
     dtype = _dtype(args.precision)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -202,6 +226,8 @@ def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: O
     info: Dict[str, Any] = {}
     if hasattr(model, 'set_attention_impl'):
         info['attention_impl'] = select_impl(args.attention_impl, device) if args.compile == 'off' else 'compiled'
+        if info['attention_impl'] == 'chunked' and args.attention_impl == 'auto' and device.type == 'cpu':
+            info['attention_impl'] = 'auto-cpu'  # measured per shape at first use; see _auto_note
     if mode == 'infer':
         model = model.to(device=device, memory_format=memory_format).eval()
         if dtype != torch.float32:
@@ -223,7 +249,8 @@ def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: O
         oe = hasattr(model, 'set_object_erasing') and getattr(model, 'use_sa', False)
         if oe:
             model.set_object_erasing(True)
-        info['object_erasing'] = bool(oe)
+        if hasattr(model, 'set_attention_impl'):
+            info['object_erasing'] = bool(oe)
         if args.compile == 'on':
             model = torch.compile(model, mode=args.compile_mode)
         x = x.contiguous(memory_format=memory_format)
@@ -239,6 +266,36 @@ def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: O
             loss.backward()
             optimizer.step()
 
+    return step, info
+
+
+def _auto_note() -> str:
+    """What 'auto' chose on CPU in this process (the compiled-vs-chunked measurements), for the notes column."""
+    from srdl_timm.ops import compiled_category_attention as cca
+    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in cca.auto_decisions().items()})
+    if not picks:
+        return 'chunked' if cca.available() else f'chunked (compiled off: {cca.unavailable_reason()})'
+    return '/'.join(picks)
+
+
+def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: Optional[str] = None
+             ) -> Dict[str, Any]:
+    """Build ``row``'s model, run ``mode`` at ``batch``: warm-up, timed repeats, peak memory.
+
+    ``label`` names the result row (default ``row``), e.g. for a variant run with other settings.
+    """
+    import torch
+    device = torch.device(args.device)
+    cuda = device.type == 'cuda'
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        base_alloc = torch.cuda.memory_allocated(device)
+    else:
+        rss0 = _proc_status_kib('VmRSS')
+        _reset_peak_rss()
+    step, info = prepare_cell(args, row, mode, batch)
     for _ in range(args.warmup):
         step()
     if cuda:  # steady-state peak: the timed iterations (compilation and autotuning excluded)
@@ -249,8 +306,36 @@ def run_cell(args: argparse.Namespace, row: str, mode: str, batch: int, label: O
         peak = torch.cuda.max_memory_allocated(device) - base_alloc
     else:
         peak = (_proc_status_kib('VmHWM') - rss0) * 1024
+    if info.get('attention_impl') == 'auto-cpu':
+        info['attention_impl'] = _auto_note()
     label = row if label is None else label
     return dict(row=label, mode=mode, batch=batch, times_ms=times, peak_bytes=peak, **info)
+
+
+def run_alternating(args: argparse.Namespace, rows: Sequence[str], mode: str, batch: int) -> List[Dict[str, Any]]:
+    """All ``rows`` built in this process; ``--warmup`` iterations of each, then ``--rounds * --repeats`` timed
+    iterations in which every row runs once, in an order rotated each time. ``times_ms[i]`` of every row
+    belong to the same alternation ``i`` (see :func:`summarize`'s paired ratios)."""
+    import torch
+    device = torch.device(args.device)
+    prepared = {row: prepare_cell(args, row, mode, batch) for row in rows}
+    for _ in range(args.warmup):
+        for row in rows:
+            prepared[row][0]()
+    times: Dict[str, List[float]] = {row: [] for row in rows}
+    for i in range(args.rounds * args.repeats):
+        order = list(rows[i % len(rows):]) + list(rows[:i % len(rows)])
+        for row in order:
+            times[row] += time_it(prepared[row][0], device, 0, 1, args.clock)
+        print(f'  [{i}] ' + ' '.join(f'{row} {times[row][-1]:.1f}' for row in rows), file=sys.stderr, flush=True)
+    cells = []
+    for row in rows:
+        info = dict(prepared[row][1])
+        if info.get('attention_impl') == 'auto-cpu':
+            info['attention_impl'] = _auto_note()
+        cells.append(dict(row=row, mode=mode, batch=batch, times_ms=times[row], peak_bytes=None, paired=True,
+                          **info))
+    return cells
 
 
 def _reset_peak_rss() -> None:
@@ -298,54 +383,6 @@ def time_it(step: Callable[[], None], device, warmup: int, repeats: int, clock: 
     return times
 
 
-def head_breakdown(args: argparse.Namespace, batch: int) -> List[Dict[str, Any]]:
-    """Median time of each piece of SRDL's head in inference, on a random ``[B, d, h, w]`` feature map.
-
-    Pieces: label graph + ``f_w`` (eq. 3), ``f_sa`` (the ``B*P*d*d`` linear), eq. 5's inner sum (the
-    ``B*C*P*d`` tanh sum, ``spatial_attention_logits``), eq. 4 (``f_ca``, tanh, ``f_c`` -- the ``B*C*d*d``
-    linear -- sigmoid), eq. 6 + GMP (``attention_max_pool``), the classifier (eq. 2); plus the whole
-    ``forward_head`` and, for scale, resnet101's ``forward_head`` and ``forward_features``.
-    """
-    import torch
-    import timm
-    from srdl_timm.ops import category_attention as K
-    device = torch.device(args.device)
-    dtype = _dtype(args.precision)
-    model = build_model('srdl', args.num_classes, args.attention_impl).to(device=device, dtype=dtype).eval()
-    resnet = timm.create_model('resnet101', num_classes=args.num_classes).to(device=device, dtype=dtype).eval()
-    side = args.img_size // 32
-    fmap = torch.randn(batch, model.num_features, side, side, device=device, dtype=dtype).relu_()
-    image = torch.randn(batch, 3, args.img_size, args.img_size, device=device, dtype=dtype)
-    car = model.car
-    impl = args.attention_impl
-    with torch.inference_mode():
-        feat = fmap.flatten(2).transpose(1, 2)
-        nodes = model.label_graph()
-        emb = car.f_w(nodes.to(dtype))
-        proj = car.f_sa(feat)
-        w = car.f_s.weight.view(-1)
-        sa = car.spatial_attention(feat, emb)
-        ca = car.channel_attention(feat.amax(dim=1), emb)
-        pooled = car.pool(feat, sa, ca)
-        pieces = [
-            ('label graph + f_w', lambda: car.f_w(model.label_graph().to(dtype))),
-            ('f_sa (B*P*d*d linear)', lambda: car.f_sa(feat)),
-            ('eq. 5 tanh sum (B*C*P*d)', lambda: K.spatial_attention_logits(proj, emb, w, impl=impl)),
-            ('eq. 4 CA (f_ca, f_c: B*C*d*d)', lambda: car.channel_attention(feat.amax(dim=1), emb)),
-            ('eq. 6 + GMP (B*C*P*d)', lambda: K.attention_max_pool(feat, sa, ca, car.sa_weight, car.ca_weight,
-                                                                   impl=impl)),
-            ('classifier (eq. 2)', lambda: model.classifier(pooled)),
-            ('SRDL forward_head (all)', lambda: model.forward_head(fmap)),
-            ('resnet101 forward_head', lambda: resnet.forward_head(fmap)),
-            ('resnet101 forward_features', lambda: resnet.forward_features(image)),
-        ]
-        out = []
-        for name, fn in pieces:
-            times = time_it(fn, device, args.warmup, args.repeats, args.clock)
-            out.append(dict(piece=name, ms=statistics.median(times), ms_min=min(times)))
-    return out
-
-
 def _cell_in_subprocess(args: argparse.Namespace, argv: Sequence[str], row: str, mode: str, batch: int
                         ) -> Dict[str, Any]:
     cmd = [sys.executable, os.path.abspath(__file__), *argv, '--cell', json.dumps([row, mode, batch])]
@@ -378,6 +415,11 @@ def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         base = pooled.get((BASELINE + variant, entry['mode'], entry['batch'])) \
             or pooled.get((BASELINE, entry['mode'], entry['batch']))
         entry['time_ratio'] = entry['ms'] / base['ms'] if base else None
+        entry['paired_ratio'] = None
+        if base and entry.get('paired') and base.get('paired') and len(base['times_ms']) == len(entry['times_ms']):
+            ratios = sorted(t / b for t, b in zip(entry['times_ms'], base['times_ms']))
+            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+            entry['paired_ratio'] = dict(median=statistics.median(ratios), p25=q[0], p75=q[2], n=len(ratios))
         entry['mem_ratio'] = (entry['peak_mib'] / base['peak_mib']
                               if base and entry['peak_mib'] and base['peak_mib'] else None)
     return results
@@ -390,25 +432,28 @@ def markdown(results: List[Dict[str, Any]], env: Dict[str, Any], args: argparse.
         f"{hw}; torch {env['torch']}, timm {env['timm']}, triton {env.get('triton')}; {env['date']}",
         f"{args.img_size}x{args.img_size}, {args.precision}, channels_last={args.channels_last}, "
         f"compile={args.compile}, cuda_graphs={args.cuda_graphs}, threads={env['threads']}, clock={args.clock}, "
-        f"warmup={args.warmup}, repeats={args.repeats} x rounds={args.rounds} (median)",
+        f"warmup={args.warmup}, repeats={args.repeats} x rounds={args.rounds} (median), method={args.method}, "
+        f"load average {' '.join(f'{x:.1f}' for x in env.get('loadavg', ()))}",
         '',
-        '| model | mode | batch | ms (median) | ms (min) | img/s | peak MiB | time / resnet101 | memory / resnet101 '
-        '| notes |',
-        '|---|---|---|---|---|---|---|---|---|---|',
+        '| model | mode | batch | ms (median) | ms (min) | img/s | peak MiB | time / resnet101 '
+        '| paired ratio median [p25, p75] | memory / resnet101 | notes |',
+        '|---|---|---|---|---|---|---|---|---|---|---|',
     ]
-    order = {r: i for i, r in enumerate(ROWS)}
+    order = {r: i for i, r in enumerate(list(ROWS) + list(PEER_ROWS))}
     for e in sorted(results, key=lambda e: (e['mode'] != 'infer', e['batch'], order.get(e['row'], len(order)),
                                             e['row'])):
         notes = []
         if 'attention_impl' in e:
             notes.append(f"attn={e['attention_impl']}")
-        if e['mode'] == 'train' and e['row'] != BASELINE:
+        if e['mode'] == 'train' and 'object_erasing' in e:
             notes.append('OE' if e.get('object_erasing') else 'no OE')
         peak = '-' if e['peak_mib'] is None else f"{e['peak_mib']:.0f}"
         ratio = '-' if e['time_ratio'] is None else f"{e['time_ratio']:.3f}"
         mem = '-' if e['mem_ratio'] is None else f"{e['mem_ratio']:.2f}"
+        pr = e.get('paired_ratio')
+        paired = '-' if not pr else f"{pr['median']:.3f} [{pr['p25']:.3f}, {pr['p75']:.3f}]"
         lines.append(f"| {e['row']} | {e['mode']} | {e['batch']} | {e['ms']:.1f} | {e['ms_min']:.1f} | "
-                     f"{e['img_per_s']:.1f} | {peak} | {ratio} | {mem} | {', '.join(notes)} |")
+                     f"{e['img_per_s']:.1f} | {peak} | {ratio} | {paired} | {mem} | {', '.join(notes)} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -424,26 +469,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
         print(json.dumps(run_cell(args, row, mode, batch)))
         return []
     if args.head_breakdown:
-        env = environment(args.device)
-        pieces = head_breakdown(args, args.batch_size[0])
-        head = next(p['ms'] for p in pieces if p['piece'].startswith('SRDL forward_head'))
-        backbone = next(p['ms'] for p in pieces if p['piece'] == 'resnet101 forward_features')
-        lines = [f"{env.get('gpu') or env['cpu']}; torch {env['torch']}; {env['date']}; threads {env['threads']}, "
-                 f"clock {args.clock}, {args.precision}, batch {args.batch_size[0]}, {args.img_size} px, "
-                 f"attention {args.attention_impl}", '',
-                 '| piece | ms (median) | ms (min) | % of resnet101 forward_features |', '|---|---|---|---|']
-        for p in pieces:
-            lines.append(f"| {p['piece']} | {p['ms']:.2f} | {p['ms_min']:.2f} | {100 * p['ms'] / backbone:.1f} |")
-        lines.append(f"\nSRDL head / resnet101 features: {head / backbone:.3f}")
-        table = '\n'.join(lines) + '\n'
-        print(table)
-        if args.markdown:
-            with open(args.markdown, 'w') as f:
-                f.write(table)
-        if args.json:
-            with open(args.json, 'w') as f:
-                json.dump(dict(env=env, args=vars(args), pieces=pieces), f, indent=1)
-        return pieces
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from head_floor import head_breakdown_main  # benchmarks/head_floor.py (beside this file)
+        return head_breakdown_main(args)
     rows = args.rows.split(',')
     modes = [m for m in args.modes.split(',') if m]
     cells_spec = []
@@ -454,10 +482,18 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
             cells_spec += [(r, 'train', args.train_batch_size) for r in rows]
         elif mode not in ('infer', 'train'):
             raise SystemExit(f'unknown mode {mode!r}')
-    subprocess_cells = args.device == 'cpu' and not args.in_process
-    child_argv = [a for a in argv]
     cells: List[Dict[str, Any]] = []
-    for rnd in range(args.rounds):
+    if args.method == 'alternate':
+        groups: Dict[tuple, List[str]] = {}
+        for row, mode, batch in cells_spec:
+            groups.setdefault((mode, batch), []).append(row)
+        for (mode, batch), group in groups.items():
+            print(f'{mode} b{batch}: {", ".join(group)} alternating', file=sys.stderr, flush=True)
+            cells += run_alternating(args, group, mode, batch)
+            gc.collect()
+    subprocess_cells = args.device == 'cpu' and args.method == 'fresh'
+    child_argv = [a for a in argv]
+    for rnd in range(args.rounds if args.method != 'alternate' else 0):
         for row, mode, batch in cells_spec:
             if subprocess_cells:
                 cell = _cell_in_subprocess(args, child_argv, row, mode, batch)
