@@ -1,11 +1,13 @@
-"""Tests of ``srdl-benchmark`` (srdl_timm.benchmark) and of the weights it shipped.
+"""Tests of the offline benchmark harness (``benchmarks/offline``, ``benchmarks/run_offline.py``) and of the weights
+it shipped.
 
 Everything runs on the CPU on tiny real data: Fashion Scenes built from the installed Fashion-MNIST, and
-COCO/VOC-format folders written by ``tests/datasets.py``.
+COCO/VOC-format folders written by ``tests/fixtures_data.py``.
 """
 import json
 import math
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -15,11 +17,15 @@ import torch.nn as nn
 from PIL import Image
 
 import srdl_timm  # noqa: F401  (registers srdl_* with timm)
-from srdl_timm import benchmark as bm
 from srdl_timm.loss import masked_bce_with_logits
 from srdl_timm.metrics import average_precision
 
 from fixtures_data import write_coco, write_voc
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import benchmarks.offline as bm  # noqa: E402
+from benchmarks.offline.runs import _fit_config  # noqa: E402
+from benchmarks.run_offline import main as benchmark_main  # noqa: E402
 
 FASHION_MNIST = '/usr/share/datasets/fashion-mnist'
 needs_fashion_mnist = pytest.mark.skipif(
@@ -36,6 +42,15 @@ def _restore_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def _load_manifest(path=None):
+    """The weights manifest reader (srdl_timm.models._pretrained; formerly srdl_timm.hub)."""
+    try:
+        from srdl_timm.models._pretrained import load_manifest
+    except ImportError:
+        from srdl_timm.hub import load_manifest
+    return load_manifest(path)
 
 
 def _small_srdl(oe: bool = True) -> nn.Module:
@@ -97,6 +112,39 @@ def test_frozen_trunk_step_equals_full_model_step():
         else:
             torch.testing.assert_close(gc, gf, rtol=1e-4, atol=1e-6)
     assert all(not p.requires_grad for p in split.trunk_parameters())
+
+
+def test_peer_model_splits_like_srdl_and_keeps_its_frozen_parameters():
+    """A peer head on the same backbone splits into the same trunk; freezing the trunk leaves ML-Decoder's fixed
+    queries frozen (not trained) and everything else in the tail and head trainable."""
+    from benchmarks.peer_heads import create_peer_model
+    model = create_peer_model('ml_decoder', 'tf_efficientnet_lite0', 4)
+    split = bm.FrozenTrunk(model, train_stages=2)
+    split.freeze()
+    trainable = {id(p) for p in split.trainable_parameters()}
+    assert id(model.head.query_embed.weight) not in trainable and not model.head.query_embed.weight.requires_grad
+    assert id(model.head.embed_standart.weight) in trainable
+    assert all(id(p) not in trainable for p in split.trunk_parameters())
+
+
+def test_era_scope_row_trains_with_the_erased_only_loss():
+    """The car_oe_erased row is OE with SRDLLoss(era_scope='erased'); the trainer's L_era is that loss's term (it
+    differs from the default scope's on the same data, seed and model init)."""
+    from srdl_timm.loss import SRDLLoss
+    assert bm.ROWS['car_oe_erased'].oe and bm.ROWS['car_oe_erased'].era_scope == 'erased'
+    x, y = torch.randn(16, 3, 64, 64), (torch.rand(16, 5) > 0.6).float()
+    loss_era = {}
+    for scope in ('all', 'erased'):
+        torch.manual_seed(0)
+        model = _small_srdl(oe=True)
+        split = bm.FrozenTrunk(model, train_stages=1)
+        with torch.no_grad():
+            cached = split.trunk(x)
+        loss_fn = SRDLLoss(era_scope=scope, topk=model.object_eraser.topk if scope == 'erased' else None)
+        history = bm.train_frozen_trunk(split, cached, y, epochs=1, batch_size=8, lr=1e-3, weight_decay=0.0,
+                                        warmup_epochs=0.0, seed=0, erasing=True, loss_fn=loss_fn)
+        loss_era[scope] = history[0]['loss_era']
+    assert all(math.isfinite(v) for v in loss_era.values()) and loss_era['all'] != loss_era['erased']
 
 
 def test_train_frozen_trunk_updates_only_the_trained_part():
@@ -190,8 +238,8 @@ def test_summarize_and_table():
     stat = bm.summarize([60.0, 62.0, 64.0])
     assert stat['mean'] == 62.0 and stat['std'] == pytest.approx(2.0) and stat['n'] == 3
     assert bm.summarize([5.0])['std'] == 0.0
-    metrics = {m: bm.summarize([50.0, 52.0]) for m in bm._SCALAR_METRICS}
-    better = {m: bm.summarize([55.0, 57.0]) for m in bm._SCALAR_METRICS}
+    metrics = {m: bm.summarize([50.0, 52.0]) for m in bm.SCALAR_METRICS}
+    better = {m: bm.summarize([55.0, 57.0]) for m in bm.SCALAR_METRICS}
     table = {'baseline': {'name': bm.ROWS['baseline'].name, 'metrics': metrics},
              'car_oe': {'name': bm.ROWS['car_oe'].name, 'metrics': better}}
     text = bm.format_table(table)
@@ -211,19 +259,27 @@ def test_config_validation():
     cfg = bm.BenchmarkConfig(data='voc', root='/x').resolved()
     assert cfg.mode == 'paper' and cfg.trainer == 'fit' and cfg.seeds == (0,)
     quick = bm.BenchmarkConfig().resolved()
-    assert quick.trainer == 'frozen-trunk' and quick.rows == bm.ROW_ORDER and len(quick.seeds) >= 2
+    assert quick.trainer == 'frozen-trunk' and quick.rows == bm.SRDL_ROWS + bm.PEER_ROWS and len(quick.seeds) >= 2
+    faithful = bm.BenchmarkConfig(mode='faithful').resolved()
+    assert len(faithful.seeds) >= 3 and len(faithful.dataset_seeds) >= 2 and faithful.train_stages >= 1
+    assert set(bm.SRDL_ROWS + bm.PEER_ROWS) <= set(faithful.rows)
+    with pytest.raises(ValueError, match='peer rows'):
+        bm.BenchmarkConfig(mode='full', rows=('car', 'csra')).resolved()
 
 
 def test_full_mode_trains_end_to_end_with_fit(tmp_path):
     """--full trains every row from pixels with srdl_timm.train.fit: the TrainConfig it builds resolves (Adam,
     cosine, paper augmentation, 224 px, ImageNet backbone, the row's switches and OE settings)."""
-    from srdl_timm.train import resolve_config
+    try:
+        from srdl_timm.train_config import resolve_config
+    except ImportError:
+        from srdl_timm.train import resolve_config
     cfg = bm.BenchmarkConfig(mode='full', root=str(tmp_path)).resolved()
     assert cfg.trainer == 'fit' and cfg.preset == 'full' and cfg.img_size == 224
     spec = bm.DataSpec('fashion-scenes', 'coco-json', str(tmp_path), 'train', 'val', 'test', ['a', 'b'], {})
-    ctx = bm._Context.__new__(bm._Context)
+    ctx = bm.Context.__new__(bm.Context)
     ctx.cfg, ctx.spec, ctx.device = cfg, spec, torch.device('cpu')
-    train_cfg = resolve_config(bm._fit_config(ctx, bm.ROWS['car_no_ca'], 2, 4, 0.3, tmp_path / 'run'))
+    train_cfg = resolve_config(_fit_config(ctx, bm.ROWS['car_no_ca'], 2, 4, 0.3, tmp_path / 'run'))
     assert (train_cfg.opt, train_cfg.sched, train_cfg.aug, train_cfg.img_size) == ('adam', 'cosine', 'paper', 224)
     assert train_cfg.pretrained_backbone and train_cfg.data == 'coco-json' and train_cfg.seed == 2
     assert (train_cfg.use_gcn, train_cfg.use_ca, train_cfg.use_sa, train_cfg.oe) == (True, False, True, False)
@@ -267,20 +323,22 @@ def _check_report(out, expected_rows, num_runs):
 
 @needs_fashion_mnist
 def test_cli_smoke_tiny_fashion_scenes(tmp_path, capsys):
-    """srdl-benchmark on the tiny preset (1 seed, 1 epoch, 2 rows, a 2-point sweep, overlays, export and
+    """benchmarks/run_offline.py on the tiny preset (1 seed, 1 epoch, 2 rows, a 2-point sweep, overlays, export and
     registration into a scratch manifest) writes well-formed JSON, markdown, PNG figures and a loadable folder."""
     out = tmp_path / 'out'
     manifest = tmp_path / 'weights' / 'manifest.json'
-    status = bm.main([
-        '--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--rows', 'baseline,car_oe', '--seeds', '0',
+    status = benchmark_main([
+        '--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--rows', 'baseline,car_oe,csra', '--seeds', '0',
         '--epochs', '1', '--batch-size', '4', '--sweeps', '--sweep-topk', '1', '3', '--sweep-alpha', '0.3',
         '--overlays', '2', '--bootstrap', '20', '--output', str(out), '--export', str(tmp_path / 'export'),
         '--register', 'tiny_test', '--manifest', str(manifest), '--threads', '1', '--log-level', 'WARNING'])
     assert status == 0
     printed = capsys.readouterr().out
     assert '| Line | Method' in printed and 'total wall time' in printed
-    # table runs (2) + sweep runs (top-1; top-3 alpha 0.5 is the table run; alpha 0.3)
-    report = _check_report(out, ['baseline', 'car_oe'], num_runs=4)
+    # table runs (3) + sweep runs (top-1; top-3 alpha 0.5 is the table run; alpha 0.3)
+    report = _check_report(out, ['baseline', 'car_oe', 'csra'], num_runs=5)
+    assert [(c['a'], c['b']) for c in report['comparisons']] == [('car_oe', 'baseline'), ('car_oe', 'csra')]
+    assert 'Per-class AP' in (out / 'results.md').read_text()
     sweeps = report['sweeps']
     assert [p['oe_topk'] for p in sweeps['topk']] == [1, 3] and [p['oe_alpha'] for p in sweeps['alpha']] == [0.3]
     assert report['comparisons'][0]['interpolated']['resamples'] == 20
@@ -293,12 +351,12 @@ def test_cli_smoke_tiny_fashion_scenes(tmp_path, capsys):
     # exported folder + scratch manifest entry
     export = report['export']
     assert sorted(os.listdir(tmp_path / 'export')) == ['README.md', 'config.json', 'model.safetensors']
-    from srdl_timm.hub import load_manifest, sha256_file
-    entry = load_manifest(manifest)['weights'][0]
+    from srdl_timm.utils import sha256_file
+    entry = _load_manifest(manifest)['weights'][0]
     assert entry['tag'] == 'tiny_test' and entry['sha256'] == export['sha256']
     assert sha256_file(manifest.parent / entry['file']) == export['sha256']
     assert entry['metrics']['protocol']['split'] == 'test'
-    assert entry['recipe'].startswith('srdl-benchmark ')
+    assert entry['recipe'].startswith('python benchmarks/run_offline.py ')
 
 
 def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
@@ -308,7 +366,7 @@ def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
     write_coco(root, split='train', num_images=8, seed=1, class_pool=[1, 2, 3, 62, 44])
     val = write_coco(root, split='val', num_images=6, seed=2, class_pool=[1, 2, 3, 62, 44])
     out = tmp_path / 'out'
-    status = bm.main(['--data', 'coco', '--root', str(root), '--rows', 'baseline', 'car_oe', '--epochs', '1',
+    status = benchmark_main(['--data', 'coco', '--root', str(root), '--rows', 'baseline', 'car_oe', '--epochs', '1',
                       '--batch-size', '2', '--img-size', '64', '--overlays', '1', '--bootstrap', '5', '--workers', '0',
                       '--output', str(out), '--threads', '1', '--log-level', 'WARNING'])
     assert status == 0
@@ -328,7 +386,7 @@ def test_cli_voc_path_ignores_difficult_in_evaluation(tmp_path):
     """--data voc trains on trainval with fit and evaluates on VOC2007 test with difficult-only labels ignored."""
     info = write_voc(tmp_path / 'voc', splits={'trainval': 6, 'test': 5}, seed=3)
     out = tmp_path / 'out'
-    status = bm.main(['--data', 'voc', '--root', str(tmp_path / 'voc'), '--rows', 'car', '--epochs', '1',
+    status = benchmark_main(['--data', 'voc', '--root', str(tmp_path / 'voc'), '--rows', 'car', '--epochs', '1',
                       '--batch-size', '2', '--img-size', '64', '--overlays', '0', '--bootstrap', '0', '--workers', '0',
                       '--output', str(out), '--threads', '1', '--log-level', 'WARNING'])
     assert status == 0
@@ -342,9 +400,9 @@ def test_cli_voc_path_ignores_difficult_in_evaluation(tmp_path):
 
 def test_cli_rejects_bad_input(tmp_path, capsys):
     """Bad input ends with exit status 2 and a message, before anything is trained."""
-    assert bm.main(['--rows', 'nope', '--output', str(tmp_path / 'o')]) == 2
+    assert benchmark_main(['--rows', 'nope', '--output', str(tmp_path / 'o')]) == 2
     assert 'rows' in capsys.readouterr().err
-    assert bm.main(['--data', 'coco', '--output', str(tmp_path / 'o')]) == 2
+    assert benchmark_main(['--data', 'coco', '--output', str(tmp_path / 'o')]) == 2
     assert '--root' in capsys.readouterr().err
 
 
@@ -366,10 +424,9 @@ def test_shipped_weights_load_offline_and_beat_chance(tmp_path, monkeypatch):
     above chance."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
     from srdl_timm.data import create_dataset, create_loader, create_transform
-    from srdl_timm.data.fashion_scenes import FASHION_SCENES_CLASSES, build_fashion_scenes
-    from srdl_timm.hub import load_manifest
+    from benchmarks.fashion_scenes import FASHION_SCENES_CLASSES, build_fashion_scenes
     assert SHIPPED_TAG in timm.list_pretrained('srdl_*'), 'weights/manifest.json lists no shipped Fashion Scenes weights'
-    entry = next(e for e in load_manifest()['weights'] if f"{e['architecture']}.{e['tag']}" == SHIPPED_TAG)
+    entry = next(e for e in _load_manifest()['weights'] if f"{e['architecture']}.{e['tag']}" == SHIPPED_TAG)
     assert entry['size_bytes'] < 20e6 and entry['file'] and entry['hf_hub_id'] is None
     model = timm.create_model(SHIPPED_TAG, pretrained=True).eval()
     assert list(model.label_names) == list(FASHION_SCENES_CLASSES)

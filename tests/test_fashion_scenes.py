@@ -1,4 +1,4 @@
-"""Tests of the Fashion Scenes builder (srdl_timm/data/fashion_scenes.py) on the tiny preset, real data only.
+"""Tests of the Fashion Scenes builder (benchmarks/fashion_scenes/) on the tiny preset, real data only.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_fashion_scenes.py
 Tests that need Fashion-MNIST are skipped (with the install command) where it is not installed.
@@ -8,14 +8,16 @@ import hashlib
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from srdl_timm.data import fashion_scenes as fs
-from srdl_timm.data.fashion_scenes import (
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+import benchmarks.fashion_scenes as fs  # noqa: E402
+from benchmarks.fashion_scenes import (  # noqa: E402
     FASHION_SCENES_CLASSES, LABEL_MODEL, build_fashion_scenes, cooccurrence_counts, load_fashion_mnist,
     render_scene, resolve_params, sample_label_sets, scene_label_sets,
 )
@@ -316,12 +318,12 @@ def test_reuse_partial_detection_and_protection(tmp_path, caplog):
         build_fashion_scenes(mine, **TINY)
     assert (mine / 'annotations' / 'train.json').exists()
 
-    stale = tmp_path / f'{fs._PARTIAL_PREFIX}fresh-abc'
+    stale = tmp_path / f'{fs.sources._PARTIAL_PREFIX}fresh-abc'
     (stale / 'images').mkdir(parents=True)
-    (stale / fs._PID_FILE).write_text('999999999')  # no such process
+    (stale / fs.sources._PID_FILE).write_text('999999999')  # no such process
     build_fashion_scenes(tmp_path / 'fresh', seed=3, **TINY)
     assert not stale.exists()
-    assert not list(tmp_path.glob(f'{fs._PARTIAL_PREFIX}*'))
+    assert not list(tmp_path.glob(f'{fs.sources._PARTIAL_PREFIX}*'))
 
 
 @needs_fmnist

@@ -58,3 +58,40 @@ def test_shape_mismatch_is_reported():
     """Logits and targets of different shapes raise ValueError with both shapes."""
     with pytest.raises(ValueError, match=r'\(2, 3\).*\(2, 4\)'):
         masked_bce_with_logits(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_era_scope_erased_covers_only_the_top_k_classes():
+    """era_scope='erased': L_era is the BCE over the B*K entries of the top-K classes of the detached original
+    logits (the selection the model's OE uses); 'all' (default) is the BCE over all B*C erased-pass entries."""
+    logits = torch.tensor([[2.0, -1.0, 0.5, 3.0], [0.0, 1.0, -2.0, -1.0]])
+    erased = torch.tensor([[1.0, -1.0, 0.2, 1.5], [0.0, -0.5, -2.0, -1.0]])
+    target = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 0.0, -1.0]])
+    top2 = [[3, 0], [1, 0]]  # per sample, the two largest original logits
+    picked_logits = torch.tensor([[erased[n, c].item() for c in top2[n]] for n in range(2)])
+    picked_target = torch.tensor([[target[n, c].item() for c in top2[n]] for n in range(2)])
+    expected = _direct_bce(logits, target) + _direct_bce(picked_logits, picked_target)
+    loss = SRDLLoss(era_scope='erased', topk=2)
+    assert loss((logits, erased), target).item() == pytest.approx(expected, rel=1e-5)
+    assert SRDLLoss()((logits, erased), target).item() == pytest.approx(
+        _direct_bce(logits, target) + _direct_bce(erased, target), rel=1e-5)
+    # no gradient reaches the original logits through the selection, only through L_ori
+    x = logits.clone().requires_grad_(True)
+    e = erased.clone().requires_grad_(True)
+    loss((x, e), target).backward()
+    assert (e.grad[0, [1, 2]] == 0).all() and (e.grad[0, [0, 3]] != 0).all()
+
+
+def test_era_scope_erased_matches_the_models_erased_classes():
+    """The loss's top-K is exactly the classes the model's ObjectErasing erased (one definition)."""
+    from srdl_timm.layers import ObjectErasing
+    from srdl_timm.layers.oe import select_erased_classes
+    logits = torch.randn(6, 9)
+    index, _ = ObjectErasing(topk=3)(logits, torch.rand(6, 9, 16), 4, 4)
+    assert torch.equal(index, select_erased_classes(logits, 3))
+
+
+def test_bad_era_scope_is_refused():
+    with pytest.raises(ValueError, match='era_scope'):
+        SRDLLoss(era_scope='some')
+    with pytest.raises(ValueError, match='topk'):
+        SRDLLoss(era_scope='erased')

@@ -27,15 +27,33 @@ def _loop_interval(values, alpha):
     return [best[0] <= i < best[1] for i in range(len(values))]
 
 
+def _loop_anchored_interval(values, alpha, anchor):
+    """The above-threshold run of min-max normalised values that contains position ``anchor``."""
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return [True] * len(values)
+    above = [(v - lo) / (hi - lo) >= alpha for v in values]
+    start = anchor
+    while start > 0 and above[start - 1]:
+        start -= 1
+    end = anchor
+    while end + 1 < len(values) and above[end + 1]:
+        end += 1
+    return [start <= i <= end for i in range(len(values))]
+
+
 def _loop_region(sa, alpha):
+    """Eqs. 7-10, both intervals anchored on the first 2-D maximum in row-major order."""
     h, w = len(sa), len(sa[0])
     flat = max(max(r) for r in sa) == min(min(r) for r in sa)
     if flat:
         return [[False] * w for _ in range(h)]
+    top = max(max(r) for r in sa)
+    py, px = next((y, x) for y in range(h) for x in range(w) if sa[y][x] == top)
     m_x = [max(sa[y][x] for y in range(h)) for x in range(w)]  # eq. 7
     m_y = [max(sa[y][x] for x in range(w)) for y in range(h)]  # eq. 8
-    cols = _loop_interval(m_x, alpha)
-    rows = _loop_interval(m_y, alpha)
+    cols = _loop_anchored_interval(m_x, alpha, px)
+    rows = _loop_anchored_interval(m_y, alpha, py)
     return [[rows[y] and cols[x] for x in range(w)] for y in range(h)]
 
 
@@ -55,10 +73,32 @@ def test_random_maps_match_loop_reference(shape, alpha):
 
 
 def test_quantised_maps_with_ties_match_loop_reference():
-    """Maps with many equal values (several global maxima, ties in width) pick as the loop does."""
+    """Maps with many equal values (several global maxima, ties in width) pick as the loop does, and every erased
+    rectangle contains a maximum of its map."""
     torch.manual_seed(2)
     maps = (torch.rand(64, 6, 8) * 4).floor() / 4
     _check(maps, 0.5)
+    region = erase_region(maps, 0.5)
+    for m, r in zip(maps, region):
+        if r.any():
+            assert (m[r] == m.max()).any()
+
+
+def test_two_tied_peaks_give_a_rectangle_around_one_of_them():
+    """Two equal peaks A = (0, 4) and B = (3, 0). Column marginal [1, 0, 0, .9, 1]: the wider peak run is A's
+    (cols 3-4); row marginal [1, 0, .9, 1]: the wider peak run is B's (rows 2-3). Picking each axis on its own
+    would erase rows 2-3 x cols 3-4, holding neither peak. Anchored on the first peak in row-major order (A),
+    the region is row 0 x cols 3-4, which holds A."""
+    sa = torch.zeros(4, 5)
+    sa[0, 4] = sa[3, 0] = 1.0
+    sa[0, 3] = 0.9  # widens A's column run
+    sa[2, 0] = 0.9  # widens B's row run
+    cols, rows = peak_interval(sa.amax(0), 0.5), peak_interval(sa.amax(1), 0.5)
+    assert cols.tolist() == [False, False, False, True, True] and rows.tolist() == [False, False, True, True]
+    assert not (sa[rows][:, cols] == 1.0).any()  # the per-axis choice misses both peaks
+    expected = torch.zeros(4, 5, dtype=torch.bool)
+    expected[0, 3:] = True
+    assert torch.equal(erase_region(sa, 0.5), expected)
 
 
 def test_widest_interval_wins_among_global_maxima():
@@ -84,7 +124,8 @@ def test_all_above_threshold_erases_whole_axis():
     peaks equally) is entirely above it, so the region spans that whole axis."""
     maps = torch.tensor([[[1.0, 0.9, 0.2, 0.95], [1.0, 0.2, 0.1, 0.3], [0.4, 0.3, 0.2, 1.0]]])
     region = erase_region(maps, 0.05)
-    # columns: two runs hold the global max (cols 0-1 and col 3); the wider one wins. rows: flat -> all
+    # the first peak in row-major order is (0, 0); columns: its run is cols 0-1 (col 3 holds another peak)
+    # rows: flat -> all
     assert region.tolist() == [[[True, True, False, False]] * 3]
 
 

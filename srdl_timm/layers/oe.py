@@ -1,24 +1,36 @@
 """Object erasing (OE, paper §3.3, eqs. 7-10): training-only regulariser on the spatial attention."""
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['ObjectErasing', 'peak_interval', 'erase_region']
+__all__ = ['ObjectErasing', 'peak_interval', 'erase_region', 'select_erased_classes']
 
 
-def peak_interval(marginal: Tensor, alpha: float) -> Tensor:
-    """Eqs. 7-10 on one axis: the above-threshold interval that holds the global maximum.
+def select_erased_classes(logits: Tensor, topk: int) -> Tensor:
+    """The categories OE erases (§3.3): the top-``topk`` of the *detached* predicted scores, ``[B, K]``.
 
-    ``m = Norm(marginal)`` (min-max); positions with ``m >= alpha`` form intervals (eqs. 9-10). Of these, the
-    interval containing the global maximum is kept; with several global maxima in different intervals, the
-    widest of them, and among equally wide ones the first. A flat marginal (max == min) is all maximum, so its
-    interval is the whole axis. Vectorised over all leading dims; no host synchronisation.
+    The paper sorts the probability score vectors (sigmoid is monotonic, so the logits sort the same); ground truth
+    is not used. ``K = min(topk, C)``; ties keep ``torch.topk``'s order. The one definition of the selection: the
+    model (:class:`ObjectErasing`) and the loss (``SRDLLoss(era_scope='erased')``) both call it.
+    """
+    return logits.detach().topk(min(topk, logits.shape[1]), dim=1).indices
+
+
+def peak_interval(marginal: Tensor, alpha: float, anchor: Optional[Tensor] = None) -> Tensor:
+    """Eqs. 7-10 on one axis: the above-threshold interval that holds the maximum.
+
+    ``m = Norm(marginal)`` (min-max); positions with ``m >= alpha`` form intervals (eqs. 9-10). With ``anchor``
+    (the index of one maximum per marginal, ``[...]``), the interval containing it is kept. Without, the interval
+    containing the global maximum; with several global maxima in different intervals, the widest of them, and
+    among equally wide ones the first. A flat marginal (max == min) is all maximum, so its interval is the whole
+    axis. Vectorised over all leading dims; no host synchronisation.
 
     Args:
         marginal: ``[..., L]`` marginal maxima of an attention map along one axis.
         alpha: threshold in (0, 1).
+        anchor: optional int64 ``[...]`` position of a maximum of ``marginal`` (it is above any threshold).
     Returns:
         bool ``[..., L]``, True inside the chosen interval.
     """
@@ -36,6 +48,8 @@ def peak_interval(marginal: Tensor, alpha: float) -> Tensor:
     segment = torch.cumsum(starts.to(torch.int64), dim=-1) * above
     counts = torch.zeros(marginal.shape[:-1] + (length + 1,), dtype=torch.int64, device=marginal.device)
     widths = counts.scatter_add(-1, segment, torch.ones_like(segment))
+    if anchor is not None:
+        return segment == segment.gather(-1, anchor.unsqueeze(-1))
     peaks = counts.scatter_add(-1, segment, peak.to(torch.int64))
     score = torch.where(peaks > 0, widths, torch.zeros_like(widths))
     score[..., 0] = 0  # slot 0 collects the below-threshold positions
@@ -47,14 +61,18 @@ def erase_region(attention: Tensor, alpha: float) -> Tensor:
     """Rectangle OE erases from spatial attention maps ``[..., h, w]`` (eqs. 7-10).
 
     Column marginal ``m_x = Norm(max_y SA)`` (eq. 7) and row marginal ``m_y = Norm(max_x SA)`` (eq. 8) each
-    give one interval (:func:`peak_interval`); the region is their product. A flat map (max == min, which
-    includes every 1x1 map) erases nothing.
+    give one interval (:func:`peak_interval`); the region is their product. Both intervals are anchored on the
+    same 2-D peak of the map (the first maximum in row-major order), so the rectangle always contains a peak,
+    also when the map has tied maxima in different rows and columns. A flat map (max == min, which includes
+    every 1x1 map) erases nothing.
 
     Returns:
         bool ``[..., h, w]``, True where the attention is erased.
     """
-    cols = peak_interval(attention.amax(dim=-2), alpha)  # [..., w]
-    rows = peak_interval(attention.amax(dim=-1), alpha)  # [..., h]
+    width = attention.shape[-1]
+    peak = attention.flatten(-2).argmax(dim=-1)  # first maximum in row-major order
+    cols = peak_interval(attention.amax(dim=-2), alpha, anchor=peak % width)  # [..., w]
+    rows = peak_interval(attention.amax(dim=-1), alpha, anchor=torch.div(peak, width, rounding_mode='floor'))
     flat = attention.amax(dim=(-2, -1)) == attention.amin(dim=(-2, -1))
     region = rows.unsqueeze(-1) & cols.unsqueeze(-2)
     return region & ~flat.unsqueeze(-1).unsqueeze(-1)
@@ -85,8 +103,7 @@ class ObjectErasing(nn.Module):
         Returns:
             ``(class_index [B, K], erased SA of those classes [B, K, P])``.
         """
-        k = min(self.topk, logits.shape[1])
-        class_index = logits.detach().topk(k, dim=1).indices
+        class_index = select_erased_classes(logits, self.topk)
         selected = torch.gather(sa, 1, class_index.unsqueeze(-1).expand(-1, -1, sa.shape[-1]))
         mask = erase_region(selected.detach().unflatten(-1, (height, width)), self.alpha).flatten(-2)
         return class_index, selected.masked_fill(mask, 0.0)

@@ -1,0 +1,194 @@
+"""The whole benchmark: data, the runs of every row and seed, aggregation, figures, reports."""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import torch
+
+from srdl_timm.utils import atomic_write_json
+
+from .config import DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, BenchmarkConfig
+from .data import prepare_data
+from .environment import hardware_info, software_versions
+from .export import export_weights
+from .figures import overlays, plot_sweeps, plot_table
+from .report import comparisons, markdown, protocol_text, sweep_summary, table_rows, title
+from .runs import Context, RunResult, execute, prepare_frozen_trunk
+
+_logger = logging.getLogger(__name__)
+
+
+def _jobs(cfg: BenchmarkConfig) -> List[Tuple[str, int, int, float, str]]:
+    """``(row, seed, topk, alpha, purpose)`` in run order: seed by seed (every row of a seed, in ``cfg.rows`` order),
+    so a run stopped early holds whole seeds; then the sweeps."""
+    jobs: List[Tuple[str, int, int, float, str]] = []
+    seen = set()
+
+    def add(row: str, seed: int, topk: int, alpha: float, purpose: str) -> None:
+        key = (row, seed, topk, round(alpha, 6))
+        if key not in seen:
+            seen.add(key)
+            jobs.append((row, seed, topk, alpha, purpose))
+
+    for seed in cfg.seeds:
+        for row in cfg.rows:
+            add(row, seed, cfg.oe_topk, cfg.oe_alpha, 'table')
+    if cfg.sweeps:
+        for seed in cfg.sweep_seeds:
+            for k in cfg.sweep_topk:
+                add('car_oe', seed, int(k), DEFAULT_OE_ALPHA, 'sweep')
+            for a in cfg.sweep_alpha:
+                add('car_oe', seed, DEFAULT_OE_TOPK, float(a), 'sweep')
+    return jobs
+
+
+def run_benchmark(config: BenchmarkConfig, replace: bool = False) -> Dict[str, Any]:
+    """Run the whole benchmark described by ``config`` and write its outputs (see ``benchmarks/run_offline.py``).
+
+    Args:
+        config: the benchmark configuration (unresolved fields take the mode's defaults).
+        replace: with ``config.register``, replace an existing manifest entry of that tag.
+
+    Returns:
+        The report written to ``results.json``.
+    """
+    t_start = time.perf_counter()
+    cfg = config.resolved()
+    device = torch.device(cfg.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    hardware = hardware_info(device)
+    date = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    _logger.info('benchmark on %s: rows %s, seeds %s, trainer %s, output %s', hardware['summary'],
+                 ', '.join(cfg.rows), list(cfg.seeds), cfg.trainer, out)
+    load = hardware.get('load_average_1_5_15min')
+    if device.type == 'cpu' and load and load[0] > 0.5 * (os.cpu_count() or 1):
+        _logger.warning('the machine is busy (load average %.2f on %d CPUs): wall times will be longer than on an idle '
+                        'machine, and %d torch threads competing for the cores can be several times slower than 1 '
+                        '(--threads 1)', load[0], os.cpu_count() or 1, torch.get_num_threads())
+    spec = prepare_data(cfg)
+    t_data = time.perf_counter() - t_start
+    ctx = Context(cfg, spec, out, device)
+    if cfg.trainer == 'frozen-trunk':
+        prepare_frozen_trunk(ctx)
+    jobs = _jobs(cfg)
+    figure_model_key = ('car_oe', cfg.seeds[0], cfg.oe_topk, cfg.oe_alpha)
+    need_model = cfg.overlays > 0 or bool(cfg.export)
+    report: Dict[str, Any] = {
+        'title': title(cfg, spec), 'status': 'running', 'date': date, 'command': cfg.command,
+        'config': cfg.to_dict(), 'data': spec.info, 'label_names': spec.label_names, 'hardware': hardware,
+        'versions': software_versions(), 'runs': []}
+    runs: List[RunResult] = []
+    t_runs = time.perf_counter()
+    for i, (row, seed, topk, alpha, purpose) in enumerate(jobs, start=1):
+        _logger.info('[%d/%d]', i, len(jobs))
+        keep = need_model and (row, seed, topk, alpha) == figure_model_key
+        runs.append(execute(ctx, row, seed, topk, alpha, purpose, keep))
+        report['runs'] = [r.to_dict() for r in runs]
+        atomic_write_json(out / 'results.json', report)
+    runs_seconds = time.perf_counter() - t_runs
+    if ctx.data_config is None:  # no run executed (cannot happen with validated rows); keep reports well-formed
+        raise RuntimeError('no training run was executed')
+    report['protocol'] = protocol_text(cfg, spec, ctx)
+    report['table'] = table_rows(runs, cfg)
+    report['comparisons'] = comparisons(runs, out, cfg.bootstrap)
+    report['sweeps'] = sweep_summary(runs, cfg) if cfg.sweeps else None
+    t_fig = time.perf_counter()
+    figures = []
+    table_png = out / 'table.png'
+    plot_table(report['table'], table_png, report['title'])
+    figures.append(str(table_png))
+    if cfg.sweeps:
+        sweep_png = out / 'figure6_sweeps.png'
+        plot_sweeps(report['sweeps'], report['table'].get('car'), sweep_png, report['title'])
+        figures.append(str(sweep_png))
+    model = ctx.models.get(figure_model_key)
+    if cfg.overlays > 0 and model is not None:
+        figures += overlays(ctx, model, cfg.overlays)
+    report['figures'] = [os.path.relpath(f, out) for f in figures]
+    figures_seconds = time.perf_counter() - t_fig
+    if cfg.export and model is not None:
+        recipe = cfg.command or 'benchmarks/run_offline.py (Python API)'
+        report['export'] = export_weights(ctx, model, Path(cfg.export), recipe, cfg.register, cfg.manifest, replace)
+    report['timing'] = {'total_seconds': time.perf_counter() - t_start, 'data_seconds': t_data,
+                        'trunk_cache_seconds': ctx.cache_seconds, 'runs_seconds': runs_seconds,
+                        'num_runs': len(runs), 'figures_seconds': figures_seconds}
+    report['hardware_end'] = hardware_info(device)
+    report['status'] = 'complete'
+    text = markdown(report)
+    (out / 'results.md').write_text(text, encoding='utf-8')
+    report['markdown'] = text
+    atomic_write_json(out / 'results.json', report)
+    _logger.info('wrote %s and %s in %.1fs', out / 'results.json', out / 'results.md', report['timing']['total_seconds'])
+    return report
+
+
+def run_dataset_seeds(config: BenchmarkConfig, dataset_seeds: Sequence[int], replace: bool = False) -> Dict[str, Any]:
+    """:func:`run_benchmark` once per independently built Fashion Scenes data set (``dataset_seeds``), each into
+    ``<output>/dataset-seed<N>``, plus ``<output>/summary.md`` with every data set's tables one after the other
+    (reported separately: a difference that holds on one build only is not a finding).
+
+    Returns:
+        ``{'reports': {seed: report}, 'markdown': summary}``.
+    """
+    if config.data != 'fashion-scenes':
+        raise ValueError('--dataset-seeds builds Fashion Scenes data sets; COCO/VOC have one fixed split')
+    if not dataset_seeds or len(set(dataset_seeds)) != len(dataset_seeds) or min(dataset_seeds) < 0:
+        raise ValueError(f'--dataset-seeds must be distinct non-negative ints, got {list(dataset_seeds)}')
+    base = Path(config.output)
+    reports: Dict[int, Dict[str, Any]] = {}
+    for seed in dataset_seeds:
+        cfg = dataclasses.replace(config, dataset_seed=int(seed), output=str(base / f'dataset-seed{seed}'),
+                                  export=config.export if seed == dataset_seeds[0] else None,
+                                  register=config.register if seed == dataset_seeds[0] else None)
+        reports[int(seed)] = run_benchmark(cfg, replace=replace)
+    parts = [f'# Benchmark over {len(reports)} independently built data sets (dataset seeds '
+             f'{", ".join(map(str, reports))})', '']
+    for seed, report in reports.items():
+        parts += [f'## Dataset seed {seed}: `{base / f"dataset-seed{seed}"}`', '',
+                  report['markdown'].replace('\n# ', '\n### ').replace('\n## ', '\n### ').lstrip('# '), '']
+    text = '\n'.join(parts)
+    (base / 'summary.md').write_text(text, encoding='utf-8')
+    return {'reports': reports, 'markdown': text}
+
+
+def report_from_results(folder: str) -> Dict[str, Any]:
+    """Tables of a run folder from its ``results.json`` alone, also while the run is going or after it was stopped:
+    the finished runs only (whole seeds first, as :func:`_jobs` orders them). Writes ``results-partial.md`` when the
+    run is not complete; returns the report with ``markdown``."""
+    import json
+    from types import SimpleNamespace
+    root = Path(folder)
+    report = json.loads((root / 'results.json').read_text(encoding='utf-8'))
+    fields = {f.name for f in dataclasses.fields(BenchmarkConfig)}
+    cfg = BenchmarkConfig(**{k: v for k, v in report['config'].items() if k in fields})
+    runs = [RunResult(**r) for r in report['runs']]
+    if not runs:
+        raise ValueError(f'{root / "results.json"} holds no finished run yet')
+    first = runs[0].config
+    ctx = SimpleNamespace(data_config={'input_size': first.get('input_size')}, feature_grid=first.get('feature_grid'))
+    spec = prepare_data(cfg) if report.get('status') != 'complete' else None
+    if spec is not None:
+        report['protocol'] = protocol_text(cfg, spec, ctx)
+    report['table'] = table_rows(runs, cfg)
+    report['comparisons'] = comparisons(runs, root, cfg.bootstrap)
+    report.setdefault('timing', {'total_seconds': sum(r.wall_seconds for r in runs), 'data_seconds': 0.0,
+                                 'trunk_cache_seconds': 0.0, 'runs_seconds': sum(r.wall_seconds for r in runs),
+                                 'num_runs': len(runs), 'figures_seconds': 0.0})
+    report.setdefault('hardware_end', report['hardware'])
+    planned = len(cfg.rows) * len(cfg.seeds)
+    text = markdown(report)
+    if report.get('status') != 'complete':
+        done = {key: sorted(r.seed for r in runs if r.row == key and r.purpose == 'table') for key in cfg.rows}
+        text = (f'> partial: {len(runs)} of {planned} table runs finished when this was written (the header\'s seed '
+                'count is the plan); finished seeds per row: '
+                + '; '.join(f'{k} {v}' for k, v in done.items()) + '.\n\n' + text)
+        (root / 'results-partial.md').write_text(text, encoding='utf-8')
+    report['markdown'] = text
+    return report

@@ -1,0 +1,223 @@
+"""Aggregation over seeds and the markdown report: tables, paired-bootstrap comparisons, pointing game, sweeps."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .config import (DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, METRIC_LABELS, PEER_ROWS, ROW_ORDER, ROWS, SCALAR_METRICS,
+                     TABLE2_METRICS, TABLE_METRICS, BenchmarkConfig)
+from .data import DataSpec
+from .runs import RunResult
+from .stats import paired_bootstrap, summarize
+
+#: rare classes get their own per-class AP table: train frequency below this
+RARE_FREQUENCY = 0.1
+
+
+def _mean_or_nan(values: Sequence[Optional[float]]) -> float:
+    """Mean of per-seed values; None (a NaN read back from JSON: no positive in the split) stays NaN."""
+    return float(np.mean([math.nan if v is None else v for v in values]))
+
+
+def table_rows(runs: Sequence[RunResult], cfg: BenchmarkConfig) -> Dict[str, Dict[str, Any]]:
+    """Per row: mean ± std over seeds of every scalar metric, mean per-class AP, and the pointing game."""
+    table: Dict[str, Dict[str, Any]] = {}
+    for key in (r for r in ROW_ORDER if r in cfg.rows):
+        chosen = [r for r in runs if r.row == key and r.purpose == 'table']
+        if not chosen:
+            continue
+        table[key] = {'name': ROWS[key].name, 'paper': ROWS[key].paper, 'seeds': [r.seed for r in chosen],
+                      'metrics': {m: summarize([r.test[m] for r in chosen]) for m in SCALAR_METRICS},
+                      'per_class_AP': {mode: {c: _mean_or_nan([r.test['per_class_AP'][mode][c] for r in chosen])
+                                              for c in chosen[0].test['per_class_AP'][mode]}
+                                       for mode in ('interpolated', 'non_interpolated')}}
+        games = [r.pointing_game for r in chosen if r.pointing_game and r.pointing_game['num_pairs']]
+        if games:
+            table[key]['pointing_game'] = {'hit_rate': summarize([g['hit_rate'] for g in games]),
+                                           'chance': float(np.mean([g['chance'] for g in games])),
+                                           'num_pairs': games[0]['num_pairs'],
+                                           'sa_mean': float(np.mean([g['sa_mean'] for g in games])),
+                                           'sa_peak_to_peak': float(np.mean([g['sa_peak_to_peak'] for g in games]))}
+    return table
+
+
+def _fmt_cell(stat: Mapping[str, Any]) -> str:
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}" if stat['n'] > 1 else f"{stat['mean']:.2f}"
+
+
+def format_table(table: Mapping[str, Mapping[str, Any]], metrics: Sequence[str] = TABLE_METRICS,
+                 reference: Optional[str] = 'baseline', switches: bool = True) -> str:
+    """Markdown table: one line per row with mean ± std over seeds (percent), switches and the change of the first
+    metric against ``reference``."""
+    heads = ['Line', 'Method']
+    if switches:
+        heads += ['GCN', 'CA', 'SA', 'OE']
+    heads += [METRIC_LABELS.get(m, m) for m in metrics]
+    if reference in table:
+        heads.append(f'Δ {METRIC_LABELS.get(metrics[0], metrics[0])} vs baseline')
+    lines = ['| ' + ' | '.join(heads) + ' |', '|' + '---|' * len(heads)]
+    ref = table.get(reference)
+    for i, (key, entry) in enumerate(table.items(), start=1):
+        row = ROWS[key]
+        car = row.use_ca or row.use_sa
+        cells = [str(i), entry['name']]
+        if switches:
+            cells += ['✓' if car and row.use_gcn else '', '✓' if row.use_ca else '', '✓' if row.use_sa else '',
+                      '✓' if row.oe else '']
+        cells += [_fmt_cell(entry['metrics'][m]) for m in metrics]
+        if ref is not None:
+            delta = entry['metrics'][metrics[0]]['mean'] - ref['metrics'][metrics[0]]['mean']
+            cells.append('—' if key == reference else f'{delta:+.2f}')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+#: paired comparisons (a - b) reported when both rows ran: SRDL's ablations, the L_era scope, SRDL against each peer
+COMPARISONS = (('car', 'baseline'), ('car_oe', 'car'), ('car_oe', 'baseline'), ('car', 'car_no_gcn'),
+               ('car', 'car_no_ca'), ('car', 'car_no_sa'), ('car_oe_erased', 'car_oe'), ('car_oe_erased', 'car'),
+               *((a, p) for p in PEER_ROWS for a in ('car_oe', 'car')))
+
+
+def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> List[Dict[str, Any]]:
+    """Paired bootstrap of the mAP difference for every pair of :data:`COMPARISONS` that ran (common seeds)."""
+    by_key: Dict[Tuple[str, int], RunResult] = {(r.row, r.seed): r for r in runs if r.purpose == 'table'}
+    results = []
+    for a, b in COMPARISONS:
+        seeds = sorted(s for (row, s) in by_key if row == a and (b, s) in by_key)
+        if not seeds:
+            continue
+        la, lb, targets = [], [], None
+        for s in seeds:
+            da, db = np.load(out / by_key[(a, s)].logits_file), np.load(out / by_key[(b, s)].logits_file)
+            la.append(da['test_logits'])
+            lb.append(db['test_logits'])
+            targets = da['test_targets']
+        entry = {'a': a, 'b': b, 'seeds': seeds}
+        for mode in ('interpolated', 'non_interpolated'):
+            entry[mode] = paired_bootstrap(la, lb, targets, num_resamples=num_resamples, mode=mode)
+        results.append(entry)
+    return results
+
+
+def _format_comparisons(entries: Sequence[Mapping[str, Any]]) -> str:
+    lines = ['| Comparison | Δ mAP (interp.) | 95% bootstrap interval | Δ mAP (non-interp.) | 95% bootstrap interval |',
+             '|---|---|---|---|---|']
+    for c in entries:
+        i, n = c['interpolated'], c['non_interpolated']
+        lines.append(f"| {ROWS[c['a']].name} − {ROWS[c['b']].name} | {i['diff']:+.2f} | "
+                     f"[{i['ci_low']:+.2f}, {i['ci_high']:+.2f}] | {n['diff']:+.2f} | "
+                     f"[{n['ci_low']:+.2f}, {n['ci_high']:+.2f}] |")
+    return '\n'.join(lines)
+
+
+def format_per_class(table: Mapping[str, Mapping[str, Any]], frequency: Mapping[str, float],
+                     mode: str = 'interpolated') -> str:
+    """Markdown: per-class AP (percent, mean over seeds) of every row, classes sorted by training frequency (rare
+    first); '—' where the test split has no positive of the class."""
+    keys = list(table)
+    names = sorted(frequency, key=lambda c: frequency[c])
+    lines = ['| class | train frequency | ' + ' | '.join(table[k]['name'] for k in keys) + ' |',
+             '|---|---|' + '---|' * len(keys)]
+    for c in names:
+        rare = ' (rare)' if frequency[c] < RARE_FREQUENCY else ''
+        values = [table[k]['per_class_AP'][mode][c] for k in keys]
+        lines.append(f'| {c}{rare} | {frequency[c]:.3f} | ' + ' | '.join(
+            '—' if v is None or not math.isfinite(v) else f'{v:.1f}' for v in values) + ' |')
+    return '\n'.join(lines)
+
+
+def sweep_summary(runs: Sequence[RunResult], cfg: BenchmarkConfig) -> Dict[str, Any]:
+    """Figure 6 points: CAR + OE mAP per top-K (alpha fixed) and per alpha (top-K fixed)."""
+    def points(param: str, values: Sequence[Any], fixed: Tuple[str, Any]) -> List[Dict[str, Any]]:
+        out = []
+        for v in values:
+            chosen = [r for r in runs if r.row == 'car_oe' and r.seed in cfg.sweep_seeds
+                      and math.isclose(getattr(r, param), v) and math.isclose(getattr(r, fixed[0]), fixed[1])]
+            if chosen:
+                out.append({param: v, 'seeds': [r.seed for r in chosen],
+                            **{m: summarize([r.test[m] for r in chosen]) for m in TABLE_METRICS}})
+        return out
+    return {'topk': points('oe_topk', cfg.sweep_topk, ('oe_alpha', DEFAULT_OE_ALPHA)),
+            'alpha': points('oe_alpha', cfg.sweep_alpha, ('oe_topk', DEFAULT_OE_TOPK))}
+
+
+def title(cfg: BenchmarkConfig, spec: DataSpec) -> str:
+    """One-line title of a report."""
+    if spec.source == 'fashion-scenes':
+        return f"Fashion Scenes ({cfg.preset} preset, dataset seed {cfg.dataset_seed}), {cfg.mode} protocol"
+    return f"{spec.info['name']}, paper recipe"
+
+
+def protocol_text(cfg: BenchmarkConfig, spec: DataSpec, ctx: Any) -> str:
+    """The protocol in one paragraph (data, model, trainer, optimiser, reporting)."""
+    size = ctx.data_config['input_size'][-1] if ctx.data_config else cfg.img_size
+    n = spec.info.get('num_images', {})
+    parts = [f"{spec.info['name']} at `{spec.root}`: train {n.get(spec.train_split, '?')} / "
+             f"{'val ' + str(n.get(spec.val_split, '?')) + ' / ' if spec.val_split != spec.test_split else ''}"
+             f"test {n.get(spec.test_split, '?')} images ({spec.test_split} split reported), {len(spec.label_names)} classes."]
+    if cfg.trainer == 'frozen-trunk':
+        grid = 'x'.join(map(str, ctx.feature_grid)) if getattr(ctx, 'feature_grid', None) else '?'
+        bn = ('BatchNorm on running statistics' if cfg.batchnorm == 'frozen' else
+              'BatchNorm of the trained units on batch statistics')
+        parts.append(f'{cfg.model} with ImageNet backbone (output stride {cfg.output_stride or 32}), {size} px: '
+                     f'a {grid} feature grid for the attention; no augmentation; backbone frozen except its last '
+                     f'{cfg.train_stages} unit(s), {bn}, frozen part cached; AdamW lr '
+                     f'{cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, {cfg.epochs} epochs '
+                     f'(warm-up {cfg.warmup_epochs:g} epoch + cosine); every row (SRDL and peers) the same.')
+    else:
+        parts.append(f'{cfg.model}, srdl_timm.fit.fit (srdl-train) ' + ('(--recipe paper)' if cfg.mode == 'paper' else
+                     f'(Adam lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, '
+                     f'{cfg.epochs} epochs, cosine, paper augmentation)') + f', {size} px.')
+    parts.append(f'OE top-K {cfg.oe_topk}, α {cfg.oe_alpha:g}. Final checkpoint (declared in advance); '
+                 f'mean ± sample std over seeds {list(cfg.seeds)}; metrics in percent.')
+    return ' '.join(parts)
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """``results.md``: every table of a finished report."""
+    cfg = report['config']
+    lines = [f"# Offline benchmark: {report['title']}", '', report['protocol'], '',
+             f"## Ablations (Tables 5 and 6 style), test split, mean ± std over {len(cfg['seeds'])} seed(s)", '',
+             format_table(report['table']), '', '## Table 2 style (threshold 0.5)', '',
+             format_table(report['table'], TABLE2_METRICS, reference=None, switches=False)]
+    if report.get('comparisons'):
+        lines += ['', f"## Paired bootstrap over test images ({report['comparisons'][0]['interpolated']['resamples']} "
+                      'resamples; mAP difference averaged over the paired seeds)', '',
+                  _format_comparisons(report['comparisons'])]
+    frequency = (report.get('data') or {}).get('label_frequency_train')
+    if frequency and all('per_class_AP' in v for v in report['table'].values()):
+        lines += ['', '## Per-class AP (interpolated, mean over seeds; rare = train frequency < '
+                      f'{RARE_FREQUENCY:g})', '', format_per_class(report['table'], frequency)]
+    games = {k: v['pointing_game'] for k, v in report['table'].items() if v.get('pointing_game')}
+    if games:
+        first = next(iter(games.values()))
+        lines += ['', f"## Spatial attention pointing game (test split, {first['num_pairs']} image-class pairs)", '',
+                  'Hit: the grid cell where a present class\'s SA map peaks overlaps a ground-truth box of that class; '
+                  'chance: a uniformly random cell. SA values: mean, and mean over maps of max - min.', '',
+                  '| Method | hit rate (%) | chance (%) | SA mean | SA max - min |', '|---|---|---|---|---|']
+        lines += [f"| {report['table'][k]['name']} | {_fmt_cell(g['hit_rate'])} | {g['chance']:.2f} | "
+                  f"{g['sa_mean']:.3g} | {g['sa_peak_to_peak']:.3g} |" for k, g in games.items()]
+    sweeps = report.get('sweeps')
+    if sweeps and (sweeps['topk'] or sweeps['alpha']):
+        lines += ['', '## Figure 6 style sweeps (CAR + OE, test mAP interp. / non-interp.)', '']
+        for key, param, label in (('topk', 'oe_topk', 'topK (α = 0.5)'), ('alpha', 'oe_alpha', 'α (topK = 3)')):
+            if sweeps[key]:
+                lines += [f'| {label} | ' + ' | '.join(f'{p[param]:g}' for p in sweeps[key]) + ' |',
+                          '|---|' + '---|' * len(sweeps[key]),
+                          '| mAP (interp.) | ' + ' | '.join(_fmt_cell(p['mAP_interpolated']) for p in sweeps[key]) + ' |',
+                          '| mAP (non-interp.) | ' + ' | '.join(_fmt_cell(p['mAP_non_interpolated'])
+                                                                 for p in sweeps[key]) + ' |', '']
+    t = report['timing']
+    hw = report['hardware']
+    lines += ['', '## Run', '',
+              f"- wall time: {t['total_seconds']:.0f} s (data {t['data_seconds']:.0f} s, trunk cache "
+              f"{t['trunk_cache_seconds']:.0f} s, {t['num_runs']} training runs {t['runs_seconds']:.0f} s, "
+              f"figures {t['figures_seconds']:.0f} s)",
+              f"- hardware: {hw['summary']}; load average at start {hw.get('load_average_1_5_15min')}, at end "
+              f"{report['hardware_end'].get('load_average_1_5_15min')}",
+              '- versions: ' + ', '.join(f'{k} {v}' for k, v in report['versions'].items()),
+              f"- date: {report['date']}", f"- command: `{report['command']}`"]
+    return '\n'.join(lines) + '\n'
