@@ -52,8 +52,9 @@ def test_any_timm_cnn_backbone():
 
 def test_gradients_reach_every_parameter_with_oe(images):
     """With OE on, L_ori + L_era back-propagates into every parameter (non-zero in the whole head; timm
-    zero-initialises the last BN of each residual block, so some backbone gradients start at exactly 0)."""
-    model = tiny()
+    zero-initialises the last BN of each residual block, so some backbone gradients start at exactly 0). Built with
+    PyTorch's init of f_s: the default zero init makes f_sa's gradient exactly 0 at the first step (see below)."""
+    model = tiny(zero_init_spatial=False)
     model.set_object_erasing(True)
     model.train()
     logits, erased = model(images)
@@ -296,3 +297,18 @@ def test_bad_input_raises_value_error(x, message):
     """Non-4-D input or the wrong channel count raise ValueError before the backbone runs."""
     with pytest.raises(ValueError, match=message):
         tiny()(x)
+
+
+def test_default_zero_init_spatial_starts_sa_at_one_half_and_lets_it_learn(images):
+    """The default zero-initialised f_s gives SA = 0.5 at every position of a fresh model (sigmoid's steepest
+    point) and f_s itself gets a non-zero gradient, so SA moves away from flat at the first step; the layer's own
+    default keeps PyTorch's init (a non-flat SA)."""
+    model = tiny()
+    sa = model.attention_maps(images)['spatial_attention']
+    assert torch.allclose(sa, torch.full_like(sa, 0.5))
+    model.train()
+    model(images).sum().backward()
+    assert model.car.f_s.weight.grad.abs().sum() > 0
+    plain = tiny(zero_init_spatial=False).eval()
+    sa_plain = plain.attention_maps(images)['spatial_attention']
+    assert (sa_plain - 0.5).abs().max() > 1e-3

@@ -17,6 +17,12 @@ class CategoryAttention(nn.Module):
 
     Ablations of Table 6: ``use_ca=False`` drops eq. 4 and eq. 6 becomes ``F * SA``; ``use_sa=False`` drops
     eq. 5 and eq. 6 becomes ``F * CA``; with both off the head is the plain GMP baseline (``f_c = GMP(F)``).
+
+    ``zero_init_spatial=True`` zero-initialises ``f_s`` (the paper gives no initialisation), so SA starts at 0.5
+    at every position, sigmoid's steepest point, instead of a random offset. With PyTorch's default init and the
+    additive eq. 6, training can push SA to ~0 everywhere once CA selects the channels (sigmoid's slope then
+    vanishes and SA never localises); zero-initialised, SA localises (measured in benchmarks/offline_benchmark.md).
+    The SRDL model uses it by default; the layer's default keeps PyTorch's init.
     """
 
     def __init__(
@@ -26,6 +32,7 @@ class CategoryAttention(nn.Module):
             use_ca: bool = True,
             use_sa: bool = True,
             attention_impl: str = 'auto',
+            zero_init_spatial: bool = False,
     ):
         super().__init__()
         if attention_impl not in kernels.ATTENTION_IMPLS:
@@ -39,6 +46,9 @@ class CategoryAttention(nn.Module):
         self.f_c = nn.Linear(num_features, num_features) if use_ca else None
         self.f_sa = nn.Linear(num_features, num_features) if use_sa else None
         self.f_s = nn.Linear(num_features, 1) if use_sa else None
+        if self.f_s is not None and zero_init_spatial:
+            nn.init.zeros_(self.f_s.weight)
+            nn.init.zeros_(self.f_s.bias)
         # eq. 6 weights 0.5/0.5; with one attention ablated the remaining one is used alone
         self.sa_weight = 0.5 if use_ca else 1.0
         self.ca_weight = 0.5 if use_sa else 1.0

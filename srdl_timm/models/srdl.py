@@ -79,7 +79,10 @@ class SRDL(nn.Module):
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
         object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
         oe_topk / oe_alpha: K and alpha of §3.3.
-        attention_impl: 'auto' | 'reference' | 'chunked' kernels for eqs. 5-6 (see ``ops``).
+        attention_impl: 'auto' | 'reference' | 'chunked' | 'compiled' | 'triton' kernels for eqs. 5-6 (see ``ops``).
+        zero_init_spatial: zero-initialise ``f_s`` of eq. 5 so SA starts at 0.5 everywhere (default; with PyTorch's
+            init SA was measured to collapse to ~0 instead of localising, see ``CategoryAttention``). Init only:
+            loaded weights replace it.
         backbone_kwargs: extra kwargs for ``timm.create_model(backbone, ...)``.
     """
 
@@ -102,6 +105,7 @@ class SRDL(nn.Module):
             oe_topk: int = 3,
             oe_alpha: float = 0.5,
             attention_impl: str = 'auto',
+            zero_init_spatial: bool = True,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             drop_path_rate: Optional[float] = None,
             device: Optional[Union[str, torch.device]] = None,
@@ -132,6 +136,7 @@ class SRDL(nn.Module):
         self.use_ca = use_ca
         self.use_sa = use_sa
         self.attention_impl = attention_impl
+        self.zero_init_spatial = zero_init_spatial
         self.object_erasing = object_erasing
         self.label_names = label_names
         self.grad_checkpointing = False
@@ -191,7 +196,7 @@ class SRDL(nn.Module):
                 self.label_names = known_label_names(num_classes)
         self.car = CategoryAttention(
             self.num_features, self.embed_dim, use_ca=self.use_ca, use_sa=self.use_sa,
-            attention_impl=self.attention_impl).to(device=device, dtype=dtype)
+            attention_impl=self.attention_impl, zero_init_spatial=self.zero_init_spatial).to(device=device, dtype=dtype)
         self.classifier = CategoryClassifier(self.num_features, num_classes).to(device=device, dtype=dtype)
         for module in (self.label_graph, self.car, self.classifier):
             if module is not None:
@@ -269,7 +274,7 @@ class SRDL(nn.Module):
 
     @torch.jit.ignore
     def set_attention_impl(self, impl: str) -> None:
-        """Choose the eqs. 5-6 kernels: 'auto', 'reference' (export) or 'chunked'."""
+        """Choose the eqs. 5-6 kernels: 'auto' (measured choice), 'reference' (export), 'chunked', 'compiled' (CPU) or 'triton' (CUDA)."""
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f'attention impl must be one of {ATTENTION_IMPLS}, got {impl!r}')
         self.attention_impl = impl
