@@ -491,7 +491,8 @@ default_cfgs = generate_default_cfgs({
         input_size=(3, 128, 128), pool_size=(4, 4), crop_pct=1.0, crop_mode='squash',
         label_names=('t-shirt', 'trousers', 'pullover', 'dress', 'coat', 'sandal', 'shirt', 'sneaker', 'bag',
                      'ankle boot'),
-        description='SRDL weights trained on Fashion Scenes v1.0 (preset quick, seed 0) (weights/manifest.json)',
+        description='SRDL weights trained on Fashion Scenes v1.0 (preset quick, seed 0): Fashion-MNIST product photos '
+                    'pasted onto scikit-image photographs, 10 clothing classes only (weights/manifest.json)',
         **_LITE0),
     'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10, first_conv='backbone.conv1.0'),
 })
