@@ -200,9 +200,3 @@ def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> s
     for title, results in rows:
         lines.append(f'{title:<{tw}} | ' + ' | '.join(f'{results[k]:>{w}.2f}' for k, w in zip(keys, widths)))
     return '\n'.join(lines)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Backwards-compatible alias of :func:`srdl_timm.cli.validate.main` (the ``srdl-validate`` console script)."""
-    from .cli.validate import main as cli_main
-    return cli_main(argv)

@@ -36,7 +36,7 @@ def test_cli_publishes_a_training_checkpoint_with_srdl_validate_metrics(source, 
     srdl-validate, becomes a published folder (srdl-publish --local-dir) whose card carries that report's metrics,
     whose config records the run's crop and the measured input size, and which loads back bitwise; the manifest
     registration (--manifest-tag --ship) lists the same file."""
-    from srdl_timm.validate import main as validate_main
+    from srdl_timm.cli.validate import main as validate_main
     run = tmp_path / 'run'
     run.mkdir()
     ckpt = run / 'model.safetensors'

@@ -90,7 +90,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     import srdl_timm
     from ..data import DEFAULT_SPLITS, create_dataset, create_loader, create_transform
     from ..data.distributed import init_distributed_from_env
-    from ..utils import atomic_write_json, jsonable, parse_model_kwargs
+    from ..utils import atomic_write_json, parse_model_kwargs
     from ..validate import (
         AP_DEFINITIONS, DIFFICULT_POLICY_NAMES, class_index_by_name, format_rows, validate, voc_difficult_negative)
 
@@ -199,7 +199,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     if rank == 0:
         print(format_rows(rows))
         if args.output:
-            atomic_write_json(args.output, jsonable(report))
+            atomic_write_json(args.output, report)
             print(f'wrote {args.output}')
     return report
 
