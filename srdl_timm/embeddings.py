@@ -147,8 +147,8 @@ def _restrict(wv: WordVectors, vocabulary: Optional[Iterable[str]]) -> WordVecto
 
 def _open_text(path: str):
     if path.endswith('.gz'):
-        return gzip.open(path, 'rt', encoding='utf-8', newline='\n')
-    return open(path, 'r', encoding='utf-8', newline='\n')
+        return gzip.open(path, 'rt', encoding='utf-8-sig', newline='\n')
+    return open(path, 'r', encoding='utf-8-sig', newline='\n')
 
 
 def _load_text_vectors(path: str, vocabulary: Optional[Set[str]]) -> WordVectors:

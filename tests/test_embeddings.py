@@ -239,3 +239,13 @@ def test_tool_check_passes_on_the_shipped_assets():
                           env=dict(os.environ, OMP_NUM_THREADS='1'))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert 'coco: matches a fresh recomputation' in proc.stderr and 'voc: matches' in proc.stderr
+
+
+def test_text_vectors_with_a_utf8_bom_keep_their_first_word(tmp_path):
+    """A word-vector text file saved with a UTF-8 byte-order mark (as Windows editors write it) reads its first
+    word without the BOM, so that word is found."""
+    path = tmp_path / 'bom.txt'
+    path.write_bytes('\ufeffred 1 0 0\ngreen 0 1 0\n'.encode('utf-8'))
+    wv = E.load_word_vectors(path)
+    assert list(wv.words) == ['red', 'green']
+    np.testing.assert_array_equal(wv.vector('red'), [1, 0, 0])
