@@ -73,9 +73,11 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
             ``config.json`` (timm / srdl-publish) or ``train_config.json`` (srdl-train) in that folder.
 
     Returns:
-        ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'config_file'}``; an empty
-        dict when no config exists. ``model_args`` are the construction arguments (without label names/embeddings),
-        ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation, mean, std, crop_pct, crop_mode).
+        ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'trained_on',
+        'config_file'}``; an empty dict when no config exists. ``model_args`` are the construction arguments
+        (without label names/embeddings), ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation,
+        mean, std, crop_pct, crop_mode), ``trained_on`` the training data a train_config.json records (format, root,
+        split, annotation file), else None.
 
     Raises:
         ModelLoadError: the config is not valid JSON or not an object.
@@ -90,12 +92,17 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
     if not isinstance(config, dict):
         raise ModelLoadError(f'{file} must hold a JSON object, got {type(config).__name__}')
     params = set(_srdl_params())
+    trained_on = None
     if 'architecture' in config:  # timm config.json
         arch = config['architecture']
         args = config.get('model_args') or {}
         data = config.get('pretrained_cfg') or {}
     else:  # srdl-train train_config.json: top-level flags, model_kwargs, then the resolved model_args record
         arch = config.get('model')
+        if config.get('data') and config.get('root'):
+            details = [f'{config["train_split"]} split'] if config.get('train_split') else []
+            details += [config['ann_file']] if config.get('ann_file') else []
+            trained_on = f'{config["data"]} {config["root"]}' + (f' ({", ".join(details)})' if details else '')
         args = {k: v for k, v in config.items() if k in params and v is not None}
         for key in ('model_kwargs', 'model_args'):
             if config.get(key) is not None and not isinstance(config[key], dict):
@@ -124,6 +131,7 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
         'model_args': args,
         'pretrained_cfg': {k: tuple(data[k]) if isinstance(data[k], list) else data[k]
                            for k in _DATA_KEYS if data.get(k) is not None},
+        'trained_on': trained_on,
         'config_file': str(file),
     }
 
@@ -297,6 +305,11 @@ def _hub_folder(repo: str) -> Path:
                              'and your connection, or set HF_HUB_OFFLINE=1 to use the cache only') from e
 
 
+#: pretrained_cfg entries that describe a tag's weights (where they come from, what they were trained on)
+_TAG_IDENTITY_KEYS = ('tag', 'file', 'url', 'hf_hub_id', 'hf_hub_filename', 'source', 'description', 'dataset',
+                      'label_names', 'notes', 'origin_url', 'paper_ids', 'paper_name', 'license')
+
+
 def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str, Tensor], where: str,
                     strict: bool, pretrained_cfg: Optional[Mapping[str, Any]] = None) -> nn.Module:
     import timm
@@ -315,6 +328,10 @@ def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str
     if strict:
         _check_fit(model, state, file, arch, args, where)
     model.load_state_dict(state, strict=strict)
+    # timm fills pretrained_cfg from the architecture's default tag even with pretrained=False; these weights are
+    # the file's, so keep the tag's pre-processing but nothing that describes the tag's weights
+    model.pretrained_cfg = {k: v for k, v in (getattr(model, 'pretrained_cfg', None) or {}).items()
+                            if k not in _TAG_IDENTITY_KEYS}
     if pretrained_cfg:
         model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, **pretrained_cfg)
     return model

@@ -118,20 +118,22 @@ def resolve_label_names(model: nn.Module, num_classes: int, label_file: Optional
     return [f'class_{i}' for i in range(num_classes)]
 
 
-def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None) -> Dict[str, Any]:
+def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
+                    trained_on: Optional[str] = None) -> Dict[str, Any]:
     """What the loaded weights know, from the model's ``pretrained_cfg`` (filled from ``weights/manifest.json``,
     a Hub/local ``config.json`` or a training run's ``train_config.json``).
 
-    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}``: ``trained_on`` is the
-    ``pretrained_cfg`` ``dataset``/``description`` when recorded (else None), and ``note`` says that scores are
-    only meaningful for these labels on images like the training data.
+    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}``: ``trained_on`` is the given one
+    (e.g. a training run's data, :func:`srdl_timm.loading.read_model_config`), else the ``pretrained_cfg``
+    ``dataset``/``description`` when recorded (else None), and ``note`` says that scores are only meaningful for
+    these labels on images like the training data.
     """
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     arch, tag = cfg.get('architecture'), cfg.get('tag')
     weights = (f'{arch}.{tag}' if arch and tag else arch) or type(model).__name__
     if source and source not in (weights, arch):
         weights = f'{weights} ({source})'
-    trained_on = cfg.get('dataset') or cfg.get('description') or None
+    trained_on = trained_on or cfg.get('dataset') or cfg.get('description') or None
     n = len(label_names)
     note = (f'it scores only these {n} labels; any image gets {n} scores, so other content is not recognised '
             f'and can still score high')

@@ -165,3 +165,24 @@ def test_republishing_a_loaded_folder_keeps_its_label_names(published, tmp_path)
     config = json.loads((tmp_path / 'again' / 'config.json').read_text())
     assert config['label_names'] == NAMES
     assert hub.sha256_file(tmp_path / 'again' / 'model.safetensors') == result.sha256
+
+
+def test_local_dir_holding_a_published_model_is_replaced_only_with_overwrite(published, tmp_path, capsys):
+    """srdl-publish --local-dir into an empty existing folder works; into a folder that already holds a published
+    model it exits 2 naming the folder, its files and --overwrite, leaving the files as they were; with
+    --overwrite it replaces them."""
+    folder, result = published
+    out = tmp_path / 'out'
+    out.mkdir()
+    argv = ['--model', f'local-dir:{folder}', '--local-dir', str(out), '--log-level', 'WARNING']
+    assert publish_main(argv) == 0
+    (out / 'README.md').write_text('my notes\n')
+    capsys.readouterr()
+    assert publish_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (f'srdl-publish: error: --local-dir {out} already holds a published model (config.json, '
+                           'model.safetensors, README.md); choose another folder or pass --overwrite to replace it')
+    assert (out / 'README.md').read_text() == 'my notes\n'
+    assert publish_main(argv + ['--overwrite']) == 0
+    assert (out / 'README.md').read_text() != 'my notes\n'
+    assert hub.sha256_file(out / 'model.safetensors') == result.sha256

@@ -266,3 +266,17 @@ def test_hf_hub_offline_cache_hit_and_miss(tmp_path):
     out = json.loads(proc.stdout.split('RESULT', 1)[1])
     assert out['equal'] and out['names'] == NAMES
     assert 'srdl-test/not-cached' in out['miss'] and 'HF_HUB_OFFLINE=1' in out['miss']
+
+
+def test_weights_from_a_file_do_not_claim_the_default_tag(tmp_path):
+    """timm gives an architecture the default tag's pretrained_cfg even without pretrained weights; a model loaded
+    from someone's own weight file keeps that tag's pre-processing but not its name, file or training data."""
+    fresh = timm.create_model('srdl_efficientnet_lite0', num_classes=3, pretrained_backbone=False,
+                              label_embeddings=np.zeros((3, 50), np.float32))
+    assert fresh.pretrained_cfg.get('tag') == 'fashion_scenes'  # what timm does
+    save_file(fresh.state_dict(), str(tmp_path / 'model.safetensors'))
+    (tmp_path / 'config.json').write_text(json.dumps({'architecture': 'srdl_efficientnet_lite0', 'num_classes': 3}))
+    loaded = load_model(None, tmp_path / 'model.safetensors')
+    cfg = loaded.pretrained_cfg
+    assert cfg.get('tag') is None and cfg.get('description') is None and cfg.get('file') is None
+    assert cfg['mean'] == fresh.pretrained_cfg['mean'] and cfg['input_size'] == fresh.pretrained_cfg['input_size']

@@ -259,6 +259,27 @@ def test_local_dir_model_takes_label_names_from_its_config(assets, tmp_path):
         assert lab['score'] == pytest.approx(float(expected[lab['index']]), abs=2e-6)
 
 
+def test_training_run_weights_say_the_data_they_were_trained_on(assets, tmp_path, capsys):
+    """Weights of an srdl-train run (model.safetensors + train_config.json) are reported as trained on the data
+    the run's config records (format, root, split, annotation file), in the JSON summary and the table header;
+    weights whose config records no training data keep trained_on null."""
+    from fixtures_data import train_config
+    from srdl_timm.train_config import resolve_config
+    run, data = tmp_path / 'run', str(tmp_path / 'data')
+    run.mkdir()
+    save_file(assets['model'].state_dict(), str(run / 'model.safetensors'))
+    config = resolve_config(train_config(data, run, data='coco-json', ann_file=f'{data}/ann.json')).to_dict()
+    config.update(label_names=LABELS, model_args=model_args(assets['model']), data_config={'input_size': [3, IMG, IMG]})
+    (run / 'train_config.json').write_text(json.dumps(config))
+    expected = f'coco-json {data} (train split, {data}/ann.json)'
+    rc, doc = _run_json([assets['good'][0], '--checkpoint', str(run / 'model.safetensors')], tmp_path)
+    assert rc == 0 and doc['weights']['trained_on'] == expected, doc['weights']
+    assert main([assets['good'][0], '--checkpoint', str(run), '--workers', '0', '--img-size', str(IMG)]) == 0
+    assert f'# trained on: {expected}' in capsys.readouterr().out.splitlines()
+    rc, doc = _run_json([assets['good'][0], '--checkpoint', assets['ckpt']], tmp_path, 'published.json')
+    assert rc == 0 and doc['weights']['trained_on'] is None
+
+
 def test_model_errors_exit_with_status_two(assets, tmp_path, capsys):
     """A class count other than the weights', an empty .pth, a missing file, a model name without weights and an
     unknown model name are refused in one line naming the file or name, exit status 2, before any image is read."""

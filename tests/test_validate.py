@@ -187,7 +187,31 @@ def test_cli_unreadable_images_error_or_are_skipped_and_counted(tmp_path, capsys
     out = tmp_path / 'r.json'
     assert main(args + ['--on-corrupt', 'skip', '--output', str(out)]) == 0
     p = json.loads(out.read_text())['protocol']
-    assert p['num_images_unreadable_skipped'] == 1 and p['num_images_evaluated'] == 5
+    assert p['num_images_unreadable_skipped'] == 1 and p['num_images_evaluated'] == 4 and p['num_images'] == 5
+
+
+def test_cli_row_gives_the_evaluated_count_and_the_skipped_unreadable_images(tmp_path, capsys):
+    """With --on-corrupt skip the printed row states the images actually evaluated (dataset minus the unreadable
+    ones) and how many unreadable ones were skipped; a row whose labels are all -1 in the data is evaluated, not
+    counted as unreadable; without skips the row keeps its plain image count."""
+    info = write_csv(tmp_path, 'val', num_images=6, seed=9, layout='wide')
+    write_corrupt_image(os.path.join(str(tmp_path), info['rows'][1][0]), 'truncated')
+    lines = (tmp_path / 'val.csv').read_text().splitlines()
+    lines[3] = info['rows'][2][0] + ',-1' * len(info['label_names'])  # a readable image, every label ignored
+    (tmp_path / 'val.csv').write_text('\n'.join(lines) + '\n')
+    args = ['--model', 'resnet10t', '--random-init', '--data', 'csv', '--root', str(tmp_path), '--img-size',
+            str(IMG), '--batch-size', '4', '--workers', '0', '--quiet', '--keep-empty',
+            '--output', str(tmp_path / 'r.json')]
+    assert main(args + ['--on-corrupt', 'skip']) == 0
+    out = capsys.readouterr().out
+    assert 'csv/val (5 images evaluated, 1 unreadable skipped)' in out and '(6 images' not in out, out
+    p = json.loads((tmp_path / 'r.json').read_text())['protocol']
+    assert (p['num_images'], p['num_images_evaluated'], p['num_images_unreadable_skipped']) == (6, 5, 1)
+    lines.pop(2)  # the unreadable image's row
+    (tmp_path / 'val.csv').write_text('\n'.join(lines) + '\n')
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert 'csv/val (5 images)' in out and 'skipped' not in out, out
 
 
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, coco_json, capsys):

@@ -155,6 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _trained_on(args: argparse.Namespace) -> Optional[str]:
+    """The training data recorded beside the weights (a training run's train_config.json), else None."""
+    from ..loading import read_model_config
+    path = args.checkpoint
+    if not path and args.model and args.model.startswith('local-dir:'):
+        path = args.model[len('local-dir:'):]
+    return read_model_config(path).get('trained_on') if path else None
+
+
 def run(args: argparse.Namespace) -> int:
     """Predict every input; 0 when all were predicted, 1 when any failed."""
     from ..explain import _check_attention_model, default_eval_transform
@@ -179,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
     transform = default_eval_transform(model, args.img_size)
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
-    summary = weights_summary(model, label_names, args.model or args.checkpoint)
+    summary = weights_summary(model, label_names, args.model or args.checkpoint, trained_on=_trained_on(args))
     header = [] if args.quiet else summary_lines(summary)
     if header and args.format != 'table':
         print('\n'.join(header), file=sys.stderr)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from typing import Any, Dict, Optional
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('destination')
     g.add_argument('--repo-id', default=None, help='Hub repo org/name')
     g.add_argument('--local-dir', default=None, help='write the folder here instead of pushing (no network)')
+    g.add_argument('--overwrite', action='store_true', help='replace a published model already in --local-dir')
     g.add_argument('--private', action='store_true', help='create the Hub repo private')
     g.add_argument('--commit-message', default='Add SRDL weights (model.safetensors, config.json, model card)')
     g.add_argument('--revision', default=None, help='Hub branch to push to')
@@ -108,7 +110,7 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Publish (and optionally register) the weights; print what was written."""
-    from ..hub import push_folder, save_pretrained_dir
+    from ..hub import _PUBLISHED_FILES, push_folder, save_pretrained_dir
     from ..manifest import manifest_markdown, register_weights, verify_manifest
     from ..model_card import normalise_metrics
     from ..models._pretrained import manifest_path
@@ -127,6 +129,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError('give --checkpoint (weights file or run folder) or --model NAME (a tag, hf-hub:, local-dir:)')
     if not args.repo_id and not args.local_dir:
         raise InputError('give --repo-id ORG/NAME (push) and/or --local-dir DIR (write a folder)')
+    held = [f for f in _PUBLISHED_FILES if args.local_dir and os.path.isfile(os.path.join(args.local_dir, f))]
+    if held and not args.overwrite:
+        raise InputError(f'--local-dir {args.local_dir} already holds a published model ({", ".join(held)}); choose '
+                         'another folder or pass --overwrite to replace it')
     if args.manifest_tag and not (args.ship or not args.local_dir):
         raise InputError('--manifest-tag needs weights that exist: add --ship (copy into weights/) or push to the '
                          'Hub (no --local-dir)')

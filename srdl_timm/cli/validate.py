@@ -138,6 +138,9 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     if results['num_samples'] != len(dataset):
         raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
 
+    # an unreadable image skipped by --on-corrupt skip comes back as an all-ignore row the dataset did not have
+    skipped = results['num_samples_all_ignored'] - int((dataset.targets == -1).all(axis=1).sum())
+    evaluated = results['num_samples'] - skipped
     names = dataset.label_names
     by_policy = {'ignore': results}
     if is_voc:
@@ -171,8 +174,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
             dataset=dataset.info,
             split=split,
             num_images=len(dataset),
-            num_images_evaluated=results['num_samples'],
-            num_images_unreadable_skipped=results['num_samples_all_ignored'],
+            num_images_evaluated=evaluated,
+            num_images_unreadable_skipped=skipped,
             input_size=list(data_config['input_size']),
             resize='squash to input_size (no centre crop)',
             interpolation=data_config.get('interpolation'),
@@ -188,8 +191,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
             versions=dict(srdl_timm=srdl_timm.__version__, timm=timm.__version__, torch=torch.__version__),
         ),
     )
-    title = f'{args.model or os.path.basename(args.checkpoint or "")} {args.data}/{split} ' \
-            f'({results["num_samples"]:,} images)'
+    count = f'{evaluated:,} images evaluated, {skipped:,} unreadable skipped' if skipped else f'{evaluated:,} images'
+    title = f'{args.model or os.path.basename(args.checkpoint or "")} {args.data}/{split} ({count})'
     rows = [(title, results)]
     if is_voc:
         report['metrics_by_difficult_policy'] = {
