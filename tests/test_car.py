@@ -109,3 +109,21 @@ def test_unknown_attention_impl_is_rejected():
     """A misspelt kernel choice raises ValueError naming the accepted values."""
     with pytest.raises(ValueError, match='attention_impl'):
         CategoryAttention(4, 4, attention_impl='fast')
+
+
+def test_eq2_training_function_equals_the_direct_sum_with_gradients():
+    """category_logits' training function: <f_c, w_c> and its gradients as the direct sum (float64 gradcheck),
+    the features' gradient laid out as the features (not a transposed copy)."""
+    from srdl_timm.layers.car import _CategoryLogits, category_logits
+    features = torch.randn(B, C, D, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(C, D, dtype=torch.float64, requires_grad=True)
+    out = category_logits(features, weight)
+    assert type(out.grad_fn).__name__ == '_CategoryLogitsBackward'
+    direct = (features * weight).sum(-1)
+    torch.testing.assert_close(out, direct)
+    cot = torch.randn(B, C, dtype=torch.float64)
+    grads = torch.autograd.grad(out, (features, weight), cot)
+    for got, want in zip(grads, torch.autograd.grad(direct, (features, weight), cot)):
+        torch.testing.assert_close(got, want)
+    assert grads[0].is_contiguous()
+    assert torch.autograd.gradcheck(_CategoryLogits.apply, (features, weight))

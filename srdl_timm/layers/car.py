@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import category_attention as kernels
+from ..ops.channel_attention import channel_attention
 
 __all__ = ['CategoryAttention', 'CategoryClassifier']
 
@@ -53,16 +54,25 @@ class CategoryAttention(nn.Module):
         self.sa_weight = 0.5 if use_ca else 1.0
         self.ca_weight = 0.5 if use_sa else 1.0
 
-    def channel_attention(self, pooled: Tensor, embeddings: Tensor) -> Tensor:
+    def channel_attention(self, pooled: Tensor, embeddings: Tensor, class_index: Optional[Tensor] = None) -> Tensor:
         """Eq. 4: ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))`` -> ``[B, C, d]``.
 
         Args:
             pooled: ``GMP(F)`` ``[B, d]``.
             embeddings: ``f_w(x_c)`` ``[C, d]``.
+            class_index: ``[B, K]``: the CA of those categories only, ``[B, K, d]`` (OE's erased pass).
+        Training keeps no ``[B, C, d]`` intermediate but CA itself (:mod:`srdl_timm.ops.channel_attention`).
         """
         assert self.f_ca is not None and self.f_c is not None
-        gate = torch.tanh(self.f_ca(pooled).unsqueeze(1) * embeddings.unsqueeze(0))
-        return torch.sigmoid(self.f_c(gate))
+        return channel_attention(self.f_ca(pooled), embeddings, self.f_c.weight, self.f_c.bias, class_index)
+
+    def selected_channel_attention(self, feat: Tensor, nodes: Optional[Tensor], class_index: Tensor
+                                   ) -> Optional[Tensor]:
+        """Eq. 4 for the categories ``class_index`` ``[B, K]`` of each image -> ``[B, K, d]`` (None without CA):
+        the values of ``forward``'s CA at those categories, computed from ``feat`` ``[B, P, d]`` and ``nodes``."""
+        if not self.use_ca or nodes is None or self.f_w is None:
+            return None
+        return self.channel_attention(feat.amax(dim=1), self.f_w(nodes.to(feat.dtype)), class_index)
 
     def spatial_attention(self, feat: Tensor, embeddings: Tensor) -> Tensor:
         """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``.
@@ -114,6 +124,48 @@ class CategoryAttention(nn.Module):
         return f'use_ca={self.use_ca}, use_sa={self.use_sa}, attention_impl={self.attention_impl!r}'
 
 
+def _dot_per_category(features: Tensor, weight: Tensor) -> Tensor:
+    # [B, C, d] x [C, d] -> [B, C]: a matmul batched over C on a transposed view (einsum would copy features)
+    return torch.bmm(features.transpose(0, 1), weight.unsqueeze(-1)).squeeze(-1).t()
+
+
+class _CategoryLogits(torch.autograd.Function):
+    """Eq. 2's dot products ``<f_c, w_c>`` whose backward writes ``df`` directly as a contiguous ``[B, C, d]`` (through
+    autograd, bmm's gradient comes out transposed and is copied once more, a third ``[B, C, d]`` tensor alive at the
+    training step's memory peak)."""
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(features, weight)
+        return _dot_per_category(features, weight)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        features, weight = ctx.saved_tensors
+        grad = grad.contiguous()  # [B, C] (it arrives transposed), so df below is laid out as features
+        grad_features = grad.unsqueeze(-1) * weight if ctx.needs_input_grad[0] else None
+        grad_weight = torch.bmm(grad.t().unsqueeze(1), features.transpose(0, 1)).squeeze(1) \
+            if ctx.needs_input_grad[1] else None
+        return grad_features, grad_weight
+
+
+@torch.fx.wrap
+def category_logits(features: Tensor, weight: Tensor) -> Tensor:
+    """``logits[b, c] = <features[b, c], weight[c]>`` (eq. 2 without its bias) -> ``[B, C]``."""
+    if torch.jit.is_scripting():
+        return _dot_per_category(features, weight)
+    return _category_logits_eager(features, weight)
+
+
+@torch.jit.unused
+def _category_logits_eager(features: Tensor, weight: Tensor) -> Tensor:
+    if (torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())):
+        return _CategoryLogits.apply(features, weight)
+    return _dot_per_category(features, weight)
+
+
 class CategoryClassifier(nn.Module):
     """``phi`` of eq. 2: one weight vector and bias per category over its own feature ``f_c``.
 
@@ -136,7 +188,7 @@ class CategoryClassifier(nn.Module):
     def forward(self, features: Tensor, class_index: Optional[Tensor] = None) -> Tensor:
         """Eq. 2 logits ``[B, C]`` from ``[B, C, d]``; with ``class_index`` ``[B, K]``, logits of those classes."""
         if class_index is None:
-            return torch.einsum('bcd,cd->bc', features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
+            return category_logits(features, self.weight.to(features.dtype)) + self.bias.to(features.dtype)
         weight = self.weight.to(features.dtype)[class_index]  # [B, K, d]
         return (features * weight).sum(-1) + self.bias.to(features.dtype)[class_index]
 

@@ -356,8 +356,8 @@ class SRDL(nn.Module):
         logits = self.classifier(self.head_drop(features))
         assert sa is not None
         class_index, erased_sa = self.object_eraser(logits, sa, height, width)
-        erased_ca = None if ca is None else torch.gather(
-            ca, 1, class_index.unsqueeze(-1).expand(-1, -1, ca.shape[-1]))
+        # CA of the erased categories recomputed (eq. 4), not gathered: no [B, C, d] gradient buffer at the peak
+        erased_ca = None if ca is None else self.car.selected_channel_attention(feat, nodes, class_index)
         erased_features = self.car.pool(feat, erased_sa, erased_ca)
         erased_selected = self.classifier(self.head_drop(erased_features), class_index)
         erased_logits = logits.scatter(1, class_index, erased_selected)

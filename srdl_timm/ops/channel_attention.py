@@ -1,0 +1,124 @@
+"""Eq. 4, the channel attention ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))``, without its ``[B, C, d]``
+intermediates in training.
+
+Written with autograd ops, eq. 4 keeps two ``[B, C, d]`` tensors for the backward (the tanh gate, for ``f_c`` and
+tanh; the sigmoid output) and its backward allocates four more (one per op); at C = 1000, batch 8, d = 2048 each
+is 62.5 MiB, and the backward runs while the backbone's activations are all alive, at the training step's memory
+peak. :class:`_ChannelAttention` keeps only CA (which eq. 6 needs anyway) and, in backward, walks over chunks of
+categories, recomputing the gate (one ``tanh`` per element; the ``f_c`` matrix products are the same as
+autograd's), so its temporaries are a few ``[B, C_chunk, d]`` blocks.
+
+``class_index`` gives the CA of selected categories only (OE's erased pass, §3.3: the top-K categories of each
+image): the same values as gathering them from the full CA, but its gradient goes to ``f_ca(GMP(F))`` and the
+selected embeddings directly instead of through a ``[B, C, d]`` buffer of zeros.
+
+Implementations: :func:`channel_attention_reference` (autograd ops; used for inference, 16-bit/autocast inputs,
+TorchScript, tracing and ``torch.compile``) and the chunked autograd function (training in float32/float64);
+``tests/test_channel_attention.py`` compares them (float64 gradcheck).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['channel_attention', 'channel_attention_reference', 'BACKWARD_CHUNK_ELEMENTS']
+
+#: Elements of one ``[B, C_chunk, d]`` block in the chunked forward/backward (2**20 fp32 = 4 MiB).
+BACKWARD_CHUNK_ELEMENTS = 1 << 20
+
+
+def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
+                                class_index: Optional[Tensor] = None) -> Tensor:
+    """Eq. 4 with autograd ops: ``sigmoid(tanh(a_b * e_c) W^T + bias)``.
+
+    Args:
+        gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``.
+        embeddings: ``e = f_w(x_c)`` ``[C, d]``.
+        weight, bias: ``f_c`` (``[d, d]``, ``[d]``).
+        class_index: ``[B, K]`` categories per image, or None for all.
+    Returns:
+        ``[B, C, d]`` (or ``[B, K, d]``).
+    """
+    e = embeddings.unsqueeze(0) if class_index is None else embeddings[class_index]
+    gate = torch.tanh(gate_input.unsqueeze(1) * e)
+    return torch.sigmoid(F.linear(gate, weight, bias))
+
+
+def _chunk(batch: int, num_classes: int, channels: int, chunk_elements: int) -> int:
+    return max(1, min(num_classes, chunk_elements // max(1, batch * channels)))
+
+
+class _ChannelAttention(torch.autograd.Function):
+    """Eq. 4 for all categories, saving ``(a, e, W, CA)`` only; gate recomputed per chunk in backward."""
+
+    @staticmethod
+    def forward(ctx, gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
+                chunk_elements: int) -> Tensor:
+        batch, channels = gate_input.shape
+        num_classes = embeddings.shape[0]
+        out = gate_input.new_empty(batch, num_classes, channels)
+        step = _chunk(batch, num_classes, channels, chunk_elements)
+        for c0 in range(0, num_classes, step):
+            c1 = min(num_classes, c0 + step)
+            gate = torch.tanh(gate_input.unsqueeze(1) * embeddings[c0:c1])
+            out[:, c0:c1] = torch.sigmoid_(F.linear(gate, weight, bias))
+        ctx.save_for_backward(gate_input, embeddings, weight, out)
+        ctx.has_bias = bias is not None
+        ctx.step = step
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        gate_input, embeddings, weight, out = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        batch, channels = gate_input.shape
+        num_classes = embeddings.shape[0]
+        grad_a = torch.zeros_like(gate_input) if needs[0] else None
+        grad_e = torch.empty_like(embeddings) if needs[1] else None
+        grad_w = torch.zeros_like(weight) if needs[2] else None
+        grad_b = weight.new_zeros(weight.shape[0]) if (ctx.has_bias and needs[3]) else None
+        for c0 in range(0, num_classes, ctx.step):
+            c1 = min(num_classes, c0 + ctx.step)
+            e = embeddings[c0:c1]
+            gate = torch.tanh(gate_input.unsqueeze(1) * e)  # [B, n, d], recomputed
+            ca = out[:, c0:c1]
+            grad_z = (grad[:, c0:c1] * ca).mul_(1 - ca)  # through the sigmoid
+            rows_z, rows_gate = grad_z.reshape(-1, channels), gate.reshape(-1, channels)
+            if grad_w is not None:
+                grad_w.addmm_(rows_z.t(), rows_gate)
+            if grad_b is not None:
+                grad_b += rows_z.sum(0)
+            if grad_a is None and grad_e is None:
+                continue
+            grad_p = torch.mm(rows_z, weight).view_as(gate).mul_(1 - gate * gate)  # through f_c and tanh
+            if grad_a is not None:
+                grad_a += (grad_p * e).sum(1)
+            if grad_e is not None:
+                grad_e[c0:c1] = (grad_p * gate_input.unsqueeze(1)).sum(0)
+        return grad_a, grad_e, grad_w, grad_b, None
+
+
+def channel_attention(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
+                      class_index: Optional[Tensor] = None,
+                      chunk_elements: int = BACKWARD_CHUNK_ELEMENTS) -> Tensor:
+    """Eq. 4 (see :func:`channel_attention_reference` for the arguments): the chunked autograd function when a
+    gradient is needed for all categories in float32/float64 eager mode without autocast, else the reference."""
+    if torch.jit.is_scripting():
+        return channel_attention_reference(gate_input, embeddings, weight, bias, class_index)
+    return _channel_attention_eager(gate_input, embeddings, weight, bias, class_index, chunk_elements)
+
+
+@torch.jit.unused
+def _channel_attention_eager(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
+                             class_index: Optional[Tensor], chunk_elements: int) -> Tensor:
+    tensors = [t for t in (gate_input, embeddings, weight, bias) if t is not None]
+    lean = (class_index is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and all(t.dtype == gate_input.dtype for t in tensors)
+            and gate_input.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled(gate_input.device.type)
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
+    if not lean:
+        return channel_attention_reference(gate_input, embeddings, weight, bias, class_index)
+    return _ChannelAttention.apply(gate_input, embeddings, weight, bias, chunk_elements)
