@@ -5,7 +5,7 @@ onto the photographs shipped with scikit-image, written in COCO format), built o
 tried on any machine before spending GPU-days. From the repository root::
 
     python benchmarks/run_offline.py --quick          # a 2-core CPU, about 10 minutes (the README's main job)
-    python benchmarks/run_offline.py --faithful       # paper-like attention grid (16x16), 3 seeds x 2 data sets
+    python benchmarks/run_offline.py --faithful       # paper-like attention grid (12x12), 3 seeds x 2 data sets
     python benchmarks/run_offline.py --sweeps         # + the top-K and alpha sweeps of Figure 6
     python benchmarks/run_offline.py --full           # a GPU: 'full' preset, end-to-end fine-tuning
     python benchmarks/run_offline.py --data coco --root /data/coco     # the paper recipe (§4.2) on MS-COCO 2014
@@ -57,8 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--quick', dest='mode', action='store_const', const='quick',
                    help='(default) a 2-core CPU in about 10 min: quick preset, frozen-trunk trainer, 3 seeds')
     m.add_argument('--faithful', dest='mode', action='store_const', const='faithful',
-                   help='paper-like attention resolution: output stride 8 (16x16 grid), last backbone stages '
-                        'trained, 3 seeds, SRDL rows + peers, 2 independently built data sets (CPU: about an hour)')
+                   help='paper-like attention resolution: 192 px at output stride 16 (12x12 grid), last block stage '
+                        'trained, 3 seeds, SRDL rows + peers, 2 independently built data sets run side by side '
+                        '(2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
     m.add_argument('--full', dest='mode', action='store_const', const='full',
                    help='a GPU: full preset (224 px), end-to-end training as srdl-train does, 3 seeds')
     p.set_defaults(mode='quick')
@@ -124,7 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--output', default=None, help='output folder (default benchmark-results/<data>-<mode>)')
     g.add_argument('--device', default=None, help='cpu or cuda (default: cuda when available)')
     g.add_argument('-j', '--workers', type=int, default=None, help='data loader workers')
-    g.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all logical CPUs)')
+    g.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: all logical CPUs; with '
+                   '--parallel-datasets, per process: the CPUs split evenly)')
+    g.add_argument('--parallel-datasets', type=int, default=None, metavar='N',
+                   help='with several --dataset-seeds, run up to N data sets at once in separate processes '
+                        '(default: --faithful as many as there are data sets, up to the CPU count; else 1)')
     g.add_argument('--report-from', default=None, metavar='DIR',
                    help="only print the tables of DIR/results.json (also of an unfinished run: its finished runs; "
                         "written to DIR/results-partial.md)")
@@ -170,6 +175,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     if args.report_from:
         print(report_from_results(args.report_from)['markdown'])
         return 0
+    args.threads_given = args.threads is not None
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     args.threads = threads
@@ -180,7 +186,13 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         raise InputError(str(e)) from e
     dataset_seeds = args.dataset_seeds or resolved.dataset_seeds
     if config.data == 'fashion-scenes' and len(dataset_seeds) > 1:
-        result = run_dataset_seeds(config, dataset_seeds, replace=args.replace)
+        jobs = args.parallel_datasets
+        if jobs is None:
+            jobs = min(len(dataset_seeds), os.cpu_count() or 1) if resolved.mode == 'faithful' else 1
+        if jobs < 1:
+            raise InputError(f'--parallel-datasets must be >= 1, got {jobs}')
+        result = run_dataset_seeds(config, dataset_seeds, replace=args.replace, jobs=jobs,
+                                   threads=args.threads if args.threads_given else None)
         print(result['markdown'])
         print(f"results: {Path(config.output) / 'summary.md'} and dataset-seed*/results.{{json,md}}")
         print(f'total wall time: {time.perf_counter() - t0:.1f} s')

@@ -359,6 +359,27 @@ def test_cli_smoke_tiny_fashion_scenes(tmp_path, capsys):
     assert entry['recipe'].startswith('python benchmarks/run_offline.py ')
 
 
+@needs_fashion_mnist
+def test_cli_parallel_datasets_run_in_separate_processes(tmp_path, capsys, monkeypatch):
+    """--parallel-datasets 2 trains two independently built data sets in two spawned processes (1 thread each) and
+    writes each one's report and the summary, as the sequential path does."""
+    monkeypatch.setenv('SRDL_BENCHMARK_DATA', str(tmp_path / 'data'))  # the builds (inherited by the processes)
+    out = tmp_path / 'out'
+    status = benchmark_main([
+        '--preset', 'tiny', '--dataset-seeds', '0', '1', '--parallel-datasets', '2', '--rows', 'baseline,car',
+        '--seeds', '0', '--epochs', '1', '--batch-size', '4', '--overlays', '0', '--bootstrap', '10',
+        '--output', str(out), '--threads', '1', '--log-level', 'WARNING'])
+    assert status == 0
+    summary = (out / 'summary.md').read_text()
+    assert 'Dataset seed 0' in summary and 'Dataset seed 1' in summary
+    reports = [json.loads((out / f'dataset-seed{s}' / 'results.json').read_text()) for s in (0, 1)]
+    assert [r['config']['dataset_seed'] for r in reports] == [0, 1]
+    assert all(r['status'] == 'complete' and r['config']['threads'] == 1 for r in reports)
+    assert reports[0]['data'] != reports[1]['data']  # two different builds
+    assert len({reports[0]['pid'], reports[1]['pid'], os.getpid()}) == 3  # each in a process of its own
+    assert 'Dataset seed 1' in capsys.readouterr().out
+
+
 def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
     """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.train.fit under the paper
     recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
