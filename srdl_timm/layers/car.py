@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import category_attention as kernels
-from ..ops.channel_attention import channel_attention
+from ..ops import channel_attention as channel_kernels
 
 __all__ = ['CategoryAttention', 'CategoryClassifier']
 
@@ -64,7 +64,8 @@ class CategoryAttention(nn.Module):
         Training keeps no ``[B, C, d]`` intermediate but CA itself (:mod:`srdl_timm.ops.channel_attention`).
         """
         assert self.f_ca is not None and self.f_c is not None
-        return channel_attention(self.f_ca(pooled), embeddings, self.f_c.weight, self.f_c.bias, class_index)
+        return channel_kernels.channel_attention(self.f_ca(pooled), embeddings, self.f_c.weight, self.f_c.bias,
+                                                 class_index)
 
     def selected_channel_attention(self, feat: Tensor, nodes: Optional[Tensor], class_index: Tensor
                                    ) -> Optional[Tensor]:
@@ -161,6 +162,7 @@ def category_logits(features: Tensor, weight: Tensor) -> Tensor:
 @torch.jit.unused
 def _category_logits_eager(features: Tensor, weight: Tensor) -> Tensor:
     if (torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
+            and features.dtype == weight.dtype and not torch.is_autocast_enabled(features.device.type)
             and not (torch.jit.is_tracing() or torch.compiler.is_compiling())):
         return _CategoryLogits.apply(features, weight)
     return _dot_per_category(features, weight)

@@ -100,6 +100,7 @@ class _ChannelAttention(torch.autograd.Function):
         return grad_a, grad_e, grad_w, grad_b, None
 
 
+@torch.fx.wrap
 def channel_attention(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
                       class_index: Optional[Tensor] = None,
                       chunk_elements: int = BACKWARD_CHUNK_ELEMENTS) -> Tensor:
