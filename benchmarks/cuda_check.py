@@ -22,7 +22,6 @@ Exit status 0 when every check passed, 1 when one failed, 2 without CUDA. Relati
     python benchmarks/cuda_check.py --json cuda_check.json --markdown cuda_check.md
 """
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -287,11 +286,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for c in failed:
         print(f"  FAILED {c['name']}: {c.get('error') or c['err']}")
     if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table)
+        from srdl_timm.utils import atomic_write_bytes
+        atomic_write_bytes(args.markdown, table.encode('utf-8'))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(env=env, checks=checks.items, results=results), f, indent=1)
+        from srdl_timm.utils import atomic_write_json
+        atomic_write_json(args.json, dict(env=env, checks=checks.items, results=results))
     return 0 if checks.ok else 1
 
 

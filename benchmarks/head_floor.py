@@ -155,7 +155,6 @@ def _compiles() -> bool:
 
 def head_breakdown_main(args) -> List[Dict[str, Any]]:
     """Print (and write with ``--markdown``/``--json``) the head breakdown table; returns its pieces."""
-    import json
     from timing import environment
     env = environment(args.device)
     result = head_breakdown(args, args.batch_size[0])
@@ -184,11 +183,11 @@ def head_breakdown_main(args) -> List[Dict[str, Any]]:
     table = '\n'.join(lines) + '\n'
     print(table)
     if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table)
+        from srdl_timm.utils import atomic_write_bytes
+        atomic_write_bytes(args.markdown, table.encode('utf-8'))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(env=env, args=vars(args), pieces=pieces, peak_ns=peak), f, indent=1)
+        from srdl_timm.utils import atomic_write_json
+        atomic_write_json(args.json, dict(env=env, args=vars(args), pieces=pieces, peak_ns=peak))
     return pieces
 
 

@@ -196,11 +196,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     print(table)
     out = dict(env=env, args=vars(args), rows=rows, fits=fits, product_mib_per_class=product_mib)
     if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table)
+        from srdl_timm.utils import atomic_write_bytes
+        atomic_write_bytes(args.markdown, table.encode('utf-8'))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(out, f, indent=1)
+        from srdl_timm.utils import atomic_write_json
+        atomic_write_json(args.json, out)
     return out
 
 

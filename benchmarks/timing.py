@@ -510,11 +510,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
     table = markdown(results, env, args)
     print(table)
     if args.markdown:
-        with open(args.markdown, 'w') as f:
-            f.write(table)
+        from srdl_timm.utils import atomic_write_bytes
+        atomic_write_bytes(args.markdown, table.encode('utf-8'))
     if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(dict(env=env, args=vars(args), results=results), f, indent=1)
+        from srdl_timm.utils import atomic_write_json
+        atomic_write_json(args.json, dict(env=env, args=vars(args), results=results))
     return results
 
 
