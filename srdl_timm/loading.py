@@ -329,9 +329,10 @@ def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str
         _check_fit(model, state, file, arch, args, where)
     model.load_state_dict(state, strict=strict)
     # timm fills pretrained_cfg from the architecture's default tag even with pretrained=False; these weights are
-    # the file's, so keep the tag's pre-processing but nothing that describes the tag's weights
-    model.pretrained_cfg = {k: v for k, v in (getattr(model, 'pretrained_cfg', None) or {}).items()
-                            if k not in _TAG_IDENTITY_KEYS}
+    # the file's, so keep the tag's pre-processing but nothing that describes the tag's weights, and their own
+    # class count
+    model.pretrained_cfg = dict({k: v for k, v in (getattr(model, 'pretrained_cfg', None) or {}).items()
+                                 if k not in _TAG_IDENTITY_KEYS}, num_classes=model.num_classes)
     if pretrained_cfg:
         model.pretrained_cfg = dict(getattr(model, 'pretrained_cfg', None) or {}, **pretrained_cfg)
     return model

@@ -279,4 +279,5 @@ def test_weights_from_a_file_do_not_claim_the_default_tag(tmp_path):
     loaded = load_model(None, tmp_path / 'model.safetensors')
     cfg = loaded.pretrained_cfg
     assert cfg.get('tag') is None and cfg.get('description') is None and cfg.get('file') is None
+    assert cfg['num_classes'] == 3  # the file's classifier, not the tag's 10
     assert cfg['mean'] == fresh.pretrained_cfg['mean'] and cfg['input_size'] == fresh.pretrained_cfg['input_size']
