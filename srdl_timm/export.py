@@ -22,6 +22,7 @@ atol=1e-4, float32); otherwise :class:`ExportCheckError`. The console script is 
 """
 import json
 import logging
+import importlib
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -143,6 +144,14 @@ def _reference_outputs(model: nn.Module, x: torch.Tensor) -> np.ndarray:
     return out.float().cpu().numpy()
 
 
+def _export_dependency(name: str, purpose: str):
+    """Import ``onnx`` / ``onnxruntime`` (the ``export`` extra), or raise an InputError saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise InputError(f'{purpose} needs {name}: pip install "srdl-timm[export]"') from e
+
+
 def export_onnx(
         model: nn.Module,
         path: str,
@@ -168,7 +177,7 @@ def export_onnx(
     Returns:
         ``path``.
     """
-    import onnx
+    onnx = _export_dependency('onnx', 'ONNX export')
     if opset < MIN_OPSET:
         raise InputError(f'opset must be >= {MIN_OPSET}, got {opset}')
     size = _input_size(model, input_size)
@@ -219,14 +228,10 @@ def check_onnx(
 
     Raises:
         ExportCheckError: a shape or value differs beyond the tolerance, or the opset is too low.
-        InputError: onnxruntime is not installed (``pip install srdl-timm[export]``).
+        InputError: onnx or onnxruntime is not installed (``pip install srdl-timm[export]``).
     """
-    import onnx
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise InputError('checking an ONNX export needs onnxruntime: pip install "srdl-timm[export]" (or pass '
-                         '--no-check)') from e
+    onnx = _export_dependency('onnx', 'checking an ONNX export')
+    ort = _export_dependency('onnxruntime', 'checking an ONNX export (or pass --no-check)')
     proto = onnx.load(path, load_external_data=False)
     opsets = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if not opsets or max(opsets) < MIN_OPSET:

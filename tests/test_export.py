@@ -4,6 +4,7 @@ TorchScript reloaded with torch.jit.load both match the PyTorch inference model.
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_export.py
 """
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -17,6 +18,7 @@ import srdl_timm  # noqa: F401
 from srdl_timm.cli.export import main
 from srdl_timm.export import (
     ExportCheckError, check_onnx, check_torchscript, export_onnx, export_torchscript, prepare_for_export)
+from srdl_timm.errors import InputError
 from srdl_timm.loading import model_args
 
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
@@ -171,3 +173,13 @@ def test_prepare_for_export_is_idempotent_and_keeps_weights():
     assert prepare_for_export(prepare_for_export(model)) is model
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key])
+
+
+def test_missing_export_extra_is_an_input_error_naming_it(model, tmp_path, monkeypatch):
+    """Without onnx (or onnxruntime) installed, exporting or checking ONNX says to install the ``export`` extra
+    (an InputError: exit 2 with one line), not a bare ModuleNotFoundError."""
+    monkeypatch.setitem(sys.modules, 'onnx', None)  # import onnx -> ImportError, as on an install without the extra
+    with pytest.raises(InputError, match=r'ONNX export needs onnx: pip install "srdl-timm\[export\]"'):
+        export_onnx(model, str(tmp_path / 'x.onnx'))
+    with pytest.raises(InputError, match=r'needs onnx: pip install'):
+        check_onnx(str(tmp_path / 'x.onnx'), model)
