@@ -579,3 +579,50 @@ def test_car_layer_with_compiled_kernels_matches_reference(use_ca):
         assert rel_err(a, b) <= 1e-12
     scripted = torch.jit.script(layers['compiled'])
     torch.testing.assert_close(scripted(feat, nodes, 5)[0], results['reference'][0])
+
+
+def test_one_time_work_runs_in_its_own_thread_with_the_callers_state(fresh_compiled):
+    """_one_time_work runs its function in another thread (its own malloc arena) with the caller's thread count,
+    grad mode and inference mode, returns its result, re-raises its exception in the caller, and runs nested
+    calls inline."""
+    import threading
+    caller = threading.get_ident()
+
+    def probe():
+        nested = CC._one_time_work(threading.get_ident)
+        return (threading.get_ident(), nested, torch.get_num_threads(), torch.is_grad_enabled(),
+                torch.is_inference_mode_enabled())
+
+    torch.set_num_threads(2)
+    try:
+        for grad, inference in ((True, False), (False, False), (False, True)):
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                ident, nested, threads, g, i = CC._one_time_work(probe)
+            assert ident != caller and nested == ident and (threads, g, i) == (2, grad, inference)
+    finally:
+        torch.set_num_threads(1)
+    with pytest.raises(ValueError, match='from the worker'):
+        CC._one_time_work(lambda: (_ for _ in ()).throw(ValueError('from the worker')))
+
+
+@pytest.mark.parametrize('mode', ['grad', 'no_grad', 'inference'])
+def test_kernels_compiled_off_the_main_thread_are_not_recompiled_on_it(fresh_compiled, mode):
+    """A kernel's first call compiles it in a one-time thread; the caller's next calls (same shapes, same mode)
+    reuse it -- Dynamo compiles no new frame -- and its forward and backward equal the reference's."""
+    from torch._dynamo.utils import counters
+    s, e, w = _logits_inputs(1, 6, 5, 3, torch.float32, 'cpu')
+    context = {'grad': torch.enable_grad, 'no_grad': torch.no_grad, 'inference': torch.inference_mode}[mode]
+
+    def step():
+        with context():
+            out = CC.spatial_attention_logits_compiled(s, e, w)
+            if mode == 'grad':
+                out.sum().backward()
+        return out
+
+    step()
+    frames = counters['stats']['unique_graphs']
+    assert frames > 0 and len(CC._COMPILED) == (2 if mode == 'grad' else 1)
+    out = step()
+    assert counters['stats']['unique_graphs'] == frames, 'a kernel was compiled again on the caller thread'
+    torch.testing.assert_close(out.detach(), K.spatial_attention_logits_reference(s, e, w).detach())

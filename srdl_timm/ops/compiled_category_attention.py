@@ -114,9 +114,10 @@ def _pool_fwd(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, 
     if not with_index:
         return out, None
     positions = feat.shape[1]
-    ramp = torch.arange(positions, device=feat.device).view(1, 1, positions, 1)
-    first = torch.where(product == out.unsqueeze(2), ramp, positions).amin(2)
-    return out, first.clamp(max=positions - 1).to(index_dtype)
+    # in index_dtype throughout: an int64 arg-min would be a [B, C, d] temporary 4x the int16 result
+    ramp = torch.arange(positions, dtype=index_dtype, device=feat.device).view(1, 1, positions, 1)
+    last = torch.full((), positions - 1, dtype=index_dtype, device=feat.device)
+    return out, torch.where(product == out.unsqueeze(2), ramp, last).amin(2)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -168,8 +169,45 @@ def _fresh_function(fn: Callable, tag: int) -> Callable:
     return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
+_ONE_TIME_WORK = threading.local()  # .active: this thread is a one-time-work thread (see _one_time_work)
+
+
+def _one_time_work(fn: Callable[[], object]) -> object:
+    """Run ``fn`` (a compile, a first call, the 'auto' measurement) in a short-lived thread and return its result.
+
+    Why a thread: glibc gives each thread its own malloc arena. Compiling allocates many small blocks (Dynamo,
+    Inductor, the loaded module) that stay alive; made in the main arena in the middle of a training step, with
+    the backbone's activations around them, they fragmented it and raised the step's peak RSS by 0.1-0.5 GiB
+    (C = 1000, batch 8, 448 px; benchmarks/memory.py). In their own arena they cannot. The thread gets the
+    caller's per-thread state that Dynamo guards on or the kernels depend on: intra-op thread count (OpenMP's is
+    per thread), grad mode, inference mode. Nested calls run inline.
+    """
+    if getattr(_ONE_TIME_WORK, 'active', False):
+        return fn()
+    threads, grad, inference = torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    result: Dict[str, object] = {}
+
+    def target():
+        _ONE_TIME_WORK.active = True
+        torch.set_num_threads(threads)
+        try:
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                result['value'] = fn()
+        except BaseException as error:  # re-raised in the caller's thread
+            result['error'] = error
+
+    worker = threading.Thread(target=target, name='srdl-timm-compile', daemon=True)
+    worker.start()
+    worker.join()
+    if 'error' in result:
+        raise result['error']
+    return result['value']
+
+
 def _run(fn: Callable, key: tuple, *args):
-    """Call ``fn`` compiled for ``key`` (shapes, dtypes, flags, threads), compiling it on first use."""
+    """Call ``fn`` compiled for ``key`` (shapes, dtypes, flags, threads), compiling it on first use (in a
+    :func:`_one_time_work` thread)."""
+    first_use = False
     with _LOCK:
         compiled = _COMPILED.get((fn, key))
         if compiled is None:
@@ -179,10 +217,14 @@ def _run(fn: Callable, key: tuple, *args):
                                       'shapes in one process')
             compiled = torch.compile(_fresh_function(fn, count), dynamic=False, fullgraph=True)
             _COMPILED[(fn, key)] = compiled
+            first_use = True
     # detached: Dynamo guards on requires_grad, and these kernels never record autograd themselves
     args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
-    with torch.autocast('cpu', enabled=False), torch.no_grad():
-        return compiled(*args)
+
+    def call():
+        with torch.autocast('cpu', enabled=False), torch.no_grad():
+            return compiled(*args)
+    return _one_time_work(call) if first_use else call()
 
 
 def _key(*tensors: Optional[Tensor]) -> tuple:
@@ -281,6 +323,11 @@ def auto_choice(op: str, key: tuple, elements: int, candidates: Dict[str, Callab
     decision = _DECISIONS.get(key)
     if decision is not None:
         return decision[0]
+    return _one_time_work(lambda: _measure(op, key, candidates, repeats))
+
+
+def _measure(op: str, key: tuple, candidates: Dict[str, Callable[[], object]], repeats: int) -> str:
+    """:func:`auto_choice`'s first time for ``key``: compile, time both candidates, remember the faster."""
     try:
         candidates['compiled']()
     except ShapeLimitError:
