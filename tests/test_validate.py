@@ -248,3 +248,30 @@ def test_eval_loader_never_drops_and_distributed_slices_partition():
     assert a == b and a != c and len(a) == 2 and sum(a, []) != sorted(sum(a, []))
     with pytest.raises(ValueError, match='not initialised'):
         create_loader(data, 4, is_training=False, num_workers=0, distributed=True)
+
+
+def test_cli_csv_without_classes_txt_takes_the_weights_label_set(tmp_path, capsys):
+    """A list-layout CSV without classes.txt is evaluated on the label set of named weights (a published folder):
+    a CSV holding only some of the weights' labels evaluates all the weights' classes (the absent one has no AP),
+    and a label the weights do not know stops with one line naming the CSV line and the label, exit 2 -- not a
+    class-count mismatch."""
+    from fixtures_data import HUB_NAMES, toy_srdl_model
+    from srdl_timm import hub
+    folder = tmp_path / 'published'
+    hub.save_pretrained_dir(toy_srdl_model(), folder)
+    data = tmp_path / 'data'
+    info = write_csv(data, 'val', num_images=5, label_names=tuple(HUB_NAMES[:2]), seed=3)
+    args = ['--model', f'local-dir:{folder}', '--data', 'csv', '--root', str(data), '--img-size', str(IMG),
+            '--workers', '0', '--quiet', '--output', str(tmp_path / 'r.json')]
+    assert main(args) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / 'r.json').read_text())
+    assert report['label_names'] == HUB_NAMES
+    ap = report['per_class_AP']['interpolated']
+    assert ap[HUB_NAMES[2]] is None and all(ap[n] is not None for n in HUB_NAMES[:2]), ap  # no positive: no AP
+    lines = (data / 'val.csv').read_text().splitlines()
+    lines[2] = info['rows'][1][0] + ',' + 'unicorn'
+    (data / 'val.csv').write_text('\n'.join(lines) + '\n')
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith('srdl-validate: error: ') and 'val.csv, line 3' in err and 'unicorn' in err, err
+    assert 'classes but' not in err and 'Traceback' not in err, err

@@ -90,6 +90,8 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     import srdl_timm
     from ..data import DEFAULT_SPLITS, create_dataset, create_loader, create_transform
     from ..data.distributed import init_distributed_from_env
+    from ..explain import model_label_names
+    from ..loading import read_model_config
     from ..utils import atomic_write_json, parse_model_kwargs
     from ..validate import (
         AP_DEFINITIONS, DIFFICULT_POLICY_NAMES, class_index_by_name, format_rows, validate, voc_difficult_negative)
@@ -112,7 +114,17 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
     if args.random_init:
         torch.manual_seed(args.seed)
-    model = model_from_args(args, num_classes=dataset.num_classes)
+    # a CSV without classes.txt names its classes by the labels it happens to hold: take the weights' label set
+    # instead (a label the weights do not know is then an error naming the CSV line; an absent one has no AP)
+    names_from_file = dataset.info.get('label_names_from') == 'sorted labels in the file'
+    bare_checkpoint = bool(args.checkpoint) and not read_model_config(args.checkpoint)
+    model = model_from_args(args, num_classes=None if names_from_file and not (args.random_init or bare_checkpoint)
+                            else dataset.num_classes)
+    weights_names = None if args.random_init else model_label_names(model)
+    if names_from_file and weights_names and weights_names != dataset.label_names:
+        _logger.info('%s: classes taken from the weights (%d label names), not from the labels in the file',
+                     dataset.info.get('name', args.data), len(weights_names))
+        dataset = create_dataset(args.data, args.root, split, label_names=weights_names, **options)
     if getattr(model, 'num_classes', None) != dataset.num_classes:
         raise InputError(f'the weights ({args.checkpoint or args.model}) have {getattr(model, "num_classes", 0)} '
                          f'classes but {dataset.info.get("name", args.data)} has {dataset.num_classes}: evaluate on '
