@@ -38,6 +38,8 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .dispatch import _compute_dtype, _needs_grad, _result_dtype, _up, index_dtype
+
 _logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -355,25 +357,23 @@ def _measure(op: str, key: tuple, candidates: Dict[str, Callable[[], object]], r
 # ------------------------------------------------------------------------------------------------------------
 
 def _category_attention():
-    from . import category_attention  # the chunked path and shared helpers (imports this module lazily)
+    from . import category_attention  # the chunked path (it imports this module lazily)
     return category_attention
 
 
 class _Logits(torch.autograd.Function):
     @staticmethod
     def forward(ctx, s: Tensor, e: Tensor, w: Tensor) -> Tensor:
-        K = _category_attention()
         ctx.save_for_backward(s, e, w)
-        dtype = K._compute_dtype(K._result_dtype(s, e, w))
-        return logits_forward(K._up(s, dtype), K._up(e, dtype), K._up(w, dtype)).to(s.dtype)
+        dtype = _compute_dtype(_result_dtype(s, e, w))
+        return logits_forward(_up(s, dtype), _up(e, dtype), _up(w, dtype)).to(s.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        K = _category_attention()
         s, e, w = ctx.saved_tensors
-        dtype = K._compute_dtype(K._result_dtype(s, e, w))
-        grads = logits_backward(K._up(s, dtype), K._up(e, dtype), K._up(w, dtype), K._up(grad, dtype),
+        dtype = _compute_dtype(_result_dtype(s, e, w))
+        grads = logits_backward(_up(s, dtype), _up(e, dtype), _up(w, dtype), _up(grad, dtype),
                                 *ctx.needs_input_grad[:3])
         return tuple(None if g is None else g.to(t.dtype) for g, t in zip(grads, (s, e, w)))
 
@@ -382,11 +382,10 @@ class _Pool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float
                 ) -> Tensor:
-        K = _category_attention()
-        result = K._result_dtype(feat, sa, ca)
-        dtype = K._compute_dtype(result)
-        out, index = pool_forward(K._up(feat, dtype), K._up(sa, dtype), K._up(ca, dtype), sa_weight, ca_weight,
-                                  True, K.index_dtype(feat.shape[1]))
+        result = _result_dtype(feat, sa, ca)
+        dtype = _compute_dtype(result)
+        out, index = pool_forward(_up(feat, dtype), _up(sa, dtype), _up(ca, dtype), sa_weight, ca_weight,
+                                  True, index_dtype(feat.shape[1]))
         ctx.save_for_backward(feat, sa, ca, index)
         ctx.weights = (sa_weight, ca_weight)
         return out.to(result)
@@ -402,21 +401,19 @@ class _Pool(torch.autograd.Function):
 
 def spatial_attention_logits_compiled(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     """Eq. 5 inner sum with the compiled kernels, forward and backward (CPU; any float dtype)."""
-    K = _category_attention()
-    if not K._needs_grad(s, e, w):
-        dtype = K._compute_dtype(K._result_dtype(s, e, w))
-        return logits_forward(K._up(s, dtype), K._up(e, dtype), K._up(w, dtype)).to(s.dtype)
+    if not _needs_grad(s, e, w):
+        dtype = _compute_dtype(_result_dtype(s, e, w))
+        return logits_forward(_up(s, dtype), _up(e, dtype), _up(w, dtype)).to(s.dtype)
     return _Logits.apply(s, e, w)
 
 
 def attention_max_pool_compiled(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float,
                                 ca_weight: float) -> Tensor:
     """Eq. 6 + GMP with the compiled kernels (CPU); in training the arg-max is kept for the backward."""
-    K = _category_attention()
-    if not K._needs_grad(feat, sa, ca):
-        result = K._result_dtype(feat, sa, ca)
-        dtype = K._compute_dtype(result)
-        return pool_forward(K._up(feat, dtype), K._up(sa, dtype), K._up(ca, dtype), sa_weight, ca_weight,
+    if not _needs_grad(feat, sa, ca):
+        result = _result_dtype(feat, sa, ca)
+        dtype = _compute_dtype(result)
+        return pool_forward(_up(feat, dtype), _up(sa, dtype), _up(ca, dtype), sa_weight, ca_weight,
                             False)[0].to(result)
     return _Pool.apply(feat, sa, ca, sa_weight, ca_weight)
 
@@ -424,13 +421,13 @@ def attention_max_pool_compiled(feat: Tensor, sa: Tensor, ca: Optional[Tensor], 
 def auto_logits(s: Tensor, e: Tensor, w: Tensor, block_elements: int) -> str:
     """:func:`auto_choice` for eq. 5's inner sum on these inputs (measuring forward, + backward in training)."""
     K = _category_attention()
-    grad = K._needs_grad(s, e, w)
+    grad = _needs_grad(s, e, w)
     elements = s.shape[0] * e.shape[0] * s.shape[1] * s.shape[2]
     if elements < AUTO_MIN_ELEMENTS or not available():
         return 'chunked'
-    dtype = K._compute_dtype(K._result_dtype(s, e, w))
+    dtype = _compute_dtype(_result_dtype(s, e, w))
     classes = _measured_classes(e.shape[0], s.shape[0] * s.shape[1] * s.shape[2])
-    s_, e_, w_ = (K._up(t.detach(), dtype) for t in (s, e[:classes], w))
+    s_, e_, w_ = (_up(t.detach(), dtype) for t in (s, e[:classes], w))
     cot = torch.ones(s.shape[0], classes, s.shape[1], dtype=dtype)
 
     def chunked():
@@ -453,16 +450,16 @@ def auto_pool(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, 
               block_elements: int) -> str:
     """:func:`auto_choice` for eq. 6 + GMP (forward; with the arg-max in training -- the backward is shared)."""
     K = _category_attention()
-    grad = K._needs_grad(feat, sa, ca)
+    grad = _needs_grad(feat, sa, ca)
     elements = feat.shape[0] * sa.shape[1] * feat.shape[1] * feat.shape[2]
     if elements < AUTO_MIN_ELEMENTS or not available():
         return 'chunked'
-    dtype = K._compute_dtype(K._result_dtype(feat, sa, ca))
+    dtype = _compute_dtype(_result_dtype(feat, sa, ca))
     classes = _measured_classes(sa.shape[1], feat.shape[0] * feat.shape[1] * feat.shape[2])
-    f_, sa_ = K._up(feat.detach(), dtype), K._up(sa.detach()[:, :classes], dtype)
-    ca_ = None if ca is None else K._up(ca.detach()[:, :classes], dtype)
-    index_dtype = K.index_dtype(feat.shape[1])
+    f_, sa_ = _up(feat.detach(), dtype), _up(sa.detach()[:, :classes], dtype)
+    ca_ = None if ca is None else _up(ca.detach()[:, :classes], dtype)
+    indices = index_dtype(feat.shape[1])
     return auto_choice('pool', (grad, sa_weight, ca_weight) + _key(feat, sa, ca), elements, {
         'chunked': lambda: K._pool_forward(f_, sa_, ca_, sa_weight, ca_weight, block_elements, grad),
-        'compiled': lambda: pool_forward(f_, sa_, ca_, sa_weight, ca_weight, grad, index_dtype),
+        'compiled': lambda: pool_forward(f_, sa_, ca_, sa_weight, ca_weight, grad, indices),
     })

@@ -1,7 +1,7 @@
 """Triton path for eqs. 5-6 (+ GMP) of the CAR head, with its own backward.
 
 Selected by ``impl='triton'``, or by ``impl='auto'`` on CUDA tensors when Triton imports (see
-:func:`srdl_timm.ops.category_attention.select_impl`). Triton is imported lazily: importing this module never
+:func:`srdl_timm.ops.dispatch.select_impl`). Triton is imported lazily: importing this module never
 needs it.
 
 * CUDA tensors run compiled kernels.
