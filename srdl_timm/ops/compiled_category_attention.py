@@ -38,6 +38,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..utils import release_free_heap
 from .dispatch import _compute_dtype, _needs_grad, _result_dtype, _up, index_dtype
 
 _logger = logging.getLogger(__name__)
@@ -177,12 +178,14 @@ _ONE_TIME_WORK = threading.local()  # .active: this thread is a one-time-work th
 def _one_time_work(fn: Callable[[], object]) -> object:
     """Run ``fn`` (a compile, a first call, the 'auto' measurement) in a short-lived thread and return its result.
 
-    Why a thread: glibc gives each thread its own malloc arena. Compiling allocates many small blocks (Dynamo,
-    Inductor, the loaded module) that stay alive; made in the main arena in the middle of a training step, with
-    the backbone's activations around them, they fragmented it and raised the step's peak RSS by 0.1-0.5 GiB
-    (C = 1000, batch 8, 448 px; benchmarks/memory.py). In their own arena they cannot. The thread gets the
-    caller's per-thread state that Dynamo guards on or the kernels depend on: intra-op thread count (OpenMP's is
-    per thread), grad mode, inference mode. Nested calls run inline.
+    Why: this work runs inside the first training step, with the backbone's activations alive. Done in the
+    caller's thread, its allocations (Dynamo, Inductor, the measurement's buffers) went to glibc's main arena
+    among the activations, and the step's peak RSS was 0.1-0.5 GiB higher than with the kernels compiled
+    beforehand (C = 1000, batch 8, 448 px; benchmarks/RESULTS.md). glibc gives each thread its own arena, so
+    here they stay out of the main one; afterwards the heaps' free pages go back to the OS
+    (:func:`~srdl_timm.utils.release_free_heap`). The thread gets the caller's per-thread state that Dynamo
+    guards on or the kernels depend on: intra-op thread count, grad mode, inference mode. Nested calls run
+    inline.
     """
     if getattr(_ONE_TIME_WORK, 'active', False):
         return fn()
@@ -201,6 +204,7 @@ def _one_time_work(fn: Callable[[], object]) -> object:
     worker = threading.Thread(target=target, name='srdl-timm-compile', daemon=True)
     worker.start()
     worker.join()
+    release_free_heap()
     if 'error' in result:
         raise result['error']
     return result['value']
