@@ -234,7 +234,12 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     """
     train_ds = create_dataset(cfg.data, cfg.root, cfg.train_split, **_dataset_options(cfg, True),
                               **{k: v for k, v in (('ann_file', cfg.ann_file), ('image_dir', cfg.image_dir)) if v})
-    val_ds = create_dataset(cfg.data, cfg.root, cfg.val_split, **_dataset_options(cfg, False))
+    val_options = _dataset_options(cfg, False)
+    if train_ds.info.get('label_names_from') == 'sorted labels in the file':
+        # a CSV without classes.txt: the validation split may lack a class, and must not name new ones
+        val_options.update(label_names=train_ds.label_names,
+                           label_names_from=f'the training split ({train_ds.info["csv_file"]})')
+    val_ds = create_dataset(cfg.data, cfg.root, cfg.val_split, **val_options)
     if train_ds.label_names != val_ds.label_names:
         raise InputError(f'the {cfg.train_split!r} and {cfg.val_split!r} splits have different classes '
                          f'({train_ds.num_classes} vs {val_ds.num_classes})')

@@ -51,3 +51,22 @@ def test_corrupt_image_with_loader_workers_gives_the_original_message(tmp_path):
     assert len(lines) == 1 and bad in lines[0] and 'truncated' in lines[0], res.stderr[-2000:]
     assert 'Traceback' not in res.stderr and 'DataLoader worker' not in res.stderr
     assert lines[0].startswith(f'srdl-train: error: {bad}'), lines[0]  # no (module-qualified) exception name
+
+
+def test_csv_validation_split_without_a_class_trains_and_a_new_label_names_the_line(tmp_path, capsys):
+    """A CSV data set without classes.txt whose validation split lacks one of the training split's labels trains
+    (the model gets the training split's classes; that class has no AP), and a validation label the training
+    split does not have stops with exit 2 naming the CSV line and where the classes came from."""
+    root = tmp_path / 'data'
+    write_csv(root, split='train', num_images=8, seed=0)
+    info = write_csv(root, split='val', num_images=4, seed=1, label_names=('cat', 'dog'))
+    assert main(_cli(str(root), tmp_path / 'o')) == 0, capsys.readouterr().err
+    import json
+    config = json.loads((tmp_path / 'o' / 'train_config.json').read_text())
+    assert config['label_names'] == ['cat', 'dog', 'traffic light'], config.get('label_names')
+    lines = (root / 'val.csv').read_text().splitlines()
+    lines[1] = info['rows'][0][0] + ',zebra'
+    (root / 'val.csv').write_text('\n'.join(lines) + '\n')
+    assert main(_cli(str(root), tmp_path / 'o2')) == 2
+    err = capsys.readouterr().err
+    assert 'val.csv, line 2' in err and "'zebra'" in err and 'training split' in err, err

@@ -69,6 +69,7 @@ class CsvMultiLabel(MultiLabelDataset):
         image_dir: folder the image paths are relative to (absolute paths are kept); default: the CSV's folder.
         transform: applied to each PIL RGB image.
         label_names: class names in column order (list layout only).
+        label_names_from: where ``label_names`` come from, for the unknown-label error (e.g. "the weights").
         label_sep: separator between labels in the list layout.
         image_column, label_column: column names, when not one of the defaults.
         keep_empty: keep images without any present label (all-zero targets); skipped and counted by default.
@@ -87,6 +88,7 @@ class CsvMultiLabel(MultiLabelDataset):
             image_dir: Optional[str] = None,
             transform: Optional[Callable] = None,
             label_names: Optional[Sequence[str]] = None,
+            label_names_from: Optional[str] = None,
             label_sep: str = ';',
             image_column: Optional[str] = None,
             label_column: Optional[str] = None,
@@ -131,7 +133,7 @@ class CsvMultiLabel(MultiLabelDataset):
             cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
             classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
             if label_names is not None:
-                names, names_from = [str(n) for n in label_names], 'argument'
+                names, names_from = [str(n) for n in label_names], label_names_from or 'the label_names argument'
             elif os.path.isfile(classes_txt):
                 names, names_from = read_label_names(classes_txt), classes_txt
             else:
