@@ -60,7 +60,7 @@ def test_csv_validation_split_without_a_class_trains_and_a_new_label_names_the_l
     root = tmp_path / 'data'
     write_csv(root, split='train', num_images=8, seed=0)
     info = write_csv(root, split='val', num_images=4, seed=1, label_names=('cat', 'dog'))
-    assert main(_cli(str(root), tmp_path / 'o')) == 0, capsys.readouterr().err
+    assert main(_cli(str(root), tmp_path / 'o', '--quiet')) == 0, capsys.readouterr().err  # --quiet as elsewhere
     import json
     config = json.loads((tmp_path / 'o' / 'train_config.json').read_text())
     assert config['label_names'] == ['cat', 'dog', 'traffic light'], config.get('label_names')

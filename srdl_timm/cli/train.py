@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--max-steps', type=int, default=None,
                    help='stop (with a checkpoint) after N optimizer steps in total; resume later')
     g.add_argument('--deterministic', action='store_true', help='torch deterministic algorithms')
-    g.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars (they show only when stderr is a terminal)')
+    g.add_argument('--no-progress', '--quiet', '-q', dest='progress', action='store_false',
+                   help='no progress bars (they show only when stderr is a terminal)')
     return add_common_args(p)
 
 
