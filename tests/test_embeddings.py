@@ -1,4 +1,4 @@
-"""Tests for srdl_timm.embeddings: word-vector loading, label-name embeddings, shipped COCO/VOC assets."""
+"""Tests for srdl_timm.embeddings: label-name embeddings from word vectors, shipped COCO/VOC assets."""
 import gzip
 import importlib.util
 import json
@@ -119,20 +119,6 @@ def test_glove_and_word2vec_text_files_load(tmp_path):
     np.testing.assert_array_equal(emb, np.array([[0.5, 0.5, 0], [0, 0, 1.5]], np.float32))
 
 
-def test_malformed_text_files_name_file_and_line(tmp_path):
-    """A bad number or a wrong field count raises ValueError naming the file and line; a missing file is FileNotFoundError."""
-    bad = tmp_path / 'bad.txt'
-    _write_text(bad, ['red 1 0 0', 'green 0 x 0'])
-    with pytest.raises(ValueError, match=r'bad\.txt:2: non-numeric.*green'):
-        E.load_word_vectors(bad)
-    short = tmp_path / 'short.txt'
-    _write_text(short, ['red 1 0 0', 'green 0 1'])
-    with pytest.raises(ValueError, match=r'short\.txt:2: expected a word and 3 numbers'):
-        E.load_word_vectors(short)
-    with pytest.raises(FileNotFoundError, match='nope.txt'):
-        E.load_word_vectors(tmp_path / 'nope.txt')
-
-
 def test_npy_with_vocabulary_file_loads(tmp_path):
     """X.npy with X.vocab.txt beside it loads row by row; a missing or mismatched vocabulary is a clear error."""
     vecs = np.arange(12, dtype=np.float32).reshape(4, 3)
@@ -209,24 +195,6 @@ def test_resolve_label_embeddings_accepts_every_spec(tmp_path):
         E.resolve_label_embeddings('glove-840b', ['x'])
     with pytest.raises(TypeError, match='unsupported spec of type int'):
         E.resolve_label_embeddings(3, ['x'])
-
-
-def test_word_index_reader_needs_one_string_column(tmp_path):
-    """The Parquet word index is read by pyarrow in row order; a file without exactly one string column, or one
-    that is not Parquet, is a ValueError naming the file."""
-    pa = pytest.importorskip('pyarrow')
-    import pyarrow.parquet as pq
-    good = tmp_path / 'index.parquet'
-    pq.write_table(pa.table({'row': [0, 1, 2], 'word': ['the', 'ünïcode', 'cat']}), good)
-    assert E._read_word_index(str(good)) == ['the', 'ünïcode', 'cat']
-    two = tmp_path / 'two.parquet'
-    pq.write_table(pa.table({'a': ['x'], 'b': ['y']}), two)
-    with pytest.raises(ValueError, match="two.parquet: expected exactly one string column.*'a', 'b'"):
-        E._read_word_index(str(two))
-    bad = tmp_path / 'bad.parquet'
-    bad.write_bytes(b'not parquet at all')
-    with pytest.raises(ValueError, match='bad.parquet: cannot read the word index'):
-        E._read_word_index(str(bad))
 
 
 @needs_glove

