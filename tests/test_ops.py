@@ -608,7 +608,7 @@ def test_one_time_work_runs_in_its_own_thread_with_the_callers_state(fresh_compi
 @pytest.mark.parametrize('mode', ['grad', 'no_grad', 'inference'])
 def test_kernels_compiled_off_the_main_thread_are_not_recompiled_on_it(fresh_compiled, mode):
     """A kernel's first call compiles it in a one-time thread; the caller's next calls (same shapes, same mode)
-    reuse it -- Dynamo compiles no new frame -- and its forward and backward equal the reference's."""
+    reuse it -- Dynamo compiles no new graph -- and its output equals the reference's."""
     from torch._dynamo.utils import counters
     s, e, w = _logits_inputs(1, 6, 5, 3, torch.float32, 'cpu')
     context = {'grad': torch.enable_grad, 'no_grad': torch.no_grad, 'inference': torch.inference_mode}[mode]

@@ -117,7 +117,6 @@ def test_sha256_file_matches_hashlib_across_chunks(tmp_path):
 
 
 _FRAGMENTED_HEAP = """
-import sys
 from srdl_timm.utils import release_free_heap
 
 def rss_mib():
