@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from ..ops import category_attention as kernels
 from ..ops import channel_attention as channel_kernels
-from ..ops.channel_attention import autocast_enabled
+from ..ops.dispatch import lean_autograd_applies
 
 __all__ = ['CategoryAttention', 'CategoryClassifier']
 
@@ -162,9 +162,7 @@ def category_logits(features: Tensor, weight: Tensor) -> Tensor:
 
 @torch.jit.unused
 def _category_logits_eager(features: Tensor, weight: Tensor) -> Tensor:
-    if (torch.is_grad_enabled() and (features.requires_grad or weight.requires_grad)
-            and features.dtype == weight.dtype and not autocast_enabled(features.device)
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling())):
+    if lean_autograd_applies(features, weight):
         return _CategoryLogits.apply(features, weight)
     return _dot_per_category(features, weight)
 

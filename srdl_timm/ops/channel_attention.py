@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ['channel_attention', 'channel_attention_reference', 'autocast_enabled', 'BACKWARD_CHUNK_ELEMENTS']
+from .dispatch import lean_autograd_applies
+
+__all__ = ['channel_attention', 'channel_attention_reference', 'BACKWARD_CHUNK_ELEMENTS']
 
 #: Elements of one ``[B, C_chunk, d]`` block in the chunked forward/backward (2**20 fp32 = 4 MiB).
 BACKWARD_CHUNK_ELEMENTS = 1 << 20
@@ -43,14 +45,6 @@ def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: 
     e = embeddings.unsqueeze(0) if class_index is None else embeddings[class_index]
     gate = torch.tanh(gate_input.unsqueeze(1) * e)
     return torch.sigmoid(F.linear(gate, weight, bias))
-
-
-def autocast_enabled(device: torch.device) -> bool:
-    """Whether autocast is on for ``device``'s type (False for types autocast does not know, e.g. ``meta``)."""
-    try:
-        return torch.is_autocast_enabled(device.type)
-    except RuntimeError:
-        return False
 
 
 def _chunk(batch: int, num_classes: int, channels: int, chunk_elements: int) -> int:
@@ -122,12 +116,8 @@ def channel_attention(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bi
 @torch.jit.unused
 def _channel_attention_eager(gate_input: Tensor, embeddings: Tensor, weight: Tensor, bias: Optional[Tensor],
                              class_index: Optional[Tensor], chunk_elements: int) -> Tensor:
-    tensors = [t for t in (gate_input, embeddings, weight, bias) if t is not None]
-    lean = (class_index is None and torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-            and all(t.dtype == gate_input.dtype for t in tensors)
-            and gate_input.dtype in (torch.float32, torch.float64)
-            and not autocast_enabled(gate_input.device)
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
+    lean = (class_index is None and gate_input.dtype in (torch.float32, torch.float64)
+            and lean_autograd_applies(gate_input, embeddings, weight, bias))
     if not lean:
         return channel_attention_reference(gate_input, embeddings, weight, bias, class_index)
     return _ChannelAttention.apply(gate_input, embeddings, weight, bias, chunk_elements)

@@ -3,7 +3,8 @@
 :func:`select_impl` resolves ``impl`` (``'auto'`` and the explicit choices, see
 :mod:`.category_attention`); :func:`resolve_block_elements` / ``_plan`` size the chunked path's blocks;
 ``_compute_dtype`` / ``_result_dtype`` / ``_up`` give every path the same dtype rules (16-bit inputs
-computed in float32, the reference's promoted result dtype); :func:`index_dtype` the saved arg-max's dtype.
+computed in float32, the reference's promoted result dtype); :func:`index_dtype` the saved arg-max's dtype; :func:`lean_autograd_applies` when eqs. 2 and 4 may use their
+memory-lean autograd functions.
 """
 import warnings
 from typing import Optional, Tuple
@@ -12,7 +13,7 @@ import torch
 from torch import Tensor
 
 __all__ = ['ATTENTION_IMPLS', 'select_impl', 'DEFAULT_BLOCK_ELEMENTS', 'CUDA_BLOCK_ELEMENTS',
-           'resolve_block_elements', 'index_dtype']
+           'resolve_block_elements', 'index_dtype', 'autocast_enabled', 'lean_autograd_applies']
 
 ATTENTION_IMPLS = ('auto', 'reference', 'chunked', 'triton', 'compiled')
 
@@ -140,6 +141,24 @@ def _up(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 def _needs_grad(*tensors: Optional[Tensor]) -> bool:
     """Whether autograd will record an op on ``tensors`` (grad mode on and one of them requires grad)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def autocast_enabled(device: torch.device) -> bool:
+    """Whether autocast is on for ``device``'s type (False for types autocast does not know, e.g. ``meta``)."""
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except RuntimeError:
+        return False
+
+
+def lean_autograd_applies(*tensors: Optional[Tensor]) -> bool:
+    """Whether a memory-lean custom autograd function may stand in for autograd ops on ``tensors`` (eqs. 2 and 4
+    in training): a gradient is needed, the tensors share one dtype, autocast is off on their device (it picks a
+    dtype per op), and nothing is traced or compiled (those need the plain ops)."""
+    present = [t for t in tensors if t is not None]
+    return (_needs_grad(*present) and all(t.dtype == present[0].dtype for t in present)
+            and not autocast_enabled(present[0].device)
+            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
 
 
 def _buffer(numel: int, like: Tensor) -> Tensor:
