@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 import srdl_timm
 from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
-from .data import create_dataset, create_loader, create_transform
+from .data import LABELS_FROM_FILE, create_dataset, create_loader, create_transform
 from .distributed import EpochBatchSampler, SeededDataset, all_gather_objects, all_reduce_mean, barrier
 from .errors import InputError, OperationError
 from .task import SRDLTask
@@ -235,7 +235,7 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     train_ds = create_dataset(cfg.data, cfg.root, cfg.train_split, **_dataset_options(cfg, True),
                               **{k: v for k, v in (('ann_file', cfg.ann_file), ('image_dir', cfg.image_dir)) if v})
     val_options = _dataset_options(cfg, False)
-    if train_ds.info.get('label_names_from') == 'sorted labels in the file':
+    if train_ds.info.get('label_names_from') == LABELS_FROM_FILE:
         # a CSV without classes.txt: the validation split may lack a class, and must not name new ones
         val_options.update(label_names=train_ds.label_names,
                            label_names_from=f'the training split ({train_ds.info["csv_file"]})')

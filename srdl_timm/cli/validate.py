@@ -88,7 +88,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     from timm.data import resolve_data_config
 
     import srdl_timm
-    from ..data import DEFAULT_SPLITS, create_dataset, create_loader, create_transform
+    from ..data import DEFAULT_SPLITS, LABELS_FROM_FILE, create_dataset, create_loader, create_transform
     from ..data.distributed import init_distributed_from_env
     from ..explain import model_label_names
     from ..loading import read_model_config
@@ -116,7 +116,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
         torch.manual_seed(args.seed)
     # a CSV without classes.txt names its classes by the labels it happens to hold: take the weights' label set
     # instead (a label the weights do not know is then an error naming the CSV line; an absent one has no AP)
-    names_from_file = dataset.info.get('label_names_from') == 'sorted labels in the file'
+    names_from_file = dataset.info.get('label_names_from') == LABELS_FROM_FILE
     bare_checkpoint = bool(args.checkpoint) and not read_model_config(args.checkpoint)
     model = model_from_args(args, num_classes=None if names_from_file and not (args.random_init or bare_checkpoint)
                             else dataset.num_classes)

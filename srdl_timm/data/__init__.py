@@ -3,7 +3,7 @@
 Every dataset yields ``(image, target)`` with a float32 target ``[C]``: 1 = present, 0 = absent, -1 = ignore.
 """
 from .coco import CocoFormatMultiLabel, CocoMultiLabel, coco_multilabel_targets, load_coco_json
-from .custom import CocoJsonMultiLabel, CsvMultiLabel, read_label_names
+from .custom import LABELS_FROM_FILE, CocoJsonMultiLabel, CsvMultiLabel, read_label_names
 from .distributed import (
     DistributedEvalSampler, all_gather_concat, get_rank_world, init_distributed_from_env, is_dist_initialized)
 from .factory import DATASETS, DEFAULT_SPLITS, create_dataset, create_loader
@@ -15,7 +15,7 @@ from .voc import DIFFICULT_POLICIES, VocMultiLabel, find_voc_root, parse_voc_xml
 __all__ = [
     'create_dataset', 'create_loader', 'create_transform', 'DATASETS', 'DEFAULT_SPLITS',
     'MultiLabelDataset', 'CocoMultiLabel', 'CocoFormatMultiLabel', 'CocoJsonMultiLabel', 'CsvMultiLabel',
-    'VocMultiLabel', 'open_image', 'UnreadableImageError', 'load_coco_json', 'coco_multilabel_targets',
+    'LABELS_FROM_FILE', 'VocMultiLabel', 'open_image', 'UnreadableImageError', 'load_coco_json', 'coco_multilabel_targets',
     'read_label_names', 'find_voc_root', 'parse_voc_xml', 'DIFFICULT_POLICIES',
     'RandomSquareCrop', 'scaled_crop_sides', 'PAPER_RESIZE', 'PAPER_SCALES',
     'DistributedEvalSampler', 'all_gather_concat', 'get_rank_world', 'init_distributed_from_env',

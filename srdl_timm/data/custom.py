@@ -37,7 +37,11 @@ from .coco import CocoFormatMultiLabel
 from ..utils import read_label_names
 from .images import AnnotationError, MultiLabelDataset, check_files_exist
 
-__all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names']
+__all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names', 'LABELS_FROM_FILE']
+
+#: ``info['label_names_from']`` of a list-layout CSV given neither ``label_names`` nor a ``classes.txt``: its classes
+#: are just the labels it happens to hold (a split may lack one), so callers may supply the real label set.
+LABELS_FROM_FILE = 'sorted labels in the file'
 
 _logger = logging.getLogger(__name__)
 
@@ -137,7 +141,7 @@ class CsvMultiLabel(MultiLabelDataset):
             elif os.path.isfile(classes_txt):
                 names, names_from = read_label_names(classes_txt), classes_txt
             else:
-                names, names_from = sorted({t for ts in cells.values() for t in ts}), 'sorted labels in the file'
+                names, names_from = sorted({t for ts in cells.values() for t in ts}), LABELS_FROM_FILE
                 _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
                              'beside it to fix the class order across splits', name, len(names))
             index = {n: i for i, n in enumerate(names)}
