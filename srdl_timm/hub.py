@@ -52,7 +52,7 @@ from .utils import sha256_file
 
 __all__ = [
     'PublishResult', 'load_for_publishing', 'timm_checkpoint_model', 'save_pretrained_dir', 'publish', 'push_folder',
-    'srdl_model_args', 'model_card',
+    'srdl_model_args', 'model_card', 'PUBLISHED_FILES',
     # the registry (srdl_timm.manifest / srdl_timm.models._pretrained), re-exported
     'MANIFEST_SCHEMA_VERSION', 'WEIGHTS_FILENAME', 'ChecksumMismatchError', 'MissingPretrainedWeightsError',
     'weights_dir', 'manifest_path', 'sha256_file', 'verify_sha256', 'load_manifest', 'register_weights',
@@ -63,7 +63,8 @@ _logger = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 
-_PUBLISHED_FILES = ('config.json', WEIGHTS_FILENAME, 'README.md')
+#: The files of a published folder (timm's Hub layout), and nothing else.
+PUBLISHED_FILES = ('config.json', WEIGHTS_FILENAME, 'README.md')
 
 
 @dataclasses.dataclass
@@ -255,7 +256,7 @@ def save_pretrained_dir(
 
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    others = sorted(p.name for p in folder.iterdir() if p.name not in _PUBLISHED_FILES)
+    others = sorted(p.name for p in folder.iterdir() if p.name not in PUBLISHED_FILES)
     if others:
         raise FileExistsError(f'{folder} already holds {others}: publish into an empty folder (everything in it '
                               'would be uploaded / found by timm\'s local-dir loader)')
@@ -370,8 +371,8 @@ def push_folder(
 
     folder = Path(folder)
     files = tuple(sorted(p.name for p in folder.iterdir()))
-    if files != tuple(sorted(_PUBLISHED_FILES)):
-        raise InputError(f'{folder} holds {list(files)}; a published folder holds exactly {sorted(_PUBLISHED_FILES)} '
+    if files != tuple(sorted(PUBLISHED_FILES)):
+        raise InputError(f'{folder} holds {list(files)}; a published folder holds exactly {sorted(PUBLISHED_FILES)} '
                          '(write it with srdl-publish --local-dir / save_pretrained_dir)')
     config = read_json(folder / 'config.json', 'config.json')
     digest = sha256_file(folder / WEIGHTS_FILENAME)

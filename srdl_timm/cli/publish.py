@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     """Publish (and optionally register) the weights; print what was written."""
-    from ..hub import _PUBLISHED_FILES, push_folder, save_pretrained_dir
+    from ..hub import PUBLISHED_FILES, push_folder, save_pretrained_dir
     from ..manifest import manifest_markdown, register_weights, verify_manifest
     from ..model_card import normalise_metrics
     from ..models._pretrained import manifest_path
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError('give --checkpoint (weights file or run folder) or --model NAME (a tag, hf-hub:, local-dir:)')
     if not args.repo_id and not args.local_dir:
         raise InputError('give --repo-id ORG/NAME (push) and/or --local-dir DIR (write a folder)')
-    held = [f for f in _PUBLISHED_FILES if args.local_dir and os.path.isfile(os.path.join(args.local_dir, f))]
+    held = [f for f in PUBLISHED_FILES if args.local_dir and os.path.isfile(os.path.join(args.local_dir, f))]
     if held and not args.overwrite:
         raise InputError(f'--local-dir {args.local_dir} already holds a published model ({", ".join(held)}); choose '
                          'another folder or pass --overwrite to replace it')
