@@ -175,7 +175,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     if args.report_from:
         print(report_from_results(args.report_from)['markdown'])
         return 0
-    args.threads_given = args.threads is not None
+    threads_given = args.threads  # None: --parallel-datasets splits the CPUs between its processes
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     args.threads = threads
@@ -192,7 +192,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
         if jobs < 1:
             raise InputError(f'--parallel-datasets must be >= 1, got {jobs}')
         result = run_dataset_seeds(config, dataset_seeds, replace=args.replace, jobs=jobs,
-                                   threads=args.threads if args.threads_given else None)
+                                   threads=threads_given)
         print(result['markdown'])
         print(f"results: {Path(config.output) / 'summary.md'} and dataset-seed*/results.{{json,md}}")
         print(f'total wall time: {time.perf_counter() - t0:.1f} s')

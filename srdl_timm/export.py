@@ -20,9 +20,9 @@ Both files carry the preprocessing config and label names: ONNX as ``metadata_pr
 A check passes when ``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere (defaults rtol=1e-3,
 atol=1e-4, float32); otherwise :class:`ExportCheckError`. The console script is :mod:`srdl_timm.cli.export`.
 """
+import importlib
 import json
 import logging
-import importlib
 import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple

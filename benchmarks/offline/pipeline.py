@@ -162,11 +162,8 @@ def _run_parallel(configs: List[BenchmarkConfig], replace: bool, jobs: int, thre
                           f'its finished runs in {cfg.output}/results.json)')
     if failed:
         raise RuntimeError('benchmark failed for ' + '; '.join(failed))
-    reports = {}
-    for cfg in configs:
-        report = json.loads((Path(cfg.output) / 'results.json').read_text(encoding='utf-8'))
-        reports[cfg.dataset_seed] = report
-    return reports
+    return {cfg.dataset_seed: json.loads((Path(cfg.output) / 'results.json').read_text(encoding='utf-8'))
+            for cfg in configs}
 
 
 def run_dataset_seeds(config: BenchmarkConfig, dataset_seeds: Sequence[int], replace: bool = False,
@@ -187,7 +184,7 @@ def run_dataset_seeds(config: BenchmarkConfig, dataset_seeds: Sequence[int], rep
     if not dataset_seeds or len(set(dataset_seeds)) != len(dataset_seeds) or min(dataset_seeds) < 0:
         raise ValueError(f'--dataset-seeds must be distinct non-negative ints, got {list(dataset_seeds)}')
     if jobs < 1:
-        raise ValueError(f'--jobs must be >= 1, got {jobs}')
+        raise ValueError(f'jobs must be >= 1, got {jobs}')
     base = Path(config.output)
     configs = [dataclasses.replace(config, dataset_seed=int(seed), output=str(base / f'dataset-seed{seed}'),
                                    export=config.export if seed == dataset_seeds[0] else None,
