@@ -124,8 +124,9 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
     if names_from_file and weights_names and weights_names != dataset.label_names:
         _logger.info('%s: classes taken from the weights (%d label names), not from the labels in the file',
                      dataset.info.get('name', args.data), len(weights_names))
-        dataset = create_dataset(args.data, args.root, split, label_names=weights_names,
-                                 label_names_from=f'the weights ({args.checkpoint or args.model})', **options)
+        dataset = create_dataset(args.data, args.root, split, label_names=weights_names,  # (files checked above)
+                                 label_names_from=f'the weights ({args.checkpoint or args.model})',
+                                 check_files=False, **options)
     if getattr(model, 'num_classes', None) != dataset.num_classes:
         raise InputError(f'the weights ({args.checkpoint or args.model}) have {getattr(model, "num_classes", 0)} '
                          f'classes but {dataset.info.get("name", args.data)} has {dataset.num_classes}: evaluate on '
