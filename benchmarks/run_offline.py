@@ -6,6 +6,7 @@ tried on any machine before spending GPU-days. From the repository root::
 
     python benchmarks/run_offline.py --quick          # a 2-core CPU, about 10 minutes (the README's main job)
     python benchmarks/run_offline.py --faithful       # paper-like attention grid (12x12), 3 seeds x 2 data sets
+    python benchmarks/run_offline.py --end-to-end     # the same grid with the whole backbone trained (fit)
     python benchmarks/run_offline.py --sweeps         # + the top-K and alpha sweeps of Figure 6
     python benchmarks/run_offline.py --full           # a GPU: 'full' preset, end-to-end fine-tuning
     python benchmarks/run_offline.py --data coco --root /data/coco     # the paper recipe (§4.2) on MS-COCO 2014
@@ -60,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='paper-like attention resolution: 192 px at output stride 16 (12x12 grid), last block stage '
                         'trained, 3 seeds, SRDL rows + peers, 2 independently built data sets run side by side '
                         '(2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
+    m.add_argument('--end-to-end', dest='mode', action='store_const', const='end-to-end',
+                   help='the whole backbone trained from images (paper augmentation, srdl_timm.fit) at the faithful '
+                        "protocol's 12x12 grid: baseline, CAR, CAR + OE, ML-Decoder, CSRA x 3 seeds x 2 data sets run "
+                        'side by side (2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
     m.add_argument('--full', dest='mode', action='store_const', const='full',
                    help='a GPU: full preset (224 px), end-to-end training as srdl-train does, 3 seeds')
     p.set_defaults(mode='quick')
@@ -91,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--lr', type=float, default=None)
     g.add_argument('--weight-decay', type=float, default=None)
     g.add_argument('--warmup-epochs', type=float, default=None)
+    g.add_argument('--opt', dest='optimizer', default=None,
+                   help='fit trainer: timm optimizer name (end-to-end: adamw; full: adam); frozen-trunk: adamw only')
+    g.add_argument('--loss-reduction', default='mean', choices=('mean', 'sum'),
+                   help='eqs. 11-12 over a mini-batch: mean (default) or sum (as the paper writes them)')
     g.add_argument('--img-size', type=int, default=None, help="input size (quick: the images' own 128 px)")
     g.add_argument('--train-stages', type=int, default=None,
                    help='frozen-trunk: trailing backbone units trained (EfficientNet units: stem, 7 block stages, '
@@ -160,7 +169,8 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
         pretrained_backbone=args.pretrained_backbone, label_embeddings=args.label_embeddings, mode=args.mode,
         trainer=args.trainer, rows=None if args.rows is None else tuple(_rows_arg(args.rows)), seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, img_size=args.img_size, train_stages=args.train_stages,
+        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, loss_reduction=args.loss_reduction,
+        img_size=args.img_size, train_stages=args.train_stages,
         output_stride=args.output_stride, batchnorm=args.batchnorm,
         zero_init_spatial=args.spatial_init == 'zero', oe_topk=args.oe_topk, oe_alpha=args.oe_alpha,
         amp=args.amp, val_every_epoch=args.val_every_epoch, sweeps=args.sweeps, sweep_topk=args.sweep_topk,
@@ -188,7 +198,7 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     if config.data == 'fashion-scenes' and len(dataset_seeds) > 1:
         jobs = args.parallel_datasets
         if jobs is None:
-            jobs = min(len(dataset_seeds), os.cpu_count() or 1) if resolved.mode == 'faithful' else 1
+            jobs = min(len(dataset_seeds), os.cpu_count() or 1) if resolved.mode in ('faithful', 'end-to-end') else 1
         if jobs < 1:
             raise InputError(f'--parallel-datasets must be >= 1, got {jobs}')
         result = run_dataset_seeds(config, dataset_seeds, replace=args.replace, jobs=jobs,

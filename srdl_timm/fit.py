@@ -39,7 +39,8 @@ _logger = logging.getLogger(__name__)
 
 _RESUME_MUST_MATCH = ('model', 'data', 'num_classes', 'use_gcn', 'use_ca', 'use_sa', 'model_ema')
 _RESUME_SHOULD_MATCH = ('seed', 'opt', 'lr', 'weight_decay', 'sched', 'epochs', 'decay_epochs', 'decay_rate', 'oe',
-                        'oe_topk', 'oe_alpha', 'img_size', 'aug', 'amp', 'amp_dtype', 'freeze_bn', 'report_checkpoint')
+                        'oe_topk', 'oe_alpha', 'era_scope', 'era_weight', 'loss_reduction', 'img_size', 'aug', 'amp',
+                        'amp_dtype', 'freeze_bn', 'report_checkpoint')
 
 
 def _resume_path(cfg: TrainConfig) -> Optional[str]:
@@ -183,8 +184,12 @@ def _train_epochs(state: TrainState, train_ds: Any, val_loader: Any, start_epoch
     return False
 
 
-def fit(config: TrainConfig) -> Dict[str, Any]:
+def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
     """Run (or resume) a training run end to end.
+
+    ``model``: a model instance to train (in place) instead of building ``config.model`` -- e.g. another head on a
+    timm backbone, trained by the same loop, data pipeline and checkpoints; ``config.model`` is then only its
+    recorded name. Its class count must match the data.
 
     Initialises torch.distributed from torchrun's environment when ``WORLD_SIZE`` > 1, claims (locks) the output
     folder, trains with per-epoch validation, writes logs and checkpoints, and finally the reported weights
@@ -203,7 +208,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     """
     device_name = config.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     device, rank, world_size = init_distributed_from_env(device_name)
-    cfg = resolve_config(config, world_size)
+    cfg = resolve_config(config, world_size, model=model)
     cfg.device = str(device)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -214,7 +219,7 @@ def fit(config: TrainConfig) -> Dict[str, Any]:
     resume_path = _resume_path(cfg)
     lock = _claim_output(cfg, resume_path, is_main)
     try:
-        state, train_ds, val_loader, data_config = setup_training(cfg, device, rank, world_size)
+        state, train_ds, val_loader, data_config = setup_training(cfg, device, rank, world_size, model=model)
         start_epoch, start_batch = _apply_resume(state, resume_path) if resume_path else (0, 0)
         prepare_for_training(state)
         if is_main:

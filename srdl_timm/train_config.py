@@ -15,6 +15,7 @@ import timm
 
 from .data import DATASETS, DEFAULT_SPLITS
 from .errors import InputError
+from .loss import ERA_SCOPES, REDUCTIONS
 
 __all__ = ['TrainConfig', 'RECIPES', 'SCHEDULERS', 'resolve_config', 'is_srdl_model_name']
 
@@ -27,7 +28,7 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         opt='adam', opt_betas=(0.9, 0.999), lr=1e-5, weight_decay=5e-4, wd_exclude_bias_norm=False,
         global_batch_size=16, epochs=20, sched='step', decay_epochs=10, decay_rate=0.1, warmup_epochs=0,
         img_size=448, train_resize=512, aug='paper', pretrained_backbone=True, oe=True, oe_topk=3, oe_alpha=0.5,
-        label_embeddings='auto',
+        label_embeddings='auto', loss_reduction='mean',
     ),
 }
 
@@ -36,7 +37,7 @@ _DEFAULTS: Dict[str, Any] = dict(
     opt='adam', opt_betas=None, lr=1e-5, weight_decay=5e-4, wd_exclude_bias_norm=True, batch_size=16,
     global_batch_size=None, epochs=20, sched='step', decay_epochs=10, decay_rate=0.1, warmup_epochs=0, img_size=None,
     train_resize=None, aug='paper', pretrained_backbone=False, oe=None, oe_topk=3, oe_alpha=0.5,
-    label_embeddings='auto',
+    label_embeddings='auto', loss_reduction='mean',
 )
 
 
@@ -55,6 +56,10 @@ class TrainConfig:
     ``pretrained_backbone`` (ImageNet backbone), ``num_classes`` (checked against the dataset), ``label_embeddings``
     ('auto' | 'none' | 'coco' | 'voc' | 'glove-6b-50d' | path), ``use_gcn`` / ``use_ca`` / ``use_sa`` (Table 6
     ablations), ``oe`` / ``oe_topk`` / ``oe_alpha`` (§3.3), ``drop_rate``, ``model_kwargs``.
+
+    Loss (:class:`~srdl_timm.loss.SRDLLoss`): ``era_scope`` ('all' = eq. 12 over every entry, or 'erased' = the K
+    erased classes only), ``era_weight`` (weight of L_era in eq. 13), ``loss_reduction`` ('mean' or 'sum' over a
+    mini-batch's labelled entries).
 
     Input: ``img_size``, ``train_resize`` (first resize of the paper's augmentation; default img_size·512/448),
     ``aug`` ('paper' or 'none' = eval transform for training).
@@ -101,6 +106,9 @@ class TrainConfig:
     oe: Optional[bool] = None
     oe_topk: Optional[int] = None
     oe_alpha: Optional[float] = None
+    era_scope: str = 'all'
+    era_weight: float = 1.0
+    loss_reduction: Optional[str] = None
     drop_rate: float = 0.0
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     # input
@@ -176,12 +184,14 @@ def is_srdl_model_name(name: str) -> bool:
         return False
 
 
-def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
+def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any] = None) -> TrainConfig:
     """Fill the recipe-controlled fields (explicit > recipe > default) and validate every value.
 
     Args:
         config: the requested configuration (not modified).
         world_size: number of training processes (the recipe's global batch is split over them).
+        model: a model instance :func:`srdl_timm.fit.fit` trains instead of building ``config.model`` (then
+            ``config.model`` is only its recorded name, and OE is possible when the model has ``set_object_erasing``).
 
     Returns:
         A new, fully resolved :class:`TrainConfig`.
@@ -202,9 +212,12 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
         setattr(cfg, key, recipe.get(key, default))
     cfg.explicit = sorted(set(explicit) | set(config.explicit))
     cfg.world_size = int(world_size)
-    if not cfg.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(cfg.model.split('.')[0]):
+    if model is not None:
+        is_srdl = hasattr(model, 'set_object_erasing')
+    elif not cfg.model.startswith(('hf-hub:', 'local-dir:')) and not timm.is_model(cfg.model.split('.')[0]):
         raise InputError(f'unknown --model {cfg.model!r}: not a timm architecture (see timm.list_models(\'srdl*\'))')
-    is_srdl = is_srdl_model_name(cfg.model)
+    else:
+        is_srdl = is_srdl_model_name(cfg.model)
     if cfg.oe is None:
         cfg.oe = is_srdl and cfg.use_sa
     if cfg.data not in DATASETS:
@@ -258,6 +271,9 @@ def resolve_config(config: TrainConfig, world_size: int = 1) -> TrainConfig:
     check(not cfg.oe or cfg.use_sa, 'object erasing (--oe) needs the spatial attention: drop --no-sa or add --no-oe')
     check(not cfg.oe or is_srdl, f'--oe needs an SRDL model, {cfg.model!r} is not one: add --no-oe')
     check(0.0 <= cfg.drop_rate < 1.0, f'--drop must be in [0, 1), got {cfg.drop_rate}')
+    check(cfg.era_scope in ERA_SCOPES, f'--era-scope must be one of {ERA_SCOPES}, got {cfg.era_scope!r}')
+    check(cfg.era_weight >= 0.0 and math.isfinite(cfg.era_weight), f'--era-weight must be >= 0, got {cfg.era_weight}')
+    check(cfg.loss_reduction in REDUCTIONS, f'--loss-reduction must be one of {REDUCTIONS}, got {cfg.loss_reduction!r}')
     check(bool(cfg.root), '--root (dataset folder) is required')
     check(cfg.voc_difficult in ('positive', 'negative', 'ignore'),
           f'--voc-difficult must be positive, negative or ignore, got {cfg.voc_difficult}')

@@ -30,6 +30,7 @@ from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
 from .data import LABELS_FROM_FILE, create_dataset, create_loader, create_transform
 from .distributed import EpochBatchSampler, SeededDataset, all_gather_objects, all_reduce_mean, barrier
 from .errors import InputError, OperationError
+from .loss import SRDLLoss
 from .task import SRDLTask
 from .train_config import TrainConfig, is_srdl_model_name
 from .validate import validate
@@ -225,9 +226,11 @@ class TrainState:
         return path
 
 
-def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size: int
-                   ) -> Tuple[TrainState, Any, Any, Dict[str, Any]]:
+def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size: int,
+                   model: Optional[nn.Module] = None) -> Tuple[TrainState, Any, Any, Dict[str, Any]]:
     """Datasets, model, task (with its EMA), optimizer, scheduler and AMP scaler for a resolved config.
+
+    ``model``: train this instance (its class count must match the data) instead of building ``cfg.model``.
 
     Returns:
         ``(state, train_dataset, val_loader, data_config)``.
@@ -254,7 +257,11 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2 ** 32)
-    model = _create_model(cfg, num_classes, train_ds.label_names)
+    if model is None:
+        model = _create_model(cfg, num_classes, train_ds.label_names)
+    elif getattr(model, 'num_classes', None) != num_classes:
+        raise InputError(f'the model to train has {getattr(model, "num_classes", "?")} outputs but {cfg.data} at '
+                         f'{cfg.root} has {num_classes} classes')
     data_config = resolve_data_config({}, model=model)
     size = cfg.img_size or int(data_config['input_size'][-1])
     cfg.img_size = size
@@ -292,7 +299,9 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    task = SRDLTask(model, object_erasing=bool(cfg.oe), device=device, verbose=rank == 0)
+    loss = SRDLLoss(erased_weight=cfg.era_weight, era_scope=cfg.era_scope,
+                    topk=cfg.oe_topk if cfg.era_scope == 'erased' else None, reduction=cfg.loss_reduction)
+    task = SRDLTask(model, object_erasing=bool(cfg.oe), loss=loss, device=device, verbose=rank == 0)
     if cfg.model_ema:
         task.setup_ema(decay=cfg.model_ema_decay)
 

@@ -95,3 +95,18 @@ def test_bad_era_scope_is_refused():
         SRDLLoss(era_scope='some')
     with pytest.raises(ValueError, match='topk'):
         SRDLLoss(era_scope='erased')
+
+
+def test_sum_reduction_is_the_mean_times_the_labelled_count():
+    """reduction='sum' (eqs. 11-12 as written) equals the mean times the number of labelled entries, per term and
+    for L_ori + L_era; ignored (-1) entries count in neither."""
+    torch.manual_seed(0)
+    logits, erased = torch.randn(4, 6), torch.randn(4, 6)
+    target = torch.randint(0, 2, (4, 6)).float()
+    target[0, :2] = -1
+    labelled = int((target >= 0).sum())
+    mean, total = SRDLLoss(), SRDLLoss(reduction='sum')
+    assert torch.allclose(total(logits, target), mean(logits, target) * labelled)
+    assert torch.allclose(total((logits, erased), target), mean((logits, erased), target) * labelled)
+    with pytest.raises(ValueError, match='reduction'):
+        SRDLLoss(reduction='avg')

@@ -27,34 +27,40 @@ def _loop_interval(values, alpha):
     return [best[0] <= i < best[1] for i in range(len(values))]
 
 
-def _loop_anchored_interval(values, alpha, anchor):
-    """The above-threshold run of min-max normalised values that contains position ``anchor``."""
+def _loop_runs(values, alpha):
+    """(start, end) of every run of min-max normalised values >= alpha (a flat axis is one run)."""
     lo, hi = min(values), max(values)
-    if hi == lo:
-        return [True] * len(values)
-    above = [(v - lo) / (hi - lo) >= alpha for v in values]
-    start = anchor
-    while start > 0 and above[start - 1]:
-        start -= 1
-    end = anchor
-    while end + 1 < len(values) and above[end + 1]:
-        end += 1
-    return [start <= i <= end for i in range(len(values))]
+    norm = [1.0] * len(values) if hi == lo else [(v - lo) / (hi - lo) for v in values]
+    runs, start = [], None
+    for i, v in enumerate(norm + [-1.0]):
+        if v >= alpha and start is None:
+            start = i
+        elif v < alpha and start is not None:
+            runs.append((start, i))
+            start = None
+    return runs
 
 
 def _loop_region(sa, alpha):
-    """Eqs. 7-10, both intervals anchored on the first 2-D maximum in row-major order."""
+    """Eqs. 7-10: rows x columns of the run holding a global maximum; among tied maxima, the one whose
+    rectangle (row run x column run) is largest, the first in row-major order among equal ones."""
     h, w = len(sa), len(sa[0])
-    flat = max(max(r) for r in sa) == min(min(r) for r in sa)
-    if flat:
-        return [[False] * w for _ in range(h)]
     top = max(max(r) for r in sa)
-    py, px = next((y, x) for y in range(h) for x in range(w) if sa[y][x] == top)
+    if top == min(min(r) for r in sa):
+        return [[False] * w for _ in range(h)]
     m_x = [max(sa[y][x] for y in range(h)) for x in range(w)]  # eq. 7
     m_y = [max(sa[y][x] for x in range(w)) for y in range(h)]  # eq. 8
-    cols = _loop_anchored_interval(m_x, alpha, px)
-    rows = _loop_anchored_interval(m_y, alpha, py)
-    return [[rows[y] and cols[x] for x in range(w)] for y in range(h)]
+    col_runs, row_runs = _loop_runs(m_x, alpha), _loop_runs(m_y, alpha)
+    run_of = lambda runs, i: next(r for r in runs if r[0] <= i < r[1])  # noqa: E731
+    best = None
+    for y in range(h):
+        for x in range(w):
+            if sa[y][x] == top:
+                (r0, r1), (c0, c1) = run_of(row_runs, y), run_of(col_runs, x)
+                if best is None or (r1 - r0) * (c1 - c0) > best[0]:
+                    best = ((r1 - r0) * (c1 - c0), r0, r1, c0, c1)
+    _, r0, r1, c0, c1 = best
+    return [[r0 <= y < r1 and c0 <= x < c1 for x in range(w)] for y in range(h)]
 
 
 def _check(maps, alpha):
@@ -84,11 +90,10 @@ def test_quantised_maps_with_ties_match_loop_reference():
             assert (m[r] == m.max()).any()
 
 
-def test_two_tied_peaks_give_a_rectangle_around_one_of_them():
-    """Two equal peaks A = (0, 4) and B = (3, 0). Column marginal [1, 0, 0, .9, 1]: the wider peak run is A's
-    (cols 3-4); row marginal [1, 0, .9, 1]: the wider peak run is B's (rows 2-3). Picking each axis on its own
-    would erase rows 2-3 x cols 3-4, holding neither peak. Anchored on the first peak in row-major order (A),
-    the region is row 0 x cols 3-4, which holds A."""
+def test_two_tied_peaks_of_equal_rectangles_erase_around_the_first():
+    """Two equal peaks A = (0, 4) and B = (3, 0), each spanning a 2-cell rectangle (A: row 0 x cols 3-4; B: rows 2-3
+    x col 0). Picking each axis on its own marginal would erase rows 2-3 x cols 3-4, holding neither peak; with
+    equal rectangles the first peak in row-major order (A) is erased."""
     sa = torch.zeros(4, 5)
     sa[0, 4] = sa[3, 0] = 1.0
     sa[0, 3] = 0.9  # widens A's column run
@@ -99,6 +104,21 @@ def test_two_tied_peaks_give_a_rectangle_around_one_of_them():
     expected = torch.zeros(4, 5, dtype=torch.bool)
     expected[0, 3:] = True
     assert torch.equal(erase_region(sa, 0.5), expected)
+
+
+def test_tied_peaks_of_different_width_erase_the_widest():
+    """The paper's "widest interval for multiple global maximum peaks": of two equal maxima, the one in the wider
+    above-threshold region is erased, although it comes second in row-major order. A = (0, 0) alone (1 cell);
+    B = (3, 3) with its neighbours at 0.9 spans rows 2-4 x cols 2-4."""
+    sa = torch.zeros(5, 5)
+    sa[0, 0] = 1.0
+    sa[2:5, 2:5] = 0.9
+    sa[3, 3] = 1.0
+    expected = torch.zeros(5, 5, dtype=torch.bool)
+    expected[2:5, 2:5] = True
+    assert torch.equal(erase_region(sa, 0.5), expected)
+    # and reversed in row-major order, the wide one still wins
+    assert torch.equal(erase_region(sa.flip(0, 1), 0.5), expected.flip(0, 1))
 
 
 def test_widest_interval_wins_among_global_maxima():
@@ -124,8 +144,8 @@ def test_all_above_threshold_erases_whole_axis():
     peaks equally) is entirely above it, so the region spans that whole axis."""
     maps = torch.tensor([[[1.0, 0.9, 0.2, 0.95], [1.0, 0.2, 0.1, 0.3], [0.4, 0.3, 0.2, 1.0]]])
     region = erase_region(maps, 0.05)
-    # the first peak in row-major order is (0, 0); columns: its run is cols 0-1 (col 3 holds another peak)
-    # rows: flat -> all
+    # maxima (0, 0), (1, 0), (2, 3); rows are flat (one run, 3 wide); columns: runs 0-1 and 3, so the peaks
+    # in column 0 span 3 x 2 cells and win over (2, 3)'s 3 x 1
     assert region.tolist() == [[[True, True, False, False]] * 3]
 
 

@@ -48,6 +48,29 @@ def _jobs(cfg: BenchmarkConfig) -> List[Tuple[str, int, int, float, str]]:
     return jobs
 
 
+#: configuration fields that do not change what a run computes (a restarted benchmark may differ in them)
+_RUN_ONLY_FIELDS = ('command', 'threads', 'workers', 'device', 'output', 'overlays', 'export', 'register', 'manifest',
+                    'bootstrap')
+
+
+def _finished_runs(path: Path, cfg: BenchmarkConfig) -> List[RunResult]:
+    """Runs of an earlier, interrupted invocation with the same configuration whose logits are on disk (reused, so a
+    stopped multi-hour benchmark loses at most its unfinished run); [] for another configuration."""
+    if not path.is_file():
+        return []
+    import json
+    try:
+        old = json.loads(path.read_text(encoding='utf-8'))
+    except ValueError:
+        return []
+    mine = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY_FIELDS}
+    theirs = {k: v for k, v in (old.get('config') or {}).items() if k not in _RUN_ONLY_FIELDS}
+    if mine != theirs:
+        return []
+    runs = [RunResult(**r) for r in old.get('runs', [])]
+    return [r for r in runs if r.logits_file and (path.parent / r.logits_file).is_file()]
+
+
 def run_benchmark(config: BenchmarkConfig, replace: bool = False) -> Dict[str, Any]:
     """Run the whole benchmark described by ``config`` and write its outputs (see ``benchmarks/run_offline.py``).
 
@@ -84,12 +107,19 @@ def run_benchmark(config: BenchmarkConfig, replace: bool = False) -> Dict[str, A
         'title': title(cfg, spec), 'status': 'running', 'date': date, 'command': cfg.command, 'pid': os.getpid(),
         'config': cfg.to_dict(), 'data': spec.info, 'label_names': spec.label_names, 'hardware': hardware,
         'versions': software_versions(), 'runs': []}
+    done = {(r.row, r.seed, r.oe_topk, round(r.oe_alpha, 6)): r for r in _finished_runs(out / 'results.json', cfg)}
+    if done:
+        _logger.info('reusing %d finished run(s) of the interrupted benchmark in %s', len(done), out)
     runs: List[RunResult] = []
     t_runs = time.perf_counter()
     for i, (row, seed, topk, alpha, purpose) in enumerate(jobs, start=1):
         _logger.info('[%d/%d]', i, len(jobs))
         keep = need_model and (row, seed, topk, alpha) == figure_model_key
-        runs.append(execute(ctx, row, seed, topk, alpha, purpose, keep))
+        previous = done.get((row, seed, topk, round(alpha, 6)))
+        if previous is not None and not keep:
+            runs.append(previous)
+        else:
+            runs.append(execute(ctx, row, seed, topk, alpha, purpose, keep))
         report['runs'] = [r.to_dict() for r in runs]
         atomic_write_json(out / 'results.json', report)
     runs_seconds = time.perf_counter() - t_runs

@@ -168,10 +168,15 @@ def protocol_text(cfg: BenchmarkConfig, spec: DataSpec, ctx: Any) -> str:
                      f'{cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, {cfg.epochs} epochs '
                      f'(warm-up {cfg.warmup_epochs:g} epoch + cosine); every row (SRDL and peers) the same.')
     else:
-        parts.append(f'{cfg.model}, srdl_timm.fit.fit (srdl-train) ' + ('(--recipe paper)' if cfg.mode == 'paper' else
-                     f'(Adam lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, '
-                     f'{cfg.epochs} epochs, cosine, paper augmentation)') + f', {size} px.')
-    parts.append(f'OE top-K {cfg.oe_topk}, α {cfg.oe_alpha:g}. Final checkpoint (declared in advance); '
+        grid = 'x'.join(map(str, ctx.feature_grid)) if getattr(ctx, 'feature_grid', None) else '?'
+        parts.append(f'{cfg.model} with ImageNet backbone (output stride {cfg.output_stride or 32}), every row (SRDL '
+                     'and peers) trained end to end by srdl_timm.fit.fit (srdl-train\'s loop) '
+                     + ('(--recipe paper)' if cfg.mode == 'paper' else
+                        f'({cfg.optimizer} lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, '
+                        f'{cfg.epochs} epochs, {cfg.warmup_epochs:g} warm-up epoch(s) + cosine, the paper\'s '
+                        'augmentation scaled to the input size)') + f', {size} px: a {grid} feature grid.')
+    parts.append(f'OE top-K {cfg.oe_topk}, α {cfg.oe_alpha:g}; loss terms reduced by their {cfg.loss_reduction}. '
+                 'Final checkpoint (declared in advance); '
                  f'mean ± sample std over seeds {list(cfg.seeds)}; metrics in percent.')
     return ' '.join(parts)
 

@@ -16,7 +16,9 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 
 from srdl_timm.data import create_loader, create_transform
+from srdl_timm.fit import fit
 from srdl_timm.loss import SRDLLoss
+from srdl_timm.train_config import TrainConfig
 from srdl_timm.utils import jsonable
 
 from ..peer_heads import create_peer_model, ml_gcn_adjacency
@@ -146,7 +148,8 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
         m = metrics_from_logits(frozen_trunk_logits(split, val_x, device=ctx.device), val_y, spec.label_names)
         return {'val_mAP_interpolated': m['mAP_interpolated'], 'val_mAP_non_interpolated': m['mAP_non_interpolated']}
 
-    loss_fn = SRDLLoss(era_scope=row.era_scope, topk=topk if row.era_scope == 'erased' else None)
+    loss_fn = SRDLLoss(era_scope=row.era_scope, topk=topk if row.era_scope == 'erased' else None,
+                       reduction=cfg.loss_reduction)
     t0 = time.perf_counter()
     history = train_frozen_trunk(
         split, train_x, train_y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -181,41 +184,18 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
             sa_maps)
 
 
-def _training_api() -> Tuple[Any, Any]:
-    """``(fit, TrainConfig)`` of ``srdl_timm`` (``srdl_timm.fit`` / ``srdl_timm.train_config``; formerly
-    ``srdl_timm.train``)."""
-    try:
-        from srdl_timm.fit import fit
-        from srdl_timm.train_config import TrainConfig
-    except ImportError:
-        from srdl_timm.train import TrainConfig, fit
-    return fit, TrainConfig
-
-
-def _load_trained(path: str) -> nn.Module:
-    """The trained model of a ``fit`` run, rebuilt from the config beside it and loaded strictly."""
-    try:
-        from srdl_timm.loading import load_model
-    except ImportError:  # before srdl_timm.loading existed
-        from srdl_timm.hub import load_checkpoint_model
-        return load_checkpoint_model(path)[0]
-    return load_model(None, path)
-
-
-def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, output: Path) -> Any:
-    TrainConfig = _training_api()[1]
+def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, output: Path) -> TrainConfig:
     cfg, spec = ctx.cfg, ctx.spec
     kwargs: Dict[str, Any] = dict(
         data=spec.dataset, root=spec.root, train_split=spec.train_split, val_split=spec.val_split,
-        model=cfg.model, pretrained_backbone=cfg.pretrained_backbone, use_gcn=row.use_gcn, use_ca=row.use_ca,
-        use_sa=row.use_sa, oe=row.oe, oe_topk=topk, oe_alpha=alpha, seed=seed, output=str(output),
-        workers=cfg.workers, progress=False, label_embeddings=cfg.label_embeddings,
-        amp=bool(cfg.amp), channels_last=ctx.device.type == 'cuda', device=str(ctx.device),
-        model_kwargs={'backbone': cfg.backbone} if cfg.backbone else {})
+        model=f'peer:{row.peer}' if row.peer else cfg.model, oe=row.oe, oe_topk=topk, oe_alpha=alpha,
+        era_scope=row.era_scope, loss_reduction=cfg.loss_reduction, seed=seed, output=str(output),
+        workers=cfg.workers, progress=False, amp=bool(cfg.amp), channels_last=ctx.device.type == 'cuda',
+        device=str(ctx.device), resume='auto')
     if cfg.mode == 'paper':
         kwargs['recipe'] = 'paper'
     else:
-        kwargs.update(opt='adam', sched='cosine', aug='paper', pretrained_backbone=cfg.pretrained_backbone)
+        kwargs.update(opt=cfg.optimizer, sched='cosine', aug='paper')
     for key in ('epochs', 'batch_size', 'lr', 'weight_decay', 'img_size'):
         value = getattr(cfg, key)
         if value is not None:
@@ -228,16 +208,26 @@ def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, outp
 
 
 def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tuple[Any, ...]:
-    fit = _training_api()[0]
+    """One run of the library's training loop (:func:`srdl_timm.fit.fit`) on the row's model, built as the
+    frozen-trunk runs build it (:func:`create_model`) and trained in place; resumes its own unfinished run."""
     spec = ctx.spec
     output = ctx.out / 'runs' / run_name(row.key, seed, topk, alpha)
     config = _fit_config(ctx, row, seed, topk, alpha, output)
+    adjacency = None
+    if row.peer == 'ml_gcn':
+        adjacency = ml_gcn_adjacency(spec.create(spec.train_split).targets)
+    if ctx.backbone_name is None:  # the architecture's own backbone, for the peer heads (built on 'meta': no weights)
+        with torch.device('meta'):
+            ctx.backbone_name = timm.create_model(ctx.cfg.model, num_classes=len(spec.label_names), use_ca=False,
+                                                  use_sa=False).backbone_name
+    torch.manual_seed(seed)
+    model = create_model(ctx.cfg, spec, row, topk, alpha, ctx.embeddings, ctx.backbone_name, adjacency)
     t0 = time.perf_counter()
-    result = fit(config)
+    result = fit(config, model=model)
     train_seconds = time.perf_counter() - t0
     if not result.get('model_path'):
         raise RuntimeError(f'training {output} stopped early; no final weights to evaluate')
-    model = _load_trained(result['model_path']).to(ctx.device)
+    model = model.to(ctx.device)
     resolved = result['config']
     data_config = resolve_data_config({}, model=model)
     data_config['input_size'] = (3, int(resolved['img_size']), int(resolved['img_size']))
@@ -251,13 +241,19 @@ def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tupl
                                num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == 'cuda')
         outputs.append(predict_logits(model, loader, ctx.device, amp_dtype))
     sa_maps = None
-    if row.use_sa and ctx.test_boxes() is not None:
+    if row.use_sa and not row.peer and ctx.test_boxes() is not None:
         test = spec.create(spec.test_split, transform)
         subset = torch.utils.data.Subset(test, range(min(len(test), MAX_POINTING_IMAGES)))
         sa_maps = _pixel_attention(model, create_loader(subset, int(resolved['batch_size']), is_training=False,
                                                         num_workers=ctx.cfg.workers), ctx.device)
+    if ctx.feature_grid == () and sa_maps is not None:
+        ctx.feature_grid = tuple(sa_maps.shape[-2:])
     eval_seconds = time.perf_counter() - t1
-    run_config = dict(resolved, trainer='fit', output=str(output), model_path=result['model_path'])
+    run_config = dict(resolved, trainer='fit', output=str(output), model_path=result['model_path'],
+                      backbone=getattr(model, 'backbone_name', None), output_stride=ctx.cfg.output_stride or 32,
+                      **row.model_kwargs(), head=repr(getattr(model, 'head', None)) if row.peer else None,
+                      input_size=list(data_config['input_size']), interpolation=data_config.get('interpolation'),
+                      mean=list(data_config['mean']), std=list(data_config['std']))
     return model, run_config, result['history'], train_seconds, eval_seconds, outputs[0], outputs[1], sa_maps
 
 
@@ -293,7 +289,10 @@ def execute(ctx: Context, row_key: str, seed: int, topk: int, alpha: float, purp
     logits_dir = ctx.out / 'logits'
     logits_dir.mkdir(parents=True, exist_ok=True)
     logits_file = logits_dir / f'{name}.npz'
-    np.savez_compressed(logits_file, test_logits=test_logits.numpy(), test_targets=test_y.numpy())
+    arrays = dict(test_logits=test_logits.numpy(), test_targets=test_y.numpy())
+    if sa_maps is not None:  # kept so that attention statistics can be recomputed from the files (--report-from)
+        arrays['test_spatial_attention'] = sa_maps.astype(np.float16)
+    np.savez_compressed(logits_file, **arrays)
     result = RunResult(row=row_key, seed=seed, oe_topk=topk, oe_alpha=alpha, purpose=purpose,
                        config=jsonable(run_config), test=test, val=val, history=jsonable(history),
                        train_seconds=train_s, eval_seconds=eval_s, wall_seconds=time.perf_counter() - t0,

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--oe', action=B, default=None, help='object erasing (default: on for SRDL)')
     g.add_argument('--oe-topk', type=int, default=None, help='OE top-K categories (default 3)')
     g.add_argument('--oe-alpha', type=float, default=None, help='OE threshold alpha (default 0.5)')
+    g.add_argument('--era-scope', default='all', choices=('all', 'erased'),
+                   help='entries of L_era (eq. 12): all (the paper as written) or only the K erased classes')
+    g.add_argument('--era-weight', type=float, default=1.0, help='weight of L_era in L = L_ori + w L_era (eq. 13: 1)')
+    g.add_argument('--loss-reduction', default=None, choices=('mean', 'sum'),
+                   help="eqs. 11-12 over a mini-batch: mean (default) or sum (as written); under Adam this changes "
+                        'how strong --weight-decay is relative to the data gradient (MODEL_CARD.md)')
     g.add_argument('--no-gcn', dest='use_gcn', action='store_false', help='ablation: no label graph convolution')
     g.add_argument('--no-ca', dest='use_ca', action='store_false', help='ablation: no channel attention')
     g.add_argument('--no-sa', dest='use_sa', action='store_false', help='ablation: no spatial attention')

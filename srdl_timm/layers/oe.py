@@ -1,11 +1,11 @@
 """Object erasing (OE, paper §3.3, eqs. 7-10): training-only regulariser on the spatial attention."""
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['ObjectErasing', 'peak_interval', 'erase_region', 'select_erased_classes']
+__all__ = ['ObjectErasing', 'above_threshold_runs', 'peak_interval', 'erase_region', 'select_erased_classes']
 
 
 def select_erased_classes(logits: Tensor, topk: int) -> Tensor:
@@ -18,61 +18,69 @@ def select_erased_classes(logits: Tensor, topk: int) -> Tensor:
     return logits.detach().topk(min(topk, logits.shape[1]), dim=1).indices
 
 
-def peak_interval(marginal: Tensor, alpha: float, anchor: Optional[Tensor] = None) -> Tensor:
-    """Eqs. 7-10 on one axis: the above-threshold interval that holds the maximum.
+def above_threshold_runs(marginal: Tensor, alpha: float) -> Tuple[Tensor, Tensor]:
+    """Eqs. 9-10 on one axis: the runs of positions with ``Norm(marginal) >= alpha`` (min-max normalised).
 
-    ``m = Norm(marginal)`` (min-max); positions with ``m >= alpha`` form intervals (eqs. 9-10). With ``anchor``
-    (the index of one maximum per marginal, ``[...]``), the interval containing it is kept. Without, the interval
-    containing the global maximum; with several global maxima in different intervals, the widest of them, and
-    among equally wide ones the first. A flat marginal (max == min) is all maximum, so its interval is the whole
-    axis. Vectorised over all leading dims; no host synchronisation.
+    A flat marginal (max == min) is entirely above any threshold. Vectorised over leading dims.
 
-    Args:
-        marginal: ``[..., L]`` marginal maxima of an attention map along one axis.
-        alpha: threshold in (0, 1).
-        anchor: optional int64 ``[...]`` position of a maximum of ``marginal`` (it is above any threshold).
     Returns:
-        bool ``[..., L]``, True inside the chosen interval.
+        ``(run, width)``, both int64 ``[..., L]``: the run id of each position (1, 2, ... from the left; 0 below the
+        threshold) and the width of the run each position lies in (0 below the threshold).
     """
-    length = marginal.shape[-1]
     lo = marginal.amin(dim=-1, keepdim=True)
     hi = marginal.amax(dim=-1, keepdim=True)
     span = hi - lo
     flat = span <= 0
     normalized = torch.where(flat, torch.ones_like(marginal), (marginal - lo) / torch.where(flat, torch.ones_like(span), span))
     above = normalized >= alpha
-    peak = marginal == hi
-    # label the runs of above-threshold positions 1..S (0 = below threshold)
     previous = F.pad(above[..., :-1], (1, 0), value=False)
-    starts = above & ~previous
-    segment = torch.cumsum(starts.to(torch.int64), dim=-1) * above
-    counts = torch.zeros(marginal.shape[:-1] + (length + 1,), dtype=torch.int64, device=marginal.device)
-    widths = counts.scatter_add(-1, segment, torch.ones_like(segment))
-    if anchor is not None:
-        return segment == segment.gather(-1, anchor.unsqueeze(-1))
-    peaks = counts.scatter_add(-1, segment, peak.to(torch.int64))
-    score = torch.where(peaks > 0, widths, torch.zeros_like(widths))
-    score[..., 0] = 0  # slot 0 collects the below-threshold positions
-    best = score.argmax(dim=-1, keepdim=True)  # first of the widest peak-holding intervals
-    return segment == best
+    run = torch.cumsum((above & ~previous).to(torch.int64), dim=-1) * above
+    counts = torch.zeros(marginal.shape[:-1] + (marginal.shape[-1] + 1,), dtype=torch.int64, device=marginal.device)
+    widths = counts.scatter_add(-1, run, torch.ones_like(run))
+    widths[..., 0] = 0  # slot 0 collects the below-threshold positions
+    return run, widths.gather(-1, run)
+
+
+def peak_interval(marginal: Tensor, alpha: float) -> Tensor:
+    """Eqs. 7-10 on one axis, the paper's rule (§3.3): the above-threshold interval holding the global maximum;
+    with several global maxima in different intervals, the widest of them (the first among equally wide ones).
+
+    Args:
+        marginal: ``[..., L]`` marginal maxima of an attention map along one axis.
+        alpha: threshold in (0, 1).
+    Returns:
+        bool ``[..., L]``, True inside the chosen interval.
+    """
+    run, width = above_threshold_runs(marginal, alpha)
+    peak = marginal == marginal.amax(dim=-1, keepdim=True)
+    best = torch.where(peak, width, torch.full_like(width, -1)).argmax(dim=-1, keepdim=True)  # first widest peak
+    return run == run.gather(-1, best)
 
 
 def erase_region(attention: Tensor, alpha: float) -> Tensor:
     """Rectangle OE erases from spatial attention maps ``[..., h, w]`` (eqs. 7-10).
 
-    Column marginal ``m_x = Norm(max_y SA)`` (eq. 7) and row marginal ``m_y = Norm(max_x SA)`` (eq. 8) each
-    give one interval (:func:`peak_interval`); the region is their product. Both intervals are anchored on the
-    same 2-D peak of the map (the first maximum in row-major order), so the rectangle always contains a peak,
-    also when the map has tied maxima in different rows and columns. A flat map (max == min, which includes
-    every 1x1 map) erases nothing.
+    Column marginal ``m_x = Norm(max_y SA)`` (eq. 7) and row marginal ``m_y = Norm(max_x SA)`` (eq. 8) split each
+    axis into above-threshold intervals (eqs. 9-10); the region is a row interval times a column interval. With one
+    global maximum this is the paper's rule: on each axis, the interval holding the maximum. For several global
+    maxima the paper takes "the widest interval"; we apply that to the tied 2-D maxima together: each maximum
+    spans its row interval x its column interval, and the maximum whose rectangle is the largest (the first in
+    row-major order among equal ones) is erased. Choosing each axis on its own marginal
+    (:func:`peak_interval` twice) can combine one peak's rows with another peak's columns and erase a rectangle
+    that holds no maximum (MODEL_CARD.md, "OE"). A flat map (max == min, which includes every 1x1 map) erases
+    nothing. Vectorised; no host synchronisation.
 
     Returns:
         bool ``[..., h, w]``, True where the attention is erased.
     """
     width = attention.shape[-1]
-    peak = attention.flatten(-2).argmax(dim=-1)  # first maximum in row-major order
-    cols = peak_interval(attention.amax(dim=-2), alpha, anchor=peak % width)  # [..., w]
-    rows = peak_interval(attention.amax(dim=-1), alpha, anchor=torch.div(peak, width, rounding_mode='floor'))
+    col_run, col_width = above_threshold_runs(attention.amax(dim=-2), alpha)  # [..., w]
+    row_run, row_width = above_threshold_runs(attention.amax(dim=-1), alpha)  # [..., h]
+    area = row_width.unsqueeze(-1) * col_width.unsqueeze(-2)  # [..., h, w]: the rectangle of each position
+    is_max = attention == attention.amax(dim=(-2, -1), keepdim=True)
+    peak = torch.where(is_max, area, torch.full_like(area, -1)).flatten(-2).argmax(dim=-1, keepdim=True)
+    cols = col_run == col_run.gather(-1, peak % width)
+    rows = row_run == row_run.gather(-1, torch.div(peak, width, rounding_mode='floor'))
     flat = attention.amax(dim=(-2, -1)) == attention.amin(dim=(-2, -1))
     region = rows.unsqueeze(-1) & cols.unsqueeze(-2)
     return region & ~flat.unsqueeze(-1).unsqueeze(-1)
