@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import lean_autograd_applies
+from .common import lean_autograd_applies
 
 __all__ = ['channel_attention', 'channel_attention_reference', 'BACKWARD_CHUNK_ELEMENTS']
 

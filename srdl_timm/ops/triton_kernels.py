@@ -1,5 +1,5 @@
 """Triton kernels for eqs. 5-6 of the CAR head. Imported lazily by
-:func:`srdl_timm.ops.triton_category_attention.load_kernels` (this module imports Triton); compiled for CUDA,
+:func:`srdl_timm.ops.triton_launch.load_kernels` (this module imports Triton); compiled for CUDA,
 or interpreted on the host when Python was started with ``TRITON_INTERPRET=1`` (the tests on CPU).
 
 All kernels take contiguous tensors and accumulate in ``ACC`` (float32, or float64 for float64 inputs);
