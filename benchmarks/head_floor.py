@@ -9,7 +9,7 @@ Their floor is ``N`` times the time of one step at this machine's peak, divided 
 measured here, on cache-resident data with one thread (so neither memory traffic nor parallel overhead
 counts), as the fastest of:
 
-* the compiled kernels themselves (:mod:`srdl_timm.ops.compiled_category_attention`) on a problem whose inputs
+* the compiled kernels themselves (:mod:`srdl_timm.ops.compiled`) on a problem whose inputs
   fit in L2 (1M steps per call);
 * for eq. 5, ATen's vectorised ``tanh`` alone (MKL/SLEEF) on an L2-resident vector: a lower bound for any
   path built from library calls (it leaves out the multiply and the accumulation); for eq. 6 ATen's
@@ -50,7 +50,7 @@ def measure_peak() -> Dict[str, float]:
     docstring); keys ``eq5_compiled``, ``eq5_tanh_only``, ``eq6_compiled``, ``eq6_max_only`` and the minima
     ``eq5``, ``eq6``. A compiled entry is missing when no compiler works here."""
     import torch
-    from srdl_timm.ops import compiled_category_attention as cca
+    from srdl_timm.ops import compiled
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -70,9 +70,9 @@ def measure_peak() -> Dict[str, float]:
         steps = b * c * p * d
         try:
             with torch.inference_mode():
-                out['eq5_compiled'] = 1e9 * _per_call_s(lambda: cca.logits_forward(s, e, w), 20) / steps
+                out['eq5_compiled'] = 1e9 * _per_call_s(lambda: compiled.logits_forward(s, e, w), 20) / steps
                 out['eq6_compiled'] = 1e9 * _per_call_s(
-                    lambda: cca.pool_forward(s, sa, ca, 0.5, 0.5, False), 20) / steps
+                    lambda: compiled.pool_forward(s, sa, ca, 0.5, 0.5, False), 20) / steps
         except Exception as error:  # no compiler: the library bounds only
             out['compiled_error'] = f'{type(error).__name__}: {error}'[:200]
         out['eq5'] = min(v for k, v in out.items() if k.startswith('eq5_'))
@@ -90,8 +90,7 @@ def head_breakdown(args, batch: int) -> Dict[str, Any]:
     import torch
     import timm
     from timing import _dtype, build_model, time_it  # benchmarks/timing.py (its folder is on sys.path)
-    from srdl_timm.ops import category_attention as K
-    from srdl_timm.ops import compiled_category_attention as cca
+    from srdl_timm.ops import dispatch as K
     device = torch.device(args.device)
     dtype = _dtype(args.precision)
     model = build_model('srdl', args.num_classes, args.attention_impl).to(device=device, dtype=dtype).eval()
@@ -145,12 +144,12 @@ def head_breakdown(args, batch: int) -> Dict[str, Any]:
             if peak and name.startswith('eq. 5' if eq == 'eq5' else 'eq. 6'):
                 entry['floor_ms'] = steps * peak[eq] * 1e-6 / threads
         out.append(entry)
-    return dict(pieces=out, peak_ns=peak, steps=steps, auto=cca.auto_decisions())
+    return dict(pieces=out, peak_ns=peak, steps=steps, auto=K.auto_decisions())
 
 
 def _compiles() -> bool:
-    from srdl_timm.ops import compiled_category_attention as cca
-    return cca.available()
+    from srdl_timm.ops import compiled
+    return compiled.available()
 
 
 def head_breakdown_main(args) -> List[Dict[str, Any]]:
@@ -198,7 +197,7 @@ def ops_under_threads(batch: int = 2, num_classes: int = 80, side: int = 14, rep
     descheduled; a path issuing thousands of small ops suffers much more than one issuing a few big loops."""
     import os
     import torch
-    from srdl_timm.ops import category_attention as K
+    from srdl_timm.ops import dispatch as K
     g = torch.Generator().manual_seed(0)
     p, d = side * side, 2048
     s, feat = torch.randn(batch, p, d, generator=g), torch.randn(batch, p, d, generator=g).relu_()

@@ -109,8 +109,8 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
         loss.backward()
         seconds = time.perf_counter() - t0
     hwm = _status_kib('VmHWM')
-    from srdl_timm.ops import compiled_category_attention as cca
-    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in cca.auto_decisions().items()})
+    from srdl_timm.ops import dispatch
+    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in dispatch.auto_decisions().items()})
     return dict(model=model_name, classes=num_classes, peak_rss=hwm * 1024, peak_run=(hwm - rss0) * 1024,
                 rss_before=rss0 * 1024, seconds=seconds, loss=float(loss), auto='/'.join(picks) or None)
 

@@ -271,10 +271,10 @@ def prepare_cell(args: argparse.Namespace, row: str, mode: str, batch: int) -> T
 
 def _auto_note() -> str:
     """What 'auto' chose on CPU in this process (the compiled-vs-chunked measurements), for the notes column."""
-    from srdl_timm.ops import compiled_category_attention as cca
-    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in cca.auto_decisions().items()})
+    from srdl_timm.ops import compiled, dispatch
+    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in dispatch.auto_decisions().items()})
     if not picks:
-        return 'chunked' if cca.available() else f'chunked (compiled off: {cca.unavailable_reason()})'
+        return 'chunked' if compiled.available() else f'chunked (compiled off: {compiled.unavailable_reason()})'
     return '/'.join(picks)
 
 

@@ -82,7 +82,7 @@ def test_selected_categories_equal_gathering_the_full_ca_with_gradients():
 
 def test_meta_tensors_take_the_training_path_without_autocast_errors():
     """On the meta device (timm's default-cfg test builds models there) the autocast check is False, not an error."""
-    from srdl_timm.ops.dispatch import autocast_enabled
+    from srdl_timm.ops.common import autocast_enabled
     assert autocast_enabled(torch.device('meta')) is False
     a, e, w, b = (torch.empty(s, device='meta', requires_grad=True) for s in ((B, D), (C, D), (D, D), (D,)))
     assert channel_attention(a, e, w, b).shape == (B, C, D)

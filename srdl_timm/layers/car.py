@@ -4,9 +4,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..ops import category_attention as kernels
 from ..ops import channel_attention as channel_kernels
-from ..ops.dispatch import lean_autograd_applies
+from ..ops import dispatch as kernels
+from ..ops import reference as reference_kernels
+from ..ops.common import lean_autograd_applies
 
 __all__ = ['CategoryAttention', 'CategoryClassifier']
 
@@ -86,7 +87,8 @@ class CategoryAttention(nn.Module):
         assert self.f_sa is not None and self.f_s is not None
         projected = self.f_sa(feat)
         if torch.jit.is_scripting():
-            logits = kernels.spatial_attention_logits_reference(projected, embeddings, self.f_s.weight.view(-1))
+            logits = reference_kernels.spatial_attention_logits_reference(
+                projected, embeddings, self.f_s.weight.view(-1))
         else:
             logits = kernels.spatial_attention_logits(
                 projected, embeddings, self.f_s.weight.view(-1), impl=self.attention_impl)
@@ -95,7 +97,7 @@ class CategoryAttention(nn.Module):
     def pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor]) -> Tensor:
         """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]`` (no [B,C,P,d] tensor)."""
         if torch.jit.is_scripting():
-            return kernels.attention_max_pool_reference(feat, sa, ca, self.sa_weight, self.ca_weight)
+            return reference_kernels.attention_max_pool_reference(feat, sa, ca, self.sa_weight, self.ca_weight)
         return kernels.attention_max_pool(feat, sa, ca, self.sa_weight, self.ca_weight, impl=self.attention_impl)
 
     def forward(

@@ -1,28 +1,17 @@
 """Eq. 4, the channel attention ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))``, without its ``[B, C, d]``
-intermediates in training.
-
-Written with autograd ops, eq. 4 keeps two ``[B, C, d]`` tensors for the backward (the tanh gate, for ``f_c`` and
-tanh; the sigmoid output) and its backward allocates four more (one per op); at C = 1000, batch 8, d = 2048 each
-is 62.5 MiB, and the backward runs while the backbone's activations are all alive, at the training step's memory
-peak. :class:`_ChannelAttention` keeps only CA (which eq. 6 needs anyway) and, in backward, walks over chunks of
-categories, recomputing the gate (one ``tanh`` per element; the ``f_c`` matrix products are the same as
-autograd's), so its temporaries are a few ``[B, C_chunk, d]`` blocks.
-
-``class_index`` gives the CA of selected categories only (OE's erased pass, §3.3: the top-K categories of each
-image): the same values as gathering them from the full CA, but its gradient goes to ``f_ca(GMP(F))`` and the
-selected embeddings directly instead of through a ``[B, C, d]`` buffer of zeros.
-
-Implementations: :func:`channel_attention_reference` (autograd ops; used for inference, 16-bit/autocast inputs,
-TorchScript, tracing and ``torch.compile``) and the chunked autograd function (training in float32/float64);
-``tests/test_channel_attention.py`` compares them (float64 gradcheck).
-"""
+intermediates in training: written with autograd ops (:func:`channel_attention_reference`; used for inference,
+16-bit/autocast inputs, per-image category selection, TorchScript, tracing and ``torch.compile``) eq. 4 keeps two
+``[B, C, d]`` tensors for the backward and its backward allocates four more, all at the training step's memory peak;
+:class:`_ChannelAttention` (float32/float64 training) keeps only CA, which eq. 6 needs anyway, and recomputes the
+tanh gate per chunk of categories in backward, so its temporaries are a few ``[B, C_chunk, d]`` blocks
+(``tests/test_channel_attention.py`` compares the two, float64 gradcheck)."""
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .dispatch import lean_autograd_applies
+from .common import lean_autograd_applies
 
 __all__ = ['channel_attention', 'channel_attention_reference', 'BACKWARD_CHUNK_ELEMENTS']
 
@@ -38,7 +27,9 @@ def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: 
         gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``.
         embeddings: ``e = f_w(x_c)`` ``[C, d]``.
         weight, bias: ``f_c`` (``[d, d]``, ``[d]``).
-        class_index: ``[B, K]`` categories per image, or None for all.
+        class_index: ``[B, K]`` categories per image, or None for all (OE's erased pass, §3.3: the top-K
+            categories of each image). The values equal those gathered from the full CA, but the gradient goes to
+            ``a`` and the selected embeddings directly, not through a ``[B, C, d]`` buffer of zeros.
     Returns:
         ``[B, C, d]`` (or ``[B, K, d]``).
     """

@@ -1,40 +1,40 @@
-"""Which CAR kernel runs, and what the chunked, compiled and Triton paths share: block planning, compute dtypes.
-
-:func:`select_impl` resolves ``impl`` (``'auto'`` and the explicit choices, see
-:mod:`.category_attention`); :func:`resolve_block_elements` / ``_plan`` size the chunked path's blocks;
-``_compute_dtype`` / ``_result_dtype`` / ``_up`` give every path the same dtype rules (16-bit inputs
-computed in float32, the reference's promoted result dtype); :func:`index_dtype` the saved arg-max's dtype; :func:`lean_autograd_applies` when eqs. 2 and 4 may use their
-memory-lean autograd functions.
-"""
+"""Eqs. 5-6 of the CAR head with the implementation ``impl`` picks, the top layer of :mod:`srdl_timm.ops`:
+eq. 5's inner sum ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])`` (:func:`spatial_attention_logits`) and eq. 6 +
+GMP ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` (:func:`attention_max_pool`), feature maps passed
+flattened as ``[B, P, d]``. ``impl`` is one of :data:`ATTENTION_IMPLS`: ``'reference'`` (:mod:`.reference`),
+``'chunked'`` (:mod:`.chunked`), ``'compiled'`` (:mod:`.compiled`, CPU), ``'triton'`` (:mod:`.triton_launch`, CUDA)
+or ``'auto'`` (:func:`select_impl`: the reference when scripting, tracing or compiling, Triton on CUDA, else
+chunked -- replaced on CPU by compiled where a one-time measurement on this machine found it faster,
+:func:`auto_choice`). The equations' biases, sigmoids and weights live in ``layers/car.py``."""
+import logging
+import time
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['ATTENTION_IMPLS', 'select_impl', 'DEFAULT_BLOCK_ELEMENTS', 'CUDA_BLOCK_ELEMENTS',
-           'resolve_block_elements', 'index_dtype', 'autocast_enabled', 'lean_autograd_applies']
+from . import chunked, compiled, triton_launch
+from .common import (
+    compute_dtype, index_dtype, needs_grad, one_time_work, resolve_block_elements, result_dtype, shape_key, upcast,
+)
+from .reference import attention_max_pool_reference, spatial_attention_logits_reference
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    'spatial_attention_logits', 'attention_max_pool', 'ATTENTION_IMPLS', 'select_impl', 'auto_choice',
+    'auto_decisions', 'reset', 'AUTO_MIN_ELEMENTS', 'AUTO_MEASURE_ELEMENTS', 'AUTO_BUDGET_S',
+]
 
 ATTENTION_IMPLS = ('auto', 'reference', 'chunked', 'triton', 'compiled')
 
-#: Elements of one block of the ``B x C x P x d`` product per CPU thread in the chunked path: 2**18 fp32 =
-#: 1 MiB, which stays in a core's L2 cache (each op splits a block over the intra-op threads, so a block of
-#: ``threads x`` this keeps every thread's share in its own L2). Larger blocks spill to memory and ran 1.4-5x
-#: slower per element on the CPU measured (Xeon, 2 MiB L2 per core).
-DEFAULT_BLOCK_ELEMENTS = 1 << 18
-
-#: Block of the chunked path on GPUs (few large launches; one block is 64 MiB in fp32).
-CUDA_BLOCK_ELEMENTS = 1 << 24
-
+# ----------------------------------------------------------------------------------------------------------
+# which implementation runs
+# ----------------------------------------------------------------------------------------------------------
 
 _TRITON_FAILED = False  # set when a Triton launch failed under impl='auto'; auto then stays on chunked
-
-
-def _triton_usable(device: torch.device) -> bool:
-    if _TRITON_FAILED:
-        return False
-    from . import triton_category_attention as tca
-    return tca.is_available(device)
+_SHAPE_LIMIT_WARNED = False
 
 
 def _auto_triton_failed(error: Exception) -> None:
@@ -44,9 +44,6 @@ def _auto_triton_failed(error: Exception) -> None:
         warnings.warn(f'Triton kernels for the CAR head failed ({type(error).__name__}: {error}); '
                       "impl='auto' falls back to the chunked path. Pass impl='triton' to see the error.")
     _TRITON_FAILED = True
-
-
-_SHAPE_LIMIT_WARNED = False
 
 
 def _shape_limit(error: Exception) -> None:
@@ -61,11 +58,10 @@ def select_impl(impl: str, device: Optional[torch.device] = None) -> str:
     """Resolve ``impl`` (one of :data:`ATTENTION_IMPLS`) to a concrete implementation.
 
     ``'auto'`` gives the reference under TorchScript, tracing (ONNX export) and ``torch.compile`` (the
-    compilers fuse it); in eager mode Triton when ``device`` is CUDA and Triton is importable, else the
+    compilers fuse it); in eager mode Triton when ``device`` is CUDA and Triton is usable there, else the
     chunked path -- which, on CPU, the eager ops may still replace by ``'compiled'`` once a measurement on
-    the actual shapes found it faster (:func:`.compiled_category_attention.auto_choice`; that needs the
-    inputs, so this function cannot tell). Explicit choices are returned as given (``'triton'`` and
-    ``'compiled'`` are checked where they run).
+    the actual shapes found it faster (:func:`auto_choice`; that needs the inputs, so this function cannot
+    tell). Explicit choices are returned as given (``'triton'`` and ``'compiled'`` are checked where they run).
 
     Args:
         impl: requested implementation.
@@ -81,94 +77,251 @@ def select_impl(impl: str, device: Optional[torch.device] = None) -> str:
         return 'reference'  # ('compiled' too: an eager kernel; the outer compiler fuses the reference itself)
     if impl == 'compiled':
         return impl
-    if device is not None and device.type == 'cuda' and _triton_usable(device):
+    if (device is not None and device.type == 'cuda' and not _TRITON_FAILED
+            and triton_launch.is_available(device)):
         return 'triton'
     return 'chunked'
 
 
-def resolve_block_elements(block_elements: Optional[int], device: torch.device) -> int:
-    """Block size of the chunked path: ``block_elements`` if given, else a default for ``device`` (CPU:
-    :data:`DEFAULT_BLOCK_ELEMENTS` per intra-op thread, at most 8 threads' worth; other devices:
-    :data:`CUDA_BLOCK_ELEMENTS`)."""
-    if block_elements is not None:
-        if block_elements < 1:
-            raise ValueError(f'block_elements must be >= 1, got {block_elements}')
-        return block_elements
-    if device.type != 'cpu':
-        return CUDA_BLOCK_ELEMENTS
-    return DEFAULT_BLOCK_ELEMENTS * min(8, max(1, torch.get_num_threads()))
+# ----------------------------------------------------------------------------------------------------------
+# 'auto' on CPU: compiled or chunked, measured once per shape / dtype / thread count / grad mode
+# ----------------------------------------------------------------------------------------------------------
+
+#: ``'auto'`` only considers the compiled path when the ``B*C*P*d`` product has at least this many elements
+#: (2**24; one 448 px image with 80 classes, 14x14 x 2048, is 1.9 x 2**24). Below it the chunked path takes a
+#: few ms and the one-time compile and measurement (seconds) cannot pay off in a short run such as a test.
+AUTO_MIN_ELEMENTS = 1 << 24
+
+#: Wall time after which :func:`auto_choice` stops adding measurement rounds (one round always runs).
+AUTO_BUDGET_S = 0.5
+
+#: Larger products are measured on their first categories only, about this many elements (both paths cost
+#: the same per category): the measurement then takes tens of ms per candidate, not seconds.
+AUTO_MEASURE_ELEMENTS = 1 << 26
+
+_DECISIONS: Dict[tuple, Tuple[str, Dict[str, float]]] = {}
 
 
-def _split(total: int, max_step: int) -> int:
-    """Step that cuts ``range(total)`` into ``ceil(total / max_step)`` near-equal pieces."""
-    max_step = max(1, min(total, max_step))
-    pieces = -(-total // max_step)
-    return -(-total // pieces)
+def auto_decisions() -> Dict[tuple, Tuple[str, Dict[str, float]]]:
+    """The choices ``'auto'`` made in this process: ``key -> (impl, {impl: seconds})`` (a copy)."""
+    return dict(_DECISIONS)
 
 
-def _plan(num_classes: int, rows: int, cols: int, block_elements: int) -> Tuple[int, int]:
-    """Block shape ``(classes, rows)`` for a ``[classes, rows, cols]`` block of at most ``block_elements``.
+def reset() -> None:
+    """Forget the compiled path's kernels and recorded failure (:func:`.compiled.reset`) and the ``'auto'``
+    decisions (tests; Inductor's on-disk cache stays)."""
+    compiled.reset()
+    _DECISIONS.clear()
 
-    Whole rows of ``cols`` elements are kept; when one class's ``rows x cols`` slab is larger than the block,
-    rows are split evenly instead (``classes = 1``). So a block always has whole rows or a single class, and
-    its slice of a ``[classes, rows]``-major output is contiguous (the chunked kernels write it in place).
+
+def _measured_classes(num_classes: int, per_class: int) -> int:
+    """Categories to measure on: all, or the first ones making about :data:`AUTO_MEASURE_ELEMENTS` elements."""
+    return max(1, min(num_classes, -(-AUTO_MEASURE_ELEMENTS // max(1, per_class))))
+
+
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
+    best = float('inf')
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def auto_choice(op: str, key: tuple, elements: int, candidates: Dict[str, Callable[[], object]],
+                repeats: int = 3) -> str:
+    """``'compiled'`` or ``'chunked'`` for one call of ``op`` under ``'auto'`` on CPU.
+
+    Small products (under :data:`AUTO_MIN_ELEMENTS`), a process where compiling failed, or an active dispatch
+    mode (fake tensors, ``make_fx``) keep the chunked path without measuring. Otherwise, the first time this
+    ``key`` (shapes, dtypes, grad mode; the thread count is added here) is seen, the compiled candidate runs
+    once untimed (it compiles), then both run in alternation (on the real inputs, or their first categories
+    when the product exceeds :data:`AUTO_MEASURE_ELEMENTS`), up to ``repeats`` rounds while the measurement
+    has taken less than :data:`AUTO_BUDGET_S` (at large sizes one round decides); the faster by minimum time
+    wins and is remembered for the process (:func:`auto_decisions`). The measurement runs in a
+    :func:`~.common.one_time_work` thread.
+
+    Args:
+        op: name, for the record. key: what the timing depends on besides the thread count (the first entry
+            is whether a backward will follow).
+        elements: size of the ``B*C*P*d`` product. candidates: ``{'chunked': fn, 'compiled': fn}``, each
+            running the whole computation (forward, plus backward when it will be needed) on the real inputs.
     """
-    per_class = max(1, rows * cols)
-    if per_class <= block_elements:
-        return _split(num_classes, block_elements // per_class), rows
-    return 1, _split(rows, max(1, block_elements // max(1, cols)))
+    if elements < AUTO_MIN_ELEMENTS or not compiled.available() or torch._C._len_torch_dispatch_stack() > 0:
+        return 'chunked'  # (a dispatch mode is active: fake tensors, make_fx, a memory probe -- no compiling)
+    key = (op,) + key + (torch.get_num_threads(),)
+    decision = _DECISIONS.get(key)
+    if decision is not None:
+        return decision[0]
+    return one_time_work(lambda: _measure(op, key, candidates, repeats))
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Chunked math runs in float32 for 16-bit inputs (one rounding at the end, float32 accumulation)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-def _result_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
-    """Dtype of the reference's result: type promotion over the given tensors (e.g. bf16 F with fp32 SA)."""
-    dtype = None
-    for t in tensors:
-        if t is not None:
-            dtype = t.dtype if dtype is None else torch.promote_types(dtype, t.dtype)
-    assert dtype is not None
-    return dtype
-
-
-def _up(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else t.to(dtype).contiguous()
-
-
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will record an op on ``tensors`` (grad mode on and one of them requires grad)."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def autocast_enabled(device: torch.device) -> bool:
-    """Whether autocast is on for ``device``'s type (False for types autocast does not know, e.g. ``meta``)."""
+def _measure(op: str, key: tuple, candidates: Dict[str, Callable[[], object]], repeats: int) -> str:
+    """:func:`auto_choice`'s first time for ``key``: compile, time both candidates, remember the faster."""
     try:
-        return torch.is_autocast_enabled(device.type)
-    except RuntimeError:
-        return False
+        candidates['compiled']()
+    except compiled.ShapeLimitError:
+        return 'chunked'
+    except Exception as error:  # no compiler, compile error: keep the model usable on the chunked path
+        message = str(error).strip()
+        compiled.disable(f'{type(error).__name__}: {message.splitlines()[0] if message else ""}')
+        return 'chunked'
+    times = {name: float('inf') for name in candidates}
+    start = time.perf_counter()
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            times[name] = min(times[name], _best_time(fn, 1))
+        if time.perf_counter() - start > AUTO_BUDGET_S:
+            break
+    choice = 'compiled' if times['compiled'] < times['chunked'] else 'chunked'
+    _DECISIONS[key] = (choice, times)
+    _logger.info('srdl_timm: %s %s -> %s (compiled %.2f ms, chunked %.2f ms)', op, key, choice,
+                 1e3 * times['compiled'], 1e3 * times['chunked'])
+    return choice
 
 
-def lean_autograd_applies(*tensors: Optional[Tensor]) -> bool:
-    """Whether a memory-lean custom autograd function may stand in for autograd ops on ``tensors`` (eqs. 2 and 4
-    in training): a gradient is needed, the tensors share one dtype, autocast is off on their device (it picks a
-    dtype per op), and nothing is traced or compiled (those need the plain ops)."""
-    present = [t for t in tensors if t is not None]
-    return (_needs_grad(*present) and all(t.dtype == present[0].dtype for t in present)
-            and not autocast_enabled(present[0].device)
-            and not (torch.jit.is_tracing() or torch.compiler.is_compiling()))
+def _auto_logits(s: Tensor, e: Tensor, w: Tensor, block_elements: int) -> str:
+    """:func:`auto_choice` for eq. 5's inner sum on these inputs (measuring forward, + backward in training)."""
+    grad = needs_grad(s, e, w)
+    elements = s.shape[0] * e.shape[0] * s.shape[1] * s.shape[2]
+    if elements < AUTO_MIN_ELEMENTS or not compiled.available():
+        return 'chunked'
+    dtype = compute_dtype(result_dtype(s, e, w))
+    classes = _measured_classes(e.shape[0], s.shape[0] * s.shape[1] * s.shape[2])
+    s_, e_, w_ = (upcast(t.detach(), dtype) for t in (s, e[:classes], w))
+    cot = torch.ones(s.shape[0], classes, s.shape[1], dtype=dtype)
+
+    def run_chunked():
+        out = chunked.logits_forward(s_, e_, w_, block_elements)
+        if grad:
+            chunked.logits_backward(s_, e_, w_, cot, block_elements, True, True, True)
+        return out
+
+    def run_compiled():
+        out = compiled.logits_forward(s_, e_, w_)
+        if grad:
+            compiled.logits_backward(s_, e_, w_, cot, True, True, True)
+        return out
+
+    return auto_choice('logits', (grad,) + shape_key(s, e, w), elements,
+                       {'chunked': run_chunked, 'compiled': run_compiled})
 
 
-def _buffer(numel: int, like: Tensor) -> Tensor:
-    return torch.empty(numel, dtype=like.dtype, device=like.device)
+def _auto_pool(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float,
+               block_elements: int) -> str:
+    """:func:`auto_choice` for eq. 6 + GMP (forward; with the arg-max in training -- the backward is shared)."""
+    grad = needs_grad(feat, sa, ca)
+    elements = feat.shape[0] * sa.shape[1] * feat.shape[1] * feat.shape[2]
+    if elements < AUTO_MIN_ELEMENTS or not compiled.available():
+        return 'chunked'
+    dtype = compute_dtype(result_dtype(feat, sa, ca))
+    classes = _measured_classes(sa.shape[1], feat.shape[0] * feat.shape[1] * feat.shape[2])
+    f_, sa_ = upcast(feat.detach(), dtype), upcast(sa.detach()[:, :classes], dtype)
+    ca_ = None if ca is None else upcast(ca.detach()[:, :classes], dtype)
+    indices = index_dtype(feat.shape[1])
+    return auto_choice('pool', (grad, sa_weight, ca_weight) + shape_key(feat, sa, ca), elements, {
+        'chunked': lambda: chunked.pool_forward(f_, sa_, ca_, sa_weight, ca_weight, block_elements, grad),
+        'compiled': lambda: compiled.pool_forward(f_, sa_, ca_, sa_weight, ca_weight, grad, indices),
+    })
 
 
-def index_dtype(positions: int) -> torch.dtype:
-    """Smallest integer dtype that holds every position index (the saved arg-max is ``B*C*d`` of them)."""
-    if positions <= torch.iinfo(torch.int16).max:
-        return torch.int16
-    if positions <= torch.iinfo(torch.int32).max:
-        return torch.int32
-    return torch.int64
+# ----------------------------------------------------------------------------------------------------------
+# the public ops: one eager dispatcher for both
+# ----------------------------------------------------------------------------------------------------------
+
+class _Implementations(NamedTuple):
+    """One op under each implementation; the arguments are the op's tensors and weights (``*args``), the
+    chunked path and the CPU ``'auto'`` measurement take ``block_elements`` after them."""
+    reference: Callable[..., Tensor]
+    triton: Callable[..., Tensor]
+    compiled: Callable[..., Tensor]
+    chunked: Callable[..., Tensor]
+    auto_cpu: Callable[..., str]
+
+
+_LOGITS = _Implementations(spatial_attention_logits_reference, triton_launch.spatial_attention_logits_triton,
+                           compiled.spatial_attention_logits_compiled, chunked.spatial_attention_logits_chunked,
+                           _auto_logits)
+_POOL = _Implementations(attention_max_pool_reference, triton_launch.attention_max_pool_triton,
+                         compiled.attention_max_pool_compiled, chunked.attention_max_pool_chunked, _auto_pool)
+
+
+def _run_eager(op: _Implementations, impl: str, block_elements: Optional[int], *args) -> Tensor:
+    """``op(*args)`` under :func:`select_impl`'s choice in eager mode. Under ``'auto'``, a Triton failure other
+    than out-of-memory (compile/launch: keep the model usable) and the compiled path's shape limit fall back to
+    the chunked path, each warned about once."""
+    device = args[0].device
+    chosen = select_impl(impl, device)
+    if chosen == 'reference':
+        return op.reference(*args)
+    if chosen == 'triton':
+        if impl != 'auto':
+            return op.triton(*args)
+        try:
+            return op.triton(*args)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # compile/launch failure: keep the model usable
+            _auto_triton_failed(error)
+    block_elements = resolve_block_elements(block_elements, device)
+    if chosen == 'chunked' and impl == 'auto' and device.type == 'cpu':
+        chosen = op.auto_cpu(*args, block_elements)
+    if chosen == 'compiled':
+        try:
+            return op.compiled(*args)
+        except compiled.ShapeLimitError as error:
+            _shape_limit(error)
+    return op.chunked(*args, block_elements)
+
+
+@torch.fx.wrap
+def spatial_attention_logits(
+        s: Tensor, e: Tensor, w: Tensor, impl: str = 'auto', block_elements: Optional[int] = None,
+) -> Tensor:
+    """Eq. 5's inner sum ``sum_k w[k] tanh(s[b,p,k] e[c,k])`` -> ``[B, C, P]`` with the implementation ``impl``
+    selects.
+
+    Args:
+        s: ``f_sa(F)`` ``[B, P, d]``; e: ``f_w(x_c)`` ``[C, d]``; w: ``f_s``'s weight ``[d]`` (one device).
+        impl: one of :data:`ATTENTION_IMPLS`.
+        block_elements: block size of the chunked path (elements of the ``B x C x P x d`` product); None
+            picks :func:`~.common.resolve_block_elements`'s default.
+    """
+    if torch.jit.is_scripting():
+        return spatial_attention_logits_reference(s, e, w)
+    return _spatial_attention_logits_eager(s, e, w, impl, block_elements)
+
+
+@torch.jit.unused
+def _spatial_attention_logits_eager(
+        s: Tensor, e: Tensor, w: Tensor, impl: str, block_elements: Optional[int]) -> Tensor:
+    return _run_eager(_LOGITS, impl, block_elements, s, e, w)
+
+
+@torch.fx.wrap
+def attention_max_pool(
+        feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
+        impl: str = 'auto', block_elements: Optional[int] = None,
+) -> Tensor:
+    """Eq. 6 + GMP ``max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` -> ``[B, C, d]`` with the implementation
+    ``impl`` selects (without SA, the ``O(B*C*d)`` closed form of the reference).
+
+    Args:
+        feat: ``[B, P, d]``; sa: ``[B, C, P]`` or None; ca: ``[B, C, d]`` or None.
+        sa_weight, ca_weight: eq. 6's weights (0.5 each; 1 for the one left when the other is ablated).
+        impl: one of :data:`ATTENTION_IMPLS`.
+        block_elements: block size of the chunked path; None picks :func:`~.common.resolve_block_elements`'s
+            default.
+    """
+    if torch.jit.is_scripting():
+        return attention_max_pool_reference(feat, sa, ca, sa_weight, ca_weight)
+    return _attention_max_pool_eager(feat, sa, ca, sa_weight, ca_weight, impl, block_elements)
+
+
+@torch.jit.unused
+def _attention_max_pool_eager(
+        feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float, ca_weight: float,
+        impl: str, block_elements: Optional[int]) -> Tensor:
+    if sa is None:  # O(B*C*d) closed form, no per-position product
+        return attention_max_pool_reference(feat, sa, ca, sa_weight, ca_weight)
+    return _run_eager(_POOL, impl, block_elements, feat, sa, ca, sa_weight, ca_weight)

@@ -1,20 +1,9 @@
-"""Triton kernels for eqs. 5-6 of the CAR head. Imported lazily by
-:func:`srdl_timm.ops.triton_category_attention.load_kernels` (this module imports Triton); compiled for CUDA,
-or interpreted on the host when Python was started with ``TRITON_INTERPRET=1`` (the tests on CPU).
-
-All kernels take contiguous tensors and accumulate in ``ACC`` (float32, or float64 for float64 inputs);
-``FAST`` selects the hardware ``tanh.approx.f32`` (CUDA, 16-bit inputs only; not available in the interpreter):
-
-* ``logits_fwd``: ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])``; program = (P block, C block, b), loop over k.
-* ``logits_bwd_s``: ``ds[b,p,k] = w[k] sum_c g[b,c,p] (1 - t^2) e[c,k]`` and per-program partial sums of
-  ``dw[k] = sum g t``; program = (P block, k block, b), loop over C.
-* ``logits_bwd_e``: per-b partial ``de[b,c,k] = w[k] sum_p g[b,c,p] (1 - t^2) s[b,p,k]``; program =
-  (C block, k block, b), loop over P. Partials are summed by the caller (deterministic, no atomics).
-* ``pool_fwd``: ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` and the first arg-max position;
-  program = (k block, C block, b), loop over P.
-
-The ``B x C x P x d`` product lives only in registers, one ``BLOCK_C x BLOCK_P x BLOCK_K`` tile at a time.
-"""
+"""Triton kernels of eqs. 5-6 of the CAR head, launched by :mod:`srdl_timm.ops.triton_launch` (which imports this
+module lazily: it imports Triton, an optional dependency); compiled for CUDA, or interpreted on the host when
+Python was started with ``TRITON_INTERPRET=1`` (the tests on CPU). All take contiguous tensors and accumulate in
+``ACC`` (float32, or float64 for float64 inputs); ``FAST`` selects the hardware ``tanh.approx.f32`` (CUDA, 16-bit
+inputs only). The ``B x C x P x d`` product lives only in registers, one ``BLOCK_C x BLOCK_P x BLOCK_K`` tile at a
+time; each kernel's comment gives its formula and program grid."""
 import triton
 import triton.language as tl
 
@@ -35,6 +24,7 @@ def _tanh(x, FAST: tl.constexpr):
     return t
 
 
+# z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k]); program = (P block, C block, b), loop over k
 @triton.jit
 def logits_fwd(
         s_ptr, e_ptr, w_ptr, out_ptr, P, C, D,
@@ -64,6 +54,8 @@ def logits_fwd(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_p[None, :])
 
 
+# ds[b,p,k] = w[k] sum_c g[b,c,p] (1 - t^2) e[c,k] and per-program partial sums of dw[k] = sum g t;
+# program = (P block, k block, b), loop over C
 @triton.jit
 def logits_bwd_s(
         s_ptr, e_ptr, w_ptr, g_ptr, gs_ptr, gw_ptr, P, C, D, NUM_PB,
@@ -103,6 +95,8 @@ def logits_bwd_s(
         tl.store(gw, acc_w.to(gw_ptr.dtype.element_ty), mask=mask_k)
 
 
+# per-b partial de[b,c,k] = w[k] sum_p g[b,c,p] (1 - t^2) s[b,p,k]; program = (C block, k block, b), loop over P.
+# The caller sums the partials (deterministic, no atomics).
 @triton.jit
 def logits_bwd_e(
         s_ptr, e_ptr, w_ptr, g_ptr, ge_ptr, P, C, D,
@@ -134,6 +128,8 @@ def logits_bwd_e(
     tl.store(ge, (acc * w[None, :]).to(ge_ptr.dtype.element_ty), mask=mask_c[:, None] & mask_k[None, :])
 
 
+# f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k]) and the first arg-max position;
+# program = (k block, C block, b), loop over P
 @triton.jit
 def pool_fwd(
         f_ptr, sa_ptr, ca_ptr, out_ptr, idx_ptr, P, C, D, sa_weight, ca_weight,

@@ -1,18 +1,10 @@
-"""Triton path for eqs. 5-6 (+ GMP) of the CAR head, with its own backward.
-
-Selected by ``impl='triton'``, or by ``impl='auto'`` on CUDA tensors when Triton imports (see
-:func:`srdl_timm.ops.dispatch.select_impl`). Triton is imported lazily: importing this module never
-needs it.
-
-* CUDA tensors run compiled kernels.
-* CPU tensors run the same kernels in Triton's interpreter (numpy on the host) when Python was started with
-  ``TRITON_INTERPRET=1`` (Triton fixes the mode when it is imported): slow, meant for testing the kernel
-  logic on machines without a GPU.
-
-Forward of eq. 5's inner sum is one kernel; its backward two (``ds`` with ``dw`` partials, and ``de``
-partials per batch item), each recomputing ``tanh`` instead of storing the ``B x C x P x d`` product. Eq. 6 +
-GMP is one kernel that also writes the arg-max position (int32) when a gradient is needed; its backward is
-the ``O(B*C*d)`` gather/scatter shared with the chunked path.
+"""Triton kernels of eqs. 5-6 (``impl='triton'``): availability, launches, and the hookup to the shared autograd
+functions. On CUDA the kernels of :mod:`.triton_kernels` run compiled; on CPU tensors they run in Triton's
+interpreter when Python was started with ``TRITON_INTERPRET=1`` (slow; for testing the kernel logic without a
+GPU). Eq. 5's forward is one kernel and its backward two (``ds`` with ``dw`` partials, ``de`` partials per batch
+item), each recomputing ``tanh``; eq. 6 + GMP is one kernel that also writes the arg-max (int32) when a gradient is
+needed, its backward the shared :func:`~.autograd_functions.attention_max_pool_backward`. Triton is optional and
+imported lazily: importing this module never needs it.
 """
 import functools
 import importlib.util
@@ -22,6 +14,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
+
+from .autograd_functions import run_attention_max_pool, run_spatial_attention_logits
 
 __all__ = [
     'is_available', 'interpreting', 'load_kernels', 'spatial_attention_logits_triton', 'attention_max_pool_triton',
@@ -71,9 +65,10 @@ def is_available(device: Optional[torch.device] = None) -> bool:
 
 
 def load_kernels() -> ModuleType:
-    """Import the kernel module (and Triton) on first use; compiled or interpreted as Triton was started."""
-    from . import _triton_kernels
-    return _triton_kernels
+    """Import :mod:`.triton_kernels` (and so Triton, an optional dependency) on first use; compiled or interpreted
+    as Triton was started."""
+    from . import triton_kernels
+    return triton_kernels
 
 
 def _kernels_for(t: Tensor) -> ModuleType:
@@ -124,6 +119,7 @@ class _DeviceGuard:
 
 def _logits_fwd(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     k = _kernels_for(s)
+    s, e, w = s.contiguous(), e.contiguous(), w.contiguous()
     batch, positions, channels = s.shape
     num_classes = e.shape[0]
     out = s.new_empty((batch, num_classes, positions))
@@ -165,22 +161,13 @@ def _logits_bwd(
     return grad_s, grad_e, grad_w
 
 
-class _SpatialAttentionLogitsTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, s: Tensor, e: Tensor, w: Tensor) -> Tensor:
-        s, e, w = s.contiguous(), e.contiguous(), w.contiguous()
-        ctx.save_for_backward(s, e, w)
-        return _logits_fwd(s, e, w)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        s, e, w = ctx.saved_tensors
-        need_s, need_e, need_w = ctx.needs_input_grad[:3]
-        if s.numel() == 0 or e.numel() == 0:
-            return (torch.zeros_like(s) if need_s else None, torch.zeros_like(e) if need_e else None,
-                    torch.zeros_like(w) if need_w else None)
-        return _logits_bwd(s, e, w, grad.contiguous(), need_s, need_e, need_w)
+def _logits_bwd_or_zeros(
+        s: Tensor, e: Tensor, w: Tensor, grad: Tensor, need_s: bool, need_e: bool, need_w: bool,
+) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    if s.numel() == 0 or e.numel() == 0:
+        return (torch.zeros_like(s) if need_s else None, torch.zeros_like(e) if need_e else None,
+                torch.zeros_like(w) if need_w else None)
+    return _logits_bwd(s, e, w, grad.contiguous(), need_s, need_e, need_w)
 
 
 @torch.compiler.disable
@@ -190,9 +177,7 @@ def spatial_attention_logits_triton(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     Args:
         s: ``[B, P, d]``; e: ``[C, d]``; w: ``[d]``; one dtype (fp32/bf16/fp16/fp64), one device.
     """
-    if torch.is_grad_enabled() and (s.requires_grad or e.requires_grad or w.requires_grad):
-        return _SpatialAttentionLogitsTriton.apply(s, e, w)
-    return _logits_fwd(s.contiguous(), e.contiguous(), w.contiguous())
+    return run_spatial_attention_logits(_logits_fwd, _logits_bwd_or_zeros, s, e, w)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -203,6 +188,7 @@ def _pool_fwd(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float, with_index: bool,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     k = _kernels_for(feat)
+    feat, sa, ca = feat.contiguous(), sa.contiguous(), ca.contiguous() if ca is not None else None
     batch, positions, channels = feat.shape
     num_classes = sa.shape[1]
     dtype = feat.dtype if ca is None else torch.promote_types(feat.dtype, ca.dtype)
@@ -220,27 +206,6 @@ def _pool_fwd(
     return out, index
 
 
-class _AttentionMaxPoolTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float) -> Tensor:
-        feat, sa = feat.contiguous(), sa.contiguous()
-        ca = ca.contiguous() if ca is not None else None
-        out, index = _pool_fwd(feat, sa, ca, sa_weight, ca_weight, True)
-        ctx.save_for_backward(feat, sa, ca, index)
-        ctx.weights = (sa_weight, ca_weight)
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        from .category_attention import attention_max_pool_backward
-        feat, sa, ca, index = ctx.saved_tensors
-        sa_weight, ca_weight = ctx.weights
-        grads = attention_max_pool_backward(grad, feat, sa, ca, index, sa_weight, ca_weight,
-                                            tuple(ctx.needs_input_grad[:3]))
-        return grads + (None, None)
-
-
 @torch.compiler.disable
 def attention_max_pool_triton(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
@@ -251,7 +216,4 @@ def attention_max_pool_triton(
     Args:
         feat: ``[B, P, d]``; sa: ``[B, C, P]``; ca: ``[B, C, d]`` or None; one dtype, one device.
     """
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (feat, sa, ca)):
-        return _AttentionMaxPoolTriton.apply(feat, sa, ca, sa_weight, ca_weight)
-    return _pool_fwd(feat.contiguous(), sa.contiguous(), ca.contiguous() if ca is not None else None,
-                     sa_weight, ca_weight, False)[0]
+    return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
