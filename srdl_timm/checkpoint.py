@@ -36,17 +36,17 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save, save_file
+from safetensors.torch import save, save_file
 from timm.utils import unwrap_model
 
 from .errors import InputError
-from .utils import _fsync_dir, atomic_write_bytes, jsonable, sha256_file
+from .utils import atomic_write_bytes, fsync_dir, jsonable, sha256_file
+from .weight_files import load_state_dict, read_weight_file
 
 __all__ = [
     'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
     'LAST_LINK', 'save_safetensors_atomic', 'save_checkpoint',
-    'load_checkpoint', 'resolve_checkpoint_dir', 'find_last_checkpoint', 'verify_checkpoint', 'load_weights',
+    'load_checkpoint', 'resolve_checkpoint_dir', 'find_last_checkpoint', 'verify_checkpoint',
     'capture_rng_state', 'restore_rng_state', 'state_dict_for_save', 'remove_stale_tmp', 'prune_checkpoint_dir',
 ]
 
@@ -284,19 +284,19 @@ def save_checkpoint(
             f.write(json.dumps(manifest, indent=2) + '\n')
             f.flush()
             os.fsync(f.fileno())
-        _fsync_dir(tmp_dir)
+        fsync_dir(tmp_dir)
         os.rename(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    _fsync_dir(ckpt_root)
+    fsync_dir(ckpt_root)
 
     # re-point output_dir/last atomically
     link = os.path.join(output_dir, LAST_LINK)
     tmp_link = os.path.join(output_dir, f'.{LAST_LINK}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     os.symlink(os.path.join(CHECKPOINT_DIR, name), tmp_link)
     os.replace(tmp_link, link)
-    _fsync_dir(output_dir)
+    fsync_dir(output_dir)
     _logger.info('checkpoint written: %s (epoch %d, step %d)', final_dir, epoch, step)
 
     # prune: keep the newest keep_last (by step, then mtime) and anything in keep
@@ -321,7 +321,7 @@ def prune_checkpoint_dir(path: str) -> None:
     parent, name = os.path.split(os.path.abspath(path))
     trash = os.path.join(parent, f'{TRASH_PREFIX}{name}')
     os.rename(path, trash)
-    _fsync_dir(parent)
+    fsync_dir(parent)
     shutil.rmtree(trash, ignore_errors=True)
 
 
@@ -395,21 +395,8 @@ def verify_checkpoint(ckpt_dir: str) -> Dict[str, Any]:
     return manifest
 
 
-def load_weights(path: str) -> Dict[str, torch.Tensor]:
-    """Load a safetensors weight file; a truncated/corrupt/non-safetensors file raises :class:`CheckpointError`."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'weights file not found: {path}')
-    try:
-        return load_file(path, device='cpu')
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f'weights file {path} is truncated or corrupt: {e}') from e
-
-
 def _load_state(path: str) -> Dict[str, Any]:
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle / zip errors of every kind on a damaged file
-        raise CheckpointError(f'training state {path} is truncated or corrupt: {type(e).__name__}: {e}') from e
+    state = read_weight_file(path, CheckpointError)
     if not isinstance(state, dict) or state.get('format') != _FORMAT:
         raise CheckpointError(f'{path} is not an srdl-timm training state')
     if int(state.get('format_version', 0)) > _FORMAT_VERSION:
@@ -430,9 +417,9 @@ def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
     """
     ckpt_dir = resolve_checkpoint_dir(path)
     manifest = verify_checkpoint(ckpt_dir) if verify else {}
-    model = load_weights(os.path.join(ckpt_dir, MODEL_FILE))
+    model = load_state_dict(os.path.join(ckpt_dir, MODEL_FILE), CheckpointError)
     ema_path = os.path.join(ckpt_dir, EMA_FILE)
-    ema = load_weights(ema_path) if os.path.isfile(ema_path) else None
+    ema = load_state_dict(ema_path, CheckpointError) if os.path.isfile(ema_path) else None
     state = _load_state(os.path.join(ckpt_dir, STATE_FILE))
     config_path = os.path.join(ckpt_dir, CONFIG_FILE)
     try:

@@ -21,15 +21,15 @@ Such a folder or Hub repo then loads through timm's own machinery, after ``impor
 
 :func:`load_for_publishing` gives the model to publish: loaded strictly by :func:`srdl_timm.loading.load_model`
 from a training run, a published folder, a pretrained tag, or a timm ``train.py`` checkpoint (``.pth.tar``, read
-with ``weights_only=True`` and converted to safetensors).
+by :func:`srdl_timm.weight_files.read_weight_file` with ``weights_only=True`` and converted to safetensors).
 
 Registering published weights in ``weights/manifest.json`` is :mod:`srdl_timm.manifest`; reading the registry
-(pretrained tags, sha256 checks) is :mod:`srdl_timm.models._pretrained`. Both are re-exported here.
+(pretrained tags, sha256 checks) is :mod:`srdl_timm.models._pretrained`. Both are re-exported here; config.json is
+read back by :func:`srdl_timm.weight_files.read_config_json`.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import logging
 import os
@@ -41,14 +41,16 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import InputError
+from .loading import load_model, read_model_config
 from .loading import model_args as srdl_model_args
-from .manifest import manifest_markdown, read_json, register_weights, verify_manifest
+from .manifest import manifest_markdown, register_weights, verify_manifest
 from .model_card import model_card, normalise_metrics
 from .models._pretrained import (
-    MANIFEST_SCHEMA_VERSION, WEIGHTS_FILENAME, ChecksumMismatchError, MissingPretrainedWeightsError, _REPO_ID_RE,
-    load_manifest, manifest_path, verify_sha256, weights_dir,
+    MANIFEST_SCHEMA_VERSION, REPO_ID_RE, ChecksumMismatchError, MissingPretrainedWeightsError, load_manifest,
+    manifest_path, verify_sha256, weights_dir,
 )
-from .utils import sha256_file
+from .utils import PathLike, sha256_file
+from .weight_files import WEIGHTS_FILENAME, read_config_json, read_weight_file
 
 __all__ = [
     'PublishResult', 'load_for_publishing', 'timm_checkpoint_model', 'save_pretrained_dir', 'publish', 'push_folder',
@@ -60,8 +62,6 @@ __all__ = [
 ]
 
 _logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
 
 #: The files of a published folder (timm's Hub layout), and nothing else.
 PUBLISHED_FILES = ('config.json', WEIGHTS_FILENAME, 'README.md')
@@ -95,24 +95,16 @@ class PublishResult:
 _TIMM_CHECKPOINT_SUFFIXES = ('.pth', '.tar', '.pt', '.bin')
 
 
-@contextlib.contextmanager
-def _timm_checkpoint_globals():
-    """Allow-list ``argparse.Namespace`` for ``torch.load(weights_only=True)``: timm's CheckpointSaver stores the
-    training ``args`` as one (timm's own ``load_checkpoint`` does the same); every other global stays refused."""
-    with torch.serialization.safe_globals([argparse.Namespace]):
-        yield
-
-
 def timm_checkpoint_model(path: PathLike) -> Dict[str, Any]:
     """The model a timm ``train.py`` checkpoint records: ``{'model', 'num_classes', 'model_kwargs'}`` (keys present
-    only when recorded), read with ``torch.load(weights_only=True)``; empty for other files or when unreadable
-    (the loader then reports what is wrong with the file)."""
+    only when recorded), read by :func:`srdl_timm.weight_files.read_weight_file` (``weights_only=True``, only the
+    ``argparse.Namespace`` of timm's CheckpointSaver allow-listed); empty for other files or when unreadable (the
+    loader then reports what is wrong with the file)."""
     if not os.fspath(path).endswith(_TIMM_CHECKPOINT_SUFFIXES) or not Path(path).is_file():
         return {}
     try:
-        with _timm_checkpoint_globals():
-            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception:  # noqa: BLE001 - load_model reads the file again and names the problem
+        checkpoint = read_weight_file(path)
+    except InputError:  # load_model reads the file again and names the problem
         return {}
     if not isinstance(checkpoint, dict):
         return {}
@@ -139,8 +131,9 @@ def load_for_publishing(
 
     A timm ``train.py`` checkpoint (``.pth.tar``/``.pth`` written by ``timm.utils.CheckpointSaver``, no
     config.json/train_config.json beside it) is converted safely: read with ``torch.load(weights_only=True)``
-    (only ``argparse.Namespace`` allow-listed), its ``state_dict`` taken, and the architecture, ``num_classes``
-    and ``model_kwargs`` its ``args`` record name the model (``model`` / ``model_kwargs`` override them).
+    (:func:`srdl_timm.weight_files.read_weight_file`: only ``argparse.Namespace`` allow-listed), its
+    ``state_dict`` taken, and the architecture, ``num_classes`` and ``model_kwargs`` its ``args`` record name the
+    model (``model`` / ``model_kwargs`` override them).
 
     Args:
         checkpoint: weights file or folder (srdl-train run, published folder, timm checkpoint); ``None`` loads
@@ -150,11 +143,9 @@ def load_for_publishing(
         label_names: class names in output order.
 
     Raises:
-        srdl_timm.loading.ModelLoadError: unreadable weights (a pickle needing more than tensors is refused, not
-            unpickled), weights that do not fit the recorded model, no model named.
+        srdl_timm.weight_files.ModelLoadError: unreadable weights (a pickle needing more than tensors is refused,
+            not unpickled), weights that do not fit the recorded model, no model named.
     """
-    from .loading import load_model, read_model_config
-
     kwargs = dict(model_kwargs or {})
     if label_names is not None:
         kwargs['label_names'] = list(label_names)
@@ -164,9 +155,7 @@ def load_for_publishing(
         model = model or recorded.get('model')
         num_classes = recorded.get('num_classes')
         kwargs = {**recorded.get('model_kwargs', {}), **kwargs}
-    with _timm_checkpoint_globals():
-        return load_model(model, checkpoint, pretrained=checkpoint is None, num_classes=num_classes,
-                          model_kwargs=kwargs)
+    return load_model(model, checkpoint, pretrained=checkpoint is None, num_classes=num_classes, model_kwargs=kwargs)
 
 
 def _check_srdl(model: torch.nn.Module) -> None:
@@ -233,7 +222,7 @@ def save_pretrained_dir(
     from timm.models import save_for_hf
 
     _check_srdl(model)
-    if repo_id is not None and not _REPO_ID_RE.match(repo_id):
+    if repo_id is not None and not REPO_ID_RE.match(repo_id):
         raise InputError(f'repo_id must look like "org/name", got {repo_id!r}')
     values, proto, metric_names = normalise_metrics(metrics, protocol)
     label_names = list(model.label_names) if model.label_names is not None else None
@@ -280,7 +269,7 @@ def save_pretrained_dir(
     # safetensors >= 0.8 writes through a private (0600) temporary file; give the weights config.json's permissions
     # (the umask's), so a published folder is readable by whoever may read its config and card
     os.chmod(folder / WEIGHTS_FILENAME, stat.S_IMODE((folder / 'config.json').stat().st_mode))
-    config = read_json(folder / 'config.json', 'config.json')
+    config = read_config_json(folder / 'config.json')
     digest = sha256_file(folder / WEIGHTS_FILENAME)
     num_params = sum(p.numel() for p in model.parameters())
     readme = model_card(config, repo_id=repo_id, local_dir=folder, metrics=values, protocol=proto, dataset=dataset,
@@ -374,7 +363,7 @@ def push_folder(
     if files != tuple(sorted(PUBLISHED_FILES)):
         raise InputError(f'{folder} holds {list(files)}; a published folder holds exactly {sorted(PUBLISHED_FILES)} '
                          '(write it with srdl-publish --local-dir / save_pretrained_dir)')
-    config = read_json(folder / 'config.json', 'config.json')
+    config = read_config_json(folder / 'config.json')
     digest = sha256_file(folder / WEIGHTS_FILENAME)
     api = HfApi(token=token, library_name='timm', library_version=timm.__version__)
     repo_url = api.create_repo(repo_id, private=private, exist_ok=True)

@@ -4,19 +4,19 @@ Every console script loads weights through :func:`load_model`. It reads the conf
 weights (``train_config.json`` of ``srdl-train``, ``config.json`` of ``save_for_hf`` / ``srdl-publish``),
 rebuilds exactly that architecture (backbone, node width, graph layers, ablation switches ...) and loads every
 tensor strictly: a missing, unexpected or reshaped tensor — including a class count other than the weights' — is
-a :class:`ModelLoadError` naming the file and the tensors, never a silently re-initialised head. Fine-tuning with
-a new ``num_classes`` is a deliberate call of ``timm.create_model(..., pretrained=True, num_classes=N)`` instead.
+a :class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a silently re-initialised
+head. Fine-tuning with a new ``num_classes`` is a deliberate call of ``timm.create_model(..., pretrained=True,
+num_classes=N)`` instead.
 
-Weights are read only as safetensors, or with ``torch.load(weights_only=True)`` (:func:`load_state_dict`); a
-pickle that needs more is refused, never unpickled.
+Weights and configs are read by :mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``:
+a pickle that needs more is refused, never unpickled; every config field checked); Hub repos are fetched by its
+:func:`~srdl_timm.weight_files.hub_folder`.
 """
 from __future__ import annotations
 
 import inspect
 import json
 import logging
-import os
-import pickle
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
@@ -25,29 +25,22 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import InputError
-from .models._pretrained import WEIGHTS_FILENAME, check_pretrained_weights
+from .models._pretrained import check_pretrained_weights
 from .models.srdl import SRDL
+from .utils import PathLike
+from .weight_files import (
+    CONFIG_FILES, ModelLoadError, check_class_count, hub_folder, load_state_dict, read_config_json, weights_in,
+)
 
-__all__ = ['ModelLoadError', 'read_model_config', 'load_state_dict', 'model_args', 'load_model']
+__all__ = ['read_model_config', 'model_args', 'load_model']
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-
-#: configuration files read beside weights, in this order: timm's (save_for_hf / srdl-publish), srdl-train's
-CONFIG_FILES = ('config.json', 'train_config.json')
-#: weight files looked for in a folder, in this order
-WEIGHT_FILES = (WEIGHTS_FILENAME, 'pytorch_model.bin', 'model.pth', 'checkpoint.pth.tar')
 #: ``SRDL.__init__`` arguments that are not architecture: run-time/training switches and category inputs whose
 #: values are in the weights (label-graph nodes) or in the config's top-level ``label_names``
 _NOT_MODEL_ARGS = frozenset({'pretrained_backbone', 'label_embeddings', 'label_names', 'object_erasing', 'drop_rate',
                              'drop_path_rate', 'device', 'dtype'})
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
-
-
-class ModelLoadError(InputError):
-    """Weights or their configuration do not describe a loadable model; the message names the file and the
-    tensors or config key at fault."""
 
 
 def _srdl_params() -> Tuple[str, ...]:
@@ -80,17 +73,13 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
         split, annotation file), else None.
 
     Raises:
-        ModelLoadError: the config is not valid JSON or not an object.
+        srdl_timm.weight_files.ModelLoadError: the config is not valid JSON, or a field is of the wrong type or
+            value (:func:`srdl_timm.weight_files.read_config_json`: the message names the file and the field).
     """
     file = _config_file(Path(path))
     if file is None:
         return {}
-    try:
-        config = json.loads(file.read_text(encoding='utf-8-sig'))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f'{file} is not valid JSON ({e}); restore the file the run or srdl-publish wrote') from e
-    if not isinstance(config, dict):
-        raise ModelLoadError(f'{file} must hold a JSON object, got {type(config).__name__}')
+    config = read_config_json(file)
     params = set(_srdl_params())
     trained_on = None
     if 'architecture' in config:  # timm config.json
@@ -105,12 +94,8 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
             trained_on = f'{config["data"]} {config["root"]}' + (f' ({", ".join(details)})' if details else '')
         args = {k: v for k, v in config.items() if k in params and v is not None}
         for key in ('model_kwargs', 'model_args'):
-            if config.get(key) is not None and not isinstance(config[key], dict):
-                raise ModelLoadError(f'{file}: "{key}" must be a JSON object, got {config[key]!r}')
             args.update(config.get(key) or {})
         data = config.get('data_config') or {}
-    if not isinstance(args, dict):
-        raise ModelLoadError(f'{file}: "model_args" must be a JSON object, got {args!r}')
     args = dict(args)
     label_names = config.get('label_names') or args.get('label_names') or None
     for key in _NOT_MODEL_ARGS:
@@ -122,8 +107,6 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
         if not isinstance(label_names, list):
             raise ModelLoadError(f'{file}: "label_names" must be a list of names, got {label_names!r}')
         label_names = [str(n) for n in label_names]
-    if not arch or not isinstance(arch, str):
-        raise ModelLoadError(f'{file} names no model ("architecture" in config.json, "model" in train_config.json)')
     return {
         'architecture': arch,
         'num_classes': num_classes,
@@ -134,60 +117,6 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
         'trained_on': trained_on,
         'config_file': str(file),
     }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# weights
-# ----------------------------------------------------------------------------------------------------------------
-def _weights_in(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise ModelLoadError(f'{folder} holds no weights ({", ".join(WEIGHT_FILES)}): give the weights file itself, or '
-                         'a folder written by srdl-train (--output) or srdl-publish')
-
-
-def load_state_dict(path: PathLike) -> Dict[str, Tensor]:
-    """The one weights reader: ``.safetensors``, or ``.pth``/``.pth.tar``/``.bin`` with ``weights_only=True``.
-
-    A training checkpoint's ``state_dict`` / ``model`` / ``state_dict_ema`` entry is unwrapped, and DDP /
-    torch.compile prefixes (``module.``, ``_orig_mod.``) are removed.
-
-    Raises:
-        ModelLoadError: missing, truncated or corrupt file; a pickle holding more than tensors (it is not
-            unpickled); no tensors found. The message names the file.
-    """
-    from timm.models import clean_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise ModelLoadError(f'weights file not found: {path}')
-    if path.suffix == '.safetensors':
-        import safetensors.torch
-        try:
-            state: Any = safetensors.torch.load_file(os.fspath(path), device='cpu')
-        except Exception as e:  # SafetensorError (truncated header/data), OSError
-            raise ModelLoadError(f'{path} is not a readable safetensors file ({e}): it is truncated or corrupt; '
-                                 'copy or download it again') from e
-    else:
-        try:
-            state = torch.load(path, map_location='cpu', weights_only=True)
-        except pickle.UnpicklingError as e:
-            raise ModelLoadError(
-                f'{path} is a pickle holding more than tensors, so it was not loaded (unpickling it could run '
-                'code). Where it was written, save its weights as safetensors: '
-                'safetensors.torch.save_file(model.state_dict(), "model.safetensors")') from e
-        except Exception as e:  # truncated zip, EOF, not a torch file
-            raise ModelLoadError(f'{path} is not a readable PyTorch weights file ({type(e).__name__}: {e}): it is '
-                                 'truncated or corrupt; copy or download it again') from e
-        if isinstance(state, dict):
-            for key in ('state_dict', 'model', 'state_dict_ema'):
-                if isinstance(state.get(key), dict):
-                    state = state[key]
-                    break
-    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ModelLoadError(f'{path} holds no state dict of tensors (got {type(state).__name__})')
-    return clean_state_dict(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -280,31 +209,6 @@ def _split_tag(name: str) -> Tuple[str, Optional[str]]:
     return arch, (tag or None)
 
 
-def _hub_folder(repo: str) -> Path:
-    """Download (or find in the cache) config.json and the weights of ``hf-hub:repo``; return the snapshot folder."""
-    from huggingface_hub import constants, hf_hub_download
-    repo_id, _, revision = repo.partition('@')
-    offline = bool(constants.HF_HUB_OFFLINE)
-    try:
-        config = hf_hub_download(repo_id, 'config.json', revision=revision or None)
-        folder = Path(config).parent
-        for name in (WEIGHTS_FILENAME, 'pytorch_model.bin'):
-            try:
-                hf_hub_download(repo_id, name, revision=revision or None)
-                return folder
-            except Exception as e:  # the next candidate
-                last = e
-        raise last
-    except Exception as e:
-        if offline:
-            raise ModelLoadError(
-                f'hf-hub:{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and offline mode '
-                '(HF_HUB_OFFLINE=1) forbids downloading it: run once with network access (unset HF_HUB_OFFLINE), '
-                'or point HF_HUB_CACHE at a cache that holds it') from e
-        raise ModelLoadError(f'hf-hub:{repo} could not be fetched ({type(e).__name__}: {e}); check the repo id '
-                             'and your connection, or set HF_HUB_OFFLINE=1 to use the cache only') from e
-
-
 #: pretrained_cfg entries that describe a tag's weights (where they come from, what they were trained on)
 _TAG_IDENTITY_KEYS = ('tag', 'file', 'url', 'hf_hub_id', 'hf_hub_filename', 'source', 'description', 'dataset',
                       'label_names', 'notes', 'origin_url', 'paper_ids', 'paper_name', 'license')
@@ -380,13 +284,13 @@ def load_model(
     elif model is not None and model.startswith('hf-hub:'):
         if checkpoint is not None:
             raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
-        checkpoint, model = _hub_folder(model[len('hf-hub:'):]), None
+        checkpoint, model = hub_folder(model[len('hf-hub:'):]), None
 
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.exists():
             raise ModelLoadError(f'checkpoint not found: {path}')
-        file = _weights_in(path) if path.is_dir() else path
+        file = weights_in(path) if path.is_dir() else path
         config = read_model_config(path)
         arch = config.get('architecture')
         if model is not None:
@@ -402,11 +306,7 @@ def load_model(
         args = dict(config.get('model_args') or {})
         args.update(kwargs)
         state = load_state_dict(file)
-        held, said = state.get('classifier.bias'), (config.get('model_args') or {}).get('num_classes')
-        if held is not None and held.ndim == 1 and said is not None and said != held.shape[0]:
-            raise ModelLoadError(f'{file} holds weights for {held.shape[0]} classes (classifier.bias) but the model '
-                                 f'was asked for {said} by {where} (its num_classes): that config does not belong to '
-                                 'these weights; restore the config.json / train_config.json written with them')
+        check_class_count(file, state, where, (config.get('model_args') or {}).get('num_classes'))
         if num_classes is not None:
             if args.get('num_classes') is not None and args['num_classes'] != num_classes:
                 raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '

@@ -11,23 +11,20 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
 from .model_card import normalise_metrics
 from .models._pretrained import (
-    WEIGHTS_FILENAME, _MANIFEST_CFG_KEYS, _empty_manifest, _entry_file, _validate_entry, load_manifest, manifest_path,
-    verify_sha256,
+    MANIFEST_CFG_KEYS, empty_manifest, entry_file, load_manifest, manifest_path, validate_entry, verify_sha256,
 )
-from .utils import atomic_write_bytes, atomic_write_json, sha256_file
+from .utils import PathLike, atomic_write_bytes, atomic_write_json, sha256_file
+from .weight_files import WEIGHTS_FILENAME, read_config_json
 
 __all__ = ['read_json', 'register_weights', 'verify_manifest', 'manifest_markdown']
 
 _logger = logging.getLogger(__name__)
-
-PathLike = Union[str, os.PathLike]
 
 
 def read_json(path: PathLike, what: str) -> Any:
@@ -79,7 +76,7 @@ def register_weights(
         The entry written.
     """
     folder = Path(folder)
-    config = read_json(folder / 'config.json', 'published config.json')
+    config = read_config_json(folder / 'config.json')
     weights = folder / WEIGHTS_FILENAME
     if not weights.is_file():
         raise InputError(f'{weights} not found: register a folder written by srdl-publish')
@@ -90,7 +87,7 @@ def register_weights(
     if not values:
         raise InputError(f'{tag}: a manifest entry needs the metrics of these weights (an srdl-validate report)')
     mfile = Path(manifest) if manifest is not None else manifest_path()
-    data = load_manifest(mfile) if mfile.is_file() else _empty_manifest()
+    data = load_manifest(mfile) if mfile.is_file() else empty_manifest()
     arch = config['architecture']
     kept = [e for e in data['weights'] if (e['architecture'], e['tag']) != (arch, tag)]
     if len(kept) != len(data['weights']) and not replace:
@@ -118,11 +115,11 @@ def register_weights(
         'recipe': recipe,
         'created': datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
         'model_args': config.get('model_args') or {},
-        'pretrained_cfg': {k: pcfg[k] for k in _MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
+        'pretrained_cfg': {k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
     }
     if notes:
         entry['notes'] = notes
-    _validate_entry(entry, len(data['weights']), str(mfile))
+    validate_entry(entry, len(data['weights']), str(mfile))
     data['weights'] = kept + [entry]
     atomic_write_json(mfile, data)
     _logger.info('registered %s.%s in %s (sha256 %s)', arch, tag, mfile, digest)
@@ -147,7 +144,7 @@ def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLik
     report = []
     for entry in data['weights']:
         name = f'{entry["architecture"]}.{entry["tag"]}'
-        file = _entry_file(entry, mfile.parent)
+        file = entry_file(entry, mfile.parent)
         if file is None or not file.is_file():
             cached = try_to_load_from_cache(entry['hf_hub_id'], WEIGHTS_FILENAME, cache_dir=cache_dir,
                                             revision=entry.get('hf_revision')) if entry.get('hf_hub_id') else None

@@ -16,12 +16,11 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
-from .models._pretrained import _REQUIRED_PROTOCOL as REQUIRED_PROTOCOL  # the one list (the manifest checks it too)
+from .models._pretrained import REQUIRED_PROTOCOL
+from .utils import PathLike
 
 __all__ = ['PAPER_TITLE', 'PAPER_AUTHORS', 'CITATION', 'METRIC_NAMES', 'normalise_metrics', 'usage_snippet',
            'model_card']
-
-PathLike = Union[str, os.PathLike]
 
 PAPER_TITLE = 'Semantic Representation and Dependency Learning for Multi-Label Image Recognition'
 PAPER_AUTHORS = ('Tao Pu', 'Mingzhan Sun', 'Hefeng Wu', 'Tianshui Chen', 'Ling Tian', 'Liang Lin')

@@ -26,6 +26,8 @@ from typing import Dict, FrozenSet, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .weight_files import load_state_dict
+
 __all__ = [
     'OFFLINE_BACKBONES',
     'timm_imagenet_backbone',
@@ -170,15 +172,12 @@ def efficientnet_lite0_imagenet_state_dict(path: Optional[str] = None) -> Dict[s
 
     Raises:
         ModuleNotFoundError / FileNotFoundError: the checkpoint is not available.
-        ValueError: the file is not a state dict of tensors.
+        srdl_timm.weight_files.ModelLoadError (a ValueError): the file is unreadable or holds no state dict of
+            tensors (read by :func:`srdl_timm.weight_files.load_state_dict`, ``weights_only=True``).
         KeyError: the file's tensor names are not EfficientNet-Lite0's.
     """
     path = path or efficientnet_lite0_checkpoint_path()
-    state_dict = torch.load(path, map_location='cpu', weights_only=True)
-    if isinstance(state_dict, dict) and 'state_dict' in state_dict and isinstance(state_dict['state_dict'], dict):
-        state_dict = state_dict['state_dict']
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise ValueError(f'{path}: expected a state dict of tensors, got {type(state_dict).__name__}.')
+    state_dict = load_state_dict(path)
     converted = convert_lukemelas_efficientnet_lite0(state_dict)
     _logger.info('Loaded %d EfficientNet-Lite0 ImageNet tensors from %s', len(converted), path)
     return converted

