@@ -219,8 +219,8 @@ def _embeddings(label_embeddings: Any, num_classes: int, label_names: Optional[S
                         '(fine for timing, not for accuracy)', num_classes)
         return torch.randn(num_classes, 300, generator=torch.Generator().manual_seed(0))
     if isinstance(label_embeddings, str):
-        from srdl_timm.embeddings import resolve_label_embeddings
-        label_embeddings = resolve_label_embeddings(label_embeddings, label_names)
+        from srdl_timm.labels import label_vectors
+        label_embeddings = label_vectors(label_embeddings, label_names).vectors
     array = torch.as_tensor(np.asarray(label_embeddings, dtype=np.float32))
     if array.ndim != 2 or array.shape[0] != num_classes:
         raise ValueError(f'ml_gcn label_embeddings must be [num_classes={num_classes}, d], got {tuple(array.shape)}')
@@ -248,7 +248,7 @@ def create_peer_model(name: str, backbone: str = 'resnet101', num_classes: int =
         num_classes: C.
         pretrained_backbone: ImageNet weights (offline ones for EfficientNet-Lite0, as SRDL).
         label_embeddings: ml_gcn only: ``[C, d']`` word vectors, or a source name understood by
-            ``srdl_timm.embeddings.resolve_label_embeddings`` (with ``label_names``); None = seeded random 300-d.
+            ``srdl_timm.labels.label_vectors`` (with ``label_names``); None = seeded random 300-d.
         adjacency: ml_gcn only: ``[C, C]`` from :func:`ml_gcn_adjacency`; None = identity (no label
             correlation; for timing only).
         kwargs: ``in_chans``, ``label_names``, ``backbone_kwargs`` (e.g. ``{'output_stride': 8}``); csra: ``num_heads`` (4), ``lam`` (0.5); ml_gcn: ``hidden`` (1024);

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--no-pretrained-backbone', dest='pretrained_backbone', action='store_false',
                    help='random backbone init instead of ImageNet weights')
     g.add_argument('--label-embeddings', default='auto', help='auto (coco/voc arrays, else GloVe 6B-50d), none, or a '
-                                                              'source/path understood by srdl_timm.embeddings')
+                                                              'source/path understood by srdl_timm.labels')
     g = p.add_argument_group('protocol')
     g.add_argument('--trainer', default=None, choices=TRAINERS, help='default: frozen-trunk (quick, faithful), '
                                                                       'fit otherwise')

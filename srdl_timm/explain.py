@@ -33,10 +33,11 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
+from .labels import resolve_label_names
 from .layers.oe import erase_region
 
 __all__ = [
-    'explain', 'explain_batch', 'attention_forward', 'model_label_names', 'default_eval_transform',
+    'explain', 'explain_batch', 'attention_forward', 'default_eval_transform',
     'upsample_maps', 'erase_box', 'heatmap_colors', 'render_overlay', 'render_panel', 'save_explanation',
     'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError',
 ]
@@ -56,33 +57,6 @@ ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 # ----------------------------------------------------------------------------------------------------------
 # model helpers
 # ----------------------------------------------------------------------------------------------------------
-def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Optional[List[str]]:
-    """Category names the model carries: ``model.label_names``, else ``model.pretrained_cfg['label_names']``.
-
-    Names are only returned when their count equals ``num_classes`` (default: ``model.num_classes``); a
-    mismatching list is ignored with a warning. Returns None when the model carries no usable names.
-    """
-    if num_classes is None:
-        num_classes = getattr(model, 'num_classes', None)
-    candidates = (
-        ('model.label_names', getattr(model, 'label_names', None)),
-        ("pretrained_cfg['label_names']", (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')),
-    )
-    for where, names in candidates:
-        if not names:
-            continue
-        names = [str(n) for n in names]
-        if num_classes is not None and len(names) != num_classes:
-            _logger.warning('ignoring %s: %d names for a model with %d classes', where, len(names), num_classes)
-            continue
-        return names
-    return None
-
-
-def _fallback_label_names(num_classes: int) -> List[str]:
-    return [f'class_{i}' for i in range(num_classes)]
-
-
 def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
     from timm.data import resolve_data_config
@@ -189,7 +163,7 @@ def explain_batch(
         batch: normalised input batch.
         image_sizes: ``(width, height)`` of each original image (default: the batch's own size).
         topk: number of top-scoring categories per image (Figure 5 uses 3); clipped to the number of classes.
-        label_names: category names (default: the model's, else ``class_<i>``).
+        label_names: category names (default: :func:`srdl_timm.labels.resolve_label_names`).
         erase: also compute the OE erase masks and rectangles.
         erase_alpha: OE threshold alpha (default: the model's ``object_eraser.alpha``, else 0.5).
         amp_dtype: run the backbone under autocast in this dtype (head in float32).
@@ -200,8 +174,7 @@ def explain_batch(
     with torch.inference_mode():
         logits, sa = attention_forward(model, batch, amp_dtype)
     num_classes = logits.shape[1]
-    names = list(label_names) if label_names is not None else (
-        model_label_names(model, num_classes) or _fallback_label_names(num_classes))
+    names = list(label_names) if label_names is not None else resolve_label_names(model, num_classes)
     if len(names) != num_classes:
         raise ValueError(f'{len(names)} label names for a model with {num_classes} classes')
     if image_sizes is None:
@@ -281,7 +254,7 @@ def explain(
             :func:`srdl_timm.data.images.open_image`) or ``uint8`` arrays ``[H, W(, 3)]``; or a normalised
             batch tensor ``[B, 3, H, W]`` (then ``transform`` is not used and sizes are the tensor's).
         topk: categories per image, by predicted score (Figure 5: 3).
-        label_names: category names (default: the model's, else ``class_<i>``).
+        label_names: category names (default: :func:`srdl_timm.labels.resolve_label_names`).
         erase: also compute the region object erasing would erase from each map.
         erase_alpha: OE threshold (default: the model's ``object_eraser.alpha``, else 0.5).
         transform: PIL -> tensor transform (default: :func:`default_eval_transform` of the model).
@@ -305,6 +278,8 @@ def explain(
     _check_attention_model(model)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
+    if label_names is None:
+        label_names = resolve_label_names(model, model.num_classes)
     model.eval()
     param = next(model.parameters())
     device = param.device

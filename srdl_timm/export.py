@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError, OperationError
+from .labels import model_label_names
 
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
@@ -80,7 +81,6 @@ def export_metadata(
     from timm.data import resolve_data_config
 
     import srdl_timm
-    from .explain import model_label_names
     config = resolve_data_config({}, model=model)
     names = list(label_names) if label_names is not None else model_label_names(model)
     cfg = getattr(model, 'pretrained_cfg', None) or {}

@@ -133,6 +133,7 @@ def _write_train_config(state: TrainState, data_config: Dict[str, Any]) -> None:
     resolved = state.config.to_dict()
     resolved['data_config'] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()}
     resolved['label_names'] = state.label_names
+    resolved['label_vectors'] = state.label_vectors
     resolved['model_args'] = model_args(state.model)
     print('srdl-train configuration:\n' + json.dumps(jsonable(resolved), indent=2), flush=True)
     atomic_write_json(os.path.join(state.config.output, 'train_config.json'), resolved)

@@ -25,6 +25,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import InputError
+from .labels import store_label_names
 from .models._pretrained import check_pretrained_weights
 from .models.srdl import SRDL
 from .utils import PathLike
@@ -359,11 +360,5 @@ def load_model(
                 if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
                     raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
                                          'classifier would be randomly initialised')
-    inner_names = getattr(net, 'label_names', None)
-    cfg = getattr(net, 'pretrained_cfg', None)
-    if isinstance(cfg, dict):
-        if inner_names:
-            cfg['label_names'] = list(inner_names)
-        elif cfg.get('label_names') and isinstance(net, SRDL) and len(cfg['label_names']) == net.num_classes:
-            net.label_names = [str(n) for n in cfg['label_names']]
+    store_label_names(net, getattr(net, 'label_names', None))
     return net.to(device).eval()

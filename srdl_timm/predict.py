@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader
 
 from .data.inputs import IMAGE_EXTENSIONS, ImageFiles, InputItem, collate_items, collect_inputs
 from .errors import InputError
-from .utils import jsonable, read_label_names
+from .utils import jsonable
 
 __all__ = [
-    'IMAGE_EXTENSIONS', 'InputItem', 'Prediction', 'collect_inputs', 'read_label_file', 'resolve_label_names',
+    'IMAGE_EXTENSIONS', 'InputItem', 'Prediction', 'collect_inputs',
     'weights_summary', 'summary_lines', 'select_labels', 'predict_files', 'format_table', 'format_json', 'format_csv', 'CSV_COLUMNS',
 ]
 
@@ -76,48 +76,8 @@ class Prediction:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# labels and what the weights know
+# what the weights know
 # ----------------------------------------------------------------------------------------------------------
-def read_label_file(path: str) -> List[str]:
-    """Label names from a file: a JSON list (or an object with ``label_names``) for ``.json``, else one name a
-    line (:func:`srdl_timm.utils.read_label_names`; a UTF-8 BOM is skipped)."""
-    if not str(path).lower().endswith('.json'):
-        return read_label_names(path)
-    if not os.path.isfile(path):
-        raise InputError(f'label-name file not found: {path}')
-    try:
-        with open(path, encoding='utf-8-sig') as f:
-            names = json.load(f)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise InputError(f'{path}: not valid JSON ({e})') from e
-    if isinstance(names, dict):
-        names = names.get('label_names', names.get('labels'))
-    if not isinstance(names, list) or not names:
-        raise InputError(f'{path}: expected a JSON list of names (or an object with "label_names")')
-    return [str(n) for n in names]
-
-
-def resolve_label_names(model: nn.Module, num_classes: int, label_file: Optional[str] = None) -> List[str]:
-    """Category names for the model's outputs.
-
-    Order: ``label_file`` (:func:`read_label_file`; must hold ``num_classes`` names), the model's own
-    (``model.label_names`` or ``pretrained_cfg['label_names']``, which :func:`srdl_timm.loading.load_model` fills
-    from the checkpoint's config), and finally ``class_0 … class_{C-1}`` with a warning.
-    """
-    from .explain import model_label_names
-    if label_file:
-        names = read_label_file(label_file)
-        if len(names) != num_classes:
-            raise InputError(f'{label_file} holds {len(names)} label names but the model has {num_classes} outputs')
-        return names
-    names = model_label_names(model, num_classes)
-    if names:
-        return names
-    _logger.warning('the model carries no label names: using class_0 … class_%d (pass --label-names FILE)',
-                    num_classes - 1)
-    return [f'class_{i}' for i in range(num_classes)]
-
-
 def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
                     trained_on: Optional[str] = None) -> Dict[str, Any]:
     """What the loaded weights know, from the model's ``pretrained_cfg`` (filled from ``weights/manifest.json``,

@@ -30,6 +30,7 @@ from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
 from .data import LABELS_FROM_FILE, create_dataset, create_loader, create_transform
 from .distributed import EpochBatchSampler, SeededDataset, all_gather_objects, all_reduce_mean, barrier
 from .errors import InputError, OperationError
+from .labels import DEFAULT_SOURCE, label_vectors
 from .loss import SRDLLoss
 from .task import SRDLTask
 from .train_config import TrainConfig, is_srdl_model_name
@@ -56,25 +57,31 @@ class NonFiniteLossError(TrainingError):
         self.step = step
 
 
-def _resolve_label_embeddings(cfg: TrainConfig, label_names: List[str]) -> Any:
+def _resolve_label_embeddings(cfg: TrainConfig, label_names: List[str]) -> Tuple[Any, Optional[Dict[str, Any]]]:
+    """The model's ``label_embeddings=`` and, when looked up by name, how each name became a vector (logged here,
+    one line per name that was not an exact word; :mod:`srdl_timm.labels.vectors` states the rule)."""
     spec = cfg.label_embeddings
-    if spec in (None, 'none'):
-        return None
-    if spec != 'auto':
-        return spec
-    if cfg.data in ('coco', 'voc'):
-        return cfg.data
-    from .embeddings import resolve_label_embeddings
-    try:
-        return resolve_label_embeddings('glove-6b-50d', label_names)
-    except (ValueError, ImportError, OSError) as e:
-        _logger.warning('label embeddings: GloVe 6B-50d unavailable for these label names (%s); the label-graph nodes '
-                        'start from a seeded random init. Pass --label-embeddings PATH to use your own word vectors.', e)
-        return None
+    if spec in (None, 'none', 'random'):
+        return (None if spec == 'none' else spec), None
+    if spec == 'auto' and cfg.data not in ('coco', 'voc'):
+        try:
+            found = label_vectors(DEFAULT_SOURCE, label_names)
+        except (ValueError, ImportError, OSError) as e:
+            _logger.warning('label embeddings: GloVe 6B-50d unavailable for these label names (%s); the label-graph '
+                            'nodes start from a seeded random init. Pass --label-embeddings PATH to use your own word '
+                            'vectors.', e)
+            return None, None
+    else:
+        found = label_vectors(cfg.data if spec == 'auto' else spec, label_names)
+    assert found is not None
+    found.log_fallbacks(_logger)
+    return found.vectors, found.report()
 
 
-def _create_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) -> nn.Module:
+def _create_model(cfg: TrainConfig, num_classes: int, label_names: List[str]
+                  ) -> Tuple[nn.Module, Optional[Dict[str, Any]]]:
     kwargs: Dict[str, Any] = dict(cfg.model_kwargs)
+    label_report = None
     kwargs.setdefault('drop_rate', cfg.drop_rate)
     named_srdl = is_srdl_model_name(cfg.model) and not cfg.model.startswith(('hf-hub:', 'local-dir:'))
     if named_srdl:
@@ -82,7 +89,7 @@ def _create_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) ->
             label_names=label_names, use_gcn=cfg.use_gcn, use_ca=cfg.use_ca, use_sa=cfg.use_sa,
             oe_topk=cfg.oe_topk, oe_alpha=cfg.oe_alpha, pretrained_backbone=bool(cfg.pretrained_backbone))
         if not cfg.pretrained or cfg.label_embeddings not in (None, 'auto'):
-            kwargs['label_embeddings'] = _resolve_label_embeddings(cfg, label_names)
+            kwargs['label_embeddings'], label_report = _resolve_label_embeddings(cfg, label_names)
     # a plain timm baseline: its own ImageNet weights are the "pretrained backbone"
     pretrained = cfg.pretrained or (not named_srdl and bool(cfg.pretrained_backbone))
     model = timm.create_model(cfg.model, pretrained=pretrained, num_classes=num_classes, **kwargs)
@@ -91,7 +98,7 @@ def _create_model(cfg: TrainConfig, num_classes: int, label_names: List[str]) ->
                          f'{num_classes} classes')
     if cfg.oe and not hasattr(model, 'set_object_erasing'):
         raise InputError(f'--oe needs an SRDL model; {cfg.model!r} is a {type(model).__name__}: add --no-oe')
-    return model
+    return model, label_report
 
 
 def _dataset_options(cfg: TrainConfig, training: bool) -> Dict[str, Any]:
@@ -149,6 +156,8 @@ class TrainState:
         device, rank, world_size: placement.
         micro_batches_per_epoch / updates_per_epoch: epoch geometry (per rank).
         label_names: dataset class names.
+        label_vectors: how each label name became its label-graph node vector (:meth:`LabelVectors.report`), None
+            when the nodes were not looked up by name.
         global_step: optimizer updates done so far; history: one dict per finished epoch;
         last_checkpoint: newest checkpoint directory written (rank 0);
         epoch_loss_sums / epoch_micro_batches: running loss sums of the epoch in progress (checkpointed).
@@ -165,6 +174,7 @@ class TrainState:
     micro_batches_per_epoch: int
     updates_per_epoch: int
     label_names: List[str]
+    label_vectors: Optional[Dict[str, Any]] = None
     global_step: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Optional[str] = None
@@ -258,10 +268,12 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2 ** 32)
     if model is None:
-        model = _create_model(cfg, num_classes, train_ds.label_names)
+        model, label_report = _create_model(cfg, num_classes, train_ds.label_names)
     elif getattr(model, 'num_classes', None) != num_classes:
         raise InputError(f'the model to train has {getattr(model, "num_classes", "?")} outputs but {cfg.data} at '
                          f'{cfg.root} has {num_classes} classes')
+    else:
+        label_report = None
     data_config = resolve_data_config({}, model=model)
     size = cfg.img_size or int(data_config['input_size'][-1])
     cfg.img_size = size
@@ -325,7 +337,7 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     state = TrainState(
         config=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, loss_scaler=loss_scaler,
         device=device, rank=rank, world_size=world_size, micro_batches_per_epoch=micro,
-        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names))
+        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report)
     val_loader = create_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
                                num_workers=cfg.workers, distributed=world_size > 1,
                                pin_memory=device.type == 'cuda')

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .data.distributed import is_dist_initialized
 from .errors import InputError
+from .labels import model_label_names
 from .metrics import MultiLabelMetrics
 
 __all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
@@ -146,7 +147,6 @@ def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optiona
     Raises:
         InputError: the model's label names are not the dataset's (naming the first missing ones).
     """
-    from .explain import model_label_names
     model_names = model_label_names(model)
     label_names = [str(n) for n in label_names]
     if not model_names or model_names == label_names:

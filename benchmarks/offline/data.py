@@ -85,5 +85,5 @@ def label_embeddings_for(cfg: BenchmarkConfig, spec: DataSpec) -> Any:
         return None if cfg.label_embeddings == 'none' else cfg.label_embeddings
     if spec.source in ('coco', 'voc'):
         return spec.source
-    from srdl_timm.embeddings import resolve_label_embeddings
-    return resolve_label_embeddings('glove-6b-50d', spec.label_names)
+    from srdl_timm.labels import DEFAULT_SOURCE, label_vectors
+    return label_vectors(DEFAULT_SOURCE, spec.label_names).vectors

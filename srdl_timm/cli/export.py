@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Export and check; 0 when every file was written and matched PyTorch, 1 when a check failed."""
-    from ..predict import resolve_label_names
+    from ..labels import resolve_label_names
     if not args.onnx and not args.torchscript:
         raise InputError('nothing to do: give --onnx FILE and/or --torchscript FILE')
     if args.opset < MIN_OPSET:

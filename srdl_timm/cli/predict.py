@@ -167,9 +167,9 @@ def _trained_on(args: argparse.Namespace) -> Optional[str]:
 def run(args: argparse.Namespace) -> int:
     """Predict every input; 0 when all were predicted, 1 when any failed."""
     from ..explain import _check_attention_model, default_eval_transform
+    from ..labels import resolve_label_names
     from ..predict import (
-        collect_inputs, format_csv, format_json, format_table, predict_files, resolve_label_names, summary_lines,
-        weights_summary)
+        collect_inputs, format_csv, format_json, format_table, predict_files, summary_lines, weights_summary)
     from ..utils import atomic_write_bytes
     if args.erase_alpha is not None and not 0.0 < args.erase_alpha < 1.0:
         raise InputError(f'--erase-alpha must be in (0, 1), got {args.erase_alpha}')

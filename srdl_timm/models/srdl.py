@@ -20,9 +20,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..errors import InputError
+from ..labels import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
-from ._label_nodes import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes
 from ._pretrained import check_pretrained_weights
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
@@ -71,9 +71,10 @@ class SRDL(nn.Module):
         pretrained_backbone: initialise the backbone from its ImageNet weights (separate from SRDL weights).
         label_embeddings: node init ``A^0`` of eq. 3: None (the shipped COCO-80 / VOC-20 GloVe vectors when the
             classes are that benchmark's, else seeded random with a warning), ``'random'`` (seeded random, no
-            warning), an array ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.embeddings`.
-        label_names: category names (stored in the model; used to look up word vectors by name); filled in when
-            the label set is known (COCO-80 / VOC-20 defaults, ``'coco'`` / ``'voc'``).
+            warning), an array ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.labels.vectors`.
+        label_names: category names, used to look up word vectors by name; filled in when the label set is known
+            (COCO-80 / VOC-20 defaults, ``'coco'`` / ``'voc'``). The builder stores them where timm keeps a model's
+            names, ``pretrained_cfg['label_names']`` (read with :func:`srdl_timm.labels.model_label_names`).
         embed_dim: node width d' when the nodes are random (default 300); the vectors' width otherwise.
         graph_layers: L in eq. 3 (0 = no GCN, the Table 6 ablation "CAR w/o GCN").
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
@@ -264,6 +265,7 @@ class SRDL(nn.Module):
         param = next(self.backbone.parameters())
         self._embed_dim_arg = self.embed_dim  # a new head keeps the node width unless new embeddings are given
         self._build_head(num_classes, label_embeddings, device=param.device, dtype=param.dtype)
+        store_label_names(self, self.label_names)
 
     @torch.jit.ignore
     def set_object_erasing(self, enable: bool = True) -> None:
@@ -434,16 +436,9 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
     )
     inner = getattr(model, 'model', model)  # features_only wraps the model
     if isinstance(inner, SRDL):
-        cfg = model.pretrained_cfg
-        if pretrained and inner.label_names is None:
-            # hf-hub:/local-dir: configs hold label_names at the top level, which timm puts in pretrained_cfg
-            names = cfg.get('label_names')
-            if names and len(names) == inner.num_classes:
-                inner.label_names = [str(n) for n in names]
-        if inner.label_names is not None:
-            cfg['label_names'] = tuple(inner.label_names)
-        elif cfg.get('label_names') and len(cfg['label_names']) != inner.num_classes:
-            cfg['label_names'] = None  # the default cfg's names belong to another head
+        # the head's names go to pretrained_cfg['label_names']; without any, the names timm put there from a
+        # local-dir:/hf-hub: config are kept if they fit the head (a default cfg's for another head are dropped)
+        inner.label_names = store_label_names(model, inner.label_names, inner.num_classes)
         # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
         first_conv = inner.backbone.pretrained_cfg.get('first_conv')
         if first_conv:

