@@ -263,17 +263,20 @@ def test_config_validation():
     faithful = bm.BenchmarkConfig(mode='faithful').resolved()
     assert len(faithful.seeds) >= 3 and len(faithful.dataset_seeds) >= 2 and faithful.train_stages >= 1
     assert set(bm.SRDL_ROWS + bm.PEER_ROWS) <= set(faithful.rows)
-    with pytest.raises(ValueError, match='peer rows'):
-        bm.BenchmarkConfig(mode='full', rows=('car', 'csra')).resolved()
+    e2e = bm.BenchmarkConfig(mode='end-to-end').resolved()
+    assert e2e.trainer == 'fit' and e2e.train_stages is None and e2e.output_stride == 16 and e2e.img_size == 192
+    assert {'baseline', 'car', 'car_oe', 'ml_decoder', 'csra'} <= set(e2e.rows) and len(e2e.dataset_seeds) >= 2
+    with pytest.raises(ValueError, match='AdamW'):
+        bm.BenchmarkConfig(optimizer='sgd').resolved()
+    with pytest.raises(ValueError, match='loss-reduction'):
+        bm.BenchmarkConfig(loss_reduction='avg').resolved()
 
 
 def test_full_mode_trains_end_to_end_with_fit(tmp_path):
-    """--full trains every row from pixels with srdl_timm.train.fit: the TrainConfig it builds resolves (Adam,
-    cosine, paper augmentation, 224 px, ImageNet backbone, the row's switches and OE settings)."""
-    try:
-        from srdl_timm.train_config import resolve_config
-    except ImportError:
-        from srdl_timm.train import resolve_config
+    """--full trains every row from pixels with srdl_timm.fit.fit: the TrainConfig it builds resolves (Adam,
+    cosine, paper augmentation, 224 px, the row's OE settings and L_era scope, resuming its own folder); the row's
+    switches are in the model the benchmark builds and passes to fit."""
+    from srdl_timm.train_config import resolve_config
     cfg = bm.BenchmarkConfig(mode='full', root=str(tmp_path)).resolved()
     assert cfg.trainer == 'fit' and cfg.preset == 'full' and cfg.img_size == 224
     spec = bm.DataSpec('fashion-scenes', 'coco-json', str(tmp_path), 'train', 'val', 'test', ['a', 'b'], {})
@@ -281,8 +284,8 @@ def test_full_mode_trains_end_to_end_with_fit(tmp_path):
     ctx.cfg, ctx.spec, ctx.device = cfg, spec, torch.device('cpu')
     train_cfg = resolve_config(_fit_config(ctx, bm.ROWS['car_no_ca'], 2, 4, 0.3, tmp_path / 'run'))
     assert (train_cfg.opt, train_cfg.sched, train_cfg.aug, train_cfg.img_size) == ('adam', 'cosine', 'paper', 224)
-    assert train_cfg.pretrained_backbone and train_cfg.data == 'coco-json' and train_cfg.seed == 2
-    assert (train_cfg.use_gcn, train_cfg.use_ca, train_cfg.use_sa, train_cfg.oe) == (True, False, True, False)
+    assert train_cfg.data == 'coco-json' and train_cfg.seed == 2 and train_cfg.resume == 'auto'
+    assert (train_cfg.oe, train_cfg.era_scope, train_cfg.loss_reduction) == (False, 'all', 'mean')
     assert (train_cfg.oe_topk, train_cfg.oe_alpha, train_cfg.epochs, train_cfg.lr) == (4, 0.3, 15, 1e-4)
 
 
@@ -319,6 +322,30 @@ def _check_report(out, expected_rows, num_runs):
     header = next(line for line in markdown.splitlines() if line.startswith('| Line | Method'))
     assert 'mAP (interp.)' in header and 'mAP (non-interp.)' in header and 'CF1' in header and 'OF1' in header
     return report
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_cli_end_to_end_trains_srdl_and_peers_with_fit_and_reuses_finished_runs(tmp_path, capsys):
+    """--end-to-end trains SRDL rows and a peer head from images with the library loop (fit), keeps each run's SA
+    maps beside its logits, and a second invocation with the same configuration reuses the finished runs instead
+    of training them again."""
+    out = tmp_path / 'e2e'
+    argv = ['--end-to-end', '--preset', 'tiny', '--epochs', '1', '--seeds', '0', '--dataset-seeds', '0', '--rows',
+            'car_oe,csra', '--img-size', '64', '-b', '4', '--overlays', '0', '--bootstrap', '20', '--threads', '1',
+            '--output', str(out)]
+    assert benchmark_main(argv) == 0
+    report = _check_report(out, ['car_oe', 'csra'], 2)
+    by_row = {r['row']: r for r in report['runs']}
+    assert by_row['csra']['config']['trainer'] == 'fit' and by_row['csra']['config']['model'] == 'peer:csra'
+    assert (out / 'runs' / 'csra-seed0-top3-alpha0.5' / 'model.safetensors').is_file()
+    maps = np.load(out / by_row['car_oe']['logits_file'])['test_spatial_attention']
+    assert maps.ndim == 4 and maps.shape[:2] == np.load(out / by_row['car_oe']['logits_file'])['test_logits'].shape
+    assert 'test_spatial_attention' not in np.load(out / by_row['csra']['logits_file'])
+    first = {r['row']: r['wall_seconds'] for r in report['runs']}
+    assert benchmark_main(argv) == 0
+    again = {r['row']: r['wall_seconds'] for r in json.loads((out / 'results.json').read_text())['runs']}
+    assert again == first  # the same records: nothing was trained again
 
 
 @needs_fashion_mnist

@@ -123,8 +123,10 @@ def run_benchmark(config: BenchmarkConfig, replace: bool = False) -> Dict[str, A
         report['runs'] = [r.to_dict() for r in runs]
         atomic_write_json(out / 'results.json', report)
     runs_seconds = time.perf_counter() - t_runs
-    if ctx.data_config is None:  # no run executed (cannot happen with validated rows); keep reports well-formed
-        raise RuntimeError('no training run was executed')
+    if ctx.data_config is None:  # every run was reused from the interrupted invocation: its recorded input config
+        first = runs[0].config
+        ctx.data_config = {k: first.get(k) for k in ('input_size', 'interpolation', 'mean', 'std')}
+        ctx.feature_grid = tuple(first.get('feature_grid') or ())
     report['protocol'] = protocol_text(cfg, spec, ctx)
     report['table'] = table_rows(runs, cfg)
     report['comparisons'] = comparisons(runs, out, cfg.bootstrap)

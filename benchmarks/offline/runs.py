@@ -246,11 +246,14 @@ def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tupl
         subset = torch.utils.data.Subset(test, range(min(len(test), MAX_POINTING_IMAGES)))
         sa_maps = _pixel_attention(model, create_loader(subset, int(resolved['batch_size']), is_training=False,
                                                         num_workers=ctx.cfg.workers), ctx.device)
-    if ctx.feature_grid == () and sa_maps is not None:
-        ctx.feature_grid = tuple(sa_maps.shape[-2:])
+    if not ctx.feature_grid:
+        with torch.no_grad():
+            probe = torch.zeros(1, 3, *data_config['input_size'][1:], device=ctx.device)
+            ctx.feature_grid = tuple(model.eval().backbone.forward_features(probe).shape[-2:])
     eval_seconds = time.perf_counter() - t1
     run_config = dict(resolved, trainer='fit', output=str(output), model_path=result['model_path'],
                       backbone=getattr(model, 'backbone_name', None), output_stride=ctx.cfg.output_stride or 32,
+                      feature_grid=list(ctx.feature_grid),
                       **row.model_kwargs(), head=repr(getattr(model, 'head', None)) if row.peer else None,
                       input_size=list(data_config['input_size']), interpolation=data_config.get('interpolation'),
                       mean=list(data_config['mean']), std=list(data_config['std']))
