@@ -153,7 +153,7 @@ def test_default_path_never_builds_b_c_p_d_tensor():
     feat_map = torch.randn(2, model.num_features, 64, 64).relu().requires_grad_()
     full = 2 * 100 * 64 * 64 * model.num_features
     with _LargestTensor() as probe:
-        logits, erased = model._forward_with_erasing(feat_map)
+        logits, erased = model.forward_head_erasing(feat_map)
         (logits.sum() + erased.sum()).backward()
     assert feat_map.grad is not None
     assert probe.largest < full / 4, (probe.largest, full)
@@ -175,7 +175,7 @@ def test_oe_training_forward_keeps_three_per_category_tensors():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits, erased = model._forward_with_erasing(feat_map)
+        logits, erased = model.forward_head_erasing(feat_map)
     half = batch * num_classes * model.num_features * 2  # an int16 [B, C, d]
     assert sorted(n // half for n in kept.values() if n >= half) == [1, 2, 2], kept
     (logits.sum() + erased.sum()).backward()

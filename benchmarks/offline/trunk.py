@@ -121,7 +121,7 @@ class FrozenTrunk:
         outputs: exactly what ``model(images)`` returns."""
         feat = self.features(cached)
         if erasing and self.model.training:
-            logits, erased = self.model._forward_with_erasing(feat)  # SRDL.forward's training path, eqs. 7-12
+            logits, erased = self.model.forward_head_erasing(feat)  # SRDL.forward's training path, eqs. 7-12
             return [logits, erased]
         return [self.model.forward_head(feat)]
 

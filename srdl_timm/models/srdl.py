@@ -344,12 +344,14 @@ class SRDL(nn.Module):
     def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         x = self.forward_features(x)
         if self.object_erasing and self.training and self.num_classes > 0 and not torch.jit.is_scripting():
-            return self._forward_with_erasing(x)
+            return self.forward_head_erasing(x)
         return self.forward_head(x)
 
     @torch.jit.unused
-    def _forward_with_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """Original and erased logits (§3.3): OE on the top-K categories' SA, CA kept, others unchanged."""
+    def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(logits, erased_logits)`` from a feature map ``[B, d, h, w]``: the training forward with OE (§3.3, eqs.
+        7-10 then eq. 12's erased pass): OE on the top-K categories' SA, CA kept, the other categories unchanged.
+        ``forward`` calls it in training with OE on; a trainer holding features (a cached trunk) calls it directly."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
