@@ -193,16 +193,32 @@ def test_resampled_average_precision_is_exact(mode):
     np.testing.assert_allclose(got, average_precision(scores[index], targets[index], mode=mode), atol=1e-12)
 
 
-def test_paired_bootstrap_separates_a_better_model_from_noise():
-    """An informative model beats a random one with an interval above 0; a model compared with itself gives 0."""
+def test_hierarchical_bootstrap_separates_a_better_model_from_noise():
+    """An informative model beats a random one with an interval above 0; a model compared with itself gives 0; the
+    point estimate is the mean of the per-seed differences."""
     rng = np.random.default_rng(1)
     targets = (rng.random((300, 5)) < 0.3).astype(float)
-    good = [targets * 2 + rng.normal(size=targets.shape) for _ in range(2)]
-    bad = [rng.normal(size=targets.shape) for _ in range(2)]
-    result = bm.paired_bootstrap(good, bad, targets, num_resamples=200)
+    good = [targets * 2 + rng.normal(size=targets.shape) for _ in range(3)]
+    bad = [rng.normal(size=targets.shape) for _ in range(3)]
+    result = bm.hierarchical_bootstrap(good, bad, targets, num_resamples=200)
     assert result['diff'] > 20 and result['ci_low'] > 0 and result['frac_le_0'] == 0.0
-    same = bm.paired_bootstrap(good, good, targets, num_resamples=50)
+    assert result['diff'] == pytest.approx(np.mean(result['per_seed'])) and len(result['per_seed']) == 3
+    same = bm.hierarchical_bootstrap(good, good, targets, num_resamples=50)
     assert same['diff'] == 0 and same['ci_low'] == 0 and same['ci_high'] == 0
+
+
+def test_hierarchical_bootstrap_interval_includes_the_spread_between_seeds():
+    """Two seeds that disagree (one better, one worse by the same amount) give an interval that spans 0, although
+    a bootstrap over test images of each seed alone would exclude 0 on both sides: the seed level is resampled."""
+    rng = np.random.default_rng(2)
+    targets = (rng.random((400, 4)) < 0.4).astype(float)
+    strong = targets * 3 + rng.normal(size=targets.shape)
+    weak = targets * 0.5 + rng.normal(size=targets.shape)
+    result = bm.hierarchical_bootstrap([strong, weak], [weak, strong], targets, num_resamples=400)
+    assert result['per_seed'][0] > 10 and result['per_seed'][1] < -10
+    assert result['ci_low'] < 0 < result['ci_high']
+    alone = bm.hierarchical_bootstrap([strong], [weak], targets, num_resamples=200)
+    assert alone['ci_low'] > 0
 
 
 def test_pointing_game_hits_misses_and_chance(tmp_path):

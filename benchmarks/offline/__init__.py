@@ -3,7 +3,7 @@ helpers beside the library, importing only its public API).
 
 Modules: :mod:`.config` (rows, modes, :class:`BenchmarkConfig`), :mod:`.data` (Fashion Scenes / COCO / VOC),
 :mod:`.trunk` (the frozen-trunk trainer), :mod:`.runs` (one run of one row and seed), :mod:`.stats` (metrics,
-paired bootstrap, attention pointing game), :mod:`.report` and :mod:`.figures` (tables and plots),
+hierarchical bootstrap), :mod:`.attention_stats` (pointing games, map similarity), :mod:`.report` and :mod:`.figures` (tables and plots),
 :mod:`.export` (shipping weights), :mod:`.environment` (hardware and versions), :mod:`.pipeline` (the whole
 benchmark).
 """
@@ -16,7 +16,9 @@ from .export import export_weights
 from .pipeline import report_from_results, run_benchmark, run_dataset_seeds
 from .report import format_per_class, format_table
 from .runs import Context, RunResult, create_model, execute, prepare_frozen_trunk
-from .stats import (load_boxes, metrics_from_logits, paired_bootstrap, pointing_game, predict_logits,
+from .attention_stats import (attention_statistics, class_discriminative_pointing_game, map_similarity,
+                              pointing_game)
+from .stats import (hierarchical_bootstrap, load_boxes, metrics_from_logits, predict_logits,
                     resampled_average_precision, summarize)
 from .trunk import FrozenTrunk, backbone_units, extract_trunk_features, train_frozen_trunk
 
@@ -26,6 +28,7 @@ __all__ = [
     'BenchmarkConfig', 'Row', 'DataSpec', 'default_data_root', 'prepare_data', 'hardware_info', 'software_versions',
     'export_weights', 'report_from_results', 'run_benchmark', 'run_dataset_seeds', 'format_per_class', 'format_table', 'Context',
     'RunResult', 'create_model', 'execute', 'prepare_frozen_trunk', 'load_boxes', 'metrics_from_logits',
-    'paired_bootstrap', 'pointing_game', 'predict_logits', 'resampled_average_precision', 'summarize',
+    'hierarchical_bootstrap', 'pointing_game', 'attention_statistics', 'class_discriminative_pointing_game',
+    'map_similarity', 'predict_logits', 'resampled_average_precision', 'summarize',
     'FrozenTrunk', 'backbone_units', 'extract_trunk_features', 'train_frozen_trunk',
 ]

@@ -76,22 +76,25 @@ def plot_sweeps(sweeps: Mapping[str, Any], reference: Optional[Mapping[str, Any]
 
 
 def overlays(ctx: Any, model: nn.Module, count: int) -> List[str]:
-    """Figure 5: SA maps of the top-3 categories (with the OE rectangle) on the first ``count`` test images."""
+    """Figure 5: SA maps of the top-3 categories (with the OE rectangle) on the first ``count`` test images that hold
+    two or more classes, so the top-3 shows a present class besides the top-1 and a reader sees whether its map
+    moves to its own object (issue #24)."""
     from PIL import Image
     from srdl_timm.data.images import open_image
     from srdl_timm.explain import explain, render_panel, save_explanation
     dataset = ctx.spec.create(ctx.spec.test_split)
-    count = min(count, len(dataset))
-    if count == 0:
+    several = [i for i in range(len(dataset)) if (np.asarray(dataset.targets[i]) == 1).sum() >= 2]
+    chosen = (several + [i for i in range(len(dataset)) if i not in set(several)])[:count]
+    if not chosen:
         return []
     transform = create_transform(ctx.data_config, is_training=False)
-    paths = dataset.image_paths[:count]
+    paths = [dataset.image_paths[i] for i in chosen]
     images = [open_image(p) for p in paths]
     results = explain(model, images, topk=3, erase=True, transform=transform)
     out_dir = ctx.out / 'figure5'
     written, panels = [], []
     for i, (image, result, path) in enumerate(zip(images, results, paths)):
-        truth = dataset.labels(i)
+        truth = dataset.labels(chosen[i])
         stem = f'{i:02d}_{Path(path).stem}'
         written += save_explanation(image, result, out_dir, stem, erase=True)
         panels.append((render_panel(image, result, erase=True), truth))

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 
 from srdl_timm.utils import atomic_write_json
 
+from .attention_stats import attention_statistics
 from .config import DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, BenchmarkConfig
 from .data import prepare_data
 from .environment import hardware_info, software_versions
@@ -20,6 +22,7 @@ from .export import export_weights
 from .figures import overlays, plot_sweeps, plot_table
 from .report import comparisons, markdown, protocol_text, sweep_summary, table_rows, title
 from .runs import Context, RunResult, execute, prepare_frozen_trunk
+from .stats import load_boxes
 
 _logger = logging.getLogger(__name__)
 
@@ -251,9 +254,18 @@ def report_from_results(folder: str) -> Dict[str, Any]:
         raise ValueError(f'{root / "results.json"} holds no finished run yet')
     first = runs[0].config
     ctx = SimpleNamespace(data_config={'input_size': first.get('input_size')}, feature_grid=first.get('feature_grid'))
-    spec = prepare_data(cfg) if report.get('status') != 'complete' else None
-    if spec is not None:
+    kept_maps = [r for r in runs if r.logits_file and 'test_spatial_attention' in np.load(root / r.logits_file)]
+    spec = prepare_data(cfg) if report.get('status') != 'complete' or kept_maps else None
+    if spec is not None and report.get('status') != 'complete':
         report['protocol'] = protocol_text(cfg, spec, ctx)
+    if kept_maps:  # the attention statistics of today's code, from the maps each run kept
+        boxes = load_boxes(spec.create(spec.test_split))
+        for r in kept_maps:
+            arrays = np.load(root / r.logits_file)
+            maps = arrays['test_spatial_attention'].astype(np.float32)
+            n = maps.shape[0]
+            r.pointing_game = attention_statistics(maps, arrays['test_targets'][:n],
+                                                   None if boxes is None else boxes[:n])
     report['table'] = table_rows(runs, cfg)
     report['comparisons'] = comparisons(runs, root, cfg.bootstrap)
     report.setdefault('timing', {'total_seconds': sum(r.wall_seconds for r in runs), 'data_seconds': 0.0,

@@ -11,7 +11,7 @@ from .config import (DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, METRIC_LABELS, PEER_ROWS
                      TABLE2_METRICS, TABLE_METRICS, BenchmarkConfig)
 from .data import DataSpec
 from .runs import RunResult
-from .stats import paired_bootstrap, summarize
+from .stats import hierarchical_bootstrap, summarize
 
 #: rare classes get their own per-class AP table: train frequency below this
 RARE_FREQUENCY = 0.1
@@ -34,14 +34,25 @@ def table_rows(runs: Sequence[RunResult], cfg: BenchmarkConfig) -> Dict[str, Dic
                       'per_class_AP': {mode: {c: _mean_or_nan([r.test['per_class_AP'][mode][c] for r in chosen])
                                               for c in chosen[0].test['per_class_AP'][mode]}
                                        for mode in ('interpolated', 'non_interpolated')}}
-        games = [r.pointing_game for r in chosen if r.pointing_game and r.pointing_game['num_pairs']]
+        games = [r.pointing_game for r in chosen if r.pointing_game and r.pointing_game.get('num_pairs')]
         if games:
             table[key]['pointing_game'] = {'hit_rate': summarize([g['hit_rate'] for g in games]),
                                            'chance': float(np.mean([g['chance'] for g in games])),
                                            'num_pairs': games[0]['num_pairs'],
                                            'sa_mean': float(np.mean([g['sa_mean'] for g in games])),
                                            'sa_peak_to_peak': float(np.mean([g['sa_peak_to_peak'] for g in games]))}
+        for part, keys in (('discriminative', ('rate', 'own_rate', 'chance', 'same_map', 'same_map_bound')),
+                           ('similarity', ('same_image_corr', 'other_image_corr', 'same_image_top_iou',
+                                           'other_image_top_iou'))):
+            found = [r.pointing_game[part] for r in chosen if r.pointing_game and r.pointing_game.get(part)]
+            if found:
+                table[key][part] = {k: summarize([_nan(f[k]) for f in found]) for k in keys}
+                table[key][part]['count'] = found[0].get('num_pairs')
     return table
+
+
+def _nan(value: Optional[float]) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _fmt_cell(stat: Mapping[str, Any]) -> str:
@@ -82,7 +93,8 @@ COMPARISONS = (('car', 'baseline'), ('car_oe', 'car'), ('car_oe', 'baseline'), (
 
 
 def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> List[Dict[str, Any]]:
-    """Paired bootstrap of the mAP difference for every pair of :data:`COMPARISONS` that ran (common seeds)."""
+    """Hierarchical bootstrap (training seeds and test images, :func:`.stats.hierarchical_bootstrap`) of the mAP
+    difference for every pair of :data:`COMPARISONS` that ran (common seeds)."""
     by_key: Dict[Tuple[str, int], RunResult] = {(r.row, r.seed): r for r in runs if r.purpose == 'table'}
     results = []
     for a, b in COMPARISONS:
@@ -97,19 +109,22 @@ def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> Lis
             targets = da['test_targets']
         entry = {'a': a, 'b': b, 'seeds': seeds}
         for mode in ('interpolated', 'non_interpolated'):
-            entry[mode] = paired_bootstrap(la, lb, targets, num_resamples=num_resamples, mode=mode)
+            entry[mode] = hierarchical_bootstrap(la, lb, targets, num_resamples=num_resamples, mode=mode)
         results.append(entry)
     return results
 
 
 def _format_comparisons(entries: Sequence[Mapping[str, Any]]) -> str:
-    lines = ['| Comparison | Δ mAP (interp.) | 95% bootstrap interval | Δ mAP (non-interp.) | 95% bootstrap interval |',
-             '|---|---|---|---|---|']
+    lines = ['| Comparison | Δ mAP (interp.) | 95% interval | per seed | Δ mAP (non-interp.) | 95% interval | verdict |',
+             '|---|---|---|---|---|---|---|']
     for c in entries:
         i, n = c['interpolated'], c['non_interpolated']
+        per_seed = ', '.join(f'{v:+.2f}' for v in i.get('per_seed', []))
+        verdict = ('a > b' if i['ci_low'] > 0 else 'a < b' if i['ci_high'] < 0 else 'not resolved') \
+            if i.get('resamples') else '—'
         lines.append(f"| {ROWS[c['a']].name} − {ROWS[c['b']].name} | {i['diff']:+.2f} | "
-                     f"[{i['ci_low']:+.2f}, {i['ci_high']:+.2f}] | {n['diff']:+.2f} | "
-                     f"[{n['ci_low']:+.2f}, {n['ci_high']:+.2f}] |")
+                     f"[{i['ci_low']:+.2f}, {i['ci_high']:+.2f}] | {per_seed} | {n['diff']:+.2f} | "
+                     f"[{n['ci_low']:+.2f}, {n['ci_high']:+.2f}] | {verdict} |")
     return '\n'.join(lines)
 
 
@@ -181,6 +196,38 @@ def protocol_text(cfg: BenchmarkConfig, spec: DataSpec, ctx: Any) -> str:
     return ' '.join(parts)
 
 
+def _attention_sections(table: Mapping[str, Mapping[str, Any]]) -> List[str]:
+    """Markdown: is SA category-specific (class-discriminative pointing game, map similarity), per row."""
+    lines: List[str] = []
+    rows = {k: v for k, v in table.items() if v.get('discriminative')}
+    if rows:
+        first = next(iter(rows.values()))['discriminative']
+        lines += ['', f"## Is SA category-specific? Class-discriminative pointing game ({first['count']} present "
+                      'classes on images with >= 2 classes whose boxes cover disjoint grid cells)', '',
+                  'rate: of the peaks that lie on a present object, the share on the object of their own class; '
+                  'chance: a random cell; same map: the rate when every class of an image uses the mean of its '
+                  "classes' maps (one shared map); bound: any shared map peaking on one object.", '',
+                  '| Method | rate (%) | own / all (%) | chance (%) | same map (%) | bound (%) |',
+                  '|---|---|---|---|---|---|']
+        for key, v in rows.items():
+            d = v['discriminative']
+            lines.append(f"| {v['name']} | {_fmt_cell(d['rate'])} | {_fmt_cell(d['own_rate'])} | "
+                         f"{d['chance']['mean']:.1f} | {_fmt_cell(d['same_map'])} | {d['same_map_bound']['mean']:.1f} |")
+    rows = {k: v for k, v in table.items() if v.get('similarity')}
+    if rows:
+        first = next(iter(rows.values()))['similarity']
+        lines += ['', f"## Similarity of the SA maps of two present classes ({first['count']} pairs)", '',
+                  'Same image: the maps of classes a and b of one image; other image: class a\'s map against class '
+                  "b's map in another image holding b. Pearson correlation over the grid and IoU of the top 10 % cells.",
+                  '', '| Method | corr, same image | corr, other image | top-cell IoU, same | top-cell IoU, other |',
+                  '|---|---|---|---|---|']
+        for key, v in rows.items():
+            m = v['similarity']
+            lines.append(f"| {v['name']} | {_fmt_cell(m['same_image_corr'])} | {_fmt_cell(m['other_image_corr'])} | "
+                         f"{_fmt_cell(m['same_image_top_iou'])} | {_fmt_cell(m['other_image_top_iou'])} |")
+    return lines
+
+
 def markdown(report: Mapping[str, Any]) -> str:
     """``results.md``: every table of a finished report."""
     cfg = report['config']
@@ -189,8 +236,11 @@ def markdown(report: Mapping[str, Any]) -> str:
              format_table(report['table']), '', '## Table 2 style (threshold 0.5)', '',
              format_table(report['table'], TABLE2_METRICS, reference=None, switches=False)]
     if report.get('comparisons'):
-        lines += ['', f"## Paired bootstrap over test images ({report['comparisons'][0]['interpolated']['resamples']} "
-                      'resamples; mAP difference averaged over the paired seeds)', '',
+        lines += ['', f"## Differences with intervals over training seeds and test images "
+                      f"({report['comparisons'][0]['interpolated']['resamples']} resamples)", '',
+                  'Two-level paired bootstrap: each resample draws the training seeds with replacement and, '
+                  'independently, the test images with replacement; the difference is the mean over the drawn seeds '
+                  'on the drawn images. "verdict": the interpolated-AP interval excludes 0.', '',
                   _format_comparisons(report['comparisons'])]
     frequency = (report.get('data') or {}).get('label_frequency_train')
     if frequency and all('per_class_AP' in v for v in report['table'].values()):
@@ -205,6 +255,7 @@ def markdown(report: Mapping[str, Any]) -> str:
                   '| Method | hit rate (%) | chance (%) | SA mean | SA max - min |', '|---|---|---|---|---|']
         lines += [f"| {report['table'][k]['name']} | {_fmt_cell(g['hit_rate'])} | {g['chance']:.2f} | "
                   f"{g['sa_mean']:.3g} | {g['sa_peak_to_peak']:.3g} |" for k, g in games.items()]
+    lines += _attention_sections(report['table'])
     sweeps = report.get('sweeps')
     if sweeps and (sweeps['topk'] or sweeps['alpha']):
         lines += ['', '## Figure 6 style sweeps (CAR + OE, test mAP interp. / non-interp.)', '']

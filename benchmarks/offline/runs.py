@@ -24,7 +24,8 @@ from srdl_timm.utils import jsonable
 from ..peer_heads import create_peer_model, ml_gcn_adjacency
 from .config import MAX_POINTING_IMAGES, ROWS, BenchmarkConfig, Row
 from .data import DataSpec, label_embeddings_for
-from .stats import load_boxes, metrics_from_logits, pointing_game, predict_logits
+from .attention_stats import attention_statistics
+from .stats import load_boxes, metrics_from_logits, predict_logits
 from .trunk import FrozenTrunk, extract_trunk_features, frozen_trunk_attention, frozen_trunk_logits, train_frozen_trunk
 
 _logger = logging.getLogger(__name__)
@@ -300,10 +301,10 @@ def execute(ctx: Context, row_key: str, seed: int, topk: int, alpha: float, purp
                        config=jsonable(run_config), test=test, val=val, history=jsonable(history),
                        train_seconds=train_s, eval_seconds=eval_s, wall_seconds=time.perf_counter() - t0,
                        logits_file=str(logits_file.relative_to(ctx.out)))
-    boxes = ctx.test_boxes()
-    if sa_maps is not None and boxes is not None:
+    if sa_maps is not None:
         n = sa_maps.shape[0]
-        result.pointing_game = pointing_game(sa_maps, test_y.numpy()[:n], boxes[:n])
+        boxes = ctx.test_boxes()
+        result.pointing_game = attention_statistics(sa_maps, test_y.numpy()[:n], None if boxes is None else boxes[:n])
     if keep_model:
         ctx.models[(row_key, seed, topk, alpha)] = model
     _logger.info('%s seed %d: test mAP %.2f (interpolated) / %.2f (non-interpolated), CF1 %.2f, OF1 %.2f '
