@@ -110,3 +110,31 @@ def test_sum_reduction_is_the_mean_times_the_labelled_count():
     assert torch.allclose(total((logits, erased), target), mean((logits, erased), target) * labelled)
     with pytest.raises(ValueError, match='reduction'):
         SRDLLoss(reduction='avg')
+
+
+def test_asl_with_no_focusing_and_no_margin_is_bce():
+    """ASL with gamma- = gamma+ = 0 and margin 0 is binary cross-entropy (up to timm's eps clamp)."""
+    torch.manual_seed(1)
+    logits, target = torch.randn(5, 7) * 2, torch.randint(0, 2, (5, 7)).float()
+    target[1, 3] = -1
+    asl = SRDLLoss(loss='asl', asl={'gamma_neg': 0.0, 'gamma_pos': 0.0, 'clip': 0.0})
+    assert torch.allclose(asl(logits, target), SRDLLoss()(logits, target), atol=1e-6)
+
+
+def test_asl_down_weights_easy_negatives_and_ignores_unlabelled_entries():
+    """With the ASL defaults (gamma- 4, margin 0.05) an easy negative (p < 0.05) costs nothing, a confident wrong
+    negative still costs; entries with target -1 change nothing; the loss is float32 from bfloat16 logits."""
+    from srdl_timm.loss import masked_asl_with_logits
+    easy = masked_asl_with_logits(torch.tensor([[-4.0]]), torch.tensor([[0.0]]))
+    wrong = masked_asl_with_logits(torch.tensor([[3.0]]), torch.tensor([[0.0]]))
+    assert easy.item() == 0.0 and wrong.item() > 1.0
+    logits, target = torch.randn(3, 4), torch.randint(0, 2, (3, 4)).float()
+    masked = target.clone()
+    masked[0, 0] = -1
+    keep = torch.ones_like(target, dtype=torch.bool)
+    keep[0, 0] = False
+    expected = masked_asl_with_logits(logits[keep][None], target[keep][None])
+    assert torch.allclose(masked_asl_with_logits(logits, masked), expected)
+    assert masked_asl_with_logits(logits.bfloat16(), target).dtype == torch.float32
+    with pytest.raises(ValueError, match='loss'):
+        SRDLLoss(loss='focal')
