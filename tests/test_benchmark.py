@@ -273,10 +273,10 @@ def test_config_validation():
 
 
 def test_full_mode_trains_end_to_end_with_fit(tmp_path):
-    """--full trains every row from pixels with srdl_timm.fit.fit: the TrainConfig it builds resolves (Adam,
+    """--full trains every row from pixels with srdl_timm.training.fit: the TrainConfig it builds resolves (Adam,
     cosine, paper augmentation, 224 px, the row's OE settings and L_era scope, resuming its own folder); the row's
     switches are in the model the benchmark builds and passes to fit."""
-    from srdl_timm.train_config import resolve_config
+    from srdl_timm.training import resolve_config
     cfg = bm.BenchmarkConfig(mode='full', root=str(tmp_path)).resolved()
     assert cfg.trainer == 'fit' and cfg.preset == 'full' and cfg.img_size == 224
     spec = bm.DataSpec('fashion-scenes', 'coco-json', str(tmp_path), 'train', 'val', 'test', ['a', 'b'], {})
@@ -408,8 +408,8 @@ def test_cli_parallel_datasets_run_in_separate_processes(tmp_path, capsys, monke
 
 
 def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
-    """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.train.fit under the paper
-    recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
+    """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.training.fit under the
+    paper recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
     root = tmp_path / 'coco'
     write_coco(root, split='train', num_images=8, seed=1, class_pool=[1, 2, 3, 62, 44])
     val = write_coco(root, split='val', num_images=6, seed=2, class_pool=[1, 2, 3, 62, 44])
