@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'trained, 3 seeds, SRDL rows + peers, 2 independently built data sets run side by side '
                         '(2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
     m.add_argument('--end-to-end', dest='mode', action='store_const', const='end-to-end',
-                   help='the whole backbone trained from images (paper augmentation, srdl_timm.fit) at the faithful '
-                        "protocol's 12x12 grid: baseline, CAR, CAR + OE, ML-Decoder, CSRA x 3 seeds x 2 data sets run "
-                        'side by side (2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
+                   help='the whole backbone trained from images (paper augmentation, srdl_timm.training.fit) at the '
+                        "faithful protocol's 12x12 grid: baseline, CAR, CAR + OE, ML-Decoder, CSRA x 3 seeds x 2 data "
+                        'sets run side by side (2-core CPU: see benchmarks/offline_benchmark.md for the wall time)')
     m.add_argument('--full', dest='mode', action='store_const', const='full',
                    help='a GPU: full preset (224 px), end-to-end training as srdl-train does, 3 seeds')
     p.set_defaults(mode='quick')

@@ -234,7 +234,7 @@ class MultiLabelMetrics:
     def gather(self, distributed: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Accumulated ``(logits, targets)`` ``[N, C]``; with ``distributed`` (default: when a process group is
         initialised) from every rank, concatenated in rank order — a collective every rank must call."""
-        from .data.distributed import all_gather_concat, is_dist_initialized
+        from .data.samplers import all_gather_concat, is_dist_initialized
         c = self.num_classes or 0
         logits = torch.cat(self._logits) if self._logits else torch.zeros(0, c)
         targets = torch.cat(self._targets) if self._targets else torch.zeros(0, c)

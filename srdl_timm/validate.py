@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .data.distributed import is_dist_initialized
+from .data.samplers import is_dist_initialized
 from .errors import InputError
 from .labels import model_label_names
 from .metrics import MultiLabelMetrics

@@ -315,7 +315,7 @@ def write_csv(root: Union[str, os.PathLike], split: str = 'train', num_images: i
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# srdl-train on a tiny CSV data set (tests/test_fit.py, test_training.py, test_run_dir.py, test_cli_train.py, ...)
+# srdl-train on a tiny CSV data set (tests/test_training_*.py, test_cli_train.py, ...)
 # ----------------------------------------------------------------------------------------------------------------
 #: tiny, fast and deterministic: the 10-class test ResNet at 64 px, 3 classes, 8 training / 6 validation images
 TRAIN_BASE = dict(data='csv', model='srdl_test_resnet', img_size=64, lr=1e-3, workers=0, progress=False,
@@ -330,8 +330,8 @@ def write_train_csv(root: Union[str, os.PathLike]) -> str:
 
 
 def train_config(root: str, output: Union[str, os.PathLike], **kw: Any):
-    """A :class:`srdl_timm.train_config.TrainConfig` for ``root``'s CSV data into ``output``: TRAIN_BASE + ``kw``."""
-    from srdl_timm.train_config import TrainConfig
+    """A :class:`srdl_timm.training.TrainConfig` for ``root``'s CSV data into ``output``: TRAIN_BASE + ``kw``."""
+    from srdl_timm.training import TrainConfig
     return TrainConfig(root=root, output=str(output), **dict(TRAIN_BASE, **kw))
 
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 from PIL import Image
 
 import srdl_timm  # noqa: F401  (registers srdl_* with timm)
-from srdl_timm.loss import masked_bce_with_logits
+from srdl_timm.loss import SRDLLoss, masked_bce_with_logits
 from srdl_timm.metrics import average_precision
 
 from fixtures_data import write_coco, write_voc
@@ -130,7 +130,6 @@ def test_peer_model_splits_like_srdl_and_keeps_its_frozen_parameters():
 def test_era_scope_row_trains_with_the_erased_only_loss():
     """The car_oe_erased row is OE with SRDLLoss(era_scope='erased'); the trainer's L_era is that loss's term (it
     differs from the default scope's on the same data, seed and model init)."""
-    from srdl_timm.loss import SRDLLoss
     assert bm.ROWS['car_oe_erased'].oe and bm.ROWS['car_oe_erased'].era_scope == 'erased'
     x, y = torch.randn(16, 3, 64, 64), (torch.rand(16, 5) > 0.6).float()
     loss_era = {}
@@ -145,6 +144,45 @@ def test_era_scope_row_trains_with_the_erased_only_loss():
                                         warmup_epochs=0.0, seed=0, erasing=True, loss_fn=loss_fn)
         loss_era[scope] = history[0]['loss_era']
     assert all(math.isfinite(v) for v in loss_era.values()) and loss_era['all'] != loss_era['erased']
+
+
+def test_frozen_trunk_training_is_the_documented_protocol_bit_for_bit():
+    """train_frozen_trunk (SRDLTask + timm's AdamW) ends with exactly the weights of its protocol written out by
+    hand: torch's AdamW on the trainable parameters, a per-step LambdaLR (linear warm-up (s+1)/W, then cosine to 0),
+    batches from one randperm generator seeded by `seed` with the incomplete tail dropped, and SRDLLoss (eq. 13) on
+    what the model returns from cached trunk outputs."""
+    x, y = torch.randn(20, 3, 64, 64), (torch.rand(20, 5) > 0.6).float()
+    splits = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        split = bm.FrozenTrunk(_small_srdl(oe=True), train_stages=1)
+        split.model.eval()
+        with torch.no_grad():
+            cached = split.trunk(x)
+        splits.append(split)
+    kw = dict(lr=3e-3, weight_decay=0.01)
+    bm.train_frozen_trunk(splits[0], cached, y, epochs=2, batch_size=6, warmup_epochs=1.0, seed=1, erasing=True, **kw)
+
+    split, loss_fn = splits[1], SRDLLoss()
+    split.freeze()
+    optimizer = torch.optim.AdamW(split.trainable_parameters(), fused=True, **kw)
+    steps, warmup, total = 3, 3, 6  # 20 // 6 steps per epoch (2 samples dropped), 1 warm-up epoch, 2 epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (
+        1.0 + math.cos(math.pi * min(1.0, (s - warmup) / (total - warmup)))))
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        split.train_mode('frozen')
+        order = torch.randperm(20, generator=generator)
+        for i in range(steps):
+            index = order[i * 6:(i + 1) * 6]
+            loss = loss_fn(tuple(split.outputs(cached[index], erasing=True)), y[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    trained, by_hand = splits[0].model.state_dict(), split.model.state_dict()
+    assert all(torch.equal(trained[k], by_hand[k]) for k in trained)
+    assert not torch.equal(trained['classifier.weight'], _small_srdl().state_dict()['classifier.weight'])
 
 
 def test_train_frozen_trunk_updates_only_the_trained_part():
@@ -289,10 +327,10 @@ def test_config_validation():
 
 
 def test_full_mode_trains_end_to_end_with_fit(tmp_path):
-    """--full trains every row from pixels with srdl_timm.fit.fit: the TrainConfig it builds resolves (Adam,
+    """--full trains every row from pixels with srdl_timm.training.fit: the TrainConfig it builds resolves (Adam,
     cosine, paper augmentation, 224 px, the row's OE settings and L_era scope, resuming its own folder); the row's
     switches are in the model the benchmark builds and passes to fit."""
-    from srdl_timm.train_config import resolve_config
+    from srdl_timm.training import resolve_config
     cfg = bm.BenchmarkConfig(mode='full', root=str(tmp_path)).resolved()
     assert cfg.trainer == 'fit' and cfg.preset == 'full' and cfg.img_size == 224
     spec = bm.DataSpec('fashion-scenes', 'coco-json', str(tmp_path), 'train', 'val', 'test', ['a', 'b'], {})
@@ -424,8 +462,8 @@ def test_cli_parallel_datasets_run_in_separate_processes(tmp_path, capsys, monke
 
 
 def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
-    """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.train.fit under the paper
-    recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
+    """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.training.fit under the
+    paper recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
     root = tmp_path / 'coco'
     write_coco(root, split='train', num_images=8, seed=1, class_pool=[1, 2, 3, 62, 44])
     val = write_coco(root, split='val', num_images=6, seed=2, class_pool=[1, 2, 3, 62, 44])

@@ -264,7 +264,7 @@ def test_training_run_weights_say_the_data_they_were_trained_on(assets, tmp_path
     the run's config records (format, root, split, annotation file), in the JSON summary and the table header;
     weights whose config records no training data keep trained_on null."""
     from fixtures_data import train_config
-    from srdl_timm.train_config import resolve_config
+    from srdl_timm.training import resolve_config
     run, data = tmp_path / 'run', str(tmp_path / 'data')
     run.mkdir()
     save_file(assets['model'].state_dict(), str(run / 'model.safetensors'))

@@ -1,7 +1,7 @@
 """SRDL inside timm's own training machinery.
 
 1. timm 1.0's training stack (``timm.task`` + ``timm.data.create_loader`` + ``timm.optim`` + ``timm.scheduler`` + the
-   task's EMA and multi-label evaluator) trains SRDL *with OE* through :class:`srdl_timm.task.SRDLTask` on real
+   task's EMA and multi-label evaluator) trains SRDL *with OE* through :class:`srdl_timm.training.SRDLTask` on real
    images.
 2. timm's own multi-label data pipeline (``hfds/`` reader of a Hugging Face ``imagefolder`` with a ``labels`` list,
    ``timm.data.MultiLabelTarget``, ``create_loader`` with its prefetcher, ``Mixup(multi_label=True)``) feeds
@@ -29,7 +29,7 @@ from timm.scheduler import create_scheduler_v2
 import srdl_timm  # noqa: F401
 from srdl_timm.data import create_dataset
 from srdl_timm.metrics import MultiLabelMetrics
-from srdl_timm.task import SRDLTask
+from srdl_timm.training import SRDLTask
 from srdl_timm.timm_script import SCRIPTS_DIR_ENV, script_version
 
 from fixtures_data import write_csv  # tests/fixtures_data.py

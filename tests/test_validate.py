@@ -1,5 +1,6 @@
 """Tests of srdl_timm/validate.py and srdl_timm/cli/validate.py (srdl-validate), srdl_timm/data/factory.create_loader
-and srdl_timm/data/distributed.py, end to end on tiny real datasets with a stock timm model (resnet10t, 64 px).
+and the evaluation sampler and gather of srdl_timm/data/samplers.py, end to end on tiny real datasets with a stock
+timm model (resnet10t, 64 px).
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_validate.py
 """

@@ -85,8 +85,9 @@ MODES: Dict[str, Dict[str, Any]] = {
     ),
     # the whole backbone trained (#22): the faithful protocol's data, 192 px at output stride 16 (12x12 grid) and
     # ImageNet EfficientNet-Lite0, but every backbone unit trained from images with the paper's augmentation (scaled
-    # to 192 px) by the library's training loop (srdl_timm.fit.fit), for SRDL's Table 5 rows and the two strongest
-    # peers of the faithful protocol; 3 seeds on each of 2 independently built data sets, one process per data set.
+    # to 192 px) by the library's training loop (srdl_timm.training.fit), for SRDL's Table 5 rows and the two
+    # strongest peers of the faithful protocol; 3 seeds on each of 2 independently built data sets, one process per
+    # data set.
     # Epochs and lr were chosen on the *val* split of data set 0 (baseline and CAR + OE, offline_benchmark.md).
     'end-to-end': dict(
         preset='quick', trainer='fit', img_size=192, output_stride=16, train_stages=None, epochs=6, batch_size=32,

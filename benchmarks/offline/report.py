@@ -185,7 +185,7 @@ def protocol_text(cfg: BenchmarkConfig, spec: DataSpec, ctx: Any) -> str:
     else:
         grid = 'x'.join(map(str, ctx.feature_grid)) if getattr(ctx, 'feature_grid', None) else '?'
         parts.append(f'{cfg.model} with ImageNet backbone (output stride {cfg.output_stride or 32}), every row (SRDL '
-                     'and peers) trained end to end by srdl_timm.fit.fit (srdl-train\'s loop) '
+                     'and peers) trained end to end by srdl_timm.training.fit (srdl-train\'s loop) '
                      + ('(--recipe paper)' if cfg.mode == 'paper' else
                         f'({cfg.optimizer} lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, '
                         f'{cfg.epochs} epochs, {cfg.warmup_epochs:g} warm-up epoch(s) + cosine, the paper\'s '

@@ -16,9 +16,8 @@ import torch.nn as nn
 from timm.data import resolve_data_config
 
 from srdl_timm.data import create_loader, create_transform
-from srdl_timm.fit import fit
 from srdl_timm.loss import SRDLLoss
-from srdl_timm.train_config import TrainConfig
+from srdl_timm.training import TrainConfig, fit
 from srdl_timm.utils import jsonable
 
 from ..peer_heads import create_peer_model, ml_gcn_adjacency
@@ -209,7 +208,7 @@ def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, outp
 
 
 def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tuple[Any, ...]:
-    """One run of the library's training loop (:func:`srdl_timm.fit.fit`) on the row's model, built as the
+    """One run of the library's training loop (:func:`srdl_timm.training.fit`) on the row's model, built as the
     frozen-trunk runs build it (:func:`create_model`) and trained in place; resumes its own unfinished run."""
     spec = ctx.spec
     output = ctx.out / 'runs' / run_name(row.key, seed, topk, alpha)

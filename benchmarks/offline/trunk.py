@@ -1,25 +1,31 @@
 """The ``frozen-trunk`` trainer: train the last backbone units and the head on cached outputs of the frozen rest.
 
-An end-to-end CAR + OE training step from pixels takes about 4 s per batch of 32 at 128 px on a 2-core Xeon
-(1 thread; measured), so 6 rows x 3 seeds x 5 epochs would take hours. The quick protocol therefore freezes the
-first backbone units (ImageNet weights) and trains only the last ``--train-stages`` units plus the whole head.
-The frozen part is a fixed function of the image, so its output is computed once per image and cached; training
-on the cache is exactly training the full model with those units frozen (``tests/test_benchmark.py`` checks
-that loss and gradients equal those of ``model(images)``), and the trained weights are an ordinary full model.
+End-to-end CAR + OE training from pixels on a CPU takes hours for the quick protocol's rows and seeds (the measured
+step time: benchmarks/offline_benchmark.md, "Trainer frozen-trunk"), so the quick protocol freezes the first
+backbone units (ImageNet weights) and trains only the last ``--train-stages`` units plus the whole head. The frozen
+part is a fixed function of the image, so its output is computed once per image and cached; training on the cache
+is exactly training the full model with those units frozen (``tests/test_benchmark.py`` checks that loss and
+gradients equal those of ``model(images)``), and the trained weights are an ordinary full model. The cache is all
+this module adds: the step is the library's
+(:class:`srdl_timm.training.SRDLTask` with :class:`srdl_timm.loss.SRDLLoss`, the model's public ``forward_head`` /
+``forward_head_erasing``, timm's optimizer factory).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
+from timm.optim import create_optimizer_v2
 
 from srdl_timm.data import create_loader
 from srdl_timm.loss import SRDLLoss
+from srdl_timm.training import SRDLTask
 
 _logger = logging.getLogger(__name__)
 
@@ -126,6 +132,30 @@ class FrozenTrunk:
         return [self.model.forward_head(feat)]
 
 
+class CachedForward(nn.Module):
+    """``model(images)`` computed from cached trunk outputs (:meth:`FrozenTrunk.outputs`): the module
+    :class:`~srdl_timm.training.SRDLTask` trains. The task switches OE through :meth:`set_object_erasing`;
+    ``amp_dtype`` autocasts the forward only (the loss stays float32)."""
+
+    def __init__(self, split: FrozenTrunk, amp_dtype: Optional[torch.dtype] = None):
+        super().__init__()
+        self.model = split.model
+        self.split = split
+        self.amp_dtype = amp_dtype
+        self.erasing = False
+
+    def set_object_erasing(self, enable: bool = True) -> None:
+        """With ``enable``, the training forward adds the erased pass (eq. 12), as ``SRDL.set_object_erasing``."""
+        self.erasing = bool(enable)
+
+    def forward(self, cached: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        autocast = (torch.autocast(device_type=cached.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        with autocast:
+            outputs = self.split.outputs(cached, self.erasing)
+        return tuple(outputs) if len(outputs) > 1 else outputs[0]
+
+
 def extract_trunk_features(trunk: nn.Module, dataset: Any, batch_size: int = 64, workers: int = 0,
                            device: Optional[torch.device] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Run the frozen trunk (eval mode) over a dataset once.
@@ -177,11 +207,14 @@ def train_frozen_trunk(
 ) -> List[Dict[str, Any]]:
     """Train the tail and head on cached trunk outputs; the trunk is untouched.
 
-    AdamW (decoupled ``weight_decay`` on every trained parameter), linear warm-up for ``warmup_epochs`` then
-    cosine decay to 0 over all steps, shuffled mini-batches (``torch.Generator`` seeded by ``seed``), the last
-    incomplete batch dropped; loss ``L_ori`` (+ ``L_era`` with ``erasing``) as in eqs. 11-13
-    (``loss_fn``, default :class:`srdl_timm.loss.SRDLLoss` with ``era_scope='all'``), BatchNorm as ``batchnorm``
-    (:meth:`FrozenTrunk.train_mode`).
+    Its own small loop, not :func:`srdl_timm.training.fit`: it indexes cached trunk outputs in memory, where ``fit``
+    streams images from a dataset. Each step is :class:`~srdl_timm.training.SRDLTask` on :class:`CachedForward`
+    (loss ``L_ori`` + ``L_era`` with ``erasing``, eqs. 11-13: ``loss_fn``, default
+    :class:`srdl_timm.loss.SRDLLoss` with ``era_scope='all'``); AdamW from timm's factory (decoupled
+    ``weight_decay`` on every trained parameter); linear warm-up for ``warmup_epochs`` then cosine decay to 0 over
+    all steps, per step (a ``LambdaLR``: timm's schedulers warm up from ``warmup_lr_init``, not ``lr·(s+1)/W``);
+    shuffled mini-batches (``torch.Generator`` seeded by ``seed``), the last incomplete batch dropped; BatchNorm as
+    ``batchnorm`` (:meth:`FrozenTrunk.train_mode`).
 
     Args:
         split: the model and its trunk/tail split.
@@ -190,7 +223,8 @@ def train_frozen_trunk(
         amp_dtype: autocast dtype of the training forward pass (the loss is float32), or None.
 
     Returns:
-        Per-epoch history: ``epoch``, ``loss``, ``loss_ori``, ``loss_era``, ``lr``, ``time_s`` (+ evaluate's keys).
+        Per-epoch history: ``epoch``, ``loss``, ``loss_ori``, ``loss_era`` (as the task reports it: ``loss -
+        loss_ori``, the weighted L_era), ``lr``, ``time_s`` (+ evaluate's keys).
 
     Raises:
         ValueError: fewer training samples than one batch; FloatingPointError: a non-finite loss.
@@ -200,13 +234,14 @@ def train_frozen_trunk(
     steps_per_epoch = n // batch_size
     if steps_per_epoch < 1:
         raise ValueError(f'{n} training images are fewer than one batch of {batch_size}; lower --batch-size')
-    loss_fn = loss_fn or SRDLLoss()
     split.freeze()
+    task = SRDLTask(CachedForward(split, amp_dtype), object_erasing=erasing, loss=loss_fn or SRDLLoss(),
+                    device=device, verbose=False)
     params = split.trainable_parameters()
     try:  # the fused kernel (CPU and CUDA) does the same update in one pass over the parameters
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+        optimizer = create_optimizer_v2(params, opt='adamw', lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizer = create_optimizer_v2(params, opt='adamw', lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     warmup = int(round(warmup_epochs * steps_per_epoch))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_with_warmup(s, total, warmup))
@@ -219,22 +254,15 @@ def train_frozen_trunk(
         sums = np.zeros(3)
         for i in range(steps_per_epoch):
             index = order[i * batch_size:(i + 1) * batch_size]
-            x, y = features[index].to(device), targets[index].to(device)
-            if amp_dtype is not None:
-                with torch.autocast(device_type=device.type, dtype=amp_dtype):
-                    outputs = split.outputs(x, erasing)
-            else:
-                outputs = split.outputs(x, erasing)
-            loss_ori = loss_fn(outputs[0], y)
-            loss_era = loss_fn.erased_term(outputs[0], outputs[1], y) if len(outputs) > 1 else torch.zeros_like(loss_ori)
-            loss = loss_ori + loss_fn.erased_weight * loss_era
+            result = task(features[index].to(device), targets[index].to(device))
+            loss = result['loss']
             if not torch.isfinite(loss):
                 raise FloatingPointError(f'non-finite loss {loss.item()} at epoch {epoch + 1}, step {i + 1}')
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            sums += [loss.item(), loss_ori.item(), loss_era.item()]
+            sums += [loss.item(), result['loss_ori'].item(), result['loss_era'].item() if erasing else 0.0]
         row: Dict[str, Any] = {'epoch': epoch + 1, 'loss': sums[0] / steps_per_epoch,
                                'loss_ori': sums[1] / steps_per_epoch,
                                'loss_era': sums[2] / steps_per_epoch if erasing else None,

@@ -8,10 +8,10 @@ Several GPUs / nodes (torchrun sets RANK/WORLD_SIZE; one process per GPU, DDP)::
 
     torchrun --nproc_per_node 8 -m srdl_timm.cli.train --recipe paper --data coco --root /data/coco --output runs/x
 
-``--recipe paper`` is §4.2 of the paper (see :mod:`srdl_timm.train_config`); an explicit flag overrides the recipe's
+``--recipe paper`` is §4.2 of the paper (see :mod:`srdl_timm.training.config`); an explicit flag overrides the recipe's
 value; the resolved configuration is printed at start and written to ``OUTPUT/train_config.json`` and into every
-checkpoint. The work is done by :func:`srdl_timm.fit.fit`; this module only maps flags to a
-:class:`~srdl_timm.train_config.TrainConfig`. Exit status: 0 done, 2 bad input (flags, data, output folder,
+checkpoint. The work is done by :func:`srdl_timm.training.fit`; this module only maps flags to a
+:class:`~srdl_timm.training.TrainConfig`. Exit status: 0 done, 2 bad input (flags, data, output folder,
 checkpoint), 3 non-finite loss, 1 other failure of the run (see :func:`srdl_timm.cli.run_cli`).
 """
 import argparse
@@ -21,8 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..data import DATASETS
-from ..fit import fit
-from ..train_config import RECIPES, SCHEDULERS, TrainConfig
+from ..training import RECIPES, SCHEDULERS, TrainConfig, fit
 from ..utils import parse_model_kwargs
 from . import add_common_args, run_cli
 

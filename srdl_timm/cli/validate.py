@@ -89,7 +89,7 @@ def evaluate(args: argparse.Namespace) -> Dict[str, Any]:
 
     import srdl_timm
     from ..data import DEFAULT_SPLITS, LABELS_FROM_FILE, create_dataset, create_loader, create_transform
-    from ..data.distributed import init_distributed_from_env
+    from ..data.samplers import init_distributed_from_env
     from ..labels import model_label_names
     from ..loading import read_model_config
     from ..utils import atomic_write_json, parse_model_kwargs

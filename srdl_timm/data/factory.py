@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 
 from .coco import CocoMultiLabel
 from .custom import CocoJsonMultiLabel, CsvMultiLabel
-from .distributed import DistributedEvalSampler, get_rank_world, is_dist_initialized
+from .samplers import DistributedEvalSampler, get_rank_world, is_dist_initialized
 from ..errors import InputError
 from .images import MultiLabelDataset
 from .voc import VocMultiLabel
@@ -98,7 +98,7 @@ def create_loader(
     Training shuffles with a generator seeded by ``seed`` (``DistributedSampler(seed=seed)`` when distributed;
     call ``loader.sampler.set_epoch(epoch)`` each epoch) and drops the last incomplete batch by default.
     Evaluation never drops or pads: distributed evaluation uses
-    :class:`~srdl_timm.data.distributed.DistributedEvalSampler` (disjoint contiguous slices, no padding).
+    :class:`~srdl_timm.data.samplers.DistributedEvalSampler` (disjoint contiguous slices, no padding).
 
     Args:
         dataset: the dataset.

@@ -1,6 +1,7 @@
-"""Tests of srdl_timm/fit.py (:func:`fit`, a whole srdl-train run) on tiny real data (JPEGs + CSV on disk): a run
-lowers the loss and writes loadable outputs, a stopped run resumes bit for bit, a damaged checkpoint is named on
-resume, and two DDP processes train like one. Data: the ``csv_root`` fixture (tests/conftest.py)."""
+"""Tests of srdl_timm/training/run.py (:func:`fit`, a whole srdl-train run) on tiny real data (JPEGs + CSV on
+disk): a run lowers the loss and writes loadable outputs, a stopped run resumes bit for bit, a damaged checkpoint is
+named on resume, two DDP processes train like one, and an out-of-memory error comes with advice. Data: the
+``csv_root`` fixture (tests/conftest.py)."""
 import json
 import os
 import subprocess
@@ -12,10 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 import srdl_timm  # noqa: F401
-from srdl_timm.checkpoint import CheckpointError, load_checkpoint, verify_checkpoint
 from srdl_timm.cli.train import main
-from srdl_timm.fit import fit
 from srdl_timm.loading import load_model
+from srdl_timm.training import CheckpointError, TrainConfig, fit, load_checkpoint, resolve_config
+from srdl_timm.training.checkpoint import verify_checkpoint
+from srdl_timm.training.run import is_oom, oom_message
 
 from fixtures_data import train_config as _cfg
 
@@ -119,7 +121,7 @@ def test_two_process_ddp_matches_single_process(csv_root, tmp_path):
     fit(_cfg(csv_root, tmp_path / 'single', epochs=2, batch_size=4, freeze_bn=True, log_interval=50))
     torchrun = os.path.join(os.path.dirname(sys.executable), 'torchrun')
     cmd = [torchrun] if os.path.exists(torchrun) else [sys.executable, '-m', 'torch.distributed.run']
-    ddp = subprocess.run([*cmd, '--standalone', '--nproc_per_node', '2', '-m', 'srdl_timm.train', *common,
+    ddp = subprocess.run([*cmd, '--standalone', '--nproc_per_node', '2', '-m', 'srdl_timm.cli.train', *common,
                           '--batch-size', '2', '--output', str(tmp_path / 'ddp')], env=env, capture_output=True,
                          text=True, timeout=180)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
@@ -138,3 +140,15 @@ def test_two_process_ddp_matches_single_process(csv_root, tmp_path):
         assert x['val_num_samples'] == y['val_num_samples'] == 6
     ckpt = load_checkpoint(str(tmp_path / 'ddp'))
     assert ckpt.state['world_size'] == 2 and len(ckpt.state['rng']) == 2
+
+
+def test_oom_is_recognised_and_explained():
+    """A real allocator failure (CPU: an impossible 4 EiB allocation) is classified as out-of-memory, and the
+    message suggests a smaller batch with gradient accumulation (same global batch), AMP and a smaller input."""
+    with pytest.raises(RuntimeError) as info:
+        torch.empty(1 << 62, dtype=torch.uint8)
+    assert is_oom(info.value)
+    assert not is_oom(RuntimeError('shape mismatch'))
+    cfg = resolve_config(TrainConfig(root='x', batch_size=16, model='srdl_test_resnet'))
+    text = oom_message(cfg, torch.device('cuda'), 'epoch 1')
+    assert '--batch-size 8 --grad-accum-steps 2' in text and '--amp' in text and '--img-size' in text

@@ -1,4 +1,4 @@
-"""Tests for srdl_timm/task.py: timm 1.0's task API trains SRDL with OE (what srdl-train runs on)."""
+"""Tests for srdl_timm/training/task.py: timm 1.0's task API trains SRDL with OE (what srdl-train runs on)."""
 import warnings
 
 import pytest
@@ -8,7 +8,7 @@ from timm.task import MultiLabelClassificationTask
 
 import srdl_timm  # noqa: F401
 from srdl_timm.loss import SRDLLoss
-from srdl_timm.task import SRDLTask
+from srdl_timm.training import SRDLTask
 
 
 def _model():

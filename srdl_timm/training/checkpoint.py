@@ -39,13 +39,13 @@ import torch
 from safetensors.torch import save, save_file
 from timm.utils import unwrap_model
 
-from .errors import InputError
-from .utils import atomic_write_bytes, fsync_dir, jsonable, sha256_file
-from .weight_files import load_state_dict, read_weight_file
+from ..errors import InputError
+from ..utils import atomic_write_bytes, fsync_dir, jsonable, sha256_file
+from ..weight_files import load_state_dict, read_weight_file
 
 __all__ = [
     'CheckpointError', 'Checkpoint', 'MODEL_FILE', 'EMA_FILE', 'STATE_FILE', 'CONFIG_FILE', 'MANIFEST_FILE',
-    'LAST_LINK', 'save_safetensors_atomic', 'save_checkpoint',
+    'LAST_LINK', 'CHECKPOINT_DIR', 'TRASH_PREFIX', 'save_safetensors_atomic', 'save_checkpoint',
     'load_checkpoint', 'resolve_checkpoint_dir', 'find_last_checkpoint', 'verify_checkpoint',
     'capture_rng_state', 'restore_rng_state', 'state_dict_for_save', 'remove_stale_tmp', 'prune_checkpoint_dir',
 ]
@@ -59,11 +59,9 @@ CONFIG_FILE = 'train_config.json'
 MANIFEST_FILE = 'manifest.json'
 LAST_LINK = 'last'
 CHECKPOINT_DIR = 'checkpoints'
+TRASH_PREFIX = '.trash-'
 _FORMAT = 'srdl-timm-checkpoint'
 _FORMAT_VERSION = 1
-
-
-TRASH_PREFIX = '.trash-'
 
 
 class CheckpointError(InputError):
@@ -96,7 +94,6 @@ def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
                             metadata: Optional[Dict[str, str]] = None) -> None:
     """Save a flat tensor dict as safetensors at ``path`` atomically (:func:`srdl_timm.utils.atomic_write_bytes`)."""
     atomic_write_bytes(path, save(tensors, metadata=metadata))
-
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ import os
 import socket
 from typing import Any, Dict, List, Optional
 
+from ..errors import InputError
+from ..utils import atomic_write_bytes, atomic_write_json
 from .checkpoint import CHECKPOINT_DIR, CONFIG_FILE, LAST_LINK, remove_stale_tmp
-from .errors import InputError
-from .utils import atomic_write_bytes, atomic_write_json
 
 try:
     import fcntl

@@ -1,6 +1,6 @@
-"""Tests of srdl_timm/training.py (the training loop on SRDLTask): gradient accumulation, AMP / channels_last / EMA /
-per-update schedule, the non-finite-loss stop and out-of-memory advice, driven through :func:`srdl_timm.fit.fit` on
-tiny real data (the ``csv_root`` fixture, tests/conftest.py)."""
+"""Tests of srdl_timm/training/loop.py (the training loop on SRDLTask): gradient accumulation, AMP / channels_last /
+EMA / per-update schedule and the non-finite-loss stop, driven through :func:`srdl_timm.training.fit` on tiny real
+data (the ``csv_root`` fixture, tests/conftest.py)."""
 import os
 
 import pytest
@@ -8,11 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 import srdl_timm  # noqa: F401
-from srdl_timm.checkpoint import load_checkpoint, verify_checkpoint
 from srdl_timm.cli.train import main
-from srdl_timm.fit import fit
-from srdl_timm.train_config import TrainConfig, resolve_config
-from srdl_timm.training import NonFiniteLossError, is_oom as _is_oom, oom_message as _oom_message
+from srdl_timm.training import NonFiniteLossError, fit, load_checkpoint
+from srdl_timm.training.checkpoint import verify_checkpoint
 
 from fixtures_data import train_config as _cfg
 
@@ -66,14 +64,3 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(csv_root, tmp_p
     assert status == 3
     assert 'optimizer step 3' in capsys.readouterr().err
 
-
-def test_oom_is_recognised_and_explained():
-    """A real allocator failure (CPU: an impossible 4 EiB allocation) is classified as out-of-memory, and the
-    message suggests a smaller batch with gradient accumulation (same global batch), AMP and a smaller input."""
-    with pytest.raises(RuntimeError) as info:
-        torch.empty(1 << 62, dtype=torch.uint8)
-    assert _is_oom(info.value)
-    assert not _is_oom(RuntimeError('shape mismatch'))
-    cfg = resolve_config(TrainConfig(root='x', batch_size=16, model='srdl_test_resnet'))
-    text = _oom_message(cfg, torch.device('cuda'), 'epoch 1')
-    assert '--batch-size 8 --grad-accum-steps 2' in text and '--amp' in text and '--img-size' in text

@@ -2,17 +2,16 @@
 
 Python API (what the console script wraps)::
 
-    from srdl_timm.fit import fit
-    from srdl_timm.train_config import TrainConfig
+    from srdl_timm.training import TrainConfig, fit
     result = fit(TrainConfig(recipe='paper', data='voc', root='/data/VOCdevkit', output='runs/voc'))
     result['final_metrics']['mAP_interpolated'], result['model_path']
 
-Outputs (``output``, owned by this run while it runs, see :mod:`srdl_timm.run_dir`): ``train_config.json`` (the
-resolved configuration, the label names and the ``model_args`` that rebuild the trained architecture, read by
-:func:`srdl_timm.loading.load_model`); ``log.csv`` / ``log.json`` (per-epoch losses, lr and validation metrics);
-``checkpoints/…`` + the ``last`` link (see :mod:`srdl_timm.checkpoint`); at the end ``model.safetensors`` (the
-reported weights: the final model, or its EMA when ``report_checkpoint='ema'`` was declared up front) and
-``summary.json``.
+Outputs (``output``, owned by this run while it runs, see :mod:`srdl_timm.training.run_folder`):
+``train_config.json`` (the resolved configuration, the label names, how each became its label-graph node vector,
+and the ``model_args`` that rebuild the trained architecture, read by :func:`srdl_timm.loading.load_model`);
+``log.csv`` / ``log.json`` (per-epoch losses, lr and validation metrics); ``checkpoints/…`` + the ``last`` link
+(see :mod:`srdl_timm.training.checkpoint`); at the end ``model.safetensors`` (the reported weights: the final
+model, or its EMA when ``report_checkpoint='ema'`` was declared up front) and ``summary.json``.
 """
 import json
 import logging
@@ -21,19 +20,19 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from .checkpoint import CheckpointError, LAST_LINK, find_last_checkpoint, load_checkpoint, restore_rng_state, \
-    save_safetensors_atomic, state_dict_for_save
-from .data.distributed import init_distributed_from_env
-from .distributed import all_gather_objects, barrier
-from .loading import model_args
-from .run_dir import OutputDirError, claim_output_dir, format_summary, write_logs
-from .train_config import SUMMARY_KEYS, TrainConfig, resolve_config
-from .training import (
-    NonFiniteLossError, TrainState, TrainingError, evaluate, is_oom, make_train_loader, oom_message,
+from ..data import init_distributed_from_env
+from ..loading import model_args
+from ..utils import atomic_write_json, jsonable
+from .checkpoint import (
+    LAST_LINK, CheckpointError, find_last_checkpoint, load_checkpoint, restore_rng_state, save_safetensors_atomic,
+    state_dict_for_save)
+from .config import SUMMARY_KEYS, TrainConfig, resolve_config
+from .loop import (
+    NonFiniteLossError, TrainState, TrainingError, all_gather_objects, barrier, evaluate, make_train_loader,
     prepare_for_training, setup_training, train_one_epoch)
-from .utils import atomic_write_json, jsonable
+from .run_folder import OutputDirError, claim_output_dir, format_summary, write_logs
 
-__all__ = ['fit']
+__all__ = ['fit', 'is_oom', 'oom_message']
 
 _logger = logging.getLogger(__name__)
 
@@ -41,6 +40,29 @@ _RESUME_MUST_MATCH = ('model', 'data', 'num_classes', 'use_gcn', 'use_ca', 'use_
 _RESUME_SHOULD_MATCH = ('seed', 'opt', 'lr', 'weight_decay', 'sched', 'epochs', 'decay_epochs', 'decay_rate', 'oe',
                         'oe_topk', 'oe_alpha', 'era_scope', 'era_weight', 'loss_reduction', 'img_size', 'aug', 'amp',
                         'amp_dtype', 'freeze_bn', 'report_checkpoint')
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True for a CUDA out-of-memory error or the CPU allocator's failure to allocate."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ('out of memory' in text or "can't allocate memory" in text)
+
+
+def oom_message(cfg: TrainConfig, device: torch.device, where: str) -> str:
+    """What to try after running out of memory (same global batch via accumulation, AMP, smaller input)."""
+    b, accum = cfg.batch_size, cfg.grad_accum_steps
+    smaller = max(1, b // 2)
+    tips = [f'a smaller --batch-size (e.g. --batch-size {smaller} --grad-accum-steps {accum * b // smaller} keeps the '
+            f'global batch of {b * accum * cfg.world_size})']
+    if not cfg.amp:
+        tips.append('--amp (bfloat16 activations; the head and loss stay float32)')
+    if not cfg.channels_last and device.type == 'cuda':
+        tips.append('--channels-last')
+    tips.append('a smaller --img-size')
+    return (f'out of {device.type} memory during {where} (batch size {b} per process, {cfg.img_size or "model default"}'
+            f' px). Try ' + ', '.join(tips) + '.')
 
 
 def _resume_path(cfg: TrainConfig) -> Optional[str]:
@@ -201,9 +223,10 @@ def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[st
         'epochs_completed', 'stopped_early', 'config'}``.
 
     Raises:
-        InputError: bad configuration or data (before anything is trained); :class:`~srdl_timm.run_dir.OutputDirError`
-            when ``output`` is a file, not writable, in use or holds another run; :class:`CheckpointError` when
-            ``resume`` points at a missing/incomplete/corrupt/incompatible checkpoint.
+        InputError: bad configuration or data (before anything is trained);
+            :class:`~srdl_timm.training.run_folder.OutputDirError` when ``output`` is a file, not writable, in use or
+            holds another run; :class:`CheckpointError` when ``resume`` points at a
+            missing/incomplete/corrupt/incompatible checkpoint.
         NonFiniteLossError: NaN/inf loss (the last checkpoint is left intact).
         TrainingError: out of memory (with advice).
     """

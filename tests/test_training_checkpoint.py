@@ -1,4 +1,4 @@
-"""Tests of srdl_timm/checkpoint.py: atomic checkpoints, weights_only loading, corruption detection, and that a
+"""Tests of srdl_timm/training/checkpoint.py: atomic checkpoints, weights_only loading, corruption detection, and that a
 real SIGKILL at any moment never damages the last good checkpoint (and training resumes bit-exactly from it)."""
 import json
 import os
@@ -16,14 +16,13 @@ import torch
 from safetensors.torch import load_file
 
 import srdl_timm  # noqa: F401
-from srdl_timm import checkpoint as checkpoint_module
-from srdl_timm.checkpoint import (
+from srdl_timm.errors import InputError
+from srdl_timm.training import TrainConfig, fit
+from srdl_timm.training import checkpoint as checkpoint_module
+from srdl_timm.training.checkpoint import (
     CheckpointError, MANIFEST_FILE, MODEL_FILE, STATE_FILE, capture_rng_state, find_last_checkpoint, load_checkpoint,
     remove_stale_tmp, restore_rng_state, save_checkpoint, state_dict_for_save, verify_checkpoint)
-from srdl_timm.errors import InputError
-from srdl_timm.fit import fit
-from srdl_timm.run_dir import claim_output_dir
-from srdl_timm.train_config import TrainConfig
+from srdl_timm.training.run_folder import claim_output_dir
 from srdl_timm.weight_files import load_state_dict
 
 from fixtures_data import write_csv
@@ -148,7 +147,7 @@ def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkey
 
 _WRITER = textwrap.dedent('''
     import sys, torch
-    from srdl_timm.checkpoint import save_checkpoint
+    from srdl_timm.training.checkpoint import save_checkpoint
     out = sys.argv[1]
     step = 0
     while True:
@@ -195,7 +194,7 @@ def test_sigkilled_training_resumes_to_identical_weights(tmp_path):
     write_csv(root, split='val', num_images=4, seed=1)
     # the subprocesses use as many threads as this process, so the in-process reference run is bit-comparable
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
-    args = [sys.executable, '-m', 'srdl_timm.train', '--data', 'csv', '--root', str(root), '--model',
+    args = [sys.executable, '-m', 'srdl_timm.cli.train', '--data', 'csv', '--root', str(root), '--model',
             'srdl_test_resnet', '--img-size', '64', '--epochs', '2', '--batch-size', '2', '--lr', '1e-3',
             '--workers', '0', '--no-progress', '--label-embeddings', 'none', '--checkpoint-interval-steps', '1',
             '--log-level', 'WARNING']

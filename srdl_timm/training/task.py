@@ -1,5 +1,4 @@
 """timm 1.0 training task for SRDL: the multi-label task with OE and ``L = L_ori + L_era`` (eqs. 11-13)."""
-import logging
 from typing import Dict, Optional
 
 import torch
@@ -7,11 +6,9 @@ from torch import Tensor, nn
 from timm.task import MultiLabelClassificationTask
 from timm.utils import unwrap_model
 
-from .loss import SRDLLoss
+from ..loss import SRDLLoss
 
 __all__ = ['SRDLTask']
-
-_logger = logging.getLogger(__name__)
 
 
 class SRDLTask(MultiLabelClassificationTask):

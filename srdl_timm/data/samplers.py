@@ -1,7 +1,7 @@
-"""Resumable, distributed training order and per-sample augmentation seeds, plus small collective helpers.
+"""Samplers that split the data over epochs and processes, and the process-group helpers they rest on.
 
-Exact resumption (mid-epoch included) and exact single-process/DDP equivalence need the training data stream to be
-a pure function of ``(seed, epoch, position)``:
+Training (exact resumption, mid-epoch included, and exact single-process/DDP equivalence need the training data
+stream to be a pure function of ``(seed, epoch, position)``):
 
 * :class:`EpochBatchSampler` draws the epoch's permutation from a generator seeded by ``(seed, epoch)`` alone.
   Global batch ``s`` is ``perm[s*G:(s+1)*G]`` with ``G = batch_size × world_size``; rank ``r`` takes the
@@ -16,8 +16,13 @@ a pure function of ``(seed, epoch, position)``:
   process are left untouched.
 
 ``torch.utils.data.DistributedSampler`` cannot start in the middle of an epoch and leaves augmentation randomness to
-the worker processes, which is why training uses these instead (evaluation uses
-:class:`srdl_timm.data.distributed.DistributedEvalSampler`).
+the worker processes, which is why training uses these instead.
+
+Evaluation without padding: torch's ``DistributedSampler`` (and timm's ``OrderedDistributedSampler``) pad the dataset
+so every rank gets the same count, which makes some images count twice in the metrics. :class:`DistributedEvalSampler`
+instead gives rank r the contiguous slice ``[r*N//W, (r+1)*N//W)``; slices are disjoint and cover every index once,
+and ranks may differ in length by one. :func:`all_gather_concat` gathers tensors of different lengths, and
+concatenating in rank order restores dataset order.
 """
 import logging
 import random
@@ -26,14 +31,26 @@ from typing import Any, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
-from timm.utils import reduce_tensor
+from timm.utils.distributed import init_distributed_device_so
 from torch.utils.data import Dataset, Sampler
 
-from .data.distributed import get_rank_world, is_dist_initialized
-
-__all__ = ['EpochBatchSampler', 'SeededDataset', 'derive_seed', 'all_reduce_mean', 'all_gather_objects', 'barrier']
+__all__ = ['EpochBatchSampler', 'SeededDataset', 'derive_seed', 'DistributedEvalSampler', 'all_gather_concat',
+           'is_dist_initialized', 'get_rank_world', 'init_distributed_from_env']
 
 _logger = logging.getLogger(__name__)
+
+
+def is_dist_initialized() -> bool:
+    """True when torch.distributed is available and a process group exists."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank_world() -> Tuple[int, int]:
+    """``(rank, world_size)`` of the default process group, ``(0, 1)`` without one."""
+    if is_dist_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
 
 _MASK63 = (1 << 63) - 1
 
@@ -131,23 +148,82 @@ class SeededDataset(Dataset):
             np.random.set_state(np_state)
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tensor`` over ranks (``timm.utils.reduce_tensor``; the input itself without a process group)."""
+class DistributedEvalSampler(Sampler[int]):
+    """Give each rank a disjoint contiguous slice of the dataset, with no padding and no shuffling.
+
+    Args:
+        dataset: anything with ``len()``.
+        num_replicas: world size (default: from the process group).
+        rank: this rank (default: from the process group).
+    """
+
+    def __init__(self, dataset, num_replicas: Optional[int] = None, rank: Optional[int] = None) -> None:
+        if num_replicas is None or rank is None:
+            r, w = get_rank_world()
+            rank = r if rank is None else rank
+            num_replicas = w if num_replicas is None else num_replicas
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f'rank {rank} outside [0, {num_replicas})')
+        self.num_samples_total = len(dataset)
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.start = rank * self.num_samples_total // num_replicas
+        self.end = (rank + 1) * self.num_samples_total // num_replicas
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.start, self.end))
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op (the order is fixed); present for loop code that calls it on every sampler."""
+
+
+def _gather_device() -> torch.device:
+    if dist.get_backend() == dist.Backend.NCCL:
+        return torch.device('cuda', torch.cuda.current_device())
+    return torch.device('cpu')
+
+
+def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
+    """All-gather tensors whose first dimension differs across ranks; concatenate them in rank order.
+
+    Every rank must call it (a collective). Without a process group it returns ``tensor`` unchanged. The result
+    is on ``tensor``'s device; NCCL transfers go through the current CUDA device.
+    """
     if not is_dist_initialized() or dist.get_world_size() == 1:
         return tensor
-    return reduce_tensor(tensor.detach(), dist.get_world_size())
+    device = _gather_device()
+    world = dist.get_world_size()
+    local = tensor.detach().to(device).contiguous()
+    n = torch.tensor([local.shape[0]], dtype=torch.long, device=device)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)
+    sizes_ = [int(s.item()) for s in sizes]
+    max_n = max(sizes_)
+    padded = local.new_zeros((max_n,) + tuple(local.shape[1:]))
+    padded[:local.shape[0]] = local
+    out: List[torch.Tensor] = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(out, padded)
+    return torch.cat([o[:s] for o, s in zip(out, sizes_)]).to(tensor.device)
 
 
-def all_gather_objects(obj: Any) -> List[Any]:
-    """Picklable ``obj`` from every rank, in rank order (``[obj]`` without a process group)."""
-    if not is_dist_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out: List[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
+def init_distributed_from_env(device: str = 'cuda') -> Tuple[torch.device, int, int]:
+    """Initialise the default process group from torchrun's (or SLURM's) environment when it describes more than
+    one process, else do nothing: ``timm.utils.init_distributed_device_so`` (NCCL with one CUDA device per local
+    rank for CUDA, gloo otherwise).
 
-
-def barrier() -> None:
-    """``dist.barrier()`` when a process group exists."""
+    Returns:
+        ``(device, rank, world_size)``.
+    """
     if is_dist_initialized():
-        dist.barrier()
+        dev = torch.device(device)
+        if dev.type == 'cuda':
+            dev = torch.device('cuda', torch.cuda.current_device())
+        return dev, dist.get_rank(), dist.get_world_size()
+    info = init_distributed_device_so(str(device))
+    if info['distributed']:
+        _logger.info('distributed: rank %d of %d on %s (backend %s)', info['global_rank'], info['world_size'],
+                     info['device'], dist.get_backend())
+    return torch.device(info['device']), int(info['global_rank']), int(info['world_size'])

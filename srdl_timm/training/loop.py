@@ -1,11 +1,13 @@
-"""The training loop of ``srdl-train`` on timm's task API: :class:`~srdl_timm.task.SRDLTask` computes the loss
-(eqs. 11-13 through :class:`~srdl_timm.loss.SRDLLoss`), wraps DDP (``prepare_distributed``), ``torch.compile``
+"""The training loop of ``srdl-train`` on timm's task API: :class:`~srdl_timm.training.task.SRDLTask` computes the
+loss (eqs. 11-13 through :class:`~srdl_timm.loss.SRDLLoss`), wraps DDP (``prepare_distributed``), ``torch.compile``
 and the EMA (``setup_ema`` / ``update_ema``); timm's optimizer and scheduler factories and ``NativeScaler`` do
 the rest. This module adds what exact resumption needs: a data stream that is a pure function of
-``(seed, epoch, position)`` (:mod:`srdl_timm.distributed`), checkpoints at any optimizer step
-(:mod:`srdl_timm.checkpoint`), and a global finiteness check before every weight update.
+``(seed, epoch, position)`` (:class:`~srdl_timm.data.EpochBatchSampler`, :class:`~srdl_timm.data.SeededDataset`),
+checkpoints at any optimizer step (:mod:`srdl_timm.training.checkpoint`), and a global finiteness check before
+every weight update; and the three collectives training needs under DDP (:func:`all_reduce_mean`,
+:func:`all_gather_objects`, :func:`barrier`).
 
-:func:`srdl_timm.fit.fit` runs a whole training run on top of these pieces.
+:func:`srdl_timm.training.fit` runs a whole training run on top of these pieces.
 """
 import contextlib
 import logging
@@ -17,27 +19,30 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import timm
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from timm.data import resolve_data_config
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import NativeScaler, dispatch_clip_grad, unwrap_model
+from timm.utils import NativeScaler, dispatch_clip_grad, reduce_tensor, unwrap_model
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import srdl_timm
+from ..data import (
+    LABELS_FROM_FILE, EpochBatchSampler, SeededDataset, create_dataset, create_loader, create_transform,
+    is_dist_initialized)
+from ..errors import InputError, OperationError
+from ..labels import DEFAULT_SOURCE, label_vectors
+from ..loss import SRDLLoss
+from ..validate import validate
 from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
-from .data import LABELS_FROM_FILE, create_dataset, create_loader, create_transform
-from .distributed import EpochBatchSampler, SeededDataset, all_gather_objects, all_reduce_mean, barrier
-from .errors import InputError, OperationError
-from .labels import DEFAULT_SOURCE, label_vectors
-from .loss import SRDLLoss
+from .config import TrainConfig, is_srdl_model_name
 from .task import SRDLTask
-from .train_config import TrainConfig, is_srdl_model_name
-from .validate import validate
 
 __all__ = ['TrainingError', 'NonFiniteLossError', 'TrainState', 'setup_training', 'prepare_for_training',
-           'make_train_loader', 'train_one_epoch', 'evaluate', 'is_oom', 'oom_message']
+           'make_train_loader', 'train_one_epoch', 'evaluate', 'amp_dtype', 'all_reduce_mean', 'all_gather_objects',
+           'barrier']
 
 _logger = logging.getLogger(__name__)
 
@@ -55,6 +60,28 @@ class NonFiniteLossError(TrainingError):
         super().__init__(message)
         self.epoch = epoch
         self.step = step
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over ranks (``timm.utils.reduce_tensor``; the input itself without a process group)."""
+    if not is_dist_initialized() or dist.get_world_size() == 1:
+        return tensor
+    return reduce_tensor(tensor.detach(), dist.get_world_size())
+
+
+def all_gather_objects(obj: Any) -> List[Any]:
+    """Picklable ``obj`` from every rank, in rank order (``[obj]`` without a process group)."""
+    if not is_dist_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    """``dist.barrier()`` when a process group exists."""
+    if is_dist_initialized():
+        dist.barrier()
 
 
 def _resolve_label_embeddings(cfg: TrainConfig, label_names: List[str]) -> Tuple[Any, Optional[Dict[str, Any]]]:
@@ -117,29 +144,6 @@ def _set_bn_eval(model: nn.Module) -> None:
 def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
     """The autocast dtype, None without ``--amp``."""
     return getattr(torch, cfg.amp_dtype) if cfg.amp else None
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True for a CUDA out-of-memory error or the CPU allocator's failure to allocate."""
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ('out of memory' in text or "can't allocate memory" in text)
-
-
-def oom_message(cfg: TrainConfig, device: torch.device, where: str) -> str:
-    """What to try after running out of memory (same global batch via accumulation, AMP, smaller input)."""
-    b, accum = cfg.batch_size, cfg.grad_accum_steps
-    smaller = max(1, b // 2)
-    tips = [f'a smaller --batch-size (e.g. --batch-size {smaller} --grad-accum-steps {accum * b // smaller} keeps the '
-            f'global batch of {b * accum * cfg.world_size})']
-    if not cfg.amp:
-        tips.append('--amp (bfloat16 activations; the head and loss stay float32)')
-    if not cfg.channels_last and device.type == 'cuda':
-        tips.append('--channels-last')
-    tips.append('a smaller --img-size')
-    return (f'out of {device.type} memory during {where} (batch size {b} per process, {cfg.img_size or "model default"}'
-            f' px). Try ' + ', '.join(tips) + '.')
 
 
 @dataclass

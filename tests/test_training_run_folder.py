@@ -1,6 +1,6 @@
-"""Tests of srdl_timm/run_dir.py (lost work, #12): an output folder belongs to one srdl-train run — a second run is
-refused or moves the first aside with --overwrite, a concurrent run is blocked by the lock, and an --output that is a
-file or not writable is a one-line error. Data: the ``csv_root`` fixture (tests/conftest.py)."""
+"""Tests of srdl_timm/training/run_folder.py (lost work, #12): an output folder belongs to one srdl-train run — a
+second run is refused or moves the first aside with --overwrite, a concurrent run is blocked by the lock, and an
+--output that is a file or not writable is a one-line error. Data: the ``csv_root`` fixture (tests/conftest.py)."""
 import json
 import os
 import subprocess
@@ -47,7 +47,7 @@ def test_second_run_into_the_same_output_is_refused_and_the_first_is_kept(csv_ro
 
 _LOCK_HOLDER = '''
 import sys, time
-from srdl_timm.run_dir import RunLock
+from srdl_timm.training.run_folder import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print('locked', flush=True)
 time.sleep(120)
@@ -97,11 +97,11 @@ def test_unwritable_output_is_a_clear_error(csv_root, tmp_path, capsys, monkeypa
     try:
         if os.geteuid() == 0:
             import errno
-            from srdl_timm import run_dir
+            from srdl_timm.training import run_folder
 
             def refuse(path, *args, **kwargs):
                 raise PermissionError(errno.EACCES, 'Permission denied', str(path))
-            monkeypatch.setattr(run_dir.os, 'makedirs', refuse)
+            monkeypatch.setattr(run_folder.os, 'makedirs', refuse)
         assert main(_cli(csv_root, target)) == 2
     finally:
         parent.chmod(0o700)

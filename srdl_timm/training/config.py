@@ -13,13 +13,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import timm
 
-from .data import DATASETS, DEFAULT_SPLITS
-from .errors import InputError
-from .loss import ERA_SCOPES, REDUCTIONS
+from ..data import DATASETS, DEFAULT_SPLITS
+from ..errors import InputError
+from ..loss import ERA_SCOPES, REDUCTIONS
 
-__all__ = ['TrainConfig', 'RECIPES', 'SCHEDULERS', 'resolve_config', 'is_srdl_model_name']
+__all__ = ['TrainConfig', 'RECIPES', 'SCHEDULERS', 'SUMMARY_KEYS', 'resolve_config', 'is_srdl_model_name']
 
 SCHEDULERS = ('step', 'multistep', 'cosine', 'poly', 'none')
+#: The validation metrics logged per epoch (``val_<key>``) and reported at the end of a run.
 SUMMARY_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
 
 #: Values a recipe sets (a field left at None takes the recipe's value, else the default below).
@@ -39,7 +40,6 @@ _DEFAULTS: Dict[str, Any] = dict(
     train_resize=None, aug='paper', pretrained_backbone=False, oe=None, oe_topk=3, oe_alpha=0.5,
     label_embeddings='auto', loss_reduction='mean',
 )
-
 
 
 @dataclass
@@ -78,11 +78,11 @@ class TrainConfig:
     EMA: ``model_ema``, ``model_ema_decay``, ``report_checkpoint`` ('final' | 'ema', declared before training:
     the reported metrics and ``model.safetensors`` come from that model only).
 
-    Run: ``output`` (owned by one run, see :mod:`srdl_timm.run_dir`), ``resume`` (checkpoint dir, output dir, or
-    'auto' = ``output/last`` if present), ``overwrite`` (move another run's files in ``output`` aside), ``seed``,
-    ``workers``, ``device``, ``log_interval`` (optimizer steps), ``checkpoint_interval_steps`` (0 = only at epoch
-    ends), ``keep_checkpoints``, ``max_steps`` (stop, with a checkpoint, after this many optimizer steps in total),
-    ``progress``, ``deterministic``.
+    Run: ``output`` (owned by one run, see :mod:`srdl_timm.training.run_folder`), ``resume`` (checkpoint dir,
+    output dir, or 'auto' = ``output/last`` if present), ``overwrite`` (move another run's files in ``output``
+    aside), ``seed``, ``workers``, ``device``, ``log_interval`` (optimizer steps), ``checkpoint_interval_steps``
+    (0 = only at epoch ends), ``keep_checkpoints``, ``max_steps`` (stop, with a checkpoint, after this many
+    optimizer steps in total), ``progress``, ``deterministic``.
     """
     # data
     data: str = 'csv'
@@ -190,7 +190,7 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
     Args:
         config: the requested configuration (not modified).
         world_size: number of training processes (the recipe's global batch is split over them).
-        model: a model instance :func:`srdl_timm.fit.fit` trains instead of building ``config.model`` (then
+        model: a model instance :func:`srdl_timm.training.fit` trains instead of building ``config.model`` (then
             ``config.model`` is only its recorded name, and OE is possible when the model has ``set_object_erasing``).
 
     Returns:
@@ -282,4 +282,3 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
         check(len(cfg.opt_betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.opt_betas),
               f'--opt-betas must be two values in [0, 1), got {cfg.opt_betas}')
     return cfg
-

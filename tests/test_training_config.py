@@ -1,6 +1,6 @@
-"""Tests of srdl_timm/train_config.py (:class:`TrainConfig`, recipes, :func:`resolve_config`)."""
+"""Tests of srdl_timm/training/config.py (:class:`TrainConfig`, recipes, :func:`resolve_config`)."""
 from srdl_timm.cli.train import build_parser, config_from_args
-from srdl_timm.train_config import RECIPES, resolve_config
+from srdl_timm.training import RECIPES, resolve_config
 
 
 def test_recipe_paper_resolves_to_section_4_2_and_flags_override(csv_root):
