@@ -39,7 +39,7 @@ from .layers.oe import erase_region
 __all__ = [
     'explain', 'explain_batch', 'attention_forward', 'default_eval_transform',
     'upsample_maps', 'erase_box', 'heatmap_colors', 'render_overlay', 'render_panel', 'save_explanation',
-    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError',
+    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError', 'check_explainable',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class NotExplainableError(InputError, TypeError):
     """The model has no spatial attention to explain (not an SRDL, no head, or built with ``use_sa=False``)."""
 
 
-def _check_attention_model(model: nn.Module) -> None:
+def check_explainable(model: nn.Module) -> None:
+    """Raise :class:`NotExplainableError` unless ``model`` has spatial attention maps to explain: an SRDL model
+    (``attention_maps`` / ``forward_category_features``) with a category head, built with ``use_sa=True``."""
     if not hasattr(model, 'attention_maps') or not hasattr(model, 'forward_category_features'):
         raise NotExplainableError(f'{type(model).__name__} has no spatial attention maps to explain: explanations '
                                   'need an SRDL model (srdl_timm.SRDL)')
@@ -90,7 +92,7 @@ def attention_forward(
     the CAR head and classifier in float32 on float32 features (as ``srdl-validate`` does), so scores and maps
     are float32 either way. The caller is responsible for ``model.eval()`` and ``torch.inference_mode()``.
     """
-    _check_attention_model(model)
+    check_explainable(model)
     if amp_dtype is None:
         out = model.attention_maps(batch)
         logits, sa = out['logits'], out.get('spatial_attention')
@@ -275,7 +277,7 @@ def explain(
         * with ``erase``: ``erase_alpha``, ``erase_masks`` ``[k, h, w]`` bool and ``erase_boxes``: per category
           ``(left, top, right, bottom)`` in image pixels (right/bottom exclusive) or None for a flat map.
     """
-    _check_attention_model(model)
+    check_explainable(model)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     if label_names is None:

@@ -36,7 +36,7 @@ from .labels import model_label_names
 
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
-    'check_onnx', 'check_torchscript', 'check_sizes', 'MIN_OPSET',
+    'check_onnx', 'check_torchscript', 'check_sizes', 'resolve_input_size', 'MIN_OPSET',
 ]
 
 _logger = logging.getLogger('srdl_timm.export')
@@ -63,7 +63,9 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
     return model
 
 
-def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
+    """The ``(C, H, W)`` an export uses: ``input_size`` if given, else the model's timm data config's; an
+    :class:`~srdl_timm.errors.InputError` when it is not three positive integers."""
     if input_size is None:
         from timm.data import resolve_data_config
         input_size = resolve_data_config({}, model=model)['input_size']
@@ -89,7 +91,7 @@ def export_metadata(
         input_name=_INPUT,
         output_name=_OUTPUT,
         output='logits [batch, num_classes]; scores = sigmoid(logits)',
-        input_size=json.dumps(list(_input_size(model, input_size))),
+        input_size=json.dumps(list(resolve_input_size(model, input_size))),
         resize='squash to input_size (no centre crop)',
         interpolation=str(config.get('interpolation', 'bilinear')),
         mean=json.dumps([float(v) for v in config['mean']]),
@@ -180,7 +182,7 @@ def export_onnx(
     onnx = _export_dependency('onnx', 'ONNX export')
     if opset < MIN_OPSET:
         raise InputError(f'opset must be >= {MIN_OPSET}, got {opset}')
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
     if metadata is None:
@@ -236,7 +238,7 @@ def check_onnx(
     opsets = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if not opsets or max(opsets) < MIN_OPSET:
         raise ExportCheckError(f'{path}: opset {opsets} is below {MIN_OPSET}')
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     report = {}
@@ -262,7 +264,7 @@ def export_torchscript(
     """
     if method not in ('script', 'trace'):
         raise InputError(f"method must be 'script' or 'trace', got {method!r}")
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
     if metadata is None:
@@ -298,7 +300,7 @@ def check_torchscript(
     Returns:
         ``{'BxCxHxW': max |diff|}`` per checked input shape.
     """
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=FutureWarning)

@@ -24,7 +24,7 @@ from a training run, a published folder, a pretrained tag, or a timm ``train.py`
 by :func:`srdl_timm.weight_files.read_weight_file` with ``weights_only=True`` and converted to safetensors).
 
 Registering published weights in ``weights/manifest.json`` is :mod:`srdl_timm.manifest`; reading the registry
-(pretrained tags, sha256 checks) is :mod:`srdl_timm.models._pretrained`. Both are re-exported here; config.json is
+(pretrained tags, sha256 checks) is :mod:`srdl_timm.models.pretrained`. Both are re-exported here; config.json is
 read back by :func:`srdl_timm.weight_files.read_config_json`.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ from .loading import load_model, read_model_config
 from .loading import model_args as srdl_model_args
 from .manifest import manifest_markdown, register_weights, verify_manifest
 from .model_card import model_card, normalise_metrics
-from .models._pretrained import (
+from .models.pretrained import (
     MANIFEST_SCHEMA_VERSION, REPO_ID_RE, ChecksumMismatchError, MissingPretrainedWeightsError, load_manifest,
     manifest_path, verify_sha256, weights_dir,
 )
@@ -55,7 +55,7 @@ from .weight_files import WEIGHTS_FILENAME, read_config_json, read_weight_file
 __all__ = [
     'PublishResult', 'load_for_publishing', 'timm_checkpoint_model', 'save_pretrained_dir', 'publish', 'push_folder',
     'srdl_model_args', 'model_card', 'PUBLISHED_FILES',
-    # the registry (srdl_timm.manifest / srdl_timm.models._pretrained), re-exported
+    # the registry (srdl_timm.manifest / srdl_timm.models.pretrained), re-exported
     'MANIFEST_SCHEMA_VERSION', 'WEIGHTS_FILENAME', 'ChecksumMismatchError', 'MissingPretrainedWeightsError',
     'weights_dir', 'manifest_path', 'sha256_file', 'verify_sha256', 'load_manifest', 'register_weights',
     'verify_manifest', 'manifest_markdown',

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .labels import store_label_names
-from .models._pretrained import check_pretrained_weights
+from .models.pretrained import check_pretrained_weights
 from .models.srdl import SRDL
 from .utils import PathLike
 from .weight_files import (

@@ -45,9 +45,9 @@ def _restore_threads():
 
 
 def _load_manifest(path=None):
-    """The weights manifest reader (srdl_timm.models._pretrained; formerly srdl_timm.hub)."""
+    """The weights manifest reader (srdl_timm.models.pretrained; formerly srdl_timm.hub)."""
     try:
-        from srdl_timm.models._pretrained import load_manifest
+        from srdl_timm.models.pretrained import load_manifest
     except ImportError:
         from srdl_timm.hub import load_manifest
     return load_manifest(path)

@@ -5,8 +5,6 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-import pytest
-
 import srdl_timm
 
 ROOT = Path(srdl_timm.__file__).resolve().parent
@@ -157,11 +155,6 @@ def test_ops_and_layers_have_no_cycle_and_no_private_import():
     assert private == [], '\n'.join(private)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    'outside ops/ and layers/ (modules other helpers are refactoring for issue #23): checkpoint imports '
-    'utils._fsync_dir, cli.export export._input_size, cli.predict explain._check_attention_model; hub, manifest, '
-    'model_card, loading and cli.publish import from the private module models._pretrained (hub, manifest, '
-    'model_card also its _names)'))
 def test_package_has_no_cycle_and_no_private_import():
     """The whole package: the srdl_timm-internal import graph is acyclic and no module imports (or reads as
     ``module._name``) a private name of another srdl_timm module."""

@@ -19,8 +19,8 @@ from . import add_common_args, run_cli
 from .predict import add_model_args, model_from_args
 from ..errors import InputError, OperationError
 from ..export import (
-    MIN_OPSET, ExportCheckError, _input_size, check_onnx, check_torchscript, export_metadata, export_onnx,
-    export_torchscript)
+    MIN_OPSET, ExportCheckError, check_onnx, check_torchscript, export_metadata, export_onnx, export_torchscript,
+    resolve_input_size)
 
 __all__ = ['build_parser', 'run', 'main']
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
                              + ('.onnx' if flag == '--onnx' else '.pt'))
     batch_sizes = [2] if args.no_dynamic_batch else args.check_batch_sizes  # a fixed batch is the export batch
     model = model_from_args(args)
-    input_size = _input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
+    input_size = resolve_input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
     num_classes = getattr(model, 'num_classes', 0)
     names = resolve_label_names(model, num_classes, args.label_names) if num_classes else None
     metadata = export_metadata(model, input_size, names)

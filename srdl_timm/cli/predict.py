@@ -166,7 +166,7 @@ def _trained_on(args: argparse.Namespace) -> Optional[str]:
 
 def run(args: argparse.Namespace) -> int:
     """Predict every input; 0 when all were predicted, 1 when any failed."""
-    from ..explain import _check_attention_model, default_eval_transform
+    from ..explain import check_explainable, default_eval_transform
     from ..labels import resolve_label_names
     from ..predict import (
         collect_inputs, format_csv, format_json, format_table, predict_files, summary_lines, weights_summary)
@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f'{args.model or args.checkpoint} has no classifier (num_classes=0)')
     label_names = resolve_label_names(model, num_classes, args.label_names)
     if args.explain:
-        _check_attention_model(model)
+        check_explainable(model)
     transform = default_eval_transform(model, args.img_size)
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None

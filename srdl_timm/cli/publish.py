@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import PUBLISHED_FILES, push_folder, save_pretrained_dir
     from ..manifest import manifest_markdown, register_weights, verify_manifest
     from ..model_card import normalise_metrics
-    from ..models._pretrained import manifest_path
+    from ..models.pretrained import manifest_path
 
     if args.manifest_markdown:
         print(manifest_markdown(args.manifest), end='')
