@@ -14,6 +14,7 @@ a pickle that needs more is refused, never unpickled; every config field checked
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -33,7 +34,7 @@ from .weight_files import (
     CONFIG_FILES, ModelLoadError, check_class_count, hub_folder, load_state_dict, read_config_json, weights_in,
 )
 
-__all__ = ['read_model_config', 'model_args', 'load_model']
+__all__ = ['read_model_config', 'model_args', 'load_model', 'ModelSpec', 'load_model_from_spec']
 
 _logger = logging.getLogger(__name__)
 
@@ -362,3 +363,64 @@ def load_model(
                                          'classifier would be randomly initialised')
     store_label_names(net, getattr(net, 'label_names', None))
     return net.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the inference scripts' model flags
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load for inference: what the model flags of ``srdl-predict``/``-validate``/``-export`` say.
+
+    Attributes:
+        model: an architecture, pretrained tag, ``hf-hub:org/repo`` or ``local-dir:PATH``; None when
+            ``checkpoint`` has a config beside it.
+        checkpoint: a weights file or a run / published folder.
+        num_classes: the class count asked for; must equal the weights'.
+        model_kwargs: construction arguments overriding the config's.
+        random_init: no weights at all (smoke tests only): needs ``model``, excludes ``checkpoint``.
+    """
+    model: Optional[str] = None
+    checkpoint: Optional[str] = None
+    num_classes: Optional[int] = None
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    random_init: bool = False
+
+    @property
+    def name(self) -> str:
+        """The model or checkpoint, as messages and reports name it."""
+        return str(self.model or self.checkpoint)
+
+    def config(self) -> Dict[str, Any]:
+        """:func:`read_model_config` of the checkpoint or ``local-dir:`` folder; empty when neither has one."""
+        path = self.checkpoint
+        if not path and self.model and self.model.startswith('local-dir:'):
+            path = self.model[len('local-dir:'):]
+        return read_model_config(path) if path else {}
+
+
+def load_model_from_spec(spec: ModelSpec, num_classes: Optional[int] = None) -> nn.Module:
+    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU.
+
+    ``num_classes`` is a default for ``spec.num_classes`` (e.g. the dataset's: it builds a bare checkpoint without
+    a config, and must equal the class count of weights that have one; a mismatch is an error). Without
+    ``checkpoint`` the pretrained weights of ``model`` are loaded, unless ``random_init``.
+
+    Raises:
+        InputError: no model named, or ``random_init`` with a checkpoint or without a model.
+        ModelLoadError: as :func:`load_model`.
+    """
+    classes = spec.num_classes if spec.num_classes is not None else num_classes
+    kwargs = dict(spec.model_kwargs)
+    if spec.random_init:
+        if spec.checkpoint:
+            raise InputError('--random-init and --checkpoint exclude each other')
+        if not spec.model:
+            raise InputError('--random-init needs --model NAME')
+        _logger.warning('%s: randomly initialised weights (--random-init): outputs are meaningless', spec.model)
+        return load_model(spec.model, None, pretrained=False, num_classes=classes, model_kwargs=kwargs)
+    if not spec.model and not spec.checkpoint:
+        raise InputError('no model: give --checkpoint FILE (a training run\'s model.safetensors) and/or --model NAME '
+                         '(a pretrained tag, hf-hub:org/repo or local-dir:PATH)')
+    return load_model(spec.model, spec.checkpoint, pretrained=not spec.checkpoint, num_classes=classes,
+                      model_kwargs=kwargs)

@@ -1,7 +1,6 @@
 """Tests of srdl_timm/predict.py and srdl_timm/cli/predict.py (``srdl-predict``): real image files in, correct
 table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model loading from a checkpoint
-(with its config beside it, or bare) or a local-dir, the header saying what the weights know, the progress-bar
-default. Collecting inputs from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
+(with its config beside it, or bare) or a local-dir, the header saying what the weights know. Collecting inputs from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
 """
@@ -19,7 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import srdl_timm  # noqa: F401
-from srdl_timm.cli.predict import main, progress_enabled
+from srdl_timm.cli.predict import main
 from srdl_timm.data.transforms import create_transform
 from srdl_timm.loading import model_args
 from srdl_timm.predict import Prediction, collect_inputs, format_csv, format_table, select_labels
@@ -332,17 +331,6 @@ def test_shipped_weights_header_says_what_they_know(assets, capsys):
     assert header[1].startswith('# knows 10 labels: t-shirt, trousers, pullover, dress, coat, sandal')
     assert any(line.startswith('# trained on: ') and 'Fashion Scenes' in line for line in header)
     assert any('scores only these 10 labels' in line for line in header)
-
-
-def test_progress_bar_default_follows_the_terminal(monkeypatch):
-    """No flag: a bar exactly when stderr is a terminal; --quiet hides it there; --progress forces it elsewhere."""
-    from argparse import Namespace
-    monkeypatch.setattr('sys.stderr.isatty', lambda: True)
-    assert progress_enabled(Namespace(quiet=False, progress=False))
-    assert not progress_enabled(Namespace(quiet=True, progress=False))
-    monkeypatch.setattr('sys.stderr.isatty', lambda: False)
-    assert not progress_enabled(Namespace(quiet=False, progress=False))
-    assert progress_enabled(Namespace(quiet=False, progress=True))
 
 
 def test_amp_and_worker_processes_give_the_same_labels(assets, tmp_path):

@@ -20,7 +20,8 @@ from timm.data import resolve_data_config
 from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_voc
 from srdl_timm.cli.validate import main
 from srdl_timm.data import VOC_CLASSES, DistributedEvalSampler, create_dataset, create_loader, create_transform
-from srdl_timm.validate import class_index_by_name, validate
+from srdl_timm.loading import ModelSpec
+from srdl_timm.validate import class_index_by_name, evaluate_dataset, format_rows, validate
 
 IMG = 64
 
@@ -103,6 +104,26 @@ def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
     a = validate(model, loader, cpu, progress=False)
     b = validate(model, loader, cpu, channels_last=True, progress=False)
     assert a['mAP_interpolated'] == pytest.approx(b['mAP_interpolated'], abs=1e-6)
+
+
+def test_evaluate_dataset_is_the_report_without_printing(tmp_path, coco_json, capsys):
+    """evaluate_dataset, the library behind srdl-validate, prints and writes nothing; its metrics equal validate()
+    on the same data, its one row names the checkpoint, the split and the image count, and the report records the
+    spec (checkpoint and sha256, model kwargs, not pretrained)."""
+    root, info = coco_json
+    model = _model(3, seed=5)
+    ckpt = _checkpoint(tmp_path / 'w.safetensors', model)
+    spec = ModelSpec(model='resnet10t', checkpoint=ckpt, model_kwargs={'drop_rate': 0.0})
+    ev = evaluate_dataset(spec, 'coco-json', str(root), img_size=IMG, batch_size=4, workers=0)
+    assert capsys.readouterr() == ('', '') and not (tmp_path / 'val.json').exists()
+    direct = validate(model, create_loader(_eval_dataset(root, model), 4, is_training=False, num_workers=0),
+                      torch.device('cpu'), progress=False)
+    assert ev.rank == 0 and ev.report['metrics']['mAP_interpolated'] == pytest.approx(direct['mAP_interpolated'])
+    assert [title for title, _ in ev.rows] == [f'resnet10t coco-json/val ({len(info["targets"])} images)']
+    assert ev.report['checkpoint'] == dict(path=os.path.abspath(ckpt),
+                                           sha256=hashlib.sha256(open(ckpt, 'rb').read()).hexdigest())
+    assert ev.report['model_kwargs'] == {'drop_rate': 0.0} and ev.report['pretrained'] is False
+    assert ev.report['protocol']['split'] == 'val' and 'resnet10t coco-json/val' in format_rows(ev.rows)
 
 
 def test_cli_voc_checkpoint_report(tmp_path, capsys):
