@@ -61,10 +61,10 @@ def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
     from timm.data import resolve_data_config
 
-    from .data.transforms import create_transform
+    from .data.transforms import create_paper_transform
     config = resolve_data_config({}, model=model)
     size = None if img_size is None else (int(img_size), int(img_size))
-    return create_transform(config, is_training=False, size=size)
+    return create_paper_transform(config, is_training=False, size=size)
 
 
 class NotExplainableError(InputError, TypeError):

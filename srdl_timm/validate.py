@@ -20,7 +20,8 @@ from timm.data import resolve_data_config
 from tqdm import tqdm
 
 import srdl_timm
-from .data import DEFAULT_SPLITS, LABELS_FROM_FILE, create_dataset, create_loader, create_transform
+from .data import (
+    DEFAULT_SPLITS, LABELS_FROM_FILE, create_multilabel_dataset, create_multilabel_loader, create_paper_transform)
 from .data.distributed import init_distributed_from_env, is_dist_initialized
 from .errors import InputError
 from .labels import model_label_names
@@ -85,7 +86,7 @@ def validate(
     Args:
         model: a multi-label classifier returning logits ``[B, C]`` in eval mode.
         loader: yields ``(images, targets)`` with targets 1 / 0 / -1 (ignore); under torch.distributed each rank's
-            loader must hold a disjoint slice (``create_loader(..., distributed=True)``).
+            loader must hold a disjoint slice (``create_multilabel_loader(..., distributed=True)``).
         device: where the model runs.
         amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or None for float32.
         channels_last: run in channels-last memory format.
@@ -261,8 +262,8 @@ def evaluate_dataset(
 ) -> Evaluation:
     """Evaluate the model of ``spec`` on a dataset split (paper §4.1): ``srdl-validate`` without its printing.
 
-    The dataset is :func:`~srdl_timm.data.create_dataset`'s (on VOC difficult-only entries are ignored, and the
-    counted-negative convention is computed from the same logits). A CSV without ``classes.txt`` takes the
+    The dataset is :func:`~srdl_timm.data.create_multilabel_dataset`'s (on VOC difficult-only entries are ignored,
+    and the counted-negative convention is computed from the same logits). A CSV without ``classes.txt`` takes the
     weights' label set; logits are re-ordered by label name when the weights' order differs, and weights whose
     classes are not the dataset's are an error. Images are squash-resized to the model's (or ``img_size``)
     input size; under torchrun each rank evaluates a disjoint slice.
@@ -290,7 +291,7 @@ def evaluate_dataset(
         options['image_dir'] = image_dir
     if data == 'voc':
         options['difficult'] = 'ignore'  # standard VOC evaluation; 'negative' is computed from the same logits
-    dataset = create_dataset(data, root, split, **options)
+    dataset = create_multilabel_dataset(data, root, split, **options)
 
     if spec.random_init:
         torch.manual_seed(seed)
@@ -304,9 +305,9 @@ def evaluate_dataset(
     if names_from_file and weights_names and weights_names != dataset.label_names:
         _logger.info('%s: classes taken from the weights (%d label names), not from the labels in the file',
                      dataset.info.get('name', data), len(weights_names))
-        dataset = create_dataset(data, root, split, label_names=weights_names,  # (files checked above)
-                                 label_names_from=f'the weights ({spec.checkpoint or spec.model})',
-                                 check_files=False, **options)
+        dataset = create_multilabel_dataset(data, root, split, label_names=weights_names,  # (files checked above)
+                                            label_names_from=f'the weights ({spec.checkpoint or spec.model})',
+                                            check_files=False, **options)
     if getattr(model, 'num_classes', None) != dataset.num_classes:
         raise InputError(f'the weights ({spec.checkpoint or spec.model}) have {getattr(model, "num_classes", 0)} '
                          f'classes but {dataset.info.get("name", data)} has {dataset.num_classes}: evaluate on '
@@ -321,9 +322,9 @@ def evaluate_dataset(
         data_config['mean'] = tuple(mean)
     if std:
         data_config['std'] = tuple(std)
-    dataset.transform = create_transform(data_config, is_training=False)
-    loader = create_loader(dataset, batch_size, is_training=False, num_workers=workers,
-                           distributed=world > 1, pin_memory=device_.type == 'cuda')
+    dataset.transform = create_paper_transform(data_config, is_training=False)
+    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers,
+                                      distributed=world > 1, pin_memory=device_.type == 'cuda')
     is_voc = data == 'voc'
     results = validate(model, loader, device_, amp_dtype=getattr(torch, amp_dtype) if amp_dtype else None,
                        channels_last=channels_last, progress=progress, class_index=class_index,

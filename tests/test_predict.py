@@ -1,6 +1,7 @@
 """Tests of srdl_timm/predict.py and srdl_timm/cli/predict.py (``srdl-predict``): real image files in, correct
 table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model loading from a checkpoint
-(with its config beside it, or bare) or a local-dir, the header saying what the weights know. Collecting inputs from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
+(with its config beside it, or bare) or a local-dir, the header saying what the weights know. Collecting inputs
+from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
 """
@@ -19,7 +20,7 @@ from safetensors.torch import save_file
 
 import srdl_timm  # noqa: F401
 from srdl_timm.cli.predict import main
-from srdl_timm.data.transforms import create_transform
+from srdl_timm.data.transforms import create_paper_transform
 from srdl_timm.loading import model_args
 from srdl_timm.predict import Prediction, collect_inputs, format_csv, format_table, select_labels
 
@@ -87,7 +88,7 @@ def _expected_scores(model, path):
                std=model.pretrained_cfg['std'])
     img = Image.open(path).convert('RGB')
     with torch.no_grad():
-        return torch.sigmoid(model(create_transform(cfg, False)(img)[None]))[0].numpy()
+        return torch.sigmoid(model(create_paper_transform(cfg, False)(img)[None]))[0].numpy()
 
 
 def _run_json(args, tmp_path, name='out.json'):

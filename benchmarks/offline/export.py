@@ -9,7 +9,7 @@ import timm
 import torch
 import torch.nn as nn
 
-from srdl_timm.data import create_loader, create_transform
+from srdl_timm.data import create_multilabel_loader, create_paper_transform
 
 from .environment import software_versions
 from .stats import metrics_from_logits, predict_logits
@@ -59,9 +59,9 @@ def export_weights(ctx: Any, model: nn.Module, folder: Path, recipe: str, regist
         for tensor in list(shipped.parameters()) + list(shipped.buffers()):
             if tensor.is_floating_point():
                 tensor.copy_(tensor.half().float())  # exactly what loading the float16 file into float32 gives
-    transform = create_transform(ctx.data_config, is_training=False)
+    transform = create_paper_transform(ctx.data_config, is_training=False)
     test = spec.create(spec.test_split, transform)
-    loader = create_loader(test, 64, is_training=False, num_workers=ctx.cfg.workers)
+    loader = create_multilabel_loader(test, 64, is_training=False, num_workers=ctx.cfg.workers)
     logits, targets = predict_logits(shipped, loader, torch.device('cpu'))
     metrics = metrics_from_logits(logits, targets, spec.label_names)
     protocol = _evaluation_protocol(

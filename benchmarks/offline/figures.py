@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Optional
 import numpy as np
 import torch.nn as nn
 
-from srdl_timm.data import create_transform
+from srdl_timm.data import create_paper_transform
 
 from .config import METRIC_LABELS
 
@@ -84,7 +84,7 @@ def overlays(ctx: Any, model: nn.Module, count: int) -> List[str]:
     count = min(count, len(dataset))
     if count == 0:
         return []
-    transform = create_transform(ctx.data_config, is_training=False)
+    transform = create_paper_transform(ctx.data_config, is_training=False)
     paths = dataset.image_paths[:count]
     images = [open_image(p) for p in paths]
     results = explain(model, images, topk=3, erase=True, transform=transform)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from srdl_timm.data import create_loader
+from srdl_timm.data import create_multilabel_loader
 from srdl_timm.loss import SRDLLoss
 
 _logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def extract_trunk_features(trunk: nn.Module, dataset: Any, batch_size: int = 64,
     """
     device = device or torch.device('cpu')
     trunk.eval()
-    loader = create_loader(dataset, batch_size, is_training=False, num_workers=workers)
+    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers)
     feats, targets = [], []
     with torch.inference_mode():
         for images, target in loader:

@@ -6,7 +6,7 @@ category id (pycocotools order, :data:`~srdl_timm.data.label_sets.COCO_CLASSES` 
 alphabetical order. Images without any annotation are skipped unless ``keep_empty=True``: this gives the paper's
 82,081 train2014 / 40,137 val2014 images (40,504 with ``keep_empty=True``).
 
-Layout for :class:`CocoMultiLabel` (``create_dataset('coco', root, split)``)::
+Layout for :class:`CocoMultiLabel` (``create_multilabel_dataset('coco', root, split)``)::
 
     root/annotations/instances_train2014.json   root/train2014/*.jpg
     root/annotations/instances_val2014.json     root/val2014/*.jpg

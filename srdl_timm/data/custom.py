@@ -1,7 +1,7 @@
 """The user's own multi-label data: a CSV file, or a COCO-format JSON file of their own.
 
-CSV (``create_dataset('csv', root, split)`` reads ``root/{split}.csv``; images relative to ``root``), with a header
-row and one of two layouts:
+CSV (``create_multilabel_dataset('csv', root, split)`` reads ``root/{split}.csv``; images relative to ``root``), with
+a header row and one of two layouts:
 
 * list layout — an image column and a label column holding the present labels joined by ``label_sep``
   (default ``';'``, since names such as "traffic light" contain spaces)::
@@ -22,8 +22,8 @@ row and one of two layouts:
 The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
 label column is ``label_column`` or the first of ``labels, label, tags``.
 
-COCO-format JSON (``create_dataset('coco-json', root, split)``): ``root/annotations/{split}.json`` with images under
-``root/images/{split}/`` by default (``ann_file``/``image_dir`` override); classes are the file's ``categories`` in
+COCO-format JSON (``create_multilabel_dataset('coco-json', root, split)``): ``root/annotations/{split}.json`` with images
+under ``root/images/{split}/`` by default (``ann_file``/``image_dir`` override); classes are the file's ``categories`` in
 ascending id order — see :class:`srdl_timm.data.coco.CocoFormatMultiLabel`.
 """
 import csv

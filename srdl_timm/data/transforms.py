@@ -25,7 +25,7 @@ from timm.data.transforms import str_to_interp_mode
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-__all__ = ['RandomSquareCrop', 'create_transform', 'PAPER_RESIZE', 'PAPER_SCALES', 'scaled_crop_sides']
+__all__ = ['RandomSquareCrop', 'create_paper_transform', 'PAPER_RESIZE', 'PAPER_SCALES', 'scaled_crop_sides']
 
 #: §4.2 train resize and crop sides (for a 512×512 resized image)
 PAPER_RESIZE = 512
@@ -85,7 +85,7 @@ def _hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size[0], size[1]
 
 
-def create_transform(
+def create_paper_transform(
         data_config: Dict[str, Any],
         is_training: bool,
         resize: int = PAPER_RESIZE,
