@@ -1,16 +1,12 @@
 """The one strict model loader: a checkpoint, run folder, published folder, Hub repo or tag -> the exact model.
 
-Every console script loads weights through :func:`load_model`. It reads the configuration written beside the
-weights (``train_config.json`` of ``srdl-train``, ``config.json`` of ``save_for_hf`` / ``srdl-publish``),
-rebuilds exactly that architecture (backbone, node width, graph layers, ablation switches ...) and loads every
-tensor strictly: a missing, unexpected or reshaped tensor — including a class count other than the weights' — is
-a :class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a silently re-initialised
-head. Fine-tuning with a new ``num_classes`` is a deliberate call of ``timm.create_model(..., pretrained=True,
-num_classes=N)`` instead.
-
-Weights and configs are read by :mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``:
-a pickle that needs more is refused, never unpickled; every config field checked); Hub repos are fetched by its
-:func:`~srdl_timm.weight_files.hub_folder`.
+Every console script loads weights through :func:`load_model` (:func:`load_model_from_spec` for the inference
+scripts' model flags). It rebuilds exactly the architecture the config beside the weights records
+(``train_config.json`` of ``srdl-train``, ``config.json`` of ``srdl-publish``) and loads every tensor strictly: a
+missing, unexpected or reshaped tensor, a class count other than the weights' included, is a
+:class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a re-initialised head
+(fine-tuning on new classes is ``timm.create_model(..., pretrained=True, num_classes=N)``). Files are read by
+:mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 

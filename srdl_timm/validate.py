@@ -21,8 +21,8 @@ from tqdm import tqdm
 
 import srdl_timm
 from .data import (
-    DEFAULT_SPLITS, LABELS_FROM_FILE, create_multilabel_dataset, create_multilabel_loader, create_paper_transform)
-from .data.distributed import init_distributed_from_env, is_dist_initialized
+    DEFAULT_SPLITS, LABELS_FROM_FILE, create_multilabel_dataset, create_multilabel_loader, create_paper_transform,
+    init_distributed_from_env, is_dist_initialized)
 from .errors import InputError
 from .labels import model_label_names
 from .loading import ModelSpec, load_model_from_spec, read_model_config

@@ -230,7 +230,7 @@ def test_broken_symlink_and_unreadable_file_are_reported(assets, tmp_path):
 def test_label_names_fall_back_to_class_index_with_a_warning(assets, tmp_path, caplog):
     """A checkpoint without label names and no --label-names gives class_0.. and logs a warning; --label-names FILE
     supplies them."""
-    with caplog.at_level(logging.WARNING, logger='srdl_timm.predict'):
+    with caplog.at_level(logging.WARNING, logger='srdl_timm.labels.names'):
         rc, doc = _run_json([assets['good'][0], '--model', 'srdl_test_resnet', '--checkpoint', assets['bare'],
                              '--topk', '4'], tmp_path)
     assert rc == 0

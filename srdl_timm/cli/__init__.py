@@ -1,15 +1,10 @@
-"""Thin console scripts and their one error boundary.
+"""Thin console scripts: their one error boundary and the flags they share.
 
-Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)``: ``run(args) -> int`` does the work
-through the library; :func:`run_cli` parses the flags, sets up logging and turns expected errors into one or two
-lines on stderr and an exit status:
-
-* :class:`srdl_timm.errors.SRDLError` (and subclasses): its message, exit ``exc.exit_code`` (2 input, 1 run failure);
-* ``OSError`` (missing file, permission, disk full): the file and the reason, exit 2;
-* ``KeyboardInterrupt``: exit 130.
-
-Anything else is a bug and keeps its traceback. ``--debug`` (or ``SRDL_DEBUG=1``) shows the traceback of expected
-errors too.
+Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)`` with ``run(args) -> int`` doing the
+work through the library. :func:`run_cli` turns expected errors into one ``PROG: error: ...`` line and an exit
+status (:class:`~srdl_timm.errors.SRDLError`: its ``exit_code``, 2 input, 1 run failure; ``OSError``: the file and
+the reason, 2; Ctrl-C: 130); anything else is a bug and keeps its traceback, as expected errors do with ``--debug``
+or ``SRDL_DEBUG=1``. :func:`add_model_args` and :func:`model_spec_from_args` are the inference scripts' model flags.
 """
 from __future__ import annotations
 

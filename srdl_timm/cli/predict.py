@@ -1,24 +1,12 @@
 """``srdl-predict``: multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.
 
-Inputs are image files, folders (``--recursive`` to descend) and glob patterns (quote them; ``**`` with
-``--recursive``); see :mod:`srdl_timm.data.inputs`. Labels: ``--threshold`` and/or ``--topk``
-(:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5). Output: a table (default, headed by what the
-weights know: label set and training data), ``--format json`` or ``--format csv``, on stdout or in
-``--output FILE``. Bad inputs are reported per input while the rest are predicted. Exit status: 0 every input
-predicted, 1 some input failed, 2 usage, model or weights error. A progress bar shows on a terminal
-(``--quiet`` hides it and the header).
-
-The model: ``--checkpoint`` (a weights file or a training run folder; the architecture comes from the
-``train_config.json``/``config.json`` beside it, or from ``--model``), ``--model`` alone (a pretrained tag
-such as ``srdl_efficientnet_lite0.fashion_scenes``, ``hf-hub:org/repo`` or ``local-dir:PATH``), loaded strictly by
-:func:`srdl_timm.loading.load_model`: weights that do not fit the architecture, including another number of
-classes, are an error, never a re-initialised head.
-
-Examples::
-
-    srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3
-    srdl-predict 'shots/*.jpg' --checkpoint run/model.safetensors --threshold 0.6 --format json --output preds.json
-    srdl-predict street.jpg --model local-dir:./srdl_voc --explain overlays/ --explain-erase
+Inputs are files, folders (``--recursive``) and quoted globs (:mod:`srdl_timm.data.inputs`); labels are chosen by
+``--threshold`` and/or ``--topk`` (:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5); the output is a
+table headed by what the weights know, ``--format json`` or ``--format csv``, on stdout or in ``--output FILE``. The
+model (``--checkpoint`` and/or ``--model``: a tag, ``hf-hub:org/repo`` or ``local-dir:PATH``) loads strictly
+(:func:`srdl_timm.loading.load_model_from_spec`). Bad inputs are reported per input while the rest are predicted;
+exit status 0 every input predicted, 1 some input failed, 2 usage, model or weights error. Example:
+``srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3``.
 """
 import argparse
 import logging

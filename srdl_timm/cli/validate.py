@@ -1,21 +1,11 @@
 """``srdl-validate``: evaluate a multi-label timm model on COCO 2014, VOC 2007 or custom data (paper §4.1).
 
-Prints a Table 1/2-style row (mAP in both AP definitions, CP, CR, CF1, OP, OR, OF1 and their top-3 variants) and
-writes a JSON report with per-class AP by label name and the exact protocol (AP definitions, tie handling,
-threshold, difficult policy, split and image counts, input size, interpolation, mean/std, checkpoint and its
-sha256, precision settings, world size, versions). On VOC two rows are printed and reported: difficult-only
-entries ignored (standard) and counted negative (the authors' lab convention), from the same logits.
-
-The model is loaded strictly (:func:`srdl_timm.loading.load_model`): a training run's checkpoint rebuilds its
-architecture from the ``train_config.json`` beside it; weights that do not fit, or whose classes are not the
-dataset's, are an error. A progress bar shows on a terminal (``--quiet`` hides it).
-
-Examples::
-
-    srdl-validate --checkpoint run/model.safetensors --data csv --root data/ --split val
-    srdl-validate --model hf-hub:org/srdl_resnet101.coco --data coco --root /data/coco --split val --amp
-    srdl-validate --checkpoint best.safetensors --data voc --root /data/VOCdevkit --output voc07_test.json
-    torchrun --nproc_per_node 8 -m srdl_timm.cli.validate --checkpoint run/model.safetensors --data coco ...
+Prints Table 1/2-style rows (mAP in both AP definitions, CP … OF1 and their top-3 variants; on VOC one row with
+difficult-only entries ignored and one with them counted negative) and writes the JSON report with per-class AP and
+the exact protocol to ``--output``; the work is :func:`srdl_timm.validate.evaluate_dataset`. The model loads
+strictly: a training run's checkpoint rebuilds its architecture from the ``train_config.json`` beside it. Runs
+under ``torchrun ... -m srdl_timm.cli.validate`` (every image counted once). Example:
+``srdl-validate --checkpoint run/model.safetensors --data coco --root /data/coco --output val.json``.
 """
 import argparse
 import os
