@@ -1,24 +1,11 @@
 """Spatial attention maps of SRDL as arrays and as PNG overlays (the paper's Figure 5).
 
-Figure 5 of the paper shows, for each input image, the spatial-wise attention maps (SA, eq. 5) of the categories
-with the top-3 confidences. This module computes the same thing for any SRDL model:
-
-* :func:`explain` takes images (PIL images, paths, ``uint8`` arrays, or an already normalised batch tensor) and
-  returns one dict per image with the top-k categories, their scores and their SA maps, both on the feature grid
-  (``h x w``) and bilinearly upsampled to the image; optionally the rectangle object erasing (OE, §3.3, eqs. 7-10)
-  would erase from each map (:func:`srdl_timm.layers.oe.erase_region`, the same code the training pass runs).
-* :func:`render_overlay` draws one map over an image as a heat map with the label and score (and the OE
-  rectangle); :func:`save_explanation` writes, per image, one overlay PNG per category at the input image's own
-  size and a Figure-5-style panel (input + overlays side by side, every panel :data:`PANEL_HEIGHT` pixels high).
-
-Alignment: the project's eval transform squash-resizes the whole image to the model's input size (no crop), so
-the feature grid covers the whole image and upsampling the grid to the image size aligns each cell with the
-image region it saw.
-
-Heat-map scale: by default each map is min-max normalised over its own grid before colouring (as attention
-figures are usually drawn), so a nearly flat map still shows where its maximum is; a flat map (max == min) is
-drawn as all-low. ``normalize=False`` colours the raw sigmoid values (0 = blue, 1 = red) instead. The arrays
-returned by :func:`explain` are always the raw SA values in (0, 1).
+Figure 5 shows, for each image, the spatial-wise attention maps (SA, eq. 5) of the categories with the top-3
+confidences. :func:`explain` computes them for any SRDL model, on the feature grid and upsampled to the image, and
+optionally the rectangle object erasing (OE, §3.3, eqs. 7-10) would erase from each map
+(:func:`srdl_timm.layers.oe.erase_region`, the code the training pass runs); :func:`render_overlay` draws one map as
+a heat map and :func:`save_explanation` writes one overlay PNG per category and a Figure-5-style panel per image.
+The eval transform squash-resizes the whole image (no crop), so each upsampled grid cell lies on the region it saw.
 """
 import logging
 import math
@@ -39,7 +26,7 @@ from .layers.oe import erase_region
 __all__ = [
     'explain', 'explain_batch', 'attention_forward', 'default_eval_transform',
     'upsample_maps', 'erase_box', 'heatmap_colors', 'render_overlay', 'render_panel', 'save_explanation',
-    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError',
+    'ImageInput', 'PANEL_HEIGHT', 'DEFAULT_ERASE_ALPHA', 'NotExplainableError', 'check_explainable',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -61,17 +48,19 @@ def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
     from timm.data import resolve_data_config
 
-    from .data.transforms import create_transform
+    from .data.transforms import create_paper_transform
     config = resolve_data_config({}, model=model)
     size = None if img_size is None else (int(img_size), int(img_size))
-    return create_transform(config, is_training=False, size=size)
+    return create_paper_transform(config, is_training=False, size=size)
 
 
 class NotExplainableError(InputError, TypeError):
     """The model has no spatial attention to explain (not an SRDL, no head, or built with ``use_sa=False``)."""
 
 
-def _check_attention_model(model: nn.Module) -> None:
+def check_explainable(model: nn.Module) -> None:
+    """Raise :class:`NotExplainableError` unless ``model`` has spatial attention maps to explain: an SRDL model
+    (``attention_maps`` / ``forward_category_features``) with a category head, built with ``use_sa=True``."""
     if not hasattr(model, 'attention_maps') or not hasattr(model, 'forward_category_features'):
         raise NotExplainableError(f'{type(model).__name__} has no spatial attention maps to explain: explanations '
                                   'need an SRDL model (srdl_timm.SRDL)')
@@ -90,7 +79,7 @@ def attention_forward(
     the CAR head and classifier in float32 on float32 features (as ``srdl-validate`` does), so scores and maps
     are float32 either way. The caller is responsible for ``model.eval()`` and ``torch.inference_mode()``.
     """
-    _check_attention_model(model)
+    check_explainable(model)
     if amp_dtype is None:
         out = model.attention_maps(batch)
         logits, sa = out['logits'], out.get('spatial_attention')
@@ -275,7 +264,7 @@ def explain(
         * with ``erase``: ``erase_alpha``, ``erase_masks`` ``[k, h, w]`` bool and ``erase_boxes``: per category
           ``(left, top, right, bottom)`` in image pixels (right/bottom exclusive) or None for a flat map.
     """
-    _check_attention_model(model)
+    check_explainable(model)
     if batch_size < 1:
         raise ValueError(f'batch_size must be >= 1, got {batch_size}')
     if label_names is None:
@@ -350,7 +339,9 @@ def render_overlay(
         erase_mask: ``[h, w]`` bool mask from :func:`srdl_timm.layers.oe.erase_region`; its rectangle is
             outlined in green.
         opacity: weight of the heat map in the blend (0 = image only, 1 = heat map only).
-        normalize: min-max normalise the map before colouring (see the module docstring).
+        normalize: min-max normalise the map over its own grid before colouring (as attention figures are usually
+            drawn: a nearly flat map still shows its maximum; a flat one is drawn all-low); False colours the raw
+            sigmoid values (0 = blue, 1 = red). The arrays :func:`explain` returns are always the raw SA values.
 
     Returns:
         A new RGB image of ``image.size``.

@@ -1,24 +1,11 @@
 """ONNX and TorchScript files of an inference model, checked against PyTorch after export (``srdl-export``).
 
-What is exported is the *inference* model: eval mode, object erasing off (OE only acts in training anyway),
-and, for SRDL, the plain ``'reference'`` attention kernels (:meth:`srdl_timm.SRDL.set_attention_impl`) instead of
-the memory-lean autograd functions, which neither TorchScript nor the ONNX tracer can export. Input
-``input`` ``[batch, 3, H, W]`` (normalised as the model's data config says), output ``logits`` ``[batch, C]``
-(apply a sigmoid for scores).
-
-* ONNX: opset >= 17 (default 17), TorchScript-based exporter (``dynamo=False``: it needs no ``onnxscript``),
-  dynamic batch axis (optional), optionally dynamic height/width. ``onnx.checker`` validates the file, and
-  onnxruntime (the ``export`` extra) is compared with PyTorch on random inputs at several batch sizes (default
-  1 and 3, the export trace uses 2, so a batch size baked into the graph is caught).
-* TorchScript: ``torch.jit.script`` (default) or ``torch.jit.trace``, saved, reloaded with ``torch.jit.load``
-  and compared the same way.
-
-Both files carry the preprocessing config and label names: ONNX as ``metadata_props`` (read them with
-``onnxruntime.InferenceSession(p).get_modelmeta().custom_metadata_map``), TorchScript as the extra file
-``config.json`` (``torch.jit.load(p, _extra_files={'config.json': ''})``). Values are strings; lists are JSON.
-
-A check passes when ``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere (defaults rtol=1e-3,
-atol=1e-4, float32); otherwise :class:`ExportCheckError`. The console script is :mod:`srdl_timm.cli.export`.
+The exported model is the inference form (:func:`prepare_for_export`): input ``input`` ``[batch, 3, H, W]``
+(normalised as the model's data config says), output ``logits`` ``[batch, C]`` (apply a sigmoid for scores).
+:func:`export_onnx` / :func:`export_torchscript` write the files with the preprocessing config and label names as
+metadata (:func:`export_metadata`); :func:`check_onnx` (onnxruntime, the ``export`` extra) and
+:func:`check_torchscript` compare them with PyTorch on random inputs and raise :class:`ExportCheckError` unless
+``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere. The console script is :mod:`srdl_timm.cli.export`.
 """
 import importlib
 import json
@@ -36,10 +23,10 @@ from .labels import model_label_names
 
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
-    'check_onnx', 'check_torchscript', 'check_sizes', 'MIN_OPSET',
+    'check_onnx', 'check_torchscript', 'check_sizes', 'resolve_input_size', 'MIN_OPSET',
 ]
 
-_logger = logging.getLogger('srdl_timm.export')
+_logger = logging.getLogger(__name__)
 
 #: lowest ONNX opset accepted
 MIN_OPSET = 17
@@ -53,6 +40,9 @@ class ExportCheckError(OperationError):
 def prepare_for_export(model: nn.Module) -> nn.Module:
     """Put ``model`` in its inference form, in place: eval, OE off, reference attention kernels (SRDL).
 
+    OE only acts in training anyway; the ``'reference'`` kernels (:meth:`srdl_timm.SRDL.set_attention_impl`)
+    replace the memory-lean autograd functions, which neither TorchScript nor the ONNX tracer can export.
+
     Returns the same module.
     """
     model.eval()
@@ -63,7 +53,9 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
     return model
 
 
-def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[int, int, int]:
+def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
+    """The ``(C, H, W)`` an export uses: ``input_size`` if given, else the model's timm data config's; an
+    :class:`~srdl_timm.errors.InputError` when it is not three positive integers."""
     if input_size is None:
         from timm.data import resolve_data_config
         input_size = resolve_data_config({}, model=model)['input_size']
@@ -76,7 +68,12 @@ def _input_size(model: nn.Module, input_size: Optional[Sequence[int]]) -> Tuple[
 def export_metadata(
         model: nn.Module, input_size: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
-    """String metadata stored with an export: architecture, input size, mean/std, interpolation, labels, versions."""
+    """String metadata stored with an export: architecture, input size, mean/std, interpolation, labels, versions.
+
+    Values are strings (lists as JSON). ONNX keeps them as ``metadata_props``
+    (``onnxruntime.InferenceSession(p).get_modelmeta().custom_metadata_map``), TorchScript as the extra file
+    ``config.json`` (``torch.jit.load(p, _extra_files={'config.json': ''})``).
+    """
     import timm
     from timm.data import resolve_data_config
 
@@ -89,7 +86,7 @@ def export_metadata(
         input_name=_INPUT,
         output_name=_OUTPUT,
         output='logits [batch, num_classes]; scores = sigmoid(logits)',
-        input_size=json.dumps(list(_input_size(model, input_size))),
+        input_size=json.dumps(list(resolve_input_size(model, input_size))),
         resize='squash to input_size (no centre crop)',
         interpolation=str(config.get('interpolation', 'bilinear')),
         mean=json.dumps([float(v) for v in config['mean']]),
@@ -164,6 +161,8 @@ def export_onnx(
 ) -> str:
     """Export the inference form of ``model`` (on CPU) to ONNX and validate the file with ``onnx.checker``.
 
+    The exporter is the TorchScript-based one (``dynamo=False``: it needs no ``onnxscript``).
+
     Args:
         model: a timm model; :func:`prepare_for_export` is applied to it (in place).
         path: output ``.onnx`` file.
@@ -180,7 +179,7 @@ def export_onnx(
     onnx = _export_dependency('onnx', 'ONNX export')
     if opset < MIN_OPSET:
         raise InputError(f'opset must be >= {MIN_OPSET}, got {opset}')
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
     if metadata is None:
@@ -221,7 +220,8 @@ def check_onnx(
 ) -> Dict[str, float]:
     """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on random inputs.
 
-    Also checks that the file's default-domain opset is >= :data:`MIN_OPSET`.
+    The default batch sizes (1 and 3) differ from the export trace's (2), so a batch size baked into the graph is
+    caught. Also checks that the file's default-domain opset is >= :data:`MIN_OPSET`.
 
     Returns:
         ``{'BxCxHxW': max |diff|}`` per checked input shape.
@@ -236,7 +236,7 @@ def check_onnx(
     opsets = [o.version for o in proto.opset_import if o.domain in ('', 'ai.onnx')]
     if not opsets or max(opsets) < MIN_OPSET:
         raise ExportCheckError(f'{path}: opset {opsets} is below {MIN_OPSET}')
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
     report = {}
@@ -262,7 +262,7 @@ def export_torchscript(
     """
     if method not in ('script', 'trace'):
         raise InputError(f"method must be 'script' or 'trace', got {method!r}")
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     model.cpu()
     if metadata is None:
@@ -298,7 +298,7 @@ def check_torchscript(
     Returns:
         ``{'BxCxHxW': max |diff|}`` per checked input shape.
     """
-    size = _input_size(model, input_size)
+    size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=FutureWarning)

@@ -1,31 +1,13 @@
 """Publishing SRDL weights in timm's Hugging Face Hub layout: a local folder, or a push to the Hub.
 
-:func:`save_pretrained_dir` / :func:`publish` (and ``srdl-publish``) write exactly what timm's own
-``push_to_hf_hub`` writes, through timm's own ``save_for_hf``:
-
-* ``model.safetensors``: the weights, never a pickle (``pytorch_model.bin`` is not written);
-* ``config.json``: ``architecture``, ``num_classes``, ``label_names``, ``model_args`` that rebuild the exact model
-  (:func:`srdl_timm.loading.model_args`: backbone and every SRDL hyper-parameter) and ``pretrained_cfg`` (input
-  size, mean/std, interpolation, crop_pct/crop_mode);
-* ``README.md``: the model card of :mod:`srdl_timm.model_card` (Hub metadata, label names, pre-processing,
-  metrics with their protocol, a usage snippet that runs as written, the paper's citation).
-
-With ``local_dir`` the folder is written without any network access; without it the folder is uploaded with
-``huggingface_hub.HfApi.create_repo`` + ``upload_folder`` (the calls ``timm.models.push_to_hf_hub`` makes; the
-upload itself needs the network and is not covered by the tests).
-
-Such a folder or Hub repo then loads through timm's own machinery, after ``import srdl_timm``::
-
-    timm.create_model('local-dir:/path/to/folder', pretrained=True)
-    timm.create_model('hf-hub:org/repo', pretrained=True)          # HF_HUB_OFFLINE=1 works from the cache
-
-:func:`load_for_publishing` gives the model to publish: loaded strictly by :func:`srdl_timm.loading.load_model`
-from a training run, a published folder, a pretrained tag, or a timm ``train.py`` checkpoint (``.pth.tar``, read
-by :func:`srdl_timm.weight_files.read_weight_file` with ``weights_only=True`` and converted to safetensors).
-
-Registering published weights in ``weights/manifest.json`` is :mod:`srdl_timm.manifest`; reading the registry
-(pretrained tags, sha256 checks) is :mod:`srdl_timm.models._pretrained`. Both are re-exported here; config.json is
-read back by :func:`srdl_timm.weight_files.read_config_json`.
+:func:`save_pretrained_dir` / :func:`publish` (and ``srdl-publish``) write what timm's own ``push_to_hf_hub`` writes,
+through timm's ``save_for_hf``: ``model.safetensors`` (never a pickle), ``config.json`` (architecture, num_classes,
+label_names, the ``model_args`` of :func:`srdl_timm.loading.model_args`, the pre-processing) and the README.md model
+card of :mod:`srdl_timm.model_card`; with ``local_dir`` without any network access, else uploaded with
+``HfApi.create_repo`` + ``upload_folder`` (not covered by the tests). Such a folder loads with
+``timm.create_model('local-dir:...' or 'hf-hub:org/repo', pretrained=True)`` after ``import srdl_timm``.
+:func:`load_for_publishing` loads the model to publish strictly (a timm ``train.py`` checkpoint read with
+``weights_only=True``). The registry (:mod:`srdl_timm.manifest`, :mod:`srdl_timm.models.pretrained`) is re-exported.
 """
 from __future__ import annotations
 
@@ -45,7 +27,7 @@ from .loading import load_model, read_model_config
 from .loading import model_args as srdl_model_args
 from .manifest import manifest_markdown, register_weights, verify_manifest
 from .model_card import model_card, normalise_metrics
-from .models._pretrained import (
+from .models.pretrained import (
     MANIFEST_SCHEMA_VERSION, REPO_ID_RE, ChecksumMismatchError, MissingPretrainedWeightsError, load_manifest,
     manifest_path, verify_sha256, weights_dir,
 )
@@ -55,7 +37,7 @@ from .weight_files import WEIGHTS_FILENAME, read_config_json, read_weight_file
 __all__ = [
     'PublishResult', 'load_for_publishing', 'timm_checkpoint_model', 'save_pretrained_dir', 'publish', 'push_folder',
     'srdl_model_args', 'model_card', 'PUBLISHED_FILES',
-    # the registry (srdl_timm.manifest / srdl_timm.models._pretrained), re-exported
+    # the registry (srdl_timm.manifest / srdl_timm.models.pretrained), re-exported
     'MANIFEST_SCHEMA_VERSION', 'WEIGHTS_FILENAME', 'ChecksumMismatchError', 'MissingPretrainedWeightsError',
     'weights_dir', 'manifest_path', 'sha256_file', 'verify_sha256', 'load_manifest', 'register_weights',
     'verify_manifest', 'manifest_markdown',

@@ -1,19 +1,16 @@
 """The one strict model loader: a checkpoint, run folder, published folder, Hub repo or tag -> the exact model.
 
-Every console script loads weights through :func:`load_model`. It reads the configuration written beside the
-weights (``train_config.json`` of ``srdl-train``, ``config.json`` of ``save_for_hf`` / ``srdl-publish``),
-rebuilds exactly that architecture (backbone, node width, graph layers, ablation switches ...) and loads every
-tensor strictly: a missing, unexpected or reshaped tensor — including a class count other than the weights' — is
-a :class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a silently re-initialised
-head. Fine-tuning with a new ``num_classes`` is a deliberate call of ``timm.create_model(..., pretrained=True,
-num_classes=N)`` instead.
-
-Weights and configs are read by :mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``:
-a pickle that needs more is refused, never unpickled; every config field checked); Hub repos are fetched by its
-:func:`~srdl_timm.weight_files.hub_folder`.
+Every console script loads weights through :func:`load_model` (:func:`load_model_from_spec` for the inference
+scripts' model flags). It rebuilds exactly the architecture the config beside the weights records
+(``train_config.json`` of ``srdl-train``, ``config.json`` of ``srdl-publish``) and loads every tensor strictly: a
+missing, unexpected or reshaped tensor, a class count other than the weights' included, is a
+:class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a re-initialised head
+(fine-tuning on new classes is ``timm.create_model(..., pretrained=True, num_classes=N)``). Files are read by
+:mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``).
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -26,14 +23,14 @@ from torch import Tensor
 
 from .errors import InputError
 from .labels import store_label_names
-from .models._pretrained import check_pretrained_weights
+from .models.pretrained import check_pretrained_weights
 from .models.srdl import SRDL
 from .utils import PathLike
 from .weight_files import (
     CONFIG_FILES, ModelLoadError, check_class_count, hub_folder, load_state_dict, read_config_json, weights_in,
 )
 
-__all__ = ['read_model_config', 'model_args', 'load_model']
+__all__ = ['read_model_config', 'model_args', 'load_model', 'ModelSpec', 'load_model_from_spec']
 
 _logger = logging.getLogger(__name__)
 
@@ -362,3 +359,64 @@ def load_model(
                                          'classifier would be randomly initialised')
     store_label_names(net, getattr(net, 'label_names', None))
     return net.to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the inference scripts' model flags
+# ----------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load for inference: what the model flags of ``srdl-predict``/``-validate``/``-export`` say.
+
+    Attributes:
+        model: an architecture, pretrained tag, ``hf-hub:org/repo`` or ``local-dir:PATH``; None when
+            ``checkpoint`` has a config beside it.
+        checkpoint: a weights file or a run / published folder.
+        num_classes: the class count asked for; must equal the weights'.
+        model_kwargs: construction arguments overriding the config's.
+        random_init: no weights at all (smoke tests only): needs ``model``, excludes ``checkpoint``.
+    """
+    model: Optional[str] = None
+    checkpoint: Optional[str] = None
+    num_classes: Optional[int] = None
+    model_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    random_init: bool = False
+
+    @property
+    def name(self) -> str:
+        """The model or checkpoint, as messages and reports name it."""
+        return str(self.model or self.checkpoint)
+
+    def config(self) -> Dict[str, Any]:
+        """:func:`read_model_config` of the checkpoint or ``local-dir:`` folder; empty when neither has one."""
+        path = self.checkpoint
+        if not path and self.model and self.model.startswith('local-dir:'):
+            path = self.model[len('local-dir:'):]
+        return read_model_config(path) if path else {}
+
+
+def load_model_from_spec(spec: ModelSpec, num_classes: Optional[int] = None) -> nn.Module:
+    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU.
+
+    ``num_classes`` is a default for ``spec.num_classes`` (e.g. the dataset's: it builds a bare checkpoint without
+    a config, and must equal the class count of weights that have one; a mismatch is an error). Without
+    ``checkpoint`` the pretrained weights of ``model`` are loaded, unless ``random_init``.
+
+    Raises:
+        InputError: no model named, or ``random_init`` with a checkpoint or without a model.
+        ModelLoadError: as :func:`load_model`.
+    """
+    classes = spec.num_classes if spec.num_classes is not None else num_classes
+    kwargs = dict(spec.model_kwargs)
+    if spec.random_init:
+        if spec.checkpoint:
+            raise InputError('--random-init and --checkpoint exclude each other')
+        if not spec.model:
+            raise InputError('--random-init needs --model NAME')
+        _logger.warning('%s: randomly initialised weights (--random-init): outputs are meaningless', spec.model)
+        return load_model(spec.model, None, pretrained=False, num_classes=classes, model_kwargs=kwargs)
+    if not spec.model and not spec.checkpoint:
+        raise InputError('no model: give --checkpoint FILE (a training run\'s model.safetensors) and/or --model NAME '
+                         '(a pretrained tag, hf-hub:org/repo or local-dir:PATH)')
+    return load_model(spec.model, spec.checkpoint, pretrained=not spec.checkpoint, num_classes=classes,
+                      model_kwargs=kwargs)

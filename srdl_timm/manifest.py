@@ -1,7 +1,7 @@
 """Writing the weights registry ``weights/manifest.json``: register published weights, verify files, render the table.
 
 The registry's schema is in ``weights/README.md``; reading it (pretrained tags, sha256 checks at load time) is
-:mod:`srdl_timm.models._pretrained`. :func:`register_weights` adds the weights of a folder written by
+:mod:`srdl_timm.models.pretrained`. :func:`register_weights` adds the weights of a folder written by
 :func:`srdl_timm.hub.save_pretrained_dir` (optionally copying them into ``weights/``), :func:`verify_manifest`
 checks every listed file on this machine against its sha256, :func:`manifest_markdown` renders the table for
 MODEL_CARD.md.
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
 from .model_card import normalise_metrics
-from .models._pretrained import (
+from .models.pretrained import (
     MANIFEST_CFG_KEYS, empty_manifest, entry_file, load_manifest, manifest_path, validate_entry, verify_sha256,
 )
 from .utils import PathLike, atomic_write_bytes, atomic_write_json, sha256_file

@@ -1,37 +1,11 @@
 """Multi-label metrics (paper §4.1, eqs. 14–16): per-class AP / mAP in both definitions, CP/CR/CF1/OP/OR/OF1.
 
-Average precision — two definitions are in use in the multi-label literature and both are always reported, each
-under its own name (11-point AP is never used):
-
-* ``'non_interpolated'``: the mean, over the positives, of the precision at each positive's rank
-  (ML-GCN, ASL, CSRA); equals scikit-learn's ``average_precision_score``.
-* ``'interpolated'``: all-point interpolated AP (VOC2010+ devkit; SSGRL, Query2Label): precision is replaced by
-  its running maximum from the right (the precision envelope) before summing over recall steps. It is ≥ the
-  non-interpolated value.
-
-Ties: samples with equal scores form one threshold — precision and recall are taken only after the whole tied
-group — exactly as scikit-learn does. AP therefore does not depend on the order of the samples (so gathering
-predictions from several processes in any order gives the same number). Peer code that ranks with ``argsort``
-instead breaks ties by sample order; the two agree whenever scores are tie-free. AP is computed from the fp32
-logits themselves (ranking is invariant under the sigmoid, and fp16/bf16 sigmoids saturate into ties).
-
-Ignore: target -1 (VOC difficult-only at evaluation, or any ignore mask) removes that (image, class) entry from
-that class's ranking and from every count below. A class with no positive has AP NaN and is left out of mAP,
-CP and CR (``num_classes_evaluated`` says how many classes were averaged).
-
-Eqs. 14–16, with N^c_i correct, N^p_i predicted and N^g_i ground-truth positives of class i::
-
-    OP = Σ N^c / Σ N^p     CP = 1/C Σ N^c_i / N^p_i     (a class with N^p_i = 0 has precision 0, as in ML-GCN)
-    OR = Σ N^c / Σ N^g     CR = 1/C Σ N^c_i / N^g_i
-    OF1 = 2·OP·OR/(OP+OR)  CF1 = 2·CP·CR/(CP+CR)
-
-"Predicted" means sigmoid(logit) ≥ ``threshold`` (0.5 ⇔ logit ≥ 0). The top-k variant (keys ``CP_top3`` …)
-predicts the k highest-scored classes of each image (ties → lower class index) and, as in ML-GCN's
-``overall_topk``, only those of them that also pass the threshold (``topk_requires_threshold=False`` drops that
-condition). Unlike ML-GCN, which counts predictions on VOC difficult entries as false positives, ignored entries
-are left out of the counts.
-
-:class:`MultiLabelMetrics` reports every value in percent.
+Both AP definitions in use in the literature are always reported, each under its own name (never 11-point AP):
+``'non_interpolated'`` (ML-GCN, ASL; scikit-learn's) and ``'interpolated'`` (all-point, VOC2010+), see
+:func:`average_precision`, including ties. Target -1 (VOC difficult-only at evaluation, any ignore mask) removes
+that (image, class) entry from its class's ranking and from every count; a class without a positive has AP NaN and
+is left out of mAP, CP and CR. :func:`precision_recall_f1` is eqs. 14–16; :class:`MultiLabelMetrics` streams
+batches (gathering them under ``torch.distributed``) and reports every value in percent, top-3 variants included.
 """
 import logging
 import math
@@ -97,8 +71,15 @@ def average_precision(
     Args:
         scores: ``[N, C]`` (or ``[N]``) scores, logits or probabilities — only their order matters.
         targets: same shape; 1 = positive, 0 = negative, -1 = ignore.
-        mode: ``'interpolated'`` (all-point, VOC2010+) or ``'non_interpolated'`` (mean precision at the positives);
-            see the module docstring, including how ties are handled.
+        mode: ``'non_interpolated'``: the mean, over the positives, of the precision at each positive's rank
+            (ML-GCN, ASL, CSRA; equals scikit-learn's ``average_precision_score``); ``'interpolated'``: all-point
+            interpolated AP (VOC2010+ devkit; SSGRL, Query2Label), precision replaced by its running maximum from
+            the right (the envelope) before summing over recall steps, so it is >= the non-interpolated value.
+            Ties: samples with equal scores form one threshold (precision and recall taken after the whole tied
+            group), as scikit-learn does, so AP does not depend on sample order (gathering from several processes
+            in any order gives the same number); peer code ranking with ``argsort`` breaks ties by order instead,
+            and agrees whenever scores are tie-free. Compute it from fp32 logits (ranking is invariant under the
+            sigmoid, and fp16/bf16 sigmoids saturate into ties).
         ignore: optional boolean mask of entries to leave out, in addition to targets == -1.
 
     Returns:
@@ -129,6 +110,15 @@ def average_precision(
 
 def precision_recall_f1(predicted: ArrayLike, targets: ArrayLike) -> Dict[str, float]:
     """CP, CR, CF1, OP, OR, OF1 of eqs. 14–16 from binary predictions, as fractions.
+
+    With N^c_i correct, N^p_i predicted and N^g_i ground-truth positives of class i::
+
+        OP = Σ N^c / Σ N^p     CP = 1/C Σ N^c_i / N^p_i     (a class with N^p_i = 0 has precision 0, as in ML-GCN)
+        OR = Σ N^c / Σ N^g     CR = 1/C Σ N^c_i / N^g_i
+        OF1 = 2·OP·OR/(OP+OR)  CF1 = 2·CP·CR/(CP+CR)
+
+    Unlike ML-GCN, which counts predictions on VOC difficult entries as false positives, ignored entries are left
+    out of the counts.
 
     Args:
         predicted: ``[N, C]`` boolean predictions.
@@ -170,6 +160,11 @@ def _logit(p: float) -> float:
 
 class MultiLabelMetrics:
     """Streaming multi-label evaluation: accumulate ``(logits, targets)`` batches, then :meth:`compute`.
+
+    "Predicted" means sigmoid(logit) >= ``threshold`` (0.5 ⇔ logit >= 0). The top-k variants (keys ``CP_top3`` …)
+    predict the k highest-scored classes of each image (ties → lower class index) and, as in ML-GCN's
+    ``overall_topk``, only those of them that also pass the threshold (``topk_requires_threshold=False`` drops that
+    condition). ``num_classes_evaluated`` says how many classes (those with a positive) were averaged.
 
     Logits are stored as float32 on the CPU. Under ``torch.distributed`` :meth:`compute` (a collective: every
     rank must call it) gathers all ranks' arrays first, so with a non-padding sampler every sample counts once.

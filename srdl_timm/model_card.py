@@ -16,7 +16,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
-from .models._pretrained import REQUIRED_PROTOCOL
+from .models.pretrained import REQUIRED_PROTOCOL
 from .utils import PathLike
 
 __all__ = ['PAPER_TITLE', 'PAPER_AUTHORS', 'CITATION', 'METRIC_NAMES', 'normalise_metrics', 'usage_snippet',

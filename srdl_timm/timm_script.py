@@ -1,24 +1,13 @@
 """Run timm's own ``train.py`` / ``validate.py`` / ``inference.py`` with the SRDL models registered.
 
-timm has no plugin entry points: ``timm.create_model('srdl_resnet101')`` works only after ``import srdl_timm``.
-timm's ``train.py`` can import a plugin (``--device-modules srdl_timm``), its ``validate.py`` and ``inference.py``
-cannot (``Unknown model``). This launcher imports :mod:`srdl_timm`, then runs the script unchanged as ``__main__``
-with the remaining arguments, exactly as ``python SCRIPT ARGS...`` would (same argument parser, same exit status)::
-
-    python -m srdl_timm.timm_script validate.py --model srdl_resnet101 --checkpoint model.safetensors ...
-    python -m srdl_timm.timm_script inference.py --model local-dir:published/ --data-dir photos/ --topk 5
-    python -m srdl_timm.timm_script train.py --model srdl_resnet50 --data-dir imagenet/ ...
-
-``SCRIPT`` is a path, or a bare file name looked up in ``$SRDL_TIMM_SCRIPTS_DIR`` (a checkout of timm's repository,
-https://github.com/huggingface/pytorch-image-models, at the tag of the installed timm: the scripts are in neither
-timm's wheel nor its sdist). The script runs against the *installed* timm, the one the SRDL models are registered
-with, even from inside a checkout.
-
-SRDL is multi-label: each class has an independent sigmoid probability. ``inference.py`` turns logits into
-probabilities with a softmax over the classes (single-label); for an SRDL model the launcher replaces that one
-expression with a sigmoid (``--probs auto``, the default; ``--probs sigmoid|softmax`` forces either for any
-model). Nothing else in the script changes. If a future ``inference.py`` no longer contains the expression, a
-multi-label model is refused with a message rather than shown softmax scores.
+timm has no plugin entry points, and its ``validate.py`` and ``inference.py`` cannot import one, so
+``python -m srdl_timm.timm_script SCRIPT ARGS...`` imports :mod:`srdl_timm` and runs the script unchanged as
+``__main__`` (same parser, same exit status) against the installed timm. ``SCRIPT`` is a path or a bare name in
+``$SRDL_TIMM_SCRIPTS_DIR`` (a checkout of timm's repository at the installed tag: the scripts are in neither its
+wheel nor its sdist). For a multi-label SRDL model ``inference.py``'s softmax is replaced by a sigmoid (``--probs
+auto``; ``sigmoid|softmax`` forces either); a future script without that expression is refused, never shown
+softmax scores. Example: ``python -m srdl_timm.timm_script validate.py --model srdl_resnet101 --checkpoint
+m.safetensors``.
 """
 from __future__ import annotations
 

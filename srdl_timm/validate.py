@@ -1,34 +1,38 @@
-"""Evaluate a multi-label timm model on a loader (paper §4.1): the library behind ``srdl-validate``.
+"""Evaluate a multi-label timm model (paper §4.1): the library behind ``srdl-validate``.
 
-:func:`validate` runs the model over an evaluation loader and returns
-:meth:`srdl_timm.metrics.MultiLabelMetrics.compute`'s dict (mAP in both AP definitions, CP, CR, CF1, OP, OR, OF1
-and their top-3 variants); :func:`format_row` prints a Table 1/2-style row. :func:`voc_difficult_negative`
-recomputes the metrics with VOC's difficult-only entries counted negative (the convention some labs report)
-from the same logits, so both VOC numbers come from one pass.
-
-Under torchrun each rank evaluates a disjoint, unpadded slice of the dataset and the logits are gathered before
-the metrics are computed, so every image counts exactly once. With AMP the backbone runs in the AMP dtype but,
-for models with ``forward_features`` / ``forward_head`` (every timm model), the head runs in float32 so AP is
-ranked on fp32 logits (checked against ``model(x)`` on the first batch; a model whose forward is not
-head∘features falls back to ``model(x)``).
+:func:`evaluate_dataset` loads a model, evaluates it on a dataset split and builds the JSON report with its exact
+protocol; :func:`validate` runs a model over a loader and returns the metrics (mAP in both AP definitions, CP … OF1
+and their top-3 variants), :func:`format_rows` prints Table 1/2-style rows and :func:`voc_difficult_negative`
+recomputes VOC with difficult-only entries counted negative from the same logits. Under torchrun each rank
+evaluates a disjoint, unpadded slice and the logits are gathered, so every image counts once; with AMP the head
+runs in float32 on float32 features so AP is ranked on fp32 logits.
 """
+import dataclasses
 import logging
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import timm
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
 from tqdm import tqdm
 
-from .data.samplers import is_dist_initialized
+import srdl_timm
+from .data import (
+    DEFAULT_SPLITS, LABELS_FROM_FILE, create_multilabel_dataset, create_multilabel_loader, create_paper_transform,
+    init_distributed_from_env, is_dist_initialized)
 from .errors import InputError
 from .labels import model_label_names
+from .loading import ModelSpec, load_model_from_spec, read_model_config
 from .metrics import MultiLabelMetrics
+from .utils import sha256_file
 
 __all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
-           'DIFFICULT_POLICY_NAMES']
+           'DIFFICULT_POLICY_NAMES', 'Evaluation', 'evaluate_dataset']
 
-_logger = logging.getLogger('srdl_timm.validate')
+_logger = logging.getLogger(__name__)
 
 #: how each reported AP is defined (copied into every JSON report)
 AP_DEFINITIONS = {
@@ -82,7 +86,7 @@ def validate(
     Args:
         model: a multi-label classifier returning logits ``[B, C]`` in eval mode.
         loader: yields ``(images, targets)`` with targets 1 / 0 / -1 (ignore); under torch.distributed each rank's
-            loader must hold a disjoint slice (``create_loader(..., distributed=True)``).
+            loader must hold a disjoint slice (``create_multilabel_loader(..., distributed=True)``).
         device: where the model runs.
         amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or None for float32.
         channels_last: run in channels-last memory format.
@@ -200,3 +204,186 @@ def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> s
     for title, results in rows:
         lines.append(f'{title:<{tw}} | ' + ' | '.join(f'{results[k]:>{w}.2f}' for k, w in zip(keys, widths)))
     return '\n'.join(lines)
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate_dataset` found.
+
+    Attributes:
+        report: the JSON report (metrics, per-class AP by label name, the protocol, the model and its checkpoint).
+        rows: ``(title, metrics)`` to print with :func:`format_rows` (two on VOC: one per difficult policy).
+        rank: this process's rank (0 without torchrun); only rank 0 should print or write.
+    """
+    report: Dict[str, Any]
+    rows: List[Tuple[str, Dict[str, Any]]]
+    rank: int = 0
+
+
+def _checkpoint_record(path: Optional[str]) -> Optional[Dict[str, Any]]:
+    if not path:
+        return None
+    record: Dict[str, Any] = dict(path=os.path.abspath(path))
+    if os.path.isfile(path):
+        record['sha256'] = sha256_file(path)
+    return record
+
+
+def _scalars(results: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
+
+
+def _per_class(results: Dict[str, Any], names: Sequence[str]) -> Dict[str, Any]:
+    return dict(interpolated=dict(zip(names, results['AP_interpolated'].tolist())),
+                non_interpolated=dict(zip(names, results['AP_non_interpolated'].tolist())))
+
+
+def evaluate_dataset(
+        spec: ModelSpec,
+        data: str,
+        root: str,
+        split: Optional[str] = None,
+        *,
+        ann_file: Optional[str] = None,
+        image_dir: Optional[str] = None,
+        keep_empty: bool = False,
+        on_corrupt: str = 'error',
+        img_size: Optional[int] = None,
+        interpolation: Optional[str] = None,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+        batch_size: int = 32,
+        workers: int = 4,
+        device: str = 'cpu',
+        amp_dtype: Optional[str] = None,
+        channels_last: bool = False,
+        seed: int = 0,
+        progress: bool = False,
+) -> Evaluation:
+    """Evaluate the model of ``spec`` on a dataset split (paper §4.1): ``srdl-validate`` without its printing.
+
+    The dataset is :func:`~srdl_timm.data.create_multilabel_dataset`'s (on VOC difficult-only entries are ignored,
+    and the counted-negative convention is computed from the same logits). A CSV without ``classes.txt`` takes the
+    weights' label set; logits are re-ordered by label name when the weights' order differs, and weights whose
+    classes are not the dataset's are an error. Images are squash-resized to the model's (or ``img_size``)
+    input size; under torchrun each rank evaluates a disjoint slice.
+
+    Args:
+        spec: the model (:func:`srdl_timm.loading.load_model_from_spec`).
+        data, root, split: dataset format (a key of :data:`~srdl_timm.data.DATASETS`), folder and split (default:
+            the format's evaluation split).
+        ann_file, image_dir, keep_empty, on_corrupt: dataset options.
+        img_size, interpolation, mean, std: overrides of the model's data config.
+        batch_size, workers: per-process loader batch size and worker processes.
+        device, amp_dtype, channels_last, progress: as :func:`validate` (``amp_dtype``: ``'bfloat16'`` /
+            ``'float16'`` or None).
+        seed: torch seed before building a ``random_init`` model.
+
+    Returns:
+        The :class:`Evaluation`: the JSON report with the exact protocol, the rows to print, the rank.
+    """
+    device_, rank, world = init_distributed_from_env(device)
+    split = split or DEFAULT_SPLITS[data][1]
+    options: Dict[str, Any] = dict(keep_empty=keep_empty, on_corrupt=on_corrupt)
+    if ann_file:
+        options['ann_file'] = ann_file
+    if image_dir:
+        options['image_dir'] = image_dir
+    if data == 'voc':
+        options['difficult'] = 'ignore'  # standard VOC evaluation; 'negative' is computed from the same logits
+    dataset = create_multilabel_dataset(data, root, split, **options)
+
+    if spec.random_init:
+        torch.manual_seed(seed)
+    # a CSV without classes.txt names its classes by the labels it happens to hold: take the weights' label set
+    # instead (a label the weights do not know is then an error naming the CSV line; an absent one has no AP)
+    names_from_file = dataset.info.get('label_names_from') == LABELS_FROM_FILE
+    bare_checkpoint = bool(spec.checkpoint) and not read_model_config(spec.checkpoint)
+    model = load_model_from_spec(spec, num_classes=None if names_from_file and not (spec.random_init or bare_checkpoint)
+                                 else dataset.num_classes)
+    weights_names = None if spec.random_init else model_label_names(model)
+    if names_from_file and weights_names and weights_names != dataset.label_names:
+        _logger.info('%s: classes taken from the weights (%d label names), not from the labels in the file',
+                     dataset.info.get('name', data), len(weights_names))
+        dataset = create_multilabel_dataset(data, root, split, label_names=weights_names,  # (files checked above)
+                                            label_names_from=f'the weights ({spec.checkpoint or spec.model})',
+                                            check_files=False, **options)
+    if getattr(model, 'num_classes', None) != dataset.num_classes:
+        raise InputError(f'the weights ({spec.checkpoint or spec.model}) have {getattr(model, "num_classes", 0)} '
+                         f'classes but {dataset.info.get("name", data)} has {dataset.num_classes}: evaluate on '
+                         f'the label set the weights were trained on')
+    class_index = None if spec.random_init else class_index_by_name(model, dataset.label_names)
+    data_config = resolve_data_config({}, model=model)
+    if img_size:
+        data_config['input_size'] = (3, img_size, img_size)
+    if interpolation:
+        data_config['interpolation'] = interpolation
+    if mean:
+        data_config['mean'] = tuple(mean)
+    if std:
+        data_config['std'] = tuple(std)
+    dataset.transform = create_paper_transform(data_config, is_training=False)
+    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers,
+                                      distributed=world > 1, pin_memory=device_.type == 'cuda')
+    is_voc = data == 'voc'
+    results = validate(model, loader, device_, amp_dtype=getattr(torch, amp_dtype) if amp_dtype else None,
+                       channels_last=channels_last, progress=progress, class_index=class_index,
+                       label_names=dataset.label_names, return_outputs=is_voc)
+    if results['num_samples'] != len(dataset):
+        raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
+
+    # an unreadable image skipped by on_corrupt='skip' comes back as an all-ignore row the dataset did not have
+    skipped = results['num_samples_all_ignored'] - int((dataset.targets == -1).all(axis=1).sum())
+    evaluated = results['num_samples'] - skipped
+    names = dataset.label_names
+    by_policy = {'ignore': results}
+    if is_voc:
+        by_policy['negative'] = voc_difficult_negative(results.pop('logits'), results.pop('targets'),
+                                                       dataset.difficult_only, names)
+    report: Dict[str, Any] = dict(
+        model=spec.model,
+        checkpoint=_checkpoint_record(spec.checkpoint),
+        pretrained=not spec.checkpoint and not spec.random_init,
+        random_init=bool(spec.random_init),
+        model_kwargs=dict(spec.model_kwargs),
+        metrics=_scalars(results),
+        per_class_AP=_per_class(results, names),
+        label_names=names,
+        protocol=dict(
+            ap_definitions=AP_DEFINITIONS,
+            units='percent',
+            threshold=results['threshold'],
+            top_k=results['top_k'],
+            topk_requires_threshold=True,
+            difficult_policy=dataset.info.get('difficult_policy', 'n/a'),
+            ignored_entries=results['num_ignored_entries'],
+            dataset=dataset.info,
+            split=split,
+            num_images=len(dataset),
+            num_images_evaluated=evaluated,
+            num_images_unreadable_skipped=skipped,
+            input_size=list(data_config['input_size']),
+            resize='squash to input_size (no centre crop)',
+            interpolation=data_config.get('interpolation'),
+            mean=list(data_config['mean']),
+            std=list(data_config['std']),
+            amp_dtype=amp_dtype,
+            head_dtype=results['head_dtype'],
+            logits_dtype='float32',
+            channels_last=bool(channels_last),
+            batch_size=batch_size,
+            world_size=world,
+            class_reorder=class_index,
+            versions=dict(srdl_timm=srdl_timm.__version__, timm=timm.__version__, torch=torch.__version__),
+        ),
+    )
+    count = f'{evaluated:,} images evaluated, {skipped:,} unreadable skipped' if skipped else f'{evaluated:,} images'
+    title = f'{spec.model or os.path.basename(spec.checkpoint or "")} {data}/{split} ({count})'
+    rows = [(title, results)]
+    if is_voc:
+        report['metrics_by_difficult_policy'] = {
+            policy: dict(description=DIFFICULT_POLICY_NAMES[policy], metrics=_scalars(r),
+                         per_class_AP=_per_class(r, names))
+            for policy, r in by_policy.items()}
+        rows = [(f'{title} difficult={policy}: {DIFFICULT_POLICY_NAMES[policy]}', r) for policy, r in by_policy.items()]
+    return Evaluation(report=report, rows=rows, rank=rank)

@@ -1,15 +1,11 @@
 """Reading what a weights folder holds: the one weight-file reader, the one Hub download, the one config reader.
 
-Every weight file the package reads goes through :func:`read_weight_file` (safetensors, or
-``torch.load(weights_only=True)`` for ``.pth``/``.pth.tar``/``.bin``/``.pt``; a pickle that needs more is refused,
-never unpickled); :func:`load_state_dict` unwraps a training checkpoint's state dict with timm's
-``clean_state_dict``. Every Hub file the package fetches goes through :func:`hub_download` (timm's
-``download_from_hf``, the Hugging Face cache). Every ``config.json`` / ``train_config.json`` the package reads
-goes through :func:`read_config_json`, which checks each field the loaders use (architecture, num_classes,
-label_names, model_args types, the pre-processing) so that a bad value is one :class:`ModelLoadError` naming the
-file, the field, the value and the fix, never a traceback further on.
-
-Nothing here imports the model file: imports point ``weight_files <- models <- loading/hub``.
+:func:`read_weight_file` reads safetensors, or ``.pth``/``.pth.tar``/``.bin``/``.pt`` with
+``torch.load(weights_only=True)`` (a pickle that needs more is refused, never unpickled); :func:`load_state_dict`
+unwraps a training checkpoint with timm's ``clean_state_dict``; :func:`hub_download` is timm's ``download_from_hf``;
+:func:`read_config_json` checks every field of a ``config.json``/``train_config.json`` the loaders use, so a bad
+value is one :class:`ModelLoadError` naming the file, field, value and fix. Imports point
+``weight_files <- models <- loading/hub``.
 """
 from __future__ import annotations
 

@@ -45,9 +45,9 @@ def _restore_threads():
 
 
 def _load_manifest(path=None):
-    """The weights manifest reader (srdl_timm.models._pretrained; formerly srdl_timm.hub)."""
+    """The weights manifest reader (srdl_timm.models.pretrained; formerly srdl_timm.hub)."""
     try:
-        from srdl_timm.models._pretrained import load_manifest
+        from srdl_timm.models.pretrained import load_manifest
     except ImportError:
         from srdl_timm.hub import load_manifest
     return load_manifest(path)
@@ -263,9 +263,9 @@ def test_pointing_game_hits_misses_and_chance(tmp_path):
     """A map peaking inside the class's box is a hit, one peaking elsewhere a miss; chance is the fraction of grid
     cells overlapping the boxes; boxes come from the COCO file in dataset order."""
     from fixtures_data import write_coco_json
-    from srdl_timm.data import create_dataset
+    from srdl_timm.data import create_multilabel_dataset
     written = write_coco_json(tmp_path, split='test', num_images=5, image_size=(64, 48), seed=4)
-    dataset = create_dataset('coco-json', str(tmp_path), 'test')
+    dataset = create_multilabel_dataset('coco-json', str(tmp_path), 'test')
     boxes = bm.load_boxes(dataset)
     assert len(boxes) == len(dataset) and all(b[-1] == [(0.0, 0.0, 64.0, 48.0)] for b in boxes)
     by_id = {img['id']: img for img in written['data']['images']}
@@ -462,8 +462,8 @@ def test_cli_parallel_datasets_run_in_separate_processes(tmp_path, capsys, monke
 
 
 def test_cli_coco_path_uses_fit_on_real_format_data(tmp_path):
-    """--data coco builds the datasets with create_dataset, trains each row with srdl_timm.training.fit under the
-    paper recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
+    """--data coco builds the datasets with create_multilabel_dataset, trains each row with srdl_timm.training.fit
+    under the paper recipe (explicit overrides win) and reports on val2014, the paper's evaluation split."""
     root = tmp_path / 'coco'
     write_coco(root, split='train', num_images=8, seed=1, class_pool=[1, 2, 3, 62, 44])
     val = write_coco(root, split='val', num_images=6, seed=2, class_pool=[1, 2, 3, 62, 44])
@@ -525,7 +525,7 @@ def test_shipped_weights_load_offline_and_beat_chance(tmp_path, monkeypatch):
     checked against weights/manifest.json) with no network, and on a freshly built set of scenes its mAP is far
     above chance."""
     monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-    from srdl_timm.data import create_dataset, create_loader, create_transform
+    from srdl_timm.data import create_multilabel_dataset, create_multilabel_loader, create_paper_transform
     from benchmarks.fashion_scenes import FASHION_SCENES_CLASSES, build_fashion_scenes
     assert SHIPPED_TAG in timm.list_pretrained('srdl_*'), 'weights/manifest.json lists no shipped Fashion Scenes weights'
     entry = next(e for e in _load_manifest()['weights'] if f"{e['architecture']}.{e['tag']}" == SHIPPED_TAG)
@@ -537,8 +537,10 @@ def test_shipped_weights_load_offline_and_beat_chance(tmp_path, monkeypatch):
     build_fashion_scenes(root, preset='quick', seed=20250, num_train=0, num_val=0, num_test=200)
     data_config = timm.data.resolve_data_config({}, model=model)
     assert tuple(data_config['input_size']) == (3, 128, 128)
-    dataset = create_dataset('coco-json', str(root), 'test', transform=create_transform(data_config, False))
-    logits, targets = bm.predict_logits(model, create_loader(dataset, 50, False, num_workers=0), torch.device('cpu'))
+    dataset = create_multilabel_dataset('coco-json', str(root), 'test',
+                                        transform=create_paper_transform(data_config, False))
+    logits, targets = bm.predict_logits(model, create_multilabel_loader(dataset, 50, False, num_workers=0),
+                                        torch.device('cpu'))
     metrics = bm.metrics_from_logits(logits, targets, dataset.label_names)
     prevalence = float(targets.clamp(min=0).mean()) * 100
     assert metrics['mAP_interpolated'] > SHIPPED_MIN_MAP > 1.5 * prevalence, (metrics['mAP_interpolated'], prevalence)

@@ -1,4 +1,5 @@
-"""Tests of srdl_timm/cli/__init__.py: ``run_cli``, the one error boundary of every ``srdl-*`` console script.
+"""Tests of srdl_timm/cli/__init__.py: ``run_cli``, the one error boundary of every ``srdl-*`` console script, and
+the flags the scripts share (the model flags, the progress-bar default).
 
 Expected errors (SRDLError, OSError) become one ``PROG: error: ...`` line and an exit status; a DataLoader worker's
 wrapped message shows only the original message; Ctrl-C exits 130; ``--debug`` / SRDL_DEBUG=1 re-raise; anything
@@ -12,7 +13,7 @@ import os
 import pytest
 from torch.utils.data import DataLoader, Dataset
 
-from srdl_timm.cli import add_common_args, run_cli
+from srdl_timm.cli import add_common_args, add_model_args, model_spec_from_args, progress_enabled, run_cli
 from srdl_timm.errors import InputError, OperationError, SRDLError
 
 PROG = 'srdl-x'
@@ -162,3 +163,28 @@ def test_unexpected_exceptions_keep_their_traceback(bug, capsys):
     assert any(entry.frame.code.name == '<lambda>' for entry in info.traceback)
     assert 'error:' not in capsys.readouterr().err
 
+
+def test_progress_bar_default_follows_the_terminal(monkeypatch):
+    """No flag: a bar exactly when stderr is a terminal; --quiet hides it there; --progress forces it elsewhere."""
+    Namespace = argparse.Namespace
+    monkeypatch.setattr('sys.stderr.isatty', lambda: True)
+    assert progress_enabled(Namespace(quiet=False, progress=False))
+    assert not progress_enabled(Namespace(quiet=True, progress=False))
+    monkeypatch.setattr('sys.stderr.isatty', lambda: False)
+    assert not progress_enabled(Namespace(quiet=False, progress=False))
+    assert progress_enabled(Namespace(quiet=False, progress=True))
+
+
+def test_model_flags_become_a_model_spec():
+    """The shared model flags parse into the ModelSpec the library loads: K=V kwargs as Python literals, the
+    random-init switch, and no flag given means no model named."""
+    parser = argparse.ArgumentParser()
+    add_model_args(parser)
+    spec = model_spec_from_args(parser.parse_args(['--model', 'resnet10t', '--num-classes', '3', '--random-init',
+                                                   '--model-kwargs', 'drop_rate=0.1', 'global_pool=avg']))
+    assert (spec.model, spec.checkpoint, spec.num_classes, spec.random_init) == ('resnet10t', None, 3, True)
+    assert dict(spec.model_kwargs) == {'drop_rate': 0.1, 'global_pool': 'avg'}
+    empty = model_spec_from_args(parser.parse_args([]))
+    assert (empty.model, empty.checkpoint, empty.random_init, dict(empty.model_kwargs)) == (None, None, False, {})
+    with pytest.raises(InputError, match="key=value, got 'drop_rate'"):
+        model_spec_from_args(parser.parse_args(['--model-kwargs', 'drop_rate']))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from fixtures_data import write_coco, write_corrupt_image
-from srdl_timm.data import COCO_CLASSES, CocoMultiLabel, UnreadableImageError, create_dataset, load_coco_json
+from srdl_timm.data import COCO_CLASSES, CocoMultiLabel, UnreadableImageError, create_multilabel_dataset, load_coco_json
 
 
 @pytest.fixture(scope='module')
@@ -28,7 +28,7 @@ def test_labels_order_and_counts_match_what_was_written(coco, caplog):
     images without annotations are skipped and the count is logged."""
     root, val, _ = coco
     with caplog.at_level(logging.INFO, logger='srdl_timm.data.coco'):
-        ds = create_dataset('coco', str(root), 'val')
+        ds = create_multilabel_dataset('coco', str(root), 'val')
     assert isinstance(ds, CocoMultiLabel)
     assert ds.label_names == list(COCO_CLASSES) and ds.num_classes == 80
     assert len(ds) == 6 == len(val['kept_file_names'])
@@ -44,7 +44,7 @@ def test_labels_order_and_counts_match_what_was_written(coco, caplog):
 def test_keep_empty_keeps_all_zero_rows(coco):
     """keep_empty=True keeps images without annotations as all-zero target rows (the full split)."""
     root, val, _ = coco
-    ds = create_dataset('coco', str(root), 'val', keep_empty=True)
+    ds = create_multilabel_dataset('coco', str(root), 'val', keep_empty=True)
     assert len(ds) == 8
     empty_rows = [i for i, p in enumerate(ds.image_paths) if os.path.basename(p) in val['empty_file_names']]
     assert len(empty_rows) == 2 and not ds.targets[empty_rows].any()
@@ -53,7 +53,7 @@ def test_keep_empty_keeps_all_zero_rows(coco):
 def test_crowd_annotations_count_as_present(coco):
     """A category whose only annotation in an image is iscrowd=1 is labelled present, and counted in info."""
     root, val, _ = coco
-    ds = create_dataset('coco', str(root), 'val')
+    ds = create_multilabel_dataset('coco', str(root), 'val')
     assert val['crowd_only'], 'fixture must contain crowd-only labels'
     for fname, name in val['crowd_only']:
         i = [os.path.basename(p) for p in ds.image_paths].index(fname)
@@ -64,7 +64,7 @@ def test_crowd_annotations_count_as_present(coco):
 def test_getitem_returns_rgb_image_and_float_target(coco):
     """dataset[i] is (transform(PIL RGB), float32 tensor [80]); the transform is settable."""
     root, val, train = coco
-    ds = create_dataset('coco', str(root), 'train2014')
+    ds = create_multilabel_dataset('coco', str(root), 'train2014')
     img, target = ds[0]
     assert isinstance(img, Image.Image) and img.mode == 'RGB' and img.size == (64, 48)
     assert target.dtype == torch.float32 and target.shape == (80,)
@@ -98,7 +98,7 @@ def test_bad_annotation_content_raises_naming_the_file(tmp_path, coco, mutate, m
     naming the annotation file."""
     root, ann = _corrupt_copy(tmp_path, coco, mutate)
     with pytest.raises(ValueError, match=match) as e:
-        create_dataset('coco', str(root), 'val')
+        create_multilabel_dataset('coco', str(root), 'val')
     assert ann in str(e.value)
 
 
@@ -117,29 +117,29 @@ def test_missing_files_and_folders_raise(tmp_path, coco):
     """A missing root, annotation file, image folder or listed image raises FileNotFoundError naming it."""
     root, val, _ = coco
     with pytest.raises(FileNotFoundError, match='root folder not found'):
-        create_dataset('coco', str(tmp_path / 'nope'), 'val')
+        create_multilabel_dataset('coco', str(tmp_path / 'nope'), 'val')
     with pytest.raises(FileNotFoundError, match='instances_val2014.json'):
-        create_dataset('coco', str(tmp_path), 'val')
+        create_multilabel_dataset('coco', str(tmp_path), 'val')
     (tmp_path / 'annotations').mkdir()
     (tmp_path / 'annotations' / 'instances_val2014.json').write_text(open(val['ann_file']).read())
     with pytest.raises(FileNotFoundError, match='image folder not found'):
-        create_dataset('coco', str(tmp_path), 'val')
+        create_multilabel_dataset('coco', str(tmp_path), 'val')
     (tmp_path / 'val2014').mkdir()
     for f in val['kept_file_names'][1:]:
         os.symlink(os.path.join(val['image_dir'], f), tmp_path / 'val2014' / f)
     with pytest.raises(FileNotFoundError, match=val['kept_file_names'][0]):
-        create_dataset('coco', str(tmp_path), 'val')
+        create_multilabel_dataset('coco', str(tmp_path), 'val')
 
 
 def test_bad_split_and_option_raise(coco):
     """An unknown split or an option the dataset does not take raises ValueError naming it."""
     root, _, _ = coco
     with pytest.raises(ValueError, match="'test'"):
-        create_dataset('coco', str(root), 'test')
+        create_multilabel_dataset('coco', str(root), 'test')
     with pytest.raises(ValueError, match='difficult'):
-        create_dataset('coco', str(root), 'val', difficult='ignore')
+        create_multilabel_dataset('coco', str(root), 'val', difficult='ignore')
     with pytest.raises(ValueError, match='on_corrupt'):
-        create_dataset('coco', str(root), 'val', on_corrupt='ignore')
+        create_multilabel_dataset('coco', str(root), 'val', on_corrupt='ignore')
 
 
 def test_corrupt_image_errors_by_default_and_is_skipped_on_request(tmp_path, caplog):
@@ -148,11 +148,11 @@ def test_corrupt_image_errors_by_default_and_is_skipped_on_request(tmp_path, cap
     info = write_coco(tmp_path, 'val', num_images=3, num_empty=0, seed=4)
     bad = os.path.join(info['image_dir'], info['kept_file_names'][1])
     write_corrupt_image(bad, 'truncated')
-    ds = create_dataset('coco', str(tmp_path), 'val')
+    ds = create_multilabel_dataset('coco', str(tmp_path), 'val')
     ds[0]
     with pytest.raises(UnreadableImageError, match=info['kept_file_names'][1]):
         ds[1]
-    ds = create_dataset('coco', str(tmp_path), 'val', on_corrupt='skip')
+    ds = create_multilabel_dataset('coco', str(tmp_path), 'val', on_corrupt='skip')
     with caplog.at_level(logging.WARNING):
         img, target = ds[1]
     assert bool((target == -1).all()) and img.mode == 'RGB'

@@ -1,5 +1,5 @@
 """Tests of srdl_timm/data/custom.py (CSV, user COCO-format JSON), data/images.py (robust image opening) and
-create_dataset's option checking (data/factory.py), on tiny real files.
+create_multilabel_dataset's option checking (data/factory.py), on tiny real files.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_data_custom.py
 """
@@ -13,7 +13,7 @@ from PIL import Image
 
 from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_image
 from srdl_timm.data import (
-    CocoJsonMultiLabel, CsvMultiLabel, UnreadableImageError, create_dataset, open_image)
+    CocoJsonMultiLabel, CsvMultiLabel, UnreadableImageError, create_multilabel_dataset, open_image)
 
 
 # ----------------------------------------------------------------------------------------------- CSV
@@ -21,7 +21,7 @@ def test_csv_list_layout_sorted_label_names(tmp_path):
     """List layout: labels joined by ';' (names with spaces work); without classes.txt the classes are the
     sorted labels of the file; targets match what was written, rows in file order."""
     info = write_csv(tmp_path, 'train', num_images=6, label_names=('zebra', 'cat', 'traffic light'), seed=1)
-    ds = create_dataset('csv', str(tmp_path), 'train')
+    ds = create_multilabel_dataset('csv', str(tmp_path), 'train')
     assert isinstance(ds, CsvMultiLabel)
     assert ds.label_names == ['cat', 'traffic light', 'zebra']
     for i, (rel, labels) in enumerate(info['rows']):
@@ -35,13 +35,13 @@ def test_csv_classes_txt_fixes_the_order_and_rejects_unknown_labels(tmp_path):
     line."""
     names = ('zebra', 'cat', 'traffic light')
     info = write_csv(tmp_path, 'train', num_images=5, label_names=names, seed=2, classes_txt=True)
-    ds = create_dataset('csv', str(tmp_path), 'train')
+    ds = create_multilabel_dataset('csv', str(tmp_path), 'train')
     assert ds.label_names == list(names)
     np.testing.assert_array_equal(ds.targets, info['targets'])
     with open(info['csv_file'], 'a') as f:
         f.write(f'{info["rows"][0][0].replace("000", "009")},cat;unicorn\n')
     with pytest.raises(ValueError, match=r"line 7: unknown label 'unicorn'") as e:
-        create_dataset('csv', str(tmp_path), 'train', check_files=False)
+        create_multilabel_dataset('csv', str(tmp_path), 'train', check_files=False)
     assert info['csv_file'] in str(e.value)
 
 
@@ -50,11 +50,11 @@ def test_csv_wide_layout_with_ignore_and_empty_rows(tmp_path, caplog):
     skipped and counted (kept with keep_empty=True)."""
     info = write_csv(tmp_path, 'val', num_images=6, layout='wide', seed=3, num_empty=2, num_ignore=2)
     with caplog.at_level(logging.WARNING):
-        ds = create_dataset('csv', str(tmp_path), 'val')
+        ds = create_multilabel_dataset('csv', str(tmp_path), 'val')
     assert ds.label_names == info['label_names'] and len(ds) == 4
     np.testing.assert_array_equal(ds.targets, info['targets'][info['non_empty']])
     assert (ds.targets == -1).sum() == 2 and '2 images without any present label skipped' in caplog.text
-    kept = create_dataset('csv', str(tmp_path), 'val', keep_empty=True)
+    kept = create_multilabel_dataset('csv', str(tmp_path), 'val', keep_empty=True)
     np.testing.assert_array_equal(kept.targets, info['targets'])
 
 
@@ -73,17 +73,17 @@ def test_bad_csv_raises_naming_file_and_line(tmp_path, content, match):
         write_image(tmp_path / n)
     (tmp_path / 'train.csv').write_text(content)
     with pytest.raises(ValueError, match=match) as e:
-        create_dataset('csv', str(tmp_path), 'train')
+        create_multilabel_dataset('csv', str(tmp_path), 'train')
     assert 'train.csv' in str(e.value)
 
 
 def test_csv_missing_files_raise(tmp_path):
     """A missing CSV or a listed image that does not exist raises FileNotFoundError naming it."""
     with pytest.raises(FileNotFoundError, match='train.csv'):
-        create_dataset('csv', str(tmp_path), 'train')
+        create_multilabel_dataset('csv', str(tmp_path), 'train')
     (tmp_path / 'train.csv').write_text('image,labels\nmissing.jpg,cat\n')
     with pytest.raises(FileNotFoundError, match='missing.jpg'):
-        create_dataset('csv', str(tmp_path), 'train')
+        create_multilabel_dataset('csv', str(tmp_path), 'train')
 
 
 # ----------------------------------------------------------------------------------------------- COCO-format JSON
@@ -94,7 +94,7 @@ def test_coco_json_default_paths_and_id_order(tmp_path):
                            seed=5, num_empty=1)
     data = json.load(open(info['ann_file']))
     assert [c['name'] for c in data['categories']] == ['zebra', 'traffic light', 'dog', 'cat']  # reverse id order
-    ds = create_dataset('coco-json', str(tmp_path), 'test')
+    ds = create_multilabel_dataset('coco-json', str(tmp_path), 'test')
     assert isinstance(ds, CocoJsonMultiLabel)
     assert ds.label_names == ['cat', 'dog', 'traffic light', 'zebra'] and len(ds) == 5
     np.testing.assert_array_equal(ds.targets, info['targets'])
@@ -105,19 +105,19 @@ def test_coco_json_default_paths_and_id_order(tmp_path):
 def test_coco_json_explicit_paths_and_missing_ann_file(tmp_path):
     """ann_file/image_dir override the defaults; a missing annotation file raises FileNotFoundError naming it."""
     info = write_coco_json(tmp_path / 'a', 'train', num_images=3, seed=6)
-    ds = create_dataset('coco-json', str(tmp_path / 'elsewhere'), 'train', ann_file=info['ann_file'],
-                        image_dir=info['image_dir'])
+    ds = create_multilabel_dataset('coco-json', str(tmp_path / 'elsewhere'), 'train', ann_file=info['ann_file'],
+                                   image_dir=info['image_dir'])
     assert len(ds) == 3
     with pytest.raises(FileNotFoundError, match=os.path.join('annotations', 'val.json')):
-        create_dataset('coco-json', str(tmp_path / 'a'), 'val')
+        create_multilabel_dataset('coco-json', str(tmp_path / 'a'), 'val')
 
 
 def test_create_dataset_rejects_unknown_names_and_options(tmp_path):
     """An unknown dataset name or option raises ValueError naming it and listing the choices."""
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
-        create_dataset('imagenet', str(tmp_path), 'val')
+        create_multilabel_dataset('imagenet', str(tmp_path), 'val')
     with pytest.raises(ValueError, match=r"\['label_sep'\]"):
-        create_dataset('coco-json', str(tmp_path), 'val', label_sep=',')
+        create_multilabel_dataset('coco-json', str(tmp_path), 'val', label_sep=',')
 
 
 # ----------------------------------------------------------------------------------------------- image files

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fixtures_data import write_voc
-from srdl_timm.data import VOC_CLASSES, VocMultiLabel, create_dataset
+from srdl_timm.data import VOC_CLASSES, VocMultiLabel, create_multilabel_dataset
 
 
 @pytest.fixture(scope='module')
@@ -25,7 +25,7 @@ def test_ternary_labels_and_training_policies(voc, policy, value):
     """Present → 1, absent → 0, difficult-only → 1 / 0 / -1 for the positive / negative / ignore policies; a class
     with a difficult and a non-difficult object is present."""
     root, info = voc
-    ds = create_dataset('voc', str(root), 'trainval', difficult=policy)
+    ds = create_multilabel_dataset('voc', str(root), 'trainval', difficult=policy)
     tern = info['ternary']['trainval']
     assert (tern == -1).any() and ds.info['difficult_only_entries'] == int((tern == -1).sum())
     expected = np.where(tern == -1, value, tern).astype(np.float32)
@@ -38,9 +38,9 @@ def test_default_policy_is_positive_for_training_and_ignore_for_test(voc, caplog
     """Without a policy, trainval uses 'positive' (ML-GCN) and test uses 'ignore' (standard evaluation); counts
     and the policy are logged."""
     root, info = voc
-    assert create_dataset('voc', str(root), 'trainval').difficult == 'positive'
+    assert create_multilabel_dataset('voc', str(root), 'trainval').difficult == 'positive'
     with caplog.at_level(logging.INFO, logger='srdl_timm.data.voc'):
-        test = create_dataset('voc', str(root), 'test')
+        test = create_multilabel_dataset('voc', str(root), 'test')
     assert test.difficult == 'ignore' and len(test) == 5
     assert 'VOC2007 test: 5 images' in caplog.text and 'policy: ignore' in caplog.text
     tern = info['ternary']['test']
@@ -52,7 +52,7 @@ def test_default_policy_is_positive_for_training_and_ignore_for_test(voc, caplog
 def test_difficult_setter_recomputes_targets(voc):
     """Changing dataset.difficult rewrites the targets of the difficult-only entries only."""
     root, info = voc
-    ds = create_dataset('voc', str(root), 'test')
+    ds = create_multilabel_dataset('voc', str(root), 'test')
     before = ds.targets.copy()
     ds.difficult = 'positive'
     changed = before != ds.targets
@@ -84,7 +84,7 @@ def test_malformed_xml_raises_naming_the_file(tmp_path, voc):
     text = open(xml).read()
     open(xml, 'w').write(text[: len(text) // 2])
     with pytest.raises(ValueError, match='malformed XML') as e:
-        create_dataset('voc', str(dst), 'test')
+        create_multilabel_dataset('voc', str(dst), 'test')
     assert xml in str(e.value)
 
 
@@ -102,32 +102,32 @@ def test_bad_object_fields_raise_naming_the_file(tmp_path, voc, old, new, match)
             open(xml, 'w').write(text.replace(old, new, 1))
             break
     with pytest.raises(ValueError, match=match) as e:
-        create_dataset('voc', str(dst), 'trainval')
+        create_multilabel_dataset('voc', str(dst), 'trainval')
     assert xml in str(e.value)
 
 
 def test_missing_files_raise(tmp_path, voc):
     """A missing devkit, split file, XML or JPEG raises FileNotFoundError naming what is missing."""
     with pytest.raises(FileNotFoundError, match='VOCdevkit'):
-        create_dataset('voc', str(tmp_path), 'test')
+        create_multilabel_dataset('voc', str(tmp_path), 'test')
     dst, vr, info = _copy(tmp_path, voc)
     os.remove(os.path.join(vr, 'JPEGImages', info['ids']['test'][1] + '.jpg'))
     with pytest.raises(FileNotFoundError, match=info['ids']['test'][1] + '.jpg'):
-        create_dataset('voc', str(dst), 'test')
+        create_multilabel_dataset('voc', str(dst), 'test')
     os.remove(os.path.join(vr, 'Annotations', info['ids']['test'][0] + '.xml'))
     with pytest.raises(FileNotFoundError, match=info['ids']['test'][0] + '.xml'):
-        create_dataset('voc', str(dst), 'test')
+        create_multilabel_dataset('voc', str(dst), 'test')
     with pytest.raises(FileNotFoundError, match='val.txt'):
-        create_dataset('voc', str(dst), 'val')
+        create_multilabel_dataset('voc', str(dst), 'val')
 
 
 def test_bad_split_and_policy_raise(voc):
     """An unknown split or difficult policy raises ValueError naming it."""
     root, _ = voc
     with pytest.raises(ValueError, match="'validation'"):
-        create_dataset('voc', str(root), 'validation')
+        create_multilabel_dataset('voc', str(root), 'validation')
     with pytest.raises(ValueError, match="'hard'"):
-        create_dataset('voc', str(root), 'test', difficult='hard')
+        create_multilabel_dataset('voc', str(root), 'test', difficult='hard')
 
 
 def test_image_without_objects_is_skipped_and_counted(tmp_path, voc, caplog):
@@ -138,8 +138,8 @@ def test_image_without_objects_is_skipped_and_counted(tmp_path, voc, caplog):
     text = open(xml).read()
     open(xml, 'w').write(text[:text.index('<object>')] + '</annotation>')
     with caplog.at_level(logging.WARNING):
-        ds = create_dataset('voc', str(dst), 'test')
+        ds = create_multilabel_dataset('voc', str(dst), 'test')
     assert len(ds) == 4 and image_id not in ds.image_ids and xml in caplog.text
     assert ds.info['images_without_objects'] == 1
-    kept = create_dataset('voc', str(dst), 'test', keep_empty=True)
+    kept = create_multilabel_dataset('voc', str(dst), 'test', keep_empty=True)
     assert len(kept) == 5 and not kept.targets[kept.image_ids.index(image_id)].any()

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import srdl_timm  # noqa: F401
-from srdl_timm.data.transforms import create_transform
+from srdl_timm.data.transforms import create_paper_transform
 from srdl_timm.explain import (
     PANEL_HEIGHT, erase_box, explain, heatmap_colors, render_overlay, render_panel, save_explanation, upsample_maps)
 from srdl_timm.layers.oe import erase_region
@@ -47,7 +47,7 @@ def images(tmp_path_factory):
 def _reference_attention(model, path):
     cfg = dict(input_size=(3, SIZE, SIZE), interpolation='bilinear', mean=model.pretrained_cfg['mean'],
                std=model.pretrained_cfg['std'])
-    x = create_transform(cfg, False)(Image.open(path).convert('RGB'))[None]
+    x = create_paper_transform(cfg, False)(Image.open(path).convert('RGB'))[None]
     with torch.no_grad():
         out = model.attention_maps(x)
     return torch.sigmoid(out['logits'])[0].numpy(), out['spatial_attention'][0].numpy()

@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 import srdl_timm  # noqa: F401  registers the SRDL architectures
 from fixtures_data import write_csv
 from srdl_timm.errors import InputError
-from srdl_timm.loading import load_model, model_args, read_model_config
+from srdl_timm.loading import ModelSpec, load_model, load_model_from_spec, model_args, read_model_config
 from srdl_timm.weight_files import ModelLoadError
 
 NAMES = ['cat', 'dog', 'traffic light']
@@ -158,6 +158,29 @@ def test_bare_checkpoint_without_config_needs_a_model_name(tmp_path):
         load_model(None, ckpt)
     model = load_model('srdl_test_resnet', ckpt, model_kwargs={k: v for k, v in ARGS.items() if k != 'embed_dim'})
     assert model.num_classes == 3 and model.embed_dim == 8 and _same(model, source)
+
+
+def test_model_spec_loads_like_the_flags_say_and_refuses_contradictions(tmp_path):
+    """load_model_from_spec: a checkpoint loads strictly with its config (the ``num_classes`` default must agree
+    with the weights), a spec's own num_classes wins over the default, random-init needs a model and excludes a
+    checkpoint, no model at all is an error naming both flags; spec.config() reads the config beside the weights
+    or in a local-dir folder."""
+    source = _model()
+    folder = _published(source, tmp_path / 'pub')
+    assert _same(load_model_from_spec(ModelSpec(checkpoint=str(folder)), num_classes=3), source)
+    with pytest.raises(ModelLoadError, match='but 5 classes were asked for'):
+        load_model_from_spec(ModelSpec(checkpoint=str(folder)), num_classes=5)
+    random = load_model_from_spec(ModelSpec(model='resnet10t', num_classes=4, random_init=True), num_classes=7)
+    assert random.num_classes == 4
+    with pytest.raises(InputError, match='--random-init and --checkpoint exclude each other'):
+        load_model_from_spec(ModelSpec(model='resnet10t', checkpoint=str(folder), random_init=True))
+    with pytest.raises(InputError, match='--random-init needs --model NAME'):
+        load_model_from_spec(ModelSpec(random_init=True))
+    with pytest.raises(InputError, match='give --checkpoint FILE .* and/or --model NAME'):
+        load_model_from_spec(ModelSpec())
+    assert ModelSpec(model=f'local-dir:{folder}').config()['label_names'] == NAMES
+    assert ModelSpec(checkpoint=str(folder)).config()['architecture'] == 'srdl_test_resnet'
+    assert ModelSpec(model='resnet10t').config() == {}
 
 
 def test_config_naming_another_architecture_or_bad_json(tmp_path):

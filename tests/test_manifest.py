@@ -1,5 +1,5 @@
 """Tests of the weights manifest: writing it (srdl_timm/manifest.py: register_weights, verify_manifest,
-manifest_markdown) and reading it (srdl_timm/models/_pretrained.py: load_manifest validation, manifest_pretrained_cfgs,
+manifest_markdown) and reading it (srdl_timm/models/pretrained.py: load_manifest validation, manifest_pretrained_cfgs,
 sha256 verification), and manifest tags loading through timm in a fresh offline process.
 
 Offline Hub and manifest-registry checks run in one subprocess (the ``offline_process`` fixture, which also loads an
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 import srdl_timm  # noqa: F401  registers the SRDL architectures
 from srdl_timm import hub
-from srdl_timm.models._pretrained import manifest_pretrained_cfgs
+from srdl_timm.models.pretrained import manifest_pretrained_cfgs
 
 from fixtures_data import (
     HUB_ENV as ENV, HUB_IMG as IMG, HUB_NAMES as NAMES, HUB_REPORT as REPORT, model_out as _out,

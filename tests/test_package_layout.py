@@ -5,8 +5,6 @@ import ast
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-import pytest
-
 import srdl_timm
 
 ROOT = Path(srdl_timm.__file__).resolve().parent
@@ -158,11 +156,6 @@ def test_ops_layers_and_training_have_no_cycle_and_no_private_import():
     assert private == [], '\n'.join(private)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    'outside ops/, layers/ and training/ (modules other helpers are refactoring for issue #23): cli.export imports '
-    'export._input_size, cli.predict explain._check_attention_model; hub, manifest, '
-    'model_card, loading and cli.publish import from the private module models._pretrained (hub, manifest, '
-    'model_card also its _names)'))
 def test_package_has_no_cycle_and_no_private_import():
     """The whole package: the srdl_timm-internal import graph is acyclic and no module imports (or reads as
     ``module._name``) a private name of another srdl_timm module."""

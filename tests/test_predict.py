@@ -1,7 +1,7 @@
 """Tests of srdl_timm/predict.py and srdl_timm/cli/predict.py (``srdl-predict``): real image files in, correct
 table/JSON/CSV out, bad inputs reported per file with a non-zero exit status, strict model loading from a checkpoint
-(with its config beside it, or bare) or a local-dir, the header saying what the weights know, the progress-bar
-default. Collecting inputs from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
+(with its config beside it, or bare) or a local-dir, the header saying what the weights know. Collecting inputs
+from folders and globs (srdl_timm/data/inputs.py): tests/test_data_inputs.py.
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_predict.py
 """
@@ -19,8 +19,8 @@ from PIL import Image
 from safetensors.torch import save_file
 
 import srdl_timm  # noqa: F401
-from srdl_timm.cli.predict import main, progress_enabled
-from srdl_timm.data.transforms import create_transform
+from srdl_timm.cli.predict import main
+from srdl_timm.data.transforms import create_paper_transform
 from srdl_timm.loading import model_args
 from srdl_timm.predict import Prediction, collect_inputs, format_csv, format_table, select_labels
 
@@ -88,7 +88,7 @@ def _expected_scores(model, path):
                std=model.pretrained_cfg['std'])
     img = Image.open(path).convert('RGB')
     with torch.no_grad():
-        return torch.sigmoid(model(create_transform(cfg, False)(img)[None]))[0].numpy()
+        return torch.sigmoid(model(create_paper_transform(cfg, False)(img)[None]))[0].numpy()
 
 
 def _run_json(args, tmp_path, name='out.json'):
@@ -230,7 +230,7 @@ def test_broken_symlink_and_unreadable_file_are_reported(assets, tmp_path):
 def test_label_names_fall_back_to_class_index_with_a_warning(assets, tmp_path, caplog):
     """A checkpoint without label names and no --label-names gives class_0.. and logs a warning; --label-names FILE
     supplies them."""
-    with caplog.at_level(logging.WARNING, logger='srdl_timm.predict'):
+    with caplog.at_level(logging.WARNING, logger='srdl_timm.labels.names'):
         rc, doc = _run_json([assets['good'][0], '--model', 'srdl_test_resnet', '--checkpoint', assets['bare'],
                              '--topk', '4'], tmp_path)
     assert rc == 0
@@ -332,17 +332,6 @@ def test_shipped_weights_header_says_what_they_know(assets, capsys):
     assert header[1].startswith('# knows 10 labels: t-shirt, trousers, pullover, dress, coat, sandal')
     assert any(line.startswith('# trained on: ') and 'Fashion Scenes' in line for line in header)
     assert any('scores only these 10 labels' in line for line in header)
-
-
-def test_progress_bar_default_follows_the_terminal(monkeypatch):
-    """No flag: a bar exactly when stderr is a terminal; --quiet hides it there; --progress forces it elsewhere."""
-    from argparse import Namespace
-    monkeypatch.setattr('sys.stderr.isatty', lambda: True)
-    assert progress_enabled(Namespace(quiet=False, progress=False))
-    assert not progress_enabled(Namespace(quiet=True, progress=False))
-    monkeypatch.setattr('sys.stderr.isatty', lambda: False)
-    assert not progress_enabled(Namespace(quiet=False, progress=False))
-    assert progress_enabled(Namespace(quiet=False, progress=True))
 
 
 def test_amp_and_worker_processes_give_the_same_labels(assets, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of srdl_timm/models/_pretrained.py and the static pretrained cfgs of models/srdl.py: the cfgs agree with
+"""Tests of srdl_timm/models/pretrained.py and the static pretrained cfgs of models/srdl.py: the cfgs agree with
 weights/manifest.json (the record), pool sizes follow the backbone's feature_info, shipped weights are sha256-checked
 and explained when missing, default label nodes, import direction, and a non-editable wheel install."""
 import json
@@ -18,7 +18,7 @@ import torch
 import srdl_timm  # noqa: F401  registers the SRDL architectures
 from srdl_timm.data.label_sets import COCO_CLASSES, VOC_CLASSES
 from srdl_timm.labels import shipped_label_embeddings
-from srdl_timm.models import _pretrained as P
+from srdl_timm.models import pretrained as P
 from srdl_timm.models import srdl as srdl_module
 
 REPO = Path(__file__).resolve().parent.parent
@@ -126,7 +126,7 @@ def test_imports_point_one_way_and_import_reads_no_weights():
         out = {'modules': sorted(m for m in sys.modules if m.startswith('srdl_timm')),
                'opened': [p for p in opened if p.endswith(('manifest.json', '.safetensors'))],
                'tags': timm.list_pretrained('srdl*')}
-        for name in ('srdl_timm.models._pretrained', 'srdl_timm.loading', 'srdl_timm.hub', 'srdl_timm.labels'):
+        for name in ('srdl_timm.models.pretrained', 'srdl_timm.loading', 'srdl_timm.hub', 'srdl_timm.labels'):
             importlib.import_module(name)
         print('RESULT' + json.dumps(out))
     ''')

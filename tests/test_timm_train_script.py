@@ -27,7 +27,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 
 import srdl_timm  # noqa: F401
-from srdl_timm.data import create_dataset
+from srdl_timm.data import create_multilabel_dataset
 from srdl_timm.metrics import MultiLabelMetrics
 from srdl_timm.training import SRDLTask
 from srdl_timm.timm_script import SCRIPTS_DIR_ENV, script_version
@@ -43,7 +43,8 @@ def test_timm_task_stack_trains_srdl_with_object_erasing(tmp_path):
     timm's multi-label evaluator on the EMA model agrees with srdl_timm's non-interpolated mAP."""
     write_csv(tmp_path, split='train', num_images=8, seed=0)
     write_csv(tmp_path, split='val', num_images=6, seed=1)
-    train_ds, val_ds = create_dataset('csv', str(tmp_path), 'train'), create_dataset('csv', str(tmp_path), 'val')
+    train_ds = create_multilabel_dataset('csv', str(tmp_path), 'train')
+    val_ds = create_multilabel_dataset('csv', str(tmp_path), 'val')
     common = dict(input_size=(3, 64, 64), batch_size=4, use_prefetcher=False, num_workers=0,
                   device=torch.device('cpu'))
     train_loader = create_loader(train_ds, is_training=True, no_aug=True, **common)

@@ -1,6 +1,6 @@
-"""Tests of srdl_timm/validate.py and srdl_timm/cli/validate.py (srdl-validate), srdl_timm/data/factory.create_loader
-and the evaluation sampler and gather of srdl_timm/data/samplers.py, end to end on tiny real datasets with a stock
-timm model (resnet10t, 64 px).
+"""Tests of srdl_timm/validate.py and srdl_timm/cli/validate.py (srdl-validate), create_multilabel_loader
+(data/factory.py) and the evaluation sampler and gather of srdl_timm/data/samplers.py, end to end on tiny real
+datasets with a stock timm model (resnet10t, 64 px).
 
 Run: OMP_NUM_THREADS=1 pytest -q tests/test_validate.py
 """
@@ -20,8 +20,10 @@ from timm.data import resolve_data_config
 
 from fixtures_data import write_coco_json, write_corrupt_image, write_csv, write_voc
 from srdl_timm.cli.validate import main
-from srdl_timm.data import VOC_CLASSES, DistributedEvalSampler, create_dataset, create_loader, create_transform
-from srdl_timm.validate import class_index_by_name, validate
+from srdl_timm.data import (
+    VOC_CLASSES, DistributedEvalSampler, create_multilabel_dataset, create_multilabel_loader, create_paper_transform)
+from srdl_timm.loading import ModelSpec
+from srdl_timm.validate import class_index_by_name, evaluate_dataset, format_rows, validate
 
 IMG = 64
 
@@ -46,7 +48,8 @@ def coco_json(tmp_path_factory):
 
 def _eval_dataset(root, model):
     cfg = resolve_data_config({}, model=model)
-    return create_dataset('coco-json', str(root), 'val', transform=create_transform(cfg, False, size=IMG))
+    return create_multilabel_dataset('coco-json', str(root), 'val',
+                                     transform=create_paper_transform(cfg, False, size=IMG))
 
 
 def test_validate_matches_an_independent_computation(coco_json):
@@ -55,7 +58,7 @@ def test_validate_matches_an_independent_computation(coco_json):
     root, info = coco_json
     model = _model(3)
     ds = _eval_dataset(root, model)
-    r = validate(model, create_loader(ds, 4, is_training=False, num_workers=0), torch.device('cpu'),
+    r = validate(model, create_multilabel_loader(ds, 4, is_training=False, num_workers=0), torch.device('cpu'),
                  progress=False, label_names=ds.label_names)
     with torch.no_grad():
         logits = torch.cat([model(ds[i][0][None]) for i in range(len(ds))]).numpy()
@@ -77,7 +80,7 @@ def test_class_index_reorders_logits_and_mismatched_names_raise(coco_json):
     root, _ = coco_json
     model = _model(3)
     ds = _eval_dataset(root, model)
-    loader = create_loader(ds, 5, is_training=False, num_workers=0)
+    loader = create_multilabel_loader(ds, 5, is_training=False, num_workers=0)
     a = validate(model, loader, torch.device('cpu'), progress=False)
     b = validate(model, loader, torch.device('cpu'), progress=False, class_index=[2, 1, 0])
     assert a['AP_interpolated'][0] != b['AP_interpolated'][0]
@@ -94,7 +97,7 @@ def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
     root, _ = coco_json
     model = _model(3)
     ds = torch.utils.data.Subset(_eval_dataset(root, model), range(4))  # bf16 on CPU is slow: 4 images
-    loader = create_loader(ds, 3, is_training=False, num_workers=0)
+    loader = create_multilabel_loader(ds, 3, is_training=False, num_workers=0)
     cpu = torch.device('cpu')
     amp = validate(model, loader, cpu, amp_dtype=torch.bfloat16, progress=False)
     assert amp['head_dtype'] == 'float32' and amp['num_samples'] == 4
@@ -104,6 +107,26 @@ def test_amp_keeps_a_float32_head_and_channels_last_runs(coco_json):
     a = validate(model, loader, cpu, progress=False)
     b = validate(model, loader, cpu, channels_last=True, progress=False)
     assert a['mAP_interpolated'] == pytest.approx(b['mAP_interpolated'], abs=1e-6)
+
+
+def test_evaluate_dataset_is_the_report_without_printing(tmp_path, coco_json, capsys):
+    """evaluate_dataset, the library behind srdl-validate, prints and writes nothing; its metrics equal validate()
+    on the same data, its one row names the checkpoint, the split and the image count, and the report records the
+    spec (checkpoint and sha256, model kwargs, not pretrained)."""
+    root, info = coco_json
+    model = _model(3, seed=5)
+    ckpt = _checkpoint(tmp_path / 'w.safetensors', model)
+    spec = ModelSpec(model='resnet10t', checkpoint=ckpt, model_kwargs={'drop_rate': 0.0})
+    ev = evaluate_dataset(spec, 'coco-json', str(root), img_size=IMG, batch_size=4, workers=0)
+    assert capsys.readouterr() == ('', '') and not (tmp_path / 'val.json').exists()
+    direct = validate(model, create_multilabel_loader(_eval_dataset(root, model), 4, is_training=False, num_workers=0),
+                      torch.device('cpu'), progress=False)
+    assert ev.rank == 0 and ev.report['metrics']['mAP_interpolated'] == pytest.approx(direct['mAP_interpolated'])
+    assert [title for title, _ in ev.rows] == [f'resnet10t coco-json/val ({len(info["targets"])} images)']
+    assert ev.report['checkpoint'] == dict(path=os.path.abspath(ckpt),
+                                           sha256=hashlib.sha256(open(ckpt, 'rb').read()).hexdigest())
+    assert ev.report['model_kwargs'] == {'drop_rate': 0.0} and ev.report['pretrained'] is False
+    assert ev.report['protocol']['split'] == 'val' and 'resnet10t coco-json/val' in format_rows(ev.rows)
 
 
 def test_cli_voc_checkpoint_report(tmp_path, capsys):
@@ -128,9 +151,9 @@ def test_cli_voc_checkpoint_report(tmp_path, capsys):
     assert p['num_images'] == p['num_images_evaluated'] == 6 and p['split'] == 'test'
     assert p['input_size'] == [3, IMG, IMG] and p['interpolation'] == 'bicubic' and len(p['mean']) == 3
     assert set(p['ap_definitions']) >= {'mAP_interpolated', 'mAP_non_interpolated'}
-    ds = create_dataset('voc', str(tmp_path / 'voc'), 'test', difficult='ignore',
-                        transform=create_transform(resolve_data_config({}, model=model), False, size=IMG))
-    direct = validate(model, create_loader(ds, 6, False, num_workers=0), torch.device('cpu'), progress=False)
+    transform = create_paper_transform(resolve_data_config({}, model=model), False, size=IMG)
+    ds = create_multilabel_dataset('voc', str(tmp_path / 'voc'), 'test', difficult='ignore', transform=transform)
+    direct = validate(model, create_multilabel_loader(ds, 6, False, num_workers=0), torch.device('cpu'), progress=False)
     assert rep['metrics']['mAP_interpolated'] == pytest.approx(direct['mAP_interpolated'], abs=1e-6)
     assert rep['metrics']['OF1_top3'] == pytest.approx(direct['OF1_top3'], abs=1e-6)
     # both VOC conventions, named in the printed rows and the JSON
@@ -238,17 +261,17 @@ def test_eval_loader_never_drops_and_distributed_slices_partition():
     index once; training loaders shuffle reproducibly from the seed and drop the last batch by default."""
     data = list(range(11))
     with pytest.raises(ValueError, match='drop_last'):
-        create_loader(data, 4, is_training=False, num_workers=0, drop_last=True)
-    assert sum(len(b) for b in create_loader(data, 4, is_training=False, num_workers=0)) == 11
+        create_multilabel_loader(data, 4, is_training=False, num_workers=0, drop_last=True)
+    assert sum(len(b) for b in create_multilabel_loader(data, 4, is_training=False, num_workers=0)) == 11
     for world in (2, 3, 4, 12):
         parts = [list(DistributedEvalSampler(data, num_replicas=world, rank=r)) for r in range(world)]
         assert sum(parts, []) == data and max(map(len, parts)) - min(map(len, parts)) <= 1
-    a = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=3)]
-    b = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=3)]
-    c = [b.tolist() for b in create_loader(data, 4, is_training=True, num_workers=0, seed=4)]
+    a = [b.tolist() for b in create_multilabel_loader(data, 4, is_training=True, num_workers=0, seed=3)]
+    b = [b.tolist() for b in create_multilabel_loader(data, 4, is_training=True, num_workers=0, seed=3)]
+    c = [b.tolist() for b in create_multilabel_loader(data, 4, is_training=True, num_workers=0, seed=4)]
     assert a == b and a != c and len(a) == 2 and sum(a, []) != sorted(sum(a, []))
     with pytest.raises(ValueError, match='not initialised'):
-        create_loader(data, 4, is_training=False, num_workers=0, distributed=True)
+        create_multilabel_loader(data, 4, is_training=False, num_workers=0, distributed=True)
 
 
 def test_cli_csv_without_classes_txt_takes_the_weights_label_set(tmp_path, capsys):

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from srdl_timm.data import create_dataset
+from srdl_timm.data import create_multilabel_dataset
 
 from .config import DATA_SPLITS, BenchmarkConfig
 
@@ -17,7 +17,7 @@ _DEFAULT_DATA_HOME = '~/.cache/srdl_timm/benchmark'
 
 @dataclass
 class DataSpec:
-    """A resolved data source: ``dataset`` is the :func:`srdl_timm.data.create_dataset` name."""
+    """A resolved data source: ``dataset`` is the :func:`srdl_timm.data.create_multilabel_dataset` name."""
     source: str
     dataset: str
     root: str
@@ -32,7 +32,7 @@ class DataSpec:
         options: Dict[str, Any] = {}
         if self.source == 'voc':
             options['difficult'] = 'ignore'
-        return create_dataset(self.dataset, self.root, split, transform=transform, **options)
+        return create_multilabel_dataset(self.dataset, self.root, split, transform=transform, **options)
 
 
 def default_data_root(preset: str, seed: int) -> str:
@@ -42,7 +42,7 @@ def default_data_root(preset: str, seed: int) -> str:
 
 
 def prepare_data(cfg: BenchmarkConfig) -> DataSpec:
-    """Build or reuse Fashion Scenes, or check that COCO/VOC load through :func:`create_dataset`.
+    """Build or reuse Fashion Scenes, or check that COCO/VOC load through :func:`create_multilabel_dataset`.
 
     Returns:
         The :class:`DataSpec`, with the class names from the training split.

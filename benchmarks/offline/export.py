@@ -9,18 +9,11 @@ import timm
 import torch
 import torch.nn as nn
 
-from srdl_timm.data import create_loader, create_transform
+from srdl_timm.data import create_multilabel_loader, create_paper_transform
+from srdl_timm.validate import AP_DEFINITIONS
 
 from .environment import software_versions
 from .stats import metrics_from_logits, predict_logits
-
-
-def _ap_definitions() -> Any:
-    try:
-        from srdl_timm.metrics import AP_DEFINITIONS
-    except ImportError:
-        from srdl_timm.validate import AP_DEFINITIONS
-    return AP_DEFINITIONS
 
 
 def _evaluation_protocol(ctx: Any, split: str, num_images: int, evaluated: int, notes: str) -> Dict[str, Any]:
@@ -28,7 +21,7 @@ def _evaluation_protocol(ctx: Any, split: str, num_images: int, evaluated: int, 
     info = ctx.spec.info
     dataset = info['name'] + (f" v{info['version']} (preset {info['preset']}, seed {info['seed']})"
                               if ctx.spec.source == 'fashion-scenes' else '')
-    return dict(ap_definitions=_ap_definitions(), units='percent', split=split, dataset=dataset,
+    return dict(ap_definitions=AP_DEFINITIONS, units='percent', split=split, dataset=dataset,
                 num_images=num_images, num_images_evaluated=evaluated, input_size=list(dc['input_size']),
                 resize='squash to input_size (no centre crop)', interpolation=dc.get('interpolation'),
                 mean=list(dc['mean']), std=list(dc['std']), threshold=0.5, top_k=3,
@@ -59,9 +52,9 @@ def export_weights(ctx: Any, model: nn.Module, folder: Path, recipe: str, regist
         for tensor in list(shipped.parameters()) + list(shipped.buffers()):
             if tensor.is_floating_point():
                 tensor.copy_(tensor.half().float())  # exactly what loading the float16 file into float32 gives
-    transform = create_transform(ctx.data_config, is_training=False)
+    transform = create_paper_transform(ctx.data_config, is_training=False)
     test = spec.create(spec.test_split, transform)
-    loader = create_loader(test, 64, is_training=False, num_workers=ctx.cfg.workers)
+    loader = create_multilabel_loader(test, 64, is_training=False, num_workers=ctx.cfg.workers)
     logits, targets = predict_logits(shipped, loader, torch.device('cpu'))
     metrics = metrics_from_logits(logits, targets, spec.label_names)
     protocol = _evaluation_protocol(
@@ -92,7 +85,7 @@ def export_weights(ctx: Any, model: nn.Module, folder: Path, recipe: str, regist
             metrics=report, ship=True, manifest=manifest, replace=replace,
             notes='float16 weights; metrics on the Fashion Scenes test split, final checkpoint; '
                   'reproduce with the recipe command')
-    weights = folder / getattr(hub, 'WEIGHTS_FILENAME', 'model.safetensors')
+    weights = folder / hub.WEIGHTS_FILENAME
     return {'folder': str(folder), 'sha256': sha256_file(weights), 'size_bytes': weights.stat().st_size,
             'metrics': report['metrics'], 'per_class_AP': metrics['per_class_AP'], 'protocol': protocol,
             'entry': entry}

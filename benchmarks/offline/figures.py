@@ -7,7 +7,7 @@ from typing import Any, List, Mapping, Optional
 import numpy as np
 import torch.nn as nn
 
-from srdl_timm.data import create_transform
+from srdl_timm.data import create_paper_transform
 
 from .config import METRIC_LABELS
 
@@ -87,7 +87,7 @@ def overlays(ctx: Any, model: nn.Module, count: int) -> List[str]:
     chosen = (several + [i for i in range(len(dataset)) if i not in set(several)])[:count]
     if not chosen:
         return []
-    transform = create_transform(ctx.data_config, is_training=False)
+    transform = create_paper_transform(ctx.data_config, is_training=False)
     paths = [dataset.image_paths[i] for i in chosen]
     images = [open_image(p) for p in paths]
     results = explain(model, images, topk=3, erase=True, transform=transform)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 from timm.data import resolve_data_config
 
-from srdl_timm.data import create_loader, create_transform
+from srdl_timm.data import create_multilabel_loader, create_paper_transform
 from srdl_timm.loss import SRDLLoss
 from srdl_timm.training import TrainConfig, fit
 from srdl_timm.utils import jsonable
@@ -114,7 +114,7 @@ def prepare_frozen_trunk(ctx: Context) -> None:
     size = cfg.img_size or spec.info.get('params', {}).get('image_size') or int(data_config['input_size'][-1])
     data_config['input_size'] = (3, int(size), int(size))
     ctx.data_config = data_config
-    transform = create_transform(data_config, is_training=False)
+    transform = create_paper_transform(data_config, is_training=False)
     for split_name in (spec.train_split, spec.val_split, spec.test_split):
         if split_name in ctx.cache:
             continue
@@ -232,20 +232,22 @@ def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tupl
     data_config = resolve_data_config({}, model=model)
     data_config['input_size'] = (3, int(resolved['img_size']), int(resolved['img_size']))
     ctx.data_config = data_config
-    transform = create_transform(data_config, is_training=False)
+    transform = create_paper_transform(data_config, is_training=False)
     amp_dtype = torch.bfloat16 if (ctx.cfg.amp and ctx.device.type == 'cuda') else None
     t1 = time.perf_counter()
     outputs = []
     for split_name in (spec.test_split, spec.val_split):
-        loader = create_loader(spec.create(split_name, transform), int(resolved['batch_size']), is_training=False,
-                               num_workers=ctx.cfg.workers, pin_memory=ctx.device.type == 'cuda')
+        loader = create_multilabel_loader(spec.create(split_name, transform), int(resolved['batch_size']),
+                                          is_training=False, num_workers=ctx.cfg.workers,
+                                          pin_memory=ctx.device.type == 'cuda')
         outputs.append(predict_logits(model, loader, ctx.device, amp_dtype))
     sa_maps = None
     if row.use_sa and not row.peer and ctx.test_boxes() is not None:
         test = spec.create(spec.test_split, transform)
         subset = torch.utils.data.Subset(test, range(min(len(test), MAX_POINTING_IMAGES)))
-        sa_maps = _pixel_attention(model, create_loader(subset, int(resolved['batch_size']), is_training=False,
-                                                        num_workers=ctx.cfg.workers), ctx.device)
+        subset_loader = create_multilabel_loader(subset, int(resolved['batch_size']), is_training=False,
+                                                 num_workers=ctx.cfg.workers)
+        sa_maps = _pixel_attention(model, subset_loader, ctx.device)
     if not ctx.feature_grid:
         with torch.no_grad():
             probe = torch.zeros(1, 3, *data_config['input_size'][1:], device=ctx.device)

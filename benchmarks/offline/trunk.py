@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
-from srdl_timm.data import create_loader
+from srdl_timm.data import create_multilabel_loader
 from srdl_timm.loss import SRDLLoss
 from srdl_timm.training import SRDLTask
 
@@ -171,7 +171,7 @@ def extract_trunk_features(trunk: nn.Module, dataset: Any, batch_size: int = 64,
     """
     device = device or torch.device('cpu')
     trunk.eval()
-    loader = create_loader(dataset, batch_size, is_training=False, num_workers=workers)
+    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers)
     feats, targets = [], []
     with torch.inference_mode():
         for images, target in loader:

@@ -1,15 +1,10 @@
-"""Thin console scripts and their one error boundary.
+"""Thin console scripts: their one error boundary and the flags they share.
 
-Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)``: ``run(args) -> int`` does the work
-through the library; :func:`run_cli` parses the flags, sets up logging and turns expected errors into one or two
-lines on stderr and an exit status:
-
-* :class:`srdl_timm.errors.SRDLError` (and subclasses): its message, exit ``exc.exit_code`` (2 input, 1 run failure);
-* ``OSError`` (missing file, permission, disk full): the file and the reason, exit 2;
-* ``KeyboardInterrupt``: exit 130.
-
-Anything else is a bug and keeps its traceback. ``--debug`` (or ``SRDL_DEBUG=1``) shows the traceback of expected
-errors too.
+Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)`` with ``run(args) -> int`` doing the
+work through the library. :func:`run_cli` turns expected errors into one ``PROG: error: ...`` line and an exit
+status (:class:`~srdl_timm.errors.SRDLError`: its ``exit_code``, 2 input, 1 run failure; ``OSError``: the file and
+the reason, 2; Ctrl-C: 130); anything else is a bug and keeps its traceback, as expected errors do with ``--debug``
+or ``SRDL_DEBUG=1``. :func:`add_model_args` and :func:`model_spec_from_args` are the inference scripts' model flags.
 """
 from __future__ import annotations
 
@@ -21,8 +16,10 @@ import sys
 from typing import Callable, Optional, Sequence
 
 from ..errors import SRDLError
+from ..loading import ModelSpec
+from ..utils import parse_model_kwargs
 
-__all__ = ['run_cli', 'add_common_args', 'format_error']
+__all__ = ['run_cli', 'add_common_args', 'add_model_args', 'model_spec_from_args', 'progress_enabled', 'format_error']
 
 DEBUG_ENV = 'SRDL_DEBUG'
 
@@ -34,6 +31,41 @@ def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--debug', action='store_true',
                         help=f'show the full traceback of expected errors too (or set {DEBUG_ENV}=1)')
     return parser
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The model flags of the inference scripts (``srdl-predict``, ``srdl-validate``, ``srdl-export``): --model,
+    --checkpoint, --num-classes, --model-kwargs, --random-init; :func:`model_spec_from_args` reads them."""
+    g = parser.add_argument_group('model')
+    g.add_argument('--model', default=None,
+                   help='timm model name or pretrained tag (srdl_x.tag), hf-hub:org/repo or local-dir:PATH; may be '
+                        'left out when --checkpoint has a train_config.json / config.json beside it')
+    g.add_argument('--checkpoint', default=None,
+                   help='weights (.safetensors; .pth/.bin are read with weights_only=True) or a run folder; the '
+                        'config beside it rebuilds the exact architecture')
+    g.add_argument('--num-classes', type=int, default=None,
+                   help='classifier size (default: from the weights\' config); must match the weights')
+    g.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
+                   help='extra create_model kwargs (override the config\'s model_args)')
+    g.add_argument('--random-init', action='store_true', help='no weights at all (smoke tests only)')
+    return g
+
+
+def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    """The :class:`~srdl_timm.loading.ModelSpec` the flags of :func:`add_model_args` describe (load it with
+    :func:`srdl_timm.loading.load_model_from_spec`)."""
+    return ModelSpec(model=args.model, checkpoint=args.checkpoint, num_classes=args.num_classes,
+                     model_kwargs=parse_model_kwargs(args.model_kwargs), random_init=bool(args.random_init))
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    """Progress bar: ``--progress`` forces it, ``--quiet`` / ``--no-progress`` hide it, else on when stderr is a
+    terminal (where tqdm writes)."""
+    if getattr(args, 'quiet', False) or getattr(args, 'no_progress', False):
+        return False
+    if getattr(args, 'progress', False):
+        return True
+    return sys.stderr.isatty()
 
 
 def _root_cause(exc: BaseException) -> BaseException:

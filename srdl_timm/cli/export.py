@@ -15,12 +15,13 @@ import sys
 import warnings
 from typing import List, Optional, Sequence, Tuple
 
-from . import add_common_args, run_cli
-from .predict import add_model_args, model_from_args
+from . import add_common_args, add_model_args, model_spec_from_args, run_cli
 from ..errors import InputError, OperationError
 from ..export import (
-    MIN_OPSET, ExportCheckError, _input_size, check_onnx, check_torchscript, export_metadata, export_onnx,
-    export_torchscript)
+    MIN_OPSET, ExportCheckError, check_onnx, check_torchscript, export_metadata, export_onnx, export_torchscript,
+    resolve_input_size)
+from ..labels import resolve_label_names
+from ..loading import load_model_from_spec
 
 __all__ = ['build_parser', 'run', 'main']
 
@@ -54,7 +55,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Export and check; 0 when every file was written and matched PyTorch, 1 when a check failed."""
-    from ..labels import resolve_label_names
     if not args.onnx and not args.torchscript:
         raise InputError('nothing to do: give --onnx FILE and/or --torchscript FILE')
     if args.opset < MIN_OPSET:
@@ -66,8 +66,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f'{flag} {path} is a folder; give the file to write, e.g. {os.path.join(path, "srdl")}'
                              + ('.onnx' if flag == '--onnx' else '.pt'))
     batch_sizes = [2] if args.no_dynamic_batch else args.check_batch_sizes  # a fixed batch is the export batch
-    model = model_from_args(args)
-    input_size = _input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
+    model = load_model_from_spec(model_spec_from_args(args))
+    input_size = resolve_input_size(model, None if args.img_size is None else (3, args.img_size, args.img_size))
     num_classes = getattr(model, 'num_classes', 0)
     names = resolve_label_names(model, num_classes, args.label_names) if num_classes else None
     metadata = export_metadata(model, input_size, names)

@@ -1,24 +1,12 @@
 """``srdl-predict``: multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.
 
-Inputs are image files, folders (``--recursive`` to descend) and glob patterns (quote them; ``**`` with
-``--recursive``); see :mod:`srdl_timm.data.inputs`. Labels: ``--threshold`` and/or ``--topk``
-(:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5). Output: a table (default, headed by what the
-weights know: label set and training data), ``--format json`` or ``--format csv``, on stdout or in
-``--output FILE``. Bad inputs are reported per input while the rest are predicted. Exit status: 0 every input
-predicted, 1 some input failed, 2 usage, model or weights error. A progress bar shows on a terminal
-(``--quiet`` hides it and the header).
-
-The model: ``--checkpoint`` (a weights file or a training run folder; the architecture comes from the
-``train_config.json``/``config.json`` beside it, or from ``--model``), ``--model`` alone (a pretrained tag
-such as ``srdl_efficientnet_lite0.fashion_scenes``, ``hf-hub:org/repo`` or ``local-dir:PATH``), loaded strictly by
-:func:`srdl_timm.loading.load_model`: weights that do not fit the architecture, including another number of
-classes, are an error, never a re-initialised head.
-
-Examples::
-
-    srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3
-    srdl-predict 'shots/*.jpg' --checkpoint run/model.safetensors --threshold 0.6 --format json --output preds.json
-    srdl-predict street.jpg --model local-dir:./srdl_voc --explain overlays/ --explain-erase
+Inputs are files, folders (``--recursive``) and quoted globs (:mod:`srdl_timm.data.inputs`); labels are chosen by
+``--threshold`` and/or ``--topk`` (:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5); the output is a
+table headed by what the weights know, ``--format json`` or ``--format csv``, on stdout or in ``--output FILE``. The
+model (``--checkpoint`` and/or ``--model``: a tag, ``hf-hub:org/repo`` or ``local-dir:PATH``) loads strictly
+(:func:`srdl_timm.loading.load_model_from_spec`). Bad inputs are reported per input while the rest are predicted;
+exit status 0 every input predicted, 1 some input failed, 2 usage, model or weights error. Example:
+``srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3``.
 """
 import argparse
 import logging
@@ -27,74 +15,21 @@ import sys
 from typing import Optional, Sequence
 
 import torch
-import torch.nn as nn
 
-from . import add_common_args, run_cli
+from . import add_common_args, add_model_args, model_spec_from_args, progress_enabled, run_cli
 from ..errors import InputError
+from ..explain import check_explainable, default_eval_transform
+from ..labels import resolve_label_names
+from ..loading import load_model_from_spec
+from ..predict import (
+    collect_inputs, format_csv, format_json, format_table, predict_files, summary_lines, weights_summary)
+from ..utils import atomic_write_bytes
 
-__all__ = ['build_parser', 'run', 'main', 'add_model_args', 'model_from_args', 'progress_enabled']
+__all__ = ['build_parser', 'run', 'main']
 
-_logger = logging.getLogger('srdl_timm.predict')
-
-
-# ----------------------------------------------------------------------------------------------------------
-# shared by srdl-predict, srdl-validate and srdl-export
-# ----------------------------------------------------------------------------------------------------------
-def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
-    """The model flags of the inference scripts: --model, --checkpoint, --num-classes, --model-kwargs,
-    --random-init."""
-    g = parser.add_argument_group('model')
-    g.add_argument('--model', default=None,
-                   help='timm model name or pretrained tag (srdl_x.tag), hf-hub:org/repo or local-dir:PATH; may be '
-                        'left out when --checkpoint has a train_config.json / config.json beside it')
-    g.add_argument('--checkpoint', default=None,
-                   help='weights (.safetensors; .pth/.bin are read with weights_only=True) or a run folder; the '
-                        'config beside it rebuilds the exact architecture')
-    g.add_argument('--num-classes', type=int, default=None,
-                   help='classifier size (default: from the weights\' config); must match the weights')
-    g.add_argument('--model-kwargs', nargs='*', default=None, metavar='K=V',
-                   help='extra create_model kwargs (override the config\'s model_args)')
-    g.add_argument('--random-init', action='store_true', help='no weights at all (smoke tests only)')
-    return g
+_logger = logging.getLogger(__name__)
 
 
-def model_from_args(args: argparse.Namespace, num_classes: Optional[int] = None) -> nn.Module:
-    """The model the flags of :func:`add_model_args` describe, loaded strictly, in eval mode, on the CPU.
-
-    ``num_classes`` is a default for ``--num-classes`` (e.g. the dataset's: it builds a bare checkpoint without a
-    config, and must equal the class count of weights that have one; a mismatch is an error).
-    """
-    from ..loading import load_model
-    from ..utils import parse_model_kwargs
-    kwargs = parse_model_kwargs(args.model_kwargs)
-    classes = args.num_classes if args.num_classes is not None else num_classes
-    if args.random_init:
-        if args.checkpoint:
-            raise InputError('--random-init and --checkpoint exclude each other')
-        if not args.model:
-            raise InputError('--random-init needs --model NAME')
-        _logger.warning('%s: randomly initialised weights (--random-init): outputs are meaningless', args.model)
-        return load_model(args.model, None, pretrained=False, num_classes=classes, model_kwargs=kwargs)
-    if not args.model and not args.checkpoint:
-        raise InputError('no model: give --checkpoint FILE (a training run\'s model.safetensors) and/or --model NAME '
-                         '(a pretrained tag, hf-hub:org/repo or local-dir:PATH)')
-    return load_model(args.model, args.checkpoint, pretrained=not args.checkpoint, num_classes=classes,
-                      model_kwargs=kwargs)
-
-
-def progress_enabled(args: argparse.Namespace) -> bool:
-    """Progress bar: ``--progress`` forces it, ``--quiet`` / ``--no-progress`` hide it, else on when stderr is a
-    terminal (where tqdm writes)."""
-    if getattr(args, 'quiet', False) or getattr(args, 'no_progress', False):
-        return False
-    if getattr(args, 'progress', False):
-        return True
-    return sys.stderr.isatty()
-
-
-# ----------------------------------------------------------------------------------------------------------
-# srdl-predict
-# ----------------------------------------------------------------------------------------------------------
 def _probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -155,22 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _trained_on(args: argparse.Namespace) -> Optional[str]:
-    """The training data recorded beside the weights (a training run's train_config.json), else None."""
-    from ..loading import read_model_config
-    path = args.checkpoint
-    if not path and args.model and args.model.startswith('local-dir:'):
-        path = args.model[len('local-dir:'):]
-    return read_model_config(path).get('trained_on') if path else None
-
-
 def run(args: argparse.Namespace) -> int:
     """Predict every input; 0 when all were predicted, 1 when any failed."""
-    from ..explain import _check_attention_model, default_eval_transform
-    from ..labels import resolve_label_names
-    from ..predict import (
-        collect_inputs, format_csv, format_json, format_table, predict_files, summary_lines, weights_summary)
-    from ..utils import atomic_write_bytes
     if args.erase_alpha is not None and not 0.0 < args.erase_alpha < 1.0:
         raise InputError(f'--erase-alpha must be in (0, 1), got {args.erase_alpha}')
     if args.explain_erase and not args.explain:
@@ -178,17 +99,18 @@ def run(args: argparse.Namespace) -> int:
     if args.output and os.path.isdir(args.output):
         raise InputError(f'--output {args.output} is a folder; give the file to write, e.g. '
                          f'{os.path.join(args.output, "predictions." + ("txt" if args.format == "table" else args.format))}')
-    model = model_from_args(args)
+    spec = model_spec_from_args(args)
+    model = load_model_from_spec(spec)
     num_classes = getattr(model, 'num_classes', 0)
     if not num_classes:
-        raise InputError(f'{args.model or args.checkpoint} has no classifier (num_classes=0)')
+        raise InputError(f'{spec.name} has no classifier (num_classes=0)')
     label_names = resolve_label_names(model, num_classes, args.label_names)
     if args.explain:
-        _check_attention_model(model)
+        check_explainable(model)
     transform = default_eval_transform(model, args.img_size)
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
-    summary = weights_summary(model, label_names, args.model or args.checkpoint, trained_on=_trained_on(args))
+    summary = weights_summary(model, label_names, spec.name, trained_on=spec.config().get('trained_on'))
     header = [] if args.quiet else summary_lines(summary)
     if header and args.format != 'table':
         print('\n'.join(header), file=sys.stderr)

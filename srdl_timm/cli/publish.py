@@ -1,15 +1,10 @@
 """``srdl-publish``: write SRDL weights as a timm Hub folder (``--local-dir``) or push them to the Hub.
 
-The weights come from ``--checkpoint`` (srdl-train's ``model.safetensors`` or run folder, a published folder, or
-a timm ``train.py`` checkpoint ``.pth.tar``/``.pth``) or from ``--model`` alone (a pretrained tag, ``hf-hub:``,
-``local-dir:``), loaded strictly by :func:`srdl_timm.hub.load_for_publishing` (a timm training checkpoint is
-converted safely, read with ``weights_only=True``). The work is in :mod:`srdl_timm.hub`.
-
-Examples::
-
-    srdl-publish --checkpoint runs/coco/model.safetensors --metrics val.json --repo-id org/srdl_resnet101.coco
-    srdl-publish --checkpoint output/train/srdl/last.pth.tar --label-names classes.txt --local-dir published/
-    srdl-publish --manifest-markdown
+The weights come from ``--checkpoint`` (srdl-train's ``model.safetensors`` or run folder, a published folder, or a
+timm ``train.py`` checkpoint, read with ``weights_only=True``) or ``--model`` alone (a tag, ``hf-hub:``,
+``local-dir:``), loaded strictly by :func:`srdl_timm.hub.load_for_publishing`; the work is :mod:`srdl_timm.hub` and
+:mod:`srdl_timm.manifest`. Example: ``srdl-publish --checkpoint runs/coco/model.safetensors --metrics val.json
+--repo-id org/srdl_resnet101.coco``.
 """
 from __future__ import annotations
 
@@ -113,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     from ..hub import PUBLISHED_FILES, push_folder, save_pretrained_dir
     from ..manifest import manifest_markdown, register_weights, verify_manifest
     from ..model_card import normalise_metrics
-    from ..models._pretrained import manifest_path
+    from ..models.pretrained import manifest_path
 
     if args.manifest_markdown:
         print(manifest_markdown(args.manifest), end='')

@@ -1,18 +1,11 @@
 """MS-COCO multi-label datasets (paper §4.1) read through pycocotools.
 
-An image's label vector has a 1 for every category with at least one instance annotation in it — crowd
-(``iscrowd=1``) annotations included, as in every peer loader — and 0 elsewhere. Columns follow ascending
-category id (pycocotools order, :data:`~srdl_timm.data.label_sets.COCO_CLASSES` for COCO), never ML-GCN's
-alphabetical order. Images without any annotation are skipped unless ``keep_empty=True``: this gives the paper's
-82,081 train2014 / 40,137 val2014 images (40,504 with ``keep_empty=True``).
-
-Layout for :class:`CocoMultiLabel` (``create_dataset('coco', root, split)``)::
-
-    root/annotations/instances_train2014.json   root/train2014/*.jpg
-    root/annotations/instances_val2014.json     root/val2014/*.jpg
-
-:class:`CocoFormatMultiLabel` reads any COCO-format file (the user's own data); its label names come from the
-file's ``categories``, in id order.
+A label is 1 for every category with at least one instance annotation in the image (crowd ``iscrowd=1`` included,
+as in every peer loader) and 0 elsewhere; columns follow ascending category id
+(:data:`~srdl_timm.data.label_sets.COCO_CLASSES`), never ML-GCN's alphabetical order. Images without annotations
+are skipped unless ``keep_empty=True``: the paper's 82,081 train2014 / 40,137 val2014 images (40,504 kept).
+:class:`CocoMultiLabel` reads ``root/annotations/instances_{split}2014.json`` with ``root/{split}2014/*.jpg``;
+:class:`CocoFormatMultiLabel` reads any COCO-format file, its label names the file's ``categories`` in id order.
 """
 import contextlib
 import io

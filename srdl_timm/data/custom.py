@@ -1,30 +1,9 @@
-"""The user's own multi-label data: a CSV file, or a COCO-format JSON file of their own.
+"""The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`, list or wide layout) or a COCO-format JSON
+file (:class:`CocoJsonMultiLabel`).
 
-CSV (``create_dataset('csv', root, split)`` reads ``root/{split}.csv``; images relative to ``root``), with a header
-row and one of two layouts:
-
-* list layout — an image column and a label column holding the present labels joined by ``label_sep``
-  (default ``';'``, since names such as "traffic light" contain spaces)::
-
-      image,labels
-      img/0001.jpg,person;traffic light
-      img/0002.jpg,dog
-
-  Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name per
-  line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
-  same label set; a ``classes.txt`` makes the order explicit).
-* wide layout — no label column; every column other than the image column is a class, each cell ``1``
-  (present), ``0`` (absent) or ``-1`` (ignore); label names are the column names in order::
-
-      image,person,dog,traffic light
-      img/0001.jpg,1,0,1
-
-The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
-label column is ``label_column`` or the first of ``labels, label, tags``.
-
-COCO-format JSON (``create_dataset('coco-json', root, split)``): ``root/annotations/{split}.json`` with images under
-``root/images/{split}/`` by default (``ann_file``/``image_dir`` override); classes are the file's ``categories`` in
-ascending id order — see :class:`srdl_timm.data.coco.CocoFormatMultiLabel`.
+``create_multilabel_dataset('csv', root, split)`` reads ``root/{split}.csv`` with images relative to ``root``;
+``create_multilabel_dataset('coco-json', root, split)`` reads ``root/annotations/{split}.json`` with images under
+``root/images/{split}/`` (``ann_file``/``image_dir`` override both), classes the file's ``categories`` in id order.
 """
 import csv
 import logging
@@ -66,7 +45,18 @@ def _pick(columns: Sequence[str], wanted: Optional[str], candidates: Sequence[st
 
 
 class CsvMultiLabel(MultiLabelDataset):
-    """A CSV file of image paths and labels (list or wide layout, see the module docstring).
+    """A CSV file of image paths and labels, with a header row, in one of two layouts.
+
+    * list layout: an image column and a label column holding the present labels joined by ``label_sep`` (default
+      ``';'``, since names such as "traffic light" contain spaces), e.g. ``img/0001.jpg,person;traffic light``.
+      Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name a
+      line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
+      same label set; a ``classes.txt`` makes the order explicit).
+    * wide layout: no label column; every other column is a class, each cell ``1`` (present), ``0`` (absent) or
+      ``-1`` (ignore), e.g. header ``image,person,dog,traffic light`` and row ``img/0001.jpg,1,0,1``.
+
+    The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
+    label column is ``label_column`` or the first of ``labels, label, tags``.
 
     Args:
         csv_file: the CSV file (UTF-8, a byte-order mark as Excel writes it is skipped; with a header row).

@@ -1,4 +1,8 @@
-"""``create_dataset`` and ``create_loader``: the data entry points (names as in timm's ``timm.data``)."""
+"""``create_multilabel_dataset`` and ``create_multilabel_loader``: the data entry points.
+
+Named after timm's ``create_dataset``/``create_loader`` but not the same functions (other arguments, multi-label
+targets, evaluation loaders that never drop or pad), hence the ``multilabel`` in the names.
+"""
 import inspect
 import logging
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -13,7 +17,7 @@ from ..errors import InputError
 from .images import MultiLabelDataset
 from .voc import VocMultiLabel
 
-__all__ = ['create_dataset', 'create_loader', 'DATASETS', 'DEFAULT_SPLITS']
+__all__ = ['create_multilabel_dataset', 'create_multilabel_loader', 'DATASETS', 'DEFAULT_SPLITS']
 
 _logger = logging.getLogger(__name__)
 
@@ -33,7 +37,7 @@ DEFAULT_SPLITS: Dict[str, Tuple[str, str]] = {
 }
 
 
-def create_dataset(
+def create_multilabel_dataset(
         name: str,
         root: str,
         split: str,
@@ -49,7 +53,7 @@ def create_dataset(
         root: dataset folder.
         split: ``'train'``/``'val'`` (coco), ``'trainval'``/``'test'``/``'train'``/``'val'`` (voc), any name for
             coco-json/csv.
-        transform: applied to each PIL RGB image (see :func:`~srdl_timm.data.transforms.create_transform`).
+        transform: applied to each PIL RGB image (see :func:`~srdl_timm.data.transforms.create_paper_transform`).
         **options: dataset options — all: ``keep_empty``, ``on_corrupt`` ('error' | 'skip'), ``check_files``;
             coco: ``year``, ``ann_file``, ``image_dir``; voc: ``difficult`` ('positive' | 'negative' | 'ignore');
             coco-json: ``ann_file``, ``image_dir``; csv: ``ann_file`` (the CSV), ``image_dir``, ``label_names``,
@@ -82,7 +86,7 @@ def create_dataset(
     return dataset
 
 
-def create_loader(
+def create_multilabel_loader(
         dataset: Dataset,
         batch_size: int,
         is_training: bool,

@@ -1,20 +1,10 @@
 """Robust image opening and the multi-label dataset base class.
 
-Every dataset in :mod:`srdl_timm.data` stores a list of image paths and a ``[N, C]`` float32 target matrix with
-1 = present, 0 = absent and -1 = ignore (the encoding the metrics and the loss use). This module holds what they
-share: :func:`open_image`, which turns whatever is on disk (grayscale, palette, RGBA, CMYK, 16-bit, …) into an
-8-bit RGB :class:`PIL.Image.Image` or raises an error naming the file, and :class:`MultiLabelDataset`, which
-applies the ``on_corrupt`` policy:
-
-* ``'error'`` (default): an unreadable image raises :class:`UnreadableImageError` naming the file.
-* ``'skip'``: the sample is returned with a black placeholder image and an all ``-1`` (ignore) target, a warning
-  naming the file is logged and ``dataset.num_skipped`` is incremented (in the process that read it). Keeping the
-  sample, rather than dropping it, keeps batch shapes and sampler lengths intact, and an all-ignore target means it
-  contributes to no AP, no precision/recall count and no loss term; :class:`srdl_timm.metrics.MultiLabelMetrics`
-  reports such samples as ``num_samples_all_ignored``, so every skipped image is counted, never silently labelled.
-
-Like timm's and torchvision's loaders, EXIF orientation is not applied and an alpha channel is dropped (not
-composited), so pixels match what the peers' code feeds their networks.
+:func:`open_image` turns whatever is on disk (grayscale, palette, RGBA, CMYK, 16-bit, …) into an 8-bit RGB
+:class:`PIL.Image.Image` or raises an error naming the file; like timm's and torchvision's loaders it applies no EXIF
+orientation and drops (does not composite) an alpha channel, so pixels match what the peers' code feeds their
+networks. :class:`MultiLabelDataset` holds image paths and a ``[N, C]`` float32 target matrix (1 present, 0 absent,
+-1 ignore, the encoding the metrics and the loss use) and applies the ``on_corrupt`` policy to unreadable images.
 """
 import logging
 import os
@@ -132,7 +122,10 @@ class MultiLabelDataset(Dataset):
         label_names: class names, index-aligned with the target columns.
         num_classes: ``len(label_names)``.
         transform: applied to the PIL image; settable.
-        on_corrupt: ``'error'`` or ``'skip'`` (see the module docstring).
+        on_corrupt: ``'error'`` (default: an unreadable image raises :class:`UnreadableImageError` naming the file)
+            or ``'skip'`` (the sample comes back as a black placeholder with an all ``-1`` target, a warning names
+            the file and ``num_skipped`` grows; keeping the sample keeps batch shapes and sampler lengths, and an
+            all-ignore target adds to no AP, count or loss; the metrics report it as ``num_samples_all_ignored``).
         info: a JSON-serialisable description of how the dataset was built (split, counts, label policy),
             recorded by ``srdl-validate`` as part of the evaluation protocol.
         num_skipped: unreadable images replaced by an all-ignore sample so far, in this process.

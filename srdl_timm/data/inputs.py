@@ -20,7 +20,7 @@ from .images import open_image
 
 __all__ = ['IMAGE_EXTENSIONS', 'InputItem', 'collect_inputs', 'ImageFiles', 'os_error_reason']
 
-_logger = logging.getLogger('srdl_timm.predict')
+_logger = logging.getLogger(__name__)
 
 #: extensions taken from folders (case-insensitive); explicit files and glob matches are tried whatever they are
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm')

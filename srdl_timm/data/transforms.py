@@ -3,19 +3,7 @@
 Paper, §4.2: "the input image is resized to 512×512, and we randomly choose a number from {512, 448, 384, 320, 256}
 as the width and height to crop patch. Finally, the cropped patch is further resized to 448×448. Then we randomly
 perform horizontal flip and perform normalization. During inference … the image is resized to 448×448."
-
-* Train: squash-resize to ``resize``×``resize`` → square crop, side drawn uniformly from ``scales``, at a uniformly
-  random position → squash-resize to ``size`` → random horizontal flip (p=0.5) → tensor → normalise.
-  (ML-GCN's ``MultiScaleCrop`` instead draws width and height separately and crops at fixed offsets; the paper
-  says one number for both sides, so the crop is square.)
-* Eval: squash-resize to ``size`` (no centre crop; the data config's ``crop_pct`` is not used) → tensor →
-  normalise.
-
-Mean, std and interpolation come from the data config (``timm.data.resolve_data_config({}, model=model)``), so
-they follow the model's pretrained config instead of being hard-coded. ``size`` defaults to the config's
-``input_size``. ``scales`` are given for a 512 resize; with another ``resize`` each is multiplied by
-``resize / 512`` and rounded (e.g. resize=256 gives 256, 224, 192, 160, 128), and any side still larger than
-``resize`` is clipped to ``resize``.
+:func:`create_paper_transform` builds both pipelines, with mean, std and interpolation from the model's data config.
 """
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
@@ -25,7 +13,7 @@ from timm.data.transforms import str_to_interp_mode
 from torchvision import transforms as T
 from torchvision.transforms import functional as F
 
-__all__ = ['RandomSquareCrop', 'create_transform', 'PAPER_RESIZE', 'PAPER_SCALES', 'scaled_crop_sides']
+__all__ = ['RandomSquareCrop', 'create_paper_transform', 'PAPER_RESIZE', 'PAPER_SCALES', 'scaled_crop_sides']
 
 #: §4.2 train resize and crop sides (for a 512×512 resized image)
 PAPER_RESIZE = 512
@@ -85,7 +73,7 @@ def _hw(size: Union[int, Sequence[int]]) -> Tuple[int, int]:
     return size[0], size[1]
 
 
-def create_transform(
+def create_paper_transform(
         data_config: Dict[str, Any],
         is_training: bool,
         resize: int = PAPER_RESIZE,
@@ -93,6 +81,15 @@ def create_transform(
         size: Optional[Union[int, Sequence[int]]] = None,
 ) -> T.Compose:
     """Build the §4.2 train or eval transform for PIL RGB images.
+
+    Train: squash-resize to ``resize``×``resize`` → square crop, side drawn uniformly from ``scales``, at a uniformly
+    random position → squash-resize to ``size`` → random horizontal flip (p=0.5) → tensor → normalise. (ML-GCN's
+    ``MultiScaleCrop`` draws width and height separately at fixed offsets; the paper says one number for both
+    sides, so the crop is square.) Eval: squash-resize to ``size`` (no centre crop; ``crop_pct`` is not used) →
+    tensor → normalise. Mean, std and interpolation come from the data config
+    (``timm.data.resolve_data_config({}, model=model)``), so they follow the model's pretrained config. ``scales``
+    are given for a 512 resize; with another ``resize`` each is scaled by ``resize / 512``, rounded and clipped to
+    ``resize`` (:func:`scaled_crop_sides`; resize=256 gives 256, 224, 192, 160, 128).
 
     Args:
         data_config: timm data config with ``input_size``, ``mean``, ``std`` and ``interpolation``.

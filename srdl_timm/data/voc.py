@@ -1,18 +1,9 @@
 """Pascal VOC 2007 multi-label dataset (paper §4.1: 5,011 trainval / 4,952 test images, 20 classes).
 
-Labels come from the devkit's XML annotations and are ternary per (image, class):
-
-* present — at least one non-difficult object of the class;
-* difficult-only — objects of the class exist but all are marked ``<difficult>1</difficult>``;
-* absent — no object of the class.
-
-Standard VOC evaluation ignores difficult-only entries for that class; the target encodes them as -1 when the
-``difficult`` policy is ``'ignore'``. For training, peers differ (ML-GCN: positive, SSGRL: negative), so the
-policy is an option: ``'positive'`` (1), ``'negative'`` (0) or ``'ignore'`` (-1). The default is ``'ignore'`` for
-the ``test`` split (evaluation) and ``'positive'`` (ML-GCN) for the training splits; :attr:`VocMultiLabel.difficult`
-can be changed after construction and the targets follow.
-
-Accepted roots: ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or the ``VOC2007`` folder itself, holding
+Labels come from the devkit's XML annotations and are ternary per (image, class): present (a non-difficult object),
+difficult-only (every object of the class is ``<difficult>1</difficult>``) or absent; standard VOC evaluation ignores
+difficult-only entries, and :class:`VocMultiLabel`'s ``difficult`` policy chooses their target. Accepted roots
+(:func:`find_voc_root`): ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or the ``VOC2007`` folder itself, holding
 ``Annotations/*.xml``, ``ImageSets/Main/{trainval,test,train,val}.txt`` and ``JPEGImages/*.jpg``.
 """
 import logging
@@ -100,8 +91,12 @@ def _read_split(split_file: str) -> List[str]:
 class VocMultiLabel(MultiLabelDataset):
     """Pascal VOC 2007 as a multi-label dataset with ternary labels and a selectable difficult policy.
 
+    Difficult-only entries get 1 (``'positive'``, ML-GCN's training choice), 0 (``'negative'``, SSGRL's) or -1
+    (``'ignore'``, standard VOC evaluation); :attr:`difficult` can be changed after construction and the targets
+    follow.
+
     Args:
-        root: see the module docstring for the accepted layouts.
+        root: ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or the ``VOC2007`` folder itself (:func:`find_voc_root`).
         split: ``'trainval'``, ``'test'``, ``'train'`` or ``'val'``.
         transform: applied to each PIL RGB image.
         difficult: ``'positive'``, ``'negative'`` or ``'ignore'`` for difficult-only entries; None → ``'ignore'``

@@ -1,23 +1,12 @@
 """Label-graph node vectors ``A⁰`` (paper eq. 3): one word vector per label name, and a report of how each was made.
 
-SRDL starts the label graph from the word vector of each category's name. One rule turns a name into a vector,
-whatever the word-vector source (:mod:`srdl_timm.labels.word_vectors`: the offline GloVe 6B 50-d package, a
-GloVe/word2vec text file, a ``.npy`` matrix with its vocabulary):
-
-1. **exact**: the name, lower-cased and stripped, is a word of the source (``'cat'``, ``'Cat'``, ``'t-shirt'``);
-2. **mean of [words]**: else the name is split on whitespace, ``_``, ``-`` and ``/``, the devkit's VOC compounds
-   are split by :data:`COMPOUND_SPLITS` (diningtable → dining table), and the row is the mean (in float64) of the
-   vectors of the words the source knows (``'traffic light'`` → mean of [traffic, light]; unknown words are named
-   in the report);
-3. **random (no known token)**: a name none of whose words is known gets a standard-normal vector drawn by
-   ``numpy.random.default_rng`` seeded with the first 8 bytes (little-endian) of the sha256 of the lower-cased,
-   stripped name, rescaled to the mean norm of the rows that did resolve (kept as drawn when none did).
-
-:func:`embed_label_names` applies the rule; its :class:`LabelVectors` carries the per-name report, logged one
-line per name resolved by 2 or 3 (a warning for 3) when a model is built from word vectors and at the start of
-``srdl-train``, which also writes it to ``train_config.json`` as ``label_vectors``. The COCO-80 and VOC-20 rows
-computed by this rule from GloVe 6B 50-d ship in ``srdl_timm/assets`` (16 KB and 4 KB), so building a model never
-needs the 80 MB package; rebuild or verify them with ``python tools/build_label_embeddings.py build|check``.
+SRDL starts the label graph from the word vector of each category's name. :func:`embed_label_names` turns names into
+vectors by one rule whatever the source (:mod:`srdl_timm.labels.word_vectors`): exact word, else the mean of the
+known words, else a random vector seeded by the name; its :class:`LabelVectors` carries the per-name report, logged
+when a model is built from word vectors and at the start of ``srdl-train`` (which writes it to
+``train_config.json`` as ``label_vectors``). The COCO-80 and VOC-20 rows this rule gives from GloVe 6B 50-d ship in
+``srdl_timm/assets``, so building a model never needs the 80 MB package (``tools/build_label_embeddings.py
+build|check`` rebuilds or verifies them).
 """
 import hashlib
 import json
@@ -130,8 +119,16 @@ def embed_label_names(
         source: Union[PathLike, WordVectors] = DEFAULT_SOURCE,
         splits: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> LabelVectors:
-    """Word vectors of label names by the module's rule (exact word, else mean of known words, else seeded random);
-    the per-name report is in the result (:meth:`LabelVectors.log_fallbacks` logs it).
+    """Word vectors of label names by one rule; the per-name report is in the result
+    (:meth:`LabelVectors.log_fallbacks` logs it).
+
+    1. **exact**: the name, lower-cased and stripped, is a word of the source (``'cat'``, ``'Cat'``, ``'t-shirt'``);
+    2. **mean of [words]**: else the name is split on whitespace, ``_``, ``-`` and ``/``, the devkit's VOC compounds
+       by :data:`COMPOUND_SPLITS` (diningtable → dining table), and the row is the mean (in float64) of the vectors
+       of the words the source knows (``'traffic light'`` → mean of [traffic, light]; unknown words are reported);
+    3. **random (no known token)**: a name none of whose words is known gets a standard-normal vector drawn by
+       ``numpy.random.default_rng`` seeded with the first 8 bytes (little-endian) of the sha256 of the lower-cased,
+       stripped name, rescaled to the mean norm of the rows that did resolve (kept as drawn when none did).
 
     Args:
         label_names: the C class names, in class-index order.

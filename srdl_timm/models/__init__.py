@@ -3,7 +3,7 @@ import warnings
 from typing import List, Optional
 
 from ..utils import PathLike
-from ._pretrained import manifest_pretrained_cfgs
+from .pretrained import manifest_pretrained_cfgs
 from .srdl import SRDL, checkpoint_filter_fn
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'register_manifest_tags']

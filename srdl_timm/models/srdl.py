@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..labels import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
-from ._pretrained import check_pretrained_weights
+from .pretrained import check_pretrained_weights
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
 
@@ -421,7 +421,7 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
 
 def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
     if pretrained:
-        # models/_pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
+        # models/pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
         # path, the sha256 check of manifest weights, and the arguments those weights were built with
         kwargs = check_pretrained_weights(variant, kwargs)
         if kwargs.get('label_embeddings') is None and not known_label_set(
@@ -477,7 +477,7 @@ _LITE0 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic'
 
 #: Pretrained tags '<arch>.<tag>', declared statically as in timm. weights/manifest.json is the record of each
 #: weight (sha256, metrics, recipe, model_args); tests/test_pretrained.py checks that these cfgs agree with it.
-#: A shipped weight's ``file`` is its name in the package's weights folder (models/_pretrained.py resolves it).
+#: A shipped weight's ``file`` is its name in the package's weights folder (models/pretrained.py resolves it).
 #: As in timm, an architecture with weights is listed only under its tags; its first tag is its default cfg.
 default_cfgs = generate_default_cfgs({
     'srdl_resnet101': _cfg(),

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 import srdl_timm
 from ..data import (
-    LABELS_FROM_FILE, EpochBatchSampler, SeededDataset, create_dataset, create_loader, create_transform,
-    is_dist_initialized)
+    LABELS_FROM_FILE, EpochBatchSampler, SeededDataset, create_multilabel_dataset, create_multilabel_loader,
+    create_paper_transform, is_dist_initialized)
 from ..errors import InputError, OperationError
 from ..labels import DEFAULT_SOURCE, label_vectors
 from ..loss import SRDLLoss
@@ -249,14 +249,15 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     Returns:
         ``(state, train_dataset, val_loader, data_config)``.
     """
-    train_ds = create_dataset(cfg.data, cfg.root, cfg.train_split, **_dataset_options(cfg, True),
-                              **{k: v for k, v in (('ann_file', cfg.ann_file), ('image_dir', cfg.image_dir)) if v})
+    train_ds = create_multilabel_dataset(
+        cfg.data, cfg.root, cfg.train_split, **_dataset_options(cfg, True),
+        **{k: v for k, v in (('ann_file', cfg.ann_file), ('image_dir', cfg.image_dir)) if v})
     val_options = _dataset_options(cfg, False)
     if train_ds.info.get('label_names_from') == LABELS_FROM_FILE:
         # a CSV without classes.txt: the validation split may lack a class, and must not name new ones
         val_options.update(label_names=train_ds.label_names,
                            label_names_from=f'the training split ({train_ds.info["csv_file"]})')
-    val_ds = create_dataset(cfg.data, cfg.root, cfg.val_split, **val_options)
+    val_ds = create_multilabel_dataset(cfg.data, cfg.root, cfg.val_split, **val_options)
     if train_ds.label_names != val_ds.label_names:
         raise InputError(f'the {cfg.train_split!r} and {cfg.val_split!r} splits have different classes '
                          f'({train_ds.num_classes} vs {val_ds.num_classes})')
@@ -285,10 +286,10 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     if cfg.aug == 'paper':
         resize = cfg.train_resize or int(round(size * 512 / 448))
         cfg.train_resize = resize
-        train_ds.transform = create_transform(data_config, is_training=True, resize=resize, size=size)
+        train_ds.transform = create_paper_transform(data_config, is_training=True, resize=resize, size=size)
     else:
-        train_ds.transform = create_transform(data_config, is_training=False, size=size)
-    val_ds.transform = create_transform(data_config, is_training=False, size=size)
+        train_ds.transform = create_paper_transform(data_config, is_training=False, size=size)
+    val_ds.transform = create_paper_transform(data_config, is_training=False, size=size)
 
     global_batch = cfg.batch_size * world_size
     micro = len(train_ds) // global_batch
@@ -342,9 +343,9 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
         config=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, loss_scaler=loss_scaler,
         device=device, rank=rank, world_size=world_size, micro_batches_per_epoch=micro,
         updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report)
-    val_loader = create_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
-                               num_workers=cfg.workers, distributed=world_size > 1,
-                               pin_memory=device.type == 'cuda')
+    val_loader = create_multilabel_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
+                                          num_workers=cfg.workers, distributed=world_size > 1,
+                                          pin_memory=device.type == 'cuda')
     return state, train_ds, val_loader, data_config
 
 

@@ -1,20 +1,12 @@
 """Pretrained-weight resolution for the SRDL models (the role timm's ``_builder``/``_hub`` play for timm's own).
 
-The model file (:mod:`srdl_timm.models.srdl`) only *declares* its pretrained tags (static ``default_cfgs``); this
-module is what it calls when ``pretrained=True``:
-
-* where shipped weights live (:func:`shipped_weights_dir`: the package's ``_weights`` folder in a wheel, the
-  repository's ``weights/`` folder in a checkout / editable install; :func:`weights_dir` adds ``$SRDL_WEIGHTS_DIR``);
-* the registry ``weights/manifest.json`` (:func:`load_manifest`, schema in ``weights/README.md``) — the record of
-  every published or shipped weight, with its sha256 and the ``model_args`` it was trained with;
-* :func:`check_pretrained_weights`, run before any weight is read: refuses a manifest weight whose sha256 differs
-  (:class:`ChecksumMismatchError`), applies the entry's ``model_args``, checks the config.json of a ``local-dir:`` /
-  ``hf-hub:`` folder field by field, and raises :class:`MissingPretrainedWeightsError` — saying why and what to
-  do — when no weights exist;
-* :func:`manifest_pretrained_cfgs` / :func:`with_manifest_tags`: timm cfgs of a manifest's weights (the static
-  ``default_cfgs`` are checked against them by the tests; extra weights folders register them at run time).
-
-Nothing here imports the model file: imports point ``weight_files <- _pretrained <- srdl <- loading/hub``.
+The model file (:mod:`srdl_timm.models.srdl`) only declares its tags; when ``pretrained=True`` it calls
+:func:`check_pretrained_weights`, which finds the weights (:func:`weights_dir`: shipped, or ``$SRDL_WEIGHTS_DIR``),
+refuses a manifest weight whose sha256 differs (:class:`ChecksumMismatchError`), applies the entry's
+``model_args``, checks a ``local-dir:``/``hf-hub:`` config.json field by field and raises
+:class:`MissingPretrainedWeightsError` saying what to do when no weights exist. :func:`load_manifest` reads the
+registry ``weights/manifest.json`` (schema in ``weights/README.md``); :func:`manifest_pretrained_cfgs` turns it into
+timm cfgs. Imports point ``weight_files <- pretrained <- srdl <- loading/hub``.
 """
 from __future__ import annotations
 
