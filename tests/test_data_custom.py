@@ -58,6 +58,46 @@ def test_csv_wide_layout_with_ignore_and_empty_rows(tmp_path, caplog):
     np.testing.assert_array_equal(kept.targets, info['targets'])
 
 
+def test_csv_partial_labels_mark_classes_not_annotated(tmp_path):
+    """List layout: '?name' makes that class -1 (not annotated), '?*' every class the row does not name, '!name' a
+    class checked absent (0) under '?*'; names taken from the file drop the markers; the count of -1 entries is
+    in info['unknown_entries']; the wide layout's -1 cells count the same way."""
+    for i in range(4):
+        write_image(tmp_path / 'images' / f'{i}.jpg')
+    (tmp_path / 'train.csv').write_text('image,labels\n'
+                                        'images/0.jpg,cat;?dog\n'
+                                        'images/1.jpg,dog;!cat;?*\n'
+                                        'images/2.jpg,zebra\n'
+                                        'images/3.jpg,?zebra;cat\n')
+    ds = create_multilabel_dataset('csv', str(tmp_path), 'train')
+    assert ds.label_names == ['cat', 'dog', 'zebra']
+    np.testing.assert_array_equal(ds.targets, [[1, -1, 0], [0, 1, -1], [0, 0, 1], [1, 0, -1]])
+    assert ds.info['unknown_entries'] == 3
+    (tmp_path / 'classes.txt').write_text('cat\ndog\nzebra\n?odd\n')  # a name that starts like a marker
+    (tmp_path / 'val.csv').write_text('image,labels\nimages/0.jpg,?odd;?cat;dog\n')
+    ds = create_multilabel_dataset('csv', str(tmp_path), 'val')
+    np.testing.assert_array_equal(ds.targets, [[-1, 1, 0, 1]])
+    wide = write_csv(tmp_path / 'wide', 'val', num_images=4, layout='wide', seed=3, num_ignore=2)
+    assert create_multilabel_dataset('csv', str(tmp_path / 'wide'), 'val').info['unknown_entries'] == 2
+    assert (wide['targets'] == -1).sum() == 2
+
+
+@pytest.mark.parametrize('cell,match', [
+    ('cat;?cat', "class 'cat' is named twice \\('cat' and '\\?cat'\\)"),
+    ('cat;?unicorn', "unknown label 'unicorn'"),
+    ('!dog;!dog', "class 'dog' is named twice"),
+])
+def test_csv_partial_label_errors_name_the_line(tmp_path, cell, match):
+    """A class named twice in a row (present and not annotated, say) and a marked label outside the class list are
+    errors naming the CSV and the line."""
+    write_image(tmp_path / 'a.jpg')
+    (tmp_path / 'classes.txt').write_text('cat\ndog\n')
+    (tmp_path / 'train.csv').write_text(f'image,labels\na.jpg,{cell}\n')
+    with pytest.raises(ValueError, match=match) as e:
+        create_multilabel_dataset('csv', str(tmp_path), 'train')
+    assert 'train.csv, line 2' in str(e.value)
+
+
 @pytest.mark.parametrize('content,match', [
     ('image,labels\na.jpg,cat\nb.jpg\n', 'line 3: 1 fields'),
     ('picture,labels\na.jpg,cat\n', 'no image column'),
@@ -110,6 +150,69 @@ def test_coco_json_explicit_paths_and_missing_ann_file(tmp_path):
     assert len(ds) == 3
     with pytest.raises(FileNotFoundError, match=os.path.join('annotations', 'val.json')):
         create_multilabel_dataset('coco-json', str(tmp_path / 'a'), 'val')
+
+
+def _partial(info, image_fields):
+    """Rewrite a written COCO-format file with extra fields on its images (by position in the file)."""
+    data = json.load(open(info['ann_file']))
+    for i, fields in image_fields.items():
+        data['images'][i].update(fields)
+    with open(info['ann_file'], 'w') as f:
+        json.dump(data, f)
+    return data
+
+
+def test_coco_json_partial_labels_lvis_negatives_and_not_annotated_ids(tmp_path):
+    """An image with LVIS's neg_category_ids is federated: annotated categories 1, listed ones 0, all others -1;
+    not_annotated_category_ids makes the listed categories -1 and leaves the rest as without it; images without
+    either field keep 0 for unannotated categories; info['unknown_entries'] counts the -1 entries."""
+    info = write_coco_json(tmp_path, 'train', num_images=4, categories=('cat', 'dog', 'traffic light', 'zebra'),
+                           seed=5)
+    data = json.load(open(info['ann_file']))
+    ids = {c['name']: c['id'] for c in data['categories']}
+    col = {n: i for i, n in enumerate(info['label_names'])}
+    annotated = {img['id']: {a['category_id'] for a in data['annotations'] if a['image_id'] == img['id']}
+                 for img in data['images']}
+    first, second = data['images'][0]['id'], data['images'][1]['id']
+    neg = [c for c in ids.values() if c not in annotated[first]][:1]
+    unknown = [c for c in ids.values() if c not in annotated[second]][:2]
+    _partial(info, {0: {'neg_category_ids': neg, 'not_exhaustive_category_ids': sorted(annotated[first])},
+                    1: {'not_annotated_category_ids': unknown}})
+    ds = create_multilabel_dataset('coco-json', str(tmp_path), 'train')
+    by_name = {n: c for n, c in ids.items()}
+    expected = info['targets'].copy()
+    for name, c in by_name.items():
+        if c not in annotated[first]:
+            expected[0, col[name]] = 0.0 if c in neg else -1.0
+        if c in unknown:
+            expected[1, col[name]] = -1.0
+    np.testing.assert_array_equal(ds.targets, expected)
+    assert ds.info['unknown_entries'] == int((expected == -1).sum()) == (4 - len(annotated[first]) - 1) + 2
+
+
+@pytest.mark.parametrize('fields,match', [
+    ({'neg_category_ids': [999]}, r'neg_category_ids lists unknown category ids \[999\]'),
+    ({'not_annotated_category_ids': 'cat'}, 'must be a list of category ids'),
+    ({'neg_category_ids': ['ANNOTATED']}, 'whose neg_category_ids lists it too'),
+    ({'neg_category_ids': [3], 'not_annotated_category_ids': [3]}, 'both as absent'),
+])
+def test_coco_json_bad_partial_labels_name_the_file(tmp_path, fields, match):
+    """Unknown category ids, a list that is not one, a category both annotated and listed as absent, and a
+    category listed both as absent and as not annotated are errors naming the file."""
+    info = write_coco_json(tmp_path, 'train', num_images=2, seed=1)
+    data = json.load(open(info['ann_file']))
+    if fields.get('neg_category_ids') == ['ANNOTATED']:
+        img = data['images'][0]['id']
+        fields = {'neg_category_ids': [next(a['category_id'] for a in data['annotations'] if a['image_id'] == img)]}
+    elif 'not_annotated_category_ids' in fields and fields.get('neg_category_ids') == [3]:
+        img = data['images'][0]['id']
+        free = [c['id'] for c in data['categories']
+                if c['id'] not in {a['category_id'] for a in data['annotations'] if a['image_id'] == img}]
+        fields = {'neg_category_ids': free[:1], 'not_annotated_category_ids': free[:1]}
+    _partial(info, {0: fields})
+    with pytest.raises(ValueError, match=match) as e:
+        create_multilabel_dataset('coco-json', str(tmp_path), 'train')
+    assert info['ann_file'] in str(e.value)
 
 
 def test_create_dataset_rejects_unknown_names_and_options(tmp_path):

@@ -1,7 +1,9 @@
 """MS-COCO multi-label datasets (paper §4.1) read through pycocotools.
 
 A label is 1 for every category with at least one instance annotation in the image (crowd ``iscrowd=1`` included,
-as in every peer loader) and 0 elsewhere; columns follow ascending category id
+as in every peer loader) and 0 elsewhere, unless the image says which categories were not annotated
+(:func:`coco_multilabel_targets`: LVIS's ``neg_category_ids``, or ``not_annotated_category_ids``, partial labels
+that become -1); columns follow ascending category id
 (:data:`~srdl_timm.data.label_sets.COCO_CLASSES`), never ML-GCN's alphabetical order. Images without annotations
 are skipped unless ``keep_empty=True``: the paper's 82,081 train2014 / 40,137 val2014 images (40,504 kept).
 :class:`CocoMultiLabel` reads ``root/annotations/instances_{split}2014.json`` with ``root/{split}2014/*.jpg``;
@@ -21,20 +23,24 @@ from ..errors import InputError
 from .images import AnnotationError, MultiLabelDataset, check_files_exist
 from .label_sets import COCO_CATEGORY_IDS, COCO_CLASSES
 
-__all__ = ['load_coco_json', 'coco_multilabel_targets', 'CocoFormatMultiLabel', 'CocoMultiLabel', 'COCO_SPLITS']
+__all__ = ['load_coco_json', 'coco_multilabel_targets', 'CocoFormatMultiLabel', 'CocoMultiLabel', 'COCO_SPLITS',
+           'PARTIAL_LABEL_KEYS']
 
 _logger = logging.getLogger(__name__)
 
 #: split name → image folder / annotation suffix stem for the 2014 release
 COCO_SPLITS = ('train', 'val')
+#: image fields that mark partial labels (:func:`coco_multilabel_targets`): LVIS's federated negatives, ours
+PARTIAL_LABEL_KEYS = ('neg_category_ids', 'not_annotated_category_ids')
 
 
 def load_coco_json(ann_file: str) -> Dict[str, Any]:
     """Read a COCO-format annotation file and check its structure.
 
     Checks that ``images``, ``annotations`` and ``categories`` are lists of objects with the keys the labels need
-    (``id``/``file_name``; ``image_id``/``category_id``; ``id``/``name``), that ids are unique and that every
-    annotation points at a listed image and a listed category.
+    (``id``/``file_name``; ``image_id``/``category_id``; ``id``/``name``), that ids are unique, that every
+    annotation points at a listed image and a listed category, and that an image's partial-label lists
+    (:data:`PARTIAL_LABEL_KEYS`) hold known category ids, none of them annotated in the image or in both lists.
 
     Raises:
         FileNotFoundError: ``ann_file`` does not exist.
@@ -87,6 +93,23 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
         raise AnnotationError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
     image_ids = {e['id'] for e in data['images']}
     cat_ids = {e['id'] for e in data['categories']}
+    for i, img in enumerate(data['images']):
+        for key in PARTIAL_LABEL_KEYS:
+            ids = img.get(key)
+            if ids is None:
+                continue
+            if not isinstance(ids, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+                raise AnnotationError(f'{ann_file}: images[{i}] {key} must be a list of category ids, got {ids!r}')
+            unknown = sorted(set(ids) - cat_ids)
+            if unknown:
+                raise AnnotationError(f'{ann_file}: images[{i}] {key} lists unknown category ids {unknown[:5]} (not in '
+                                      'the file\'s categories)')
+        both = set(img.get(PARTIAL_LABEL_KEYS[0]) or ()) & set(img.get(PARTIAL_LABEL_KEYS[1]) or ())
+        if both:
+            raise AnnotationError(f'{ann_file}: images[{i}] lists category ids {sorted(both)[:5]} both as absent '
+                                  f'({PARTIAL_LABEL_KEYS[0]}) and as not annotated ({PARTIAL_LABEL_KEYS[1]})')
+    partial = {img['id']: {key: set(img[key]) for key in PARTIAL_LABEL_KEYS if img.get(key)}
+               for img in data['images'] if any(img.get(key) for key in PARTIAL_LABEL_KEYS)}
     for i, a in enumerate(data['annotations']):
         if a['category_id'] not in cat_ids:
             raise AnnotationError(f'{ann_file}: annotations[{i}] has unknown category_id {a["category_id"]!r} '
@@ -94,6 +117,11 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
         if a['image_id'] not in image_ids:
             raise AnnotationError(f'{ann_file}: annotations[{i}] has unknown image_id {a["image_id"]!r} '
                              f'(not in the file\'s images)')
+        for key, ids in partial.get(a['image_id'], {}).items():
+            if a['category_id'] in ids:
+                raise AnnotationError(f'{ann_file}: annotations[{i}] marks category {a["category_id"]} present in '
+                                      f'image {a["image_id"]!r}, whose {key} lists it too: a category is present, '
+                                      'absent or not annotated in an image, not two of them')
     return data
 
 
@@ -103,6 +131,16 @@ def coco_multilabel_targets(
 ) -> Tuple[List[Dict[str, Any]], np.ndarray, List[str], List[int], Dict[str, int]]:
     """Turn checked COCO data (see :func:`load_coco_json`) into image-level multi-label targets via pycocotools.
 
+    Partial labels, per image (fields of its ``images`` record):
+
+    * ``neg_category_ids`` (LVIS's federated annotation): the categories checked absent (0); every category that
+      is neither annotated in the image nor listed there is not annotated (-1). LVIS's
+      ``not_exhaustive_category_ids`` needs nothing: at image level an annotated category is present either way.
+    * ``not_annotated_category_ids``: categories not annotated in this image (-1); every other category that has no
+      annotation is absent (0), as without the field.
+
+    A category listed there and also annotated in the image is an error naming the image.
+
     Args:
         data: the parsed annotation file.
         keep_empty: keep images that have no annotation (all-zero targets) instead of skipping them.
@@ -110,7 +148,8 @@ def coco_multilabel_targets(
     Returns:
         ``(images, targets, label_names, category_ids, counts)``: the kept image records in file order, the
         ``[N, C]`` float32 targets (columns in ascending category id), the category names and ids, and counts
-        ``{'images_total', 'images_without_annotations', 'images_kept', 'labels_from_crowd_only'}``.
+        ``{'images_total', 'images_without_annotations', 'images_kept', 'labels_from_crowd_only',
+        'unknown_entries'}`` (the last: kept (image, category) entries not annotated, -1).
     """
     coco = COCO()
     # pycocotools needs a unique annotation 'id'; image-level custom files often omit it
@@ -129,18 +168,22 @@ def coco_multilabel_targets(
             empty += 1
             if not keep_empty:
                 continue
-        row = np.zeros(len(category_ids), dtype=np.float32)
+        image = coco.imgs[img_id]
+        row = np.full(len(category_ids), -1.0 if 'neg_category_ids' in image else 0.0, dtype=np.float32)
+        row[[column[c] for c in image.get('neg_category_ids') or ()]] = 0.0
+        row[[column[c] for c in image.get('not_annotated_category_ids') or ()]] = -1.0
         non_crowd = np.zeros(len(category_ids), dtype=bool)
         for a in img_anns:
-            row[column[a['category_id']]] = 1.0
+            c = a['category_id']
+            row[column[c]] = 1.0
             if not a.get('iscrowd', 0):
-                non_crowd[column[a['category_id']]] = True
+                non_crowd[column[c]] = True
         crowd_only += int(np.sum((row == 1) & ~non_crowd))
-        images.append(coco.imgs[img_id])
+        images.append(image)
         rows.append(row)
     targets = np.stack(rows) if rows else np.zeros((0, len(category_ids)), dtype=np.float32)
     counts = dict(images_total=len(coco.imgs), images_without_annotations=empty, images_kept=len(images),
-                  labels_from_crowd_only=crowd_only)
+                  labels_from_crowd_only=crowd_only, unknown_entries=int((targets == -1).sum()))
     return images, targets, label_names, category_ids, counts
 
 
@@ -191,9 +234,10 @@ class CocoFormatMultiLabel(MultiLabelDataset):
         self.category_ids: List[int] = category_ids
         without = counts['images_without_annotations']
         _logger.info('%s: %s images with >=1 annotation (%s without %s), %d classes, %s labels only from crowd '
-                     'annotations (counted present)', name, f'{len(images) - (without if keep_empty else 0):,}',
-                     f'{without:,}', 'kept' if keep_empty else 'skipped', len(label_names),
-                     f'{counts["labels_from_crowd_only"]:,}')
+                     'annotations (counted present), %s entries not annotated', name,
+                     f'{len(images) - (without if keep_empty else 0):,}', f'{without:,}',
+                     'kept' if keep_empty else 'skipped', len(label_names), f'{counts["labels_from_crowd_only"]:,}',
+                     f'{counts["unknown_entries"]:,}')
 
     def _check_categories(self, data: Dict[str, Any], ann_file: str) -> None:
         """Hook for subclasses that expect a fixed category list."""

@@ -8,7 +8,7 @@ file (:class:`CocoJsonMultiLabel`).
 import csv
 import logging
 import os
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,7 +16,8 @@ from .coco import CocoFormatMultiLabel
 from ..utils import read_label_names
 from .images import AnnotationError, MultiLabelDataset, check_files_exist
 
-__all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names', 'LABELS_FROM_FILE']
+__all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names', 'LABELS_FROM_FILE', 'NOT_ANNOTATED', 'ABSENT',
+           'ALL_OTHERS_NOT_ANNOTATED']
 
 #: ``info['label_names_from']`` of a list-layout CSV given neither ``label_names`` nor a ``classes.txt``: its classes
 #: are just the labels it happens to hold (a split may lack one), so callers may supply the real label set.
@@ -44,6 +45,43 @@ def _pick(columns: Sequence[str], wanted: Optional[str], candidates: Sequence[st
     return None
 
 
+#: list-layout markers: ``?name`` not annotated, ``!name`` checked absent, ``?*`` every class not named not annotated
+NOT_ANNOTATED, ABSENT, ALL_OTHERS_NOT_ANNOTATED = '?', '!', '?*'
+
+
+def _parse_label(token: str, names: set) -> Tuple[Optional[str], float]:
+    """``(class name, target)`` of one list-layout token (``(None, -1)`` for ``?*``); a token that is itself a
+    class name is that class, present."""
+    if token in names:
+        return token, 1.0
+    if token == ALL_OTHERS_NOT_ANNOTATED:
+        return None, -1.0
+    if token[:1] in (NOT_ANNOTATED, ABSENT) and token[1:].strip():
+        return token[1:].strip(), -1.0 if token[0] == NOT_ANNOTATED else 0.0
+    return token, 1.0
+
+
+def _list_row(tokens: Sequence[str], index: Dict[str, int], where: str, names_from: str) -> np.ndarray:
+    """The target row of one list-layout cell (markers: :data:`NOT_ANNOTATED`, :data:`ABSENT`,
+    :data:`ALL_OTHERS_NOT_ANNOTATED`)."""
+    parsed = [_parse_label(t, set(index)) for t in tokens]
+    others = -1.0 if any(n is None for n, _ in parsed) else 0.0
+    row = np.full(len(index), others, dtype=np.float32)
+    seen: Dict[str, str] = {}
+    for token, (label, value) in zip(tokens, parsed):
+        if label is None:
+            continue
+        if label not in index:
+            raise AnnotationError(f'{where}: unknown label {label!r} (label names from {names_from}: '
+                                  f'{list(index)})')
+        if label in seen:
+            raise AnnotationError(f'{where}: class {label!r} is named twice ({seen[label]!r} and {token!r}); name '
+                                  'each class once per row')
+        seen[label] = token
+        row[index[label]] = value
+    return row
+
+
 class CsvMultiLabel(MultiLabelDataset):
     """A CSV file of image paths and labels, with a header row, in one of two layouts.
 
@@ -51,9 +89,14 @@ class CsvMultiLabel(MultiLabelDataset):
       ``';'``, since names such as "traffic light" contain spaces), e.g. ``img/0001.jpg,person;traffic light``.
       Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name a
       line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
-      same label set; a ``classes.txt`` makes the order explicit).
+      same label set; a ``classes.txt`` makes the order explicit). A class a row does not name is absent (0).
+      Partial labels (as in OpenImages): ``?name`` says the image was not annotated for that class (-1: left out of
+      the loss and the metrics), ``?*`` that every class the row does not name is not annotated, and then ``!name``
+      names a class checked absent (0), e.g. ``img/0002.jpg,person;?dog`` or ``img/0003.jpg,person;!cat;?*``.
     * wide layout: no label column; every other column is a class, each cell ``1`` (present), ``0`` (absent) or
-      ``-1`` (ignore), e.g. header ``image,person,dog,traffic light`` and row ``img/0001.jpg,1,0,1``.
+      ``-1`` (not annotated / ignore), e.g. header ``image,person,dog,traffic light`` and row ``img/0001.jpg,1,0,-1``.
+
+    ``info['unknown_entries']`` counts the (image, class) entries that are not annotated (-1).
 
     The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
     label column is ``label_column`` or the first of ``labels, label, tags``.
@@ -73,7 +116,8 @@ class CsvMultiLabel(MultiLabelDataset):
     Raises:
         FileNotFoundError: the CSV, ``image_dir`` or a listed image is missing.
         ValueError: malformed CSV, a missing column, a row with the wrong number of fields, a duplicated image, a
-            label not in ``label_names``/``classes.txt``, a wide-layout cell other than 1/0/-1 — naming file and line.
+            label not in ``label_names``/``classes.txt``, a class named twice in a row (e.g. ``dog;?dog``), a
+            wide-layout cell other than 1/0/-1 — naming file and line.
     """
 
     def __init__(
@@ -131,17 +175,14 @@ class CsvMultiLabel(MultiLabelDataset):
             elif os.path.isfile(classes_txt):
                 names, names_from = read_label_names(classes_txt), classes_txt
             else:
-                names, names_from = sorted({t for ts in cells.values() for t in ts}), LABELS_FROM_FILE
+                names = sorted({_parse_label(t, set())[0] for ts in cells.values() for t in ts} - {None})
+                names_from = LABELS_FROM_FILE
                 _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
                              'beside it to fix the class order across splits', name, len(names))
             index = {n: i for i, n in enumerate(names)}
             targets = np.zeros((len(records), len(names)), dtype=np.float32)
             for k, rec in enumerate(records):
-                for t in cells[rec['_line']]:
-                    if t not in index:
-                        raise AnnotationError(f'{csv_file}, line {rec["_line"]}: unknown label {t!r} (label names from '
-                                         f'{names_from}: {names})')
-                    targets[k, index[t]] = 1.0
+                targets[k] = _list_row(cells[rec['_line']], index, f'{csv_file}, line {rec["_line"]}', names_from)
         else:
             layout = 'wide'
             names, names_from = [h for h in header if h != img_col], 'header'
@@ -181,10 +222,11 @@ class CsvMultiLabel(MultiLabelDataset):
         info = dict(name=name, format=f'csv-{layout}', csv_file=csv_file, image_dir=image_dir,
                     label_names_from=names_from, num_images=len(paths), images_listed=len(records),
                     images_without_labels=empty, keep_empty=keep_empty,
-                    ignored_entries=int((targets == -1).sum()))
+                    unknown_entries=int((targets == -1).sum()))
         super().__init__(paths, targets, names, transform=transform, on_corrupt=on_corrupt, info=info)
-        _logger.info('%s: %s images (%d without labels %s), %d classes (%s layout)', name, f'{len(paths):,}', empty,
-                     'kept' if keep_empty else 'skipped', len(names), layout)
+        _logger.info('%s: %s images (%d without labels %s), %d classes (%s layout), %s entries not annotated', name,
+                     f'{len(paths):,}', empty, 'kept' if keep_empty else 'skipped', len(names), layout,
+                     f'{info["unknown_entries"]:,}')
 
 
 class CocoJsonMultiLabel(CocoFormatMultiLabel):
