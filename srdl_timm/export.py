@@ -1,7 +1,8 @@
 """ONNX and TorchScript files of an inference model, checked against PyTorch after export (``srdl-export``).
 
 The exported model is the inference form (:func:`prepare_for_export`): input ``input`` ``[batch, 3, H, W]``
-(normalised as the model's data config says), output ``logits`` ``[batch, C]`` (apply a sigmoid for scores).
+(normalised as the model's data config says), output ``logits`` ``[batch, C]`` (apply a sigmoid for scores, then
+the per-class decision thresholds the metadata records, else 0.5).
 :func:`export_onnx` / :func:`export_torchscript` write the files with the preprocessing config and label names as
 metadata (:func:`export_metadata`); :func:`check_onnx` (onnxruntime, the ``export`` extra) and
 :func:`check_torchscript` compare them with PyTorch on random inputs and raise :class:`ExportCheckError` unless
@@ -19,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .errors import InputError, OperationError
-from .labels import model_label_names
+from .labels import model_label_names, model_label_thresholds
 
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
@@ -68,7 +69,9 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
 def export_metadata(
         model: nn.Module, input_size: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
-    """String metadata stored with an export: architecture, input size, mean/std, interpolation, labels, versions.
+    """String metadata stored with an export: architecture, input size, mean/std, interpolation, labels, the
+    post-processing (``postprocess``; ``label_thresholds``, one probability per class, when the model carries
+    them, :func:`srdl_timm.labels.model_label_thresholds`), versions.
 
     Values are strings (lists as JSON). ONNX keeps them as ``metadata_props``
     (``onnxruntime.InferenceSession(p).get_modelmeta().custom_metadata_map``), TorchScript as the extra file
@@ -81,6 +84,12 @@ def export_metadata(
     config = resolve_data_config({}, model=model)
     names = list(label_names) if label_names is not None else model_label_names(model)
     cfg = getattr(model, 'pretrained_cfg', None) or {}
+    thresholds = model_label_thresholds(model)
+    if thresholds is not None:
+        postprocess = (f'class c is present when sigmoid(logits[c]) >= label_thresholds[c] (per-class thresholds '
+                       f'{thresholds.describe()}; not from the SRDL paper, which uses 0.5)')
+    else:
+        postprocess = 'class c is present when sigmoid(logits[c]) >= 0.5 (no per-class thresholds recorded)'
     meta = dict(
         architecture=str(cfg.get('architecture', type(model).__name__)),
         input_name=_INPUT,
@@ -93,6 +102,9 @@ def export_metadata(
         std=json.dumps([float(v) for v in config['std']]),
         num_classes=str(getattr(model, 'num_classes', '')),
         label_names=json.dumps(names) if names else '',
+        postprocess=postprocess,
+        label_thresholds=json.dumps(list(thresholds.values)) if thresholds is not None else '',
+        label_thresholds_info=json.dumps(thresholds.info) if thresholds is not None else '',
         srdl_timm_version=srdl_timm.__version__,
         timm_version=timm.__version__,
         torch_version=torch.__version__,

@@ -2,7 +2,8 @@
 
 :func:`save_pretrained_dir` / :func:`publish` (and ``srdl-publish``) write what timm's own ``push_to_hf_hub`` writes,
 through timm's ``save_for_hf``: ``model.safetensors`` (never a pickle), ``config.json`` (architecture, num_classes,
-label_names, the ``model_args`` of :func:`srdl_timm.loading.model_args`, the pre-processing) and the README.md model
+label_names, the ``model_args`` of :func:`srdl_timm.loading.model_args`, the pre-processing, and the model's
+per-class decision thresholds as top-level ``label_thresholds`` + ``label_thresholds_info``) and the README.md model
 card of :mod:`srdl_timm.model_card`; with ``local_dir`` without any network access, else uploaded with
 ``HfApi.create_repo`` + ``upload_folder`` (not covered by the tests). Such a folder loads with
 ``timm.create_model('local-dir:...' or 'hf-hub:org/repo', pretrained=True)`` after ``import srdl_timm``.
@@ -23,6 +24,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 
 from .errors import InputError
+from .labels import model_label_thresholds, read_thresholds_file, store_label_thresholds
 from .loading import load_model, read_model_config
 from .loading import model_args as srdl_model_args
 from .manifest import manifest_markdown, register_weights, verify_manifest
@@ -108,6 +110,7 @@ def load_for_publishing(
         model: Optional[str] = None,
         model_kwargs: Optional[Mapping[str, Any]] = None,
         label_names: Optional[Sequence[str]] = None,
+        thresholds_file: Optional[PathLike] = None,
 ) -> torch.nn.Module:
     """The model to publish, loaded strictly by :func:`srdl_timm.loading.load_model`.
 
@@ -123,6 +126,8 @@ def load_for_publishing(
         model: timm model name.
         model_kwargs: construction arguments overriding the recorded ones.
         label_names: class names in output order.
+        thresholds_file: per-class decision thresholds replacing those the weights carry (a file of ``srdl-validate
+            --tune-thresholds``, :func:`srdl_timm.labels.read_thresholds_file`).
 
     Raises:
         srdl_timm.weight_files.ModelLoadError: unreadable weights (a pickle needing more than tensors is refused,
@@ -137,7 +142,11 @@ def load_for_publishing(
         model = model or recorded.get('model')
         num_classes = recorded.get('num_classes')
         kwargs = {**recorded.get('model_kwargs', {}), **kwargs}
-    return load_model(model, checkpoint, pretrained=checkpoint is None, num_classes=num_classes, model_kwargs=kwargs)
+    net = load_model(model, checkpoint, pretrained=checkpoint is None, num_classes=num_classes, model_kwargs=kwargs)
+    if thresholds_file is not None:
+        store_label_thresholds(net, read_thresholds_file(os.fspath(thresholds_file), net.num_classes,
+                                                         getattr(net, 'label_names', None)))
+    return net
 
 
 def _check_srdl(model: torch.nn.Module) -> None:
@@ -177,7 +186,9 @@ def save_pretrained_dir(
     """Write ``model`` as a timm Hub folder: model.safetensors, config.json and a README.md model card.
 
     The weights and config.json are written by ``timm.models.save_for_hf(..., safe_serialization=True)``;
-    config.json's ``model_args`` are :func:`srdl_timm.loading.model_args` and its ``label_names`` the model's.
+    config.json's ``model_args`` are :func:`srdl_timm.loading.model_args`, its ``label_names`` the model's and its
+    ``label_thresholds`` / ``label_thresholds_info`` the model's decision thresholds
+    (:func:`srdl_timm.labels.model_label_thresholds`), when it carries any.
 
     Args:
         model: an SRDL model built with ``timm.create_model``.
@@ -236,6 +247,9 @@ def save_pretrained_dir(
     model_config: Dict[str, Any] = {}
     if label_names is not None:
         model_config['label_names'] = label_names
+    thresholds = model_label_thresholds(model)
+    if thresholds is not None:  # top level: timm's loader rejects unknown pretrained_cfg keys
+        model_config.update(thresholds.to_json())
     saved_args = model.__dict__.get('_model_args')
     # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
     # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .errors import InputError
-from .labels import store_label_names
+from .labels import LabelThresholds, store_label_names, store_label_thresholds
 from .models.pretrained import check_pretrained_weights
 from .models.srdl import SRDL
 from .utils import PathLike
@@ -36,8 +36,8 @@ _logger = logging.getLogger(__name__)
 
 #: ``SRDL.__init__`` arguments that are not architecture: run-time/training switches and category inputs whose
 #: values are in the weights (label-graph nodes) or in the config's top-level ``label_names``
-_NOT_MODEL_ARGS = frozenset({'pretrained_backbone', 'label_embeddings', 'label_names', 'object_erasing', 'drop_rate',
-                             'drop_path_rate', 'device', 'dtype'})
+_NOT_MODEL_ARGS = frozenset({'pretrained_backbone', 'label_embeddings', 'label_names', 'label_thresholds',
+                             'object_erasing', 'drop_rate', 'drop_path_rate', 'device', 'dtype'})
 _DATA_KEYS = ('input_size', 'interpolation', 'mean', 'std', 'crop_pct', 'crop_mode')
 
 
@@ -65,7 +65,9 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
 
     Returns:
         ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'trained_on',
-        'config_file'}``; an empty dict when no config exists. ``model_args`` are the construction arguments
+        'label_thresholds', 'config_file'}``; an empty dict when no config exists. ``label_thresholds`` is a
+        :class:`~srdl_timm.labels.LabelThresholds` (top-level ``label_thresholds`` + ``label_thresholds_info``) or
+        None. ``model_args`` are the construction arguments
         (without label names/embeddings), ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation,
         mean, std, crop_pct, crop_mode), ``trained_on`` the training data a train_config.json records (format, root,
         split, annotation file), else None.
@@ -113,6 +115,7 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
         'pretrained_cfg': {k: tuple(data[k]) if isinstance(data[k], list) else data[k]
                            for k in _DATA_KEYS if data.get(k) is not None},
         'trained_on': trained_on,
+        'label_thresholds': LabelThresholds.from_json(config, str(file)),
         'config_file': str(file),
     }
 
@@ -163,7 +166,8 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
 # strict loading
 # ----------------------------------------------------------------------------------------------------------------
 def _short(args: Mapping[str, Any]) -> str:
-    return ', '.join(f'{k}={v!r}' for k, v in args.items() if k not in ('label_names', 'label_embeddings'))
+    return ', '.join(f'{k}={v!r}' for k, v in args.items()
+                     if k not in ('label_names', 'label_embeddings', 'label_thresholds'))
 
 
 def _names(keys: List[str], limit: int = 6) -> str:
@@ -265,7 +269,8 @@ def load_model(
 
     Returns:
         The model in eval mode, with ``pretrained_cfg['label_names']`` (and ``model.label_names`` for SRDL) set
-        when known.
+        when known, and the per-class decision thresholds its config records in ``model.label_thresholds``
+        (:func:`srdl_timm.labels.model_label_thresholds`).
 
     Raises:
         ModelLoadError: unreadable weights or config, weights that do not fit, no model named.
@@ -320,6 +325,7 @@ def load_model(
             raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
                                  'classes')
         net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
+        store_label_thresholds(net, config.get('label_thresholds'), where)
     else:
         if model is None:
             raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '

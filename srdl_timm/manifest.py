@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
+from .labels import LabelThresholds
 from .model_card import normalise_metrics
 from .models.pretrained import (
     MANIFEST_CFG_KEYS, empty_manifest, entry_file, load_manifest, manifest_path, validate_entry, verify_sha256,
@@ -57,7 +58,9 @@ def register_weights(
     """Add a published folder's weights to the registry (``weights/manifest.json``).
 
     Args:
-        folder: a folder written by :func:`save_pretrained_dir` (config.json + model.safetensors).
+        folder: a folder written by :func:`save_pretrained_dir` (config.json + model.safetensors); its per-class
+            decision thresholds (``label_thresholds`` + ``label_thresholds_info``), when it has any, go into the
+            entry too.
         tag: the pretrained tag; the weights then load as ``timm.create_model('<architecture>.<tag>',
             pretrained=True)``.
         dataset: what the weights were trained and evaluated on.
@@ -117,6 +120,9 @@ def register_weights(
         'model_args': config.get('model_args') or {},
         'pretrained_cfg': {k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
     }
+    thresholds = LabelThresholds.from_json(config, str(folder / 'config.json'))
+    if thresholds is not None:
+        entry.update(thresholds.to_json())
     if notes:
         entry['notes'] = notes
     validate_entry(entry, len(data['weights']), str(mfile))

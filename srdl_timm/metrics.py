@@ -152,16 +152,19 @@ def precision_recall_f1(predicted: ArrayLike, targets: ArrayLike) -> Dict[str, f
     return dict(CP=cp, CR=cr, CF1=f1(cp, cr), OP=op, OR=orc, OF1=f1(op, orc))
 
 
-def _logit(p: float) -> float:
-    if not 0.0 < p < 1.0:
-        raise ValueError(f'threshold must be a probability in (0, 1), got {p}')
-    return math.log(p / (1.0 - p))
+def _logit(p: Union[float, Sequence[float]]) -> Union[float, np.ndarray]:
+    values = np.asarray(p, dtype=np.float64)
+    if values.ndim > 1 or values.size == 0 or not np.all((values > 0.0) & (values < 1.0)):
+        raise ValueError(f'threshold must be a probability in (0, 1) or one per class, got {p}')
+    logits = np.log(values / (1.0 - values))
+    return float(logits) if values.ndim == 0 else logits
 
 
 class MultiLabelMetrics:
     """Streaming multi-label evaluation: accumulate ``(logits, targets)`` batches, then :meth:`compute`.
 
-    "Predicted" means sigmoid(logit) >= ``threshold`` (0.5 ⇔ logit >= 0). The top-k variants (keys ``CP_top3`` …)
+    "Predicted" means sigmoid(logit) >= ``threshold`` (0.5 ⇔ logit >= 0), a global probability or one per class
+    (:mod:`srdl_timm.labels.thresholds`). The top-k variants (keys ``CP_top3`` …)
     predict the k highest-scored classes of each image (ties → lower class index) and, as in ML-GCN's
     ``overall_topk``, only those of them that also pass the threshold (``topk_requires_threshold=False`` drops that
     condition). ``num_classes_evaluated`` says how many classes (those with a positive) were averaged.
@@ -172,7 +175,7 @@ class MultiLabelMetrics:
     Args:
         label_names: class names (keys of the per-class AP in reports); optional.
         num_classes: C, checked on every update (taken from ``label_names`` or the first batch when None).
-        threshold: probability threshold for CP … OF1 (0.5 in the paper's tables).
+        threshold: probability threshold for CP … OF1 (0.5 in the paper's tables), or a sequence of per-class ones.
         top_k: k of the top-k variants (3 in the literature).
         topk_requires_threshold: top-k predictions must also pass the threshold (ML-GCN's ``overall_topk``).
     """
@@ -181,7 +184,7 @@ class MultiLabelMetrics:
             self,
             label_names: Optional[Sequence[str]] = None,
             num_classes: Optional[int] = None,
-            threshold: float = 0.5,
+            threshold: Union[float, Sequence[float]] = 0.5,
             top_k: int = 3,
             topk_requires_threshold: bool = True,
     ) -> None:
@@ -190,8 +193,11 @@ class MultiLabelMetrics:
             raise ValueError(f'num_classes {num_classes} != len(label_names) {len(self.label_names)}')
         self.num_classes = num_classes if num_classes is not None else (
             len(self.label_names) if self.label_names is not None else None)
-        self.threshold = threshold
         self.logit_threshold = _logit(threshold)
+        self.threshold = threshold if isinstance(self.logit_threshold, float) else [float(t) for t in threshold]
+        if self.num_classes is not None and not isinstance(self.logit_threshold, float) \
+                and len(self.logit_threshold) != self.num_classes:
+            raise ValueError(f'{len(self.logit_threshold)} thresholds for {self.num_classes} classes')
         if top_k < 1:
             raise ValueError(f'top_k must be >= 1, got {top_k}')
         self.top_k = top_k
@@ -249,9 +255,9 @@ class MultiLabelMetrics:
         Returns:
             ``mAP_interpolated``, ``mAP_non_interpolated`` (floats); ``AP_interpolated``, ``AP_non_interpolated``
             (float64 arrays ``[C]``, NaN for classes without positives); ``CP``, ``CR``, ``CF1``, ``OP``, ``OR``,
-            ``OF1`` at ``threshold``; the same with suffix ``_top{k}``; ``num_samples``, ``num_classes``,
-            ``num_classes_evaluated``, ``num_ignored_entries``, ``num_samples_all_ignored`` (e.g. unreadable images
-            skipped by the dataset), ``threshold``, ``top_k``.
+            ``OF1`` at ``threshold`` (per class when given so); the same with suffix ``_top{k}``; ``num_samples``,
+            ``num_classes``, ``num_classes_evaluated``, ``num_ignored_entries``, ``num_samples_all_ignored`` (e.g.
+            unreadable images skipped by the dataset), ``threshold``, ``top_k``.
         """
         logits_t, targets_t = self.gather(distributed)
         return self.compute_from(logits_t, targets_t)
@@ -265,6 +271,8 @@ class MultiLabelMetrics:
         n, c = logits.shape
         if n == 0:
             raise ValueError('no samples accumulated; call update() before compute()')
+        if not isinstance(self.logit_threshold, float) and len(self.logit_threshold) != c:
+            raise ValueError(f'{len(self.logit_threshold)} thresholds for {c} classes')
         out: Dict[str, Any] = {}
         for mode in AP_MODES:
             ap = average_precision(logits, targets, mode=mode)

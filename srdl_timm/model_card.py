@@ -4,7 +4,8 @@ The card's front matter is Hub metadata built with ``huggingface_hub.ModelCardDa
 ``pipeline_tag: image-classification``, multi-label ``tags``, ``license``; ``datasets`` and the ``model-index``
 (whose ``dataset.type`` must be a Hub dataset id) only when a Hub dataset id is given — a local dataset's name is
 stated in the text, never passed off as a Hub id. The text gives the label names (or says there are none), the
-pre-processing, the metrics with the protocol they were measured under, a usage snippet that runs as written
+pre-processing, the decision thresholds (per class, where and how they were tuned, or 0.5), the metrics with the
+protocol they were measured under, a usage snippet that runs as written
 (``hf-hub:<repo>`` for a Hub card, the folder's absolute ``local-dir:`` path for a local one) and the paper's
 citation. The paper's text names no venue, year, DOI or arXiv id, so the card invents none.
 """
@@ -16,6 +17,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import InputError
+from .labels import TUNING_RULES, LabelThresholds
 from .models.pretrained import REQUIRED_PROTOCOL
 from .utils import PathLike
 
@@ -123,8 +125,8 @@ def ordered_metrics(values: Mapping[str, float]) -> List[Tuple[str, float]]:
 
 def usage_snippet(source: str) -> str:
     """Python that loads the published model from ``source`` (``hf-hub:org/repo`` or ``local-dir:PATH``) and
-    prints the classes scored above 0.5 for ``image.jpg``; it runs as written (with the label names, or the class
-    indices when the weights have none)."""
+    prints the classes scored at or above their decision thresholds (the weights' per-class ones, else 0.5) for
+    ``image.jpg``; it runs as written (with the label names, or the class indices when the weights have none)."""
     return '\n'.join([
         'import timm, torch',
         'import srdl_timm  # registers the srdl_* architectures; needed before timm reads config.json',
@@ -137,8 +139,35 @@ def usage_snippet(source: str) -> str:
         'with torch.inference_mode():',
         '    probs = model(transform(image).unsqueeze(0)).sigmoid()[0]  # multi-label: one sigmoid per class',
         "labels = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]",
-        'print([(labels[i], round(p.item(), 3)) for i, p in enumerate(probs) if p > 0.5])',
+        'thresholds = srdl_timm.labels.model_label_thresholds(model)  # per-class decision thresholds, or None',
+        'cut = thresholds.values if thresholds else [0.5] * model.num_classes',
+        'print([(labels[i], round(p.item(), 3)) for i, p in enumerate(probs) if p >= cut[i]])',
     ])
+
+
+def _thresholds_section(config: Mapping[str, Any]) -> List[str]:
+    """The card's "Decision thresholds" section: the per-class thresholds config.json records, or 0.5."""
+    thresholds = LabelThresholds.from_json(config, 'config.json')
+    lines = ['', '## Decision thresholds', '']
+    if thresholds is None:
+        return lines + ['No per-class thresholds were recorded: a class is predicted present when its probability is '
+                        '>= 0.5 (the threshold of the paper\'s CP, CR, CF1, OP, OR, OF1).']
+    tuned_on, rule = thresholds.tuned_on or {}, thresholds.info.get('rule', 'given')
+    where = (f'on {tuned_on.get("data")} split `{tuned_on.get("split")}` ({tuned_on.get("num_images")} images)'
+             if tuned_on else 'on a split that was not recorded')
+    lines += [f'A class is predicted present when its probability is >= its own threshold (config.json '
+              f'`label_thresholds`, in output order). They were chosen {where}: '
+              f'{thresholds.info.get("description") or TUNING_RULES.get(rule, rule)}. They are not from '
+              'the paper (whose CP, CR, CF1, OP, OR, OF1 use 0.5), and metrics at them are only meaningful on '
+              'images other than those they were tuned on (`srdl-validate --thresholds from-weights` refuses the '
+              'same split). `srdl-predict` uses them by default (`--threshold X` applies one value to every class '
+              'instead).', '']
+    names = config.get('label_names') or [str(i) for i in range(len(thresholds))]
+    untuned = {str(n) for n in thresholds.info.get('untuned') or ()}
+    lines += ['| class | threshold |', '|---|---|']
+    lines += [f'| {n} | {v:.4f}{" (no positive to tune on: 0.5)" if str(n) in untuned else ""} |'
+              for n, v in zip(names, thresholds.values)]
+    return lines
 
 
 def _labels_line(config: Mapping[str, Any]) -> str:
@@ -251,6 +280,7 @@ def model_card(
               'are re-initialised; pass `label_embeddings=` for the new names), or start from ImageNet with '
               '`pretrained_backbone=True` instead of these weights.']
 
+    lines += _thresholds_section(config)
     if metrics:
         units = protocol.get('units', 'percent')
         lines += ['', '## Evaluation', '', f'| metric | value ({units}) |', '|---|---|']

@@ -1,10 +1,11 @@
 """Multi-label predictions (and Figure-5 attention overlays) for image files: the library behind ``srdl-predict``.
 
 Inputs come from :func:`srdl_timm.data.inputs.collect_inputs` (files, folders, globs; failures kept as items); each
-image gets the labels :func:`select_labels` chooses (score >= ``threshold`` and/or the ``topk`` best; neither:
-threshold 0.5). :func:`predict_files` returns one :class:`Prediction` per input, in input order, with the reason
-when an input failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them and
-:func:`weights_summary` says what the weights know (label set, training data) for the header of the output.
+image gets the labels :func:`select_labels` chooses (score >= ``threshold``, one global value or one per class,
+and/or the ``topk`` best); :func:`decision_thresholds` says which thresholds apply (a given one, else the weights'
+per-class thresholds, else 0.5). :func:`predict_files` returns one :class:`Prediction` per input, in input order,
+with the reason when an input failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them
+and :func:`weights_summary` says what the weights know (label set, training data) for the header of the output.
 """
 import csv
 import dataclasses
@@ -13,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -23,11 +24,13 @@ from torch.utils.data import DataLoader
 
 from .data.inputs import IMAGE_EXTENSIONS, ImageFiles, InputItem, collate_items, collect_inputs
 from .errors import InputError
+from .labels import DEFAULT_THRESHOLD, model_label_thresholds
 from .utils import jsonable
 
 __all__ = [
     'IMAGE_EXTENSIONS', 'InputItem', 'Prediction', 'collect_inputs',
-    'weights_summary', 'summary_lines', 'select_labels', 'predict_files', 'format_table', 'format_json', 'format_csv', 'CSV_COLUMNS',
+    'weights_summary', 'summary_lines', 'decision_thresholds', 'select_labels', 'predict_files', 'format_table',
+    'format_json', 'format_csv', 'CSV_COLUMNS',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -107,20 +110,48 @@ def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
     return lines
 
 
+def decision_thresholds(model: nn.Module, threshold: Optional[float] = None,
+                        topk: Optional[int] = None) -> Dict[str, Any]:
+    """Which thresholds decide the labels: ``threshold`` when given (one value for every class), else with ``topk``
+    alone none (the ``topk`` best), else the model's per-class thresholds
+    (:func:`srdl_timm.labels.model_label_thresholds`), else 0.5.
+
+    Returns:
+        ``{'threshold', 'source', 'description'}``: the value for :func:`select_labels` (a float, a list with one
+        probability per class, or None), ``'given'`` / ``'top-k only'`` / ``'weights'`` / ``'default'``, and a
+        line saying so.
+    """
+    if threshold is not None:
+        return dict(threshold=float(threshold), source='given',
+                    description=f'{threshold:g} for every class (given)'
+                    + (f', at most the {topk} best' if topk else ''))
+    if topk is not None:
+        return dict(threshold=None, source='top-k only', description=f'none: the {topk} best labels of each image')
+    tuned = model_label_thresholds(model)
+    if tuned is not None:
+        return dict(threshold=list(tuned.values), source='weights',
+                    description=f'the weights\' own, {tuned.describe()}')
+    return dict(threshold=DEFAULT_THRESHOLD, source='default',
+                description=f'{DEFAULT_THRESHOLD} for every class (the weights carry no tuned thresholds)')
+
+
 def select_labels(
-        scores: np.ndarray, label_names: Sequence[str], threshold: Optional[float] = None, topk: Optional[int] = None,
+        scores: np.ndarray, label_names: Sequence[str], threshold: Union[None, float, Sequence[float]] = None,
+        topk: Optional[int] = None,
 ) -> List[Tuple[str, int, float]]:
     """Labels of one image by score: all >= ``threshold``, the ``topk`` best, or the ``topk`` best >= ``threshold``.
 
-    With neither given the threshold is 0.5. Ties keep the lower class index first. Returns
-    ``(label, index, score)`` in decreasing score order.
+    ``threshold`` is one probability or one per class (:func:`decision_thresholds`); with neither it and ``topk``
+    given it is 0.5. Ties keep the lower class index first. Returns ``(label, index, score)`` in decreasing score
+    order.
     """
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     if threshold is None and topk is None:
-        threshold = 0.5
+        threshold = DEFAULT_THRESHOLD
     order = np.argsort(-scores, kind='stable')
     if threshold is not None:
-        order = order[scores[order] >= threshold]
+        cut = np.broadcast_to(np.asarray(threshold, dtype=np.float64), scores.shape)
+        order = order[scores[order] >= cut[order]]
     if topk is not None:
         order = order[:topk]
     return [(str(label_names[i]), int(i), float(scores[i])) for i in order]
@@ -161,7 +192,7 @@ def predict_files(
         items: Sequence[InputItem],
         label_names: Sequence[str],
         transform: Optional[Callable[[Image.Image], torch.Tensor]] = None,
-        threshold: Optional[float] = None,
+        threshold: Union[None, float, Sequence[float]] = None,
         topk: Optional[int] = None,
         batch_size: int = 16,
         device: Optional[torch.device] = None,
@@ -181,7 +212,7 @@ def predict_files(
         items: from :func:`collect_inputs`; items that already failed are passed through.
         label_names: one name per output.
         transform: PIL -> normalised tensor (default: the project's eval transform for the model).
-        threshold / topk: label selection (:func:`select_labels`).
+        threshold / topk: label selection (:func:`select_labels`; ``threshold`` one value or one per class).
         batch_size: images per forward pass.
         device: where the model runs (default: the model's device).
         amp_dtype: autocast dtype for the backbone, or None for float32.
@@ -206,6 +237,8 @@ def predict_files(
     num_classes = getattr(model, 'num_classes', len(label_names))
     if len(label_names) != num_classes:
         raise InputError(f'{len(label_names)} label names for a model with {num_classes} outputs')
+    if threshold is not None and np.ndim(threshold) and len(threshold) != num_classes:
+        raise InputError(f'{len(threshold)} thresholds for a model with {num_classes} outputs')
     results: List[Prediction] = [Prediction(item.path, error=item.error) for item in items]
     todo = [i for i, item in enumerate(items) if item.error is None]
     dataset = ImageFiles([items[i].path for i in todo], transform, keep_image=explain_dir is not None)

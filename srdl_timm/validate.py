@@ -3,9 +3,11 @@
 :func:`evaluate_dataset` loads a model, evaluates it on a dataset split and builds the JSON report with its exact
 protocol; :func:`validate` runs a model over a loader and returns the metrics (mAP in both AP definitions, CP … OF1
 and their top-3 variants), :func:`format_rows` prints Table 1/2-style rows and :func:`voc_difficult_negative`
-recomputes VOC with difficult-only entries counted negative from the same logits. Under torchrun each rank
-evaluates a disjoint, unpadded slice and the logits are gathered, so every image counts once; with AMP the head
-runs in float32 on float32 features so AP is ranked on fp32 logits.
+recomputes VOC with difficult-only entries counted negative from the same logits. CP … OF1 are reported at 0.5
+and, when asked, also at per-class decision thresholds (:mod:`srdl_timm.labels.thresholds`) that were tuned on
+another split; thresholds can be tuned on the evaluated split and written to a file, but never reported on it.
+Under torchrun each rank evaluates a disjoint, unpadded slice and the logits are gathered, so every image counts
+once; with AMP the head runs in float32 on float32 features so AP is ranked on fp32 logits.
 """
 import dataclasses
 import logging
@@ -24,13 +26,15 @@ from .data import (
     DEFAULT_SPLITS, LABELS_FROM_FILE, create_multilabel_dataset, create_multilabel_loader, create_paper_transform,
     init_distributed_from_env, is_dist_initialized)
 from .errors import InputError
-from .labels import model_label_names
+from .labels import (
+    LabelThresholds, model_label_names, model_label_thresholds, read_thresholds_file, same_split, split_fingerprint,
+    tune_thresholds)
 from .loading import ModelSpec, load_model_from_spec, read_model_config
 from .metrics import MultiLabelMetrics
-from .utils import sha256_file
+from .utils import atomic_write_json, sha256_file
 
 __all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
-           'DIFFICULT_POLICY_NAMES', 'Evaluation', 'evaluate_dataset']
+           'DIFFICULT_POLICY_NAMES', 'THRESHOLDS_FROM_WEIGHTS', 'Evaluation', 'evaluate_dataset']
 
 _logger = logging.getLogger(__name__)
 
@@ -206,6 +210,35 @@ def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> s
     return '\n'.join(lines)
 
 
+#: ``thresholds=`` value of :func:`evaluate_dataset` (``srdl-validate --thresholds``) for the weights' own thresholds
+THRESHOLDS_FROM_WEIGHTS = 'from-weights'
+
+
+def _given_thresholds(source: str, model: nn.Module, model_names: Optional[List[str]],
+                      evaluated: Dict[str, Any]) -> LabelThresholds:
+    """The thresholds ``source`` names (the weights' own or a file), refused when tuned on the evaluated split."""
+    if source == THRESHOLDS_FROM_WEIGHTS:
+        thresholds = model_label_thresholds(model)
+        if thresholds is None:
+            raise InputError('--thresholds from-weights: these weights carry no decision thresholds (srdl-train tunes '
+                             'them on its validation split; or tune them on a held-out split with srdl-validate '
+                             '--tune-thresholds FILE and pass --thresholds FILE)')
+    else:
+        thresholds = read_thresholds_file(source, getattr(model, 'num_classes', None), model_names)
+    if same_split(thresholds.tuned_on, evaluated):
+        tuned_on = thresholds.tuned_on or {}
+        raise InputError(f'--thresholds {source}: they were tuned on {tuned_on.get("data")} split '
+                         f'{tuned_on.get("split")!r} ({tuned_on.get("num_images")} images), the split evaluated here; '
+                         'metrics at thresholds tuned on the same images overstate them. Evaluate another split '
+                         '(e.g. --split test), or tune on a held-out split with --tune-thresholds')
+    return thresholds
+
+
+def _in_order(values: Sequence[float], index: Optional[Sequence[int]]) -> List[float]:
+    """Per-class values of the model's outputs in the dataset's class order (``index``: the logit columns)."""
+    return [float(values[i]) for i in index] if index is not None else [float(v) for v in values]
+
+
 @dataclasses.dataclass
 class Evaluation:
     """What :func:`evaluate_dataset` found.
@@ -259,6 +292,8 @@ def evaluate_dataset(
         channels_last: bool = False,
         seed: int = 0,
         progress: bool = False,
+        thresholds: Optional[str] = None,
+        tune_thresholds_file: Optional[str] = None,
 ) -> Evaluation:
     """Evaluate the model of ``spec`` on a dataset split (paper §4.1): ``srdl-validate`` without its printing.
 
@@ -278,6 +313,13 @@ def evaluate_dataset(
         device, amp_dtype, channels_last, progress: as :func:`validate` (``amp_dtype``: ``'bfloat16'`` /
             ``'float16'`` or None).
         seed: torch seed before building a ``random_init`` model.
+        thresholds: also report CP … OF1 (and their top-3 variants) at per-class decision thresholds:
+            :data:`THRESHOLDS_FROM_WEIGHTS` (those the weights carry) or a thresholds file
+            (:func:`srdl_timm.labels.read_thresholds_file`). Thresholds tuned on the evaluated split (same images,
+            :func:`srdl_timm.labels.same_split`) are refused with an :class:`InputError`.
+        tune_thresholds_file: tune per-class thresholds on this split (:func:`srdl_timm.labels.tune_thresholds`,
+            best F1 per class) and write them to this JSON file (in the model's output order, with its label names
+            and where they were tuned); they are not evaluated here.
 
     Returns:
         The :class:`Evaluation`: the JSON report with the exact protocol, the rows to print, the rank.
@@ -326,9 +368,12 @@ def evaluate_dataset(
     loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers,
                                       distributed=world > 1, pin_memory=device_.type == 'cuda')
     is_voc = data == 'voc'
+    evaluated_split = split_fingerprint(dataset.image_paths, root, data, split)
+    given = _given_thresholds(thresholds, model, weights_names, evaluated_split) if thresholds else None
     results = validate(model, loader, device_, amp_dtype=getattr(torch, amp_dtype) if amp_dtype else None,
                        channels_last=channels_last, progress=progress, class_index=class_index,
-                       label_names=dataset.label_names, return_outputs=is_voc)
+                       label_names=dataset.label_names, return_outputs=True)
+    logits, targets = results.pop('logits'), results.pop('targets')
     if results['num_samples'] != len(dataset):
         raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
 
@@ -338,8 +383,7 @@ def evaluate_dataset(
     names = dataset.label_names
     by_policy = {'ignore': results}
     if is_voc:
-        by_policy['negative'] = voc_difficult_negative(results.pop('logits'), results.pop('targets'),
-                                                       dataset.difficult_only, names)
+        by_policy['negative'] = voc_difficult_negative(logits, targets, dataset.difficult_only, names)
     report: Dict[str, Any] = dict(
         model=spec.model,
         checkpoint=_checkpoint_record(spec.checkpoint),
@@ -357,6 +401,7 @@ def evaluate_dataset(
             topk_requires_threshold=True,
             difficult_policy=dataset.info.get('difficult_policy', 'n/a'),
             ignored_entries=results['num_ignored_entries'],
+            unknown_entries=dataset.info.get('unknown_entries'),
             dataset=dataset.info,
             split=split,
             num_images=len(dataset),
@@ -379,6 +424,8 @@ def evaluate_dataset(
     )
     count = f'{evaluated:,} images evaluated, {skipped:,} unreadable skipped' if skipped else f'{evaluated:,} images'
     title = f'{spec.model or os.path.basename(spec.checkpoint or "")} {data}/{split} ({count})'
+    if dataset.info.get('unknown_entries'):
+        title += f' [{dataset.info["unknown_entries"]:,} entries not annotated]'
     rows = [(title, results)]
     if is_voc:
         report['metrics_by_difficult_policy'] = {
@@ -386,4 +433,27 @@ def evaluate_dataset(
                          per_class_AP=_per_class(r, names))
             for policy, r in by_policy.items()}
         rows = [(f'{title} difficult={policy}: {DIFFICULT_POLICY_NAMES[policy]}', r) for policy, r in by_policy.items()]
+    if given is not None:
+        at = MultiLabelMetrics(label_names=names, num_classes=len(names),
+                               threshold=_in_order(given.values, class_index)).compute_from(logits, targets)
+        source = 'the weights\' own' if thresholds == THRESHOLDS_FROM_WEIGHTS else thresholds
+        report['metrics_at_thresholds'] = {k: v for k, v in _scalars(at).items() if not k.startswith('mAP')}
+        report['thresholds'] = dict(source=source, description=given.describe(), info=given.info,
+                                    per_class=dict(zip(names, at['threshold'])))
+        rows.append((f'{title} at per-class thresholds ({source})', at))
+    if tune_thresholds_file:
+        tuned = tune_thresholds(logits, targets, label_names=names, tuned_on=evaluated_split, tool='srdl-validate')
+        if class_index is not None:  # back to the model's output order
+            back = [0.0] * len(names)
+            for column, i in enumerate(class_index):
+                back[i] = tuned.values[column]
+            tuned = LabelThresholds(tuple(back), tuned.info)
+        document = dict(tuned.to_json(), label_names=weights_names or names,
+                        weights=spec.checkpoint or spec.model)
+        if rank == 0:
+            atomic_write_json(tune_thresholds_file, document)
+        report['tuned_thresholds'] = dict(file=os.path.abspath(tune_thresholds_file), description=tuned.describe(),
+                                          **tuned.to_json(),
+                                          note='tuned on this split, so not evaluated on it: report them on another '
+                                               'split with --thresholds FILE')
     return Evaluation(report=report, rows=rows, rank=rank)

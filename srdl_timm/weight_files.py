@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .labels.thresholds import LabelThresholds
 from .utils import PathLike
 
 __all__ = [
@@ -295,6 +296,10 @@ def _check_fields(config: Dict[str, Any], file: Path) -> None:
                                  f'{file.name} written with the weights')
     data_key = 'pretrained_cfg' if timm_layout else 'data_config'
     fields.data_config(data_key, fields.obj(data_key, config.get(data_key)))
+    try:
+        LabelThresholds.from_json(config, str(file), counts[-1][1] if counts and counts[-1][1] else None)
+    except InputError as e:
+        raise ModelLoadError(f'{e}; correct that field or restore the {file.name} written with the weights') from e
 
 
 def read_config_json(file: PathLike) -> Dict[str, Any]:
@@ -310,8 +315,8 @@ def read_config_json(file: PathLike) -> Dict[str, Any]:
     Raises:
         ModelLoadError: missing file, invalid JSON, or a field of the wrong type or value (architecture,
             num_classes, label_names and their count, model_args types, pretrained_cfg / data_config input_size,
-            mean, std, interpolation, crop_pct, crop_mode); the message names the file, the field, the value and
-            the fix.
+            mean, std, interpolation, crop_pct, crop_mode, label_thresholds and their count); the message names the
+            file, the field, the value and the fix.
     """
     file = Path(file)
     try:

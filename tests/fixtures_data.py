@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+import srdl_timm
 from srdl_timm.data.label_sets import COCO_CATEGORY_IDS, COCO_CLASSES, VOC_CLASSES
 
 __all__ = ['write_image', 'write_corrupt_image', 'write_coco', 'write_coco_json', 'write_voc', 'write_csv',
@@ -269,7 +270,8 @@ def write_csv(root: Union[str, os.PathLike], split: str = 'train', num_images: i
             with 1/0/-1 cells).
         classes_txt: also write ``root/classes.txt`` with ``label_names`` (one per line).
         num_empty: rows with no label (the last ones).
-        num_ignore: (wide layout) cells set to -1 in the first rows, on absent classes.
+        num_ignore: entries set to -1 (not annotated) in the first rows, on absent classes: a ``-1`` cell (wide
+            layout) or a ``?name`` label (list layout).
 
     Returns:
         dict with ``csv_file``, ``rows`` [(relative path, [labels])], ``label_names``, ``targets`` [N, C] for all
@@ -299,8 +301,9 @@ def write_csv(root: Union[str, os.PathLike], split: str = 'train', num_images: i
     with open(csv_file, 'w', encoding='utf-8', newline='') as f:
         if layout == 'list':
             f.write('image,labels\n')
-            for rel, labels in rows:
-                f.write(f'{rel},{sep.join(labels)}\n')
+            for k, (rel, labels) in enumerate(rows):
+                unknown = ['?' + label_names[c] for c in np.flatnonzero(targets[k] == -1)]
+                f.write(f'{rel},{sep.join(labels + unknown)}\n')
         elif layout == 'wide':
             f.write('image,' + ','.join(label_names) + '\n')
             for k, (rel, _) in enumerate(rows):
@@ -357,8 +360,10 @@ HUB_PROTOCOL = {'ap_definitions': {'mAP_interpolated': 'all-point interpolated A
 HUB_REPORT = {'model': 'srdl_test_resnet', 'metrics': {'mAP_interpolated': 61.25, 'mAP_non_interpolated': 58.5,
                                                        'CF1': 40.0, 'OF1': 45.5, 'threshold': 0.5, 'num_samples': 6},
               'protocol': HUB_PROTOCOL, 'label_names': HUB_NAMES}
-#: environment of the subprocesses these tests start (one thread; ``import fixtures_data`` works there too)
-HUB_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.path.dirname(os.path.abspath(__file__)))
+#: environment of the subprocesses these tests start (one thread; ``import fixtures_data`` works there too, and
+#: ``import srdl_timm`` imports the package this process imported)
+HUB_ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([
+    os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.dirname(os.path.abspath(srdl_timm.__file__)))]))
 
 
 def perturb(model, seed: int = 1):
@@ -372,13 +377,22 @@ def perturb(model, seed: int = 1):
     return model
 
 
+#: the toy model's per-class decision thresholds, as if tuned on a validation split
+HUB_THRESHOLDS = dict(label_thresholds=[0.25, 0.5, 0.75], label_thresholds_info={
+    'rule': 'f1', 'tuned_on': {'data': 'csv', 'split': 'val', 'num_images': 12, 'images_sha256': 'a' * 64},
+    'untuned': ['dog'], 'tool': 'tests'})
+
+
 def toy_srdl_model():
-    """srdl_test_resnet with 3 named classes, random label embeddings, HUB_HPARAMS and perturbed weights (eval)."""
+    """srdl_test_resnet with 3 named classes, random label embeddings, HUB_HPARAMS, perturbed weights and the
+    decision thresholds HUB_THRESHOLDS (eval)."""
     import timm
 
     import srdl_timm  # noqa: F401  registers the SRDL architectures
+    from srdl_timm.labels import LabelThresholds
     embeddings = np.random.default_rng(0).standard_normal((3, HUB_HPARAMS['embed_dim'])).astype(np.float32)
     model = timm.create_model('srdl_test_resnet', num_classes=3, label_embeddings=embeddings, label_names=HUB_NAMES,
+                              label_thresholds=LabelThresholds.from_json(HUB_THRESHOLDS, 'HUB_THRESHOLDS'),
                               **HUB_HPARAMS)
     return perturb(model).eval()
 

@@ -324,6 +324,23 @@ def test_config_validation():
         bm.BenchmarkConfig(optimizer='sgd').resolved()
     with pytest.raises(ValueError, match='loss-reduction'):
         bm.BenchmarkConfig(loss_reduction='avg').resolved()
+    with pytest.raises(ValueError, match='--loss must be one of'):
+        bm.BenchmarkConfig(loss='focal').resolved()
+
+
+def test_fit_runs_train_with_the_benchmark_loss(tmp_path):
+    """--loss asl reaches the fit trainer: the TrainConfig a fit run builds resolves to the asymmetric loss with the
+    ASL paper's hyper-parameters (BCE by default)."""
+    from srdl_timm.loss import ASL_DEFAULTS
+    from srdl_timm.training import resolve_config
+    spec = bm.DataSpec('fashion-scenes', 'coco-json', str(tmp_path), 'train', 'val', 'test', ['a', 'b'], {})
+    for loss in ('bce', 'asl'):
+        ctx = bm.Context.__new__(bm.Context)
+        ctx.cfg = bm.BenchmarkConfig(mode='full', root=str(tmp_path), loss=loss).resolved()
+        ctx.spec, ctx.device = spec, torch.device('cpu')
+        train_cfg = resolve_config(_fit_config(ctx, bm.ROWS['car_oe'], 0, 3, 0.5, tmp_path / loss))
+        assert train_cfg.loss == loss
+        assert train_cfg.asl_params() == (dict(ASL_DEFAULTS) if loss == 'asl' else None)
 
 
 def test_full_mode_trains_end_to_end_with_fit(tmp_path):
@@ -438,6 +455,40 @@ def test_cli_smoke_tiny_fashion_scenes(tmp_path, capsys):
     assert sha256_file(manifest.parent / entry['file']) == export['sha256']
     assert entry['metrics']['protocol']['split'] == 'test'
     assert entry['recipe'].startswith('python benchmarks/run_offline.py ')
+
+
+@needs_fashion_mnist
+def test_cli_loss_asl_trains_every_row_with_asl_and_compares_with_bce(tmp_path, capsys):
+    """--loss asl on the tiny preset: every run (an SRDL row with OE and a peer head) is trained with the asymmetric
+    loss and records it (with the ASL paper's hyper-parameters), the protocol text says so, its default output folder
+    is not the BCE one, and --compare of the BCE and the ASL invocation gives, per row, both sides and a bootstrap
+    interval of the mAP difference, naming the one setting that differs."""
+    from srdl_timm.loss import ASL_DEFAULTS
+    common = ['--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--rows', 'car_oe,csra', '--seeds', '0', '1',
+              '--epochs', '1', '--batch-size', '4', '--overlays', '0', '--bootstrap', '20', '--threads', '1',
+              '--log-level', 'WARNING']
+    assert benchmark_main(common + ['--output', str(tmp_path / 'bce')]) == 0
+    assert benchmark_main(common + ['--output', str(tmp_path / 'asl'), '--loss', 'asl']) == 0
+    reports = {k: json.loads((tmp_path / k / 'results.json').read_text()) for k in ('bce', 'asl')}
+    assert reports['asl']['config']['loss'] == 'asl' and reports['bce']['config']['loss'] == 'bce'
+    for run in reports['asl']['runs']:
+        assert run['config']['loss'] == 'asl' and run['config']['asl'] == ASL_DEFAULTS
+    assert all(r['config']['loss'] == 'bce' and r['config']['asl'] is None for r in reports['bce']['runs'])
+    assert 'asymmetric loss (ASL: gamma_neg 4' in (tmp_path / 'asl' / 'results.md').read_text()
+    logits = {k: np.load(tmp_path / k / reports[k]['runs'][0]['logits_file'])['test_logits'] for k in reports}
+    assert not np.allclose(logits['bce'], logits['asl'])  # the loss changed what was learnt
+    capsys.readouterr()
+    assert benchmark_main(['--compare', str(tmp_path / 'bce'), str(tmp_path / 'asl'), '--bootstrap', '20']) == 0
+    printed = capsys.readouterr().out
+    assert 'loss=bce' in printed and 'loss=asl' in printed and 'Δ mAP (interp.) [95%]' in printed
+    rows = [line for line in printed.splitlines() if line.startswith('| CAR + OE') or line.startswith('| CSRA')]
+    assert len(rows) == 2 and all(' 0, 1 |' in line for line in rows)
+    compared = bm.compare_folders(str(tmp_path / 'bce'), str(tmp_path / 'asl'), num_resamples=20)
+    assert compared['differences'] == {'loss': ['bce', 'asl']}
+    assert compared['rows']['car_oe']['interpolated']['resamples'] == 20
+    from benchmarks.run_offline import build_parser, config_from_args  # an ASL invocation's default output folder
+    assert config_from_args(build_parser().parse_args(['--loss', 'asl'])).output.endswith('fashion-scenes-quick-asl')
+    assert config_from_args(build_parser().parse_args([])).output.endswith('fashion-scenes-quick')
 
 
 @needs_fashion_mnist

@@ -186,3 +186,29 @@ def test_local_dir_holding_a_published_model_is_replaced_only_with_overwrite(pub
     assert publish_main(argv + ['--overwrite']) == 0
     assert (out / 'README.md').read_text() != 'my notes\n'
     assert hub.sha256_file(out / 'model.safetensors') == result.sha256
+
+
+def test_thresholds_file_replaces_the_weights_thresholds(published, tmp_path, capsys):
+    """Re-publishing keeps the folder's decision thresholds; --thresholds FILE (srdl-validate --tune-thresholds'
+    format) publishes the file's instead, into config.json and the card; a file for other classes is refused."""
+    from fixtures_data import HUB_THRESHOLDS
+    folder, _ = published
+    assert publish_main(['--model', f'local-dir:{folder}', '--local-dir', str(tmp_path / 'kept'), '--log-level',
+                         'WARNING']) == 0
+    kept = json.loads((tmp_path / 'kept' / 'config.json').read_text())
+    assert {k: kept[k] for k in HUB_THRESHOLDS} == HUB_THRESHOLDS
+    th = tmp_path / 'th.json'
+    th.write_text(json.dumps({'label_thresholds': [0.1, 0.2, 0.3], 'label_names': NAMES,
+                              'label_thresholds_info': {'rule': 'f1', 'tuned_on': {'data': 'csv', 'split': 'holdout',
+                                                                                   'num_images': 40}}}))
+    assert publish_main(['--model', f'local-dir:{folder}', '--local-dir', str(tmp_path / 'new'), '--thresholds',
+                         str(th), '--log-level', 'WARNING']) == 0
+    config = json.loads((tmp_path / 'new' / 'config.json').read_text())
+    assert config['label_thresholds'] == [0.1, 0.2, 0.3]
+    assert config['label_thresholds_info']['tuned_on']['split'] == 'holdout'
+    assert 'on csv split `holdout` (40 images)' in (tmp_path / 'new' / 'README.md').read_text()
+    th.write_text(json.dumps({'label_thresholds': [0.1, 0.2, 0.3], 'label_names': ['a', 'b', 'c']}))
+    capsys.readouterr()
+    assert publish_main(['--model', f'local-dir:{folder}', '--local-dir', str(tmp_path / 'bad'), '--thresholds',
+                         str(th)]) == 2
+    assert "its thresholds are for the classes ['a', 'b', 'c']" in capsys.readouterr().err

@@ -166,6 +166,31 @@ def test_cli_exports_both_formats_from_a_checkpoint(model, tmp_path, capsys):
     assert 'checkpoint not found' in capsys.readouterr().err
 
 
+def test_export_metadata_says_how_to_post_process_with_the_thresholds(model, tmp_path, capsys):
+    """Weights carrying per-class thresholds: the export's metadata holds them (label_thresholds, their info) and a
+    postprocess note using them, and srdl-export prints that note; weights without any get the 0.5 note."""
+    from srdl_timm.export import export_metadata
+    plain = export_metadata(model, (3, SIZE, SIZE))
+    assert 'label_thresholds' not in plain and '>= 0.5 (no per-class thresholds recorded)' in plain['postprocess']
+    ckpt = tmp_path / 'w.safetensors'
+    save_file(model.state_dict(), str(ckpt))
+    (tmp_path / 'config.json').write_text(json.dumps(dict(
+        architecture='srdl_test_resnet', num_classes=3, label_names=LABELS, model_args=model_args(model),
+        label_thresholds=[0.2, 0.4, 0.6], label_thresholds_info={'rule': 'f1', 'tuned_on': {'split': 'val'}})))
+    ts_path = tmp_path / 'm.pt'
+    assert main(['--checkpoint', str(ckpt), '--img-size', str(SIZE), '--torchscript', str(ts_path),
+                 '--no-check']) == 0
+    out = capsys.readouterr().out
+    assert 'post-processing (in the metadata): class c is present when sigmoid(logits[c]) >= label_thresholds[c]' \
+        in out
+    files = {'config.json': ''}
+    torch.jit.load(str(ts_path), _extra_files=files)
+    meta = json.loads(files['config.json'])
+    assert json.loads(meta['label_thresholds']) == [0.2, 0.4, 0.6]
+    assert json.loads(meta['label_thresholds_info'])['rule'] == 'f1'
+    assert 'not from the SRDL paper' in meta['postprocess']
+
+
 def test_prepare_for_export_is_idempotent_and_keeps_weights():
     """prepare_for_export only switches modes (eval, OE off, reference kernels): the weights are untouched."""
     model = _model()

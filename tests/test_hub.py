@@ -64,6 +64,30 @@ def test_config_model_args_rebuild_the_exact_model(published, source):
     assert (rebuilt.object_eraser.topk, rebuilt.object_eraser.alpha) == (2, 0.3)
 
 
+def test_decision_thresholds_are_published_at_the_top_level_and_load_back(published, source, tmp_path):
+    """The model's per-class thresholds go to config.json's top level (label_thresholds + label_thresholds_info),
+    not into pretrained_cfg, which timm rebuilds as a PretrainedCfg; timm.create_model('local-dir:...') and
+    load_model carry them back; a config.json with a bad threshold is refused naming the file and the field."""
+    from fixtures_data import HUB_THRESHOLDS
+    from srdl_timm.labels import model_label_thresholds
+    from srdl_timm.loading import load_model
+    from srdl_timm.weight_files import ModelLoadError
+    folder, _ = published
+    config = json.loads((folder / 'config.json').read_text())
+    assert {k: config[k] for k in HUB_THRESHOLDS} == HUB_THRESHOLDS
+    assert not any(k.startswith('label_thresholds') for k in config['pretrained_cfg'])
+    timm.models.PretrainedCfg(**{k: v for k, v in config['pretrained_cfg'].items()})  # timm accepts every key
+    for model in (timm.create_model(f'local-dir:{folder}', pretrained=True), load_model(f'local-dir:{folder}')):
+        assert model_label_thresholds(model).to_json() == HUB_THRESHOLDS
+    broken = tmp_path / 'broken'
+    shutil.copytree(folder, broken)
+    config['label_thresholds'] = [0.5, 0.0, 0.5]
+    (broken / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError, match='"label_thresholds" must be a list of probabilities') as e:
+        timm.create_model(f'local-dir:{broken}', pretrained=True)
+    assert str(broken / 'config.json') in str(e.value)
+
+
 def test_publish_refuses_a_folder_with_other_files(source, tmp_path):
     """A folder already holding other files (which would be uploaded or picked by timm) is refused."""
     (tmp_path / 'pytorch_model.bin').write_bytes(b'old')

@@ -76,12 +76,15 @@ def offline_process(published, x, tmp_path_factory):
         m = timm.create_model('hf-hub:{repo}', pretrained=True).eval()
         m5 = timm.create_model('hf-hub:{repo}', pretrained=True, num_classes=5).eval()
         res['hf-hub'] = [m.pretrained_cfg['source'], list(m.pretrained_cfg['label_names'])]
+        res['hf-hub:thresholds'] = srdl_timm.labels.model_label_thresholds(m).to_json()
+        res['hf-hub:5:thresholds'] = srdl_timm.labels.model_label_thresholds(m5)
         with torch.no_grad():
             outs.update({{'hf-hub': m(x).contiguous(), 'hf-hub:5': m5(x).contiguous(),
                           'hf-hub:5:conv1': m5.backbone.conv1[0].weight.contiguous()}})
         for name in ('srdl_test_resnet', 'srdl_test_resnet.shipped', 'srdl_test_resnet.hubbed'):
             m = timm.create_model(name, pretrained=True).eval()
             res[name] = [m.pretrained_cfg['tag'], m.embed_dim, m.graph_layers, m.use_ca, m.global_pool]
+            res[name + ':thresholds'] = srdl_timm.labels.model_label_thresholds(m).to_json()
             with torch.no_grad():
                 outs[name] = m(x).contiguous()
         save_file(outs, {str(tmp / 'outs.safetensors')!r})
@@ -125,6 +128,22 @@ def test_manifest_tags_load_offline_with_their_model_args(offline_process, sourc
         assert res[name][1:] == [8, 1, False, 'avg'], name
         assert torch.equal(outs[name], expected), name
     assert res['srdl_test_resnet'][0] == 'shipped'
+
+
+def test_decision_thresholds_travel_through_the_hub_and_the_manifest(offline_process, published):
+    """The published folder's per-class thresholds (config.json label_thresholds + info) are carried by the model
+    that timm.create_model('hf-hub:...', pretrained=True) builds and by every manifest tag registered from it (the
+    entry records them); fine-tuning to 5 classes drops them."""
+    from fixtures_data import HUB_THRESHOLDS
+    res, _ = offline_process
+    assert res['hf-hub:thresholds'] == HUB_THRESHOLDS and res['hf-hub:5:thresholds'] is None
+    for name in ('srdl_test_resnet', 'srdl_test_resnet.shipped', 'srdl_test_resnet.hubbed'):
+        assert res[name + ':thresholds'] == HUB_THRESHOLDS, name
+    folder, _ = published
+    entry = hub.register_weights(folder, tag='t', ship=False, hf_hub_id='srdl-test/x', dataset='toy-csv',
+                                 recipe='r', metrics=REPORT, label_names_source='s',
+                                 manifest=folder.parent / 'scratch' / 'manifest.json')
+    assert {k: entry[k] for k in HUB_THRESHOLDS} == HUB_THRESHOLDS
 
 
 def test_manifest_weights_changed_after_registration_are_refused(offline_process, published):
@@ -179,6 +198,8 @@ def test_manifest_pretrained_cfgs_only_for_existing_weights(published, tmp_path)
     (lambda e: e.update(pretrained_cfg={'bogus': 1}), "pretrained_cfg fields \\['bogus'\\]"),
     (lambda e: e.update(tag='a*'), 'tag must match'),
     (lambda e: e.update(num_classes=4), 'label_names must be a list of num_classes=4'),
+    (lambda e: e.update(label_thresholds=[0.5, 0.5]), '"label_thresholds" holds 2 thresholds for 3 classes'),
+    (lambda e: e.update(label_thresholds=[0.5, 2, 0.5]), 'strictly between 0 and 1'),
 ])
 def test_malformed_manifest_entries_are_rejected_naming_file_and_entry(published, tmp_path, change, message):
     """load_manifest rejects an invalid entry with a ValueError naming the manifest file and the entry's field."""

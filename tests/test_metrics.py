@@ -154,6 +154,30 @@ def test_threshold_and_top3_predictions():
     assert r2['OP_top3'] == pytest.approx(50.0) and r2['OR_top3'] == pytest.approx(75.0)
 
 
+def test_per_class_thresholds_cut_each_class_at_its_own_value():
+    """A threshold per class predicts sigmoid(logit_c) >= t_c (CP … OF1 and the top-3 variants follow those
+    predictions); a global value equal for every class gives the global result; a count other than the classes' is
+    an error."""
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(40, 4))
+    targets = (rng.random((40, 4)) < 0.4).astype(np.float32)
+    t = [0.2, 0.5, 0.7, 0.9]
+    r = MultiLabelMetrics(num_classes=4, threshold=t).compute_from(logits, targets)
+    expected = precision_recall_f1(1 / (1 + np.exp(-logits)) >= np.array(t), targets)
+    for k, v in expected.items():
+        assert r[k] == pytest.approx(v * 100), k
+    assert r['threshold'] == t
+    same = MultiLabelMetrics(num_classes=4, threshold=[0.5] * 4).compute_from(logits, targets)
+    plain = MultiLabelMetrics(num_classes=4).compute_from(logits, targets)
+    assert all(same[k] == plain[k] for k in ('CF1', 'OF1', 'CF1_top3', 'OF1_top3'))
+    with pytest.raises(ValueError, match='3 thresholds for 4 classes'):
+        MultiLabelMetrics(num_classes=4, threshold=[0.5] * 3)
+    with pytest.raises(ValueError, match='3 thresholds for 4 classes'):
+        MultiLabelMetrics(threshold=[0.5] * 3).compute_from(logits, targets)
+    with pytest.raises(ValueError, match='threshold'):
+        MultiLabelMetrics(threshold=[0.5, 1.0])
+
+
 def test_streaming_equals_single_batch_and_reset():
     """Accumulating over uneven batches gives exactly the one-batch result; reset() empties the state; all keys
     are present and named."""

@@ -124,6 +124,41 @@ def test_model_card_usage_snippet_runs_as_written(tmp_path):
     assert _run_snippet(snippet, work, env) == _expected_positives(model, work / 'image.jpg', NAMES)
 
 
+def test_card_states_the_decision_thresholds_and_its_snippet_uses_them(published, tmp_path):
+    """The card of weights with per-class thresholds lists each class's threshold, marks a class kept at 0.5,
+    says where and by which rule they were tuned and that they are not the paper's; its usage snippet prints the
+    classes at or above their own threshold (not above 0.5). Without thresholds the card says 0.5 is used."""
+    folder, _ = published
+    body = (folder / 'README.md').read_text().split('## Decision thresholds', 1)[1].split('\n## ', 1)[0]
+    assert 'They were chosen on csv split `val` (12 images): per class, the probability threshold with the best F1' \
+        in body and 'They are not from the paper' in body
+    assert '| cat | 0.2500 |' in body and '| dog | 0.5000 (no positive to tune on: 0.5) |' in body
+    assert '| traffic light | 0.7500 |' in body and '`srdl-predict` uses them by default' in body
+
+    torch.manual_seed(3)
+    model = _perturb(timm.create_model('srdl_test_resnet', num_classes=3, label_embeddings=torch.randn(3, 16)), 7)
+    from PIL import Image
+    work = tmp_path / 'work'
+    work.mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)).save(work / 'image.jpg')
+    hub.save_pretrained_dir(model, tmp_path / 'plain')
+    assert 'No per-class thresholds were recorded' in (tmp_path / 'plain' / 'README.md').read_text()
+    config = timm.data.resolve_model_data_config(model)
+    with torch.no_grad():
+        probs = model.eval()(timm.data.create_transform(**config, is_training=False)(
+            Image.open(work / 'image.jpg').convert('RGB')).unsqueeze(0)).sigmoid()[0]
+    # classes 0 and 2 kept whatever their score; class 1 decided the other way round than at 0.5
+    thresholds = [max(0.001, p.item() - 0.05) for p in probs]
+    if probs[1] >= 0.5:
+        thresholds[1] = min(0.999, probs[1].item() + 0.05)
+    from srdl_timm.labels import store_label_thresholds
+    store_label_thresholds(model, thresholds)
+    hub.save_pretrained_dir(model, tmp_path / 'tuned')
+    expected = [[str(i), round(p.item(), 3)] for i, p in enumerate(probs) if p >= thresholds[i]]
+    assert expected and expected != _expected_positives(model, work / 'image.jpg', ['0', '1', '2'])
+    assert _run_snippet(_card_snippet(tmp_path / 'tuned'), work, ENV) == expected
+
+
 def test_metrics_without_protocol_are_refused(source, tmp_path):
     """Metric values without the AP definition, split and input size they were measured with are refused."""
     with pytest.raises(ValueError, match='ap_definitions or ap_definition, split, input_size'):

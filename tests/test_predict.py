@@ -134,6 +134,55 @@ def test_threshold_and_topk_select_labels():
     assert (name, index, score) == ('b', 1, pytest.approx(0.9))
 
 
+def test_per_class_thresholds_select_labels_and_say_where_they_come_from():
+    """A threshold per class keeps each class at or above its own value (with --topk: at most the K best of them);
+    decision_thresholds takes a given threshold first, then none for --topk alone, then the weights' per-class
+    thresholds, then 0.5, and says which."""
+    from srdl_timm.labels import LabelThresholds, store_label_thresholds
+    from srdl_timm.predict import decision_thresholds
+    scores = np.array([0.2, 0.9, 0.5, 0.7])
+    names = ['a', 'b', 'c', 'd']
+    assert [n for n, _, _ in select_labels(scores, names, threshold=[0.1, 0.95, 0.5, 0.8])] == ['c', 'a']
+    assert [n for n, _, _ in select_labels(scores, names, threshold=[0.1, 0.5, 0.5, 0.5], topk=2)] == ['b', 'd']
+    model = _model()
+    assert decision_thresholds(model)['threshold'] == 0.5 and decision_thresholds(model)['source'] == 'default'
+    store_label_thresholds(model, LabelThresholds((0.1, 0.2, 0.3, 0.4), {'rule': 'f1', 'tuned_on': {
+        'data': 'csv', 'split': 'val', 'num_images': 9}}))
+    rule = decision_thresholds(model)
+    assert rule['threshold'] == [0.1, 0.2, 0.3, 0.4] and rule['source'] == 'weights'
+    assert "tuned on csv split 'val' (9 images)" in rule['description']
+    assert decision_thresholds(model, threshold=0.3) == dict(threshold=0.3, source='given',
+                                                             description='0.3 for every class (given)')
+    assert decision_thresholds(model, topk=2)['threshold'] is None
+
+
+def test_cli_uses_the_weights_thresholds_by_default_and_shows_them(assets, tmp_path, capsys):
+    """Weights whose config records per-class thresholds: srdl-predict keeps each label at or above its own
+    threshold and its header (table) and JSON say which thresholds were used; --threshold applies one value to
+    every class instead, and says so."""
+    folder = tmp_path / 'with_thresholds'
+    folder.mkdir()
+    save_file(assets['model'].state_dict(), str(folder / 'model.safetensors'))
+    thresholds = [0.3, 0.5, 0.7, 0.9]
+    (folder / 'config.json').write_text(json.dumps(dict(
+        architecture='srdl_test_resnet', num_classes=4, label_names=LABELS, model_args=model_args(assets['model']),
+        label_thresholds=thresholds, label_thresholds_info={'rule': 'f1', 'tuned_on': {
+            'data': 'csv', 'split': 'val', 'num_images': 12}})))
+    rc, doc = _run_json([*assets['good'], '--checkpoint', str(folder)], tmp_path)
+    assert rc == 0 and doc['threshold'] == thresholds and doc['threshold_source'] == 'weights'
+    for record in doc['results']:
+        expected = _expected_scores(assets['model'], record['path'])
+        assert sorted(lab['index'] for lab in record['labels']) == \
+            [i for i in range(4) if expected[i] >= thresholds[i]]
+    capsys.readouterr()
+    assert main([assets['good'][0], '--checkpoint', str(folder), '--workers', '0', '--img-size', str(IMG)]) == 0
+    header = [line for line in capsys.readouterr().out.splitlines() if line.startswith('# thresholds:')]
+    assert header == ["# thresholds: the weights' own, per class (best F1 per class, tuned on csv split 'val' "
+                      '(12 images)): min 0.300, median 0.600, max 0.900']
+    assert main([assets['good'][0], '--checkpoint', str(folder), '--threshold', '0.25', '--workers', '0']) == 0
+    assert '# thresholds: 0.25 for every class (--threshold)' in capsys.readouterr().out
+
+
 def test_topk_cli_gives_k_labels_per_image(assets, tmp_path):
     """--topk 2 without a threshold returns exactly the two best labels of every image."""
     rc, doc = _run_json([assets['good'][0], assets['good'][1], '--model', 'srdl_test_resnet', '--checkpoint',

@@ -1,5 +1,9 @@
 """Tests of srdl_timm/training/config.py (:class:`TrainConfig`, recipes, :func:`resolve_config`)."""
+import pytest
+
 from srdl_timm.cli.train import build_parser, config_from_args
+from srdl_timm.errors import InputError
+from srdl_timm.loss import ASL_DEFAULTS
 from srdl_timm.training import RECIPES, resolve_config
 
 
@@ -22,3 +26,24 @@ def test_recipe_paper_resolves_to_section_4_2_and_flags_override(csv_root):
     assert (cfg.lr, cfg.batch_size, cfg.oe, cfg.epochs, cfg.weight_decay) == (1e-4, 8, False, 3, 5e-4)
     assert set(cfg.explicit) >= {'lr', 'batch_size', 'oe', 'epochs'}
     assert set(RECIPES['paper']) >= {'opt', 'lr', 'weight_decay', 'epochs', 'sched', 'img_size', 'oe_topk'}
+
+
+def test_loss_choice_resolves_the_asl_parameters(csv_root):
+    """BCE by default (no ASL parameters); --loss asl takes the ASL paper's gamma-/gamma+/clip unless a flag sets
+    one; ASL flags without --loss asl and out-of-range values are errors naming the flag; the threshold tuning is on
+    by default."""
+    def resolved(*flags):
+        return resolve_config(config_from_args(build_parser().parse_args(['--data', 'csv', '--root', csv_root,
+                                                                          *flags])))
+    cfg = resolved()
+    assert cfg.loss == 'bce' and cfg.asl_params() is None and cfg.asl_gamma_neg is None and cfg.tune_thresholds
+    assert resolved('--loss', 'asl').asl_params() == ASL_DEFAULTS
+    cfg = resolved('--loss', 'asl', '--asl-gamma-neg', '2', '--no-tune-thresholds')
+    assert cfg.asl_params() == dict(ASL_DEFAULTS, gamma_neg=2.0) and cfg.to_dict()['asl_clip'] == 0.05
+    assert not cfg.tune_thresholds
+    with pytest.raises(InputError, match='--asl-clip is a parameter of the asymmetric loss: add --loss asl'):
+        resolved('--asl-clip', '0.1')
+    with pytest.raises(InputError, match='--asl-clip must be >= 0 and < 1, got 1.5'):
+        resolved('--loss', 'asl', '--asl-clip', '1.5')
+    with pytest.raises(InputError, match='--asl-gamma-pos must be >= 0'):
+        resolved('--loss', 'asl', '--asl-gamma-pos', '-1')

@@ -64,3 +64,26 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(csv_root, tmp_p
     assert status == 3
     assert 'optimizer step 3' in capsys.readouterr().err
 
+
+
+def test_setup_builds_the_configured_loss_for_the_task(csv_root, tmp_path):
+    """--loss asl reaches the task: its criterion is SRDLLoss with ASL and the configured parameters, and the
+    L_ori it reports for a batch is the masked ASL of the original logits (not BCE); the default is BCE."""
+    from srdl_timm.loss import masked_asl_with_logits, masked_bce_with_logits
+    from srdl_timm.training import resolve_config
+    from srdl_timm.training.loop import setup_training
+    for loss, kwargs in (('asl', dict(asl_gamma_neg=2.0)), ('bce', {})):
+        cfg = resolve_config(_cfg(csv_root, tmp_path / loss, loss=loss, batch_size=4, **kwargs))
+        state, train_ds, _, _ = setup_training(cfg, torch.device('cpu'), 0, 1)
+        criterion = state.task.loss
+        assert criterion.loss == loss and criterion.asl == cfg.asl_params()
+        images, targets = zip(*(train_ds[i] for i in range(4)))
+        images, targets = torch.stack(images), torch.stack(targets)
+        targets[0, 0] = -1  # not annotated: left out
+        result = state.task(images, targets)
+        if loss == 'asl':
+            expected = masked_asl_with_logits(result['output'], targets, gamma_neg=2.0, gamma_pos=0.0, clip=0.05)
+        else:
+            expected = masked_bce_with_logits(result['output'], targets)
+        torch.testing.assert_close(result['loss_ori'], expected.detach())
+        assert state.unknown_entries == {'train': 0, 'val': 0} and state.val_split['split'] == 'val'

@@ -152,3 +152,35 @@ def test_oom_is_recognised_and_explained():
     cfg = resolve_config(TrainConfig(root='x', batch_size=16, model='srdl_test_resnet'))
     text = oom_message(cfg, torch.device('cuda'), 'epoch 1')
     assert '--batch-size 8 --grad-accum-steps 2' in text and '--amp' in text and '--img-size' in text
+
+
+def test_partial_labels_asl_and_thresholds_tuned_on_the_validation_split(tmp_path, caplog):
+    """A run with --loss asl on a CSV with entries marked not annotated ('?name') logs and records how many there
+    are per split, records the loss and its parameters, and at the end tunes per-class thresholds on the validation
+    split: written to train_config.json (with where they were tuned) and summary.json, carried by the model that
+    load_model rebuilds, and equal to what srdl-validate --tune-thresholds finds on the same split."""
+    import logging
+    from fixtures_data import write_csv
+    from srdl_timm.labels import model_label_thresholds
+    from srdl_timm.loading import ModelSpec
+    from srdl_timm.loss import ASL_DEFAULTS
+    from srdl_timm.validate import evaluate_dataset
+    root = tmp_path / 'data'
+    write_csv(root, 'train', num_images=8, seed=0, num_ignore=3)
+    write_csv(root, 'val', num_images=6, seed=1, num_ignore=1)
+    out = tmp_path / 'run'
+    with caplog.at_level(logging.INFO, logger='srdl_timm'):
+        result = fit(_cfg(str(root), out, epochs=1, batch_size=4, loss='asl'))
+    assert 'not annotated, left out of the loss and the metrics: 3 of 24 in the training split, 1 of 18' in caplog.text
+    saved = json.loads((out / 'train_config.json').read_text())
+    assert saved['loss'] == 'asl' and {k: saved[f'asl_{k}'] for k in ASL_DEFAULTS} == ASL_DEFAULTS
+    assert saved['unknown_entries'] == {'train': 3, 'val': 1} == result['unknown_entries']
+    values, info = saved['label_thresholds'], saved['label_thresholds_info']
+    assert len(values) == 3 and all(0 < v < 1 for v in values) and info['rule'] == 'f1'
+    assert (info['tuned_on']['data'], info['tuned_on']['split'], info['tuned_on']['num_images']) == ('csv', 'val', 6)
+    assert result['label_thresholds']['label_thresholds'] == values
+    assert list(model_label_thresholds(load_model(None, out / 'model.safetensors')).values) == values
+    evaluation = evaluate_dataset(ModelSpec(checkpoint=str(out / 'model.safetensors')), 'csv', str(root), 'val',
+                                  workers=0, tune_thresholds_file=str(tmp_path / 'th.json'))
+    assert evaluation.report['tuned_thresholds']['label_thresholds'] == pytest.approx(values, abs=1e-12)
+    assert evaluation.report['tuned_thresholds']['label_thresholds_info']['tuned_on'] == info['tuned_on']

@@ -139,6 +139,7 @@ def test_mismatched_config_and_output_folders_are_one_line_errors(chain, capsys)
     cfg = json.loads((root / 'pub5' / 'config.json').read_text())
     cfg['num_classes'] = cfg['model_args']['num_classes'] = 5
     cfg['label_names'] = list(NAMES) + ['x', 'y']
+    cfg['label_thresholds'] = cfg['label_thresholds'] + [0.5, 0.5]  # a config consistent in itself
     (root / 'pub5' / 'config.json').write_text(json.dumps(cfg))
     capsys.readouterr()
     assert predict_cli.main(['data/images/val', '--model', 'local-dir:pub5', '--quiet', '--workers', '0']) == 2
@@ -206,3 +207,69 @@ def test_unreachable_backbone_weights_name_the_backbone_and_the_way_out(tmp_path
     assert "the ImageNet weights of backbone 'resnet18'" in err and 'timm/resnet18' in err, err
     assert 'HF_HUB_OFFLINE=1 forbids downloading them' in err and 'drop --pretrained-backbone' in err
     assert 'Traceback' not in err
+
+
+def test_multilabel_chain_asl_partial_labels_and_tuned_thresholds(tmp_path, monkeypatch, capsys):
+    """#21 end to end on a tiny real-JPEG CSV whose training and validation splits mark entries not annotated
+    ('?name'): srdl-train --loss asl (records the loss and the unknown entries, tunes per-class thresholds on val)
+    -> srdl-validate on test (CP ... OF1 at 0.5 and at the tuned thresholds; the same on val is refused) ->
+    srdl-predict (labels at each class's own threshold, named in the header) -> srdl-publish (thresholds in
+    config.json and the card) -> timm.create_model('local-dir:...') carries them."""
+    from srdl_timm.labels import model_label_thresholds
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    write_csv('data', 'train', num_images=8, label_names=NAMES, image_size=(64, 64), seed=0, num_ignore=3,
+              classes_txt=True)
+    write_csv('data', 'val', num_images=6, label_names=NAMES, image_size=(64, 64), seed=1, num_ignore=1)
+    test = write_csv('data', 'test', num_images=6, label_names=NAMES, image_size=(64, 64), seed=2)
+    assert '?' in open('data/train.csv').read()
+    fast = ['--workers', '0', '--log-level', 'WARNING']
+    assert train_cli.main(['--data', 'csv', '--root', 'data', '--model', 'srdl_test_resnet', '--img-size', '64',
+                           '--epochs', '1', '--loss', 'asl', '--no-progress', '--output', 'run', *fast]) == 0
+    out = capsys.readouterr().out
+    assert 'decision thresholds per class (best F1 per class, tuned on csv split \'val\' (6 images)' in out
+    saved = json.loads((tmp_path / 'run' / 'train_config.json').read_text())
+    assert saved['loss'] == 'asl' and saved['asl_gamma_neg'] == 4.0 and saved['unknown_entries'] == {'train': 3,
+                                                                                                    'val': 1}
+    thresholds = saved['label_thresholds']
+
+    assert validate_cli.main(['--checkpoint', 'run/model.safetensors', '--data', 'csv', '--root', 'data', '--split',
+                              'test', '--thresholds', 'from-weights', '--output', 'test.json', '--quiet',
+                              *fast]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert any('csv/test (6 images)' in r and 'at per-class' not in r for r in rows)
+    assert any("at per-class thresholds (the weights' own)" in r for r in rows)
+    report = json.loads((tmp_path / 'test.json').read_text())
+    assert report['metrics']['threshold'] == 0.5 and report['metrics_at_thresholds']['threshold'] == thresholds
+    assert {'CF1', 'OF1', 'CP', 'CR', 'OP', 'OR'} <= set(report['metrics_at_thresholds'])
+    assert validate_cli.main(['--checkpoint', 'run/model.safetensors', '--data', 'csv', '--root', 'data',
+                              '--thresholds', 'from-weights', '--quiet', *fast]) == 2
+    assert "tuned on csv split 'val' (6 images), the split evaluated here" in capsys.readouterr().err
+
+    assert predict_cli.main(['data/images/test', '--checkpoint', 'run/model.safetensors', '--format', 'json',
+                             '--output', 'preds.json', *fast]) == 0
+    preds = json.loads((tmp_path / 'preds.json').read_text())
+    assert preds['threshold'] == thresholds and preds['threshold_source'] == 'weights'
+    trained = load_model(None, 'run/model.safetensors')
+    config = timm.data.resolve_model_data_config(trained)
+    transform = timm.data.create_transform(**config, is_training=False)
+    for record in preds['results']:
+        with torch.no_grad():
+            probs = trained(transform(Image.open(record['path']).convert('RGB'))[None]).sigmoid()[0]
+        assert sorted(lab['index'] for lab in record['labels']) == \
+            [i for i in range(3) if probs[i].item() >= thresholds[i]]
+    capsys.readouterr()
+    assert predict_cli.main([test['csv_file'].replace('test.csv', 'images/test/test_000.jpg'), '--checkpoint',
+                             'run/model.safetensors', *fast]) == 0
+    assert "# thresholds: the weights' own, per class (best F1 per class, tuned on csv split 'val'" in \
+        capsys.readouterr().out
+
+    assert publish_cli.main(['--checkpoint', 'run/model.safetensors', '--local-dir', 'pub', '--metrics', 'test.json',
+                             '--log-level', 'WARNING']) == 0
+    published = json.loads((tmp_path / 'pub' / 'config.json').read_text())
+    assert published['label_thresholds'] == thresholds
+    assert published['label_thresholds_info']['tuned_on']['split'] == 'val'
+    card = (tmp_path / 'pub' / 'README.md').read_text()
+    assert '## Decision thresholds' in card and 'They were chosen on csv split `val` (6 images)' in card
+    model = timm.create_model(f'local-dir:{tmp_path / "pub"}', pretrained=True)
+    assert list(model_label_thresholds(model).values) == thresholds

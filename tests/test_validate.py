@@ -299,3 +299,52 @@ def test_cli_csv_without_classes_txt_takes_the_weights_label_set(tmp_path, capsy
     err = capsys.readouterr().err
     assert err.startswith('srdl-validate: error: ') and 'val.csv, line 3' in err and 'unicorn' in err, err
     assert 'classes but' not in err and 'Traceback' not in err, err
+
+
+def test_cli_thresholds_are_tuned_on_one_split_and_reported_on_another(tmp_path, capsys):
+    """--tune-thresholds FILE on val writes per-class thresholds (best F1 per class, where they were tuned) without
+    reporting metrics at them; --thresholds FILE on test adds CP ... OF1 at them (those of
+    srdl_timm.metrics.precision_recall_f1 at the per-class cut) to the 0.5 ones and a printed row; on val, where they
+    were tuned, it is refused (exit 2, naming the split); from-weights needs weights that carry thresholds; the
+    report counts the entries not annotated."""
+    from srdl_timm.metrics import precision_recall_f1
+    write_csv(tmp_path, 'val', num_images=8, seed=2, classes_txt=True, num_ignore=2)
+    write_csv(tmp_path, 'test', num_images=8, seed=3, classes_txt=True)
+    base = ['--model', 'resnet10t', '--random-init', '--data', 'csv', '--root', str(tmp_path), '--img-size', str(IMG),
+            '--workers', '0', '--quiet']
+    assert main(base + ['--split', 'val', '--tune-thresholds', str(tmp_path / 'th.json'),
+                        '--output', str(tmp_path / 'val.json')]) == 0
+    out = capsys.readouterr().out
+    assert 'wrote' in out and 'not evaluated on this split' in out and 'per-class thresholds (' not in out
+    doc = json.loads((tmp_path / 'th.json').read_text())
+    assert len(doc['label_thresholds']) == 3 and doc['label_names'] == ['cat', 'dog', 'traffic light']
+    assert doc['label_thresholds_info']['tuned_on']['split'] == 'val'
+    report = json.loads((tmp_path / 'val.json').read_text())
+    assert 'metrics_at_thresholds' not in report and report['tuned_thresholds']['file'] == str(tmp_path / 'th.json')
+    assert report['protocol']['unknown_entries'] == 2 and '[2 entries not annotated]' in out
+
+    assert main(base + ['--split', 'test', '--thresholds', str(tmp_path / 'th.json'),
+                        '--output', str(tmp_path / 'test.json')]) == 0
+    out = capsys.readouterr().out
+    assert 'at per-class thresholds' in out and 'tuned on csv split \'val\' (8 images)' in out
+    report = json.loads((tmp_path / 'test.json').read_text())
+    at, plain = report['metrics_at_thresholds'], report['metrics']
+    assert plain['threshold'] == 0.5 and at['threshold'] == doc['label_thresholds']
+    torch.manual_seed(0)
+    model = timm.create_model('resnet10t', num_classes=3).eval()
+    ds = create_multilabel_dataset('csv', str(tmp_path), 'test')
+    ds.transform = create_paper_transform(dict(resolve_data_config({}, model=model), input_size=(3, IMG, IMG)),
+                                          is_training=False)
+    outputs = validate(model, create_multilabel_loader(ds, 8, is_training=False, num_workers=0), torch.device('cpu'),
+                       progress=False, return_outputs=True)
+    expected = precision_recall_f1(torch.sigmoid(torch.as_tensor(outputs['logits'])).numpy()
+                                   >= np.array(doc['label_thresholds']), outputs['targets'])
+    for key, value in expected.items():
+        assert at[key] == pytest.approx(value * 100), key
+    assert report['thresholds']['per_class'] == dict(zip(['cat', 'dog', 'traffic light'], doc['label_thresholds']))
+
+    assert main(base + ['--split', 'val', '--thresholds', str(tmp_path / 'th.json')]) == 2
+    err = capsys.readouterr().err
+    assert "they were tuned on csv split 'val' (8 images), the split evaluated here" in err
+    assert main(base + ['--split', 'test', '--thresholds', 'from-weights']) == 2
+    assert 'these weights carry no decision thresholds' in capsys.readouterr().err

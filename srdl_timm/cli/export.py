@@ -2,7 +2,9 @@
 
 The model is loaded strictly (:func:`srdl_timm.loading.load_model`, as ``srdl-predict`` does); the library is
 :mod:`srdl_timm.export`. Exit status: 0 = exported and every check passed, 1 = an export or a check failed (the
-file is kept for inspection), 2 = usage, model or weights error.
+file is kept for inspection), 2 = usage, model or weights error. The files' metadata says how to post-process the
+logits (``postprocess``: a sigmoid, then the per-class ``label_thresholds`` the weights carry, else 0.5), and the
+last line printed says it too.
 
 Examples::
 
@@ -108,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
             diffs = ', '.join(f'{shape}: {diff:.2e}' for shape, diff in report.items())
             line += f'; matches PyTorch (max |diff| {diffs})'
         print(line)
+    if jobs:
+        print(f'post-processing (in the metadata): {metadata["postprocess"]}')
     return status
 
 

@@ -1,9 +1,11 @@
 """``srdl-predict``: multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.
 
 Inputs are files, folders (``--recursive``) and quoted globs (:mod:`srdl_timm.data.inputs`); labels are chosen by
-``--threshold`` and/or ``--topk`` (:func:`srdl_timm.predict.select_labels`; neither: threshold 0.5); the output is a
-table headed by what the weights know, ``--format json`` or ``--format csv``, on stdout or in ``--output FILE``. The
-model (``--checkpoint`` and/or ``--model``: a tag, ``hf-hub:org/repo`` or ``local-dir:PATH``) loads strictly
+the weights' per-class decision thresholds when they carry them, else 0.5, or by ``--threshold`` (one value for
+every class) and/or ``--topk`` (:func:`srdl_timm.predict.decision_thresholds`,
+:func:`~srdl_timm.predict.select_labels`); the output is a table headed by what the weights know and which
+thresholds were used, ``--format json`` or ``--format csv``, on stdout or in ``--output FILE``. The model
+(``--checkpoint`` and/or ``--model``: a tag, ``hf-hub:org/repo`` or ``local-dir:PATH``) loads strictly
 (:func:`srdl_timm.loading.load_model_from_spec`). Bad inputs are reported per input while the rest are predicted;
 exit status 0 every input predicted, 1 some input failed, 2 usage, model or weights error. Example:
 ``srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3``.
@@ -22,7 +24,8 @@ from ..explain import check_explainable, default_eval_transform
 from ..labels import resolve_label_names
 from ..loading import load_model_from_spec
 from ..predict import (
-    collect_inputs, format_csv, format_json, format_table, predict_files, summary_lines, weights_summary)
+    collect_inputs, decision_thresholds, format_csv, format_json, format_table, predict_files, summary_lines,
+    weights_summary)
 from ..utils import atomic_write_bytes
 
 __all__ = ['build_parser', 'run', 'main']
@@ -66,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--img-size', type=_positive_int, default=None, help='input size (None: the model\'s config)')
     g = p.add_argument_group('labels')
     g.add_argument('--threshold', type=_probability, default=None,
-                   help='keep labels with score >= this (None: 0.5, unless --topk is given)')
+                   help='keep labels with score >= this, one value for every class (None: the weights\' per-class '
+                        'thresholds when they carry them, else 0.5; none with --topk alone)')
     g.add_argument('--topk', type=_positive_int, default=None, help='keep the k best labels (>= --threshold if set)')
     g = p.add_argument_group('output')
     g.add_argument('--format', default='table', choices=('table', 'json', 'csv'))
@@ -111,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     amp_dtype = getattr(torch, args.amp_dtype) if args.amp else None
     summary = weights_summary(model, label_names, spec.name, trained_on=spec.config().get('trained_on'))
-    header = [] if args.quiet else summary_lines(summary)
+    decision = decision_thresholds(model, args.threshold, args.topk)
+    description = decision['description'].replace('(given)', '(--threshold)')
+    header = [] if args.quiet else summary_lines(summary) + [f'# thresholds: {description}']
     if header and args.format != 'table':
         print('\n'.join(header), file=sys.stderr)
 
@@ -120,14 +126,14 @@ def run(args: argparse.Namespace) -> int:
         if item.error is not None:
             _logger.warning('%s: %s', item.path, item.error)
     predictions = predict_files(
-        model, items, label_names, transform, threshold=args.threshold, topk=args.topk,
+        model, items, label_names, transform, threshold=decision['threshold'], topk=args.topk,
         batch_size=args.batch_size, device=device, amp_dtype=amp_dtype, channels_last=args.channels_last,
         workers=args.workers, explain_dir=args.explain, explain_topk=args.explain_topk,
         explain_erase=args.explain_erase, erase_alpha=args.erase_alpha, progress=progress_enabled(args))
 
     if args.format == 'json':
-        threshold = 0.5 if args.threshold is None and args.topk is None else args.threshold
-        meta = dict(model=args.model, checkpoint=args.checkpoint, threshold=threshold, topk=args.topk,
+        meta = dict(model=args.model, checkpoint=args.checkpoint, threshold=decision['threshold'],
+                    threshold_source=decision['source'], thresholds=description, topk=args.topk,
                     input_size=list(transform.transforms[0].size) if hasattr(transform, 'transforms') else None,
                     amp_dtype=args.amp_dtype if args.amp else None, explain_dir=args.explain, weights=summary)
         text = format_json(predictions, meta)

@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'hf-hub:org/repo or local-dir:DIR, loaded with its weights')
     g.add_argument('--model-args', default=None, help='model arguments as inline JSON or a JSON file')
     g.add_argument('--label-names', default=None, help='text file with one class name per line, in output order')
+    g.add_argument('--thresholds', default=None, metavar='FILE',
+                   help='per-class decision thresholds to publish instead of those the weights carry (a file of '
+                        'srdl-validate --tune-thresholds); written to config.json and the card')
     g = p.add_argument_group('destination')
     g.add_argument('--repo-id', default=None, help='Hub repo org/name')
     g.add_argument('--local-dir', default=None, help='write the folder here instead of pushing (no network)')
@@ -100,7 +103,7 @@ def _load(args: argparse.Namespace):
 
     return load_for_publishing(
         checkpoint=args.checkpoint, model=args.model, model_kwargs=_json_or_file(args.model_args, '--model-args'),
-        label_names=read_label_names(args.label_names) if args.label_names else None)
+        label_names=read_label_names(args.label_names) if args.label_names else None, thresholds_file=args.thresholds)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ import sys
 from typing import Optional, Sequence
 
 from ..data import DATASETS
+from ..loss import ASL_DEFAULTS, LOSSES
 from ..training import RECIPES, SCHEDULERS, TrainConfig, fit
 from ..utils import parse_model_kwargs
 from . import add_common_args, run_cli
@@ -62,6 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--oe', action=B, default=None, help='object erasing (default: on for SRDL)')
     g.add_argument('--oe-topk', type=int, default=None, help='OE top-K categories (default 3)')
     g.add_argument('--oe-alpha', type=float, default=None, help='OE threshold alpha (default 0.5)')
+    g.add_argument('--loss', default='bce', choices=LOSSES,
+                   help='per-entry loss of L_ori and L_era: bce (the paper) or asl (asymmetric loss, Ben-Baruch et al. '
+                        '2020; computed in float32)')
+    g.add_argument('--asl-gamma-neg', type=float, default=None,
+                   help=f'ASL focusing of negatives (default {ASL_DEFAULTS["gamma_neg"]:g}, the ASL paper\'s)')
+    g.add_argument('--asl-gamma-pos', type=float, default=None,
+                   help=f'ASL focusing of positives (default {ASL_DEFAULTS["gamma_pos"]:g})')
+    g.add_argument('--asl-clip', type=float, default=None,
+                   help=f'ASL probability margin of negatives (default {ASL_DEFAULTS["clip"]:g})')
     g.add_argument('--era-scope', default='all', choices=('all', 'erased'),
                    help='entries of L_era (eq. 12): all (the paper as written) or only the K erased classes')
     g.add_argument('--era-weight', type=float, default=1.0, help='weight of L_era in L = L_ori + w L_era (eq. 13: 1)')
@@ -77,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--train-resize', type=int, default=None, help='first resize of the paper augmentation '
                                                                    '(default img-size*512/448)')
     g.add_argument('--aug', default=None, choices=('paper', 'none'), help='training augmentation (default paper)')
+    g.add_argument('--tune-thresholds', action=B, default=True,
+                   help='at the end, tune per-class decision thresholds (best F1 per class) on the validation split '
+                        'and store them in OUTPUT/train_config.json, where srdl-predict and srdl-publish find them')
     g = p.add_argument_group('optimisation')
     g.add_argument('--opt', default=None, help='timm optimizer name (default adam)')
     g.add_argument('--opt-betas', type=float, nargs=2, default=None, help='(default: optimizer\'s; paper 0.9 0.999)')

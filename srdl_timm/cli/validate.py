@@ -1,10 +1,12 @@
 """``srdl-validate``: evaluate a multi-label timm model on COCO 2014, VOC 2007 or custom data (paper §4.1).
 
-Prints Table 1/2-style rows (mAP in both AP definitions, CP … OF1 and their top-3 variants; on VOC one row with
-difficult-only entries ignored and one with them counted negative) and writes the JSON report with per-class AP and
-the exact protocol to ``--output``; the work is :func:`srdl_timm.validate.evaluate_dataset`. The model loads
-strictly: a training run's checkpoint rebuilds its architecture from the ``train_config.json`` beside it. Runs
-under ``torchrun ... -m srdl_timm.cli.validate`` (every image counted once). Example:
+Prints Table 1/2-style rows (mAP in both AP definitions, CP … OF1 at 0.5 and their top-3 variants; on VOC one row
+with difficult-only entries ignored and one with them counted negative; with ``--thresholds`` one more row at
+per-class decision thresholds tuned on another split) and writes the JSON report with per-class AP and the exact
+protocol to ``--output``; ``--tune-thresholds FILE`` tunes per-class thresholds on the evaluated split (best F1 per
+class) and writes them, without reporting metrics at them; the work is :func:`srdl_timm.validate.evaluate_dataset`.
+The model loads strictly: a training run's checkpoint rebuilds its architecture from the ``train_config.json``
+beside it. Runs under ``torchrun ... -m srdl_timm.cli.validate`` (every image counted once). Example:
 ``srdl-validate --checkpoint run/model.safetensors --data coco --root /data/coco --output val.json``.
 """
 import argparse
@@ -46,6 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--batch-size', type=int, default=32, help='per-process batch size')
     g.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
                    help='data loader workers (default: min(4, CPUs))')
+    g = p.add_argument_group('decision thresholds')
+    g.add_argument('--thresholds', default=None, metavar='FILE|from-weights',
+                   help='also report CP ... OF1 at per-class thresholds: the weights\' own (from-weights) or a FILE of '
+                        '--tune-thresholds; refused when they were tuned on the split evaluated here')
+    g.add_argument('--tune-thresholds', default=None, metavar='FILE',
+                   help='tune per-class thresholds (best F1 per class) on this split and write them to FILE (not '
+                        'evaluated here: report them on another split with --thresholds FILE)')
     g = p.add_argument_group('run')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     g.add_argument('--amp', action='store_true', help='autocast the backbone (head stays float32)')
@@ -63,17 +72,26 @@ def run(args: argparse.Namespace) -> int:
     """``srdl-validate``: evaluate, print the rows and write the JSON report (rank 0); 0 on success."""
     if args.batch_size < 1:
         raise InputError(f'--batch-size must be >= 1, got {args.batch_size}')
-    if args.output and os.path.isdir(args.output):
-        raise InputError(f'--output {args.output} is a folder; give the JSON file to write, e.g. '
-                         f'{os.path.join(args.output, "val.json")}')
+    for flag, path in (('--output', args.output), ('--tune-thresholds', args.tune_thresholds)):
+        if path and os.path.isdir(path):
+            raise InputError(f'{flag} {path} is a folder; give the JSON file to write, e.g. '
+                             f'{os.path.join(path, "val.json" if flag == "--output" else "thresholds.json")}')
     evaluation = evaluate_dataset(
         model_spec_from_args(args), args.data, args.root, args.split, ann_file=args.ann_file,
         image_dir=args.image_dir, keep_empty=args.keep_empty, on_corrupt=args.on_corrupt, img_size=args.img_size,
         interpolation=args.interpolation, mean=args.mean, std=args.std, batch_size=args.batch_size,
         workers=args.workers, device=args.device, amp_dtype=args.amp_dtype if args.amp else None,
-        channels_last=args.channels_last, seed=args.seed, progress=progress_enabled(args))
+        channels_last=args.channels_last, seed=args.seed, progress=progress_enabled(args),
+        thresholds=args.thresholds, tune_thresholds_file=args.tune_thresholds)
     if evaluation.rank == 0:
         print(format_rows(evaluation.rows))
+        report = evaluation.report
+        if 'thresholds' in report:
+            print(f'per-class thresholds ({report["thresholds"]["source"]}): {report["thresholds"]["description"]}')
+        if 'tuned_thresholds' in report:
+            tuned = report['tuned_thresholds']
+            print(f'wrote {args.tune_thresholds}: thresholds {tuned["description"]} (not evaluated on this split: '
+                  f'report them on another one with --thresholds {args.tune_thresholds})')
         if args.output:
             atomic_write_json(args.output, evaluation.report)
             print(f'wrote {args.output}')

@@ -1,10 +1,14 @@
 """Label names and their word vectors: :mod:`.names` (a model's names: the one store, timm's
 ``pretrained_cfg['label_names']``, its reader and writer, label files), :mod:`.vectors` (label-graph node vectors
-A⁰ of eq. 3: the name-to-vector rule and its report, the shipped COCO/VOC rows) and :mod:`.word_vectors` (reading
-word-vector sources)."""
+A⁰ of eq. 3: the name-to-vector rule and its report, the shipped COCO/VOC rows), :mod:`.word_vectors` (reading
+word-vector sources) and :mod:`.thresholds` (per-class decision thresholds: tuning, the store on a model, JSON)."""
 from .names import (
     KNOWN_LABEL_SETS, known_label_names, known_label_set, model_label_names, read_label_file, resolve_label_names,
     store_label_names)
+from .thresholds import (
+    DEFAULT_THRESHOLD, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY, TUNING_RULES, LabelThresholds, check_threshold_values,
+    model_label_thresholds, read_thresholds_file, same_split, split_fingerprint, store_label_thresholds,
+    tune_thresholds)
 from .vectors import (
     COMPOUND_SPLITS, RANDOM_FALLBACK, LabelEmbeddingSpec, LabelVectors, embed_label_names, label_tokens,
     label_vectors, resolve_label_nodes, shipped_label_embeddings)
@@ -14,5 +18,8 @@ __all__ = [
     'KNOWN_LABEL_SETS', 'known_label_names', 'known_label_set', 'model_label_names', 'read_label_file',
     'resolve_label_names', 'store_label_names', 'COMPOUND_SPLITS', 'RANDOM_FALLBACK', 'LabelEmbeddingSpec',
     'LabelVectors', 'embed_label_names', 'label_tokens', 'label_vectors', 'resolve_label_nodes',
-    'shipped_label_embeddings', 'DEFAULT_SOURCE', 'WordVectors', 'load_word_vectors',
+    'shipped_label_embeddings', 'DEFAULT_SOURCE', 'WordVectors', 'load_word_vectors', 'DEFAULT_THRESHOLD',
+    'THRESHOLDS_INFO_KEY', 'THRESHOLDS_KEY', 'TUNING_RULES', 'LabelThresholds', 'check_threshold_values',
+    'model_label_thresholds', 'read_thresholds_file', 'same_split', 'split_fingerprint', 'store_label_thresholds',
+    'tune_thresholds',
 ]

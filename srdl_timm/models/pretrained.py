@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, Mapping, Optional, Tuple
 
 from ..errors import InputError
+from ..labels.thresholds import LabelThresholds
 from ..utils import PathLike, sha256_file
 from ..weight_files import WEIGHTS_FILENAME, check_class_count, hub_download, read_config_json, read_weight_file
 
@@ -175,6 +176,7 @@ def validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
     lacking = [' or '.join(keys) for keys in REQUIRED_PROTOCOL if not any(protocol.get(k) for k in keys)]
     if lacking:
         raise InputError(f'{label}: metrics.protocol lacks {lacking}')
+    LabelThresholds.from_json(entry, label, entry['num_classes'])
     cfg = entry.get('pretrained_cfg') or {}
     unknown = sorted(set(cfg) - set(MANIFEST_CFG_KEYS))
     if unknown:
@@ -370,9 +372,9 @@ def _not_installed_message(name: str, file: Path) -> str:
             f'folder holding manifest.json and {file.name}.')
 
 
-def _check_published_config(cfg: Any, cache_dir: Optional[PathLike]) -> None:
+def _check_published_config(cfg: Any, cache_dir: Optional[PathLike]) -> Dict[str, Any]:
     """Read the config.json of a local-dir: folder / hf-hub: repo field by field (timm reads it without checking
-    any) and hold its num_classes against the classifier of the folder's model.safetensors."""
+    any), hold its num_classes against the classifier of the folder's model.safetensors, and return it."""
     if cfg.source == 'local-dir':
         config_file = Path(cfg.file) / 'config.json'
         weights: Optional[Path] = Path(cfg.file) / WEIGHTS_FILENAME
@@ -386,6 +388,7 @@ def _check_published_config(cfg: Any, cache_dir: Optional[PathLike]) -> None:
     num_classes = (config.get('model_args') or {}).get('num_classes', config.get('num_classes'))
     if weights is not None and weights.is_file() and num_classes is not None:
         check_class_count(weights, read_weight_file(weights, keys=('classifier.bias',)), config_file, num_classes)
+    return config
 
 
 def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
@@ -405,6 +408,9 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
        weights (backbone, embed_dim, graph_layers, use_gcn/use_ca/use_sa, backbone_kwargs) replace the
        architecture's defaults, the others (num_classes, in_chans, global_pool, oe_*, attention_impl) are only
        defaults, so that e.g. ``num_classes=N`` still re-initialises the category head for fine-tuning.
+    6. The per-class decision thresholds the config.json or the manifest entry records become
+       ``label_thresholds`` (a :class:`~srdl_timm.labels.LabelThresholds`, or None), which the model factory
+       stores on the model (where they fit its class count).
 
     Args:
         variant: architecture name.
@@ -429,7 +435,9 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
     if not kind:
         raise MissingPretrainedWeightsError(_missing_weights_message(variant, cfg.tag))
     if cfg.source in ('local-dir', 'hf-hub'):
-        _check_published_config(cfg, kwargs.get('cache_dir'))
+        config = _check_published_config(cfg, kwargs.get('cache_dir'))
+        if kwargs.get('label_thresholds') is None:
+            kwargs['label_thresholds'] = LabelThresholds.from_json(config, 'config.json')
     user_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
     if kind == 'file' and user_file and not os.path.isabs(location):  # the caller's file: relative to the cwd
         location = os.path.abspath(location)
@@ -446,6 +454,8 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
     for mpath, data in _manifests():
         for entry in data['weights']:
             if entry['architecture'] == variant and entry['tag'] == cfg.tag:
+                if kwargs.get('label_thresholds') is None:
+                    kwargs['label_thresholds'] = LabelThresholds.from_json(entry, f'{mpath} entry {variant}.{cfg.tag}')
                 for key, value in entry['model_args'].items():
                     if key in _WEIGHT_SHAPING_ARGS:
                         if key in kwargs and kwargs[key] != value:

@@ -20,7 +20,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..errors import InputError
-from ..labels import LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names
+from ..labels import (
+    LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names,
+    store_label_thresholds)
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 from .pretrained import check_pretrained_weights
@@ -420,10 +422,12 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
 
 
 def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
+    thresholds = kwargs.pop('label_thresholds', None)  # per-class decision thresholds: not architecture
     if pretrained:
         # models/pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
         # path, the sha256 check of manifest weights, and the arguments those weights were built with
-        kwargs = check_pretrained_weights(variant, kwargs)
+        kwargs = check_pretrained_weights(variant, dict(kwargs, label_thresholds=thresholds))
+        thresholds = kwargs.pop('label_thresholds')
         if kwargs.get('label_embeddings') is None and not known_label_set(
                 kwargs.get('num_classes', -1), kwargs.get('label_names')):
             kwargs['label_embeddings'] = 'random'  # placeholders: the weights hold the nodes
@@ -441,6 +445,7 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
         # the head's names go to pretrained_cfg['label_names']; without any, the names timm put there from a
         # local-dir:/hf-hub: config are kept if they fit the head (a default cfg's for another head are dropped)
         inner.label_names = store_label_names(model, inner.label_names, inner.num_classes)
+        store_label_thresholds(inner, thresholds)
         # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
         first_conv = inner.backbone.pretrained_cfg.get('first_conv')
         if first_conv:

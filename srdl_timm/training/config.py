@@ -15,7 +15,7 @@ import timm
 
 from ..data import DATASETS, DEFAULT_SPLITS
 from ..errors import InputError
-from ..loss import ERA_SCOPES, REDUCTIONS
+from ..loss import ASL_DEFAULTS, ERA_SCOPES, LOSSES, REDUCTIONS
 
 __all__ = ['TrainConfig', 'RECIPES', 'SCHEDULERS', 'SUMMARY_KEYS', 'resolve_config', 'is_srdl_model_name']
 
@@ -57,9 +57,14 @@ class TrainConfig:
     ('auto' | 'none' | 'coco' | 'voc' | 'glove-6b-50d' | path), ``use_gcn`` / ``use_ca`` / ``use_sa`` (Table 6
     ablations), ``oe`` / ``oe_topk`` / ``oe_alpha`` (§3.3), ``drop_rate``, ``model_kwargs``.
 
-    Loss (:class:`~srdl_timm.loss.SRDLLoss`): ``era_scope`` ('all' = eq. 12 over every entry, or 'erased' = the K
-    erased classes only), ``era_weight`` (weight of L_era in eq. 13), ``loss_reduction`` ('mean' or 'sum' over a
-    mini-batch's labelled entries).
+    Loss (:class:`~srdl_timm.loss.SRDLLoss`): ``loss`` ('bce', the paper's binary cross-entropy, or 'asl', the
+    asymmetric loss, for L_ori and L_era both) with ``asl_gamma_neg`` / ``asl_gamma_pos`` / ``asl_clip`` (None: the
+    ASL paper's values, :data:`~srdl_timm.loss.ASL_DEFAULTS`; 'asl' only), ``era_scope`` ('all' = eq. 12 over every
+    entry, or 'erased' = the K erased classes only), ``era_weight`` (weight of L_era in eq. 13), ``loss_reduction``
+    ('mean' or 'sum' over a mini-batch's labelled entries).
+
+    Decision thresholds: ``tune_thresholds`` (at the end, per-class thresholds with the best F1 on the validation
+    split, :func:`srdl_timm.labels.tune_thresholds`, stored in ``train_config.json`` beside the weights).
 
     Input: ``img_size``, ``train_resize`` (first resize of the paper's augmentation; default img_size·512/448),
     ``aug`` ('paper' or 'none' = eval transform for training).
@@ -106,9 +111,14 @@ class TrainConfig:
     oe: Optional[bool] = None
     oe_topk: Optional[int] = None
     oe_alpha: Optional[float] = None
+    loss: str = 'bce'
+    asl_gamma_neg: Optional[float] = None
+    asl_gamma_pos: Optional[float] = None
+    asl_clip: Optional[float] = None
     era_scope: str = 'all'
     era_weight: float = 1.0
     loss_reduction: Optional[str] = None
+    tune_thresholds: bool = True
     drop_rate: float = 0.0
     model_kwargs: Dict[str, Any] = field(default_factory=dict)
     # input
@@ -165,6 +175,12 @@ class TrainConfig:
     # filled by resolve_config
     world_size: int = 1
     explicit: List[str] = field(default_factory=list)
+
+    def asl_params(self) -> Optional[Dict[str, float]]:
+        """The ASL hyper-parameters ``{'gamma_neg', 'gamma_pos', 'clip'}`` of ``loss='asl'`` (None for 'bce')."""
+        if self.loss != 'asl':
+            return None
+        return {k: float(getattr(self, f'asl_{k}')) for k in ASL_DEFAULTS}
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly dict of every field."""
@@ -274,6 +290,16 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
     check(cfg.era_scope in ERA_SCOPES, f'--era-scope must be one of {ERA_SCOPES}, got {cfg.era_scope!r}')
     check(cfg.era_weight >= 0.0 and math.isfinite(cfg.era_weight), f'--era-weight must be >= 0, got {cfg.era_weight}')
     check(cfg.loss_reduction in REDUCTIONS, f'--loss-reduction must be one of {REDUCTIONS}, got {cfg.loss_reduction!r}')
+    check(cfg.loss in LOSSES, f'--loss must be one of {LOSSES}, got {cfg.loss!r}')
+    for key, default in ASL_DEFAULTS.items():
+        flag, value = f'--asl-{key.replace("_", "-")}', getattr(cfg, f'asl_{key}')
+        check(value is None or cfg.loss == 'asl', f'{flag} is a parameter of the asymmetric loss: add --loss asl')
+        if cfg.loss == 'asl':
+            value = default if value is None else value
+            check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+                  and (key != 'clip' or value < 1), f'{flag} must be >= 0{" and < 1" if key == "clip" else ""}, '
+                                                    f'got {value}')
+            setattr(cfg, f'asl_{key}', float(value))
     check(bool(cfg.root), '--root (dataset folder) is required')
     check(cfg.voc_difficult in ('positive', 'negative', 'ignore'),
           f'--voc-difficult must be positive, negative or ignore, got {cfg.voc_difficult}')

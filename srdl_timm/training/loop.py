@@ -33,7 +33,7 @@ from ..data import (
     LABELS_FROM_FILE, EpochBatchSampler, SeededDataset, create_multilabel_dataset, create_multilabel_loader,
     create_paper_transform, is_dist_initialized)
 from ..errors import InputError, OperationError
-from ..labels import DEFAULT_SOURCE, label_vectors
+from ..labels import DEFAULT_SOURCE, label_vectors, split_fingerprint
 from ..loss import SRDLLoss
 from ..validate import validate
 from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
@@ -162,6 +162,10 @@ class TrainState:
         label_names: dataset class names.
         label_vectors: how each label name became its label-graph node vector (:meth:`LabelVectors.report`), None
             when the nodes were not looked up by name.
+        unknown_entries: ``{'train': n, 'val': m}``, the (image, class) entries of each split that are not
+            annotated (target -1: left out of the loss and the metrics).
+        val_split: the validation split's :func:`srdl_timm.labels.split_fingerprint` (where thresholds are tuned).
+        val_outputs: ``(logits, targets)`` of the last evaluation (float32 ``[N, C]``), None before the first.
         global_step: optimizer updates done so far; history: one dict per finished epoch;
         last_checkpoint: newest checkpoint directory written (rank 0);
         epoch_loss_sums / epoch_micro_batches: running loss sums of the epoch in progress (checkpointed).
@@ -179,6 +183,9 @@ class TrainState:
     updates_per_epoch: int
     label_names: List[str]
     label_vectors: Optional[Dict[str, Any]] = None
+    unknown_entries: Dict[str, int] = field(default_factory=dict)
+    val_split: Optional[Dict[str, Any]] = None
+    val_outputs: Optional[Tuple[np.ndarray, np.ndarray]] = None
     global_step: int = 0
     history: List[Dict[str, Any]] = field(default_factory=list)
     last_checkpoint: Optional[str] = None
@@ -317,7 +324,8 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     loss = SRDLLoss(erased_weight=cfg.era_weight, era_scope=cfg.era_scope,
-                    topk=cfg.oe_topk if cfg.era_scope == 'erased' else None, reduction=cfg.loss_reduction)
+                    topk=cfg.oe_topk if cfg.era_scope == 'erased' else None, reduction=cfg.loss_reduction,
+                    loss=cfg.loss, asl=cfg.asl_params())
     task = SRDLTask(model, object_erasing=bool(cfg.oe), loss=loss, device=device, verbose=rank == 0)
     if cfg.model_ema:
         task.setup_ema(decay=cfg.model_ema_decay)
@@ -339,10 +347,17 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
         scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
     loss_scaler = NativeScaler(device.type) if cfg.amp and cfg.amp_dtype == 'float16' else None
 
+    unknown = {'train': int((train_ds.targets == -1).sum()), 'val': int((val_ds.targets == -1).sum())}
+    if any(unknown.values()) and rank == 0:
+        _logger.info('entries (image, class) not annotated, left out of the loss and the metrics: %s of %s in the '
+                     'training split, %s of %s in the validation split', f'{unknown["train"]:,}',
+                     f'{train_ds.targets.size:,}', f'{unknown["val"]:,}', f'{val_ds.targets.size:,}')
     state = TrainState(
         config=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, loss_scaler=loss_scaler,
         device=device, rank=rank, world_size=world_size, micro_batches_per_epoch=micro,
-        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report)
+        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report,
+        unknown_entries=unknown,
+        val_split=split_fingerprint(val_ds.image_paths, cfg.root, cfg.data, cfg.val_split))
     val_loader = create_multilabel_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
                                           num_workers=cfg.workers, distributed=world_size > 1,
                                           pin_memory=device.type == 'cuda')
@@ -472,10 +487,13 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
 def evaluate(state: TrainState, loader: DataLoader) -> Dict[str, Any]:
     """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`; eval mode, so
     OE is off). Scalars in percent (mAP interpolated / non-interpolated, CP/CR/CF1/OP/OR/OF1 at threshold 0.5 and
-    top-3), counts, per-class APs as lists. Under DDP every rank must call it (logits gathered without padding)."""
+    top-3), counts, per-class APs as lists. Under DDP every rank must call it (logits gathered without padding).
+    The logits and targets are kept in ``state.val_outputs`` (for the decision thresholds tuned at the end)."""
     cfg = state.config
     result = validate(state.report_model, loader, state.device, amp_dtype=amp_dtype(cfg),
-                      channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names)
+                      channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names,
+                      return_outputs=True)
+    state.val_outputs = (result.pop('logits'), result.pop('targets'))
     state.task.trainable_module.train()
     if cfg.freeze_bn:
         _set_bn_eval(state.model)

@@ -8,7 +8,9 @@ Python API (what the console script wraps)::
 
 Outputs (``output``, owned by this run while it runs, see :mod:`srdl_timm.training.run_folder`):
 ``train_config.json`` (the resolved configuration, the label names, how each became its label-graph node vector,
-and the ``model_args`` that rebuild the trained architecture, read by :func:`srdl_timm.loading.load_model`);
+the entries not annotated per split, the ``model_args`` that rebuild the trained architecture, read by
+:func:`srdl_timm.loading.load_model`, and at the end the per-class decision thresholds tuned on the validation split,
+``label_thresholds`` + ``label_thresholds_info``, which the loaders put on the model);
 ``log.csv`` / ``log.json`` (per-epoch losses, lr and validation metrics); ``checkpoints/…`` + the ``last`` link
 (see :mod:`srdl_timm.training.checkpoint`); at the end ``model.safetensors`` (the reported weights: the final
 model, or its EMA when ``report_checkpoint='ema'`` was declared up front) and ``summary.json``.
@@ -21,11 +23,12 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 
 from ..data import init_distributed_from_env
+from ..labels import LabelThresholds, store_label_thresholds, tune_thresholds
 from ..loading import model_args
 from ..utils import atomic_write_json, jsonable
 from .checkpoint import (
-    LAST_LINK, CheckpointError, find_last_checkpoint, load_checkpoint, restore_rng_state, save_safetensors_atomic,
-    state_dict_for_save)
+    CONFIG_FILE, LAST_LINK, CheckpointError, find_last_checkpoint, load_checkpoint, restore_rng_state,
+    save_safetensors_atomic, state_dict_for_save)
 from .config import SUMMARY_KEYS, TrainConfig, resolve_config
 from .loop import (
     NonFiniteLossError, TrainState, TrainingError, all_gather_objects, barrier, evaluate, make_train_loader,
@@ -38,7 +41,8 @@ _logger = logging.getLogger(__name__)
 
 _RESUME_MUST_MATCH = ('model', 'data', 'num_classes', 'use_gcn', 'use_ca', 'use_sa', 'model_ema')
 _RESUME_SHOULD_MATCH = ('seed', 'opt', 'lr', 'weight_decay', 'sched', 'epochs', 'decay_epochs', 'decay_rate', 'oe',
-                        'oe_topk', 'oe_alpha', 'era_scope', 'era_weight', 'loss_reduction', 'img_size', 'aug', 'amp',
+                        'oe_topk', 'oe_alpha', 'loss', 'asl_gamma_neg', 'asl_gamma_pos', 'asl_clip', 'era_scope',
+                        'era_weight', 'loss_reduction', 'img_size', 'aug', 'amp',
                         'amp_dtype', 'freeze_bn', 'report_checkpoint')
 
 
@@ -156,9 +160,32 @@ def _write_train_config(state: TrainState, data_config: Dict[str, Any]) -> None:
     resolved['data_config'] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in data_config.items()}
     resolved['label_names'] = state.label_names
     resolved['label_vectors'] = state.label_vectors
+    resolved['unknown_entries'] = state.unknown_entries
     resolved['model_args'] = model_args(state.model)
     print('srdl-train configuration:\n' + json.dumps(jsonable(resolved), indent=2), flush=True)
     atomic_write_json(os.path.join(state.config.output, 'train_config.json'), resolved)
+
+
+def _tune_thresholds(state: TrainState, val_loader: Any) -> Optional[LabelThresholds]:
+    """Per-class thresholds of the reported model, tuned on the validation split (its last evaluation's logits, or a
+    new one after a resume that had nothing left to train: a collective), put on the model and, by rank 0, into
+    ``train_config.json`` beside the weights."""
+    if not state.config.tune_thresholds:
+        return None
+    if state.val_outputs is None:
+        evaluate(state, val_loader)
+    logits, targets = state.val_outputs
+    thresholds = tune_thresholds(logits, targets, label_names=state.label_names, tuned_on=state.val_split,
+                                 tool='srdl-train')
+    store_label_thresholds(state.report_model, thresholds)
+    if state.is_main:
+        path = os.path.join(state.config.output, CONFIG_FILE)
+        with open(path, encoding='utf-8') as f:
+            config = json.load(f)
+        config.update(thresholds.to_json())
+        atomic_write_json(path, config)
+        _logger.info('decision thresholds %s; written to %s', thresholds.describe(), path)
+    return thresholds
 
 
 def _train_epochs(state: TrainState, train_ds: Any, val_loader: Any, start_epoch: int, start_batch: int) -> bool:
@@ -249,12 +276,15 @@ def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[st
         if is_main:
             _write_train_config(state, data_config)
         stopped = _train_epochs(state, train_ds, val_loader, start_epoch, start_batch)
+        thresholds = None if stopped else _tune_thresholds(state, val_loader)
         result: Dict[str, Any] = {
             'history': state.history, 'output': os.path.abspath(cfg.output), 'reported': cfg.report_checkpoint,
             'global_step': state.global_step, 'epochs_completed': len(state.history), 'stopped_early': stopped,
             'last_checkpoint': state.last_checkpoint, 'config': cfg.to_dict(), 'model_path': None,
             'final_metrics': {k[4:]: v for k, v in state.history[-1].items() if k.startswith('val_')}
             if state.history else None,
+            'unknown_entries': state.unknown_entries,
+            'label_thresholds': thresholds.to_json() if thresholds is not None else None,
         }
         if not stopped and is_main:
             model_path = os.path.join(cfg.output, 'model.safetensors')
@@ -268,7 +298,11 @@ def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[st
                 fm = result['final_metrics']
                 print(f'reported ({cfg.report_checkpoint}) weights: {model_path}\n'
                       f'final mAP {fm["mAP_interpolated"]:.2f} (interpolated) / {fm["mAP_non_interpolated"]:.2f} '
-                      f'(non-interpolated), CF1 {fm["CF1"]:.2f}, OF1 {fm["OF1"]:.2f}', flush=True)
+                      f'(non-interpolated), CF1 {fm["CF1"]:.2f}, OF1 {fm["OF1"]:.2f} (at 0.5)', flush=True)
+            if thresholds is not None:
+                print(f'decision thresholds {thresholds.describe()}; in {os.path.join(cfg.output, CONFIG_FILE)} '
+                      '(report metrics at them on another split: srdl-validate --thresholds from-weights)',
+                      flush=True)
         barrier()
         return result
     finally:
