@@ -11,6 +11,8 @@ tried on any machine before spending GPU-days. From the repository root::
     python benchmarks/run_offline.py --full           # a GPU: 'full' preset, end-to-end fine-tuning
     python benchmarks/run_offline.py --data coco --root /data/coco     # the paper recipe (§4.2) on MS-COCO 2014
     python benchmarks/run_offline.py --data voc --root /data/VOCdevkit
+    python benchmarks/run_offline.py --quick --loss asl   # every row with the asymmetric loss (-> ...-quick-asl)
+    python benchmarks/run_offline.py --compare OUT_BCE OUT_ASL   # BCE vs ASL per row, with bootstrap intervals
 
 Rows (``--rows``): ``baseline``, ``car_no_gcn``, ``car_no_ca``, ``car_no_sa``, ``car``, ``car_oe`` (= SRDL),
 ``car_oe_erased`` (L_era on the erased classes only) and the peer heads of ``benchmarks/peer_heads.py`` on the same
@@ -36,9 +38,11 @@ import torch  # noqa: E402
 
 from srdl_timm.cli import add_common_args, run_cli  # noqa: E402
 from srdl_timm.errors import InputError  # noqa: E402
+from srdl_timm.loss import LOSSES  # noqa: E402
 
 from benchmarks.offline import (DATA_SOURCES, DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, ROW_ORDER, TRAINERS,  # noqa: E402
-                                BenchmarkConfig, report_from_results, run_benchmark, run_dataset_seeds)
+                                BenchmarkConfig, compare_folders, report_from_results, run_benchmark,
+                                run_dataset_seeds)
 
 PROG = 'benchmarks/run_offline.py'
 
@@ -98,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--warmup-epochs', type=float, default=None)
     g.add_argument('--opt', dest='optimizer', default=None,
                    help='fit trainer: timm optimizer name (end-to-end: adamw; full: adam); frozen-trunk: adamw only')
+    g.add_argument('--loss', default='bce', choices=LOSSES,
+                   help='per-entry loss of every row: bce (the paper) or asl (asymmetric loss, the ASL paper\'s '
+                        'gamma-/gamma+/clip); default output folder gets an -asl suffix')
     g.add_argument('--loss-reduction', default='mean', choices=('mean', 'sum'),
                    help='eqs. 11-12 over a mini-batch: mean (default) or sum (as the paper writes them)')
     g.add_argument('--img-size', type=int, default=None, help="input size (quick: the images' own 128 px)")
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--parallel-datasets', type=int, default=None, metavar='N',
                    help='with several --dataset-seeds, run up to N data sets at once in separate processes '
                         '(default: --faithful as many as there are data sets, up to the CPU count; else 1)')
+    g.add_argument('--compare', nargs=2, default=None, metavar=('DIR_A', 'DIR_B'),
+                   help='only compare two finished invocations that differ in one setting (e.g. --loss bce and asl): '
+                        'per row, mean ± std of each and the bootstrap interval of the mAP difference B - A')
     g.add_argument('--report-from', default=None, metavar='DIR',
                    help="only print the tables of DIR/results.json (also of an unfinished run: its finished runs; "
                         "written to DIR/results-partial.md)")
@@ -161,7 +171,8 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
         except ValueError as e:
             raise InputError(f'--set {key}: {value!r} is not valid JSON') from e
     mode = 'paper' if args.data in ('coco', 'voc') else args.mode
-    output = args.output or os.path.join('benchmark-results', f'{args.data}-{mode}')
+    output = args.output or os.path.join('benchmark-results', f'{args.data}-{mode}'
+                                         + ('' if args.loss == 'bce' else f'-{args.loss}'))
     command = f'python {PROG} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return BenchmarkConfig(
         data=args.data, root=args.root, preset=args.preset, dataset_seed=(args.dataset_seeds or [0])[0],
@@ -169,7 +180,8 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
         pretrained_backbone=args.pretrained_backbone, label_embeddings=args.label_embeddings, mode=args.mode,
         trainer=args.trainer, rows=None if args.rows is None else tuple(_rows_arg(args.rows)), seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, loss_reduction=args.loss_reduction,
+        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, loss=args.loss,
+        loss_reduction=args.loss_reduction,
         img_size=args.img_size, train_stages=args.train_stages,
         output_stride=args.output_stride, batchnorm=args.batchnorm,
         zero_init_spatial=args.spatial_init == 'zero', oe_topk=args.oe_topk, oe_alpha=args.oe_alpha,
@@ -184,6 +196,12 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     if args.report_from:
         print(report_from_results(args.report_from)['markdown'])
+        return 0
+    if args.compare:
+        try:
+            print(compare_folders(*args.compare, num_resamples=args.bootstrap or 1000)['markdown'])
+        except (OSError, ValueError) as e:
+            raise InputError(f'--compare {" ".join(args.compare)}: {e}') from e
         return 0
     threads_given = args.threads  # None: --parallel-datasets splits the CPUs between its processes
     threads = args.threads or os.cpu_count() or 1

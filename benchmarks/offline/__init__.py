@@ -14,7 +14,7 @@ from .data import DataSpec, default_data_root, prepare_data
 from .environment import hardware_info, software_versions
 from .export import export_weights
 from .pipeline import report_from_results, run_benchmark, run_dataset_seeds
-from .report import format_per_class, format_table
+from .report import compare_folders, format_per_class, format_table
 from .runs import Context, RunResult, create_model, execute, prepare_frozen_trunk
 from .attention_stats import (attention_statistics, class_discriminative_pointing_game, map_similarity,
                               pointing_game)
@@ -26,7 +26,8 @@ __all__ = [
     'DATA_SOURCES', 'DATA_SPLITS', 'DEFAULT_OE_ALPHA', 'DEFAULT_OE_TOPK', 'METRIC_LABELS', 'MODES', 'PEER_ROWS',
     'ROW_ORDER', 'ROWS', 'SCALAR_METRICS', 'SRDL_ROWS', 'TABLE2_METRICS', 'TABLE_METRICS', 'TRAINERS',
     'BenchmarkConfig', 'Row', 'DataSpec', 'default_data_root', 'prepare_data', 'hardware_info', 'software_versions',
-    'export_weights', 'report_from_results', 'run_benchmark', 'run_dataset_seeds', 'format_per_class', 'format_table', 'Context',
+    'export_weights', 'report_from_results', 'run_benchmark', 'run_dataset_seeds', 'compare_folders',
+    'format_per_class', 'format_table', 'Context',
     'RunResult', 'create_model', 'execute', 'prepare_frozen_trunk', 'load_boxes', 'metrics_from_logits',
     'hierarchical_bootstrap', 'pointing_game', 'attention_statistics', 'class_discriminative_pointing_game',
     'map_similarity', 'predict_logits', 'resampled_average_precision', 'summarize',

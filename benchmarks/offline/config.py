@@ -5,6 +5,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
+from srdl_timm.loss import LOSSES
 from srdl_timm.utils import jsonable
 
 #: metrics of the main table (Table 5/6 style) and of the second table (Table 2 style)
@@ -136,8 +137,10 @@ class BenchmarkConfig:
 
     Protocol: ``mode`` ('quick' | 'faithful' | 'end-to-end' | 'full'; COCO/VOC use 'paper'), ``trainer``, ``rows``,
     ``seeds``, ``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``warmup_epochs``, ``optimizer`` (fit trainer:
-    a timm optimizer name; the frozen-trunk trainer is AdamW), ``loss_reduction`` ('mean' | 'sum' of eqs. 11-12
-    over a mini-batch, :class:`srdl_timm.loss.SRDLLoss`), ``img_size``, ``train_stages`` (frozen-trunk:
+    a timm optimizer name; the frozen-trunk trainer is AdamW), ``loss`` ('bce', the paper's, or 'asl', the
+    asymmetric loss with the ASL paper's hyper-parameters :data:`srdl_timm.loss.ASL_DEFAULTS`, for L_ori and L_era
+    of every row, peers included), ``loss_reduction`` ('mean' | 'sum' of eqs. 11-12 over a mini-batch,
+    :class:`srdl_timm.loss.SRDLLoss`), ``img_size``, ``train_stages`` (frozen-trunk:
     trailing backbone units trained), ``batchnorm`` (frozen-trunk: 'frozen' running statistics everywhere, or
     'train': batch statistics in the trained units), ``dataset_seeds`` (the Fashion Scenes builds a mode runs on, each
     reported separately; default ``(dataset_seed,)``), ``output_stride`` (the backbone's output stride, e.g. 8 for a 4x larger
@@ -172,6 +175,7 @@ class BenchmarkConfig:
     weight_decay: Optional[float] = None
     warmup_epochs: Optional[float] = None
     optimizer: Optional[str] = None
+    loss: str = 'bce'
     loss_reduction: str = 'mean'
     img_size: Optional[int] = None
     train_stages: Optional[int] = None
@@ -256,6 +260,8 @@ class BenchmarkConfig:
             raise ValueError('--export/--register ship the CAR + OE model: include car_oe in --rows')
         if cfg.trainer == 'frozen-trunk' and cfg.optimizer not in (None, 'adamw'):
             raise ValueError(f'the frozen-trunk trainer uses AdamW; --opt {cfg.optimizer} needs --trainer fit')
+        if cfg.loss not in LOSSES:
+            raise ValueError(f'--loss must be one of {list(LOSSES)}, got {cfg.loss!r}')
         if cfg.loss_reduction not in ('mean', 'sum'):
             raise ValueError(f"--loss-reduction must be 'mean' or 'sum', got {cfg.loss_reduction!r}")
         if cfg.data != 'fashion-scenes' and not cfg.root:

@@ -68,6 +68,7 @@ def _finished_runs(path: Path, cfg: BenchmarkConfig) -> List[RunResult]:
         return []
     mine = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY_FIELDS}
     theirs = {k: v for k, v in (old.get('config') or {}).items() if k not in _RUN_ONLY_FIELDS}
+    theirs.setdefault('loss', 'bce')  # written before the loss was a choice: BCE
     if mine != theirs:
         return []
     runs = [RunResult(**r) for r in old.get('runs', [])]

@@ -7,6 +7,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from srdl_timm.loss import ASL_DEFAULTS
+
 from .config import (DEFAULT_OE_ALPHA, DEFAULT_OE_TOPK, METRIC_LABELS, PEER_ROWS, ROW_ORDER, ROWS, SCALAR_METRICS,
                      TABLE2_METRICS, TABLE_METRICS, BenchmarkConfig)
 from .data import DataSpec
@@ -190,7 +192,10 @@ def protocol_text(cfg: BenchmarkConfig, spec: DataSpec, ctx: Any) -> str:
                         f'({cfg.optimizer} lr {cfg.lr:g}, weight decay {cfg.weight_decay:g}, batch {cfg.batch_size}, '
                         f'{cfg.epochs} epochs, {cfg.warmup_epochs:g} warm-up epoch(s) + cosine, the paper\'s '
                         'augmentation scaled to the input size)') + f', {size} px: a {grid} feature grid.')
-    parts.append(f'OE top-K {cfg.oe_topk}, α {cfg.oe_alpha:g}; loss terms reduced by their {cfg.loss_reduction}. '
+    loss = 'binary cross-entropy (the paper\'s)' if cfg.loss == 'bce' else (
+        'the asymmetric loss (ASL: ' + ', '.join(f'{k} {v:g}' for k, v in ASL_DEFAULTS.items()) + ', the ASL paper\'s)')
+    parts.append(f'OE top-K {cfg.oe_topk}, α {cfg.oe_alpha:g}; every row trained with {loss} (L_ori, and L_era '
+                 f'with OE), the loss terms reduced by their {cfg.loss_reduction}. '
                  'Final checkpoint (declared in advance); '
                  f'mean ± sample std over seeds {list(cfg.seeds)}; metrics in percent.')
     return ' '.join(parts)
@@ -277,3 +282,73 @@ def markdown(report: Mapping[str, Any]) -> str:
               '- versions: ' + ', '.join(f'{k} {v}' for k, v in report['versions'].items()),
               f"- date: {report['date']}", f"- command: `{report['command']}`"]
     return '\n'.join(lines) + '\n'
+
+
+def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000) -> Dict[str, Any]:
+    """Two benchmark invocations that differ in one setting (e.g. ``--loss bce`` and ``--loss asl``): for every row
+    both trained, mean ± std over seeds of each side and the hierarchical bootstrap (training seeds and test images,
+    :func:`.stats.hierarchical_bootstrap`) of the mAP difference b − a over their common seeds, on the same test
+    images (checked).
+
+    Returns:
+        ``{'a', 'b', 'differences' (the config fields that differ, ``{field: [a, b]}``), 'rows' (per row: name,
+        seeds, ``a`` / ``b`` metric summaries, ``interpolated`` / ``non_interpolated`` bootstrap), 'markdown'}``.
+
+    Raises:
+        ValueError: no row with a common seed, or different test images.
+    """
+    import json
+
+    loaded = []
+    for folder in (folder_a, folder_b):
+        report = json.loads((Path(folder) / 'results.json').read_text(encoding='utf-8'))
+        loaded.append((Path(folder), report.get('config') or {}, [RunResult(**r) for r in report.get('runs', [])]))
+    (root_a, cfg_a, runs_a), (root_b, cfg_b, runs_b) = loaded
+    run_only = ('command', 'threads', 'workers', 'device', 'output', 'overlays', 'export', 'register', 'manifest',
+                'bootstrap')
+    cfg_a, cfg_b = dict(cfg_a), dict(cfg_b)
+    for cfg in (cfg_a, cfg_b):
+        cfg.setdefault('loss', 'bce')
+    differences = {k: [cfg_a.get(k), cfg_b.get(k)] for k in sorted(set(cfg_a) | set(cfg_b))
+                   if k not in run_only and cfg_a.get(k) != cfg_b.get(k) and k != 'rows'}
+    by_a = {(r.row, r.seed): r for r in runs_a if r.purpose == 'table'}
+    by_b = {(r.row, r.seed): r for r in runs_b if r.purpose == 'table'}
+    rows: Dict[str, Dict[str, Any]] = {}
+    for key in ROW_ORDER:
+        seeds = sorted(s for (row, s) in by_a if row == key and (key, s) in by_b)
+        if not seeds:
+            continue
+        la, lb, targets = [], [], None
+        for s in seeds:
+            da, db = np.load(root_a / by_a[(key, s)].logits_file), np.load(root_b / by_b[(key, s)].logits_file)
+            if not np.array_equal(da['test_targets'], db['test_targets']):
+                raise ValueError(f'{key} seed {s}: {folder_a} and {folder_b} were tested on different images; compare '
+                                 'invocations on the same data set')
+            la.append(da['test_logits'])
+            lb.append(db['test_logits'])
+            targets = da['test_targets']
+        entry: Dict[str, Any] = {'name': ROWS[key].name, 'seeds': seeds}
+        for side, by in (('a', by_a), ('b', by_b)):
+            entry[side] = {m: summarize([by[(key, s)].test[m] for s in seeds]) for m in TABLE_METRICS}
+        for mode in ('interpolated', 'non_interpolated'):
+            entry[mode] = hierarchical_bootstrap(lb, la, targets, num_resamples=num_resamples, mode=mode)
+        rows[key] = entry
+    if not rows:
+        raise ValueError(f'{folder_a} and {folder_b} have no row trained with a common seed')
+    name_a = ', '.join(f'{k}={v[0]}' for k, v in differences.items()) or folder_a
+    name_b = ', '.join(f'{k}={v[1]}' for k, v in differences.items()) or folder_b
+    heads = ['Row', 'seeds'] + [f'{METRIC_LABELS.get(m, m)} {side}' for m in TABLE_METRICS for side in ('a', 'b')]
+    lines = [f'a = {folder_a} ({name_a}); b = {folder_b} ({name_b}); mean ± sample std over seeds, percent; '
+             f'Δ = b − a, 95% interval of the hierarchical bootstrap (training seeds and test images, '
+             f'{num_resamples} resamples).', '', '| ' + ' | '.join(heads + ['Δ mAP (interp.) [95%]', 'Δ mAP (non-interp.) [95%]',
+                                                          'verdict']) + ' |', '|' + '---|' * (len(heads) + 3)]
+    for key, e in rows.items():
+        i, n = e['interpolated'], e['non_interpolated']
+        verdict = ('b > a' if i['ci_low'] > 0 else 'b < a' if i['ci_high'] < 0 else 'not resolved') \
+            if i.get('resamples') else '—'
+        cells = [e['name'], ', '.join(map(str, e['seeds']))]
+        cells += [_fmt_cell(e[side][m]) for m in TABLE_METRICS for side in ('a', 'b')]
+        cells += [f"{i['diff']:+.2f} [{i['ci_low']:+.2f}, {i['ci_high']:+.2f}]",
+                  f"{n['diff']:+.2f} [{n['ci_low']:+.2f}, {n['ci_high']:+.2f}]", verdict]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return {'a': folder_a, 'b': folder_b, 'differences': differences, 'rows': rows, 'markdown': '\n'.join(lines)}

@@ -149,7 +149,7 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
         return {'val_mAP_interpolated': m['mAP_interpolated'], 'val_mAP_non_interpolated': m['mAP_non_interpolated']}
 
     loss_fn = SRDLLoss(era_scope=row.era_scope, topk=topk if row.era_scope == 'erased' else None,
-                       reduction=cfg.loss_reduction)
+                       reduction=cfg.loss_reduction, loss=cfg.loss)
     t0 = time.perf_counter()
     history = train_frozen_trunk(
         split, train_x, train_y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -170,7 +170,8 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
                       backbone=model.backbone_name, output_stride=cfg.output_stride or 32,
                       feature_grid=list(ctx.feature_grid),
                       pretrained_backbone=cfg.pretrained_backbone, **row.model_kwargs(), oe=row.oe, oe_topk=topk,
-                      oe_alpha=alpha, era_scope=row.era_scope, seed=seed, epochs=cfg.epochs,
+                      oe_alpha=alpha, era_scope=row.era_scope, loss=cfg.loss, asl=loss_fn.asl,
+                      loss_reduction=cfg.loss_reduction, seed=seed, epochs=cfg.epochs,
                       amp='bfloat16' if cfg.amp else None, batch_size=cfg.batch_size, optimizer='adamw',
                       lr=cfg.lr, weight_decay=cfg.weight_decay, schedule='linear warm-up + cosine to 0 (per step)',
                       warmup_epochs=cfg.warmup_epochs, train_stages=cfg.train_stages,
@@ -189,7 +190,7 @@ def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, outp
     kwargs: Dict[str, Any] = dict(
         data=spec.dataset, root=spec.root, train_split=spec.train_split, val_split=spec.val_split,
         model=f'peer:{row.peer}' if row.peer else cfg.model, oe=row.oe, oe_topk=topk, oe_alpha=alpha,
-        era_scope=row.era_scope, loss_reduction=cfg.loss_reduction, seed=seed, output=str(output),
+        era_scope=row.era_scope, loss=cfg.loss, loss_reduction=cfg.loss_reduction, seed=seed, output=str(output),
         workers=cfg.workers, progress=False, amp=bool(cfg.amp), channels_last=ctx.device.type == 'cuda',
         device=str(ctx.device), resume='auto')
     if cfg.mode == 'paper':
