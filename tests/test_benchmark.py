@@ -328,6 +328,22 @@ def test_config_validation():
         bm.BenchmarkConfig(loss='focal').resolved()
 
 
+def test_compared_runs_must_share_their_test_images(tmp_path):
+    """Runs paired for a comparison (within one invocation or across two, --compare) must hold logits of the same
+    test images: other targets are a ValueError naming the file."""
+    from benchmarks.offline.report import _paired_test_logits
+    rng = np.random.default_rng(0)
+    targets = (rng.random((6, 3)) < 0.5).astype(np.float32)
+    files = []
+    for name, t in (('a', targets), ('b', targets), ('c', 1 - targets)):
+        np.savez(tmp_path / f'{name}.npz', test_logits=rng.normal(size=(6, 3)), test_targets=t)
+        files.append(tmp_path / f'{name}.npz')
+    la, lb, got = _paired_test_logits([(files[0], files[1])])
+    assert len(la) == len(lb) == 1 and np.array_equal(got, targets)
+    with pytest.raises(ValueError, match='c.npz holds the logits of other test images'):
+        _paired_test_logits([(files[0], files[2])])
+
+
 def test_fit_runs_train_with_the_benchmark_loss(tmp_path):
     """--loss asl reaches the fit trainer: the TrainConfig a fit run builds resolves to the asymmetric loss with the
     ASL paper's hyper-parameters (BCE by default)."""

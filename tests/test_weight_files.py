@@ -130,6 +130,9 @@ CORRUPTIONS = [
     ('pretrained_cfg.crop_mode', 'sqaush'),
     ('label_names', ['cat', 'dog']),
     ('label_names', 'cat dog'),
+    ('label_thresholds', [0.5, 0.5]),
+    ('label_thresholds', [0.5, 1.5, 0.5]),
+    ('label_thresholds_info', [1]),
 ]
 #: corruptions timm's own config parser trips over before any srdl_timm code runs (timm.create_model('local-dir:')
 #: then raises timm's error): checked through srdl-predict and load_model only
@@ -182,7 +185,7 @@ def test_config_num_classes_contradicting_the_weights_names_both(published, tmp_
     loader (which would otherwise re-initialise the classifier at random)."""
     folder = _corrupt(published[0], tmp_path / 'corrupt', 'model_args.num_classes', 5)
     config = json.loads((folder / 'config.json').read_text())
-    config.update(num_classes=5, label_names=None)
+    config.update(num_classes=5, label_names=None, label_thresholds=None)  # consistent in itself
     (folder / 'config.json').write_text(json.dumps(config))
     expected = (f'{folder / "model.safetensors"} holds weights for 3 classes (classifier.bias) but the model was '
                 f'asked for 5 by {folder / "config.json"}')

@@ -94,6 +94,22 @@ COMPARISONS = (('car', 'baseline'), ('car_oe', 'car'), ('car_oe', 'baseline'), (
                *((a, p) for p in PEER_ROWS for a in ('car_oe', 'car')))
 
 
+def _paired_test_logits(files: Sequence[Tuple[Path, Path]]) -> Tuple[List[np.ndarray], List[np.ndarray], np.ndarray]:
+    """Test logits of two sides, run by run (``files``: pairs of logits files), and the test targets, which must be
+    the same in every file (ValueError naming the files otherwise)."""
+    la, lb, targets = [], [], None
+    for file_a, file_b in files:
+        da, db = np.load(file_a), np.load(file_b)
+        for d, file in ((da, file_a), (db, file_b)):
+            if targets is not None and not np.array_equal(d['test_targets'], targets):
+                raise ValueError(f'{file} holds the logits of other test images than {files[0][0]}; compare runs on '
+                                 'the same data set')
+            targets = d['test_targets']
+        la.append(da['test_logits'])
+        lb.append(db['test_logits'])
+    return la, lb, targets
+
+
 def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> List[Dict[str, Any]]:
     """Hierarchical bootstrap (training seeds and test images, :func:`.stats.hierarchical_bootstrap`) of the mAP
     difference for every pair of :data:`COMPARISONS` that ran (common seeds)."""
@@ -103,12 +119,8 @@ def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> Lis
         seeds = sorted(s for (row, s) in by_key if row == a and (b, s) in by_key)
         if not seeds:
             continue
-        la, lb, targets = [], [], None
-        for s in seeds:
-            da, db = np.load(out / by_key[(a, s)].logits_file), np.load(out / by_key[(b, s)].logits_file)
-            la.append(da['test_logits'])
-            lb.append(db['test_logits'])
-            targets = da['test_targets']
+        la, lb, targets = _paired_test_logits([(out / by_key[(a, s)].logits_file, out / by_key[(b, s)].logits_file)
+                                               for s in seeds])
         entry = {'a': a, 'b': b, 'seeds': seeds}
         for mode in ('interpolated', 'non_interpolated'):
             entry[mode] = hierarchical_bootstrap(la, lb, targets, num_resamples=num_resamples, mode=mode)
@@ -318,15 +330,8 @@ def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000) -> 
         seeds = sorted(s for (row, s) in by_a if row == key and (key, s) in by_b)
         if not seeds:
             continue
-        la, lb, targets = [], [], None
-        for s in seeds:
-            da, db = np.load(root_a / by_a[(key, s)].logits_file), np.load(root_b / by_b[(key, s)].logits_file)
-            if not np.array_equal(da['test_targets'], db['test_targets']):
-                raise ValueError(f'{key} seed {s}: {folder_a} and {folder_b} were tested on different images; compare '
-                                 'invocations on the same data set')
-            la.append(da['test_logits'])
-            lb.append(db['test_logits'])
-            targets = da['test_targets']
+        la, lb, targets = _paired_test_logits([(root_a / by_a[(key, s)].logits_file,
+                                                root_b / by_b[(key, s)].logits_file) for s in seeds])
         entry: Dict[str, Any] = {'name': ROWS[key].name, 'seeds': seeds}
         for side, by in (('a', by_a), ('b', by_b)):
             entry[side] = {m: summarize([by[(key, s)].test[m] for s in seeds]) for m in TABLE_METRICS}
