@@ -415,8 +415,8 @@ def _check_report(out, expected_rows, num_runs):
 @pytest.mark.slow
 def test_cli_end_to_end_trains_srdl_and_peers_with_fit_and_reuses_finished_runs(tmp_path, capsys):
     """--end-to-end trains SRDL rows and a peer head from images with the library loop (fit), keeps each run's SA
-    maps beside its logits, and a second invocation with the same configuration reuses the finished runs instead
-    of training them again."""
+    maps beside its logits, and a second invocation with the same configuration (or one with more rows) reuses the
+    finished runs instead of training them again."""
     out = tmp_path / 'e2e'
     argv = ['--end-to-end', '--preset', 'tiny', '--epochs', '1', '--seeds', '0', '--dataset-seeds', '0', '--rows',
             'car_oe,csra', '--img-size', '64', '-b', '4', '--overlays', '0', '--bootstrap', '20', '--threads', '1',
@@ -433,6 +433,11 @@ def test_cli_end_to_end_trains_srdl_and_peers_with_fit_and_reuses_finished_runs(
     assert benchmark_main(argv) == 0
     again = {r['row']: r['wall_seconds'] for r in json.loads((out / 'results.json').read_text())['runs']}
     assert again == first  # the same records: nothing was trained again
+    argv[argv.index('--rows') + 1] = 'car_oe,csra,baseline'  # extended in rows: the finished runs are still reused
+    assert benchmark_main(argv) == 0
+    extended = {r['row']: r['wall_seconds'] for r in json.loads((out / 'results.json').read_text())['runs']}
+    assert set(extended) == {'car_oe', 'csra', 'baseline'}
+    assert {k: extended[k] for k in first} == first
 
 
 @needs_fashion_mnist

@@ -52,13 +52,15 @@ def _jobs(cfg: BenchmarkConfig) -> List[Tuple[str, int, int, float, str]]:
 
 
 #: configuration fields that do not change what a run computes (a restarted benchmark may differ in them)
+# rows and seeds too: finished runs are keyed by (row, seed, top-K, alpha), so a benchmark narrowed or extended in its
+# rows or seeds reuses them.
 _RUN_ONLY_FIELDS = ('command', 'threads', 'workers', 'device', 'output', 'overlays', 'export', 'register', 'manifest',
-                    'bootstrap')
+                    'bootstrap', 'rows', 'seeds')
 
 
 def _finished_runs(path: Path, cfg: BenchmarkConfig) -> List[RunResult]:
-    """Runs of an earlier, interrupted invocation with the same configuration whose logits are on disk (reused, so a
-    stopped multi-hour benchmark loses at most its unfinished run); [] for another configuration."""
+    """Runs of an earlier, interrupted invocation with the same configuration (up to rows and seeds) whose logits are on
+    disk (reused, so a stopped multi-hour benchmark loses at most its unfinished run); [] for another configuration."""
     if not path.is_file():
         return []
     import json
