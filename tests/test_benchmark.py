@@ -53,10 +53,10 @@ def _load_manifest(path=None):
     return load_manifest(path)
 
 
-def _small_srdl(oe: bool = True) -> nn.Module:
+def _small_srdl(oe: bool = True, **kwargs) -> nn.Module:
     names = ['a', 'b', 'c', 'd', 'e']
     model = timm.create_model('srdl_test_resnet', num_classes=5, label_names=names,
-                              label_embeddings=torch.randn(5, 16, generator=torch.Generator().manual_seed(1)))
+                              label_embeddings=torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), **kwargs)
     model.set_object_erasing(oe)
     return model
 
@@ -76,21 +76,33 @@ def test_trunk_and_tail_compose_to_forward_features(arch, stages):
     assert len(list(split.tail.parameters())) > 0 or stages == 0
 
 
-def test_unknown_backbone_structure_is_refused():
-    """A backbone the splitter does not know is refused with a message pointing at --trainer fit."""
-    with pytest.raises(ValueError, match='--trainer fit'):
-        bm.backbone_units(nn.Sequential(nn.Conv2d(3, 4, 3)))
+@pytest.mark.parametrize('backbone, why', [
+    ('pit_ti_224', 'forward_intermediates'),  # its grid is not forward_features'
+    ('eva02_tiny_patch14_224', 'do not reproduce'),  # every block takes the rotary embedding
+])
+def test_backbone_that_cannot_be_split_is_refused_naming_the_fit_trainer(backbone, why):
+    """A backbone whose forward_features cannot be cut into units is refused with one message naming it, why, and
+    --trainer fit (which trains any backbone)."""
+    model = _small_srdl(backbone=backbone, backbone_kwargs=dict(depth=2) if 'eva' in backbone else {})
+    with pytest.raises(ValueError, match=f'{backbone}.*{why}.*--trainer fit'):
+        bm.FrozenTrunk(model, 1, image_size=(224, 224) if 'pit' in backbone else (56, 56))
 
 
-def test_frozen_trunk_step_equals_full_model_step():
+@pytest.mark.parametrize('backbone, size', [
+    ('test_resnet', (64, 64)), ('test_vit', (64, 96)),
+    ('swin_tiny_patch4_window7_224', (64, 64)),
+])
+def test_frozen_trunk_step_equals_full_model_step(backbone, size):
     """Loss and gradients from cached trunk outputs equal those of model(images) with the trunk frozen and BatchNorm
-    on running statistics, including the object-erasing pass (eqs. 11-13)."""
+    on running statistics, including the object-erasing pass (eqs. 11-13): for a CNN, a ViT (the cache holds its
+    tokens, class token first; the patch grid follows the image size) and Swin."""
     torch.manual_seed(0)
-    model = _small_srdl(oe=True)
-    split = bm.FrozenTrunk(model, train_stages=2)
+    kwargs = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4) if 'swin' in backbone else {}
+    model = _small_srdl(oe=True, backbone=backbone, backbone_kwargs=kwargs, drop_path_rate=0.)  # Swin's default 0.1
+    split = bm.FrozenTrunk(model, train_stages=2, image_size=size)
     split.freeze()
     split.train_mode()
-    x = torch.randn(4, 3, 64, 64)
+    x = torch.randn(4, 3, *size)
     y = (torch.rand(4, 5) > 0.5).float()
     with torch.no_grad():
         cached = split.trunk(x)

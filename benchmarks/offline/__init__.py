@@ -18,7 +18,7 @@ from .report import format_per_class, format_table
 from .runs import Context, RunResult, create_model, execute, prepare_frozen_trunk
 from .stats import (load_boxes, metrics_from_logits, paired_bootstrap, pointing_game, predict_logits,
                     resampled_average_precision, summarize)
-from .trunk import FrozenTrunk, backbone_units, extract_trunk_features, train_frozen_trunk
+from .trunk import FrozenTrunk, extract_trunk_features, train_frozen_trunk
 
 __all__ = [
     'DATA_SOURCES', 'DATA_SPLITS', 'DEFAULT_OE_ALPHA', 'DEFAULT_OE_TOPK', 'METRIC_LABELS', 'MODES', 'PEER_ROWS',
@@ -27,5 +27,5 @@ __all__ = [
     'export_weights', 'report_from_results', 'run_benchmark', 'run_dataset_seeds', 'format_per_class', 'format_table', 'Context',
     'RunResult', 'create_model', 'execute', 'prepare_frozen_trunk', 'load_boxes', 'metrics_from_logits',
     'paired_bootstrap', 'pointing_game', 'predict_logits', 'resampled_average_precision', 'summarize',
-    'FrozenTrunk', 'backbone_units', 'extract_trunk_features', 'train_frozen_trunk',
+    'FrozenTrunk', 'extract_trunk_features', 'train_frozen_trunk',
 ]
