@@ -351,3 +351,62 @@ def test_units_of_a_model_without_feature_info_are_refused():
     """A module without feature_info cannot be split; the error says so."""
     with pytest.raises(ValueError, match='feature_info'):
         backbone_units(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the console scripts on transformer backbones
+# ------------------------------------------------------------------------------------------------------------------
+CLI_BACKBONES = [
+    pytest.param(['backbone=test_vit'], (4, 4), id='vit'),
+    pytest.param(['backbone=swin_tiny_patch4_window7_224', 'drop_path_rate=0.0',
+                  "backbone_kwargs={'embed_dim': 24, 'depths': (1, 1, 2, 1), 'num_heads': (1, 1, 2, 2), "
+                  "'window_size': 4}"], (2, 2), id='swin'),
+]
+
+
+@pytest.mark.parametrize('model_kwargs, grid', CLI_BACKBONES)
+def test_train_validate_predict_chain_on_a_transformer_backbone(model_kwargs, grid, tmp_path, monkeypatch):
+    """srdl-train (1 epoch, OE on) -> srdl-validate -> srdl-predict with --explain on a tiny real-JPEG CSV, with the
+    backbone given as --model-kwargs: every step exits 0, srdl-validate re-measures the run's final mAP, predict's
+    scores are the run's sigmoids, and the overlays are written at each image's size from SA on the patch grid."""
+    import json
+    from PIL import Image
+    from fixtures_data import write_csv
+    from srdl_timm.cli import predict as predict_cli
+    from srdl_timm.cli import train as train_cli
+    from srdl_timm.cli import validate as validate_cli
+    from srdl_timm.explain import default_eval_transform as explain_transform
+    from srdl_timm.explain import explain
+    from srdl_timm.loading import load_model
+    names = ('cat', 'dog', 'traffic light')
+    monkeypatch.chdir(tmp_path)
+    write_csv('data', 'train', num_images=8, label_names=names, image_size=(64, 64), seed=0)
+    write_csv('data', 'val', num_images=4, label_names=names, image_size=(80, 60), seed=1)
+    fast = ['--workers', '0', '--log-level', 'WARNING']
+    assert train_cli.main(['--data', 'csv', '--root', 'data', '--model', 'srdl_test_resnet', '--img-size', '64',
+                           '--epochs', '1', '--no-progress', '--output', 'run', '--model-kwargs', *model_kwargs,
+                           *fast]) == 0
+    assert validate_cli.main(['--checkpoint', 'run/model.safetensors', '--data', 'csv', '--root', 'data',
+                              '--output', 'val.json', '--quiet', *fast]) == 0
+    assert predict_cli.main(['data/images/val', '--checkpoint', 'run/model.safetensors', '--threshold', '0',
+                             '--format', 'json', '--output', 'preds.json', '--explain', 'overlays', '--quiet',
+                             *fast]) == 0
+    last_epoch = json.loads((tmp_path / 'run' / 'log.json').read_text())[-1]
+    assert last_epoch['train_loss_era'] is not None and last_epoch['train_loss_era'] > 0  # OE trained
+    validated = json.loads((tmp_path / 'val.json').read_text())['metrics']
+    assert validated['mAP_interpolated'] == pytest.approx(last_epoch['val_mAP_interpolated'])
+    model = load_model(None, 'run/model.safetensors')
+    assert model.backbone_name == model_kwargs[0].split('=')[1]
+    results = json.loads((tmp_path / 'preds.json').read_text())['results']
+    assert [r['ok'] for r in results] == [True] * 4
+    first = results[0]
+    transform = explain_transform(model)
+    with torch.no_grad():
+        probs = model(transform(Image.open(first['path']).convert('RGB'))[None]).sigmoid()[0]
+    for entry in first['labels']:
+        assert entry['score'] == pytest.approx(float(probs[entry['index']]), abs=1e-5)
+    result = explain(model, [first['path']], topk=1, upsample=False)[0]
+    assert result['maps_raw'].shape == (1, *grid)
+    for entry in results:
+        assert len(entry['explanations']) == 4
+        assert all(Image.open(path).size == (80, 60) for path in entry['explanations'][:3])

@@ -144,6 +144,7 @@ class SRDL(nn.Module):
         bb_kwargs = dict(backbone_kwargs or {})
         if img_size is None:
             img_size = bb_kwargs.pop('img_size', None)
+        self.img_size = img_size
         if drop_path_rate is not None:
             bb_kwargs.setdefault('drop_path_rate', drop_path_rate)
         self.backbone, self.feature_grid, self._backbone_build_kwargs = create_backbone(
