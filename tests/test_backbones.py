@@ -366,13 +366,15 @@ CLI_BACKBONES = [
 
 @pytest.mark.parametrize('model_kwargs, grid', CLI_BACKBONES)
 def test_train_validate_predict_chain_on_a_transformer_backbone(model_kwargs, grid, tmp_path, monkeypatch):
-    """srdl-train (1 epoch, OE on) -> srdl-validate -> srdl-predict with --explain on a tiny real-JPEG CSV, with the
-    backbone given as --model-kwargs: every step exits 0, srdl-validate re-measures the run's final mAP, predict's
-    scores are the run's sigmoids, and the overlays are written at each image's size from SA on the patch grid."""
+    """srdl-train (1 epoch, OE on) -> srdl-validate -> srdl-predict with --explain -> srdl-publish on a tiny
+    real-JPEG CSV, with the backbone given as --model-kwargs: every step exits 0, srdl-validate re-measures the run's
+    final mAP, predict's scores are the run's sigmoids, the overlays are written at each image's size from SA on the
+    patch grid, and the published folder loads through timm's local-dir: with the run's exact logits."""
     import json
     from PIL import Image
     from fixtures_data import write_csv
     from srdl_timm.cli import predict as predict_cli
+    from srdl_timm.cli import publish as publish_cli
     from srdl_timm.cli import train as train_cli
     from srdl_timm.cli import validate as validate_cli
     from srdl_timm.explain import default_eval_transform as explain_transform
@@ -410,3 +412,9 @@ def test_train_validate_predict_chain_on_a_transformer_backbone(model_kwargs, gr
     for entry in results:
         assert len(entry['explanations']) == 4
         assert all(Image.open(path).size == (80, 60) for path in entry['explanations'][:3])
+    assert publish_cli.main(['--checkpoint', 'run/model.safetensors', '--local-dir', 'pub', '--log-level',
+                             'WARNING']) == 0
+    published = timm.create_model(f'local-dir:{tmp_path / "pub"}', pretrained=True).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(published(x), model(x), rtol=0, atol=0)

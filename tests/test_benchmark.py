@@ -501,3 +501,28 @@ def test_shipped_weights_load_offline_and_beat_chance(tmp_path, monkeypatch):
     prevalence = float(targets.clamp(min=0).mean()) * 100
     assert metrics['mAP_interpolated'] > SHIPPED_MIN_MAP > 1.5 * prevalence, (metrics['mAP_interpolated'], prevalence)
     assert metrics['OF1'] > 40.0
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize('trainer', ['frozen-trunk', 'fit'])
+def test_cli_every_row_on_a_vit_backbone(trainer, tmp_path):
+    """--backbone test_vit (a ViT with a class token) trains every row -- SRDL's ablations, both OE variants and the
+    three peer heads -- with the frozen-trunk trainer (its ViT units: stem + first block, blocks, norm) and with fit;
+    the runs record the ViT's patch grid and SRDL's SA maps have it."""
+    out = tmp_path / 'vit'
+    rows = list(bm.ROW_ORDER)
+    status = benchmark_main([
+        '--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--backbone', 'test_vit', '--no-pretrained-backbone',
+        '--trainer', trainer, '--rows', ','.join(rows), '--seeds', '0', '--epochs', '1', '--batch-size', '4',
+        '--overlays', '0', '--bootstrap', '20', '--output', str(out), '--threads', '1', '--log-level', 'WARNING'])
+    assert status == 0
+    report = _check_report(out, rows, num_runs=len(rows))
+    size = report['runs'][0]['config']['input_size'][-1]
+    for run in report['runs']:
+        assert run['config']['backbone'] == 'test_vit'
+        assert run['config']['feature_grid'] == [size // 16, size // 16]
+        if trainer == 'frozen-trunk':  # stem + first block, the other 5 blocks, the final norm
+            assert (run['config']['backbone_units'], run['config']['frozen_units']) == (7, 5)
+    car = next(r for r in report['runs'] if r['row'] == 'car_oe')
+    maps = np.load(out / car['logits_file'])['test_spatial_attention']
+    assert maps.shape[-2:] == (size // 16, size // 16) and car['pointing_game']['num_pairs'] > 0

@@ -480,11 +480,11 @@ def _default_out_indices(backbone: str, backbone_kwargs: Optional[Dict[str, Any]
 
 def _fit_cfg_to_backbone(model: nn.Module, inner: SRDL) -> None:
     """A backbone other than the variant's: the cfg's pool size is its grid at the cfg's input size; a backbone
-    that runs only at the size it was built for (Hiera, VOLO, CoAtNet, a ViT without ``dynamic_img_size``) sets
-    that size (``fixed_input_size``)."""
+    that does not run at that size (Hiera, VOLO, CoAtNet built for another size; a patch-14 ViT at 160) sets its
+    own size, and ``fixed_input_size`` where timm says it has one."""
     cfgs = {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values()
-    own_size = tuple(timm.models.get_model_input_config(inner.backbone)['input_size'][-2:])
-    for size, fixed in ((tuple(inner.pretrained_cfg['input_size'][-2:]), False), (own_size, True)):
+    own = timm.models.get_model_input_config(inner.backbone)
+    for size, own_size in ((tuple(inner.pretrained_cfg['input_size'][-2:]), False), (tuple(own['input_size'][-2:]), True)):
         try:
             pool_size = inner.feature_grid_size(size)
         except Exception as e:  # noqa: BLE001  (not at this size: try the backbone's own)
@@ -492,8 +492,10 @@ def _fit_cfg_to_backbone(model: nn.Module, inner: SRDL) -> None:
             continue
         for c in cfgs:
             c['pool_size'] = pool_size
-            if fixed:
-                c.update(input_size=(inner.in_chans, *size), fixed_input_size=True)
+            if own_size:
+                c['input_size'] = (inner.in_chans, *size)
+                if own['fixed_input_size']:
+                    c['fixed_input_size'] = True
         return
 
 
