@@ -20,7 +20,7 @@ import torch.nn as nn
 
 from srdl_timm.data import create_loader
 from srdl_timm.loss import SRDLLoss
-from srdl_timm.models.backbone import backbone_units
+from srdl_timm.models.backbone_units import backbone_units
 
 _logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ _logger = logging.getLogger(__name__)
 class FrozenTrunk:
     """Split of a model's backbone into a frozen trunk (cached) and a trained tail.
 
-    The units are :func:`srdl_timm.models.backbone.backbone_units` (stem, stages or blocks, final part, from timm's
+    The units are :func:`srdl_timm.models.backbone_units.backbone_units` (stem, stages or blocks, final part, from timm's
     ``feature_info``): CNNs, Swin and other staged backbones, and ViTs whose blocks run on their own (ViT, DeiT).
 
     Args:

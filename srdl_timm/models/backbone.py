@@ -24,11 +24,13 @@ own classifier head that ``forward_features`` never uses (ConvNeXt's head norm, 
 EVA's ``fc_norm``, ...) are frozen: they would get no gradient (DDP refuses those), and stay in the state dict so
 timm's pretrained weights load unchanged.
 
-:func:`backbone_units` splits ``forward_features`` into units applied in order (stem, each stage or block, the
-final part), from timm's ``feature_info``, for training only the last units on cached outputs of the first.
+The model's build-time cfg follows the backbone (:func:`backbone_cfg`: pool size, input size), as do its
+``group_matcher`` (:func:`backbone_group_matcher`) and ``features_only`` levels (:func:`default_out_indices`).
+:mod:`srdl_timm.models.backbone_units` splits ``forward_features`` into units.
 """
 import inspect
 import logging
+import re
 import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -43,7 +45,8 @@ from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone, 
 
 __all__ = [
     'LAYOUTS', 'FeatureGrid', 'create_backbone', 'load_backbone_weights', 'feature_map', 'last_intermediate',
-    'tokens_to_grid', 'token_grid_size', 'probe_feature_shape', 'backbone_units',
+    'tokens_to_grid', 'token_grid_size', 'probe_feature_shape', 'backbone_cfg', 'backbone_group_matcher',
+    'default_out_indices',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -52,9 +55,6 @@ _logger = logging.getLogger(__name__)
 LAYOUTS = ('NCHW', 'NHWC', 'NLC', 'intermediates')
 #: constructor arguments given when the backbone's class takes them (a class that does not is built without)
 _OPTIONAL_ARGS = ('img_size', 'dynamic_img_size')
-#: top-level children of a timm model that belong to its classifier head, not to ``forward_features``
-_HEAD_CHILDREN = frozenset({'global_pool', 'head', 'fc', 'classifier', 'head_drop', 'fc_norm', 'flatten',
-                            'pre_logits', 'head_dist', 'norm_head', 'attn_pool', 'pool', 'head_hidden'})
 
 
 @torch.fx.wrap
@@ -362,83 +362,65 @@ def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, s
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# units of forward_features
+# what a model holding the backbone takes from it
 # ----------------------------------------------------------------------------------------------------------------
-class _TokenStem(nn.Module):
-    """Patch embedding, position embedding and prefix tokens of a token backbone plus its first block, through
-    timm's ``forward_intermediates(..., return_prefix_tokens=True)``: the raw tokens (prefix first) the second
-    block takes. Holds the stem's parameters and the first block (shared), not the rest of the backbone."""
-
-    def __init__(self, backbone: nn.Module, children: Sequence[str], first_block: nn.Module):
-        super().__init__()
-        object.__setattr__(self, '_backbone', backbone)  # not registered: the later blocks are not this unit's
-        for child in children:
-            self.add_module(child, getattr(backbone, child))
-        self.first_block = first_block
-        for pname, param in backbone.named_parameters(recurse=False):
-            self.register_parameter(pname, param)
-
-    def forward(self, x: Tensor) -> Tensor:
-        out = self._backbone.forward_intermediates(x, indices=[0], norm=False, stop_early=True, output_fmt='NLC',
-                                                   intermediates_only=True, return_prefix_tokens=True)[0]
-        if isinstance(out, (tuple, list)):
-            tokens, prefix = out
-            out = tokens if prefix is None else torch.cat([prefix, tokens], dim=1)
-        return out
-
-
-def backbone_units(backbone: nn.Module) -> List[nn.Module]:
-    """A timm backbone's ``forward_features`` as a list of units applied in order, sharing its parameters.
-
-    The stages are the top-level modules ``feature_info`` names (a container such as ``blocks``, ``stages`` or
-    ``layers`` gives one unit per child): ResNet ``[conv1 + bn1 + act1 + maxpool, layer1, ..., layer4]``,
-    EfficientNet ``[conv_stem + bn1, blocks[0], ..., blocks[-1], conv_head + bn2]``, ConvNeXt, Swin, RegNet, ...
-    The stem is what comes before the first stage, the last unit what comes after it up to the classifier head.
-    A token backbone (parameters of its own, such as a class token and position embedding: ViT, DeiT) starts with
-    its stem and first block through timm's ``forward_intermediates``. Callers check that the units compose to
-    ``forward_features`` (a backbone whose forward does more than its modules, e.g. EVA's rotary embedding
-    passed to every block, does not).
-
-    Raises:
-        ValueError: ``backbone`` has no ``feature_info`` naming its stages.
-    """
-    info = getattr(backbone, 'feature_info', None)
-    modules = [i.get('module') for i in info] if isinstance(info, (list, tuple)) else []
-    if not modules or not all(isinstance(m, str) for m in modules):
-        raise ValueError(f'{type(backbone).__name__} has no feature_info naming its stages, so it cannot be split '
-                         'into units')
-    children = list(backbone.named_children())
-    index = {child: i for i, (child, _) in enumerate(children)}
-    stages: Dict[int, Optional[str]] = {}  # child index -> 'expand' (a container of stages) or None (one stage)
-    for module in modules:
-        top, _, rest = module.partition('.')
-        if top not in index:
+def backbone_cfg(backbone: nn.Module, grid: FeatureGrid, in_chans: int,
+                 input_size: Optional[Sequence[int]] = None, prefix: str = 'backbone.') -> Dict[str, Any]:
+    """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv`` (prefixed); with
+    the cfg's ``input_size`` ``(C, H, W)`` also ``pool_size`` (F's grid there), and for a backbone that does not run
+    at that size (Hiera, VOLO, CoAtNet built for another size; a patch-14 ViT at 160) its own ``input_size`` (and
+    ``fixed_input_size`` where timm says it has one)."""
+    cfg: Dict[str, Any] = {}
+    first_conv = backbone.pretrained_cfg.get('first_conv')
+    if first_conv:
+        cfg['first_conv'] = prefix + first_conv if isinstance(first_conv, str) else tuple(
+            prefix + name for name in first_conv)
+    if input_size is None:
+        return cfg
+    own = timm.models.get_model_input_config(backbone)
+    for size, own_size in ((tuple(input_size[-2:]), False), (tuple(own['input_size'][-2:]), True)):
+        try:
+            _, height, width = probe_feature_shape(backbone, grid, in_chans, size)
+        except Exception as e:  # noqa: BLE001  (not at this size: try the backbone's own)
+            _logger.debug('backbone does not run at %s: %s', size, e)
             continue
-        child = dict(children)[top]
-        if not any(True for _ in child.parameters()):
-            continue  # an activation or pooling named as a feature: glue of the stem
-        expand = bool(rest) and '.' not in rest and isinstance(child, (nn.Sequential, nn.ModuleList))
-        stages[index[top]] = 'expand' if expand else stages.get(index[top])
-    if not stages:
-        raise ValueError(f'{type(backbone).__name__}: feature_info names no stage module ({modules})')
-    first, last = min(stages), max(stages)
-    tail = []
-    for child, module in children[last + 1:]:
-        if child in _HEAD_CHILDREN:
-            break
-        tail.append(module)
-    units: List[nn.Module] = []
-    stem_children = [child for child, _ in children[:first]]
-    token_stem = any(True for _ in backbone.parameters(recurse=False))
-    for i in range(first, last + 1):
-        child, module = children[i]
-        parts = list(module.children()) if stages.get(i) == 'expand' else [module]
-        if token_stem and not units:
-            units.append(_TokenStem(backbone, stem_children, parts[0]))
-            parts = parts[1:]
-        elif not units and stem_children:
-            units.append(nn.Sequential(*[getattr(backbone, c) for c in stem_children]))
-        units.extend(parts)
-    if tail:
-        units.append(nn.Sequential(*tail))
-    return units
+        cfg['pool_size'] = (height, width)
+        if own_size:
+            cfg['input_size'] = (in_chans, *size)
+            if own['fixed_input_size']:
+                cfg['fixed_input_size'] = True
+        break
+    return cfg
+
+
+def _prefix_pattern(pattern: str, prefix: str) -> str:
+    return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
+
+
+def backbone_group_matcher(backbone: nn.Module, coarse: bool = False, prefix: str = 'backbone.'
+                           ) -> Tuple[str, List[Tuple[str, Optional[Tuple[int, ...]]]]]:
+    """The backbone's own ``group_matcher`` for its parameters under ``prefix``: ``(stem pattern, block patterns)``,
+    the last block pattern catching the backbone parameters its matcher leaves out (e.g. a head
+    ``forward_features`` does not use), ordered just before ``10 ** 9`` (a backbone's own last group is often
+    99999) so that a head after it can take ``10 ** 9``."""
+    inner = backbone.group_matcher(coarse=coarse) if hasattr(backbone, 'group_matcher') else {}
+    stem = '^' + re.escape(prefix) + '(?!x)x'  # matches nothing when the backbone has no stem group
+    blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
+    for key, value in inner.items():
+        if isinstance(value, str):
+            if key == 'stem':
+                stem = _prefix_pattern(value, prefix)
+            else:
+                blocks.append((_prefix_pattern(value, prefix), None))
+        else:
+            blocks.extend((_prefix_pattern(p, prefix), order) for p, order in value)
+    blocks.append(('^' + re.escape(prefix), (10 ** 9 - 1,)))
+    return stem, blocks
+
+
+def default_out_indices(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+    """``features_only``'s default levels for a model on backbone ``name``: its last five (all five of a CNN's,
+    timm's default), or all of them when it has fewer (Swin's four stages); read on the ``meta`` device."""
+    with torch.device('meta'):
+        levels = len(timm.create_model(name, num_classes=0, **(backbone_kwargs or {})).feature_info)
+    return tuple(range(max(0, levels - 5), levels))

@@ -9,14 +9,12 @@ regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_o
 ``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
 """
 import logging
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -25,7 +23,8 @@ from ..labels import LabelEmbeddingSpec, known_label_names, known_label_set, res
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 from ._pretrained import check_pretrained_weights
-from .backbone import create_backbone, last_intermediate, load_backbone_weights, probe_feature_shape
+from .backbone import (backbone_cfg, backbone_group_matcher, create_backbone, default_out_indices,
+                       last_intermediate, load_backbone_weights, probe_feature_shape)
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
 
@@ -46,10 +45,6 @@ def _check_input(x: Tensor, in_chans: int) -> Tensor:
         raise ValueError('SRDL was built for ' + str(in_chans) + ' input channels, got a batch with '
                          + str(x.shape[1]) + ' channels')
     return x
-
-
-def _prefix_pattern(pattern: str, prefix: str) -> str:
-    return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
 
 
 class SRDL(nn.Module):
@@ -216,25 +211,8 @@ class SRDL(nn.Module):
     # ------------------------------------------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        inner = self.backbone.group_matcher(coarse=coarse) if hasattr(self.backbone, 'group_matcher') else {}
-        matcher: Dict[str, Any] = {}
-        blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
-        for key, value in inner.items():
-            if isinstance(value, str):
-                if key == 'stem':
-                    matcher['stem'] = _prefix_pattern(value, 'backbone.')
-                else:
-                    blocks.append((_prefix_pattern(value, 'backbone.'), None))
-            else:
-                blocks.extend((_prefix_pattern(p, 'backbone.'), order) for p, order in value)
-        if 'stem' not in matcher:
-            matcher['stem'] = r'^backbone\.(?!x)x'  # matches nothing when the backbone has no stem group
-        # backbone parameters its own matcher leaves out (e.g. a head forward_features does not use), then SRDL's
-        # head after every backbone group (a backbone's own last group is often 99999)
-        blocks.append((r'^backbone\.', (10 ** 9 - 1,)))
-        blocks.append((r'^(?:label_graph|car|classifier)\.', (10 ** 9,)))
-        matcher['blocks'] = blocks
-        return matcher
+        stem, blocks = backbone_group_matcher(self.backbone, coarse=coarse)
+        return dict(stem=stem, blocks=blocks + [(r'^(?:label_graph|car|classifier)\.', (10 ** 9,))])  # head last
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -440,7 +418,7 @@ def _create_srdl(variant: str, pretrained: bool = False, model_args: Optional[Di
             kwargs['label_embeddings'] = 'random'  # placeholders: the weights hold the nodes
     feature_cfg: Dict[str, Any] = dict(feature_cls='getter')
     if kwargs.get('features_only') and 'out_indices' not in kwargs:
-        feature_cfg['out_indices'] = _default_out_indices(kwargs['backbone'], kwargs.get('backbone_kwargs'))
+        feature_cfg['out_indices'] = default_out_indices(kwargs['backbone'], kwargs.get('backbone_kwargs'))
     model = build_model_with_cfg(
         SRDL,
         variant,
@@ -455,48 +433,13 @@ def _create_srdl(variant: str, pretrained: bool = False, model_args: Optional[Di
         # the head's names go to pretrained_cfg['label_names']; without any, the names timm put there from a
         # local-dir:/hf-hub: config are kept if they fit the head (a default cfg's for another head are dropped)
         inner.label_names = store_label_names(model, inner.label_names, inner.num_classes)
-        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
-        first_conv = inner.backbone.pretrained_cfg.get('first_conv')
-        if first_conv:
-            if isinstance(first_conv, str):
-                first_conv = 'backbone.' + first_conv
-            else:
-                first_conv = tuple('backbone.' + name for name in first_conv)
-            for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
-                if 'first_conv' in c:
-                    c['first_conv'] = first_conv
-        if other_backbone:
-            _fit_cfg_to_backbone(model, inner)
+        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's), as do the
+        # pool size and, for a backbone that runs only at its own size, the input size
+        fitted = backbone_cfg(inner.backbone, inner.feature_grid, inner.in_chans,
+                              inner.pretrained_cfg['input_size'] if other_backbone else None)
+        for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
+            c.update({k: v for k, v in fitted.items() if k != 'first_conv' or 'first_conv' in c})
     return model
-
-
-def _default_out_indices(backbone: str, backbone_kwargs: Optional[Dict[str, Any]]) -> Tuple[int, ...]:
-    """``features_only``'s default levels: the backbone's last five (all five of a CNN's, timm's default), or all
-    of them when it has fewer (Swin's four stages)."""
-    with torch.device('meta'):
-        levels = len(timm.create_model(backbone, num_classes=0, **(backbone_kwargs or {})).feature_info)
-    return tuple(range(max(0, levels - 5), levels))
-
-
-def _fit_cfg_to_backbone(model: nn.Module, inner: SRDL) -> None:
-    """A backbone other than the variant's: the cfg's pool size is its grid at the cfg's input size; a backbone
-    that does not run at that size (Hiera, VOLO, CoAtNet built for another size; a patch-14 ViT at 160) sets its
-    own size, and ``fixed_input_size`` where timm says it has one."""
-    cfgs = {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values()
-    own = timm.models.get_model_input_config(inner.backbone)
-    for size, own_size in ((tuple(inner.pretrained_cfg['input_size'][-2:]), False), (tuple(own['input_size'][-2:]), True)):
-        try:
-            pool_size = inner.feature_grid_size(size)
-        except Exception as e:  # noqa: BLE001  (not at this size: try the backbone's own)
-            _logger.debug('backbone %s does not run at %s: %s', inner.backbone_name, size, e)
-            continue
-        for c in cfgs:
-            c['pool_size'] = pool_size
-            if own_size:
-                c['input_size'] = (inner.in_chans, *size)
-                if own['fixed_input_size']:
-                    c['fixed_input_size'] = True
-        return
 
 
 def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
