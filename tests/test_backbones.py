@@ -276,10 +276,14 @@ def test_dynamic_img_size_and_img_size():
 
 def test_unused_head_parameters_are_frozen_and_kept():
     """Parameters of the backbone's own head that forward_features never uses (ConvNeXt's head norm) are frozen,
-    not removed: the state dict keeps timm's keys, so timm's weights still load."""
+    not removed: the state dict keeps timm's keys, so timm's weights still load. Found the same when the model is
+    built under torch.inference_mode."""
     backbone, _, _ = create_backbone('test_convnext')
     frozen = sorted(n for n, p in backbone.named_parameters() if not p.requires_grad)
     assert frozen == ['head.norm.bias', 'head.norm.weight']
+    with torch.inference_mode():
+        built_in_inference, _, _ = create_backbone('test_convnext')
+    assert sorted(n for n, p in built_in_inference.named_parameters() if not p.requires_grad) == frozen
     backbone.load_state_dict(timm.create_model('test_convnext', num_classes=0).state_dict())
 
 

@@ -28,7 +28,6 @@ The model's build-time cfg follows the backbone (:func:`backbone_cfg`: pool size
 ``group_matcher`` (:func:`backbone_group_matcher`) and ``features_only`` levels (:func:`default_out_indices`).
 :mod:`srdl_timm.models.backbone_units` splits ``forward_features`` into units.
 """
-import inspect
 import logging
 import re
 import sys
@@ -53,8 +52,6 @@ _logger = logging.getLogger(__name__)
 
 #: how a backbone's output becomes ``[B, d, h, w]`` (see the module docstring)
 LAYOUTS = ('NCHW', 'NHWC', 'NLC', 'intermediates')
-#: constructor arguments given when the backbone's class takes them (a class that does not is built without)
-_OPTIONAL_ARGS = ('img_size', 'dynamic_img_size')
 
 
 @torch.fx.wrap
@@ -75,7 +72,8 @@ def token_grid_size(num_tokens: int, height: int, width: int, reduction: int) ->
 def tokens_to_grid(tokens: Tensor, height: int, width: int, num_prefix_tokens: int, reduction: int) -> Tensor:
     """Tokens ``[B, N, d]`` (prefix tokens first) of an ``height x width`` input -> patch grid ``[B, d, h, w]``.
 
-    A view of the tokens (no copy): flattened back to ``[B, h*w, d]`` it is the contiguous token tensor again.
+    A view of the tokens (no copy): flattened back to ``[B, h*w, d]`` it is ``tokens[:, num_prefix_tokens:]``, the
+    backbone's own memory, as the head's kernels take it.
     """
     patches = tokens[:, num_prefix_tokens:]
     h, w = token_grid_size(patches.shape[1], height, width, reduction)
@@ -155,19 +153,19 @@ def _on_meta(backbone: nn.Module, x_shape: Sequence[int], grid: Optional[Feature
     """Run the probe on the ``meta`` device: shapes only, the backbone's own tensors untouched (eval mode for the
     call). With ``unused``, also the names of trainable parameters that get no gradient from the output."""
     probe = _Probe(backbone, grid, intermediates_norm)
-    # one entry per module slot: a module registered twice (CoaT's shared convolutions) swapped twice would be
-    # restored to the meta tensor; a tensor shared by two modules is replaced (and restored) in each
-    named_params, state = [], {}
-    for prefix, module in probe.named_modules():
-        dot = prefix + '.' if prefix else ''
-        named_params += [(dot + name, p) for name, p in module.named_parameters(recurse=False)]
-        state.update({dot + name: b.to('meta') for name, b in module.named_buffers(recurse=False)})
-    metas = {id(p): p.detach().to('meta').requires_grad_(unused and p.requires_grad) for _, p in named_params}
-    state.update({name: metas[id(p)] for name, p in named_params})
     modes = [(m, m.training) for m in backbone.modules()]
     backbone.eval()
-    try:
-        with torch.set_grad_enabled(unused):
+    try:  # autograd on (and no inference tensors) even where the model is built under no_grad / inference_mode
+        with torch.inference_mode(False), torch.set_grad_enabled(unused):
+            # one entry per module slot: a module registered twice (CoaT's shared convolutions) swapped twice would
+            # be restored to the meta tensor; a tensor shared by two modules is replaced (and restored) in each
+            named_params, state = [], {}
+            for prefix, module in probe.named_modules():
+                dot = prefix + '.' if prefix else ''
+                named_params += [(dot + name, p) for name, p in module.named_parameters(recurse=False)]
+                state.update({dot + name: b.to('meta') for name, b in module.named_buffers(recurse=False)})
+            metas = {id(p): p.detach().to('meta').requires_grad_(unused and p.requires_grad) for _, p in named_params}
+            state.update({name: metas[id(p)] for name, p in named_params})
             out = functional_call(probe, state, (torch.empty(*x_shape, device='meta'),), tie_weights=False)
             if not unused:
                 return out, []
@@ -252,13 +250,15 @@ def _reduction(stride: Optional[int], height: int, grid_height: int) -> int:
     return max(1, round(height / grid_height))
 
 
-def _build(name: str, in_chans: int, device, dtype, optional: Dict[str, Any], kwargs: Dict[str, Any]) -> nn.Module:
-    """``timm.create_model`` without classifier; ``optional`` arguments the model's class refuses are dropped."""
+def _build(name: str, in_chans: int, device, dtype, optional: Dict[str, Any], kwargs: Dict[str, Any]
+           ) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``timm.create_model`` without classifier; ``optional`` arguments the model refuses are dropped. Returns the
+    model and the optional arguments it took."""
     optional = dict(optional)
     while True:
         try:
             return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, device=device,
-                                     dtype=dtype, **optional, **kwargs)
+                                     dtype=dtype, **optional, **kwargs), optional
         except TypeError as e:
             refused = [k for k in optional if repr(k) in str(e)]
             if not refused:
@@ -323,10 +323,9 @@ def create_backbone(
     optional = {'dynamic_img_size': True} if 'dynamic_img_size' not in kwargs else {}
     if img_size is not None:
         optional['img_size'] = img_size
-    backbone = _build(name, in_chans, device, dtype, optional, kwargs)
+    backbone, taken = _build(name, in_chans, device, dtype, optional, kwargs)
     _fx_wrap_timm_helpers(backbone)
-    accepted = inspect.signature(type(backbone).__init__).parameters
-    build_kwargs = dict(kwargs, **{k: v for k, v in optional.items() if k in accepted})
+    build_kwargs = dict(kwargs, **taken)
     if img_size is not None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     else:
