@@ -151,7 +151,7 @@ class _Probe(nn.Module):
 def _on_meta(backbone: nn.Module, x_shape: Sequence[int], grid: Optional[FeatureGrid] = None,
              intermediates_norm: Optional[bool] = None, unused: bool = False) -> Tuple[Any, List[str]]:
     """Run the probe on the ``meta`` device: shapes only, the backbone's own tensors untouched (eval mode for the
-    call). With ``unused``, also the names of trainable parameters that get no gradient from the output."""
+    call). With ``unused``, also the names of trainable parameters that get no gradient from the output (a tensor)."""
     probe = _Probe(backbone, grid, intermediates_norm)
     modes = [(m, m.training) for m in backbone.modules()]
     backbone.eval()
@@ -167,7 +167,7 @@ def _on_meta(backbone: nn.Module, x_shape: Sequence[int], grid: Optional[Feature
             metas = {id(p): p.detach().to('meta').requires_grad_(unused and p.requires_grad) for _, p in named_params}
             state.update({name: metas[id(p)] for name, p in named_params})
             out = functional_call(probe, state, (torch.empty(*x_shape, device='meta'),), tie_weights=False)
-            if not unused:
+            if not unused or not isinstance(out, Tensor):
                 return out, []
             leaves = {id(p): (name, metas[id(p)]) for name, p in reversed(named_params) if p.requires_grad}
             leaves = list(leaves.values())  # one per tensor, under its first name
@@ -198,31 +198,34 @@ def _stride(backbone: nn.Module) -> Optional[int]:
     return None
 
 
-def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]) -> FeatureGrid:
-    """Which :data:`LAYOUTS` entry gives ``backbone``'s grid, from one meta-device ``forward_features``."""
+def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]
+                ) -> Tuple[FeatureGrid, Optional[List[str]]]:
+    """Which :data:`LAYOUTS` entry gives ``backbone``'s grid, from one meta-device ``forward_features``; and the
+    parameters that output leaves without a gradient, the same for F when F is that output permuted or sliced
+    (dropping prefix tokens leaves their paths in the graph, with zero gradient); None for an intermediate's F."""
     height, width = size
     shape = (1, in_chans, height, width)
     d = int(getattr(backbone, 'num_features', 0) or 0)
     stride = _stride(backbone)
     prefix = int(getattr(backbone, 'num_prefix_tokens', 0) or 0)
     try:
-        out, _ = _on_meta(backbone, shape)
+        out, unused = _on_meta(backbone, shape, unused=True)
         described = _describe(out)
     except Exception as e:  # noqa: BLE001  (any model error: reported below if no other route works)
-        out, described = None, f'an error ({type(e).__name__}: {e})'
+        out, unused, described = None, None, f'an error ({type(e).__name__}: {e})'
     if isinstance(out, Tensor) and out.dim() == 4:
         channels_last = out.shape[-1] == d and (_output_fmt(backbone) == 'NHWC' or out.shape[1] != d)
         if channels_last:
-            return FeatureGrid('NHWC', d, _reduction(stride, height, out.shape[1]))
+            return FeatureGrid('NHWC', d, _reduction(stride, height, out.shape[1])), unused
         if out.shape[1] == d:
-            return FeatureGrid('NCHW', d, _reduction(stride, height, out.shape[2]))
+            return FeatureGrid('NCHW', d, _reduction(stride, height, out.shape[2])), unused
     if isinstance(out, Tensor) and out.dim() == 3 and out.shape[-1] == d and stride:
         try:
             token_grid_size(out.shape[1] - prefix, height, width, stride)
         except ValueError:
             pass
         else:
-            return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix)
+            return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix), unused
     tried = ''
     if hasattr(backbone, 'forward_intermediates'):
         for norm in (True, False):
@@ -233,7 +236,7 @@ def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, 
                 continue
             if isinstance(last, Tensor) and last.dim() == 4:
                 return FeatureGrid('intermediates', int(last.shape[1]), _reduction(stride, height, last.shape[2]),
-                                   intermediates_norm=norm)
+                                   intermediates_norm=norm), None
             tried = f'; forward_intermediates gives {_describe(last)}'
     else:
         tried = '; it has no forward_intermediates'
@@ -330,8 +333,9 @@ def create_backbone(
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     else:
         size = tuple(timm.models.get_model_input_config(backbone)['input_size'][-2:])
-    grid = _infer_grid(backbone, name, in_chans, size)
-    _, unused = _on_meta(backbone, (1, in_chans, *size), grid=grid, unused=True)
+    grid, unused = _infer_grid(backbone, name, in_chans, size)
+    if unused is None:
+        _, unused = _on_meta(backbone, (1, in_chans, *size), grid=grid, unused=True)
     if unused:
         params = dict(backbone.named_parameters())
         for param_name in unused:
