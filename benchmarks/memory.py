@@ -26,9 +26,18 @@ Linearity: ``peak_run`` of each series is fitted as ``a + b*C`` by least squares
 ``B x C x h*w x d`` product would need at least ``B*h*w*d*4`` bytes per category per stored copy (12.25 MiB at
 448 px, batch 8, d = 2048 -- 12 GiB at C = 1000); compare the fitted slope ``b`` with it.
 
+Any backbone, against itself (``--backbone NAME [NAME ...]``): for each backbone and each C, one fresh process
+trains SRDL on it (``srdl_resnet101`` with ``backbone=NAME``, built for ``--img-size``: a ViT's position embedding
+resampled to it) and another the *bare* timm backbone with its own linear classifier for C classes (the same
+``img_size``), one step each with the same loss (SRDL: OE on); the table gives both peaks, both step times and
+their ratios, per C -- e.g. C = 80 (COCO), 1,000 and 9,605 (OpenImages) for a CNN and a ViT. The head-only
+series runs on the backbone's own feature grid (``feature_grid_size``): ``[B, d, h, w]`` of a ViT is its patch grid.
+
 Example::
 
     python benchmarks/memory.py --threads 2 --json memory.json
+    python benchmarks/memory.py --backbone resnet101 vit_base_patch16_224 --classes 80 1000 9605 --batch-size 8 \
+        --threads 2 --malloc-mmap-threshold 131072 --markdown scale.md
 """
 import argparse
 import datetime
@@ -51,7 +60,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--object-erasing', choices=('on', 'off'), default='on')
     p.add_argument('--attention-impl', default='auto')
-    p.add_argument('--no-baseline', action='store_true', help='skip the resnet101 row')
+    p.add_argument('--backbone', nargs='+', default=None, metavar='NAME',
+                   help='SRDL on each of these timm backbones against the bare backbone with its own classifier, at '
+                        'every C (instead of the srdl_resnet101 series)')
+    p.add_argument('--no-baseline', action='store_true', help='skip the resnet101 row (the bare rows with --backbone)')
     p.add_argument('--no-head', action='store_true', help='skip the head-only series')
     p.add_argument('--limit-gb', type=float, default=6.0,
                    help='target for peak_rss at the largest C, in GB (10**9 bytes; 6 GB = 5.59 GiB)')
@@ -90,17 +102,24 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
         f.write('5')
     rss0 = _status_kib('VmRSS')
     head_only = model_name.endswith(':head')
+    kind, _, backbone = model_name.split(':head')[0].partition(':')  # 'bare:NAME', 'srdl:NAME' (--backbone)
     if model_name == 'resnet101':
         model = timm.create_model('resnet101', num_classes=num_classes)
+    elif kind == 'bare':
+        model = _bare_backbone(backbone, num_classes, args.img_size)
     else:
         embeddings = np.random.default_rng(0).standard_normal((num_classes, 300)).astype('float32')
-        model = timm.create_model(model_name.split(':')[0], num_classes=num_classes, label_embeddings=embeddings,
-                                  attention_impl=args.attention_impl)
+        extra = dict(backbone=backbone, img_size=args.img_size) if kind == 'srdl' else {}
+        model = timm.create_model('srdl_resnet101' if kind == 'srdl' else kind, num_classes=num_classes,
+                                  label_embeddings=embeddings, attention_impl=args.attention_impl, **extra)
         model.set_object_erasing(args.object_erasing == 'on' and not head_only)
     model.train()
     if head_only:  # the CAR head + classifier on a fixed feature map: the C-dependent part alone
-        side = args.img_size // 32
-        x = torch.randn(args.batch_size, model.num_features, side, side).relu_().requires_grad_()
+        if kind == 'srdl':
+            height, width = model.feature_grid_size(args.img_size)
+        else:
+            height = width = args.img_size // 32
+        x = torch.randn(args.batch_size, model.num_features, height, width).relu_().requires_grad_()
     for _ in range(max(1, args.steps)):
         model.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
@@ -113,6 +132,15 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
     picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in dispatch.auto_decisions().items()})
     return dict(model=model_name, classes=num_classes, peak_rss=hwm * 1024, peak_run=(hwm - rss0) * 1024,
                 rss_before=rss0 * 1024, seconds=seconds, loss=float(loss), auto='/'.join(picks) or None)
+
+
+def _bare_backbone(name: str, num_classes: int, img_size: int):
+    """The timm backbone with its own classifier for ``num_classes``, built for ``img_size`` where it has one."""
+    import timm
+    try:
+        return timm.create_model(name, num_classes=num_classes, img_size=img_size)
+    except TypeError:  # a CNN: no img_size
+        return timm.create_model(name, num_classes=num_classes)
 
 
 def _child(args_argv: List[str], model: str, classes: int, threshold: Optional[int] = None) -> Dict[str, Any]:
@@ -144,6 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         model, classes = args.child.rsplit(':', 1)
         print(json.dumps(run_child(args, model, int(classes))))
         return {}
+    if args.backbone:
+        return _backbone_main(args, argv)
     rows = []
     if not args.no_baseline:
         rows.append(_child(argv, 'resnet101', 80, args.malloc_mmap_threshold))
@@ -195,6 +225,57 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     table = '\n'.join(lines) + '\n'
     print(table)
     out = dict(env=env, args=vars(args), rows=rows, fits=fits, product_mib_per_class=product_mib)
+    if args.markdown:
+        from srdl_timm.utils import atomic_write_bytes
+        atomic_write_bytes(args.markdown, table.encode('utf-8'))
+    if args.json:
+        from srdl_timm.utils import atomic_write_json
+        atomic_write_json(args.json, out)
+    return out
+
+
+def _cell(value: Optional[float], fmt: str) -> str:
+    return '-' if value is None else format(value, fmt)
+
+
+def _backbone_main(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
+    """``--backbone``: SRDL vs the bare backbone at every C, each in its own process; table with ratios."""
+    rows = []
+    for backbone in args.backbone:
+        for c in args.classes:
+            for kind in ('bare', 'srdl') if not args.no_baseline else ('srdl',):
+                rows.append(_child(argv, f'{kind}:{backbone}', c, args.malloc_mmap_threshold))
+                print(f"{kind} {backbone} C={c}: peak RSS {rows[-1]['peak_rss'] / 2**30:.2f} GiB, step "
+                      f"{rows[-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+            if not args.no_head:
+                rows.append(_child(argv, f'srdl:{backbone}:head', c, args.malloc_mmap_threshold))
+    mib = 2 ** 20
+    import torch
+    env = dict(date=datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
+               python=platform.python_version(), torch=torch.__version__, cpu=_cpu_model(), threads=args.threads,
+               attention_impl=args.attention_impl)
+    by_key = {(r['model'], r['classes']): r for r in rows}
+    lines = [f"{env['cpu']}; torch {env['torch']}; {env['date']}; CPU only",
+             f"{args.img_size}x{args.img_size}, batch {args.batch_size}, one training step (forward + loss + backward; "
+             f"SRDL: object erasing {args.object_erasing}), attention {env['attention_impl']}, threads {args.threads}, "
+             f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold or 'default'}, steps {args.steps}; "
+             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+             '', '| backbone | C | bare: peak of the run (MiB) | SRDL: peak of the run (MiB) | memory ratio | '
+                 'bare: step s | SRDL: step s | time ratio | SRDL head only: peak of the run (MiB) | auto chose |',
+             '|---|---|---|---|---|---|---|---|---|---|']
+    for backbone in args.backbone:
+        for c in args.classes:
+            bare, srdl = by_key.get((f'bare:{backbone}', c)), by_key[(f'srdl:{backbone}', c)]
+            head = by_key.get((f'srdl:{backbone}:head', c))
+            cell = _cell
+            lines.append(' | '.join([
+                f'| {backbone}', str(c), cell(bare and bare['peak_run'] / mib, '.0f'), cell(srdl['peak_run'] / mib, '.0f'),
+                cell(bare and srdl['peak_run'] / bare['peak_run'], '.2f'), cell(bare and bare['seconds'], '.2f'),
+                cell(srdl['seconds'], '.2f'), cell(bare and srdl['seconds'] / bare['seconds'], '.2f'),
+                cell(head and head['peak_run'] / mib, '.0f'), (srdl.get('auto') or '-') + ' |']))
+    table = '\n'.join(lines) + '\n'
+    print(table)
+    out = dict(env=env, args=vars(args), rows=rows)
     if args.markdown:
         from srdl_timm.utils import atomic_write_bytes
         atomic_write_bytes(args.markdown, table.encode('utf-8'))

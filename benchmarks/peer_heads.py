@@ -1,9 +1,10 @@
 """Peer multi-label heads on a timm backbone: the heads a user would pick instead of SRDL.
 
 These are baselines for the benchmark (``benchmarks/run_offline.py``) and the timing table
-(``benchmarks/timing.py``), not part of the ``srdl_timm`` package. Each head sits on the same timm backbone
-``forward_features`` map ``[B, d, h, w]`` as SRDL and returns logits ``[B, C]``. Every choice is written down
-beside the code that makes it.
+(``benchmarks/timing.py``), not part of the ``srdl_timm`` package. Each head sits on the same feature map
+``[B, d, h, w]`` as SRDL -- the backbone adapter's (:mod:`srdl_timm.models.backbone`: a CNN's map, a ViT's patch
+grid, Swin's NHWC map permuted) -- and returns logits ``[B, C]``. Every choice is written down beside the code that
+makes it.
 
 ``ml_decoder`` -- ML-Decoder (Ridnik et al., WACV 2023, arXiv:2111.12933), exactly as timm ships it:
     ``timm.layers.ml_decoder.MLDecoder(num_classes, initial_num_features=d)`` with timm's defaults (1 decoder
@@ -42,11 +43,12 @@ import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
 from timm.layers.ml_decoder import MLDecoder
 from torch import Tensor, nn
+
+from srdl_timm.models.backbone import FeatureGrid, create_backbone, feature_map
 
 __all__ = ['PEER_HEADS', 'PeerModel', 'timm_ml_decoder', 'CSRAHead', 'MLGCNHead', 'ml_gcn_adjacency', 'create_peer_model']
 
@@ -183,26 +185,28 @@ class MLGCNHead(nn.Module):
 
 
 class PeerModel(nn.Module):
-    """A timm backbone (``forward_features``) followed by one peer head; ``forward(x) -> logits [B, C]``.
+    """A timm backbone's feature map (``feature_grid`` of :mod:`srdl_timm.models.backbone`) followed by one peer
+    head; ``forward(x) -> logits [B, C]``.
 
-    Exposes ``backbone``, ``backbone_name``, ``in_chans``, ``num_classes``, ``num_features``,
+    Exposes ``backbone``, ``backbone_name``, ``feature_grid``, ``in_chans``, ``num_classes``, ``num_features``,
     ``forward_features`` and ``forward_head`` like the SRDL models, so the benchmark's trainers and timing
     treat both the same way.
     """
 
-    def __init__(self, head_name: str, backbone: nn.Module, backbone_name: str, head: nn.Module, num_classes: int,
-                 in_chans: int = 3):
+    def __init__(self, head_name: str, backbone: nn.Module, backbone_name: str, feature_grid: FeatureGrid,
+                 head: nn.Module, num_classes: int, in_chans: int = 3):
         super().__init__()
         self.head_name = head_name
         self.backbone = backbone
         self.backbone_name = backbone_name
+        self.feature_grid = feature_grid
         self.head = head
         self.num_classes = num_classes
-        self.num_features = int(backbone.num_features)
+        self.num_features = self.feature_grid.num_features
         self.in_chans = in_chans
 
     def forward_features(self, x: Tensor) -> Tensor:
-        return self.backbone.forward_features(x)
+        return feature_map(self.backbone, self.feature_grid, x)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         if pre_logits:
@@ -227,16 +231,6 @@ def _embeddings(label_embeddings: Any, num_classes: int, label_names: Optional[S
     return array
 
 
-def _load_backbone(name: str, in_chans: int, pretrained: bool, backbone_kwargs: Optional[dict] = None) -> nn.Module:
-    from srdl_timm.pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone
-    offline = pretrained and name in OFFLINE_BACKBONES
-    backbone = timm.create_model(name, pretrained=pretrained and not offline, num_classes=0, global_pool='',
-                                 in_chans=in_chans, **(backbone_kwargs or {}))
-    if offline:
-        load_pretrained_backbone(backbone, name)
-    return backbone
-
-
 def create_peer_model(name: str, backbone: str = 'resnet101', num_classes: int = 80, *,
                       pretrained_backbone: bool = False, label_embeddings: Any = None, adjacency: Any = None,
                       **kwargs: Any) -> nn.Module:
@@ -244,24 +238,27 @@ def create_peer_model(name: str, backbone: str = 'resnet101', num_classes: int =
 
     Args:
         name: 'ml_decoder', 'csra' or 'ml_gcn'.
-        backbone: timm CNN name (its ``forward_features`` must give ``[B, d, h, w]``).
+        backbone: timm model name: any backbone SRDL takes (:func:`srdl_timm.models.backbone.create_backbone`).
         num_classes: C.
         pretrained_backbone: ImageNet weights (offline ones for EfficientNet-Lite0, as SRDL).
         label_embeddings: ml_gcn only: ``[C, d']`` word vectors, or a source name understood by
             ``srdl_timm.labels.label_vectors`` (with ``label_names``); None = seeded random 300-d.
         adjacency: ml_gcn only: ``[C, C]`` from :func:`ml_gcn_adjacency`; None = identity (no label
             correlation; for timing only).
-        kwargs: ``in_chans``, ``label_names``, ``backbone_kwargs`` (e.g. ``{'output_stride': 8}``); csra: ``num_heads`` (4), ``lam`` (0.5); ml_gcn: ``hidden`` (1024);
+        kwargs: ``in_chans``, ``label_names``, ``img_size`` (as SRDL's), ``backbone_kwargs`` (e.g.
+            ``{'output_stride': 8}``); csra: ``num_heads`` (4), ``lam`` (0.5); ml_gcn: ``hidden`` (1024);
             ml_decoder: ``num_of_groups`` (-1), ``decoder_embedding`` (768) passed to timm's ``MLDecoder``.
     Raises:
-        ValueError: an unknown head name or option, or embeddings/adjacency of the wrong shape.
+        ValueError: an unknown head name or option, embeddings/adjacency of the wrong shape, or a backbone without a
+            spatial grid.
     """
     if name not in PEER_HEADS:
         raise ValueError(f'unknown peer head {name!r}; choose one of {list(PEER_HEADS)}')
     in_chans = kwargs.pop('in_chans', 3)
     label_names = kwargs.pop('label_names', None)
-    trunk = _load_backbone(backbone, in_chans, pretrained_backbone, kwargs.pop('backbone_kwargs', None))
-    d = int(trunk.num_features)
+    trunk, grid, _ = create_backbone(backbone, in_chans=in_chans, img_size=kwargs.pop('img_size', None),
+                                     pretrained=pretrained_backbone, **(kwargs.pop('backbone_kwargs', None) or {}))
+    d = grid.num_features
     allowed = {'ml_decoder': {'num_of_groups', 'decoder_embedding'}, 'csra': {'num_heads', 'lam'},
                'ml_gcn': {'hidden'}}[name]
     unknown = set(kwargs) - allowed
@@ -275,4 +272,4 @@ def create_peer_model(name: str, backbone: str = 'resnet101', num_classes: int =
         nodes = _embeddings(label_embeddings, num_classes, label_names)
         adj = torch.eye(num_classes) if adjacency is None else torch.as_tensor(np.asarray(adjacency, dtype=np.float32))
         head = MLGCNHead(d, nodes, adj, **kwargs)
-    return PeerModel(name, trunk, backbone, head, num_classes, in_chans)
+    return PeerModel(name, trunk, backbone, grid, head, num_classes, in_chans)

@@ -6,7 +6,9 @@ Table 3 measures every method at one input size (448 x 448) in ms per image. Her
     resnet101 (bare timm, its own linear head) | srdl (srdl_resnet101) | srdl_no_gcn | srdl_no_ca | srdl_no_sa
 
 (and, with ``--rows``, the peer heads of ``benchmarks/peer_heads.py`` on the same backbone: ``ml_decoder``,
-``csra``, ``ml_gcn``) and every mode/batch cell (inference at each ``--batch-size``; a training step -- forward,
+``csra``, ``ml_gcn``; and the transformer rows ``vit`` -- the bare timm ViT (``--vit-backbone``, default
+ViT-B/16, built for ``--img-size``) with its own linear head -- and ``srdl_vit``, SRDL on that ViT, whose ratios
+are to ``vit``) and every mode/batch cell (inference at each ``--batch-size``; a training step -- forward,
 backward, optimizer step, with object erasing (OE) for SRDL rows that have SA -- at ``--train-batch-size``):
 
 * ``--method alternate`` (default on CPU): every row's model is built in this one process, and the timed
@@ -31,7 +33,8 @@ backward, optimizer step, with object erasing (OE) for SRDL rows that have SA --
   fresh subprocess, and the peak is the increase of the process's peak resident set (``VmHWM``,
   /proc/self/status, reset before the model is built) over the RSS at that point -- the same scope, plus
   allocator slack, and warm-up included;
-* ratios to the resnet101 row of the same mode and batch, measured in the same run.
+* ratios to the bare backbone's row of the same mode and batch, measured in the same run (resnet101; ``vit``
+  for ``srdl_vit``).
 
 Output: a markdown table on stdout, ``--json`` and ``--markdown`` files if given.
 
@@ -40,6 +43,7 @@ Examples::
     python benchmarks/timing.py --device cpu --img-size 448 --batch-size 1 2 8 --train-batch-size 2 --threads 2
     python benchmarks/timing.py --device cpu --rows resnet101,srdl,ml_decoder,csra,ml_gcn --modes infer
     python benchmarks/timing.py --device cpu --batch-size 2 --threads 2 --head-breakdown
+    python benchmarks/timing.py --device cpu --rows resnet101,srdl,vit,srdl_vit --batch-size 2 --threads 2
     python benchmarks/timing.py --device cuda --precision bf16 --channels-last --batch-size 1 32 64 \\
         --train-batch-size 16 --json timing.json --markdown timing.md
 """
@@ -65,7 +69,13 @@ ROWS: Dict[str, Dict[str, Any]] = {
 #: Peer heads on the same backbone (benchmarks/peer_heads.py); opt-in through ``--rows``.
 PEER_ROWS: Dict[str, Dict[str, Any]] = {name: dict(model='peer:' + name, kwargs={})
                                         for name in ('ml_decoder', 'csra', 'ml_gcn')}
+#: A transformer backbone: the bare ViT with its own classifier and SRDL on it (``--vit-backbone``); opt-in.
+TRANSFORMER_ROWS: Dict[str, Dict[str, Any]] = {
+    'vit': dict(model='vit', kwargs={}),
+    'srdl_vit': dict(model='srdl_vit_base_patch16_448', kwargs={}, baseline='vit'),
+}
 BASELINE = 'resnet101'
+ALL_ROWS = {**ROWS, **PEER_ROWS, **TRANSFORMER_ROWS}
 METHODS = ('alternate', 'fresh', 'sequential')
 
 
@@ -80,8 +90,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--train-batch-size', type=int, default=None,
                    help='training-step batch size (default: 16 on CUDA, the largest --batch-size on CPU); 0 = skip')
     p.add_argument('--modes', default='infer,train', help='comma list of infer, train')
-    p.add_argument('--rows', default=','.join(ROWS),
-                   help=f'comma list of {", ".join(list(ROWS) + list(PEER_ROWS))}')
+    p.add_argument('--rows', default=','.join(ROWS), help=f'comma list of {", ".join(ALL_ROWS)}')
+    p.add_argument('--vit-backbone', default='vit_base_patch16_224',
+                   help='timm ViT of the vit / srdl_vit rows (built for --img-size, position embeddings resampled)')
     p.add_argument('--method', choices=METHODS, default=None,
                    help='alternate: all rows in this process, iterations alternating (CPU default); fresh: a '
                         'subprocess per cell (CPU peak memory); sequential: cells in turn here (CUDA default)')
@@ -129,9 +140,9 @@ def _resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit('--cuda-graphs needs --device cuda')
     if args.clock != 'wall' and cuda:
         raise SystemExit(f'--clock {args.clock} is for CPU timing')
-    unknown = [r for r in args.rows.split(',') if r not in ROWS and r not in PEER_ROWS]
+    unknown = [r for r in args.rows.split(',') if r not in ALL_ROWS]
     if unknown:
-        raise SystemExit(f'unknown rows {unknown}; choose from {list(ROWS) + list(PEER_ROWS)}')
+        raise SystemExit(f'unknown rows {unknown}; choose from {list(ALL_ROWS)}')
     if args.method is None:
         args.method = 'sequential' if (cuda or args.in_process) else 'alternate'
     elif args.in_process and args.method != 'sequential':
@@ -182,19 +193,25 @@ def _proc_status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def build_model(row: str, num_classes: int, attention_impl: str):
+def build_model(row: str, num_classes: int, attention_impl: str, img_size: int = 448,
+                vit_backbone: str = 'vit_base_patch16_224'):
     """The model of ``row`` (random weights; SRDL label nodes from a seeded random normal, no warning)."""
     import numpy as np
     import timm
     import srdl_timm  # noqa: F401  (registers the srdl_* models)
-    spec = ROWS.get(row) or PEER_ROWS[row]
+    spec = ALL_ROWS[row]
     if spec['model'].startswith('peer:'):
         return _peer_heads().create_peer_model(spec['model'][5:], backbone='resnet101', num_classes=num_classes)
     if spec['model'] == 'resnet101':
         return timm.create_model('resnet101', num_classes=num_classes)
+    if spec['model'] == 'vit':
+        return timm.create_model(vit_backbone, num_classes=num_classes, img_size=img_size)
+    kwargs = dict(spec['kwargs'])
+    if row in TRANSFORMER_ROWS:
+        kwargs.update(backbone=vit_backbone, img_size=img_size)
     embeddings = np.random.default_rng(0).standard_normal((num_classes, 300)).astype('float32')
     return timm.create_model(spec['model'], num_classes=num_classes, label_embeddings=embeddings,
-                             attention_impl=attention_impl, **spec['kwargs'])
+                             attention_impl=attention_impl, **kwargs)
 
 
 def _dtype(precision: str):
@@ -219,7 +236,7 @@ def prepare_cell(args: argparse.Namespace, row: str, mode: str, batch: int) -> T
     from srdl_timm.ops import select_impl
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    model = build_model(row, args.num_classes, args.attention_impl)
+    model = build_model(row, args.num_classes, args.attention_impl, args.img_size, args.vit_backbone)
     dtype = _dtype(args.precision)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(batch, 3, args.img_size, args.img_size, device=device)
@@ -393,8 +410,8 @@ def _cell_in_subprocess(args: argparse.Namespace, argv: Sequence[str], row: str,
 
 
 def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Pool the rounds of each (row, mode, batch) and add medians, img/s and ratios to the baseline row
-    (``resnet101``, or ``resnet101[v]`` for a variant row ``name[v]`` when present)."""
+    """Pool the rounds of each (row, mode, batch) and add medians, img/s and ratios to the row's bare backbone
+    (``resnet101``; ``vit`` for ``srdl_vit``; ``<baseline>[v]`` for a variant row ``name[v]`` when present)."""
     pooled: Dict[tuple, Dict[str, Any]] = {}
     for cell in cells:
         key = (cell['row'], cell['mode'], cell['batch'])
@@ -412,8 +429,10 @@ def summarize(cells: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         # a variant row 'name[variant]' is compared with 'resnet101[variant]' when that was run
         row = entry['row']
         variant = row[row.index('['):] if '[' in row else ''
-        base = pooled.get((BASELINE + variant, entry['mode'], entry['batch'])) \
-            or pooled.get((BASELINE, entry['mode'], entry['batch']))
+        baseline = ALL_ROWS.get(row.split('[')[0], {}).get('baseline', BASELINE)
+        entry['baseline'] = baseline
+        base = pooled.get((baseline + variant, entry['mode'], entry['batch'])) \
+            or pooled.get((baseline, entry['mode'], entry['batch']))
         entry['time_ratio'] = entry['ms'] / base['ms'] if base else None
         entry['paired_ratio'] = None
         if base and entry.get('paired') and base.get('paired') and len(base['times_ms']) == len(entry['times_ms']):
@@ -435,14 +454,17 @@ def markdown(results: List[Dict[str, Any]], env: Dict[str, Any], args: argparse.
         f"warmup={args.warmup}, repeats={args.repeats} x rounds={args.rounds} (median), method={args.method}, "
         f"load average {' '.join(f'{x:.1f}' for x in env.get('loadavg', ()))}",
         '',
-        '| model | mode | batch | ms (median) | ms (min) | img/s | peak MiB | time / resnet101 '
-        '| paired ratio median [p25, p75] | memory / resnet101 | notes |',
+        '| model | mode | batch | ms (median) | ms (min) | img/s | peak MiB | time / bare backbone '
+        '| paired ratio median [p25, p75] | memory / bare backbone | notes |',
         '|---|---|---|---|---|---|---|---|---|---|---|',
     ]
-    order = {r: i for i, r in enumerate(list(ROWS) + list(PEER_ROWS))}
+    order = {r: i for i, r in enumerate(ALL_ROWS)}
     for e in sorted(results, key=lambda e: (e['mode'] != 'infer', e['batch'], order.get(e['row'], len(order)),
                                             e['row'])):
-        notes = []
+        notes = [] if e.get('baseline', BASELINE) == BASELINE or e['row'] == e.get('baseline') else [
+            f"vs {e['baseline']}"]
+        if e['row'] in ('vit', 'srdl_vit'):
+            notes.append(args.vit_backbone)
         if 'attention_impl' in e:
             notes.append(f"attn={e['attention_impl']}")
         if e['mode'] == 'train' and 'object_erasing' in e:

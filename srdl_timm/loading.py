@@ -92,7 +92,8 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
             details = [f'{config["train_split"]} split'] if config.get('train_split') else []
             details += [config['ann_file']] if config.get('ann_file') else []
             trained_on = f'{config["data"]} {config["root"]}' + (f' ({", ".join(details)})' if details else '')
-        args = {k: v for k, v in config.items() if k in params and v is not None}
+        # --img-size is the data's size there, not SRDL's img_size (that one is in model_args)
+        args = {k: v for k, v in config.items() if k in params and k != 'img_size' and v is not None}
         for key in ('model_kwargs', 'model_args'):
             args.update(config.get(key) or {})
         data = config.get('data_config') or {}
@@ -127,8 +128,9 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
     For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
-    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, ``attention_impl`` and any
-    JSON-serialisable ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
+    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, ``attention_impl``, the
+    backbone's ``img_size`` when one was given (a ViT's position-embedding grid) and any JSON-serialisable
+    ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
     the weights, so neither is here. Other timm models: ``num_classes``.
 
     Raises:
@@ -150,6 +152,9 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
         oe_alpha=float(model.object_eraser.alpha),
         attention_impl=model.attention_impl,
     )
+    img_size = getattr(model, 'img_size', None)
+    if img_size is not None:
+        args['img_size'] = int(img_size) if isinstance(img_size, int) else [int(s) for s in img_size]
     backbone_kwargs = dict(getattr(model, '_model_args', {}).get('backbone_kwargs') or {})
     backbone_kwargs.pop('drop_path_rate', None)
     if backbone_kwargs:

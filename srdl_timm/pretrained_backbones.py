@@ -245,8 +245,10 @@ def load_pretrained_backbone(model: nn.Module, name: str, strict_backbone: bool 
     _logger.info('%s: loaded %d offline ImageNet tensors', name, len(to_load))
 
 
-def timm_imagenet_backbone(name: str, in_chans: int = 3) -> nn.Module:
-    """``timm.create_model(name, pretrained=True)`` as a feature extractor (no classifier, no pooling).
+def timm_imagenet_backbone(name: str, in_chans: int = 3, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=True, num_classes=0, **kwargs)``: the backbone without classifier,
+    built as :func:`srdl_timm.models.backbone.create_backbone` built it (same ``kwargs``: an ``img_size`` makes timm
+    resample the position embeddings), to copy its weights from.
 
     Raises:
         InputError: the weights could not be fetched (no network, HF_HUB_OFFLINE=1 without them in the cache, ...);
@@ -255,7 +257,7 @@ def timm_imagenet_backbone(name: str, in_chans: int = 3) -> nn.Module:
     import timm
     from .errors import InputError
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0, global_pool='', in_chans=in_chans)
+        return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kwargs)
     except Exception as e:  # huggingface_hub / network / cache errors
         cfg = timm.models.get_pretrained_cfg(name)
         source = (cfg.hf_hub_id or cfg.url or 'no source known') if cfg is not None else 'no source known'

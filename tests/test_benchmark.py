@@ -53,10 +53,10 @@ def _load_manifest(path=None):
     return load_manifest(path)
 
 
-def _small_srdl(oe: bool = True) -> nn.Module:
+def _small_srdl(oe: bool = True, **kwargs) -> nn.Module:
     names = ['a', 'b', 'c', 'd', 'e']
     model = timm.create_model('srdl_test_resnet', num_classes=5, label_names=names,
-                              label_embeddings=torch.randn(5, 16, generator=torch.Generator().manual_seed(1)))
+                              label_embeddings=torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), **kwargs)
     model.set_object_erasing(oe)
     return model
 
@@ -76,21 +76,33 @@ def test_trunk_and_tail_compose_to_forward_features(arch, stages):
     assert len(list(split.tail.parameters())) > 0 or stages == 0
 
 
-def test_unknown_backbone_structure_is_refused():
-    """A backbone the splitter does not know is refused with a message pointing at --trainer fit."""
-    with pytest.raises(ValueError, match='--trainer fit'):
-        bm.backbone_units(nn.Sequential(nn.Conv2d(3, 4, 3)))
+@pytest.mark.parametrize('backbone, why', [
+    ('pit_ti_224', 'forward_intermediates'),  # its grid is not forward_features'
+    ('eva02_tiny_patch14_224', 'do not reproduce'),  # every block takes the rotary embedding
+])
+def test_backbone_that_cannot_be_split_is_refused_naming_the_fit_trainer(backbone, why):
+    """A backbone whose forward_features cannot be cut into units is refused with one message naming it, why, and
+    --trainer fit (which trains any backbone)."""
+    model = _small_srdl(backbone=backbone, backbone_kwargs=dict(depth=2) if 'eva' in backbone else {})
+    with pytest.raises(ValueError, match=f'{backbone}.*{why}.*--trainer fit'):
+        bm.FrozenTrunk(model, 1, image_size=(224, 224) if 'pit' in backbone else (56, 56))
 
 
-def test_frozen_trunk_step_equals_full_model_step():
+@pytest.mark.parametrize('backbone, size', [
+    ('test_resnet', (64, 64)), ('test_vit', (64, 96)),
+    ('swin_tiny_patch4_window7_224', (64, 64)),
+])
+def test_frozen_trunk_step_equals_full_model_step(backbone, size):
     """Loss and gradients from cached trunk outputs equal those of model(images) with the trunk frozen and BatchNorm
-    on running statistics, including the object-erasing pass (eqs. 11-13)."""
+    on running statistics, including the object-erasing pass (eqs. 11-13): for a CNN, a ViT (the cache holds its
+    tokens, class token first; the patch grid follows the image size) and Swin."""
     torch.manual_seed(0)
-    model = _small_srdl(oe=True)
-    split = bm.FrozenTrunk(model, train_stages=2)
+    kwargs = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), window_size=4) if 'swin' in backbone else {}
+    model = _small_srdl(oe=True, backbone=backbone, backbone_kwargs=kwargs, drop_path_rate=0.)  # Swin's default 0.1
+    split = bm.FrozenTrunk(model, train_stages=2, image_size=size)
     split.freeze()
     split.train_mode()
-    x = torch.randn(4, 3, 64, 64)
+    x = torch.randn(4, 3, *size)
     y = (torch.rand(4, 5) > 0.5).float()
     with torch.no_grad():
         cached = split.trunk(x)
@@ -617,3 +629,28 @@ def test_shipped_weights_load_offline_and_beat_chance(tmp_path, monkeypatch):
     prevalence = float(targets.clamp(min=0).mean()) * 100
     assert metrics['mAP_interpolated'] > SHIPPED_MIN_MAP > 1.5 * prevalence, (metrics['mAP_interpolated'], prevalence)
     assert metrics['OF1'] > 40.0
+
+
+@needs_fashion_mnist
+@pytest.mark.parametrize('trainer', ['frozen-trunk', 'fit'])
+def test_cli_every_row_on_a_vit_backbone(trainer, tmp_path):
+    """--backbone test_vit (a ViT with a class token) trains every row -- SRDL's ablations, both OE variants and the
+    three peer heads -- with the frozen-trunk trainer (its ViT units: stem + first block, blocks, norm) and with fit;
+    the runs record the ViT's patch grid and SRDL's SA maps have it."""
+    out = tmp_path / 'vit'
+    rows = list(bm.ROW_ORDER)
+    status = benchmark_main([
+        '--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--backbone', 'test_vit', '--no-pretrained-backbone',
+        '--trainer', trainer, '--rows', ','.join(rows), '--seeds', '0', '--epochs', '1', '--batch-size', '4',
+        '--overlays', '0', '--bootstrap', '20', '--output', str(out), '--threads', '1', '--log-level', 'WARNING'])
+    assert status == 0
+    report = _check_report(out, rows, num_runs=len(rows))
+    size = report['runs'][0]['config']['input_size'][-1]
+    for run in report['runs']:
+        assert run['config']['backbone'] == 'test_vit'
+        assert run['config']['feature_grid'] == [size // 16, size // 16]
+        if trainer == 'frozen-trunk':  # stem + first block, the other 5 blocks, the final norm
+            assert (run['config']['backbone_units'], run['config']['frozen_units']) == (7, 5)
+    car = next(r for r in report['runs'] if r['row'] == 'car_oe')
+    maps = np.load(out / car['logits_file'])['test_spatial_attention']
+    assert maps.shape[-2:] == (size // 16, size // 16) and car['pointing_game']['num_pairs'] > 0

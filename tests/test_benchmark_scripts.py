@@ -34,3 +34,42 @@ def test_cuda_check_smoke_cpu_correctness_sections_pass(tmp_path):
             assert any(n.startswith(f'pool {impl} {dtype}') for n in names), (impl, dtype)
     assert {'model logits chunked vs reference', 'model erased logits chunked vs reference'} <= set(names)
     assert 'SKIP triton' in result.stdout and '0 failed, 1 skipped' in result.stdout, tail
+
+
+def _run_script(tmp_path, script, *args):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', script), *args], capture_output=True,
+                            text=True, env=env, cwd=str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_memory_backbone_mode_measures_srdl_against_the_bare_backbone_at_every_c(tmp_path):
+    """`memory.py --backbone CNN ViT --classes ...` runs, for every backbone and C, the bare backbone with its own
+    classifier and SRDL (OE on) each in a fresh process, plus SRDL's head alone on the backbone's own grid (a ViT's
+    patch grid), and reports both peaks, both step times and their ratios."""
+    out = tmp_path / 'memory.json'
+    table = _run_script(tmp_path, 'memory.py', '--backbone', 'test_resnet', 'test_vit', '--classes', '3', '7',
+                        '--batch-size', '2', '--img-size', '64', '--threads', '1', '--json', str(out))
+    rows = json.loads(out.read_text())['rows']
+    models = [(r['model'], r['classes']) for r in rows]
+    for backbone in ('test_resnet', 'test_vit'):
+        for c in (3, 7):
+            assert {(f'bare:{backbone}', c), (f'srdl:{backbone}', c), (f'srdl:{backbone}:head', c)} <= set(models)
+    assert all(r['peak_rss'] > 0 and r['seconds'] > 0 and r['loss'] == r['loss'] for r in rows)
+    assert '| test_vit | 7 |' in table and 'memory ratio' in table and 'time ratio' in table
+
+
+def test_timing_transformer_rows_are_srdl_on_a_vit_against_the_bare_vit(tmp_path):
+    """`timing.py --rows vit,srdl_vit` times the bare ViT with its own classifier and SRDL on it in the same run
+    (inference and a training step with OE), and srdl_vit's ratios are to the vit row."""
+    out = tmp_path / 'timing.json'
+    _run_script(tmp_path, 'timing.py', '--device', 'cpu', '--rows', 'vit,srdl_vit', '--vit-backbone', 'test_vit',
+                '--img-size', '64', '--batch-size', '1', '--train-batch-size', '2', '--num-classes', '5',
+                '--warmup', '0', '--repeats', '2', '--threads', '1', '--json', str(out))
+    results = {(r['row'], r['mode']): r for r in json.loads(out.read_text())['results']}
+    for mode in ('infer', 'train'):
+        srdl, vit = results[('srdl_vit', mode)], results[('vit', mode)]
+        assert srdl['baseline'] == 'vit' and srdl['time_ratio'] == srdl['ms'] / vit['ms']
+        assert srdl['paired_ratio']['n'] == 2
+    assert results[('srdl_vit', 'train')]['object_erasing'] is True

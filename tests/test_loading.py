@@ -265,3 +265,19 @@ def test_weights_from_a_file_do_not_claim_the_default_tag(tmp_path):
     assert cfg.get('tag') is None and cfg.get('description') is None and cfg.get('file') is None
     assert cfg['num_classes'] == 3  # the file's classifier, not the tag's 10
     assert cfg['mean'] == fresh.pretrained_cfg['mean'] and cfg['input_size'] == fresh.pretrained_cfg['input_size']
+
+
+def test_vit_backbone_built_for_a_size_rebuilds_at_that_size_not_at_the_training_size(tmp_path):
+    """model_args records the img_size a ViT backbone was built for (its position-embedding grid), so the run
+    rebuilds strictly; train_config.json's top-level img_size (the data's size, --img-size) is not taken for it."""
+    source = timm.create_model('srdl_test_vit', num_classes=3, img_size=64, label_embeddings='random').eval()
+    args = model_args(source)
+    assert args['img_size'] == 64 and args['backbone'] == 'test_vit'
+    run = tmp_path / 'run'
+    _save(source, run / 'model.safetensors')
+    (run / 'train_config.json').write_text(json.dumps(dict(model='srdl_test_vit', img_size=96, model_args=args,
+                                                           label_names=NAMES)))
+    assert read_model_config(run / 'model.safetensors')['model_args']['img_size'] == 64
+    loaded = load_model(None, run)
+    assert loaded.backbone.pos_embed.shape == source.backbone.pos_embed.shape == (1, 1 + 4 * 4, 64)
+    assert _same(source, loaded)

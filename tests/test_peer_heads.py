@@ -112,3 +112,21 @@ def test_bad_names_and_options_are_refused():
         create_peer_model('csra', BACKBONE, num_classes=3, hidden=4)
     with pytest.raises(ValueError, match='label_embeddings'):
         create_peer_model('ml_gcn', BACKBONE, num_classes=3, label_embeddings=torch.randn(4, 5))
+
+
+@pytest.mark.parametrize('backbone, kwargs, grid', [
+    ('test_vit', {}, (4, 6)), ('deit_tiny_distilled_patch16_224', dict(depth=1), (4, 6)),
+    ('swin_tiny_patch4_window7_224', dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                                          window_size=4), (2, 3))])
+@pytest.mark.parametrize('name', PEER_HEADS)
+def test_peer_heads_run_on_the_grid_srdl_gets(name, backbone, kwargs, grid):
+    """On a ViT (class / distillation tokens) or Swin backbone each peer head sits on the same [B, d, h, w] grid as
+    SRDL (the backbone adapter's: prefix tokens dropped, NHWC permuted) and trains every trainable parameter."""
+    model = create_peer_model(name, backbone, num_classes=4, backbone_kwargs=kwargs)
+    x = torch.randn(2, 3, 64, 96)
+    feat = model.forward_features(x)
+    assert feat.shape == (2, model.num_features, *grid)
+    logits = model(x)
+    assert logits.shape == (2, 4)
+    logits.sum().backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []

@@ -43,7 +43,8 @@ def test_resnet101_default_gives_coco_logits_at_448():
 
 
 def test_any_timm_cnn_backbone():
-    """backbone= takes any timm CNN with a 2-D feature map (here a ConvNeXt and an EfficientNet)."""
+    """backbone= takes any timm CNN with a 2-D feature map (here a ConvNeXt and an EfficientNet; every other family:
+    tests/test_backbones.py)."""
     for backbone in ('convnext_atto', 'efficientnet_b0'):
         model = tiny(backbone=backbone).eval()
         with torch.no_grad():
@@ -299,14 +300,14 @@ def test_missing_embeddings_warn(caplog):
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(backbone='not_a_model'), 'Unknown backbone'),
-    (dict(backbone='vit_tiny_patch16_224'), 'spatial feature map'),
     (dict(num_classes=-1), 'num_classes'),
     (dict(global_pool='token'), 'global_pool'),
     (dict(label_names=['a', 'b']), 'label_names'),
     (dict(attention_impl='cuda-magic'), 'attention_impl'),
 ])
 def test_bad_construction_raises_value_error(kwargs, message):
-    """Unknown or unusable backbones and invalid options raise ValueError naming the problem."""
+    """Unknown backbones and invalid options raise ValueError naming the problem (a backbone without a spatial
+    grid: tests/test_backbones.py)."""
     with pytest.raises(ValueError, match=message):
         tiny(**kwargs)
 
@@ -334,3 +335,17 @@ def test_default_zero_init_spatial_starts_sa_at_one_half_and_lets_it_learn(image
     plain = tiny(zero_init_spatial=False).eval()
     sa_plain = plain.attention_maps(images)['spatial_attention']
     assert (sa_plain - 0.5).abs().max() > 1e-3
+
+
+def test_vit_variant_is_vit_b16_at_448_with_its_backbones_preprocessing():
+    """srdl_vit_base_patch16_448: ViT-B/16 (augreg2 ImageNet-21k -> 1k) built for 448 px, so its position embedding
+    and the default cfg's pool size are the 28 x 28 patch grid; mean, std and interpolation are the backbone's."""
+    with torch.device('meta'):
+        model = timm.create_model('srdl_vit_base_patch16_448', num_classes=3, label_embeddings='random')
+    backbone_cfg = timm.models.get_pretrained_cfg('vit_base_patch16_224.augreg2_in21k_ft_in1k')
+    cfg = model.pretrained_cfg
+    assert (cfg['mean'], cfg['std'], cfg['interpolation']) == (
+        backbone_cfg.mean, backbone_cfg.std, backbone_cfg.interpolation)
+    assert cfg['input_size'] == (3, 448, 448) and cfg['pool_size'] == model.feature_grid_size(448) == (28, 28)
+    assert model.backbone.pos_embed.shape[1] == 1 + 28 * 28 and model.num_features == 768
+    assert cfg['first_conv'] == 'backbone.patch_embed.proj'

@@ -20,7 +20,7 @@ from .attention_stats import (attention_statistics, class_discriminative_pointin
                               pointing_game)
 from .stats import (hierarchical_bootstrap, load_boxes, metrics_from_logits, predict_logits,
                     resampled_average_precision, summarize)
-from .trunk import FrozenTrunk, backbone_units, extract_trunk_features, train_frozen_trunk
+from .trunk import FrozenTrunk, extract_trunk_features, train_frozen_trunk
 
 __all__ = [
     'DATA_SOURCES', 'DATA_SPLITS', 'DEFAULT_OE_ALPHA', 'DEFAULT_OE_TOPK', 'METRIC_LABELS', 'MODES', 'PEER_ROWS',
@@ -31,5 +31,5 @@ __all__ = [
     'RunResult', 'create_model', 'execute', 'prepare_frozen_trunk', 'load_boxes', 'metrics_from_logits',
     'hierarchical_bootstrap', 'pointing_game', 'attention_statistics', 'class_discriminative_pointing_game',
     'map_similarity', 'predict_logits', 'resampled_average_precision', 'summarize',
-    'FrozenTrunk', 'backbone_units', 'extract_trunk_features', 'train_frozen_trunk',
+    'FrozenTrunk', 'extract_trunk_features', 'train_frozen_trunk',
 ]

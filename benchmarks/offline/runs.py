@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import math
 import time
@@ -57,7 +58,7 @@ def create_model(cfg: BenchmarkConfig, spec: DataSpec, row: Row, topk: int, alph
                  backbone: Optional[str] = None, adjacency: Any = None) -> nn.Module:
     """The row's model: ``timm.create_model(cfg.model, <row switches>)`` (SRDL rows) or the peer head on the same
     backbone (``backbone``: the SRDL model's backbone name; ``adjacency``: ML-GCN's, from the training labels)."""
-    backbone_kwargs = {'output_stride': cfg.output_stride} if cfg.output_stride else {}
+    backbone_kwargs = _backbone_kwargs(cfg, backbone or cfg.backbone)
     if row.peer:
         return create_peer_model(row.peer, backbone or cfg.backbone, len(spec.label_names),
                                  pretrained_backbone=cfg.pretrained_backbone, backbone_kwargs=backbone_kwargs,
@@ -75,6 +76,19 @@ def create_model(cfg: BenchmarkConfig, spec: DataSpec, row: Row, topk: int, alph
     model = timm.create_model(cfg.model, **kwargs)
     model.set_object_erasing(row.oe)
     return model
+
+
+def _backbone_kwargs(cfg: BenchmarkConfig, backbone: Optional[str]) -> Dict[str, Any]:
+    """The mode's ``output_stride`` for a backbone that takes one (timm's CNNs); others (ViT, Swin) keep their grid."""
+    if not cfg.output_stride:
+        return {}
+    if backbone:
+        with torch.device('meta'):
+            cls = type(timm.create_model(backbone, num_classes=0))
+        if 'output_stride' not in inspect.signature(cls.__init__).parameters:
+            _logger.info('backbone %s takes no output_stride: its own feature grid is used', backbone)
+            return {}
+    return {'output_stride': cfg.output_stride}
 
 
 class Context:
@@ -109,11 +123,11 @@ def prepare_frozen_trunk(ctx: Context) -> None:
     t0 = time.perf_counter()
     model = create_model(cfg, spec, ROWS['baseline'], cfg.oe_topk, cfg.oe_alpha, None).to(ctx.device)
     ctx.backbone_name = model.backbone_name
-    split = FrozenTrunk(model, cfg.train_stages)
     data_config = resolve_data_config({}, model=model)
     size = cfg.img_size or spec.info.get('params', {}).get('image_size') or int(data_config['input_size'][-1])
     data_config['input_size'] = (3, int(size), int(size))
     ctx.data_config = data_config
+    split = FrozenTrunk(model, cfg.train_stages, image_size=data_config['input_size'][-2:])
     transform = create_paper_transform(data_config, is_training=False)
     for split_name in (spec.train_split, spec.val_split, spec.test_split):
         if split_name in ctx.cache:
@@ -138,7 +152,7 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
     adjacency = ml_gcn_adjacency(train_y.numpy()) if row.peer == 'ml_gcn' else None
     torch.manual_seed(seed)
     model = create_model(cfg, spec, row, topk, alpha, ctx.embeddings, ctx.backbone_name, adjacency).to(ctx.device)
-    split = FrozenTrunk(model, cfg.train_stages)
+    split = FrozenTrunk(model, cfg.train_stages, image_size=ctx.data_config['input_size'][-2:])
     state = split.trunk.state_dict()
     if state.keys() != ctx.trunk_state.keys() or any(not torch.equal(state[k], ctx.trunk_state[k]) for k in state):
         raise RuntimeError('the trunk of a new model differs from the cached one (non-deterministic backbone init?)')
@@ -252,7 +266,7 @@ def _run_fit(ctx: Context, row: Row, seed: int, topk: int, alpha: float) -> Tupl
     if not ctx.feature_grid:
         with torch.no_grad():
             probe = torch.zeros(1, 3, *data_config['input_size'][1:], device=ctx.device)
-            ctx.feature_grid = tuple(model.eval().backbone.forward_features(probe).shape[-2:])
+            ctx.feature_grid = tuple(model.eval().forward_features(probe).shape[-2:])
     eval_seconds = time.perf_counter() - t1
     run_config = dict(resolved, trainer='fit', output=str(output), model_path=result['model_path'],
                       backbone=getattr(model, 'backbone_name', None), output_stride=ctx.cfg.output_stride or 32,

@@ -26,69 +26,68 @@ from timm.optim import create_optimizer_v2
 from srdl_timm.data import create_multilabel_loader
 from srdl_timm.loss import SRDLLoss
 from srdl_timm.training import SRDLTask
+from srdl_timm.models.backbone_units import backbone_units
 
 _logger = logging.getLogger(__name__)
-
-
-def backbone_units(backbone: nn.Module) -> List[nn.Module]:
-    """The backbone's ``forward_features`` as a list of units applied in order.
-
-    timm EfficientNet / MobileNet family: ``[conv_stem + bn1, blocks[0], ..., blocks[-1], conv_head + bn2]``;
-    timm ResNet family: ``[conv1 + bn1 + act1 + maxpool, layer1, ..., layer4]``. The units share the backbone's
-    parameters (no copies).
-
-    Raises:
-        ValueError: a backbone of another structure (use ``--trainer fit``).
-    """
-    b = backbone
-    if all(hasattr(b, a) for a in ('conv_stem', 'bn1', 'blocks', 'conv_head', 'bn2')):
-        return [nn.Sequential(b.conv_stem, b.bn1), *list(b.blocks), nn.Sequential(b.conv_head, b.bn2)]
-    if all(hasattr(b, a) for a in ('conv1', 'bn1', 'act1', 'maxpool', 'layer1', 'layer2', 'layer3', 'layer4')):
-        return [nn.Sequential(b.conv1, b.bn1, b.act1, b.maxpool), b.layer1, b.layer2, b.layer3, b.layer4]
-    raise ValueError(f'the frozen-trunk trainer knows timm EfficientNet/MobileNet and ResNet backbones, not '
-                     f'{type(b).__name__}; use --trainer fit')
 
 
 class FrozenTrunk:
     """Split of a model's backbone into a frozen trunk (cached) and a trained tail.
 
+    The units are :func:`srdl_timm.models.backbone_units.backbone_units` (stem, stages or blocks, final part, from timm's
+    ``feature_info``): CNNs, Swin and other staged backbones, and ViTs whose blocks run on their own (ViT, DeiT).
+
     Args:
         model: an SRDL model or a ``benchmarks.peer_heads.PeerModel`` (its ``backbone`` is split; nothing is
             copied).
-        train_stages: number of trailing :func:`backbone_units` that are trained (0 = the whole backbone frozen;
-            all units = nothing cached but the input).
+        train_stages: number of trailing units that are trained (0 = the whole backbone frozen; all units = nothing
+            cached but the input).
+        image_size: ``(H, W)`` of the images whose trunk outputs are cached: a token backbone's patch grid follows
+            it (and the composition check runs at it).
 
     Raises:
-        ValueError: ``train_stages`` larger than the number of units, or units that do not compose to the
-            backbone's ``forward_features`` (checked on a probe image).
+        ValueError: ``train_stages`` larger than the number of units, or a backbone that cannot be split into units
+            that compose to its ``forward_features`` (checked on a probe image); the message names ``--trainer fit``,
+            which trains any backbone.
     """
 
-    def __init__(self, model: nn.Module, train_stages: int):
-        units = backbone_units(model.backbone)
+    def __init__(self, model: nn.Module, train_stages: int, image_size: Tuple[int, int] = (64, 64)):
+        fit = f'; train {model.backbone_name} with --trainer fit (or --end-to-end)'
+        if model.feature_grid.from_intermediates:
+            raise ValueError(f'the frozen-trunk trainer cannot split {model.backbone_name}: its feature map comes from '
+                             f'forward_intermediates, not forward_features{fit}')
+        try:
+            units = backbone_units(model.backbone)
+        except ValueError as e:
+            raise ValueError(f'the frozen-trunk trainer cannot split {model.backbone_name}: {e}{fit}') from e
         if not 0 <= train_stages <= len(units):
             raise ValueError(f'--train-stages must be in [0, {len(units)}] for {model.backbone_name}, got {train_stages}')
         self.model = model
+        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.num_units = len(units)
         self.train_stages = train_stages
         self.trunk = nn.Sequential(*units[:len(units) - train_stages])
         self.tail = nn.Sequential(*units[len(units) - train_stages:])
-        self._check_composition()
+        self._check_composition(fit)
 
-    def _check_composition(self) -> None:
+    def _check_composition(self, fit: str) -> None:
         was = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
                 param = next(self.model.parameters())
-                probe = torch.randn(2, self.model.in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+                probe = torch.randn(2, self.model.in_chans, *self.image_size, generator=torch.Generator().manual_seed(0))
                 probe = probe.to(param.device, param.dtype)
                 ref = self.model.backbone.forward_features(probe)
                 got = self.tail(self.trunk(probe))
+        except Exception as e:  # noqa: BLE001  (a unit that cannot run on its own)
+            raise ValueError(f'the units of {self.model.backbone_name} do not run on their own ({type(e).__name__}: '
+                             f'{e}){fit}') from e
         finally:
             self.model.train(was)
         if got.shape != ref.shape or not torch.allclose(got, ref, rtol=1e-4, atol=1e-4):
-            raise ValueError(f'the units of {self.model.backbone_name} do not reproduce its forward_features; '
-                             'use --trainer fit')
+            raise ValueError(f'the units of {self.model.backbone_name} do not reproduce its forward_features (it does '
+                             f'more than run them in order, e.g. EVA\'s rotary embedding given to every block){fit}')
 
     def trunk_parameters(self) -> List[nn.Parameter]:
         """Parameters of the frozen trunk."""
@@ -107,7 +106,7 @@ class FrozenTrunk:
 
     def features(self, cached: torch.Tensor) -> torch.Tensor:
         """The backbone feature map ``F`` from cached trunk outputs (= ``model.forward_features(images)``)."""
-        return self.tail(cached)
+        return self.model.feature_grid(self.tail(cached), *self.image_size)
 
     def train_mode(self, batchnorm: str = 'frozen') -> None:
         """Training mode for the tail and head. ``batchnorm='frozen'``: every BatchNorm in evaluation mode (ImageNet

@@ -51,7 +51,7 @@ _REQUIRED_ENTRY_KEYS = ('architecture', 'tag', 'hf_hub_id', 'file', 'sha256', 'n
                         'dataset', 'metrics', 'recipe', 'created', 'model_args')
 #: model arguments that determine the weights' tensor shapes: a manifest tag's values replace the architecture's
 _WEIGHT_SHAPING_ARGS = frozenset({'backbone', 'embed_dim', 'graph_layers', 'use_gcn', 'use_ca', 'use_sa',
-                                  'backbone_kwargs'})
+                                  'backbone_kwargs', 'img_size'})
 _TRAIN_HINT = ('srdl-train --model {arch} --data coco --root /path/to/coco --recipe paper '
                '--output runs/{arch}')
 

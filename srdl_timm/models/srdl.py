@@ -2,20 +2,19 @@
 
 Paper: `Semantic Representation and Dependency Learning for Multi-Label Image Recognition` (Pu et al.)
 
-Any timm CNN backbone (ResNet-101 by default) followed by the CAR head (label graph, eq. 3; channel and
+Any timm backbone with a spatial grid (ResNet-101 by default, as the paper; ViTs, Swin, hybrids: the feature map F
+is obtained by ``models/backbone.py``) followed by the CAR head (label graph, eq. 3; channel and
 spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). The object-erasing
 regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
 ``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
 """
 import logging
-import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-import timm
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -25,6 +24,8 @@ from ..labels import (
     store_label_thresholds)
 from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
+from .backbone import (backbone_cfg, backbone_group_matcher, create_backbone, default_out_indices,
+                       last_intermediate, load_backbone_weights, probe_feature_shape)
 from .pretrained import check_pretrained_weights
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
@@ -48,23 +49,13 @@ def _check_input(x: Tensor, in_chans: int) -> Tensor:
     return x
 
 
-@torch.fx.wrap
-def _check_feature_map(x: Tensor, backbone: str) -> Tensor:
-    if x.dim() != 4:
-        raise ValueError('backbone ' + backbone + ' gave a ' + str(x.dim()) + '-D output from forward_features; '
-                         'SRDL needs a CNN with a spatial feature map [B, d, h, w]')
-    return x
-
-
-def _prefix_pattern(pattern: str, prefix: str) -> str:
-    return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
-
-
 class SRDL(nn.Module):
-    """SRDL multi-label classifier: timm CNN backbone + CAR head (+ OE in training).
+    """SRDL multi-label classifier: timm backbone + CAR head (+ OE in training).
 
     Args:
-        backbone: timm model name of the CNN (any model whose ``forward_features`` gives ``[B, d, h, w]``).
+        backbone: timm model name (a tag picks its pretrained weights): any model with a spatial grid of features
+            -- a CNN's map, a ViT's patch tokens (prefix tokens dropped), an NHWC map (Swin), or the last map of
+            its ``forward_intermediates`` (:mod:`srdl_timm.models.backbone`).
         num_classes: number of categories C; 0 gives pooled image features (timm convention).
         in_chans: input channels.
         drop_rate: dropout on the category features before the classifier.
@@ -86,6 +77,9 @@ class SRDL(nn.Module):
         zero_init_spatial: zero-initialise ``f_s`` of eq. 5 so SA starts at 0.5 everywhere (default; with PyTorch's
             init SA was measured to collapse to ~0 instead of localising, see ``CategoryAttention``). Init only:
             loaded weights replace it.
+        img_size: input size the backbone is built for, where it has one (ViT position embeddings, Swin windows;
+            pretrained ones resampled from the backbone's own size as timm does); None = the backbone's default.
+            Backbones that take ``dynamic_img_size`` are built with it, so other input sizes work too.
         backbone_kwargs: extra kwargs for ``timm.create_model(backbone, ...)``.
     """
 
@@ -109,6 +103,7 @@ class SRDL(nn.Module):
             oe_alpha: float = 0.5,
             attention_impl: str = 'auto',
             zero_init_spatial: bool = True,
+            img_size: Optional[Union[int, Tuple[int, int]]] = None,
             backbone_kwargs: Optional[Dict[str, Any]] = None,
             drop_path_rate: Optional[float] = None,
             device: Optional[Union[str, torch.device]] = None,
@@ -125,8 +120,6 @@ class SRDL(nn.Module):
                 raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
         if object_erasing and not use_sa:
             raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
-        if not timm.is_model(backbone):
-            raise ValueError(f'Unknown backbone {backbone!r}: not a timm model name (see timm.list_models())')
         self.backbone_name = backbone
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -146,23 +139,22 @@ class SRDL(nn.Module):
         dd = {'device': device, 'dtype': dtype}
 
         bb_kwargs = dict(backbone_kwargs or {})
+        if img_size is None:
+            img_size = bb_kwargs.pop('img_size', None)
+        self.img_size = img_size
         if drop_path_rate is not None:
             bb_kwargs.setdefault('drop_path_rate', drop_path_rate)
-        self.backbone = timm.create_model(
-            backbone, pretrained=False, num_classes=0, global_pool='', in_chans=in_chans, **dd, **bb_kwargs)
+        self.backbone, self.feature_grid, self._backbone_build_kwargs = create_backbone(
+            backbone, in_chans=in_chans, img_size=img_size, **dd, **bb_kwargs)
         if pretrained_backbone:
             self.load_pretrained_backbone()
-        self.num_features = self.head_hidden_size = int(self.backbone.num_features)
-        backbone_info = getattr(self.backbone, 'feature_info', None)
-        tokens = getattr(self.backbone, 'num_prefix_tokens', None) is not None
-        layout = getattr(self.backbone, 'output_fmt', 'NCHW')
-        if tokens or str(layout) != 'NCHW' or not backbone_info or not all('reduction' in i for i in backbone_info):
-            what = 'tokens' if tokens else f'{layout} features' if str(layout) != 'NCHW' else 'no stage feature_info'
-            raise ValueError(f'backbone {backbone!r} gives {what} from forward_features; SRDL needs a timm CNN with a '
-                             'spatial feature map [B, d, h, w] and per-stage feature_info')
-        self.feature_info = [dict(info, module='backbone.' + info['module']) for info in backbone_info]
-        #: total stride of the feature map F (eq. 1): the pool size of an H x W input is (H / it, W / it)
-        self.feature_reduction = int(backbone_info[-1]['reduction'])
+        self.num_features = self.head_hidden_size = self.feature_grid.num_features
+        backbone_info = getattr(self.backbone, 'feature_info', None) or []
+        self.feature_info = [dict(info, module='backbone.' + info['module']) for info in backbone_info
+                             if isinstance(info, dict) and 'module' in info]
+        #: total stride of the feature map F (eq. 1): the grid of an H x W input is about (H / it, W / it);
+        #: exactly :meth:`feature_grid_size`
+        self.feature_reduction = self.feature_grid.reduction
 
         self.head_drop = nn.Dropout(drop_rate)
         self.object_eraser = ObjectErasing(oe_topk, oe_alpha)
@@ -207,34 +199,22 @@ class SRDL(nn.Module):
 
     def load_pretrained_backbone(self) -> None:
         """Load the backbone's ImageNet weights: offline ones shipped by a package where known, else timm's."""
-        from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone, timm_imagenet_backbone
-        if self.backbone_name in OFFLINE_BACKBONES:
-            load_pretrained_backbone(self.backbone, self.backbone_name)
-            return
-        reference = timm_imagenet_backbone(self.backbone_name, self.in_chans)
-        self.backbone.load_state_dict(reference.state_dict())
+        load_backbone_weights(self.backbone, self.backbone_name, self.in_chans, **self._backbone_build_kwargs)
+
+    @torch.jit.ignore
+    def feature_grid_size(self, img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
+        """``(h, w)`` of the feature map F for an input of ``img_size`` (one meta-device pass: no compute)."""
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+        _, height, width = probe_feature_shape(self.backbone, self.feature_grid, self.in_chans, size)
+        return height, width
 
     # ------------------------------------------------------------------------------------------------------
     # timm model API
     # ------------------------------------------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
-        inner = self.backbone.group_matcher(coarse=coarse) if hasattr(self.backbone, 'group_matcher') else {}
-        matcher: Dict[str, Any] = {}
-        blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
-        for key, value in inner.items():
-            if isinstance(value, str):
-                if key == 'stem':
-                    matcher['stem'] = _prefix_pattern(value, 'backbone.')
-                else:
-                    blocks.append((_prefix_pattern(value, 'backbone.'), None))
-            else:
-                blocks.extend((_prefix_pattern(p, 'backbone.'), order) for p, order in value)
-        if 'stem' not in matcher:
-            matcher['stem'] = r'^backbone\.(?!x)x'  # matches nothing when the backbone has no stem group
-        blocks.append((r'^(?:label_graph|car|classifier)\.', (99999,)))
-        matcher['blocks'] = blocks
-        return matcher
+        stem, blocks = backbone_group_matcher(self.backbone, coarse=coarse)
+        return dict(stem=stem, blocks=blocks + [(r'^(?:label_graph|car|classifier)\.', (10 ** 9,))])  # head last
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -313,10 +293,15 @@ class SRDL(nn.Module):
     # forward
     # ------------------------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
-        """Backbone feature map ``F`` of eq. 1, ``[B, d, h, w]``."""
+        """Backbone feature map ``F`` of eq. 1, ``[B, d, h, w]`` (a token backbone's patch grid; see ``feature_grid``)."""
         x = _check_input(x, self.in_chans)
-        x = self.backbone.forward_features(x)
-        return _check_feature_map(x, self.backbone_name)
+        if self.feature_grid.from_intermediates:
+            return self._last_intermediate(x)
+        return self.feature_grid(self.backbone.forward_features(x), x.shape[-2], x.shape[-1])
+
+    @torch.jit.unused
+    def _last_intermediate(self, x: Tensor) -> Tensor:
+        return last_intermediate(self.backbone, x, self.feature_grid.intermediates_norm)
 
     def _pool_image(self, x: Tensor) -> Tensor:
         if self.global_pool == 'max':
@@ -421,7 +406,11 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str
     return out
 
 
-def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
+def _create_srdl(variant: str, pretrained: bool = False, model_args: Optional[Dict[str, Any]] = None,
+                 **kwargs) -> SRDL:
+    # a backbone other than the variant's: the default cfg's pool size is recomputed for it
+    other_backbone = any(key in kwargs for key in ('backbone', 'img_size', 'backbone_kwargs'))
+    kwargs = dict(model_args or {}, **kwargs)
     thresholds = kwargs.pop('label_thresholds', None)  # per-class decision thresholds: not architecture
     if pretrained:
         # models/pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
@@ -431,13 +420,16 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
         if kwargs.get('label_embeddings') is None and not known_label_set(
                 kwargs.get('num_classes', -1), kwargs.get('label_names')):
             kwargs['label_embeddings'] = 'random'  # placeholders: the weights hold the nodes
+    feature_cfg: Dict[str, Any] = dict(feature_cls='getter')
+    if kwargs.get('features_only') and 'out_indices' not in kwargs:
+        feature_cfg['out_indices'] = default_out_indices(kwargs['backbone'], kwargs.get('backbone_kwargs'))
     model = build_model_with_cfg(
         SRDL,
         variant,
         pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,
         pretrained_strict=False,
-        feature_cfg=dict(feature_cls='getter'),
+        feature_cfg=feature_cfg,
         **kwargs,
     )
     inner = getattr(model, 'model', model)  # features_only wraps the model
@@ -446,16 +438,12 @@ def _create_srdl(variant: str, pretrained: bool = False, **kwargs) -> SRDL:
         # local-dir:/hf-hub: config are kept if they fit the head (a default cfg's for another head are dropped)
         inner.label_names = store_label_names(model, inner.label_names, inner.num_classes)
         store_label_thresholds(inner, thresholds)
-        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's)
-        first_conv = inner.backbone.pretrained_cfg.get('first_conv')
-        if first_conv:
-            if isinstance(first_conv, str):
-                first_conv = 'backbone.' + first_conv
-            else:
-                first_conv = tuple('backbone.' + name for name in first_conv)
-            for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
-                if 'first_conv' in c:
-                    c['first_conv'] = first_conv
+        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's), as do the
+        # pool size and, for a backbone that runs only at its own size, the input size
+        fitted = backbone_cfg(inner.backbone, inner.feature_grid, inner.in_chans,
+                              inner.pretrained_cfg['input_size'] if other_backbone else None)
+        for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
+            c.update({k: v for k, v in fitted.items() if k != 'first_conv' or 'first_conv' in c})
     return model
 
 
@@ -479,6 +467,8 @@ def _cfg(url: str = '', **kwargs) -> Dict[str, Any]:
 
 
 _LITE0 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', first_conv='backbone.conv_stem')
+#: the ViT backbones' own preprocessing (their pretrained_cfg: mean/std 0.5, bicubic; tests/test_srdl.py checks it)
+_VIT = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', first_conv='backbone.patch_embed.proj')
 
 #: Pretrained tags '<arch>.<tag>', declared statically as in timm. weights/manifest.json is the record of each
 #: weight (sha256, metrics, recipe, model_args); tests/test_pretrained.py checks that these cfgs agree with it.
@@ -496,7 +486,9 @@ default_cfgs = generate_default_cfgs({
         description='SRDL weights trained on Fashion Scenes v1.0 (preset quick, seed 0): Fashion-MNIST product photos '
                     'pasted onto scikit-image photographs, 10 clothing classes only (weights/manifest.json)',
         **_LITE0),
+    'srdl_vit_base_patch16_448': _cfg(pool_size=(28, 28), **_VIT),
     'srdl_test_resnet': _cfg(input_size=(3, 160, 160), pool_size=(5, 5), num_classes=10, first_conv='backbone.conv1.0'),
+    'srdl_test_vit': _cfg(input_size=(3, 160, 160), pool_size=(10, 10), num_classes=10, **_VIT),
 })
 
 
@@ -504,32 +496,48 @@ default_cfgs = generate_default_cfgs({
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default)."""
     model_args = dict(backbone='resnet101')
-    return _create_srdl('srdl_resnet101', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_resnet50(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL with a ResNet-50 backbone."""
     model_args = dict(backbone='resnet50')
-    return _create_srdl('srdl_resnet50', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_srdl('srdl_resnet50', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_resnet18(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL with a ResNet-18 backbone (d = 512)."""
     model_args = dict(backbone='resnet18')
-    return _create_srdl('srdl_resnet18', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_srdl('srdl_resnet18', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL with a TF EfficientNet-Lite0 backbone, whose ImageNet weights are available offline."""
     model_args = dict(backbone='tf_efficientnet_lite0')
-    return _create_srdl('srdl_efficientnet_lite0', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_srdl('srdl_efficientnet_lite0', pretrained=pretrained, model_args=model_args, **kwargs)
+
+
+@register_model
+def srdl_vit_base_patch16_448(pretrained: bool = False, **kwargs) -> SRDL:
+    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (class token dropped). Backbone weights
+    (``pretrained_backbone=True``): ImageNet-21k pretrained, ImageNet-1k fine-tuned at 224 (``augreg2``), position
+    embeddings resampled to 448 as timm does; any other input size works too (``dynamic_img_size``)."""
+    model_args = dict(backbone='vit_base_patch16_224.augreg2_in21k_ft_in1k', img_size=448)
+    return _create_srdl('srdl_vit_base_patch16_448', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_test_resnet(pretrained: bool = False, **kwargs) -> SRDL:
     """Tiny SRDL on timm's ``test_resnet`` backbone, for tests and smoke runs."""
     model_args = dict(backbone='test_resnet', embed_dim=16)
-    return _create_srdl('srdl_test_resnet', pretrained=pretrained, **dict(model_args, **kwargs))
+    return _create_srdl('srdl_test_resnet', pretrained=pretrained, model_args=model_args, **kwargs)
+
+
+@register_model
+def srdl_test_vit(pretrained: bool = False, **kwargs) -> SRDL:
+    """Tiny SRDL on timm's ``test_vit`` backbone (a 10 x 10 patch grid at 160 px), for tests and smoke runs."""
+    model_args = dict(backbone='test_vit', embed_dim=16)
+    return _create_srdl('srdl_test_vit', pretrained=pretrained, model_args=model_args, **kwargs)

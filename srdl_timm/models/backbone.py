@@ -1,0 +1,429 @@
+""" The backbone adapter: any timm model as the feature map ``F`` of eq. 1, ``[B, d, h, w]``
+
+SRDL's head (and the peer heads of ``benchmarks/peer_heads.py``) needs one spatial grid of features. timm
+backbones give it in several layouts; which one a backbone has is read from timm's own API, not from a list of
+families: :func:`create_backbone` builds the timm model without its classifier and runs ``forward_features``
+once on the ``meta`` device (shapes only, no compute), then
+
+* ``'NCHW'``: a 4-D map with ``num_features`` channels first (CNNs, CoAtNet/MaxViT, PVT, CAFormer, EfficientViT,
+  FastViT, ...): used as it is, the CNN path of the paper;
+* ``'NHWC'``: a 4-D map the backbone declares channels-last (``output_fmt``; Swin, MambaOut, SAM2-Hiera, ...):
+  permuted;
+* ``'NLC'``: tokens ``[B, N, d]`` (ViT, DeiT, EVA, BEiT, XCiT, Twins, LeViT, Hiera, ...): the backbone's
+  ``num_prefix_tokens`` (class, distillation, register tokens) dropped and the patch tokens laid out on the
+  grid of the input size and the backbone's total stride (``feature_info``), as timm's
+  ``forward_intermediates(output_fmt='NCHW')`` does;
+* ``'intermediates'``: otherwise (``forward_features`` gives a list, only a class token, or tokens that are not
+  the patch grid: CoaT, CrossViT, PiT, VOLO, EfficientViM, ...) the last map of timm's
+  ``forward_intermediates(output_fmt='NCHW')``, with the backbone's final norm where it supports it.
+
+A backbone with none of these has no spatial grid, and :func:`create_backbone` says so naming it. Backbones
+that take ``dynamic_img_size`` (ViT, DeiT, EVA, Swin) are built with it, so any input size works (position
+embeddings resampled as timm does); ``img_size`` sets the size they are built for. Parameters of the backbone's
+own classifier head that ``forward_features`` never uses (ConvNeXt's head norm, MobileNetV3's ``conv_head``,
+EVA's ``fc_norm``, ...) are frozen: they would get no gradient (DDP refuses those), and stay in the state dict so
+timm's pretrained weights load unchanged.
+
+The model's build-time cfg follows the backbone (:func:`backbone_cfg`: pool size, input size), as do its
+``group_matcher`` (:func:`backbone_group_matcher`) and ``features_only`` levels (:func:`default_out_indices`).
+:mod:`srdl_timm.models.backbone_units` splits ``forward_features`` into units.
+"""
+import logging
+import re
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.func import functional_call
+
+import timm
+
+from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone, timm_imagenet_backbone
+
+__all__ = [
+    'LAYOUTS', 'FeatureGrid', 'create_backbone', 'load_backbone_weights', 'feature_map', 'last_intermediate',
+    'tokens_to_grid', 'token_grid_size', 'probe_feature_shape', 'backbone_cfg', 'backbone_group_matcher',
+    'default_out_indices',
+]
+
+_logger = logging.getLogger(__name__)
+
+#: how a backbone's output becomes ``[B, d, h, w]`` (see the module docstring)
+LAYOUTS = ('NCHW', 'NHWC', 'NLC', 'intermediates')
+
+
+@torch.fx.wrap
+def token_grid_size(num_tokens: int, height: int, width: int, reduction: int) -> Tuple[int, int]:
+    """``(h, w)`` of ``num_tokens`` patch tokens of an ``height x width`` input at total stride ``reduction``: the
+    floor of the division (a ViT's patch embedding without padding), else its ceiling (padded embeddings, strided
+    convolutions)."""
+    h, w = height // reduction, width // reduction
+    if h * w != num_tokens:
+        h, w = (height + reduction - 1) // reduction, (width + reduction - 1) // reduction
+    if h * w != num_tokens:
+        raise ValueError('the backbone gave ' + str(num_tokens) + ' patch tokens for a ' + str(height) + 'x'
+                         + str(width) + ' input, which is no grid at stride ' + str(reduction))
+    return h, w
+
+
+@torch.fx.wrap
+def tokens_to_grid(tokens: Tensor, height: int, width: int, num_prefix_tokens: int, reduction: int) -> Tensor:
+    """Tokens ``[B, N, d]`` (prefix tokens first) of an ``height x width`` input -> patch grid ``[B, d, h, w]``.
+
+    A view of the tokens (no copy): flattened back to ``[B, h*w, d]`` it is ``tokens[:, num_prefix_tokens:]``, the
+    backbone's own memory, as the head's kernels take it.
+    """
+    patches = tokens[:, num_prefix_tokens:]
+    h, w = token_grid_size(patches.shape[1], height, width, reduction)
+    return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
+
+
+class FeatureGrid(nn.Module):
+    """How a backbone's ``forward_features`` output becomes ``F = [B, d, h, w]`` (no parameters).
+
+    Args:
+        layout: one of :data:`LAYOUTS`.
+        num_features: d.
+        reduction: total stride of the grid (``'NLC'``: the patch tokens' grid is the input size divided by it).
+        num_prefix_tokens: tokens before the patch tokens (``'NLC'``).
+        intermediates_norm: ``'intermediates'``: apply the backbone's final norm (``forward_intermediates(norm=)``).
+    """
+
+    def __init__(self, layout: str, num_features: int, reduction: int, num_prefix_tokens: int = 0,
+                 intermediates_norm: bool = False):
+        super().__init__()
+        if layout not in LAYOUTS:
+            raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
+        self.layout = layout
+        self.num_features = int(num_features)
+        self.reduction = int(reduction)
+        self.num_prefix_tokens = int(num_prefix_tokens)
+        self.intermediates_norm = bool(intermediates_norm)
+        self.from_intermediates = layout == 'intermediates'
+
+    def forward(self, features: Tensor, height: int, width: int) -> Tensor:
+        """``forward_features``'s output of an ``height x width`` input -> ``[B, d, h, w]``."""
+        if self.layout == 'NHWC':
+            return features.permute(0, 3, 1, 2)
+        if self.layout == 'NLC':
+            return tokens_to_grid(features, height, width, self.num_prefix_tokens, self.reduction)
+        return features
+
+    def extra_repr(self) -> str:
+        extra = f', num_prefix_tokens={self.num_prefix_tokens}' if self.layout == 'NLC' else ''
+        if self.from_intermediates:
+            extra = f', norm={self.intermediates_norm}'
+        return f'layout={self.layout!r}, num_features={self.num_features}, reduction={self.reduction}{extra}'
+
+
+def last_intermediate(backbone: nn.Module, x: Tensor, norm: bool) -> Tensor:
+    """The last feature map of timm's ``forward_intermediates(x, output_fmt='NCHW')``, ``[B, d, h, w]``."""
+    return backbone.forward_intermediates(x, indices=1, norm=norm, stop_early=True, output_fmt='NCHW',
+                                          intermediates_only=True)[-1]
+
+
+def feature_map(backbone: nn.Module, grid: FeatureGrid, x: Tensor) -> Tensor:
+    """``F = [B, d, h, w]`` of an image batch ``x`` (eager; ``SRDL.forward_features`` is the scriptable twin)."""
+    if grid.from_intermediates:
+        return last_intermediate(backbone, x, grid.intermediates_norm)
+    return grid(backbone.forward_features(x), x.shape[-2], x.shape[-1])
+
+
+class _Probe(nn.Module):
+    """``forward_features`` (or the last intermediate) of a backbone as a module's forward, for functional_call."""
+
+    def __init__(self, backbone: nn.Module, grid: Optional[FeatureGrid] = None, intermediates_norm: Optional[bool] = None):
+        super().__init__()
+        self.backbone = backbone
+        self.grid = grid
+        self.intermediates_norm = intermediates_norm
+
+    def forward(self, x: Tensor) -> Any:
+        if self.intermediates_norm is not None:
+            return last_intermediate(self.backbone, x, self.intermediates_norm)
+        if self.grid is not None:
+            return feature_map(self.backbone, self.grid, x)
+        return self.backbone.forward_features(x)
+
+
+def _on_meta(backbone: nn.Module, x_shape: Sequence[int], grid: Optional[FeatureGrid] = None,
+             intermediates_norm: Optional[bool] = None, unused: bool = False) -> Tuple[Any, List[str]]:
+    """Run the probe on the ``meta`` device: shapes only, the backbone's own tensors untouched (eval mode for the
+    call). With ``unused``, also the names of trainable parameters that get no gradient from the output (a tensor)."""
+    probe = _Probe(backbone, grid, intermediates_norm)
+    modes = [(m, m.training) for m in backbone.modules()]
+    backbone.eval()
+    try:  # autograd on (and no inference tensors) even where the model is built under no_grad / inference_mode
+        with torch.inference_mode(False), torch.set_grad_enabled(unused):
+            # one entry per module slot: a module registered twice (CoaT's shared convolutions) swapped twice would
+            # be restored to the meta tensor; a tensor shared by two modules is replaced (and restored) in each
+            named_params, state = [], {}
+            for prefix, module in probe.named_modules():
+                dot = prefix + '.' if prefix else ''
+                named_params += [(dot + name, p) for name, p in module.named_parameters(recurse=False)]
+                state.update({dot + name: b.to('meta') for name, b in module.named_buffers(recurse=False)})
+            metas = {id(p): p.detach().to('meta').requires_grad_(unused and p.requires_grad) for _, p in named_params}
+            state.update({name: metas[id(p)] for name, p in named_params})
+            out = functional_call(probe, state, (torch.empty(*x_shape, device='meta'),), tie_weights=False)
+            if not unused or not isinstance(out, Tensor):
+                return out, []
+            leaves = {id(p): (name, metas[id(p)]) for name, p in reversed(named_params) if p.requires_grad}
+            leaves = list(leaves.values())  # one per tensor, under its first name
+            grads = torch.autograd.grad(out.float().sum(), [t for _, t in leaves], allow_unused=True)
+            return out, [name[len('backbone.'):] for (name, _), g in zip(leaves, grads) if g is None]
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+def _describe(out: Any) -> str:
+    if isinstance(out, Tensor):
+        return f'a {out.dim()}-D tensor {list(out.shape)}'
+    if isinstance(out, (list, tuple)):
+        return f'a {type(out).__name__} of {len(out)}'
+    return f'a {type(out).__name__}'
+
+
+def _output_fmt(backbone: nn.Module) -> str:
+    fmt = getattr(backbone, 'output_fmt', 'NCHW')
+    return str(getattr(fmt, 'value', fmt))
+
+
+def _stride(backbone: nn.Module) -> Optional[int]:
+    info = getattr(backbone, 'feature_info', None)
+    if isinstance(info, (list, tuple)) and info and isinstance(info[-1], dict) and 'reduction' in info[-1]:
+        return int(info[-1]['reduction'])
+    return None
+
+
+def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]
+                ) -> Tuple[FeatureGrid, Optional[List[str]]]:
+    """Which :data:`LAYOUTS` entry gives ``backbone``'s grid, from one meta-device ``forward_features``; and the
+    parameters that output leaves without a gradient, the same for F when F is that output permuted or sliced
+    (dropping prefix tokens leaves their paths in the graph, with zero gradient); None for an intermediate's F."""
+    height, width = size
+    shape = (1, in_chans, height, width)
+    d = int(getattr(backbone, 'num_features', 0) or 0)
+    stride = _stride(backbone)
+    prefix = int(getattr(backbone, 'num_prefix_tokens', 0) or 0)
+    try:
+        out, unused = _on_meta(backbone, shape, unused=True)
+        described = _describe(out)
+    except Exception as e:  # noqa: BLE001  (any model error: reported below if no other route works)
+        out, unused, described = None, None, f'an error ({type(e).__name__}: {e})'
+    if isinstance(out, Tensor) and out.dim() == 4:
+        channels_last = out.shape[-1] == d and (_output_fmt(backbone) == 'NHWC' or out.shape[1] != d)
+        if channels_last:
+            return FeatureGrid('NHWC', d, _reduction(stride, height, out.shape[1])), unused
+        if out.shape[1] == d:
+            return FeatureGrid('NCHW', d, _reduction(stride, height, out.shape[2])), unused
+    if isinstance(out, Tensor) and out.dim() == 3 and out.shape[-1] == d and stride:
+        try:
+            token_grid_size(out.shape[1] - prefix, height, width, stride)
+        except ValueError:
+            pass
+        else:
+            return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix), unused
+    tried = ''
+    if hasattr(backbone, 'forward_intermediates'):
+        for norm in (True, False):
+            try:
+                last, _ = _on_meta(backbone, shape, intermediates_norm=norm)
+            except Exception as e:  # noqa: BLE001
+                tried = f'; forward_intermediates(output_fmt="NCHW") failed ({type(e).__name__}: {e})'
+                continue
+            if isinstance(last, Tensor) and last.dim() == 4:
+                return FeatureGrid('intermediates', int(last.shape[1]), _reduction(stride, height, last.shape[2]),
+                                   intermediates_norm=norm), None
+            tried = f'; forward_intermediates gives {_describe(last)}'
+    else:
+        tried = '; it has no forward_intermediates'
+    raise ValueError(
+        f'backbone {name!r} has no spatial feature grid for SRDL: for a {height}x{width} input its forward_features '
+        f'gives {described} (num_features={d}, num_prefix_tokens={prefix}, feature_info stride {stride}){tried}. '
+        'SRDL needs a map [B, d, h, w]: a CNN, a ViT-style patch-token grid, or an NHWC map; choose another backbone')
+
+
+def _reduction(stride: Optional[int], height: int, grid_height: int) -> int:
+    """The total stride: ``feature_info``'s when it gives this grid height, else the measured ratio."""
+    if stride and grid_height in (height // stride, -(-height // stride)):
+        return stride
+    return max(1, round(height / grid_height))
+
+
+def _build(name: str, in_chans: int, device, dtype, optional: Dict[str, Any], kwargs: Dict[str, Any]
+           ) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``timm.create_model`` without classifier; ``optional`` arguments the model refuses are dropped. Returns the
+    model and the optional arguments it took."""
+    optional = dict(optional)
+    while True:
+        try:
+            return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, device=device,
+                                     dtype=dtype, **optional, **kwargs), optional
+        except TypeError as e:
+            refused = [k for k in optional if repr(k) in str(e)]
+            if not refused:
+                raise
+            for key in refused:
+                optional.pop(key)
+
+
+_FX_WRAPPED: set = set()
+
+
+def _fx_wrap_timm_helpers(backbone: nn.Module) -> None:
+    """Let torch.fx trace the backbone inside another model as timm traces it alone.
+
+    timm marks helpers that cannot be traced (``get_notrace_functions``: e.g. ViT's position-embedding resampling
+    for dynamic input sizes); torch.fx leaves such a function untraced only where it patches it: in the traced
+    root's module and in the modules of the modules it calls. ViT calls the helper from a method
+    (``_pos_embed``), so with SRDL as the root it would be traced into. ``torch.fx.wrap(name)`` registers a
+    function for the module it is called at the top level of; it is run that way in the backbone's modules.
+    """
+    notrace = {id(f) for f in timm.layers.get_notrace_functions() if callable(f)}
+    for cls in type(backbone).__mro__:
+        module = sys.modules.get(cls.__module__)
+        if module is None or not cls.__module__.startswith('timm.'):
+            continue
+        namespace = vars(module)
+        for name, value in list(namespace.items()):
+            if id(value) in notrace and (cls.__module__, name) not in _FX_WRAPPED:
+                exec(compile(f'__import__("torch").fx.wrap({name!r})', cls.__module__, 'exec'), namespace)
+                _FX_WRAPPED.add((cls.__module__, name))
+
+
+def create_backbone(
+        name: str,
+        in_chans: int = 3,
+        img_size: Optional[Union[int, Tuple[int, int]]] = None,
+        pretrained: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
+        **kwargs: Any,
+) -> Tuple[nn.Module, FeatureGrid, Dict[str, Any]]:
+    """Build the timm model ``name`` as a feature extractor and find how it gives ``[B, d, h, w]``.
+
+    Args:
+        name: timm model name (a tag, ``'vit_base_patch16_224.augreg2_in21k_ft_in1k'``, picks its weights).
+        in_chans: input channels.
+        img_size: the input size the backbone is built for, where its class takes one (position embeddings,
+            attention windows); None = its default. Backbones taking ``dynamic_img_size`` get it (True) unless
+            ``kwargs`` say otherwise, so other sizes work too.
+        pretrained: load its ImageNet weights (:func:`load_backbone_weights`).
+        kwargs: more arguments for ``timm.create_model`` (``drop_path_rate``, ``output_stride``, ...).
+
+    Returns:
+        ``(backbone, grid, build_kwargs)``: the timm model (``num_classes=0``), its :class:`FeatureGrid`, and the
+        arguments it was built with (the same ones give its pretrained weights).
+
+    Raises:
+        ValueError: ``name`` is no timm model, or its features have no spatial grid (the message says why).
+    """
+    if not timm.is_model(name):
+        raise ValueError(f'Unknown backbone {name!r}: not a timm model name (see timm.list_models())')
+    optional = {'dynamic_img_size': True} if 'dynamic_img_size' not in kwargs else {}
+    if img_size is not None:
+        optional['img_size'] = img_size
+    backbone, taken = _build(name, in_chans, device, dtype, optional, kwargs)
+    _fx_wrap_timm_helpers(backbone)
+    build_kwargs = dict(kwargs, **taken)
+    if img_size is not None:
+        size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    else:
+        size = tuple(timm.models.get_model_input_config(backbone)['input_size'][-2:])
+    grid, unused = _infer_grid(backbone, name, in_chans, size)
+    if unused is None:
+        _, unused = _on_meta(backbone, (1, in_chans, *size), grid=grid, unused=True)
+    if unused:
+        params = dict(backbone.named_parameters())
+        for param_name in unused:
+            params[param_name].requires_grad_(False)
+        _logger.debug('backbone %s: %d parameters unused by its features frozen: %s', name, len(unused), unused)
+    if pretrained:
+        load_backbone_weights(backbone, name, in_chans, **build_kwargs)
+    return backbone, grid, build_kwargs
+
+
+def load_backbone_weights(backbone: nn.Module, name: str, in_chans: int = 3, **build_kwargs: Any) -> None:
+    """Load ``name``'s ImageNet weights into ``backbone`` (built by :func:`create_backbone` with ``build_kwargs``):
+    offline ones shipped by a package where known, else timm's (position embeddings resampled to the built size,
+    as timm does); an error naming the backbone and the fix when they cannot be had."""
+    if name in OFFLINE_BACKBONES:
+        load_pretrained_backbone(backbone, name)
+        return
+    reference = timm_imagenet_backbone(name, in_chans, **build_kwargs)
+    backbone.load_state_dict(reference.state_dict())
+
+
+def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, size: Tuple[int, int]
+                        ) -> Tuple[int, int, int]:
+    """``(d, h, w)`` of ``F`` for an input of ``size = (H, W)``, from a meta-device pass (no compute)."""
+    out, _ = _on_meta(backbone, (1, in_chans, int(size[0]), int(size[1])), grid=grid)
+    return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# what a model holding the backbone takes from it
+# ----------------------------------------------------------------------------------------------------------------
+def backbone_cfg(backbone: nn.Module, grid: FeatureGrid, in_chans: int,
+                 input_size: Optional[Sequence[int]] = None, prefix: str = 'backbone.') -> Dict[str, Any]:
+    """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv`` (prefixed); with
+    the cfg's ``input_size`` ``(C, H, W)`` also ``pool_size`` (F's grid there), and for a backbone that does not run
+    at that size (Hiera, VOLO, CoAtNet built for another size; a patch-14 ViT at 160) its own ``input_size`` (and
+    ``fixed_input_size`` where timm says it has one)."""
+    cfg: Dict[str, Any] = {}
+    first_conv = backbone.pretrained_cfg.get('first_conv')
+    if first_conv:
+        cfg['first_conv'] = prefix + first_conv if isinstance(first_conv, str) else tuple(
+            prefix + name for name in first_conv)
+    if input_size is None:
+        return cfg
+    own = timm.models.get_model_input_config(backbone)
+    for size, own_size in ((tuple(input_size[-2:]), False), (tuple(own['input_size'][-2:]), True)):
+        try:
+            _, height, width = probe_feature_shape(backbone, grid, in_chans, size)
+        except Exception as e:  # noqa: BLE001  (not at this size: try the backbone's own)
+            _logger.debug('backbone does not run at %s: %s', size, e)
+            continue
+        cfg['pool_size'] = (height, width)
+        if own_size:
+            cfg['input_size'] = (in_chans, *size)
+            if own['fixed_input_size']:
+                cfg['fixed_input_size'] = True
+        break
+    return cfg
+
+
+def _prefix_pattern(pattern: str, prefix: str) -> str:
+    return '^' + re.escape(prefix) + '(?:' + pattern.replace('^', '') + ')'
+
+
+def backbone_group_matcher(backbone: nn.Module, coarse: bool = False, prefix: str = 'backbone.'
+                           ) -> Tuple[str, List[Tuple[str, Optional[Tuple[int, ...]]]]]:
+    """The backbone's own ``group_matcher`` for its parameters under ``prefix``: ``(stem pattern, block patterns)``,
+    the last block pattern catching the backbone parameters its matcher leaves out (e.g. a head
+    ``forward_features`` does not use), ordered just before ``10 ** 9`` (a backbone's own last group is often
+    99999) so that a head after it can take ``10 ** 9``."""
+    inner = backbone.group_matcher(coarse=coarse) if hasattr(backbone, 'group_matcher') else {}
+    stem = '^' + re.escape(prefix) + '(?!x)x'  # matches nothing when the backbone has no stem group
+    blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []
+    for key, value in inner.items():
+        if isinstance(value, str):
+            if key == 'stem':
+                stem = _prefix_pattern(value, prefix)
+            else:
+                blocks.append((_prefix_pattern(value, prefix), None))
+        else:
+            blocks.extend((_prefix_pattern(p, prefix), order) for p, order in value)
+    blocks.append(('^' + re.escape(prefix), (10 ** 9 - 1,)))
+    return stem, blocks
+
+
+def default_out_indices(name: str, backbone_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[int, ...]:
+    """``features_only``'s default levels for a model on backbone ``name``: its last five (all five of a CNN's,
+    timm's default), or all of them when it has fewer (Swin's four stages); read on the ``meta`` device."""
+    with torch.device('meta'):
+        levels = len(timm.create_model(name, num_classes=0, **(backbone_kwargs or {})).feature_info)
+    return tuple(range(max(0, levels - 5), levels))
