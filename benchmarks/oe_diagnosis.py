@@ -135,7 +135,7 @@ def _mean(values: Sequence[float]) -> Optional[float]:
 
 
 def diagnose(run: str, root: str, split: str = 'train', images: int = 256, batch_size: int = 32,
-             seed: int = 0) -> Dict[str, Any]:
+             seed: int = 0, workers: int = 2) -> Dict[str, Any]:
     """The statistics of the module docstring for the model of ``run`` on the first ``images`` images of ``split``."""
     torch.manual_seed(seed)
     weights = _weights(run)
@@ -151,7 +151,8 @@ def diagnose(run: str, root: str, split: str = 'train', images: int = 256, batch
     if boxes is None:
         raise InputError(f'{root}: the {split} split has no COCO boxes; OE diagnosis needs them')
     subset = torch.utils.data.Subset(dataset, range(min(images, len(dataset))))
-    loader = create_multilabel_loader(subset, batch_size, is_training=False)
+    loader = create_multilabel_loader(subset, batch_size, is_training=False, num_workers=workers,
+                                      persistent_workers=False)
     erasure: Dict[str, List[float]] = {}
     gradients: List[Dict[str, float]] = []
     start = 0
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--images', type=int, default=256)
     p.add_argument('-b', '--batch-size', type=int, default=32)
     p.add_argument('--threads', type=int, default=None)
+    p.add_argument('-j', '--workers', type=int, default=2, help='data loading processes')
     p.add_argument('--output', default=None, help='also write the JSON here')
     return add_common_args(p)
 
@@ -193,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = diagnose(args.run, args.root, args.split, args.images, args.batch_size)
+    result = diagnose(args.run, args.root, args.split, args.images, args.batch_size, workers=args.workers)
     print(json.dumps(result, indent=2))
     if args.output:
         atomic_write_json(args.output, result)

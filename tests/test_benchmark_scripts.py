@@ -73,3 +73,34 @@ def test_timing_transformer_rows_are_srdl_on_a_vit_against_the_bare_vit(tmp_path
         assert srdl['baseline'] == 'vit' and srdl['time_ratio'] == srdl['ms'] / vit['ms']
         assert srdl['paired_ratio']['n'] == 2
     assert results[('srdl_vit', 'train')]['object_erasing'] is True
+
+
+def test_oe_diagnosis_measures_what_object_erasing_removes_on_a_saved_model(tmp_path):
+    """benchmarks/oe_diagnosis.py on a saved SRDL folder and a COCO-format split with boxes reports, for the K
+    classes erased in each image, well-formed shares (presence, box coverage, erased area), feature/logit changes
+    and gradient cosines of L_era against L_ori; a folder without weights is refused with an error naming it."""
+    import timm
+
+    import srdl_timm  # noqa: F401
+    from fixtures_data import perturb, write_coco_json
+    from srdl_timm.hub import save_pretrained_dir
+
+    data = write_coco_json(tmp_path / 'data', 'train', num_images=6, image_size=(96, 80))
+    model = timm.create_model('srdl_test_resnet', num_classes=len(data['label_names']),
+                              label_names=data['label_names'], object_erasing=True, oe_topk=2)
+    save_pretrained_dir(perturb(model), tmp_path / 'model')  # perturbed: a trained model's SA is not flat
+    out = tmp_path / 'diag.json'
+    _run_script(tmp_path, 'oe_diagnosis.py', '--run', str(tmp_path / 'model'), '--root', str(tmp_path / 'data'),
+                '--images', '6', '-b', '4', '-j', '0', '--output', str(out))
+    result = json.loads(out.read_text())
+    assert result['images'] == 6 and result['topk'] == 2 and result['erased_pairs'] == 12
+    for key in ('share_erased_present', 'erased_area_mean', 'present_box_covered_mean', 'erased_on_own_box_mean'):
+        assert result[key] is None or 0.0 <= result[key] <= 1.0, (key, result[key])
+    assert 0.0 < result['erased_area_mean'] <= 1.0
+    for key, value in result['gradients'].items():
+        assert value == value and (not key.endswith('cosine') or -1.0 - 1e-6 <= value <= 1.0 + 1e-6), (key, value)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    bad = subprocess.run([sys.executable, os.path.join(ROOT, 'benchmarks', 'oe_diagnosis.py'), '--run',
+                          str(tmp_path / 'data'), '--root', str(tmp_path / 'data')], capture_output=True, text=True,
+                         env=env, cwd=str(tmp_path), timeout=300)
+    assert bad.returncode != 0 and 'no model.safetensors' in bad.stderr and str(tmp_path / 'data') in bad.stderr
