@@ -33,9 +33,11 @@ def test_registered_in_timm():
 
 
 def test_resnet101_default_gives_coco_logits_at_448():
-    """The paper's configuration: ResNet-101 backbone, 448x448 input, [B, 80] logits, OE absent at inference."""
+    """The paper's configuration: ResNet-101 backbone with torchvision's standard ImageNet weights as its pretrained
+    tag (not timm's default RSB tag), 448x448 input, [B, 80] logits, OE absent at inference."""
     model = timm.create_model('srdl_resnet101', num_classes=80).eval()
-    assert model.backbone_name == 'resnet101' and model.num_features == 2048
+    assert model.backbone_name == 'resnet101.tv_in1k' and model.num_features == 2048
+    assert model.backbone.pretrained_cfg['tag'] == 'tv_in1k' and model.pretrained_cfg['interpolation'] == 'bilinear'
     assert model.pretrained_cfg['input_size'] == (3, 448, 448)
     with torch.no_grad():
         out = model(torch.randn(1, 3, 448, 448))

@@ -85,7 +85,7 @@ class SRDL(nn.Module):
 
     def __init__(
             self,
-            backbone: str = 'resnet101',
+            backbone: str = 'resnet101.tv_in1k',
             num_classes: int = 80,
             in_chans: int = 3,
             drop_rate: float = 0.,
@@ -494,22 +494,24 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default)."""
-    model_args = dict(backbone='resnet101')
+    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default). Backbone weights
+    (``pretrained_backbone=True``): torchvision's standard ImageNet ResNet-101 (``resnet101.tv_in1k``), the one the
+    paper and its peers start from, not timm's default tag (``a1h_in1k``, an RSB-recipe model)."""
+    model_args = dict(backbone='resnet101.tv_in1k')
     return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_resnet50(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-50 backbone."""
-    model_args = dict(backbone='resnet50')
+    """SRDL with a ResNet-50 backbone (torchvision's ImageNet weights, ``resnet50.tv_in1k``, as for ResNet-101)."""
+    model_args = dict(backbone='resnet50.tv_in1k')
     return _create_srdl('srdl_resnet50', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
 @register_model
 def srdl_resnet18(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-18 backbone (d = 512)."""
-    model_args = dict(backbone='resnet18')
+    """SRDL with a ResNet-18 backbone (d = 512; torchvision's ImageNet weights, ``resnet18.tv_in1k``)."""
+    model_args = dict(backbone='resnet18.tv_in1k')
     return _create_srdl('srdl_resnet18', pretrained=pretrained, model_args=model_args, **kwargs)
 
 
