@@ -199,7 +199,7 @@ def timing_args(args: argparse.Namespace, **over):
             '--channels-last', '--warmup', str(args.warmup), '--repeats', str(args.repeats),
             '--batch-size', *map(str, args.batch_size), '--train-batch-size', str(args.train_batch_size),
             '--method', 'sequential']
-    ns = timing._resolve_defaults(timing.parse_args(argv))
+    ns = timing.resolve_defaults(timing.parse_args(argv))
     for k, v in over.items():
         setattr(ns, k, v)
     return ns

@@ -232,7 +232,8 @@ def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None
             * a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word,
               an optional word2vec header line ``N D``, ``.gz`` read transparently; a token containing spaces (a
               few exist in GloVe 840B) is handled: the last ``d`` fields are the vector, the rest is the word. The
-              paper used GloVe 840B 300-d (``glove.840B.300d.txt``): pass that file's path.
+              paper used 300-d GloVe vectors without naming the corpus (``glove.840B.300d.txt`` is the usual
+              one in its peers' code): pass that file's path.
             * a **.npy matrix** ``X.npy`` ``[N, d]`` with its vocabulary in ``X.vocab.txt`` beside it (UTF-8, one
               word a line, line ``i`` naming row ``i``).
             * ``'glove-6b-50d'``: the Stanford GloVe 6B 50-d vectors (400k lower-case words) of the PyPI package
