@@ -89,6 +89,9 @@ def weights_summary(model: nn.Module, label_names: Sequence[str], source: Option
     weights = (f'{arch}.{tag}' if arch and tag else arch) or type(model).__name__
     if source and source not in (weights, arch):
         weights = f'{weights} ({source})'
+    backbone = getattr(model, 'backbone_name', None)
+    if backbone:  # backbone= may have replaced the architecture's own: always say which
+        weights = f'{weights}, backbone {backbone}'
     trained_on = trained_on or cfg.get('dataset') or cfg.get('description') or None
     n = len(label_names)
     note = (f'it scores only these {n} labels; any image gets {n} scores, so other content is not recognised '

@@ -227,7 +227,7 @@ def test_table_and_csv_outputs_list_every_input(assets, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 1
     header = [line for line in out.splitlines() if line.startswith('#')]
-    assert header[0] == '# weights: srdl_test_resnet' and header[1] == f'# knows 4 labels: {", ".join(LABELS)}'
+    assert header[0] == '# weights: srdl_test_resnet, backbone test_resnet' and header[1] == f'# knows 4 labels: {", ".join(LABELS)}'
     lines = out.strip().splitlines()[len(header):]
     assert lines[0].split() == ['image', 'labels']
     assert lines[1].startswith(assets['good'][0]) and len(lines[1].split(',')) == 2
@@ -377,7 +377,7 @@ def test_shipped_weights_header_says_what_they_know(assets, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     header = [line for line in out.splitlines() if line.startswith('#')]
-    assert header[0] == '# weights: srdl_efficientnet_lite0.fashion_scenes'
+    assert header[0] == '# weights: srdl_efficientnet_lite0.fashion_scenes, backbone tf_efficientnet_lite0'
     assert header[1].startswith('# knows 10 labels: t-shirt, trousers, pullover, dress, coat, sandal')
     assert any(line.startswith('# trained on: ') and 'Fashion Scenes' in line for line in header)
     assert any('scores only these 10 labels' in line for line in header)

@@ -204,7 +204,7 @@ def test_unreachable_backbone_weights_name_the_backbone_and_the_way_out(tmp_path
                            '--img-size', '64', '--epochs', '1', '--label-embeddings', 'none', '--workers', '0',
                            '--no-progress', '--log-level', 'WARNING', '--output', 'run']) == 2
     err = capsys.readouterr().err
-    assert "the ImageNet weights of backbone 'resnet18'" in err and 'timm/resnet18' in err, err
+    assert "the ImageNet weights of backbone 'resnet18.tv_in1k'" in err and 'timm/resnet18.tv_in1k' in err, err
     assert 'HF_HUB_OFFLINE=1 forbids downloading them' in err and 'drop --pretrained-backbone' in err
     assert 'Traceback' not in err
 
