@@ -12,7 +12,12 @@ Variants (everything else is the quick protocol): ``ref`` (as is), ``no_ca`` (th
 everywhere instead of PyTorch's default init), ``fusion_product`` (eq. 6 as ``F * SA * CA`` instead of the paper's
 ``0.5 F * SA + 0.5 F * CA``; a deviation, tested as a cause only), ``bn_batch_stats`` (BatchNorm of the trained
 units on batch statistics), ``stages0`` (the whole backbone frozen), ``stages4`` (the last 4 backbone units
-trained), ``img256`` (256 px: an 8x8 grid instead of 4x4). Interventions on the model are applied here, after
+trained), ``img256`` (256 px: an 8x8 grid instead of 4x4). For issue #24 (is SA one map shared by every class?),
+with ``--zero-init-spatial`` (the model's default): ``no_gcn`` (the CAR w/o GCN row), ``gcn_self_0.95`` (the label
+graph's ``V`` starts with 95 % self weight instead of 80 %: less smoothing of the nodes), ``fw_no_bias`` (``f_w``
+without bias, so ``f_w(x_c)`` has no part common to every class), ``random_nodes`` (seeded random nodes of the word
+vectors' norm instead of GloVe: are similar word vectors the cause?). Each JSON line has the pointing game, the
+class-discriminative pointing game and the map similarity (:mod:`benchmarks.offline.attention_stats`). Interventions on the model are applied here, after
 ``create_model``, and only to the runs of that variant. Every variant starts from PyTorch's init of ``f_s``
 (the model's default before this diagnosis made ``zero_init_spatial=True`` the default), so ``ref`` is that init.
 """
@@ -42,6 +47,9 @@ VARIANTS = {
     'bn_batch_stats': ('car', {'batchnorm': 'train'}, None),
     'stages0': ('car', {'train_stages': 0}, None), 'stages4': ('car', {'train_stages': 4}, None),
     'img256': ('car', {'img_size': 256}, None),
+    # issue #24 (is SA category-specific?), run with --zero-init-spatial (the model's default since #15)
+    'no_gcn': ('car_no_gcn', {}, None), 'gcn_self_0.95': ('car', {}, 'gcn_self_0.95'),
+    'fw_no_bias': ('car', {}, 'fw_no_bias'), 'random_nodes': ('car', {}, 'random_nodes'),
 }
 _CACHE_KEYS = ('train_stages', 'img_size')  # overrides that need their own trunk cache
 
@@ -66,6 +74,18 @@ def intervention(name):
         if name == 'fs_zero_init' and getattr(model, 'car', None) is not None and model.car.f_s is not None:
             torch.nn.init.zeros_(model.car.f_s.weight)
             torch.nn.init.zeros_(model.car.f_s.bias)
+        graph = getattr(model, 'label_graph', None)
+        if name == 'gcn_self_0.95' and graph is not None:  # V's diagonal starts at 95 % self weight, not 80 %
+            graph.self_weight = 0.95
+            graph.reset_parameters()
+        if name == 'fw_no_bias':  # f_w (eq. 4/5) without its bias: e_c = W x_c, no vector shared by every class
+            torch.nn.init.zeros_(model.car.f_w.bias)
+            model.car.f_w.bias.requires_grad_(False)
+        if name == 'random_nodes' and graph is not None:  # seeded random nodes of the word vectors' mean norm
+            nodes = graph.node_features
+            generator = torch.Generator().manual_seed(1234)
+            noise = torch.randn(nodes.shape, generator=generator)
+            graph.node_features.copy_(noise / noise.norm(dim=1, keepdim=True) * nodes.norm(dim=1).mean())
         return model
 
     runs_module.create_model = create
@@ -89,6 +109,8 @@ def main(argv=None) -> int:
     p.add_argument('--at-init', action='store_true', help='pointing game of the untrained CAR head per seed')
     p.add_argument('--output', default='benchmark-results/sa-diagnosis')
     p.add_argument('--threads', type=int, default=1)
+    p.add_argument('--zero-init-spatial', action='store_true',
+                   help='start every variant from the model default (f_s zero-initialised) instead of PyTorch init')
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     groups = {}
@@ -101,7 +123,8 @@ def main(argv=None) -> int:
                                  preset=args.preset, root=args.root, epochs=1 if args.preset == 'tiny' else None,
                                  batch_size=4 if args.preset == 'tiny' else None,
                                  overlays=0, bootstrap=0, output=f'{args.output}/cache-{len(key)}', threads=args.threads,
-                                 zero_init_spatial=False,  # every variant changes one thing from PyTorch's f_s init
+                                 # every variant changes one thing from PyTorch's f_s init (#15) or the default (#24)
+                                 zero_init_spatial=args.zero_init_spatial,
                                  **dict(key)).resolved()
         ctx = bm.Context(cfg, bm.prepare_data(cfg), Path(cfg.output), torch.device('cpu'))
         bm.prepare_frozen_trunk(ctx)
@@ -124,9 +147,12 @@ def main(argv=None) -> int:
                 ctx.out = Path(ctx.cfg.output)
                 with intervention(change):
                     result = bm.execute(ctx, row, seed, cfg.oe_topk, cfg.oe_alpha, 'table', False)
+                stats = dict(result.pointing_game or {})
                 print(json.dumps({'variant': name, 'row': row, 'seed': seed, 'grid': list(ctx.feature_grid),
                                   'mAP_interpolated': result.test['mAP_interpolated'],
-                                  'pointing_game': result.pointing_game, 'seconds': result.wall_seconds}), flush=True)
+                                  'hit_rate': stats.get('hit_rate'), 'chance': stats.get('chance'),
+                                  'discriminative': stats.get('discriminative'),
+                                  'similarity': stats.get('similarity'), 'seconds': result.wall_seconds}), flush=True)
     return 0
 
 
