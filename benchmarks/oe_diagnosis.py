@@ -39,7 +39,7 @@ from timm.data import resolve_data_config  # noqa: E402
 from srdl_timm.cli import add_common_args, run_cli  # noqa: E402
 from srdl_timm.data import create_multilabel_dataset, create_multilabel_loader, create_paper_transform  # noqa: E402
 from srdl_timm.errors import InputError  # noqa: E402
-from srdl_timm.layers.oe import erase_region, select_erased_classes  # noqa: E402
+from srdl_timm.layers.oe import erase_region  # noqa: E402
 from srdl_timm.loading import load_model  # noqa: E402
 from srdl_timm.loss import SRDLLoss  # noqa: E402
 from srdl_timm.utils import atomic_write_json  # noqa: E402
@@ -66,18 +66,11 @@ def erasure_statistics(model: torch.nn.Module, images: torch.Tensor, targets: to
     with torch.no_grad():
         feat_map = model.forward_features(images)
         h, w = feat_map.shape[-2:]
-        features, sa, _ = model.forward_category_features(feat_map)
-        logits = model.classifier(features)
-        _, erased_logits = model.forward_head_erasing(feat_map)
-        index = select_erased_classes(logits, model.object_eraser.topk)
-        selected = torch.gather(sa, 1, index.unsqueeze(-1).expand(-1, -1, sa.shape[-1])).unflatten(-1, (h, w))
-        masks = erase_region(selected, model.object_eraser.alpha)
-        # f_c of the erased pass, for the feature change (the model's own erased pass gives logits only)
-        feat = feat_map.flatten(2).transpose(1, 2)
-        nodes = model.label_graph() if model.label_graph is not None else None
-        erased_ca = model.car.selected_channel_attention(feat, nodes, index)
-        erased_sa = selected.flatten(-2).masked_fill(masks.flatten(-2), 0.0)
-        erased_features = model.car.pool(feat, erased_sa, erased_ca)
+        erasing = model.forward_erasing(feat_map)  # the training OE pass (eval mode: dropout off)
+        logits, features, erased_logits = erasing['logits'], erasing['features'], erasing['erased_logits']
+        index, erased_features = erasing['class_index'], erasing['erased_features']
+        selected = torch.gather(erasing['sa'], 1, index.unsqueeze(-1).expand(-1, -1, h * w)).unflatten(-1, (h, w))
+        masks = erase_region(selected, model.object_eraser.alpha)  # the rectangle ObjectErasing zeroed
     out: Dict[str, List[float]] = {k: [] for k in (
         'present', 'area', 'box_covered', 'on_box', 'feature_change', 'logit_drop', 'still_positive')}
     for b in range(images.shape[0]):

@@ -339,6 +339,15 @@ class SRDL(nn.Module):
         """``(logits, erased_logits)`` from a feature map ``[B, d, h, w]``: the training forward with OE (§3.3, eqs.
         7-10 then eq. 12's erased pass): OE on the top-K categories' SA, CA kept, the other categories unchanged.
         ``forward`` calls it in training with OE on; a trainer holding features (a cached trunk) calls it directly."""
+        out = self.forward_erasing(x)
+        return out['logits'], out['erased_logits']
+
+    @torch.jit.unused
+    def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
+        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis
+        (``benchmarks/oe_diagnosis.py``): ``logits`` and ``features`` (f_c) ``[B, C, ...]`` and ``sa`` ``[B, C, P]``
+        of the original pass; ``class_index`` ``[B, K]`` (the erased categories), their ``erased_sa`` ``[B, K, P]``
+        and ``erased_features`` ``[B, K, d]``; ``erased_logits`` ``[B, C]``."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -352,7 +361,8 @@ class SRDL(nn.Module):
         erased_features = self.car.pool(feat, erased_sa, erased_ca)
         erased_selected = self.classifier(self.head_drop(erased_features), class_index)
         erased_logits = logits.scatter(1, class_index, erased_selected)
-        return logits, erased_logits
+        return {'logits': logits, 'features': features, 'sa': sa, 'class_index': class_index, 'erased_sa': erased_sa,
+                'erased_features': erased_features, 'erased_logits': erased_logits}
 
     @torch.jit.ignore
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:
