@@ -105,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--loss', default='bce', choices=LOSSES,
                    help='per-entry loss of every row: bce (the paper) or asl (asymmetric loss, the ASL paper\'s '
                         'gamma-/gamma+/clip); default output folder gets an -asl suffix')
+    g.add_argument('--row-lr', nargs='+', default=[], metavar='ROW=LR',
+                   help='per-row learning rates (chosen on validation data, benchmarks/select_lr.py); other rows use '
+                        '--lr')
+    g.add_argument('--row-lr-from', default=None, metavar='FILE',
+                   help="per-row learning rates from benchmarks/select_lr.py's JSON ('chosen': {row: lr})")
     g.add_argument('--loss-reduction', default='mean', choices=('mean', 'sum'),
                    help='eqs. 11-12 over a mini-batch: mean (default) or sum (as the paper writes them)')
     g.add_argument('--img-size', type=int, default=None, help="input size (quick: the images' own 128 px)")
@@ -170,6 +175,20 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
             overrides[key] = json.loads(value)
         except ValueError as e:
             raise InputError(f'--set {key}: {value!r} is not valid JSON') from e
+    row_lr: Dict[str, float] = {}
+    if args.row_lr_from:
+        try:
+            row_lr.update({k: float(v) for k, v in json.loads(Path(args.row_lr_from).read_text())['chosen'].items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise InputError(f"--row-lr-from {args.row_lr_from}: not a select_lr.py JSON with 'chosen' ({e})") from e
+    for item in args.row_lr:
+        key, sep, value = item.partition('=')
+        try:
+            row_lr[key] = float(value)
+        except ValueError:
+            sep = ''
+        if not sep:
+            raise InputError(f'--row-lr expects ROW=LR, got {item!r}')
     mode = 'paper' if args.data in ('coco', 'voc') else args.mode
     output = args.output or os.path.join('benchmark-results', f'{args.data}-{mode}'
                                          + ('' if args.loss == 'bce' else f'-{args.loss}'))
@@ -180,7 +199,7 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
         pretrained_backbone=args.pretrained_backbone, label_embeddings=args.label_embeddings, mode=args.mode,
         trainer=args.trainer, rows=None if args.rows is None else tuple(_rows_arg(args.rows)), seeds=args.seeds,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, loss=args.loss,
+        warmup_epochs=args.warmup_epochs, optimizer=args.optimizer, loss=args.loss, row_lr=row_lr,
         loss_reduction=args.loss_reduction,
         img_size=args.img_size, train_stages=args.train_stages,
         output_stride=args.output_stride, batchnorm=args.batchnorm,

@@ -128,7 +128,8 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
     For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
-    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, ``attention_impl``, the
+    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, the ``attention`` variant and
+    ``oe_erase``, ``attention_impl``, the
     backbone's ``img_size`` when one was given (a ViT's position-embedding grid) and any JSON-serialisable
     ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
     the weights, so neither is here. Other timm models: ``num_classes``.
@@ -150,6 +151,8 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
         use_sa=bool(model.use_sa),
         oe_topk=int(model.object_eraser.topk),
         oe_alpha=float(model.object_eraser.alpha),
+        attention=model.attention,
+        oe_erase=model.oe_erase,
         attention_impl=model.attention_impl,
     )
     img_size = getattr(model, 'img_size', None)

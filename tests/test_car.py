@@ -127,3 +127,90 @@ def test_eq2_training_function_equals_the_direct_sum_with_gradients():
         torch.testing.assert_close(got, want)
     assert grads[0].is_contiguous()
     assert torch.autograd.gradcheck(_CategoryLogits.apply, (features, weight))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# attention variants (not the paper's; MODEL_CARD.md "Attention variants")
+# --------------------------------------------------------------------------------------------------------------
+def _variant(attention):
+    torch.manual_seed(0)
+    return CategoryAttention(D, E, attention=attention).double()
+
+
+def _variant_reference(car, feat, sa, ca, gmp):
+    """Each variant's fusion by direct broadcast over [B, C, P, d] (the oracle)."""
+    if car.attention == 'gated':
+        spatial = (feat.unsqueeze(1) * sa.unsqueeze(-1)).amax(dim=2)
+    else:
+        spatial = (feat.unsqueeze(1) * sa.unsqueeze(-1)).sum(dim=2)
+    return ca * spatial if car.gated else 0.5 * spatial + 0.5 * ca * gmp
+
+
+@pytest.mark.parametrize('attention', ['gated', 'softmax', 'softmax_gated'])
+def test_variant_fusion_matches_direct_computation(attention):
+    """Each variant's f_c equals its formula computed by broadcasting (gated: CA * max_p F_p SA_p; softmax: 0.5
+    sum_p SA_p F_p + 0.5 CA * GMP(F); softmax_gated: CA * sum_p SA_p F_p), and softmax maps sum to 1 over p."""
+    car = _variant(attention)
+    torch.nn.init.normal_(car.f_s.weight)
+    feat, nodes = _inputs()
+    features, sa, ca = car(feat, nodes, C)
+    assert sa.std(dim=-1).min() > 1e-3  # the attention compared is not constant over positions
+    if car.softmax_spatial:
+        torch.testing.assert_close(sa.sum(-1), torch.ones(B, C, dtype=torch.float64))
+    else:
+        assert ((sa > 0) & (sa < 1)).all()
+    torch.testing.assert_close(features, _variant_reference(car, feat, sa, ca, feat.amax(1, keepdim=True)))
+
+
+@pytest.mark.parametrize('attention', ['gated', 'softmax', 'softmax_gated'])
+def test_feature_erasing_is_the_head_on_the_erased_feature_map(attention):
+    """erased_features(F, M) is the variant's head on F * (1 - M) for each erased class: eq. 4 on GMP(F * (1 - M)),
+    SA zeroed on M (softmax: renormalised over the rest), fused as the variant fuses; computed here per class from
+    the literal erased map [B, K, P, d]."""
+    car = _variant(attention)
+    torch.nn.init.normal_(car.f_s.weight)
+    feat, nodes = _inputs()
+    _, sa, _ = car(feat, nodes, C)
+    class_index = torch.tensor([[2, 0], [1, 2]])
+    erased = torch.zeros(B, 2, P, dtype=torch.bool)
+    erased[0, 0, 1:3] = erased[0, 1, 4] = erased[1, 0, 0] = erased[1, 1, 2:5] = True
+    selected = torch.gather(sa, 1, class_index.unsqueeze(-1).expand(-1, -1, P)).masked_fill(erased, 0.0)
+    got = car.erased_features(feat, nodes, selected, class_index, erased)
+    erased_map = feat.unsqueeze(1) * (~erased).unsqueeze(-1)  # [B, K, P, d]
+    gmp = erased_map.amax(dim=2)
+    e = car.f_w(nodes)[class_index]
+    ca = torch.sigmoid(car.f_c(torch.tanh(car.f_ca(gmp) * e)))
+    kept = selected * (~erased)
+    if car.softmax_spatial:
+        kept = kept / kept.sum(-1, keepdim=True)
+    spatial = (erased_map * kept.unsqueeze(-1))
+    spatial = spatial.amax(dim=2) if attention == 'gated' else spatial.sum(dim=2)
+    expected = ca * spatial if car.gated else 0.5 * spatial + 0.5 * ca * gmp
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize('attention', ['paper', 'gated', 'softmax', 'softmax_gated'])
+def test_maps_peak_on_each_class_own_object(attention):
+    """A constructed two-object scene: class 0's evidence lives in channels 0-1 at position 1, class 1's in
+    channels 2-3 at position 4 (position 1 also shows some class-1 channels). With f_sa = identity, f_w mapping each
+    node to its class's channels and f_s summing, every head's maps peak on different objects, each on its own
+    (eq. 5's map can be category-specific; whether training keeps it so is measured in offline_benchmark.md)."""
+    feat = torch.full((1, P, 4), 0.1, dtype=torch.float64)
+    feat[0, 1, :2] = feat[0, 4, 2:] = 3.0
+    feat[0, 1, 2:] = 1.0
+    car = CategoryAttention(4, 2, attention=attention).double()
+    with torch.no_grad():
+        car.f_sa.weight.copy_(torch.eye(4))
+        car.f_sa.bias.zero_()
+        car.f_w.weight.copy_(torch.tensor([[1., 0], [1, 0], [0, 1], [0, 1]]))
+        car.f_w.bias.zero_()
+        car.f_s.weight.fill_(1.0)
+        car.f_s.bias.zero_()
+    _, sa, _ = car(feat, torch.eye(2, dtype=torch.float64), 2)
+    assert sa[0].argmax(-1).tolist() == [1, 4]
+
+
+def test_unknown_attention_variant_is_refused_by_name():
+    """An attention name outside ATTENTION_VARIANTS is a ValueError naming the value and the choices."""
+    with pytest.raises(ValueError, match="attention must be one of .*'sideways'"):
+        CategoryAttention(D, E, attention='sideways')

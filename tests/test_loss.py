@@ -86,7 +86,7 @@ def test_era_scope_erased_matches_the_models_erased_classes():
     from srdl_timm.layers import ObjectErasing
     from srdl_timm.layers.oe import select_erased_classes
     logits = torch.randn(6, 9)
-    index, _ = ObjectErasing(topk=3)(logits, torch.rand(6, 9, 16), 4, 4)
+    index, _, _ = ObjectErasing(topk=3)(logits, torch.rand(6, 9, 16), 4, 4)
     assert torch.equal(index, select_erased_classes(logits, 3))
 
 

@@ -164,7 +164,7 @@ def test_object_erasing_selects_topk_by_prediction_and_keeps_gradient():
     torch.manual_seed(4)
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.0], [5.0, 0.0, 4.0, -2.0]], requires_grad=True)
     sa = torch.rand(2, 4, 12, requires_grad=True)
-    index, erased = ObjectErasing(topk=2, alpha=0.5)(logits, sa, 3, 4)
+    index, erased, _ = ObjectErasing(topk=2, alpha=0.5)(logits, sa, 3, 4)
     assert index.tolist() == [[1, 3], [0, 2]]
     for n in range(2):
         for k in range(2):
@@ -179,7 +179,7 @@ def test_object_erasing_selects_topk_by_prediction_and_keeps_gradient():
 
 def test_topk_larger_than_num_classes_is_clamped():
     """K > C erases every category once instead of failing."""
-    index, erased = ObjectErasing(topk=5)(torch.randn(2, 3), torch.rand(2, 3, 4), 2, 2)
+    index, erased, _ = ObjectErasing(topk=5)(torch.randn(2, 3), torch.rand(2, 3, 4), 2, 2)
     assert index.shape == (2, 3) and erased.shape == (2, 3, 4)
 
 

@@ -351,3 +351,56 @@ def test_vit_variant_is_vit_b16_at_448_with_its_backbones_preprocessing():
     assert cfg['input_size'] == (3, 448, 448) and cfg['pool_size'] == model.feature_grid_size(448) == (28, 28)
     assert model.backbone.pos_embed.shape[1] == 1 + 28 * 28 and model.num_features == 768
     assert cfg['first_conv'] == 'backbone.patch_embed.proj'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# attention variants and OE on features (not the paper's)
+# --------------------------------------------------------------------------------------------------------------
+VARIANTS = [('gated', 'features'), ('softmax', 'features'), ('softmax_gated', 'features'),
+            ('softmax_gated', 'attention')]
+
+
+@pytest.mark.parametrize('attention,oe_erase', VARIANTS)
+def test_variant_oe_changes_only_topk_and_trains_every_parameter(images, attention, oe_erase):
+    """With a variant and OE on, the erased logits differ from the originals exactly in the top-K classes, the
+    erased region is non-empty, every trainable parameter gets a gradient, and the variant's eval logits survive
+    torch.jit.script and torch.fx unchanged; the attention compared is not constant over positions."""
+    from timm.models._features_fx import create_feature_extractor
+    torch.manual_seed(0)
+    model = tiny(attention=attention, oe_erase=oe_erase, zero_init_spatial=False, oe_topk=2)
+    model.train()
+    out = model.forward_erasing(model.forward_features(images))
+    assert out['sa'].std(dim=-1).min() > 1e-4 and out['region'].any()
+    changed = (out['erased_logits'] != out['logits'])
+    selected = torch.zeros_like(changed).scatter(1, out['class_index'], True)
+    assert not (changed & ~selected).any() and changed[selected].float().mean() > 0.5
+    model.set_object_erasing(True)
+    logits, erased = model(images)
+    (logits.sum() + erased.sum()).backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing, missing
+    model.set_object_erasing(False)  # fx traces the training graph too; OE's top-K is not traceable
+    model.eval()
+    with torch.no_grad():
+        ref = model(images)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            torch.testing.assert_close(torch.jit.script(model)(images), ref)
+        torch.testing.assert_close(create_feature_extractor(model, ['classifier'])(images)['classifier'], ref)
+
+
+def test_variant_arguments_are_recorded_and_checked():
+    """attention/oe_erase are model arguments (recorded by loading.model_args, so a config rebuilds them); a bad
+    value and the one combination that cannot work (feature erasing with the paper's additive eq. 6) are refused
+    naming the option."""
+    from srdl_timm.loading import model_args
+    args = model_args(tiny(attention='softmax_gated', oe_erase='features'))
+    assert (args['attention'], args['oe_erase']) == ('softmax_gated', 'features')
+    assert tiny(**{k: v for k, v in args.items() if k != 'backbone'}).car.attention == 'softmax_gated'
+    assert model_args(tiny())['attention'] == 'paper'
+    with pytest.raises(ValueError, match="oe_erase='features' needs attention"):
+        tiny(oe_erase='features')
+    with pytest.raises(ValueError, match='attention must be one of'):
+        tiny(attention='both')
+    with pytest.raises(ValueError, match="oe_erase must be 'attention' or 'features'"):
+        tiny(attention='gated', oe_erase='boxes')

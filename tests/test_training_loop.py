@@ -45,8 +45,9 @@ def test_amp_channels_last_ema_and_per_update_schedule(csv_root, tmp_path, amp_d
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(csv_root, tmp_path, capsys):
     """A non-finite loss (here from a real misconfiguration: normalisation std 1e-40 turns pixels into inf) stops
-    training with the step number, before any weight update; the previous checkpoint stays intact and `last` still
-    points at it; the CLI exits with status 3."""
+    training with the first non-finite step's number at the next host sync (log interval, checkpoint or epoch end),
+    before anything is saved; the previous checkpoint stays intact and `last` still points at it; the CLI exits
+    with status 3."""
     out = tmp_path / 'run'
     fit(_cfg(csv_root, out, epochs=1, batch_size=4))
     last_before = os.path.realpath(out / 'last')

@@ -28,6 +28,10 @@ class Row:
         oe: object erasing during training.
         era_scope: :class:`srdl_timm.loss.SRDLLoss` scope of L_era (eq. 12): 'all' classes or the K 'erased' ones.
         peer: a head of ``benchmarks/peer_heads.py`` on the same backbone instead of SRDL's (switches unused).
+        attention / oe_erase: :class:`srdl_timm.SRDL`'s attention variant and what OE erases (the paper's:
+            'paper', 'attention').
+        loss: the row's own per-entry loss ('bce' | 'asl'; None: the invocation's ``--loss``), e.g. ML-Decoder with
+            its authors' ASL.
     """
     key: str
     name: str
@@ -38,10 +42,16 @@ class Row:
     oe: bool = False
     era_scope: str = 'all'
     peer: Optional[str] = None
+    attention: str = 'paper'
+    oe_erase: str = 'attention'
+    loss: Optional[str] = None
 
-    def model_kwargs(self) -> Dict[str, bool]:
-        """The ablation switches as ``timm.create_model`` kwargs."""
-        return dict(use_gcn=self.use_gcn, use_ca=self.use_ca, use_sa=self.use_sa)
+    def model_kwargs(self) -> Dict[str, Any]:
+        """The ablation switches (and a non-paper attention variant) as ``timm.create_model`` kwargs."""
+        kwargs: Dict[str, Any] = dict(use_gcn=self.use_gcn, use_ca=self.use_ca, use_sa=self.use_sa)
+        if self.attention != 'paper' or self.oe_erase != 'attention':
+            kwargs.update(attention=self.attention, oe_erase=self.oe_erase)
+        return kwargs
 
 
 ROWS: Dict[str, Row] = {r.key: r for r in (
@@ -52,7 +62,19 @@ ROWS: Dict[str, Row] = {r.key: r for r in (
     Row('car', 'CAR', 'T5 l.2, T6 l.7'),
     Row('car_oe', 'CAR + OE (SRDL)', 'T5 l.3', oe=True),
     Row('car_oe_erased', 'CAR + OE, L_era on erased classes', 'eq. 12, other reading', oe=True, era_scope='erased'),
+    Row('car_gated', 'CAR, gated fusion (not the paper\'s)', 'attention variant', attention='gated'),
+    Row('car_softmax', 'CAR, softmax SA (not the paper\'s)', 'attention variant', attention='softmax'),
+    Row('car_softmax_gated', 'CAR, softmax SA + gated (not the paper\'s)', 'attention variant',
+        attention='softmax_gated'),
+    Row('car_softmax_gated_oe', 'CAR softmax-gated + OE on features (not the paper\'s)', 'attention variant',
+        oe=True, attention='softmax_gated', oe_erase='features'),
+    Row('car_gated_oe', 'CAR gated + OE on features (not the paper\'s)', 'attention variant', oe=True,
+        attention='gated', oe_erase='features'),
+    Row('car_softmax_oe', 'CAR softmax + OE on features (not the paper\'s)', 'attention variant', oe=True,
+        attention='softmax', oe_erase='features'),
     Row('ml_decoder', 'ML-Decoder (timm)', 'Ridnik et al. 2023', False, False, False, peer='ml_decoder'),
+    Row('ml_decoder_asl', 'ML-Decoder (timm) + ASL', 'Ridnik et al. 2023, their loss', False, False, False,
+        peer='ml_decoder', loss='asl'),
     Row('csra', 'CSRA (4 heads, λ 0.5)', 'Zhu & Wu 2021', False, False, False, peer='csra'),
     Row('ml_gcn', 'ML-GCN classifier', 'Chen et al. 2019', False, False, False, peer='ml_gcn'),
 )}
@@ -176,6 +198,7 @@ class BenchmarkConfig:
     warmup_epochs: Optional[float] = None
     optimizer: Optional[str] = None
     loss: str = 'bce'
+    row_lr: Dict[str, float] = field(default_factory=dict)
     loss_reduction: str = 'mean'
     img_size: Optional[int] = None
     train_stages: Optional[int] = None
@@ -214,7 +237,8 @@ class BenchmarkConfig:
         if mode not in MODES:
             raise ValueError(f'unknown mode {self.mode!r}; choose one of {[m for m in MODES if m != "paper"]}')
         cfg = dataclasses.replace(self, mode=mode, rows=None if self.rows is None else tuple(self.rows),
-                                  dataset_overrides=dict(self.dataset_overrides))
+                                  dataset_overrides=dict(self.dataset_overrides),
+                                  row_lr={k: float(v) for k, v in self.row_lr.items()})
         defaults = MODES[mode]
         for key, value in defaults.items():
             if getattr(cfg, key, None) is None:
@@ -260,6 +284,9 @@ class BenchmarkConfig:
             raise ValueError('--export/--register ship the CAR + OE model: include car_oe in --rows')
         if cfg.trainer == 'frozen-trunk' and cfg.optimizer not in (None, 'adamw'):
             raise ValueError(f'the frozen-trunk trainer uses AdamW; --opt {cfg.optimizer} needs --trainer fit')
+        bad_lr = {k: v for k, v in cfg.row_lr.items() if k not in ROWS or not 0 < float(v) <= 1}
+        if bad_lr:
+            raise ValueError(f'--row-lr: unknown rows or learning rates outside (0, 1]: {bad_lr}')
         if cfg.loss not in LOSSES:
             raise ValueError(f'--loss must be one of {list(LOSSES)}, got {cfg.loss!r}')
         if cfg.loss_reduction not in ('mean', 'sum'):
@@ -275,6 +302,14 @@ class BenchmarkConfig:
         if cfg.amp is None:
             cfg.amp = False
         return cfg
+
+    def lr_for(self, row: str) -> float:
+        """The row's learning rate: its entry of ``row_lr`` (chosen per row on validation data), else ``lr``."""
+        return float(self.row_lr.get(row, self.lr))
+
+    def loss_for(self, row: str) -> str:
+        """The row's per-entry loss: the row's own (:attr:`Row.loss`), else ``loss``."""
+        return ROWS[row].loss or self.loss
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-friendly dict of every field."""

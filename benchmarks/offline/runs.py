@@ -163,10 +163,10 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
         return {'val_mAP_interpolated': m['mAP_interpolated'], 'val_mAP_non_interpolated': m['mAP_non_interpolated']}
 
     loss_fn = SRDLLoss(era_scope=row.era_scope, topk=topk if row.era_scope == 'erased' else None,
-                       reduction=cfg.loss_reduction, loss=cfg.loss)
+                       reduction=cfg.loss_reduction, loss=cfg.loss_for(row.key))
     t0 = time.perf_counter()
     history = train_frozen_trunk(
-        split, train_x, train_y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        split, train_x, train_y, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr_for(row.key),
         weight_decay=cfg.weight_decay, warmup_epochs=cfg.warmup_epochs, seed=seed, erasing=row.oe,
         loss_fn=loss_fn, batchnorm=cfg.batchnorm, evaluate=evaluate if cfg.val_every_epoch else None,
         device=ctx.device,
@@ -184,10 +184,11 @@ def _run_frozen_trunk(ctx: Context, row: Row, seed: int, topk: int, alpha: float
                       backbone=model.backbone_name, output_stride=cfg.output_stride or 32,
                       feature_grid=list(ctx.feature_grid),
                       pretrained_backbone=cfg.pretrained_backbone, **row.model_kwargs(), oe=row.oe, oe_topk=topk,
-                      oe_alpha=alpha, era_scope=row.era_scope, loss=cfg.loss, asl=loss_fn.asl,
+                      oe_alpha=alpha, era_scope=row.era_scope, loss=cfg.loss_for(row.key), asl=loss_fn.asl,
                       loss_reduction=cfg.loss_reduction, seed=seed, epochs=cfg.epochs,
                       amp='bfloat16' if cfg.amp else None, batch_size=cfg.batch_size, optimizer='adamw',
-                      lr=cfg.lr, weight_decay=cfg.weight_decay, schedule='linear warm-up + cosine to 0 (per step)',
+                      lr=cfg.lr_for(row.key), weight_decay=cfg.weight_decay,
+                      schedule='linear warm-up + cosine to 0 (per step)',
                       warmup_epochs=cfg.warmup_epochs, train_stages=cfg.train_stages,
                       backbone_units=split.num_units, frozen_units=split.num_units - split.train_stages,
                       batchnorm=bn, spatial_init='zero' if cfg.zero_init_spatial else 'torch', augmentation='none', head=repr(getattr(model, 'head', None)) if row.peer else None,
@@ -204,15 +205,16 @@ def _fit_config(ctx: Context, row: Row, seed: int, topk: int, alpha: float, outp
     kwargs: Dict[str, Any] = dict(
         data=spec.dataset, root=spec.root, train_split=spec.train_split, val_split=spec.val_split,
         model=f'peer:{row.peer}' if row.peer else cfg.model, oe=row.oe, oe_topk=topk, oe_alpha=alpha,
-        era_scope=row.era_scope, loss=cfg.loss, loss_reduction=cfg.loss_reduction, seed=seed, output=str(output),
-        workers=cfg.workers, progress=False, amp=bool(cfg.amp), channels_last=ctx.device.type == 'cuda',
+        era_scope=row.era_scope, loss=cfg.loss_for(row.key), loss_reduction=cfg.loss_reduction, seed=seed,
+        output=str(output),
+        workers=cfg.workers, progress=False, amp=bool(cfg.amp), channels_last=True,
         device=str(ctx.device), resume='auto')
     if cfg.mode == 'paper':
         kwargs['recipe'] = 'paper'
     else:
         kwargs.update(opt=cfg.optimizer, sched='cosine', aug='paper')
     for key in ('epochs', 'batch_size', 'lr', 'weight_decay', 'img_size'):
-        value = getattr(cfg, key)
+        value = cfg.lr_for(row.key) if key == 'lr' and cfg.lr is not None else getattr(cfg, key)
         if value is not None:
             kwargs[key] = value
     if cfg.img_size is None and spec.source == 'fashion-scenes':

@@ -1,3 +1,3 @@
-from .car import CategoryAttention, CategoryClassifier
+from .car import ATTENTION_VARIANTS, CategoryAttention, CategoryClassifier
 from .label_graph import LabelGraph
 from .oe import ObjectErasing, erase_region, peak_interval

@@ -9,7 +9,13 @@ from ..ops import dispatch as kernels
 from ..ops import reference as reference_kernels
 from ..ops.common import lean_autograd_applies
 
-__all__ = ['CategoryAttention', 'CategoryClassifier']
+__all__ = ['CategoryAttention', 'CategoryClassifier', 'ATTENTION_VARIANTS']
+
+#: How SA is normalised and fused (``attention=``): 'paper' is eqs. 5-6 as written; the others are not the paper's
+#: (MODEL_CARD.md, "Attention variants"): 'gated' drops eq. 6's additive bypass (``f_c = CA * max_p F_p SA_p``),
+#: 'softmax' normalises SA over positions and pools its branch as a weighted sum (``0.5 sum_p SA_p F_p + 0.5 CA *
+#: GMP(F)``), 'softmax_gated' does both (``f_c = CA * sum_p SA_p F_p``).
+ATTENTION_VARIANTS = ('paper', 'gated', 'softmax', 'softmax_gated')
 
 
 class CategoryAttention(nn.Module):
@@ -26,6 +32,8 @@ class CategoryAttention(nn.Module):
     additive eq. 6, training can push SA to ~0 everywhere once CA selects the channels (sigmoid's slope then
     vanishes and SA never localises); zero-initialised, SA localises (measured in benchmarks/offline_benchmark.md).
     The SRDL model uses it by default; the layer's default keeps PyTorch's init.
+
+    ``attention`` picks eqs. 5-6 as written ('paper') or a variant of :data:`ATTENTION_VARIANTS`.
     """
 
     def __init__(
@@ -36,10 +44,16 @@ class CategoryAttention(nn.Module):
             use_sa: bool = True,
             attention_impl: str = 'auto',
             zero_init_spatial: bool = False,
+            attention: str = 'paper',
     ):
         super().__init__()
         if attention_impl not in kernels.ATTENTION_IMPLS:
             raise ValueError(f'attention_impl must be one of {kernels.ATTENTION_IMPLS}, got {attention_impl!r}')
+        if attention not in ATTENTION_VARIANTS:
+            raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
+        self.attention = attention
+        self.softmax_spatial = attention in ('softmax', 'softmax_gated')
+        self.gated = attention in ('gated', 'softmax_gated')
         self.num_features = num_features
         self.use_ca = use_ca
         self.use_sa = use_sa
@@ -78,7 +92,8 @@ class CategoryAttention(nn.Module):
         return self.channel_attention(feat.amax(dim=1), self.f_w(nodes.to(feat.dtype)), class_index)
 
     def spatial_attention(self, feat: Tensor, embeddings: Tensor) -> Tensor:
-        """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``.
+        """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``; the softmax variants
+        replace the sigmoid by a softmax over the positions p (SSGRL's normalisation), so each map sums to 1.
 
         Args:
             feat: feature map ``[B, P, d]``.
@@ -92,13 +107,54 @@ class CategoryAttention(nn.Module):
         else:
             logits = kernels.spatial_attention_logits(
                 projected, embeddings, self.f_s.weight.view(-1), impl=self.attention_impl)
+        if self.softmax_spatial:
+            return torch.softmax(logits + self.f_s.bias, dim=-1)
         return torch.sigmoid(logits + self.f_s.bias)
 
-    def pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor]) -> Tensor:
-        """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]`` (no [B,C,P,d] tensor)."""
+    def _max_pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float,
+                  ca_weight: float) -> Tensor:
         if torch.jit.is_scripting():
-            return reference_kernels.attention_max_pool_reference(feat, sa, ca, self.sa_weight, self.ca_weight)
-        return kernels.attention_max_pool(feat, sa, ca, self.sa_weight, self.ca_weight, impl=self.attention_impl)
+            return reference_kernels.attention_max_pool_reference(feat, sa, ca, sa_weight, ca_weight)
+        return kernels.attention_max_pool(feat, sa, ca, sa_weight, ca_weight, impl=self.attention_impl)
+
+    def pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], pooled: Optional[Tensor] = None
+             ) -> Tensor:
+        """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]`` (no [B,C,P,d] tensor), or the
+        fusion of the ``attention`` variant. ``pooled``: ``GMP(F)`` of each category ``[B, C, d]`` where it is not
+        ``GMP`` of ``feat`` (OE's erased feature maps; softmax variants only)."""
+        if self.attention == 'paper' or sa is None and pooled is None:
+            return self._max_pool(feat, sa, ca, self.sa_weight, self.ca_weight)
+        if sa is None:  # CA alone: max_p F_p * CA == CA * GMP(F) (CA > 0)
+            assert ca is not None and pooled is not None
+            return ca * pooled
+        if self.softmax_spatial:
+            spatial = torch.bmm(sa, feat)  # sum_p SA_p F_p, [B, C, d]
+        else:  # 'gated': max_p F_p SA_p
+            spatial = self._max_pool(feat, sa, None, 1.0, 1.0)
+        if ca is None:
+            return spatial
+        if self.gated:
+            return ca * spatial
+        gmp = feat.amax(dim=1, keepdim=True) if pooled is None else pooled
+        return self.sa_weight * spatial + self.ca_weight * (ca * gmp)
+
+    def erased_features(self, feat: Tensor, nodes: Tensor, sa: Tensor, class_index: Tensor, erased: Tensor
+                        ) -> Tensor:
+        """OE's feature erasing (not the paper's): the category features ``[B, K, d]`` of the categories
+        ``class_index`` ``[B, K]`` with their region ``erased`` (bool ``[B, K, P]``) removed from the feature map
+        on every path into the category: eq. 4's GMP pools ``F * (1 - M)``, SA (``sa`` ``[B, K, P]``) is zeroed
+        there (the softmax variants renormalise it over the positions left). 'paper' cannot erase its additive
+        CA term per position without a ``[B, K, P, d]`` tensor, so it is refused by the model."""
+        keep = (~erased).to(feat.dtype)
+        pooled = self._max_pool(feat, keep, None, 1.0, 1.0)  # GMP(F * (1 - M)) per category
+        ca: Optional[Tensor] = None
+        if self.use_ca and self.f_w is not None and self.f_ca is not None and self.f_c is not None:
+            ca = channel_kernels.channel_attention(self.f_ca(pooled), self.f_w(nodes.to(feat.dtype)),
+                                                   self.f_c.weight, self.f_c.bias, class_index)
+        kept = sa * keep
+        if self.softmax_spatial:
+            kept = kept / kept.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+        return self.pool(feat, kept, ca, pooled)
 
     def forward(
             self, feat: Tensor, nodes: Optional[Tensor], num_classes: int,
@@ -125,7 +181,8 @@ class CategoryAttention(nn.Module):
         return self.pool(feat, sa, ca), sa, ca
 
     def extra_repr(self) -> str:
-        return f'use_ca={self.use_ca}, use_sa={self.use_sa}, attention_impl={self.attention_impl!r}'
+        return (f'use_ca={self.use_ca}, use_sa={self.use_sa}, attention={self.attention!r}, '
+                f'attention_impl={self.attention_impl!r}')
 
 
 def _dot_per_category(features: Tensor, weight: Tensor) -> Tensor:

@@ -102,19 +102,20 @@ class ObjectErasing(nn.Module):
         self.topk = topk
         self.alpha = alpha
 
-    def forward(self, logits: Tensor, sa: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor]:
+    def forward(self, logits: Tensor, sa: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
         """Erase the selected categories' regions.
 
         Args:
             logits: ``[B, C]`` scores of the original pass.
             sa: spatial attention ``[B, C, P]`` with ``P = height * width``.
         Returns:
-            ``(class_index [B, K], erased SA of those classes [B, K, P])``.
+            ``(class_index [B, K], erased SA of those classes [B, K, P], region bool [B, K, P])``: the SA of the
+            selected classes with the region (eqs. 7-10, True where erased) set to 0.
         """
         class_index = select_erased_classes(logits, self.topk)
         selected = torch.gather(sa, 1, class_index.unsqueeze(-1).expand(-1, -1, sa.shape[-1]))
         mask = erase_region(selected.detach().unflatten(-1, (height, width)), self.alpha).flatten(-2)
-        return class_index, selected.masked_fill(mask, 0.0)
+        return class_index, selected.masked_fill(mask, 0.0), mask
 
     def extra_repr(self) -> str:
         return f'topk={self.topk}, alpha={self.alpha}'

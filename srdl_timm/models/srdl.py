@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..labels import (
     LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names,
     store_label_thresholds)
-from ..layers import CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
+from ..layers import ATTENTION_VARIANTS, CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 from .backbone import (backbone_cfg, backbone_group_matcher, create_backbone, default_out_indices,
                        last_intermediate, load_backbone_weights, probe_feature_shape)
@@ -73,6 +73,10 @@ class SRDL(nn.Module):
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
         object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
         oe_topk / oe_alpha: K and alpha of §3.3.
+        attention: 'paper' (eqs. 5-6 as written) or a variant that is not the paper's, 'gated', 'softmax',
+            'softmax_gated' (:data:`srdl_timm.layers.ATTENTION_VARIANTS`; MODEL_CARD.md, "Attention variants").
+        oe_erase: what OE erases in its region: 'attention' (the paper: the category's SA) or 'features' (not the
+            paper's: the feature map on every path into the category; not with ``attention='paper'``).
         attention_impl: 'auto' | 'reference' | 'chunked' | 'compiled' | 'triton' kernels for eqs. 5-6 (see ``ops``).
         zero_init_spatial: zero-initialise ``f_s`` of eq. 5 so SA starts at 0.5 everywhere (default; with PyTorch's
             init SA was measured to collapse to ~0 instead of localising, see ``CategoryAttention``). Init only:
@@ -101,6 +105,8 @@ class SRDL(nn.Module):
             object_erasing: bool = False,
             oe_topk: int = 3,
             oe_alpha: float = 0.5,
+            attention: str = 'paper',
+            oe_erase: str = 'attention',
             attention_impl: str = 'auto',
             zero_init_spatial: bool = True,
             img_size: Optional[Union[int, Tuple[int, int]]] = None,
@@ -120,6 +126,15 @@ class SRDL(nn.Module):
                 raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
         if object_erasing and not use_sa:
             raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
+        if attention not in ATTENTION_VARIANTS:
+            raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
+        if oe_erase not in ('attention', 'features'):
+            raise ValueError(f"oe_erase must be 'attention' or 'features', got {oe_erase!r}")
+        if oe_erase == 'features' and attention == 'paper':
+            raise ValueError("oe_erase='features' needs attention='gated', 'softmax' or 'softmax_gated': eq. 6's "
+                             "additive CA term of attention='paper' cannot be erased position by position")
+        self.attention = attention
+        self.oe_erase = oe_erase
         self.backbone_name = backbone
         self.in_chans = in_chans
         self.drop_rate = drop_rate
@@ -191,7 +206,8 @@ class SRDL(nn.Module):
                 self.label_names = known_label_names(num_classes)
         self.car = CategoryAttention(
             self.num_features, self.embed_dim, use_ca=self.use_ca, use_sa=self.use_sa,
-            attention_impl=self.attention_impl, zero_init_spatial=self.zero_init_spatial).to(device=device, dtype=dtype)
+            attention_impl=self.attention_impl, zero_init_spatial=self.zero_init_spatial,
+            attention=self.attention).to(device=device, dtype=dtype)
         self.classifier = CategoryClassifier(self.num_features, num_classes).to(device=device, dtype=dtype)
         for module in (self.label_graph, self.car, self.classifier):
             if module is not None:
@@ -347,7 +363,7 @@ class SRDL(nn.Module):
         """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis
         (``benchmarks/oe_diagnosis.py``): ``logits`` and ``features`` (f_c) ``[B, C, ...]`` and ``sa`` ``[B, C, P]``
         of the original pass; ``class_index`` ``[B, K]`` (the erased categories), their ``erased_sa`` ``[B, K, P]``
-        and ``erased_features`` ``[B, K, d]``; ``erased_logits`` ``[B, C]``."""
+        and ``erased_features`` ``[B, K, d]``; the erased ``region`` bool ``[B, K, P]``; ``erased_logits`` ``[B, C]``."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -355,13 +371,18 @@ class SRDL(nn.Module):
         features, sa, ca = self.car(feat, nodes, self.num_classes)
         logits = self.classifier(self.head_drop(features))
         assert sa is not None
-        class_index, erased_sa = self.object_eraser(logits, sa, height, width)
-        # CA of the erased categories recomputed (eq. 4), not gathered: no [B, C, d] gradient buffer at the peak
-        erased_ca = None if ca is None else self.car.selected_channel_attention(feat, nodes, class_index)
-        erased_features = self.car.pool(feat, erased_sa, erased_ca)
+        class_index, erased_sa, region = self.object_eraser(logits, sa, height, width)
+        if self.oe_erase == 'features':
+            assert nodes is not None
+            erased_features = self.car.erased_features(feat, nodes, erased_sa, class_index, region)
+        else:
+            # CA of the erased categories recomputed (eq. 4), not gathered: no [B, C, d] gradient buffer at the peak
+            erased_ca = None if ca is None else self.car.selected_channel_attention(feat, nodes, class_index)
+            erased_features = self.car.pool(feat, erased_sa, erased_ca)
         erased_selected = self.classifier(self.head_drop(erased_features), class_index)
         erased_logits = logits.scatter(1, class_index, erased_selected)
-        return {'logits': logits, 'features': features, 'sa': sa, 'class_index': class_index, 'erased_sa': erased_sa,
+        return {'logits': logits, 'features': features, 'sa': sa, 'class_index': class_index, 'region': region,
+                'erased_sa': erased_sa,
                 'erased_features': erased_features, 'erased_logits': erased_logits}
 
     @torch.jit.ignore

@@ -24,7 +24,8 @@ def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: 
     """Eq. 4 with autograd ops: ``sigmoid(tanh(a_b * e_c) W^T + bias)``.
 
     Args:
-        gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``.
+        gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``, or ``[B, K, d]`` with ``class_index`` (one pooled map per
+            selected category: OE's feature erasing pools each category's erased map).
         embeddings: ``e = f_w(x_c)`` ``[C, d]``.
         weight, bias: ``f_c`` (``[d, d]``, ``[d]``).
         class_index: ``[B, K]`` categories per image, or None for all (OE's erased pass, §3.3: the top-K
@@ -34,7 +35,7 @@ def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: 
         ``[B, C, d]`` (or ``[B, K, d]``).
     """
     e = embeddings.unsqueeze(0) if class_index is None else embeddings[class_index]
-    gate = torch.tanh(gate_input.unsqueeze(1) * e)
+    gate = torch.tanh((gate_input if gate_input.dim() == 3 else gate_input.unsqueeze(1)) * e)
     return torch.sigmoid(F.linear(gate, weight, bias))
 
 

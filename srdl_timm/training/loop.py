@@ -397,14 +397,39 @@ def _backward_step(state: TrainState, loss: torch.Tensor, update: bool) -> None:
         state.optimizer.step()
 
 
+def _check_finite(state: TrainState, first_bad: torch.Tensor, epoch: int) -> None:
+    """The deferred non-finite-loss check (a host sync): raise if any rank saw a NaN/inf loss since the last check.
+
+    ``first_bad`` holds the first optimizer step whose loss was not finite (0: none). Called at log intervals, before
+    every checkpoint and at the end of the epoch, so nothing non-finite is ever saved."""
+    if is_dist_initialized() and dist.get_world_size() > 1:
+        first_bad = first_bad.clone()
+        dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
+    step = int(first_bad.item())
+    if step:
+        raise NonFiniteLossError(
+            f'the loss became NaN or infinite at optimizer step {step} (epoch {epoch + 1}, 1-based; found at step '
+            f'{state.global_step}); training stopped, nothing after step {step - 1} was saved. Last good '
+            f'checkpoint: {state.last_checkpoint or "none written yet"}. Try a lower --lr, --clip-grad, or '
+            '--amp-dtype bfloat16 instead of float16.', epoch=epoch, step=step)
+
+
+def _epoch_means(state: TrainState, sums: torch.Tensor, count: int) -> List[float]:
+    """Mean loss terms of the epoch so far over micro-batches and ranks (a host sync)."""
+    sums = all_reduce_mean(sums)
+    state.epoch_loss_sums, state.epoch_micro_batches = sums.tolist(), count
+    return [v / max(count, 1) for v in state.epoch_loss_sums]
+
+
 def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_batch: int = 0) -> Dict[str, Any]:
     """Train over ``loader`` (this rank's micro-batches of ``epoch`` from ``start_batch`` on).
 
-    Per micro-batch: the task's forward + loss (autocast when AMP; the loss in float32), a global finiteness check
-    (NaN/inf → :class:`NonFiniteLossError` before any weight changes), backward of ``L / grad_accum_steps`` (DDP
-    gradient sync only on the last micro-batch of a step, ``task.no_sync()``). Per optimizer step: optional
-    unscale + clipping, step, EMA update, per-update lr schedule, logging, checkpoints every
-    ``checkpoint_interval_steps``, and the ``max_steps`` stop (with a checkpoint).
+    Per micro-batch: the task's forward + loss (autocast when AMP; the loss in float32), backward of
+    ``L / grad_accum_steps`` (DDP gradient sync only on the last micro-batch of a step, ``task.no_sync()``). Per
+    optimizer step: optional unscale + clipping, step, EMA update, per-update lr schedule. The loss sums and the
+    finiteness check stay on the device; the host syncs only at log intervals, checkpoints (every
+    ``checkpoint_interval_steps``), the ``max_steps`` stop and the epoch's end, where a NaN/inf loss since the last
+    sync raises :class:`NonFiniteLossError` before anything is saved (:func:`_check_finite`).
 
     Returns:
         ``{'loss', 'loss_ori', 'loss_era', 'lr', 'steps', 'stopped', 'time_s', 'micro_batches'}`` (losses: mean
@@ -418,7 +443,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
     dtype = amp_dtype(cfg)
     if start_batch == 0:  # else: the partial sums of the interrupted epoch, restored from the checkpoint
         state.epoch_loss_sums, state.epoch_micro_batches = [0.0, 0.0, 0.0], 0
-    sums = torch.tensor(state.epoch_loss_sums, dtype=torch.float64)
+    sums = torch.tensor(state.epoch_loss_sums, dtype=torch.float64, device=state.device)
+    first_bad = torch.zeros((), dtype=torch.int64, device=state.device)
     count = state.epoch_micro_batches
     micro_this_call = steps = 0
     stopped = False
@@ -437,21 +463,13 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
             with torch.autocast(device_type=state.device.type, dtype=dtype) if dtype else contextlib.nullcontext():
                 result = task(images, targets)
             loss = result['loss']
-            values = torch.stack([loss.detach(), result['loss_ori'],
-                                  result.get('loss_era', torch.zeros_like(result['loss_ori']))]).float()
-            values = all_reduce_mean(values).cpu()
-            if not torch.isfinite(values).all():
-                raise NonFiniteLossError(
-                    f'the loss became {values[0].item()} at epoch {epoch + 1} (1-based), optimizer step '
-                    f'{state.global_step + 1}, micro-batch {batch_index + 1} of the epoch; training stopped before '
-                    f'updating the weights. Last good checkpoint: {state.last_checkpoint or "none written yet"}. '
-                    'Try a lower --lr, --clip-grad, or --amp-dtype bfloat16 instead of float16.',
-                    epoch=epoch, step=state.global_step + 1)
+            values = torch.stack([loss.detach(), result['loss_ori'].detach(),
+                                  result.get('loss_era', torch.zeros_like(result['loss_ori'])).detach()]).double()
+            first_bad.masked_fill_((first_bad == 0) & ~torch.isfinite(values).all(), state.global_step + 1)
             _backward_step(state, loss / accum, update=last_micro)
-        sums += values.double()
+        sums += values
         count += 1
         micro_this_call += 1
-        state.epoch_loss_sums, state.epoch_micro_batches = sums.tolist(), count
         bar.update(1)
         if not last_micro:
             continue
@@ -461,24 +479,29 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
         task.update_ema(step=state.global_step)
         if state.scheduler is not None and cfg.sched_on_updates:
             state.scheduler.step_update(num_updates=state.global_step)
-        if state.global_step % cfg.log_interval == 0 and state.is_main:
-            bar.set_postfix(loss=f'{sums[0].item() / count:.4f}', lr=f'{state.current_lr():.2e}')
-            _logger.info('epoch %d step %d (%d/%d): loss %.5f (ori %.5f, era %.5f) lr %.3e', epoch + 1,
-                         state.global_step, batch_index + 1, total, values[0].item(), values[1].item(),
-                         values[2].item(), state.current_lr())
         done = batch_index + 1
-        if cfg.max_steps is not None and state.global_step >= cfg.max_steps:
+        at_max = cfg.max_steps is not None and state.global_step >= cfg.max_steps
+        at_checkpoint = bool(cfg.checkpoint_interval_steps) and state.global_step % cfg.checkpoint_interval_steps == 0
+        if state.global_step % cfg.log_interval == 0 or ((at_max or at_checkpoint) and done < total):
+            _check_finite(state, first_bad, epoch)
+            means = _epoch_means(state, sums, count)
+            if state.global_step % cfg.log_interval == 0 and state.is_main:
+                bar.set_postfix(loss=f'{means[0]:.4f}', lr=f'{state.current_lr():.2e}')
+                _logger.info('epoch %d step %d (%d/%d): epoch mean loss %.5f (ori %.5f, era %.5f) lr %.3e', epoch + 1,
+                             state.global_step, batch_index + 1, total, means[0], means[1], means[2],
+                             state.current_lr())
+        if at_max:
             if done < total:
                 state.save(epoch, done)
             stopped = True
             break
-        if cfg.checkpoint_interval_steps and state.global_step % cfg.checkpoint_interval_steps == 0 and done < total:
+        if at_checkpoint and done < total:
             state.save(epoch, done)
     bar.close()
-    n = max(count, 1)
+    _check_finite(state, first_bad, epoch)
+    means = _epoch_means(state, sums, count)
     return {
-        'loss': sums[0].item() / n, 'loss_ori': sums[1].item() / n,
-        'loss_era': sums[2].item() / n if cfg.oe else None,
+        'loss': means[0], 'loss_ori': means[1], 'loss_era': means[2] if cfg.oe else None,
         'lr': state.current_lr(), 'steps': steps, 'stopped': stopped, 'time_s': time.time() - start,
         'micro_batches': micro_this_call,
     }
