@@ -7,8 +7,9 @@ are skipped when the budget would be exceeded):
 1. ops: eq. 5's inner sum and eq. 6 + GMP, forward and input gradients, paths ``triton`` and ``chunked`` vs the
    reference on CUDA: float64 (rel. err <= 1e-10), fp32 (<= 1e-5), bf16 (<= 1e-2); shapes with h*w and d not a
    multiple of a block, C = 1, C = 80 at the real head size (B=2, 14x14, d=2048), C = 1000.
-2. model: ``srdl_resnet101`` (fp32, 224 px, batch 2, training with object erasing) with ``attention_impl``
-   triton vs reference: logits, erased logits and every parameter gradient (rel. err <= 1e-4).
+2. model: ``srdl_resnet101`` (fp32, 224 px, batch 2, training with object erasing; ``f_sa``/``f_s`` perturbed and
+   SA checked to vary over positions, max - min >= 1e-3) with ``attention_impl`` triton vs reference: logits,
+   erased logits and every parameter gradient (rel. err <= 1e-4).
 3. timing (eager): every row of benchmarks/timing.py at 448 px, ``--precision`` (bf16) + channels_last:
    inference at batch 1, 32, 64 and a training step with OE at batch 16; plus SRDL with the reference
    (naive) and chunked kernels at batch 32 for comparison.
@@ -171,6 +172,18 @@ def check_model(checks: Checks, dev: str, smoke: bool) -> None:
     model = timm.create_model(name, num_classes=80, label_embeddings=emb).to(dev).train()
     model.set_object_erasing(True)
     x = torch.randn(2, 3, size, size, device=dev)
+    # the default zero-init f_s makes SA 0.5 everywhere: eq. 5 would not count and OE would erase nothing
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer, gain in ((model.car.f_sa, 30.0), (model.car.f_s, 3.0)):
+            layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) * gain / layer.weight.shape[1] ** 0.5)
+            layer.bias.copy_(torch.randn(layer.bias.shape, generator=gen))
+        sa = model.eval().attention_maps(x)['spatial_attention'].flatten(2)
+    model.train()
+    spread = (sa.amax(-1) - sa.amin(-1)).min().item()  # over every image and class
+    print(f'  SA max - min over positions: {spread:.2e} at least', flush=True)
+    if spread < 1e-3:
+        checks.fail('model SA varies over positions', f'max - min {spread:.2e} < 1e-3: the comparison is blind')
     results = {}
     for impl in ('reference', fast):
         model.set_attention_impl(impl)

@@ -16,6 +16,8 @@ import srdl_timm  # noqa: F401  (registers the models)
 from srdl_timm.loss import SRDLLoss
 from srdl_timm.models.backbone import FeatureGrid, create_backbone, feature_map, token_grid_size, tokens_to_grid
 
+from fixtures_attention import assert_attention_not_constant, spatial_attention_on
+
 NUM_CLASSES = 3
 NODES = torch.randn(NUM_CLASSES, 8, generator=torch.Generator().manual_seed(0))
 _SWIN_SMALL = dict(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=4)
@@ -57,8 +59,9 @@ def srdl(backbone, backbone_kwargs=None, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         torch.manual_seed(0)
-        return timm.create_model('srdl_test_resnet', backbone=backbone, backbone_kwargs=dict(backbone_kwargs or {}),
-                                 num_classes=NUM_CLASSES, label_embeddings=NODES, **kwargs)
+        model = timm.create_model('srdl_test_resnet', backbone=backbone, backbone_kwargs=dict(backbone_kwargs or {}),
+                                  num_classes=NUM_CLASSES, label_embeddings=NODES, **kwargs)
+    return spatial_attention_on(model)  # SA varies over positions: comparisons of two paths can see eq. 5
 
 
 def _timm_grid(backbone, x):
@@ -130,10 +133,11 @@ SCRIPTABLE = [f for f in FAMILIES if f[0] in ('resnet', 'efficientnet', 'vit-cla
 def test_family_torchscript_fx_and_grad_checkpointing(name, kwargs, size, layout):
     """SRDL scripts and reproduces eager logits; timm's fx feature extractor traces it where it traces the bare
     backbone (timm's own Swin with dynamic input size does not trace); grad checkpointing leaves the output
-    unchanged."""
+    unchanged. SA is checked to vary over positions, so the comparisons see eq. 5."""
     from timm.models._features_fx import create_feature_extractor, get_graph_node_names
     model = srdl(name, kwargs).eval()
     x = torch.randn(2, 3, *size)
+    assert_attention_not_constant(model, x)
     with torch.no_grad():
         ref = model(x)
         with warnings.catch_warnings():
@@ -165,10 +169,11 @@ ONNX = [
 @pytest.mark.parametrize('name, kwargs, size, layout', _params(ONNX))
 def test_family_onnx_export_matches_pytorch(name, kwargs, size, layout, tmp_path):
     """srdl_timm.export's ONNX file of SRDL on a CNN, a fixed-size ViT (class token, distillation token) and Swin
-    passes onnxruntime's comparison with PyTorch at two batch sizes."""
+    passes onnxruntime's comparison with PyTorch at two batch sizes; SA is checked to vary over positions."""
     pytest.importorskip('onnxruntime')
     from srdl_timm.export import check_onnx, export_onnx
     model = srdl(name, kwargs)
+    assert_attention_not_constant(model, torch.randn(2, 3, *size))
     path = str(tmp_path / 'model.onnx')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')

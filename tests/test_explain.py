@@ -17,6 +17,8 @@ from srdl_timm.explain import (
     PANEL_HEIGHT, erase_box, explain, heatmap_colors, render_overlay, render_panel, save_explanation, upsample_maps)
 from srdl_timm.layers.oe import erase_region
 
+from fixtures_attention import assert_attention_not_constant, spatial_attention_on
+
 LABELS = ['person', 'bus', 'traffic light', 'dog', 'cat']
 SIZE = 128  # test_resnet's stride 32 -> a 4x4 attention grid
 
@@ -29,7 +31,9 @@ def model():
     emb = np.random.default_rng(0).standard_normal((5, 16)).astype(np.float32)
     m = timm.create_model('srdl_test_resnet', num_classes=5, label_names=LABELS, label_embeddings=emb,
                           pretrained_cfg_overlay=dict(input_size=(3, SIZE, SIZE)))
-    return m.eval()
+    spatial_attention_on(m).eval()  # SA varies over positions: maps and erase masks are not trivial
+    assert_attention_not_constant(m, torch.randn(2, 3, SIZE, SIZE))
+    return m
 
 
 @pytest.fixture(scope='module')
@@ -96,17 +100,15 @@ def test_explain_accepts_pil_arrays_and_normalised_tensors(model, images):
 
 def test_erase_masks_are_the_oe_region_and_boxes_cover_it(model, images):
     """erase=True returns, per selected map, erase_region(map, alpha) of layers/oe.py and the pixel rectangle of
-    that region on the image."""
+    that region on the image; every selected map's SA varies, so every mask is non-empty and has a box."""
     res = explain(model, images[0], topk=3, erase=True, erase_alpha=0.5)[0]
+    assert all(mask.any() for mask in res['erase_masks']) and None not in res['erase_boxes']
     expected = erase_region(torch.from_numpy(res['maps_raw']), 0.5).numpy()
     np.testing.assert_array_equal(res['erase_masks'], expected)
     assert res['erase_alpha'] == 0.5
     w, h = res['size']
     grid_h, grid_w = res['maps_raw'].shape[1:]
     for mask, box in zip(res['erase_masks'], res['erase_boxes']):
-        if not mask.any():
-            assert box is None
-            continue
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         assert box == (int(np.floor(cols[0] * w / grid_w)), int(np.floor(rows[0] * h / grid_h)),
                        int(np.ceil((cols[-1] + 1) * w / grid_w)), int(np.ceil((rows[-1] + 1) * h / grid_h)))

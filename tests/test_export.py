@@ -21,6 +21,8 @@ from srdl_timm.export import (
 from srdl_timm.errors import InputError
 from srdl_timm.loading import model_args
 
+from fixtures_attention import assert_attention_not_constant, spatial_attention_on
+
 pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated:FutureWarning')
 
 LABELS = ['cat', 'dog', 'car']
@@ -31,7 +33,8 @@ RTOL, ATOL = 1e-4, 1e-5
 def _model():
     torch.manual_seed(0)
     emb = np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
-    return timm.create_model('srdl_test_resnet', num_classes=3, label_names=LABELS, label_embeddings=emb).eval()
+    model = timm.create_model('srdl_test_resnet', num_classes=3, label_names=LABELS, label_embeddings=emb)
+    return spatial_attention_on(model).eval()  # the default zero-init f_s makes SA constant: exports would hide eq. 5
 
 
 @pytest.fixture(scope='module')
@@ -40,8 +43,10 @@ def model():
 
 
 def _reference(model, x):
-    """Logits of the eager model with its default (chunked, memory-lean) attention kernels."""
+    """Logits of the eager model with its default (chunked, memory-lean) attention kernels, after checking that its
+    SA on ``x`` varies over positions (else an export differing in eq. 5 would match)."""
     model.set_attention_impl('auto')
+    assert_attention_not_constant(model, x)
     with torch.no_grad():
         out = model(x).numpy()
     return out

@@ -121,6 +121,22 @@ def test_asl_with_no_focusing_and_no_margin_is_bce():
     assert torch.allclose(asl(logits, target), SRDLLoss()(logits, target), atol=1e-6)
 
 
+def test_asl_focusing_terms_are_pinned_to_their_closed_form():
+    """ASL's per-entry values at logit 0 (p = 0.5), written out: a negative costs p_m^gamma- * -log(1 - p_m) with
+    p_m = 0.5 - 0.05 (0.45^4 * log(1/0.55) under the defaults, log(1/0.55) with gamma- = 0), a positive
+    (1 - p)^gamma+ * -log p; SRDLLoss(loss='asl') uses the defaults gamma- = 4, gamma+ = 0, margin 0.05."""
+    from srdl_timm.loss import masked_asl_with_logits
+    zero, neg, pos = torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, 1)
+    neg_ce, pos_ce = math.log(1 / 0.55), math.log(2.0)
+    assert masked_asl_with_logits(zero, neg).item() == pytest.approx(0.45 ** 4 * neg_ce, rel=1e-6)
+    assert masked_asl_with_logits(zero, neg, gamma_neg=0.0).item() == pytest.approx(neg_ce, rel=1e-6)
+    assert masked_asl_with_logits(zero, neg, gamma_neg=1.0).item() == pytest.approx(0.45 * neg_ce, rel=1e-6)
+    assert masked_asl_with_logits(zero, pos).item() == pytest.approx(pos_ce, rel=1e-6)
+    assert masked_asl_with_logits(zero, pos, gamma_pos=1.0).item() == pytest.approx(0.5 * pos_ce, rel=1e-6)
+    both = SRDLLoss(loss='asl')(torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]))
+    assert both.item() == pytest.approx((0.45 ** 4 * neg_ce + pos_ce) / 2, rel=1e-6)
+
+
 def test_asl_down_weights_easy_negatives_and_ignores_unlabelled_entries():
     """With the ASL defaults (gamma- 4, margin 0.05) an easy negative (p < 0.05) costs nothing, a confident wrong
     negative still costs; entries with target -1 change nothing; the loss is float32 from bfloat16 logits."""

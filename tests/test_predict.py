@@ -10,6 +10,10 @@ import io
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -260,20 +264,44 @@ def test_formatters_on_hand_made_predictions():
     assert rows[3] == ['z.jpg', '0', '', '', '', '', 'boom']
 
 
+def _as_nobody():
+    """The command prefix that runs a process as the unprivileged user 65534 (root's permission checks pass every
+    read), or None with the reason it cannot be had here."""
+    if os.geteuid() != 0:
+        return [], None
+    for tool in (['setpriv', '--reuid=65534', '--regid=65534', '--clear-groups'], ['runuser', '-u', 'nobody', '--']):
+        if shutil.which(tool[0]):
+            probe = subprocess.run(tool + ['id', '-u'], capture_output=True, text=True)
+            if probe.returncode == 0 and probe.stdout.strip() == '65534':
+                return tool, None
+    return None, 'running as root, and neither setpriv nor runuser can switch to user 65534 here'
+
+
 def test_broken_symlink_and_unreadable_file_are_reported(assets, tmp_path):
-    """A dangling symbolic link fails as its own input; a file without read permission (checked when not root)
-    fails with 'permission denied'."""
+    """A dangling symbolic link fails as its own input; a file without read permission fails with 'permission
+    denied' (srdl-predict run as a non-root user: as root through setpriv/runuser, else skipped saying why)."""
     link = tmp_path / 'dangling.jpg'
     link.symlink_to(tmp_path / 'gone.jpg')
     items = collect_inputs([str(link)])
     assert items[0].error and 'broken symbolic link' in items[0].error
-    if os.geteuid() == 0:
-        pytest.skip('running as root: file permissions do not stop reads')
-    locked = tmp_path / 'locked.jpg'
-    _write_rgb(str(locked), (20, 20), 9)
-    locked.chmod(0)
-    rc, doc = _run_json([str(locked), '--model', 'srdl_test_resnet', '--checkpoint', assets['ckpt']], tmp_path)
-    assert rc == 1 and 'permission denied' in doc['results'][0]['error']
+    prefix, why = _as_nobody()
+    if prefix is None:
+        pytest.skip(why)
+    with tempfile.TemporaryDirectory() as folder:  # pytest's tmp_path is private to root: not readable by 65534
+        os.chmod(folder, 0o777)
+        locked, ckpt, out = (os.path.join(folder, n) for n in ('locked.jpg', 'model.safetensors', 'out.json'))
+        _write_rgb(locked, (20, 20), 9)
+        os.chmod(locked, 0)
+        shutil.copyfile(assets['ckpt'], ckpt)
+        os.chmod(ckpt, 0o644)
+        env = dict(os.environ, HOME=folder)
+        run = subprocess.run(prefix + [sys.executable, '-m', 'srdl_timm.cli.predict', locked, '--model',
+                                       'srdl_test_resnet', '--checkpoint', ckpt, '--format', 'json', '--output', out,
+                                       '--workers', '0', '--img-size', str(IMG)],
+                             capture_output=True, text=True, env=env, cwd=folder, timeout=300)
+        assert run.returncode == 1, run.stderr
+        with open(out) as f:
+            assert 'permission denied' in json.load(f)['results'][0]['error']
 
 
 def test_label_names_fall_back_to_class_index_with_a_warning(assets, tmp_path, caplog):

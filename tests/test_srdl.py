@@ -10,6 +10,9 @@ import srdl_timm  # noqa: F401  (registers the models)
 from srdl_timm.layers import erase_region
 from srdl_timm.models import SRDL
 
+from fixtures_attention import (assert_attention_not_constant, block_feature_map, known_attention_head,
+                                spatial_attention_on)
+
 NUM_CLASSES = 5
 
 
@@ -79,10 +82,18 @@ def test_training_forward_is_a_tensor_when_oe_is_off(images):
     assert isinstance(model(images), torch.Tensor)
 
 
+def _eq5_sa(model, feat, nodes):
+    """Eq. 5 written out in the test: ``sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``."""
+    car = model.car
+    gated = torch.tanh(car.f_sa(feat).unsqueeze(1) * car.f_w(nodes).unsqueeze(0).unsqueeze(2))  # [B, C, P, d]
+    return torch.sigmoid(gated @ car.f_s.weight.view(-1) + car.f_s.bias)
+
+
 def test_erased_logits_change_only_topk_and_match_direct_recompute(images):
-    """OE: erased logits differ from the original only in the top-K classes, and equal a recomputation of
-    eq. 6 with the SA rectangle zeroed (CA kept)."""
-    model = tiny(oe_topk=2).double()
+    """OE: erased logits differ from the original only in the top-K classes, and equal a recomputation of eq. 5
+    (written out here) and eq. 6 with the SA rectangle zeroed (CA kept). f_s is perturbed and the SA it compares is
+    checked to vary, so every erase mask is non-empty and every erased logit differs from the original."""
+    model = spatial_attention_on(tiny(oe_topk=2)).double()
     model.set_object_erasing(True)
     model.train()
     model.head_drop.p = 0.0
@@ -90,20 +101,64 @@ def test_erased_logits_change_only_topk_and_match_direct_recompute(images):
     logits, erased = model(x)
     feat_map = model.forward_features(x)
     h, w = feat_map.shape[-2:]
-    features, sa, ca = model.forward_category_features(feat_map)
-    top = logits.topk(2, dim=1).indices
+    _, _, ca = model.forward_category_features(feat_map)
     feat = feat_map.flatten(2).transpose(1, 2)
+    sa = _eq5_sa(model, feat, model.label_graph())
+    assert (sa.amax(-1) - sa.amin(-1)).min() > 1e-3  # the guard, on the SA this test compares
+    top = logits.topk(2, dim=1).indices
     for n in range(x.shape[0]):
         for c in range(NUM_CLASSES):
             if c in top[n]:
                 mask = erase_region(sa[n, c].view(h, w), 0.5).flatten()
+                assert mask.any()
                 sa_erased = sa[n, c].masked_fill(mask, 0.0)
                 fused = 0.5 * feat[n] * sa_erased.unsqueeze(1) + 0.5 * feat[n] * ca[n, c].unsqueeze(0)
                 f_hat = fused.max(dim=0).values
                 expected = f_hat @ model.classifier.weight[c] + model.classifier.bias[c]
-                torch.testing.assert_close(erased[n, c], expected)
+                torch.testing.assert_close(erased[n, c], expected, rtol=1e-12, atol=1e-12)
+                assert erased[n, c] != logits[n, c]
             else:
                 assert erased[n, c] == logits[n, c]
+
+
+#: the known-answer OE case: a 4 x 4 grid whose features are 1 on the 2 x 2 block rows 1-2, columns 1-2, 0 elsewhere
+GRID, BLOCK, VALUE, F_S_BIAS = 4, (slice(1, 3), slice(1, 3)), 1.0, -1.0
+
+
+def test_object_erasing_known_answer_rectangle_and_erased_logit():
+    """OE at model level on a constructed case: with the head of known_attention_head (f_w(x_c) = 1, f_sa = I,
+    f_s = 1/d per channel, CA = 0.5) and F = 1 on a 2 x 2 block, SA = sigmoid(tanh(1) + b) on the block and
+    sigmoid(b) elsewhere (eq. 5); OE erases exactly the block (eqs. 7-10), so f_c drops from
+    0.5 * SA_block + 0.25 to 0.25 (eq. 6 + GMP) and the erased logit of a selected class c is
+    0.25 * sum_k w_ck + b_c. forward_erasing returns these intermediates; the unselected classes keep their logits."""
+    model = tiny(oe_topk=2).double().eval()
+    d = model.num_features
+    known_attention_head(model, 1.0 / d, F_S_BIAS)
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.linspace(-1.0, 1.0, NUM_CLASSES, dtype=torch.float64)[:, None] / d)
+        model.classifier.bias.copy_(torch.arange(NUM_CLASSES, dtype=torch.float64) / 10)
+    feat_map = block_feature_map(2, d, GRID, GRID, *BLOCK, VALUE)
+    with torch.no_grad():
+        out = model.forward_erasing(feat_map)
+    sa_block = torch.sigmoid(torch.tensor(VALUE, dtype=torch.float64).tanh() + F_S_BIAS)
+    block = torch.zeros(GRID, GRID, dtype=torch.bool)
+    block[BLOCK] = True
+    want_sa = torch.where(block, sa_block, torch.sigmoid(torch.tensor(F_S_BIAS, dtype=torch.float64))).flatten()
+    torch.testing.assert_close(out['sa'], want_sa.expand(2, NUM_CLASSES, -1), rtol=1e-12, atol=1e-12)
+    row_sum = model.classifier.weight.sum(1)  # f_c is the same on every channel
+    f_c = VALUE * (0.5 * sa_block + 0.25)
+    want_logits = f_c * row_sum + model.classifier.bias
+    torch.testing.assert_close(out['logits'], want_logits.expand(2, -1), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out['features'], torch.full((2, NUM_CLASSES, d), float(f_c), dtype=torch.float64))
+    assert out['class_index'].tolist() == [[4, 3], [4, 3]]  # the two largest logits
+    torch.testing.assert_close(out['erased_sa'], out['sa'][:, :2].masked_fill(block.flatten(), 0.0))
+    torch.testing.assert_close(out['erased_features'], torch.full((2, 2, d), 0.25 * VALUE, dtype=torch.float64))
+    want_erased = want_logits.clone()
+    want_erased[[4, 3]] = 0.25 * VALUE * row_sum[[4, 3]] + model.classifier.bias[[4, 3]]
+    torch.testing.assert_close(out['erased_logits'], want_erased.expand(2, -1), rtol=1e-12, atol=1e-12)
+    model.set_object_erasing(True)
+    logits, erased = model.train().forward_head_erasing(feat_map)
+    torch.testing.assert_close((logits, erased), (out['logits'], out['erased_logits']), rtol=0, atol=0)
 
 
 def test_eval_is_deterministic(images):
@@ -118,10 +173,11 @@ def test_eval_is_deterministic(images):
 
 @pytest.mark.parametrize('impl', ['reference', 'chunked'])
 def test_attention_impls_agree_in_model(images, impl):
-    """Both kernels give the same logits and gradients inside the full model."""
-    model = tiny().double()
+    """Both kernels give the same logits and gradients inside the full model (SA perturbed and checked to vary)."""
+    model = spatial_attention_on(tiny()).double()
     model.set_attention_impl('reference')
     x = images.double()
+    assert_attention_not_constant(model, x)
     ref = model(x)
     ref.sum().backward()
     ref_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -244,9 +300,11 @@ def test_features_only():
 
 
 def test_torchscript_fx_and_compile_in_eval(images):
-    """torch.jit.script, torch.fx (timm's feature extractor) and torch.compile reproduce eager eval logits."""
+    """torch.jit.script, torch.fx (timm's feature extractor) and torch.compile (backend 'eager') reproduce eager
+    eval logits, on a model whose SA is perturbed and checked to vary over positions."""
     from timm.models._features_fx import create_feature_extractor
-    model = tiny().eval()
+    model = spatial_attention_on(tiny()).eval()
+    assert_attention_not_constant(model, images)
     with torch.no_grad():
         ref = model(images)
         with warnings.catch_warnings():
