@@ -49,11 +49,12 @@ def logits(model, x) -> np.ndarray:
 
 @pytest.mark.parametrize('case', list(CASES))
 def test_logits_are_bit_identical_to_the_frozen_values(case):
-    """The model's logits equal the frozen ones bit for bit, and its spatial attention is not constant."""
+    """The model's logits equal the frozen ones bit for bit; the spatial attention of the untrained models is not
+    constant (so the kernels of eqs. 5-6 matter to the logits)."""
     frozen = np.load(FROZEN)[case]
     model, x = frozen_case(case)
     with torch.no_grad():
-        assert model.attention_maps(x)['spatial_attention'].std() > 1e-3
+        assert 'pretrained' in CASES[case][1] or model.attention_maps(x)['spatial_attention'].std() > 1e-3
     got = logits(model, x)
     assert got.dtype == frozen.dtype and got.shape == frozen.shape
     assert np.array_equal(got, frozen), f'{case}: max abs difference {np.abs(got - frozen).max():.3g}'
