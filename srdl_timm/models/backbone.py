@@ -26,7 +26,6 @@ timm's pretrained weights load unchanged.
 
 The model's build-time cfg follows the backbone (:func:`backbone_cfg`: pool size, input size), as do its
 ``group_matcher`` (:func:`backbone_group_matcher`) and ``features_only`` levels (:func:`default_out_indices`).
-:mod:`srdl_timm.models.backbone_units` splits ``forward_features`` into units.
 """
 import logging
 import re
