@@ -176,9 +176,7 @@ def head_breakdown_main(args) -> List[Dict[str, Any]]:
                      + ', '.join(f'{k} {v:.3f}' if isinstance(v, float) else f'{k} {v}' for k, v in peak.items())
                      + f"; N = B*C*P*d = {result['steps']:,} steps per equation")
     if result['auto']:
-        lines.append("'auto' measured: " + '; '.join(
-            f"{k[0]} -> {v[0]} (" + ', '.join(f'{n} {1e3 * t:.1f} ms' for n, t in v[1].items()) + ')'
-            for k, v in result['auto'].items()))
+        lines.append("'auto' ran: " + '; '.join(f'{op} -> {impl}' for op, impl in result['auto'].items()))
     table = '\n'.join(lines) + '\n'
     print(table)
     if args.markdown:

@@ -129,7 +129,7 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
         seconds = time.perf_counter() - t0
     hwm = _status_kib('VmHWM')
     from srdl_timm.ops import dispatch
-    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in dispatch.auto_decisions().items()})
+    picks = sorted(f'{op}:{choice}' for op, choice in dispatch.auto_decisions().items())
     return dict(model=model_name, classes=num_classes, peak_rss=hwm * 1024, peak_run=(hwm - rss0) * 1024,
                 rss_before=rss0 * 1024, seconds=seconds, loss=float(loss), auto='/'.join(picks) or None)
 

@@ -245,7 +245,7 @@ def prepare_cell(args: argparse.Namespace, row: str, mode: str, batch: int) -> T
     if hasattr(model, 'set_attention_impl'):
         info['attention_impl'] = select_impl(args.attention_impl, device) if args.compile == 'off' else 'compiled'
         if info['attention_impl'] == 'chunked' and args.attention_impl == 'auto' and device.type == 'cpu':
-            info['attention_impl'] = 'auto-cpu'  # measured per shape at first use; see _auto_note
+            info['attention_impl'] = 'auto-cpu'  # compiled from AUTO_MIN_ELEMENTS on; see _auto_note
     if mode == 'infer':
         model = model.to(device=device, memory_format=memory_format).eval()
         if dtype != torch.float32:
@@ -288,9 +288,9 @@ def prepare_cell(args: argparse.Namespace, row: str, mode: str, batch: int) -> T
 
 
 def _auto_note() -> str:
-    """What 'auto' chose on CPU in this process (the compiled-vs-chunked measurements), for the notes column."""
+    """What 'auto' ran on CPU in this process (compiled or chunked per op), for the notes column."""
     from srdl_timm.ops import compiled, dispatch
-    picks = sorted({f'{key[0]}:{choice}' for key, (choice, _) in dispatch.auto_decisions().items()})
+    picks = sorted(f'{op}:{choice}' for op, choice in dispatch.auto_decisions().items())
     if not picks:
         return 'chunked' if compiled.available() else f'chunked (compiled off: {compiled.unavailable_reason()})'
     return '/'.join(picks)

@@ -21,7 +21,7 @@ from .weight_files import load_state_dict
 
 __all__ = [
     'OFFLINE_BACKBONES',
-    'timm_imagenet_backbone',
+    'imagenet_weights_error',
     'efficientnet_lite0_checkpoint_path',
     'efficientnet_lite0_imagenet_state_dict',
     'convert_lukemelas_efficientnet_lite0',
@@ -245,26 +245,18 @@ def load_pretrained_backbone(model: nn.Module, name: str, strict_backbone: bool 
     _logger.info('%s: loaded %d offline ImageNet tensors', name, len(to_load))
 
 
-def timm_imagenet_backbone(name: str, in_chans: int = 3, **kwargs) -> nn.Module:
-    """``timm.create_model(name, pretrained=True, num_classes=0, **kwargs)``: the backbone without classifier,
-    built as :func:`srdl_timm.models.backbone.create_backbone` built it (same ``kwargs``: an ``img_size`` makes timm
-    resample the position embeddings), to copy its weights from.
-
-    Raises:
-        InputError: the weights could not be fetched (no network, HF_HUB_OFFLINE=1 without them in the cache, ...);
-            the message names the backbone, where its weights come from and what to do.
-    """
+def imagenet_weights_error(name: str, error: Exception) -> Exception:
+    """The error for timm's ImageNet weights of backbone ``name`` that could not be had (no network,
+    HF_HUB_OFFLINE=1 without them in the cache, ...): it names the backbone, where its weights come from and what
+    to do."""
     import timm
     from .errors import InputError
-    try:
-        return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kwargs)
-    except Exception as e:  # huggingface_hub / network / cache errors
-        cfg = timm.models.get_pretrained_cfg(name)
-        source = (cfg.hf_hub_id or cfg.url or 'no source known') if cfg is not None else 'no source known'
-        offline = os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
-        raise InputError(
-            f'the ImageNet weights of backbone {name!r} (pretrained_backbone=True, --pretrained-backbone; from '
-            f'{source}) could not be loaded ({type(e).__name__}: {e})'
-            + (' and HF_HUB_OFFLINE=1 forbids downloading them' if offline else '')
-            + '. Fetch them once with network access (timm caches them), or drop --pretrained-backbone; offline '
-            f'ImageNet backbones: {", ".join(sorted(OFFLINE_BACKBONES))}') from e
+    cfg = timm.models.get_pretrained_cfg(name)
+    source = (cfg.hf_hub_id or cfg.url or 'no source known') if cfg is not None else 'no source known'
+    offline = os.environ.get('HF_HUB_OFFLINE', '').strip().lower() in ('1', 'true', 'yes', 'on')
+    return InputError(
+        f'the ImageNet weights of backbone {name!r} (pretrained_backbone=True, --pretrained-backbone; from '
+        f'{source}) could not be loaded ({type(error).__name__}: {error})'
+        + (' and HF_HUB_OFFLINE=1 forbids downloading them' if offline else '')
+        + '. Fetch them once with network access (timm caches them), or drop --pretrained-backbone; offline '
+        f'ImageNet backbones: {", ".join(sorted(OFFLINE_BACKBONES))}')

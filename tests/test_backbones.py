@@ -381,24 +381,18 @@ def test_train_validate_predict_chain_on_a_transformer_backbone(model_kwargs, gr
         torch.testing.assert_close(published(x), model(x), rtol=0, atol=0)
 
 
-def test_pretrained_vit_weights_are_resampled_to_the_size_it_is_built_for(tmp_path, monkeypatch):
-    """pretrained_backbone=True on a ViT built for another size (img_size) loads timm's weights with the same build
-    arguments, so timm resamples the 10 x 10 position embedding of the 160-px weights to the 4 x 4 grid of 64 px
-    (bicubic, as timm's checkpoint filter does) and every other tensor is loaded as it is."""
+def test_pretrained_vit_weights_are_resampled_to_the_size_it_is_built_for(tmp_path):
+    """pretrained_backbone=True passes pretrained=True to timm.create_model for the backbone as it is built: on a ViT
+    built for another size (img_size) timm resamples the 10 x 10 position embedding of the 160-px weights to the
+    4 x 4 grid of 64 px (bicubic, its checkpoint filter) and loads every other tensor as it is."""
     from safetensors.torch import save_file
     from timm.layers import resample_abs_pos_embed
-    import srdl_timm.models.backbone as adapter
     torch.manual_seed(0)
     source = timm.create_model('test_vit', num_classes=0)
     weights = tmp_path / 'test_vit.safetensors'
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(weights))
-
-    def local_weights(name, in_chans=3, **kwargs):  # timm's pretrained=True, the weights from a file (no network)
-        return timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans,
-                                 pretrained_cfg_overlay=dict(file=str(weights)), **kwargs)
-
-    monkeypatch.setattr(adapter, 'timm_imagenet_backbone', local_weights)
     model = timm.create_model('srdl_test_vit', num_classes=3, img_size=64, pretrained_backbone=True,
+                              backbone_kwargs=dict(pretrained_cfg_overlay=dict(file=str(weights))),
                               label_embeddings=NODES)
     torch.testing.assert_close(model.backbone.pos_embed,
                                resample_abs_pos_embed(source.pos_embed, (4, 4), num_prefix_tokens=1))

@@ -26,7 +26,7 @@ from timm.optim import create_optimizer_v2
 from srdl_timm.data import create_multilabel_loader
 from srdl_timm.loss import SRDLLoss
 from srdl_timm.training import SRDLTask
-from srdl_timm.models.backbone_units import backbone_units
+from benchmarks.offline.backbone_units import backbone_units
 
 _logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _logger = logging.getLogger(__name__)
 class FrozenTrunk:
     """Split of a model's backbone into a frozen trunk (cached) and a trained tail.
 
-    The units are :func:`srdl_timm.models.backbone_units.backbone_units` (stem, stages or blocks, final part, from timm's
+    The units are :func:`benchmarks.offline.backbone_units.backbone_units` (stem, stages or blocks, final part, from timm's
     ``feature_info``): CNNs, Swin and other staged backbones, and ViTs whose blocks run on their own (ViT, DeiT).
 
     Args:

@@ -1,33 +1,11 @@
-""" The backbone adapter: any timm model as the feature map ``F`` of eq. 1, ``[B, d, h, w]``
+"""The backbone adapter: any timm model as the feature map ``F = [B, d, h, w]`` of eq. 1.
 
-SRDL's head (and the peer heads of ``benchmarks/peer_heads.py``) needs one spatial grid of features. timm
-backbones give it in several layouts; which one a backbone has is read from timm's own API, not from a list of
-families: :func:`create_backbone` builds the timm model without its classifier and runs ``forward_features``
-once on the ``meta`` device (shapes only, no compute), then
-
-* ``'NCHW'``: a 4-D map with ``num_features`` channels first (CNNs, CoAtNet/MaxViT, PVT, CAFormer, EfficientViT,
-  FastViT, ...): used as it is, the CNN path of the paper;
-* ``'NHWC'``: a 4-D map the backbone declares channels-last (``output_fmt``; Swin, MambaOut, SAM2-Hiera, ...):
-  permuted;
-* ``'NLC'``: tokens ``[B, N, d]`` (ViT, DeiT, EVA, BEiT, XCiT, Twins, LeViT, Hiera, ...): the backbone's
-  ``num_prefix_tokens`` (class, distillation, register tokens) dropped and the patch tokens laid out on the
-  grid of the input size and the backbone's total stride (``feature_info``), as timm's
-  ``forward_intermediates(output_fmt='NCHW')`` does;
-* ``'intermediates'``: otherwise (``forward_features`` gives a list, only a class token, or tokens that are not
-  the patch grid: CoaT, CrossViT, PiT, VOLO, EfficientViM, ...) the last map of timm's
-  ``forward_intermediates(output_fmt='NCHW')``, with the backbone's final norm where it supports it.
-
-A backbone with none of these has no spatial grid, and :func:`create_backbone` says so naming it. Backbones
-that take ``dynamic_img_size`` (ViT, DeiT, EVA, Swin) are built with it, so any input size works (position
-embeddings resampled as timm does); ``img_size`` sets the size they are built for. Parameters of the backbone's
-own classifier head that ``forward_features`` never uses (ConvNeXt's head norm, MobileNetV3's ``conv_head``,
-EVA's ``fc_norm``, ...) are frozen: they would get no gradient (DDP refuses those), and stay in the state dict so
-timm's pretrained weights load unchanged.
-
-The model's build-time cfg follows the backbone (:func:`backbone_cfg`: pool size, input size), as do its
-``group_matcher`` (:func:`backbone_group_matcher`) and ``features_only`` levels (:func:`default_out_indices`).
-:mod:`srdl_timm.models.backbone_units` splits ``forward_features`` into units.
-"""
+:func:`create_backbone` builds the timm model without classifier and reads its layout from one meta-device
+``forward_features``: ``'NCHW'`` (CNNs, hybrids) as it is; ``'NHWC'`` (declared by ``output_fmt``: Swin, MambaOut)
+permuted; ``'NLC'`` tokens (ViT, EVA, DeiT) with the ``num_prefix_tokens`` dropped and the patch tokens laid on the
+grid, as timm's ``forward_intermediates(output_fmt='NCHW')`` does; else ``'intermediates'``: the last map of timm's
+``forward_intermediates`` (PiT, CoaT, ...). The first three stay scriptable. Backbones taking ``dynamic_img_size``
+get it; parameters ``forward_features`` never uses are frozen (DDP refuses parameters without a gradient)."""
 import logging
 import re
 import sys
@@ -40,10 +18,10 @@ from torch.func import functional_call
 
 import timm
 
-from ..pretrained_backbones import OFFLINE_BACKBONES, load_pretrained_backbone, timm_imagenet_backbone
+from ..pretrained_backbones import OFFLINE_BACKBONES, imagenet_weights_error, load_pretrained_backbone
 
 __all__ = [
-    'LAYOUTS', 'FeatureGrid', 'create_backbone', 'load_backbone_weights', 'feature_map', 'last_intermediate',
+    'LAYOUTS', 'FeatureGrid', 'create_backbone', 'feature_map', 'last_intermediate',
     'tokens_to_grid', 'token_grid_size', 'probe_feature_shape', 'backbone_cfg', 'backbone_group_matcher',
     'default_out_indices',
 ]
@@ -253,14 +231,14 @@ def _reduction(stride: Optional[int], height: int, grid_height: int) -> int:
     return max(1, round(height / grid_height))
 
 
-def _build(name: str, in_chans: int, device, dtype, optional: Dict[str, Any], kwargs: Dict[str, Any]
-           ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """``timm.create_model`` without classifier; ``optional`` arguments the model refuses are dropped. Returns the
-    model and the optional arguments it took."""
+def _build(name: str, in_chans: int, device, dtype, pretrained: bool, optional: Dict[str, Any],
+           kwargs: Dict[str, Any]) -> Tuple[nn.Module, Dict[str, Any]]:
+    """``timm.create_model`` without classifier (timm's ImageNet weights with ``pretrained``); ``optional``
+    arguments the model refuses are dropped. Returns the model and the optional arguments it took."""
     optional = dict(optional)
     while True:
         try:
-            return timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, device=device,
+            return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, device=device,
                                      dtype=dtype, **optional, **kwargs), optional
         except TypeError as e:
             refused = [k for k in optional if repr(k) in str(e)]
@@ -268,6 +246,10 @@ def _build(name: str, in_chans: int, device, dtype, optional: Dict[str, Any], kw
                 raise
             for key in refused:
                 optional.pop(key)
+        except Exception as e:  # noqa: BLE001  (hub / network / cache errors of the weights)
+            if not pretrained:
+                raise
+            raise imagenet_weights_error(name, e) from e
 
 
 _FX_WRAPPED: set = set()
@@ -311,7 +293,8 @@ def create_backbone(
         img_size: the input size the backbone is built for, where its class takes one (position embeddings,
             attention windows); None = its default. Backbones taking ``dynamic_img_size`` get it (True) unless
             ``kwargs`` say otherwise, so other sizes work too.
-        pretrained: load its ImageNet weights (:func:`load_backbone_weights`).
+        pretrained: its ImageNet weights: offline ones shipped by a package where known, else timm's
+            (``pretrained=True`` passed through: position embeddings resampled to the built size as timm does).
         kwargs: more arguments for ``timm.create_model`` (``drop_path_rate``, ``output_stride``, ...).
 
     Returns:
@@ -326,7 +309,8 @@ def create_backbone(
     optional = {'dynamic_img_size': True} if 'dynamic_img_size' not in kwargs else {}
     if img_size is not None:
         optional['img_size'] = img_size
-    backbone, taken = _build(name, in_chans, device, dtype, optional, kwargs)
+    offline = pretrained and name in OFFLINE_BACKBONES
+    backbone, taken = _build(name, in_chans, device, dtype, pretrained and not offline, optional, kwargs)
     _fx_wrap_timm_helpers(backbone)
     build_kwargs = dict(kwargs, **taken)
     if img_size is not None:
@@ -341,20 +325,9 @@ def create_backbone(
         for param_name in unused:
             params[param_name].requires_grad_(False)
         _logger.debug('backbone %s: %d parameters unused by its features frozen: %s', name, len(unused), unused)
-    if pretrained:
-        load_backbone_weights(backbone, name, in_chans, **build_kwargs)
-    return backbone, grid, build_kwargs
-
-
-def load_backbone_weights(backbone: nn.Module, name: str, in_chans: int = 3, **build_kwargs: Any) -> None:
-    """Load ``name``'s ImageNet weights into ``backbone`` (built by :func:`create_backbone` with ``build_kwargs``):
-    offline ones shipped by a package where known, else timm's (position embeddings resampled to the built size,
-    as timm does); an error naming the backbone and the fix when they cannot be had."""
-    if name in OFFLINE_BACKBONES:
+    if offline:
         load_pretrained_backbone(backbone, name)
-        return
-    reference = timm_imagenet_backbone(name, in_chans, **build_kwargs)
-    backbone.load_state_dict(reference.state_dict())
+    return backbone, grid, build_kwargs
 
 
 def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, size: Tuple[int, int]

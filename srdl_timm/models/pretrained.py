@@ -26,7 +26,7 @@ __all__ = [
     'MANIFEST_SCHEMA_VERSION', 'REPO_ID_RE', 'REQUIRED_PROTOCOL', 'MANIFEST_CFG_KEYS', 'ChecksumMismatchError',
     'MissingPretrainedWeightsError', 'shipped_weights_dir', 'weights_dir', 'manifest_path', 'verify_sha256',
     'empty_manifest', 'validate_entry', 'load_manifest', 'entry_file', 'entry_pretrained_cfg',
-    'manifest_pretrained_cfgs', 'with_manifest_tags', 'check_pretrained_weights',
+    'manifest_pretrained_cfgs', 'check_pretrained_weights',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -304,40 +304,13 @@ def manifest_pretrained_cfgs(
     return out
 
 
-def with_manifest_tags(
-        base_cfgs: Mapping[str, Mapping[str, Any]],
-        path: Optional[PathLike] = None,
-) -> Dict[str, Dict[str, Any]]:
-    """``generate_default_cfgs`` input: the manifest's tags, and the untagged cfg of architectures without any.
-
-    As in timm's own registry, an architecture with weights is listed only under its tags; its first tag is the
-    default, so ``create_model('srdl_x', pretrained=True)`` loads it.
-    """
-    tags = manifest_pretrained_cfgs(base_cfgs, path)
-    with_weights = {name.split('.', 1)[0] for name in tags}
-    out: Dict[str, Dict[str, Any]] = {arch: dict(cfg) for arch, cfg in base_cfgs.items() if arch not in with_weights}
-    out.update(tags)
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # resolution at build time (pretrained=True)
 # ----------------------------------------------------------------------------------------------------------------
-def _source_of(cfg: Any) -> Tuple[str, Any]:
-    """Where timm will read the weights from (mirrors timm.models._builder._resolve_pretrained_source)."""
-    if cfg.source == 'hf-hub':
-        return 'hf-hub', cfg.hf_hub_id
-    if cfg.source == 'local-dir':
-        return 'local-dir', cfg.file
-    if cfg.state_dict:
-        return 'state_dict', None
-    if cfg.file:
-        return 'file', cfg.file
-    if cfg.hf_hub_id:
-        return 'hf-hub', cfg.hf_hub_id
-    if cfg.url:
-        return 'url', cfg.url
-    return '', None
+def _weights_file(cfg: Any) -> Optional[str]:
+    """The ``file`` timm reads the weights from, or None when it reads a published folder or repo, a state dict, the
+    Hub or a URL (timm prefers a file to ``hf_hub_id`` and ``url``)."""
+    return None if cfg.source in ('local-dir', 'hf-hub') or cfg.state_dict else cfg.file
 
 
 def _missing_weights_message(variant: str, tag: Optional[str]) -> str:
@@ -431,26 +404,42 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
         if isinstance(pretrained_cfg, str) and 'Invalid pretrained tag' in str(e):
             raise MissingPretrainedWeightsError(_missing_weights_message(variant, pretrained_cfg)) from e
         raise
-    kind, location = _source_of(cfg)
-    if not kind:
+    if not (cfg.source in ('local-dir', 'hf-hub') or cfg.state_dict or cfg.file or cfg.hf_hub_id or cfg.url):
         raise MissingPretrainedWeightsError(_missing_weights_message(variant, cfg.tag))
     if cfg.source in ('local-dir', 'hf-hub'):
         config = _check_published_config(cfg, kwargs.get('cache_dir'))
         if kwargs.get('label_thresholds') is None:
             kwargs['label_thresholds'] = LabelThresholds.from_json(config, 'config.json')
+    location = _weights_file(cfg)
+    if location is not None:
+        location = _absolute_weights_file(variant, cfg.tag, location, kwargs)
+    hub = cfg.hf_hub_id if cfg.source == 'hf-hub' or not (location or cfg.source or cfg.state_dict) else None
+    _apply_manifest(variant, cfg, location, hub, kwargs)
+    return kwargs
+
+
+def _absolute_weights_file(variant: str, tag: Optional[str], location: str, kwargs: Dict[str, Any]) -> str:
+    """The absolute path of a weights ``file`` (the caller's: relative to the cwd; a shipped tag's: relative to the
+    package data), set as ``kwargs``' ``pretrained_cfg_overlay`` file; an error when it does not exist."""
     user_file = (kwargs.get('pretrained_cfg_overlay') or {}).get('file')
-    if kind == 'file' and user_file and not os.path.isabs(location):  # the caller's file: relative to the cwd
+    if user_file and not os.path.isabs(location):
         location = os.path.abspath(location)
         kwargs['pretrained_cfg_overlay'] = dict(kwargs['pretrained_cfg_overlay'], file=location)
-    elif kind == 'file' and not os.path.isabs(location):  # a shipped tag names its file relative to the package data
+    elif not os.path.isabs(location):
         shipped = shipped_weights_dir() / location
         if not shipped.is_file():
-            raise MissingPretrainedWeightsError(_not_installed_message(f'{variant}.{cfg.tag}', shipped))
+            raise MissingPretrainedWeightsError(_not_installed_message(f'{variant}.{tag}', shipped))
         location = str(shipped)
         kwargs['pretrained_cfg_overlay'] = dict(kwargs.get('pretrained_cfg_overlay') or {}, file=location)
-    if kind == 'file' and not os.path.isfile(location):
+    if not os.path.isfile(location):
         raise FileNotFoundError(f'pretrained weights file not found: {location} (pretrained_cfg file= of {variant})')
+    return location
 
+
+def _apply_manifest(variant: str, cfg: Any, location: Optional[str], hub: Optional[str],
+                    kwargs: Dict[str, Any]) -> None:
+    """Steps 3, 5 and 6 of :func:`check_pretrained_weights` for the manifest entries of ``variant.tag``: the
+    sha256 of the weights ``file`` at ``location`` or the ``hub`` repo, the entry's model_args and thresholds."""
     for mpath, data in _manifests():
         for entry in data['weights']:
             if entry['architecture'] == variant and entry['tag'] == cfg.tag:
@@ -465,14 +454,13 @@ def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> D
                     else:
                         kwargs.setdefault(key, value)
             what = f'{mpath} entry {entry["architecture"]}.{entry["tag"]}'
-            if kind == 'file':
+            if location is not None:
                 file = entry_file(entry, mpath.parent)
                 if file is not None and file.is_file() and os.path.samefile(file, location):
                     verify_sha256(location, entry['sha256'], what)
-            elif kind == 'hf-hub' and entry.get('hf_hub_id'):
-                repo, _, rev = str(location).partition('@')
+            elif hub and entry.get('hf_hub_id'):
+                repo, _, rev = str(hub).partition('@')
                 if repo == entry['hf_hub_id'] and (rev or None) == (entry.get('hf_revision') or None):
                     filename = cfg.hf_hub_filename or WEIGHTS_FILENAME
-                    cached = hub_download(location, filename, cache_dir=kwargs.get('cache_dir'))
+                    cached = hub_download(hub, filename, cache_dir=kwargs.get('cache_dir'))
                     verify_sha256(cached, entry['sha256'], f'{what} ({entry["hf_hub_id"]}/{filename})')
-    return kwargs

@@ -25,7 +25,7 @@ from ..labels import (
 from ..layers import ATTENTION_VARIANTS, CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
 from ..ops import ATTENTION_IMPLS
 from .backbone import (backbone_cfg, backbone_group_matcher, create_backbone, default_out_indices,
-                       last_intermediate, load_backbone_weights, probe_feature_shape)
+                       last_intermediate, probe_feature_shape)
 from .pretrained import check_pretrained_weights
 
 __all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
@@ -159,10 +159,8 @@ class SRDL(nn.Module):
         self.img_size = img_size
         if drop_path_rate is not None:
             bb_kwargs.setdefault('drop_path_rate', drop_path_rate)
-        self.backbone, self.feature_grid, self._backbone_build_kwargs = create_backbone(
-            backbone, in_chans=in_chans, img_size=img_size, **dd, **bb_kwargs)
-        if pretrained_backbone:
-            self.load_pretrained_backbone()
+        self.backbone, self.feature_grid, _ = create_backbone(
+            backbone, in_chans=in_chans, img_size=img_size, pretrained=pretrained_backbone, **dd, **bb_kwargs)
         self.num_features = self.head_hidden_size = self.feature_grid.num_features
         backbone_info = getattr(self.backbone, 'feature_info', None) or []
         self.feature_info = [dict(info, module='backbone.' + info['module']) for info in backbone_info
@@ -212,10 +210,6 @@ class SRDL(nn.Module):
         for module in (self.label_graph, self.car, self.classifier):
             if module is not None:
                 module.train(self.training)
-
-    def load_pretrained_backbone(self) -> None:
-        """Load the backbone's ImageNet weights: offline ones shipped by a package where known, else timm's."""
-        load_backbone_weights(self.backbone, self.backbone_name, self.in_chans, **self._backbone_build_kwargs)
 
     @torch.jit.ignore
     def feature_grid_size(self, img_size: Union[int, Tuple[int, int]]) -> Tuple[int, int]:

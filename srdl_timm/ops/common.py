@@ -1,8 +1,6 @@
-"""Rules every kernel path of eqs. 4-6 follows: compute and result dtypes (16-bit inputs computed in float32,
-results in the reference's promoted dtype), the chunked blocks' size and shape, whether a gradient is needed and
-a memory-lean autograd function may stand in for autograd ops, and the thread that runs one-time work (a
-compile, the ``'auto'`` measurement) off the caller's malloc arena. The bottom layer of :mod:`srdl_timm.ops`:
-it imports no other module of the package but :mod:`srdl_timm.utils`."""
+"""Rules every kernel path of eqs. 4-6 follows: compute and result dtypes (16-bit inputs computed in float32),
+the chunked blocks' size and shape, when a memory-lean autograd function may stand in for autograd ops, and the
+thread that runs one-time work (a compile). The bottom layer of :mod:`srdl_timm.ops`."""
 import threading
 from typing import Callable, Dict, Optional, Tuple
 
@@ -19,9 +17,7 @@ __all__ = [
 ]
 
 #: Elements of one block of the ``B x C x P x d`` product per CPU thread in the chunked path: 2**18 fp32 =
-#: 1 MiB, which stays in a core's L2 cache (each op splits a block over the intra-op threads, so a block of
-#: ``threads x`` this keeps every thread's share in its own L2; larger blocks spill to memory and run slower
-#: per element, benchmarks/RESULTS.md).
+#: 1 MiB, which stays in a core's L2 cache.
 DEFAULT_BLOCK_ELEMENTS = 1 << 18
 
 #: Block of the chunked path on GPUs (few large launches; one block is 64 MiB in fp32).
@@ -150,16 +146,10 @@ _ONE_TIME_WORK = threading.local()  # .active: this thread is a one-time-work th
 
 
 def one_time_work(fn: Callable[[], object]) -> object:
-    """Run ``fn`` (a compile, a first call, the ``'auto'`` measurement) in a short-lived thread; return its result.
-
-    This work runs inside the first training step, with the backbone's activations alive; in the caller's thread
-    its allocations (Dynamo, Inductor, the measurement's buffers) went to glibc's main arena among the
-    activations and raised the step's peak RSS (benchmarks/RESULTS.md). glibc gives each thread its own arena,
-    so here they stay out of the main one; afterwards the heaps' free pages go back to the OS
-    (:func:`~srdl_timm.utils.release_free_heap`). The thread gets the caller's per-thread state that Dynamo
-    guards on or the kernels depend on (intra-op thread count, grad mode, inference mode); nested calls run
-    inline.
-    """
+    """Run ``fn`` (a compile, its first call) in a short-lived thread and return its result: glibc gives the
+    thread its own malloc arena, so the compiler's allocations do not fragment the main heap among a training
+    step's activations (peak RSS, benchmarks/RESULTS.md); free heap pages go back to the OS afterwards. The thread
+    gets the caller's thread count, grad and inference mode; nested calls run inline."""
     if getattr(_ONE_TIME_WORK, 'active', False):
         return fn()
     threads, grad, inference = torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()

@@ -10,7 +10,6 @@ are computed in float32. When no compiler works, :func:`available` is False (rea
 keeps the chunked path."""
 import logging
 import threading
-import types
 from typing import Callable, Dict, Optional, Tuple
 
 import torch
@@ -29,9 +28,10 @@ __all__ = [
     'pool_forward', 'available', 'unavailable_reason', 'disable', 'reset', 'ShapeLimitError', 'MAX_SHAPES',
 ]
 
-#: Shapes (with dtype and flags) compiled per kernel in one process; later new shapes use the chunked path.
+#: Shapes (with dtype and flags) compiled per kernel in one process, within Dynamo's default recompile limit (past
+#: it Dynamo would run the function eagerly, materialising the product); later new shapes use the chunked path.
 #: Each is compiled with static sizes (symbolic sizes made Inductor's eq. 5 loop much slower).
-MAX_SHAPES = 32
+MAX_SHAPES = 8
 
 # fp32 tanh: Eigen's generic_fast_tanh_float (also XLA's), odd numerator / even denominator in x
 _CLAMP = 7.90531110763549805  # tanh of it rounds to 1 in float32
@@ -103,7 +103,8 @@ def _pool_fwd(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, 
 # ------------------------------------------------------------------------------------------------------------
 
 _LOCK = threading.Lock()
-_COMPILED: Dict[Tuple[Callable, tuple], Callable] = {}
+_COMPILED: Dict[Callable, Callable] = {}
+_SEEN: Dict[Callable, set] = {}  # keys compiled per function
 _UNAVAILABLE: Optional[str] = None  # reason, once compiling failed
 
 
@@ -132,35 +133,28 @@ def reset() -> None:
     global _UNAVAILABLE
     with _LOCK:
         _COMPILED.clear()
+        _SEEN.clear()
         _UNAVAILABLE = None
+    torch.compiler.reset()
 
 
 class ShapeLimitError(RuntimeError):
     """More distinct shapes than :data:`MAX_SHAPES` for one kernel in this process."""
 
 
-def _fresh_function(fn: Callable, tag: int) -> Callable:
-    """A copy of ``fn`` with its own code object: Dynamo keeps compiled code and counts recompiles per code
-    object, so one copy per shape is compiled exactly once and never meets Dynamo's recompile limit (past
-    which it would run the function eagerly, materialising the product)."""
-    code = fn.__code__.replace(co_name=f'{fn.__name__}_{tag}')
-    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
-
-
 def _run(fn: Callable, key: tuple, *args):
-    """Call ``fn`` compiled for ``key`` (shapes, dtypes, flags, threads), compiling it on first use (in a
-    :func:`~.common.one_time_work` thread)."""
-    first_use = False
+    """Call ``fn`` compiled (Dynamo compiles once per ``key``: shapes, dtypes, flags), the first call of a ``key`` in
+    a :func:`~.common.one_time_work` thread."""
     with _LOCK:
-        compiled = _COMPILED.get((fn, key))
-        if compiled is None:
-            count = sum(1 for f, _ in _COMPILED if f is fn)
-            if count >= MAX_SHAPES:
-                raise ShapeLimitError(f'compiled CAR kernel {fn.__name__}: more than MAX_SHAPES={MAX_SHAPES} '
-                                      'shapes in one process')
-            compiled = torch.compile(_fresh_function(fn, count), dynamic=False, fullgraph=True)
-            _COMPILED[(fn, key)] = compiled
-            first_use = True
+        seen = _SEEN.setdefault(fn, set())
+        first_use = key not in seen
+        if first_use and len(seen) >= MAX_SHAPES:
+            raise ShapeLimitError(f'compiled CAR kernel {fn.__name__}: more than MAX_SHAPES={MAX_SHAPES} '
+                                  'shapes in one process')
+        seen.add(key)
+        if fn not in _COMPILED:
+            _COMPILED[fn] = torch.compile(fn, dynamic=False, fullgraph=True)
+    compiled = _COMPILED[fn]
     # detached: Dynamo guards on requires_grad, and these kernels never record autograd themselves
     args = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
 

@@ -9,17 +9,20 @@ imported lazily: importing this module never needs it.
 import functools
 import importlib.util
 import os
+import warnings
 from types import ModuleType
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .autograd_functions import run_attention_max_pool, run_spatial_attention_logits
+from .reference import attention_max_pool_reference, spatial_attention_logits_reference
 
 __all__ = [
     'is_available', 'interpreting', 'load_kernels', 'spatial_attention_logits_triton', 'attention_max_pool_triton',
-    'BLOCK_C', 'BLOCK_P', 'BLOCK_K', 'BLOCK_K_BACKWARD', 'FAST_TANH_16BIT',
+    'BLOCK_C', 'BLOCK_P', 'BLOCK_K', 'BLOCK_K_BACKWARD', 'FAST_TANH_16BIT', 'check_against_reference', 'passed_check',
+    'CHECK_TOLERANCE',
 ]
 
 #: Tile of the ``C x P x d`` product one program holds (powers of two, as ``tl.arange`` needs). Not tuned on
@@ -217,3 +220,56 @@ def attention_max_pool_triton(
         feat: ``[B, P, d]``; sa: ``[B, C, P]``; ca: ``[B, C, d]`` or None; one dtype, one device.
     """
     return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the numeric check that lets 'auto' use these kernels
+# ----------------------------------------------------------------------------------------------------------
+
+#: Largest error :func:`passed_check` accepts, relative to the largest reference value, per input dtype (16-bit
+#: inputs may use the hardware ``tanh``).
+CHECK_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}
+_CHECKED: Dict[tuple, bool] = {}
+
+
+def check_against_reference(device: torch.device, dtype: torch.dtype = torch.float32) -> float:
+    """Largest error of eqs. 5-6 with these kernels, forward and every gradient, relative to the largest value of
+    the reference's (in float32, or float64 for float64 inputs, on the same device); the inputs' sizes are no
+    multiples of the tiles, so the masked edges are checked too."""
+    g = torch.Generator().manual_seed(0)
+    sizes = ((2, 37, 45), (19, 45), (45,), (2, 37, 45), (2, 19, 37), (2, 19, 45))  # s, e, w, F, SA, CA
+    base = [torch.randn(*size, generator=g).to(device, dtype) for size in sizes]
+    base[4], base[5] = base[4].sigmoid(), base[5].sigmoid()
+    cotangents = (torch.randn(2, 19, 37, generator=g).to(device), torch.randn(2, 19, 45, generator=g).to(device))
+    ref_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+
+    def run(logits_fn, pool_fn, as_dtype):
+        inputs = [t.to(as_dtype).requires_grad_() for t in base]
+        outs = (logits_fn(*inputs[:3]), pool_fn(*inputs[3:], 0.5, 0.5))
+        loss = sum((o.to(ref_dtype) * c.to(ref_dtype)).sum() for o, c in zip(outs, cotangents))
+        return [t.to(ref_dtype) for t in (*outs, *torch.autograd.grad(loss, inputs))]
+
+    got = run(spatial_attention_logits_triton, attention_max_pool_triton, dtype)
+    want = run(spatial_attention_logits_reference, attention_max_pool_reference, ref_dtype)
+    return max(float((a - b).abs().max() / b.abs().max().clamp_min(1e-6)) for a, b in zip(got, want))
+
+
+def passed_check(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the kernels run on ``device`` and :func:`check_against_reference` for ``dtype`` stays within
+    :data:`CHECK_TOLERANCE`: checked once per device and dtype in this process, a failure warned about once.
+    ``impl='auto'`` uses the kernels only where this is True."""
+    index = device.index if device.index is not None or device.type != 'cuda' else torch.cuda.current_device()
+    key = (device.type, index, dtype)
+    if key not in _CHECKED:
+        _CHECKED[key] = False
+        if is_available(device) and dtype in CHECK_TOLERANCE:
+            try:
+                error = check_against_reference(torch.device(device.type, index), dtype)
+                problem = f'error {error:.3g} against the reference' if error > CHECK_TOLERANCE[dtype] else None
+            except Exception as e:  # noqa: BLE001  (compile/launch failure: keep the model usable)
+                problem = f'{type(e).__name__}: {e}'
+            _CHECKED[key] = problem is None
+            if problem:
+                warnings.warn(f'Triton kernels of the CAR head failed their check on {device} ({dtype}; {problem}): '
+                              "impl='auto' uses the chunked path. impl='triton' still runs them.")
+    return _CHECKED[key]

@@ -1,10 +1,10 @@
-"""Tests for srdl_timm/models/backbone_units.py: a backbone's forward_features as units applied in order."""
+"""Tests for benchmarks/offline/backbone_units.py: a backbone's forward_features as units applied in order."""
 import pytest
 import torch
 import torch.nn as nn
 
 from srdl_timm.models.backbone import create_backbone
-from srdl_timm.models.backbone_units import backbone_units
+from benchmarks.offline.backbone_units import backbone_units
 
 _SWIN_SMALL = dict(embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 1, 2, 2), window_size=4)
 
