@@ -79,10 +79,11 @@ def weights_summary(model: nn.Module, label_names: Sequence[str], source: Option
     """What the loaded weights know, from the model's ``pretrained_cfg`` (filled from ``weights/manifest.json``,
     a Hub/local ``config.json`` or a training run's ``train_config.json``).
 
-    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}``: ``trained_on`` is the given one
+    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note', 'attention'}``: ``trained_on`` is the given one
     (e.g. a training run's data, :func:`srdl_timm.loading.read_model_config`), else the ``pretrained_cfg``
     ``dataset``/``description`` when recorded (else None), and ``note`` says that scores are only meaningful for
-    these labels on images like the training data.
+    these labels on images like the training data; ``attention`` warns when the model's attention maps are known not
+    to be category-specific (the paper's head), else None.
     """
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     arch, tag = cfg.get('architecture'), cfg.get('tag')
@@ -98,7 +99,13 @@ def weights_summary(model: nn.Module, label_names: Sequence[str], source: Option
             f'and can still score high')
     if trained_on:
         note += ' (best on images like its training data)'
-    return dict(weights=weights, num_labels=n, label_names=list(label_names), trained_on=trained_on, note=note)
+    attention = None
+    if getattr(model, 'attention', None) == 'paper' and getattr(model, 'use_sa', False):
+        attention = ("the paper's spatial attention (eqs. 5-6) was measured to be one map shared by every class, "
+                     'off the objects once the backbone is trained: its overlays do not show where each class is '
+                     "(MODEL_CARD.md, 'Attention variants')")
+    return dict(weights=weights, num_labels=n, label_names=list(label_names), trained_on=trained_on, note=note,
+                attention=attention)
 
 
 def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
@@ -110,6 +117,8 @@ def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
     if summary['trained_on']:
         lines.append(f'# trained on: {summary["trained_on"]}')
     lines.append(f'# note: {summary["note"]}')
+    if summary.get('attention'):
+        lines.append(f'# attention: {summary["attention"]}')
     return lines
 
 

@@ -409,6 +409,24 @@ def test_shipped_weights_header_says_what_they_know(assets, capsys):
     assert header[1].startswith('# knows 10 labels: t-shirt, trousers, pullover, dress, coat, sandal')
     assert any(line.startswith('# trained on: ') and 'Fashion Scenes' in line for line in header)
     assert any('scores only these 10 labels' in line for line in header)
+    # the paper head's maps are known to be shared by every class: said once, in the header
+    assert sum(line.startswith('# attention: ') and 'one map shared by every class' in line for line in header) == 1
+
+
+def test_header_attention_warning_only_for_the_paper_head():
+    """weights_summary warns about the attention maps for the paper's head (eqs. 5-6) and not for a variant whose
+    maps are normalised per class, nor for a head without spatial attention."""
+    import warnings
+    import timm
+    from srdl_timm.predict import summary_lines, weights_summary
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        paper = timm.create_model('srdl_test_resnet', num_classes=3)
+        variant = timm.create_model('srdl_test_resnet', num_classes=3, attention='softmax_gated')
+        no_sa = timm.create_model('srdl_test_resnet', num_classes=3, use_sa=False)
+    said = [any(line.startswith('# attention:') for line in summary_lines(weights_summary(m, ['a', 'b', 'c'])))
+            for m in (paper, variant, no_sa)]
+    assert said == [True, False, False]
 
 
 def test_amp_and_worker_processes_give_the_same_labels(assets, tmp_path):
