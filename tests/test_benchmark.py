@@ -654,3 +654,37 @@ def test_cli_every_row_on_a_vit_backbone(trainer, tmp_path):
     car = next(r for r in report['runs'] if r['row'] == 'car_oe')
     maps = np.load(out / car['logits_file'])['test_spatial_attention']
     assert maps.shape[-2:] == (size // 16, size // 16) and car['pointing_game']['num_pairs'] > 0
+
+
+@needs_fashion_mnist
+def test_lr_grid_selects_per_row_on_validation_and_the_table_uses_it(tmp_path, capsys):
+    """The fair race's learning rates: one invocation per rate of a grid, benchmarks/select_lr.py picks per row the
+    rate of the best mean *validation* mAP (the values it prints are the runs' val metrics), and --row-lr-from trains
+    each row at its own rate, recorded in every run's config; ML-Decoder's ASL row trains with ASL whatever --loss
+    says, and the attention-variant rows build the variant they name."""
+    from benchmarks import select_lr
+    from srdl_timm.loss import ASL_DEFAULTS
+    common = ['--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny'), '--rows', 'car_softmax_gated_oe,ml_decoder_asl',
+              '--seeds', '0', '--epochs', '1', '--batch-size', '4', '--overlays', '0', '--bootstrap', '0',
+              '--threads', '1', '--log-level', 'WARNING']
+    for lr in ('1e-4', '3e-3'):
+        assert benchmark_main(common + ['--lr', lr, '--output', str(tmp_path / f'lr-{lr}')]) == 0
+    table = select_lr.collect([str(tmp_path / 'lr-1e-4'), str(tmp_path / 'lr-3e-3')])
+    vals = {lr: {r['row']: r['val']['mAP_interpolated'] for r in
+                 json.loads((tmp_path / f'lr-{lr}' / 'results.json').read_text())['runs']} for lr in ('1e-4', '3e-3')}
+    for row in ('car_softmax_gated_oe', 'ml_decoder_asl'):
+        assert table[row] == {1e-4: [vals['1e-4'][row]], 3e-3: [vals['3e-3'][row]]}
+    chosen_file = tmp_path / 'chosen.json'
+    assert select_lr.main([str(tmp_path / 'lr-1e-4'), str(tmp_path / 'lr-3e-3'), '--output', str(chosen_file)]) == 0
+    chosen = json.loads(chosen_file.read_text())['chosen']
+    assert chosen == {row: (1e-4 if vals['1e-4'][row] >= vals['3e-3'][row] else 3e-3) for row in chosen}
+    assert benchmark_main(common + ['--row-lr-from', str(chosen_file), '--output', str(tmp_path / 'race')]) == 0
+    runs = {r['row']: r for r in json.loads((tmp_path / 'race' / 'results.json').read_text())['runs']}
+    assert {row: runs[row]['config']['lr'] for row in runs} == chosen
+    assert runs['ml_decoder_asl']['config']['loss'] == 'asl' and runs['ml_decoder_asl']['config']['asl'] == ASL_DEFAULTS
+    assert runs['car_softmax_gated_oe']['config']['loss'] == 'bce'
+    assert (runs['car_softmax_gated_oe']['config']['attention'], runs['car_softmax_gated_oe']['config']['oe_erase']) \
+        == ('softmax_gated', 'features')
+    capsys.readouterr()
+    assert select_lr.main([str(tmp_path / 'missing')]) == 2
+    assert 'missing/results.json' in capsys.readouterr().err
