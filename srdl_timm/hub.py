@@ -19,7 +19,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -185,10 +185,7 @@ def save_pretrained_dir(
 ) -> PublishResult:
     """Write ``model`` as a timm Hub folder: model.safetensors, config.json and a README.md model card.
 
-    The weights and config.json are written by ``timm.models.save_for_hf(..., safe_serialization=True)``;
-    config.json's ``model_args`` are :func:`srdl_timm.loading.model_args`, its ``label_names`` the model's and its
-    ``label_thresholds`` / ``label_thresholds_info`` the model's decision thresholds
-    (:func:`srdl_timm.labels.model_label_thresholds`), when it carries any.
+    Written by ``timm.models.save_for_hf``; config.json also records the label names and decision thresholds.
 
     Args:
         model: an SRDL model built with ``timm.create_model``.
@@ -212,27 +209,11 @@ def save_pretrained_dir(
         FileExistsError: ``path`` holds other files (they would be published too).
         InputError (a ValueError): metrics without their protocol, or label names that disagree with the model's.
     """
-    from timm.models import save_for_hf
-
     _check_srdl(model)
     if repo_id is not None and not REPO_ID_RE.match(repo_id):
         raise InputError(f'repo_id must look like "org/name", got {repo_id!r}')
     values, proto, metric_names = normalise_metrics(metrics, protocol)
-    label_names = list(model.label_names) if model.label_names is not None else None
-    source_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-    if label_names is None and source_names and len(source_names) == model.num_classes:
-        label_names = [str(n) for n in source_names]  # a model loaded from a published folder / Hub repo
-        _logger.info('label_names taken from the model\'s pretrained_cfg (the weights it was loaded from)')
-    if metric_names is not None and label_names is not None and metric_names != label_names:
-        raise InputError(f'the metrics were computed for classes {metric_names[:5]}... but the model\'s label_names '
-                         f'are {label_names[:5]}...: publish metrics of this model on its own classes')
-    if label_names is None:
-        label_names = metric_names
-    if label_names is not None and len(label_names) != model.num_classes:
-        raise InputError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
-    if label_names is None and model.num_classes:
-        _logger.warning('publishing without label_names: users will not know which output is which class '
-                        '(build the model with label_names=... or pass an srdl-validate report)')
+    label_names = _publish_label_names(model, metric_names)
     if data_config is None:
         data_config = _data_config_from_protocol(proto)
 
@@ -243,25 +224,7 @@ def save_pretrained_dir(
         raise FileExistsError(f'{folder} already holds {others}: publish into an empty folder (everything in it '
                               'would be uploaded / found by timm\'s local-dir loader)')
 
-    model_args = srdl_model_args(model)
-    model_config: Dict[str, Any] = {}
-    if label_names is not None:
-        model_config['label_names'] = label_names
-    thresholds = model_label_thresholds(model)
-    if thresholds is not None:  # top level: timm's loader rejects unknown pretrained_cfg keys
-        model_config.update(thresholds.to_json())
-    saved_args = model.__dict__.get('_model_args')
-    # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
-    # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise
-    model._model_args = {}
-    try:
-        save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
-                    data_config=dict(data_config) if data_config else None)
-    finally:
-        if saved_args is None:
-            del model._model_args
-        else:
-            model._model_args = saved_args
+    _save_for_hf(model, folder, label_names, data_config)
     # safetensors >= 0.8 writes through a private (0600) temporary file; give the weights config.json's permissions
     # (the umask's), so a published folder is readable by whoever may read its config and card
     os.chmod(folder / WEIGHTS_FILENAME, stat.S_IMODE((folder / 'config.json').stat().st_mode))
@@ -369,3 +332,49 @@ def push_folder(
     _logger.info('pushed %s to %s (commit %s)', ', '.join(files), repo_id, info.oid)
     return PublishResult(repo_id=repo_id, local_dir=None, url=info.commit_url, revision=info.oid, sha256=digest,
                          files=files, config=config)
+
+
+def _publish_label_names(model: torch.nn.Module, metric_names: Optional[List[str]]) -> Optional[List[str]]:
+    """The label names to publish: the model's, its pretrained_cfg's, else the metrics' (checked to agree)."""
+    label_names = list(model.label_names) if model.label_names is not None else None
+    source_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if label_names is None and source_names and len(source_names) == model.num_classes:
+        label_names = [str(n) for n in source_names]  # a model loaded from a published folder / Hub repo
+        _logger.info('label_names taken from the model\'s pretrained_cfg (the weights it was loaded from)')
+    if metric_names is not None and label_names is not None and metric_names != label_names:
+        raise InputError(f'the metrics were computed for classes {metric_names[:5]}... but the model\'s label_names '
+                         f'are {label_names[:5]}...: publish metrics of this model on its own classes')
+    if label_names is None:
+        label_names = metric_names
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise InputError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
+    if label_names is None and model.num_classes:
+        _logger.warning('publishing without label_names: users will not know which output is which class '
+                        '(build the model with label_names=... or pass an srdl-validate report)')
+    return label_names
+
+
+def _save_for_hf(model: torch.nn.Module, folder: Path, label_names: Optional[List[str]],
+                 data_config: Optional[Mapping[str, Any]]) -> None:
+    """timm's ``save_for_hf`` with config.json's ``model_args`` exactly :func:`srdl_model_args`, the label names and
+    thresholds at the top level (timm's loader rejects unknown pretrained_cfg keys)."""
+    from timm.models import save_for_hf
+    model_args = srdl_model_args(model)
+    model_config: Dict[str, Any] = {}
+    if label_names is not None:
+        model_config['label_names'] = label_names
+    thresholds = model_label_thresholds(model)
+    if thresholds is not None:
+        model_config.update(thresholds.to_json())
+    saved_args = model.__dict__.get('_model_args')
+    # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
+    # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise
+    model._model_args = {}
+    try:
+        save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
+                    data_config=dict(data_config) if data_config else None)
+    finally:
+        if saved_args is None:
+            del model._model_args
+        else:
+            model._model_args = saved_args

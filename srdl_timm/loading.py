@@ -283,96 +283,108 @@ def load_model(
     Raises:
         ModelLoadError: unreadable weights or config, weights that do not fit, no model named.
     """
-    import timm
-    from timm.models import get_pretrained_cfg
-
     kwargs = dict(model_kwargs or {})
     label_names = kwargs.pop('label_names', None)
-    if model is not None and model.startswith('local-dir:'):
-        if checkpoint is not None:
-            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
-        checkpoint, model = model[len('local-dir:'):], None
-    elif model is not None and model.startswith('hf-hub:'):
-        if checkpoint is not None:
-            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
-        checkpoint, model = hub_folder(model[len('hf-hub:'):]), None
-
+    for prefix in ('local-dir:', 'hf-hub:'):
+        if model is not None and model.startswith(prefix):
+            if checkpoint is not None:
+                raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
+            rest = model[len(prefix):]
+            checkpoint, model = (rest if prefix == 'local-dir:' else hub_folder(rest)), None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise ModelLoadError(f'checkpoint not found: {path}')
-        file = weights_in(path) if path.is_dir() else path
-        config = read_model_config(path)
-        arch = config.get('architecture')
-        if model is not None:
-            name, _ = _split_tag(model)
-            if arch and name != arch:
-                raise ModelLoadError(f'--model {model} differs from {config["config_file"]}, which says the weights '
-                                     f'are a {arch}: leave out --model, or give the matching config')
-            arch = name
-        if not arch:
-            raise ModelLoadError(f'no model named for {file}: pass --model NAME (no config.json or train_config.json '
-                                 'beside the weights)')
-        where = config.get('config_file') or f'--model {model}'
-        args = dict(config.get('model_args') or {})
-        args.update(kwargs)
-        state = load_state_dict(file)
-        check_class_count(file, state, where, (config.get('model_args') or {}).get('num_classes'))
-        if num_classes is not None:
-            if args.get('num_classes') is not None and args['num_classes'] != num_classes:
-                raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '
-                                     f'asked for (--num-classes or the dataset): the weights in {file} are for '
-                                     f'{args["num_classes"]}')
-            args['num_classes'] = num_classes
-        if 'num_classes' not in args and 'classifier.bias' in state:
-            args['num_classes'] = int(state['classifier.bias'].shape[0])
-        names = label_names if label_names is not None else config.get('label_names')
-        if names is not None and len(names) == args.get('num_classes'):
-            args['label_names'] = list(names)
-        elif names is not None:
-            raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
-                                 'classes')
-        net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
-        store_label_thresholds(net, config.get('label_thresholds'), where)
+        net = _load_checkpoint(model, Path(checkpoint), kwargs, label_names, num_classes, strict)
     else:
-        if model is None:
-            raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '
-                                 'a checkpoint with its config')
-        arch, tag = _split_tag(model)
-        if not timm.is_model(arch):
-            raise ModelLoadError(f'unknown model {model!r}: not a registered timm model name (see timm.list_models(); '
-                                 'srdl_* names are registered by `import srdl_timm`)')
-        if num_classes is not None:
-            kwargs['num_classes'] = num_classes
-        if label_names is not None:
-            kwargs['label_names'] = list(label_names)
-        if not pretrained:
-            net = timm.create_model(model, pretrained=False, **kwargs)
-        else:
-            cfg = get_pretrained_cfg(model, allow_unregistered=False) if arch.startswith('srdl_') else None
-            if cfg is not None and cfg.file and not cfg.hf_hub_id and not cfg.url:
-                # a shipped SRDL weight: sha256-checked, built with the manifest's model_args, then loaded strictly
-                resolved = check_pretrained_weights(arch, dict(kwargs, pretrained_cfg=tag))
-                file = Path(resolved.pop('pretrained_cfg_overlay', {}).get('file') or cfg.file)
-                resolved.pop('pretrained_cfg', None)
-                resolved.setdefault('num_classes', cfg.num_classes)
-                if resolved['num_classes'] != cfg.num_classes:
-                    raise ModelLoadError(f'{model} has weights for {cfg.num_classes} classes, not {num_classes}; '
-                                         'drop --num-classes (fine-tune with timm.create_model(..., pretrained=True, '
-                                         'num_classes=N) instead)')
-                if 'label_names' not in resolved and cfg.label_names:
-                    resolved['label_names'] = list(cfg.label_names)
-                state = load_state_dict(file)
-                net = _build_and_load(arch, resolved, file, state, f'the pretrained tag {model}', strict)
-                net.pretrained_cfg = dict(cfg.to_dict(), file=str(file))
-            else:
-                net = timm.create_model(model, pretrained=True, **kwargs)
-                cfg_classes = (getattr(net, 'pretrained_cfg', None) or {}).get('num_classes')
-                if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
-                    raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
-                                         'classifier would be randomly initialised')
+        net = _load_named(model, kwargs, label_names, num_classes, pretrained, strict)
     store_label_names(net, getattr(net, 'label_names', None))
     return net.to(device).eval()
+
+
+def _load_checkpoint(model: Optional[str], path: Path, kwargs: Dict[str, Any], label_names: Optional[List[str]],
+                     num_classes: Optional[int], strict: bool) -> nn.Module:
+    """:func:`load_model` from a weights file or folder, rebuilt from the config beside it."""
+    if not path.exists():
+        raise ModelLoadError(f'checkpoint not found: {path}')
+    file = weights_in(path) if path.is_dir() else path
+    config = read_model_config(path)
+    arch = config.get('architecture')
+    if model is not None:
+        name, _ = _split_tag(model)
+        if arch and name != arch:
+            raise ModelLoadError(f'--model {model} differs from {config["config_file"]}, which says the weights '
+                                 f'are a {arch}: leave out --model, or give the matching config')
+        arch = name
+    if not arch:
+        raise ModelLoadError(f'no model named for {file}: pass --model NAME (no config.json or train_config.json '
+                             'beside the weights)')
+    where = config.get('config_file') or f'--model {model}'
+    args = dict(config.get('model_args') or {})
+    args.update(kwargs)
+    state = load_state_dict(file)
+    check_class_count(file, state, where, (config.get('model_args') or {}).get('num_classes'))
+    if num_classes is not None:
+        if args.get('num_classes') is not None and args['num_classes'] != num_classes:
+            raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '
+                                 f'asked for (--num-classes or the dataset): the weights in {file} are for '
+                                 f'{args["num_classes"]}')
+        args['num_classes'] = num_classes
+    if 'num_classes' not in args and 'classifier.bias' in state:
+        args['num_classes'] = int(state['classifier.bias'].shape[0])
+    names = label_names if label_names is not None else config.get('label_names')
+    if names is not None and len(names) == args.get('num_classes'):
+        args['label_names'] = list(names)
+    elif names is not None:
+        raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
+                             'classes')
+    net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
+    store_label_thresholds(net, config.get('label_thresholds'), where)
+    return net
+
+
+def _load_named(model: Optional[str], kwargs: Dict[str, Any], label_names: Optional[List[str]],
+                num_classes: Optional[int], pretrained: bool, strict: bool) -> nn.Module:
+    """:func:`load_model` from a model name or pretrained tag (random weights unless ``pretrained``)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+    if model is None:
+        raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '
+                             'a checkpoint with its config')
+    arch, tag = _split_tag(model)
+    if not timm.is_model(arch):
+        raise ModelLoadError(f'unknown model {model!r}: not a registered timm model name (see timm.list_models(); '
+                             'srdl_* names are registered by `import srdl_timm`)')
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    if label_names is not None:
+        kwargs['label_names'] = list(label_names)
+    if not pretrained:
+        return timm.create_model(model, pretrained=False, **kwargs)
+    cfg = get_pretrained_cfg(model, allow_unregistered=False) if arch.startswith('srdl_') else None
+    if cfg is not None and cfg.file and not cfg.hf_hub_id and not cfg.url:
+        return _load_shipped(model, arch, tag, cfg, kwargs, num_classes, strict)
+    net = timm.create_model(model, pretrained=True, **kwargs)
+    cfg_classes = (getattr(net, 'pretrained_cfg', None) or {}).get('num_classes')
+    if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
+        raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
+                             'classifier would be randomly initialised')
+    return net
+
+
+def _load_shipped(model: str, arch: str, tag: Optional[str], cfg: Any, kwargs: Dict[str, Any],
+                  num_classes: Optional[int], strict: bool) -> nn.Module:
+    """A shipped SRDL weight: sha256-checked, built with the manifest's model_args, then loaded strictly."""
+    resolved = check_pretrained_weights(arch, dict(kwargs, pretrained_cfg=tag))
+    file = Path(resolved.pop('pretrained_cfg_overlay', {}).get('file') or cfg.file)
+    resolved.pop('pretrained_cfg', None)
+    resolved.setdefault('num_classes', cfg.num_classes)
+    if resolved['num_classes'] != cfg.num_classes:
+        raise ModelLoadError(f'{model} has weights for {cfg.num_classes} classes, not {num_classes}; '
+                             'drop --num-classes (fine-tune with timm.create_model(..., pretrained=True, '
+                             'num_classes=N) instead)')
+    if 'label_names' not in resolved and cfg.label_names:
+        resolved['label_names'] = list(cfg.label_names)
+    net = _build_and_load(arch, resolved, file, load_state_dict(file), f'the pretrained tag {model}', strict)
+    net.pretrained_cfg = dict(cfg.to_dict(), file=str(file))
+    return net
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -190,6 +190,27 @@ def _unique_stem(path: str, used: set) -> str:
     return stem
 
 
+def _check_outputs(model: nn.Module, label_names: Sequence[str], threshold: Union[None, float, Sequence[float]],
+                   scores: Optional[int] = None) -> None:
+    """The label names (and thresholds, and the scores per image returned) match the model's outputs."""
+    num_classes = getattr(model, 'num_classes', len(label_names))
+    if scores is not None and scores != len(label_names):
+        raise InputError(f'the model returned {scores} scores per image for {len(label_names)} label names')
+    if len(label_names) != num_classes:
+        raise InputError(f'{len(label_names)} label names for a model with {num_classes} outputs')
+    if threshold is not None and np.ndim(threshold) and len(threshold) != num_classes:
+        raise InputError(f'{len(threshold)} thresholds for a model with {num_classes} outputs')
+
+
+def _keep_decoded(batch_items: List[Dict[str, Any]], results: List[Prediction]) -> List[Dict[str, Any]]:
+    """The decoded items of a batch; records the error of each other one in its result (``results``: per index)."""
+    for it in batch_items:
+        if it['error'] is not None:
+            results[it['index']].error = it['error']
+            _logger.warning('%s: %s', results[it['index']].path, it['error'])
+    return [it for it in batch_items if it['error'] is None]
+
+
 def predict_files(
         model: nn.Module,
         items: Sequence[InputItem],
@@ -216,15 +237,10 @@ def predict_files(
         label_names: one name per output.
         transform: PIL -> normalised tensor (default: the project's eval transform for the model).
         threshold / topk: label selection (:func:`select_labels`; ``threshold`` one value or one per class).
-        batch_size: images per forward pass.
-        device: where the model runs (default: the model's device).
-        amp_dtype: autocast dtype for the backbone, or None for float32.
-        channels_last: run in channels-last memory format.
+        batch_size, device, amp_dtype, channels_last: the forward pass (``device``: default the model's).
         workers: DataLoader processes decoding images (0 = in this process).
-        explain_dir: write the attention overlays of :func:`srdl_timm.explain.save_explanation` here (SRDL only).
-        explain_topk: categories per overlay set (Figure 5: 3).
-        explain_erase: outline the rectangle OE would erase.
-        erase_alpha: OE threshold (default: the model's).
+        explain_dir, explain_topk, explain_erase, erase_alpha: write the attention overlays of
+            :func:`srdl_timm.explain.save_explanation` here (SRDL only; Figure 5).
         progress: show a tqdm bar.
     """
     from .explain import default_eval_transform, explain_batch, save_explanation
@@ -237,29 +253,20 @@ def predict_files(
         model.to(memory_format=torch.channels_last)
     if transform is None:
         transform = default_eval_transform(model)
-    num_classes = getattr(model, 'num_classes', len(label_names))
-    if len(label_names) != num_classes:
-        raise InputError(f'{len(label_names)} label names for a model with {num_classes} outputs')
-    if threshold is not None and np.ndim(threshold) and len(threshold) != num_classes:
-        raise InputError(f'{len(threshold)} thresholds for a model with {num_classes} outputs')
+    _check_outputs(model, label_names, threshold)
     results: List[Prediction] = [Prediction(item.path, error=item.error) for item in items]
     todo = [i for i, item in enumerate(items) if item.error is None]
+    pending = [results[i] for i in todo]
     dataset = ImageFiles([items[i].path for i in todo], transform, keep_image=explain_dir is not None)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_items)
     used_stems: set = set()
+    batches: Iterable = loader
     if progress:
         from tqdm import tqdm
-        batches: Iterable = tqdm(loader, desc='predict', dynamic_ncols=True, file=sys.stderr)
-    else:
-        batches = loader
+        batches = tqdm(loader, desc='predict', dynamic_ncols=True, file=sys.stderr)
     with torch.inference_mode():
         for batch_items in batches:
-            good = [it for it in batch_items if it['error'] is None]
-            for it in batch_items:
-                if it['error'] is not None:
-                    result = results[todo[it['index']]]
-                    result.error = it['error']
-                    _logger.warning('%s: %s', result.path, it['error'])
+            good = _keep_decoded(batch_items, pending)
             if not good:
                 continue
             batch = torch.stack([it['tensor'] for it in good]).to(device, non_blocking=True)
@@ -273,11 +280,9 @@ def predict_files(
                 scores = np.stack([e['probabilities'] for e in explained])
             else:
                 scores = _forward_scores(model, batch, amp_dtype).cpu().numpy()
-            if scores.shape[1] != len(label_names):
-                raise InputError(f'the model returned {scores.shape[1]} scores per image for {len(label_names)} '
-                                 'label names')
+            _check_outputs(model, label_names, None, scores.shape[1])
             for j, it in enumerate(good):
-                result = results[todo[it['index']]]
+                result = pending[it['index']]
                 result.labels = select_labels(scores[j], label_names, threshold, topk)
                 result.size = tuple(it['size'])
                 if explained is not None:

@@ -8,7 +8,7 @@ file (:class:`CocoJsonMultiLabel`).
 import csv
 import logging
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -142,64 +142,15 @@ class CsvMultiLabel(MultiLabelDataset):
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f'image folder not found: {image_dir}')
         name = name or os.path.basename(csv_file)
-        try:
-            with open(csv_file, 'r', encoding='utf-8-sig', newline='') as f:
-                rows = list(csv.reader(f))
-        except UnicodeDecodeError as e:
-            raise AnnotationError(f'{csv_file}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "CSV UTF-8"') \
-                from e
-        except csv.Error as e:
-            raise AnnotationError(f'{csv_file}: malformed CSV ({e})') from e
-        rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
-        if not rows:
-            raise AnnotationError(f'{csv_file}: empty CSV (a header row is required)')
-        header = [h.strip() for h in rows[0][1]]
-        if len(set(header)) != len(header):
-            raise AnnotationError(f'{csv_file}: duplicate column names in header {header}')
-        img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
-        lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
-        for line, r in rows[1:]:
-            if len(r) != len(header):
-                raise AnnotationError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
-        records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
-        for rec in records:
-            if not rec[img_col]:
-                raise AnnotationError(f'{csv_file}, line {rec["_line"]}: empty image path')
-
+        header, img_col, lab_col, records = _read_csv(csv_file, image_column, label_column)
         if lab_col is not None:
             layout = 'list'
-            cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
-            classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
-            if label_names is not None:
-                names, names_from = [str(n) for n in label_names], label_names_from or 'the label_names argument'
-            elif os.path.isfile(classes_txt):
-                names, names_from = read_label_names(classes_txt), classes_txt
-            else:
-                names = sorted({_parse_label(t, set())[0] for ts in cells.values() for t in ts} - {None})
-                names_from = LABELS_FROM_FILE
-                _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
-                             'beside it to fix the class order across splits', name, len(names))
-            index = {n: i for i, n in enumerate(names)}
-            targets = np.zeros((len(records), len(names)), dtype=np.float32)
-            for k, rec in enumerate(records):
-                targets[k] = _list_row(cells[rec['_line']], index, f'{csv_file}, line {rec["_line"]}', names_from)
+            names, names_from, targets = _list_targets(csv_file, records, lab_col, label_sep, label_names,
+                                                       label_names_from, name)
         else:
             layout = 'wide'
             names, names_from = [h for h in header if h != img_col], 'header'
-            if label_names is not None and list(label_names) != names:
-                raise AnnotationError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
-                                 f'columns {names}')
-            if not names:
-                raise AnnotationError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
-            targets = np.zeros((len(records), len(names)), dtype=np.float32)
-            for k, rec in enumerate(records):
-                for c, n in enumerate(names):
-                    v = rec[n]
-                    if v not in _WIDE_VALUES:
-                        raise AnnotationError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
-                                         f'or -1')
-                    targets[k, c] = _WIDE_VALUES[v]
-
+            targets = _wide_targets(csv_file, records, names, label_names)
         paths = [os.path.join(image_dir, rec[img_col]) for rec in records]
         seen: Dict[str, int] = {}
         for rec, p in zip(records, paths):
@@ -227,6 +178,76 @@ class CsvMultiLabel(MultiLabelDataset):
         _logger.info('%s: %s images (%d without labels %s), %d classes (%s layout), %s entries not annotated', name,
                      f'{len(paths):,}', empty, 'kept' if keep_empty else 'skipped', len(names), layout,
                      f'{info["unknown_entries"]:,}')
+
+
+def _read_csv(csv_file: str, image_column: Optional[str],
+              label_column: Optional[str]) -> Tuple[List[str], str, Optional[str], List[Dict[str, Any]]]:
+    """The header, image and label columns and the rows (dicts with their 1-based ``_line``) of a CSV file."""
+    try:
+        with open(csv_file, 'r', encoding='utf-8-sig', newline='') as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f'{csv_file}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "CSV UTF-8"') \
+            from e
+    except csv.Error as e:
+        raise AnnotationError(f'{csv_file}: malformed CSV ({e})') from e
+    rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
+    if not rows:
+        raise AnnotationError(f'{csv_file}: empty CSV (a header row is required)')
+    header = [h.strip() for h in rows[0][1]]
+    if len(set(header)) != len(header):
+        raise AnnotationError(f'{csv_file}: duplicate column names in header {header}')
+    img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
+    lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            raise AnnotationError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
+    records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
+    for rec in records:
+        if not rec[img_col]:
+            raise AnnotationError(f'{csv_file}, line {rec["_line"]}: empty image path')
+    return header, img_col, lab_col, records
+
+
+def _list_targets(csv_file: str, records: List[Dict[str, Any]], lab_col: str, label_sep: str,
+                  label_names: Optional[Sequence[str]], label_names_from: Optional[str],
+                  name: str) -> Tuple[List[str], str, np.ndarray]:
+    """Class names, where they came from, and targets of a CSV with a label-list column."""
+    cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
+    classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
+    if label_names is not None:
+        names, names_from = [str(n) for n in label_names], label_names_from or 'the label_names argument'
+    elif os.path.isfile(classes_txt):
+        names, names_from = read_label_names(classes_txt), classes_txt
+    else:
+        names = sorted({_parse_label(t, set())[0] for ts in cells.values() for t in ts} - {None})
+        names_from = LABELS_FROM_FILE
+        _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
+                     'beside it to fix the class order across splits', name, len(names))
+    index = {n: i for i, n in enumerate(names)}
+    targets = np.zeros((len(records), len(names)), dtype=np.float32)
+    for k, rec in enumerate(records):
+        targets[k] = _list_row(cells[rec['_line']], index, f'{csv_file}, line {rec["_line"]}', names_from)
+    return names, names_from, targets
+
+
+def _wide_targets(csv_file: str, records: List[Dict[str, Any]], names: List[str],
+                  label_names: Optional[Sequence[str]]) -> np.ndarray:
+    """Targets of a CSV with one 1/0/-1 column per class."""
+    if label_names is not None and list(label_names) != names:
+        raise AnnotationError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
+                              f'columns {names}')
+    if not names:
+        raise AnnotationError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
+    targets = np.zeros((len(records), len(names)), dtype=np.float32)
+    for k, rec in enumerate(records):
+        for c, n in enumerate(names):
+            v = rec[n]
+            if v not in _WIDE_VALUES:
+                raise AnnotationError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
+                                      f'or -1')
+            targets[k, c] = _WIDE_VALUES[v]
+    return targets
 
 
 class CocoJsonMultiLabel(CocoFormatMultiLabel):
