@@ -39,6 +39,22 @@ def read_json(path: PathLike, what: str) -> Any:
         raise InputError(f'{what} {path} is not valid JSON: {e}') from e
 
 
+def _entry(config: Dict[str, Any], folder: Path, tag: str, rel: Optional[str], digest: str, size: int,
+           **fields: Any) -> Dict[str, Any]:
+    """The manifest entry of a published folder's weights (``fields``: the registration's own values)."""
+    pcfg = config.get('pretrained_cfg') or {}
+    entry = dict(architecture=config['architecture'], tag=tag, hf_hub_id=fields.pop('hf_hub_id'),
+                 hf_revision=fields.pop('hf_revision'), file=rel, sha256=digest, size_bytes=size,
+                 num_classes=int(config['num_classes']), label_names=config.get('label_names'), **fields,
+                 created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+                 model_args=config.get('model_args') or {},
+                 pretrained_cfg={k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None})
+    thresholds = LabelThresholds.from_json(config, str(folder / 'config.json'))
+    if thresholds is not None:
+        entry.update(thresholds.to_json())
+    return entry
+
+
 def register_weights(
         folder: PathLike,
         *,
@@ -58,11 +74,8 @@ def register_weights(
     """Add a published folder's weights to the registry (``weights/manifest.json``).
 
     Args:
-        folder: a folder written by :func:`save_pretrained_dir` (config.json + model.safetensors); its per-class
-            decision thresholds (``label_thresholds`` + ``label_thresholds_info``), when it has any, go into the
-            entry too.
-        tag: the pretrained tag; the weights then load as ``timm.create_model('<architecture>.<tag>',
-            pretrained=True)``.
+        folder: a folder written by :func:`save_pretrained_dir` (its decision thresholds go into the entry too).
+        tag: the pretrained tag (``timm.create_model('<architecture>.<tag>', pretrained=True)``).
         dataset: what the weights were trained and evaluated on.
         recipe: the command that trained them.
         label_names_source: where the class names / order come from (e.g. ``srdl_timm.data.label_sets.COCO_CLASSES``).
@@ -101,28 +114,9 @@ def register_weights(
         rel = f'{arch}.{tag}.safetensors'
         atomic_write_bytes(mfile.parent / rel, weights.read_bytes())
         verify_sha256(mfile.parent / rel, digest, f'the copy of {weights}')
-    pcfg = config.get('pretrained_cfg') or {}
-    entry = {
-        'architecture': arch,
-        'tag': tag,
-        'hf_hub_id': hf_hub_id,
-        'hf_revision': hf_revision,
-        'file': rel,
-        'sha256': digest,
-        'size_bytes': weights.stat().st_size,
-        'num_classes': int(config['num_classes']),
-        'label_names': config.get('label_names'),
-        'label_names_source': label_names_source,
-        'dataset': dataset,
-        'metrics': {'values': values, 'protocol': proto},
-        'recipe': recipe,
-        'created': datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        'model_args': config.get('model_args') or {},
-        'pretrained_cfg': {k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
-    }
-    thresholds = LabelThresholds.from_json(config, str(folder / 'config.json'))
-    if thresholds is not None:
-        entry.update(thresholds.to_json())
+    entry = _entry(config, folder, tag, rel, digest, weights.stat().st_size, hf_hub_id=hf_hub_id,
+                   hf_revision=hf_revision, label_names_source=label_names_source, dataset=dataset,
+                   metrics={'values': values, 'protocol': proto}, recipe=recipe)
     if notes:
         entry['notes'] = notes
     validate_entry(entry, len(data['weights']), str(mfile))

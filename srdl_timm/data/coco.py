@@ -34,6 +34,57 @@ COCO_SPLITS = ('train', 'val')
 PARTIAL_LABEL_KEYS = ('neg_category_ids', 'not_annotated_category_ids')
 
 
+def _check_entries(ann_file: str, data: Dict[str, Any]) -> None:
+    """Every image, category and annotation is an object with the keys and id types the labels need."""
+    for what, keys in (('images', ('id', 'file_name')), ('categories', ('id', 'name')),
+                       ('annotations', ('image_id', 'category_id'))):
+        for i, e in enumerate(data[what]):
+            if not isinstance(e, dict):
+                raise AnnotationError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
+            for k in keys:
+                if k not in e:
+                    raise AnnotationError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
+    for i, c in enumerate(data['categories']):
+        if not isinstance(c['id'], int) or isinstance(c['id'], bool):
+            raise AnnotationError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
+    for what, key in (('images', 'id'), ('annotations', 'image_id'), ('annotations', 'category_id')):
+        for i, e in enumerate(data[what]):
+            if not isinstance(e[key], (int, str)) or isinstance(e[key], bool):
+                raise AnnotationError(f'{ann_file}: {what}[{i}] {key} must be an integer (or a string), '
+                                      f'got {e[key]!r}')
+    for what in ('images', 'categories'):
+        ids = [e['id'] for e in data[what]]
+        if len(set(ids)) != len(ids):
+            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise AnnotationError(f'{ann_file}: duplicate {what[:-1].replace("categorie", "category")} ids {dup} '
+                                  f'(each {what[:-1].replace("categorie", "category")} needs its own id)')
+
+
+def _check_ids(ann_file: str, data: Dict[str, Any]) -> Tuple[set, set]:
+    """Unique image and category ids and names, valid partial-label lists; returns the image and category ids."""
+    names = [c['name'] for c in data['categories']]
+    if len(set(names)) != len(names):
+        raise AnnotationError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
+    image_ids = {e['id'] for e in data['images']}
+    cat_ids = {e['id'] for e in data['categories']}
+    for i, img in enumerate(data['images']):
+        for key in PARTIAL_LABEL_KEYS:
+            ids = img.get(key)
+            if ids is None:
+                continue
+            if not isinstance(ids, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
+                raise AnnotationError(f'{ann_file}: images[{i}] {key} must be a list of category ids, got {ids!r}')
+            unknown = sorted(set(ids) - cat_ids)
+            if unknown:
+                raise AnnotationError(f'{ann_file}: images[{i}] {key} lists unknown category ids {unknown[:5]} (not in '
+                                      'the file\'s categories)')
+        both = set(img.get(PARTIAL_LABEL_KEYS[0]) or ()) & set(img.get(PARTIAL_LABEL_KEYS[1]) or ())
+        if both:
+            raise AnnotationError(f'{ann_file}: images[{i}] lists category ids {sorted(both)[:5]} both as absent '
+                                  f'({PARTIAL_LABEL_KEYS[0]}) and as not annotated ({PARTIAL_LABEL_KEYS[1]})')
+    return image_ids, cat_ids
+
+
 def load_coco_json(ann_file: str) -> Dict[str, Any]:
     """Read a COCO-format annotation file and check its structure.
 
@@ -63,51 +114,8 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
         if not isinstance(data[key], list):
             raise AnnotationError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
 
-    def _check(entries: List[Any], what: str, keys: Tuple[str, ...]) -> None:
-        for i, e in enumerate(entries):
-            if not isinstance(e, dict):
-                raise AnnotationError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
-            for k in keys:
-                if k not in e:
-                    raise AnnotationError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
-
-    _check(data['images'], 'images', ('id', 'file_name'))
-    _check(data['categories'], 'categories', ('id', 'name'))
-    _check(data['annotations'], 'annotations', ('image_id', 'category_id'))
-    for i, c in enumerate(data['categories']):
-        if not isinstance(c['id'], int) or isinstance(c['id'], bool):
-            raise AnnotationError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
-    for what, key in (('images', 'id'), ('annotations', 'image_id'), ('annotations', 'category_id')):
-        for i, e in enumerate(data[what]):
-            if not isinstance(e[key], (int, str)) or isinstance(e[key], bool):
-                raise AnnotationError(f'{ann_file}: {what}[{i}] {key} must be an integer (or a string), '
-                                      f'got {e[key]!r}')
-    for what in ('images', 'categories'):
-        ids = [e['id'] for e in data[what]]
-        if len(set(ids)) != len(ids):
-            dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
-            raise AnnotationError(f'{ann_file}: duplicate {what[:-1].replace("categorie", "category")} ids {dup} '
-                                  f'(each {what[:-1].replace("categorie", "category")} needs its own id)')
-    names = [c['name'] for c in data['categories']]
-    if len(set(names)) != len(names):
-        raise AnnotationError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
-    image_ids = {e['id'] for e in data['images']}
-    cat_ids = {e['id'] for e in data['categories']}
-    for i, img in enumerate(data['images']):
-        for key in PARTIAL_LABEL_KEYS:
-            ids = img.get(key)
-            if ids is None:
-                continue
-            if not isinstance(ids, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in ids):
-                raise AnnotationError(f'{ann_file}: images[{i}] {key} must be a list of category ids, got {ids!r}')
-            unknown = sorted(set(ids) - cat_ids)
-            if unknown:
-                raise AnnotationError(f'{ann_file}: images[{i}] {key} lists unknown category ids {unknown[:5]} (not in '
-                                      'the file\'s categories)')
-        both = set(img.get(PARTIAL_LABEL_KEYS[0]) or ()) & set(img.get(PARTIAL_LABEL_KEYS[1]) or ())
-        if both:
-            raise AnnotationError(f'{ann_file}: images[{i}] lists category ids {sorted(both)[:5]} both as absent '
-                                  f'({PARTIAL_LABEL_KEYS[0]}) and as not annotated ({PARTIAL_LABEL_KEYS[1]})')
+    _check_entries(ann_file, data)
+    image_ids, cat_ids = _check_ids(ann_file, data)
     partial = {img['id']: {key: set(img[key]) for key in PARTIAL_LABEL_KEYS if img.get(key)}
                for img in data['images'] if any(img.get(key) for key in PARTIAL_LABEL_KEYS)}
     for i, a in enumerate(data['annotations']):

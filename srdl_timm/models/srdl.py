@@ -49,6 +49,29 @@ def _check_input(x: Tensor, in_chans: int) -> Tensor:
     return x
 
 
+def _check_args(num_classes: int, global_pool: str, label_names: Optional[Sequence[str]], object_erasing: bool,
+                use_sa: bool, attention: str, oe_erase: str) -> Optional[List[str]]:
+    """Validate :class:`SRDL`'s arguments (a ``ValueError`` naming the argument); returns the label names as str."""
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
+    if global_pool not in ('max', 'avg', ''):
+        raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if num_classes and len(label_names) != num_classes:
+            raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
+    if object_erasing and not use_sa:
+        raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
+    if attention not in ATTENTION_VARIANTS:
+        raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
+    if oe_erase not in ('attention', 'features'):
+        raise ValueError(f"oe_erase must be 'attention' or 'features', got {oe_erase!r}")
+    if oe_erase == 'features' and attention == 'paper':
+        raise ValueError("oe_erase='features' needs attention='gated', 'softmax' or 'softmax_gated': eq. 6's "
+                         "additive CA term of attention='paper' cannot be erased position by position")
+    return label_names
+
+
 class SRDL(nn.Module):
     """SRDL multi-label classifier: timm backbone + CAR head (+ OE in training).
 
@@ -116,23 +139,7 @@ class SRDL(nn.Module):
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
-        if global_pool not in ('max', 'avg', ''):
-            raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
-        if label_names is not None:
-            label_names = [str(n) for n in label_names]
-            if num_classes and len(label_names) != num_classes:
-                raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
-        if object_erasing and not use_sa:
-            raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
-        if oe_erase not in ('attention', 'features'):
-            raise ValueError(f"oe_erase must be 'attention' or 'features', got {oe_erase!r}")
-        if oe_erase == 'features' and attention == 'paper':
-            raise ValueError("oe_erase='features' needs attention='gated', 'softmax' or 'softmax_gated': eq. 6's "
-                             "additive CA term of attention='paper' cannot be erased position by position")
+        label_names = _check_args(num_classes, global_pool, label_names, object_erasing, use_sa, attention, oe_erase)
         self.attention = attention
         self.oe_erase = oe_erase
         self.backbone_name = backbone
