@@ -1,12 +1,8 @@
 """The one strict model loader: a checkpoint, run folder, published folder, Hub repo or tag -> the exact model.
 
-Every console script loads weights through :func:`load_model` (:func:`load_model_from_spec` for the inference
-scripts' model flags). It rebuilds exactly the architecture the config beside the weights records
-(``train_config.json`` of ``srdl-train``, ``config.json`` of ``srdl-publish``) and loads every tensor strictly: a
-missing, unexpected or reshaped tensor, a class count other than the weights' included, is a
-:class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a re-initialised head
-(fine-tuning on new classes is ``timm.create_model(..., pretrained=True, num_classes=N)``). Files are read by
-:mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``).
+:func:`load_model` rebuilds the architecture the config beside the weights records and loads every tensor
+strictly: a tensor or class count that does not fit is a :class:`~srdl_timm.weight_files.ModelLoadError` naming
+the file, never a re-initialised head.
 """
 from __future__ import annotations
 
@@ -57,24 +53,14 @@ def _config_file(path: Path) -> Optional[Path]:
 
 
 def read_model_config(path: PathLike) -> Dict[str, Any]:
-    """The model configuration recorded beside weights.
-
-    Args:
-        path: a weights file, a run folder (srdl-train ``--output``) or a published folder; the config is
-            ``config.json`` (timm / srdl-publish) or ``train_config.json`` (srdl-train) in that folder.
+    """The model configuration recorded beside weights (``config.json`` or ``train_config.json``).
 
     Returns:
         ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'trained_on',
-        'label_thresholds', 'config_file'}``; an empty dict when no config exists. ``label_thresholds`` is a
-        :class:`~srdl_timm.labels.LabelThresholds` (top-level ``label_thresholds`` + ``label_thresholds_info``) or
-        None. ``model_args`` are the construction arguments
-        (without label names/embeddings), ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation,
-        mean, std, crop_pct, crop_mode), ``trained_on`` the training data a train_config.json records (format, root,
-        split, annotation file), else None.
+        'label_thresholds', 'config_file'}``; an empty dict when no config exists.
 
     Raises:
-        srdl_timm.weight_files.ModelLoadError: the config is not valid JSON, or a field is of the wrong type or
-            value (:func:`srdl_timm.weight_files.read_config_json`: the message names the file and the field).
+        srdl_timm.weight_files.ModelLoadError: invalid JSON or a field of the wrong type or value.
     """
     file = _config_file(Path(path))
     if file is None:
@@ -127,12 +113,8 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
 def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
-    For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
-    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, the ``attention`` variant and
-    ``oe_erase``, ``attention_impl``, the
-    backbone's ``img_size`` when one was given (a ViT's position-embedding grid) and any JSON-serialisable
-    ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
-    the weights, so neither is here. Other timm models: ``num_classes``.
+    Label names go to the config's top level and label-graph nodes are in the weights, so neither is here; other
+    timm models give ``num_classes`` only.
 
     Raises:
         InputError: ``backbone_kwargs`` that JSON cannot hold.
@@ -265,23 +247,17 @@ def load_model(
     """Load a model as trained, strictly, in eval mode.
 
     Args:
-        model: an architecture (``srdl_resnet101``), a pretrained tag (``srdl_x.tag``), ``hf-hub:org/repo[@rev]``,
-            ``local-dir:PATH``, or None when ``checkpoint`` has a config beside it.
-        checkpoint: weights file or folder (srdl-train run, srdl-publish folder); the config beside it
-            (train_config.json / config.json) rebuilds the exact architecture.
-        pretrained: without ``checkpoint``: load the tag's / Hub's / folder's weights (False: random weights).
-        num_classes: the class count expected; must equal the weights' (a mismatch is an error).
+        model: an architecture, a pretrained tag, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH``, or None when
+            ``checkpoint`` has a config beside it.
+        checkpoint: weights file or folder; the config beside it rebuilds the exact architecture.
+        pretrained: without ``checkpoint``: load the tag's / Hub's / folder's weights.
+        num_classes: the class count expected; must equal the weights'.
         model_kwargs: construction arguments overriding the config's.
         strict: every tensor must match (False only for deliberate partial loads).
         device: where the model goes.
 
     Returns:
-        The model in eval mode, with ``pretrained_cfg['label_names']`` (and ``model.label_names`` for SRDL) set
-        when known, and the per-class decision thresholds its config records in ``model.label_thresholds``
-        (:func:`srdl_timm.labels.model_label_thresholds`).
-
-    Raises:
-        ModelLoadError: unreadable weights or config, weights that do not fit, no model named.
+        The model in eval mode, with its label names and decision thresholds when known.
     """
     kwargs = dict(model_kwargs or {})
     label_names = kwargs.pop('label_names', None)
@@ -392,15 +368,8 @@ def _load_shipped(model: str, arch: str, tag: Optional[str], cfg: Any, kwargs: D
 # ----------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Which model to load for inference: what the model flags of ``srdl-predict``/``-validate``/``-export`` say.
-
-    Attributes:
-        model: an architecture, pretrained tag, ``hf-hub:org/repo`` or ``local-dir:PATH``; None when
-            ``checkpoint`` has a config beside it.
-        checkpoint: a weights file or a run / published folder.
-        num_classes: the class count asked for; must equal the weights'.
-        model_kwargs: construction arguments overriding the config's.
-        random_init: no weights at all (smoke tests only): needs ``model``, excludes ``checkpoint``.
+    """Which model to load for inference (the model flags of ``srdl-predict``/``-validate``/``-export``);
+    ``random_init``: no weights at all (smoke tests only).
     """
     model: Optional[str] = None
     checkpoint: Optional[str] = None
@@ -422,15 +391,8 @@ class ModelSpec:
 
 
 def load_model_from_spec(spec: ModelSpec, num_classes: Optional[int] = None) -> nn.Module:
-    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU.
-
-    ``num_classes`` is a default for ``spec.num_classes`` (e.g. the dataset's: it builds a bare checkpoint without
-    a config, and must equal the class count of weights that have one; a mismatch is an error). Without
-    ``checkpoint`` the pretrained weights of ``model`` are loaded, unless ``random_init``.
-
-    Raises:
-        InputError: no model named, or ``random_init`` with a checkpoint or without a model.
-        ModelLoadError: as :func:`load_model`.
+    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU
+    (``num_classes``: default of ``spec.num_classes``).
     """
     classes = spec.num_classes if spec.num_classes is not None else num_classes
     kwargs = dict(spec.model_kwargs)

@@ -1,13 +1,8 @@
 """Evaluate a multi-label timm model (paper §4.1): the library behind ``srdl-validate``.
 
-:func:`evaluate_dataset` loads a model, evaluates it on a dataset split and builds the JSON report with its exact
-protocol; :func:`validate` runs a model over a loader and returns the metrics (mAP in both AP definitions, CP … OF1
-and their top-3 variants), :func:`format_rows` prints Table 1/2-style rows and :func:`voc_difficult_negative`
-recomputes VOC with difficult-only entries counted negative from the same logits. CP … OF1 are reported at 0.5
-and, when asked, also at per-class decision thresholds (:mod:`srdl_timm.labels.thresholds`) that were tuned on
-another split; thresholds can be tuned on the evaluated split and written to a file, but never reported on it.
-Under torchrun each rank evaluates a disjoint, unpadded slice and the logits are gathered, so every image counts
-once; with AMP the head runs in float32 on float32 features so AP is ranked on fp32 logits.
+:func:`evaluate_dataset` evaluates a model on a dataset split and builds the JSON report with its exact protocol;
+:func:`validate` runs a model over a loader and returns the metrics. Thresholds tuned on the evaluated split are
+never reported on it; under torchrun each rank evaluates a disjoint, unpadded slice.
 """
 import dataclasses
 import logging
@@ -33,7 +28,7 @@ from .loading import ModelSpec, load_model_from_spec, read_model_config
 from .metrics import MultiLabelMetrics
 from .utils import atomic_write_json, sha256_file
 
-__all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
+__all__ = ['validate', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
            'DIFFICULT_POLICY_NAMES', 'THRESHOLDS_FROM_WEIGHTS', 'Evaluation', 'evaluate_dataset']
 
 _logger = logging.getLogger(__name__)
@@ -89,21 +84,15 @@ def validate(
 
     Args:
         model: a multi-label classifier returning logits ``[B, C]`` in eval mode.
-        loader: yields ``(images, targets)`` with targets 1 / 0 / -1 (ignore); under torch.distributed each rank's
-            loader must hold a disjoint slice (``create_multilabel_loader(..., distributed=True)``).
-        device: where the model runs.
-        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or None for float32.
-        channels_last: run in channels-last memory format.
-        progress: show a tqdm bar (rank 0 only).
-        class_index: logits columns to take, in the dataset's class order (to re-order a model's classes).
-        fp32_head: with AMP, run ``forward_head`` in float32 on float32 features so the logits are fp32.
-        label_names: class names for the metrics object (optional).
-        return_outputs: also return the gathered ``logits`` and ``targets`` (float32 ``[N, C]`` arrays, dataset
-            order) under those keys, e.g. for :func:`voc_difficult_negative`.
+        loader: ``(images, targets)`` batches, targets 1 / 0 / -1 (ignore); a disjoint slice per rank under DDP.
+        device, amp_dtype, channels_last, progress: the forward pass.
+        class_index: logits columns to take, in the dataset's class order.
+        fp32_head: with AMP, run ``forward_head`` in float32 on float32 features so AP is ranked on fp32 logits.
+        label_names: class names for the metrics (optional).
+        return_outputs: also return the gathered ``logits`` and ``targets`` (``[N, C]``, dataset order).
 
     Returns:
-        The metrics (percent): ``mAP_interpolated``, ``mAP_non_interpolated``, per-class ``AP_*``, CP … OF1 and
-        ``*_top3``, sample counts; plus ``head_dtype`` (the dtype the classifier ran in).
+        The metrics in percent, plus ``head_dtype`` (the dtype the classifier ran in).
     """
     model.eval()
     model.to(device)
@@ -149,11 +138,8 @@ def validate(
 
 
 def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optional[List[int]]:
-    """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed (same
-    order, or the model carries no label names).
-
-    Raises:
-        InputError: the model's label names are not the dataset's (naming the first missing ones).
+    """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed;
+    an :class:`InputError` when the model's label names are not the dataset's.
     """
     model_names = model_label_names(model)
     label_names = [str(n) for n in label_names]
@@ -171,14 +157,8 @@ def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optiona
 
 def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_only: np.ndarray,
                            label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Metrics with VOC's difficult-only (image, class) entries counted negative instead of ignored.
-
-    Args:
-        logits, targets: ``[N, C]`` from :func:`validate` with ``return_outputs=True`` on a VOC dataset built with
-            ``difficult='ignore'`` (difficult-only entries are -1); dataset order.
-        difficult_only: ``[N, C]`` bool, the dataset's :attr:`~srdl_timm.data.VocMultiLabel.difficult_only`.
-
-    Rows that are ignored as a whole (an unreadable image skipped with ``on_corrupt='skip'``) stay ignored.
+    """Metrics with VOC's difficult-only entries (``difficult_only`` ``[N, C]``) counted negative instead of
+    ignored, from :func:`validate`'s ``logits`` and ``targets``; wholly ignored rows stay ignored.
     """
     targets = np.array(targets, dtype=np.float32, copy=True)
     difficult_only = np.asarray(difficult_only, dtype=bool)
@@ -190,11 +170,6 @@ def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_on
 
 
 _ROW_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
-
-
-def format_row(results: Dict[str, Any], title: str, top_k: int = 3) -> str:
-    """A Table 1/2-style header + row: both mAPs, CP … OF1 at threshold 0.5, and the top-k variants."""
-    return format_rows([(title, results)], top_k)
 
 
 def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> str:
@@ -241,12 +216,8 @@ def _in_order(values: Sequence[float], index: Optional[Sequence[int]]) -> List[f
 
 @dataclasses.dataclass
 class Evaluation:
-    """What :func:`evaluate_dataset` found.
-
-    Attributes:
-        report: the JSON report (metrics, per-class AP by label name, the protocol, the model and its checkpoint).
-        rows: ``(title, metrics)`` to print with :func:`format_rows` (two on VOC: one per difficult policy).
-        rank: this process's rank (0 without torchrun); only rank 0 should print or write.
+    """What :func:`evaluate_dataset` found: the JSON ``report``, the ``rows`` to print with :func:`format_rows`
+    and this process's ``rank`` (only rank 0 prints or writes).
     """
     report: Dict[str, Any]
     rows: List[Tuple[str, Dict[str, Any]]]
@@ -297,23 +268,15 @@ def evaluate_dataset(
 ) -> Evaluation:
     """Evaluate the model of ``spec`` on a dataset split (paper §4.1): ``srdl-validate`` without its printing.
 
-    On VOC difficult-only entries are ignored and the counted-negative convention is computed from the same logits.
-    A CSV without ``classes.txt`` takes the weights' label set; logits are re-ordered by label name. Images are
-    squash-resized to the model's input size (timm's data config, or ``img_size``).
-
     Args:
         spec: the model (:func:`srdl_timm.loading.load_model_from_spec`).
         data, root, split: dataset format, folder and split (default: the format's evaluation split).
         ann_file, image_dir, keep_empty, on_corrupt: dataset options.
-        img_size, interpolation, mean, std: overrides of the model's data config.
+        img_size, interpolation, mean, std: overrides of timm's data config of the model.
         batch_size, workers, device, amp_dtype, channels_last, progress: loader and :func:`validate` options.
         seed: torch seed before building a ``random_init`` model.
-        thresholds: also report CP … OF1 at per-class thresholds: :data:`THRESHOLDS_FROM_WEIGHTS` or a thresholds
-            file; thresholds tuned on the evaluated split are refused (:class:`InputError`).
-        tune_thresholds_file: tune per-class thresholds (best F1) on this split and write them to this JSON file.
-
-    Returns:
-        The :class:`Evaluation`: the JSON report with the exact protocol, the rows to print, the rank.
+        thresholds: also report CP … OF1 at :data:`THRESHOLDS_FROM_WEIGHTS` or a thresholds file's values.
+        tune_thresholds_file: tune per-class thresholds (best F1) on this split and write them there.
     """
     device_, rank, world = init_distributed_from_env(device)
     split = split or DEFAULT_SPLITS[data][1]

@@ -1,13 +1,8 @@
-"""The training loop of ``srdl-train`` on timm's task API: :class:`~srdl_timm.training.task.SRDLTask` computes the
-loss (eqs. 11-13 through :class:`~srdl_timm.loss.SRDLLoss`), wraps DDP (``prepare_distributed``), ``torch.compile``
-and the EMA (``setup_ema`` / ``update_ema``); timm's optimizer and scheduler factories and ``NativeScaler`` do
-the rest. This module adds what exact resumption needs: a data stream that is a pure function of
-``(seed, epoch, position)`` (:class:`~srdl_timm.data.EpochBatchSampler`, :class:`~srdl_timm.data.SeededDataset`),
-checkpoints at any optimizer step (:mod:`srdl_timm.training.checkpoint`), and a global finiteness check before
-every weight update; and the three collectives training needs under DDP (:func:`all_reduce_mean`,
-:func:`all_gather_objects`, :func:`barrier`).
+"""The training loop of ``srdl-train`` on timm's task API (:class:`~srdl_timm.training.task.SRDLTask`: loss of
+eqs. 11-13, DDP, compile, EMA) and timm's optimizer, scheduler and ``NativeScaler``.
 
-:func:`srdl_timm.training.fit` runs a whole training run on top of these pieces.
+This module adds what exact resumption needs (a data stream that is a pure function of ``(seed, epoch,
+position)``, checkpoints at any optimizer step) and the collectives training needs under DDP.
 """
 import contextlib
 import logging
@@ -148,27 +143,9 @@ def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 
 @dataclass
 class TrainState:
-    """The live objects of a run.
-
-    Attributes:
-        config: resolved configuration.
-        task: the :class:`SRDLTask` (its ``trainable_module`` is what the forward runs through: DDP / compile
-            wrappers of ``model``; its EMA, when any, is ``task.get_trainable_module(ema=True)``).
-        model: the plain model (weights that get saved).
-        optimizer, scheduler, loss_scaler: timm's (scheduler None for ``--sched none``; ``loss_scaler`` a
-            ``timm.utils.NativeScaler`` for float16 AMP only).
-        device, rank, world_size: placement.
-        micro_batches_per_epoch / updates_per_epoch: epoch geometry (per rank).
-        label_names: dataset class names.
-        label_vectors: how each label name became its label-graph node vector (:meth:`LabelVectors.report`), None
-            when the nodes were not looked up by name.
-        unknown_entries: ``{'train': n, 'val': m}``, the (image, class) entries of each split that are not
-            annotated (target -1: left out of the loss and the metrics).
-        val_split: the validation split's :func:`srdl_timm.labels.split_fingerprint` (where thresholds are tuned).
-        val_outputs: ``(logits, targets)`` of the last evaluation (float32 ``[N, C]``), None before the first.
-        global_step: optimizer updates done so far; history: one dict per finished epoch;
-        last_checkpoint: newest checkpoint directory written (rank 0);
-        epoch_loss_sums / epoch_micro_batches: running loss sums of the epoch in progress (checkpointed).
+    """The live objects of a run: config, task (DDP/compile wrappers and EMA), the plain ``model``, timm's
+    optimizer/scheduler/scaler, placement, epoch geometry, label names and vectors, the not-annotated entries per
+    split, the validation split's fingerprint and last outputs, and the resumable counters.
     """
     config: TrainConfig
     task: SRDLTask
@@ -251,10 +228,8 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
                    model: Optional[nn.Module] = None) -> Tuple[TrainState, Any, Any, Dict[str, Any]]:
     """Datasets, model, task (with its EMA), optimizer, scheduler and AMP scaler for a resolved config.
 
-    ``model``: train this instance (its class count must match the data) instead of building ``cfg.model``.
-
-    Returns:
-        ``(state, train_dataset, val_loader, data_config)``.
+    ``model``: train this instance instead of building ``cfg.model``. Returns ``(state, train_dataset, val_loader,
+    data_config)``.
     """
     train_ds, val_ds = _datasets(cfg)
     num_classes = train_ds.num_classes
@@ -536,10 +511,9 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
 
 
 def evaluate(state: TrainState, loader: DataLoader) -> Dict[str, Any]:
-    """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`; eval mode, so
-    OE is off). Scalars in percent (mAP interpolated / non-interpolated, CP/CR/CF1/OP/OR/OF1 at threshold 0.5 and
-    top-3), counts, per-class APs as lists. Under DDP every rank must call it (logits gathered without padding).
-    The logits and targets are kept in ``state.val_outputs`` (for the decision thresholds tuned at the end)."""
+    """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`); a collective
+    under DDP. The logits and targets are kept in ``state.val_outputs``.
+    """
     cfg = state.config
     result = validate(state.report_model, loader, state.device, amp_dtype=amp_dtype(cfg),
                       channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names,
