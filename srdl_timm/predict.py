@@ -1,11 +1,7 @@
 """Multi-label predictions (and Figure-5 attention overlays) for image files: the library behind ``srdl-predict``.
 
-Inputs come from :func:`srdl_timm.data.inputs.collect_inputs` (files, folders, globs; failures kept as items); each
-image gets the labels :func:`select_labels` chooses (score >= ``threshold``, one global value or one per class,
-and/or the ``topk`` best); :func:`decision_thresholds` says which thresholds apply (a given one, else the weights'
-per-class thresholds, else 0.5). :func:`predict_files` returns one :class:`Prediction` per input, in input order,
-with the reason when an input failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them
-and :func:`weights_summary` says what the weights know (label set, training data) for the header of the output.
+Each image gets the labels :func:`select_labels` chooses by :func:`decision_thresholds` (a given threshold, else
+the weights' per-class ones, else 0.5) and/or ``topk``; a failed input is kept with its reason.
 """
 import csv
 import dataclasses
@@ -38,14 +34,8 @@ _logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Prediction:
-    """The result for one input.
-
-    Attributes:
-        path: the image path (or the input spec that failed).
-        labels: ``(label, class index, score)`` in decreasing score order.
-        error: why the input failed, or None.
-        size: ``(width, height)`` of the image.
-        explanations: PNG files written for it by ``--explain``.
+    """The result for one input: ``path``, ``labels`` (``(label, index, score)``, by decreasing score), ``error``,
+    image ``size`` and the ``explanations`` PNGs.
     """
     path: str
     labels: List[Tuple[str, int, float]] = dataclasses.field(default_factory=list)
@@ -76,13 +66,8 @@ class Prediction:
 # ----------------------------------------------------------------------------------------------------------
 def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
                     trained_on: Optional[str] = None) -> Dict[str, Any]:
-    """What the loaded weights know, from the model's ``pretrained_cfg`` (filled from ``weights/manifest.json``,
-    a Hub/local ``config.json`` or a training run's ``train_config.json``).
-
-    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}``: ``trained_on`` is the given one
-    (e.g. a training run's data, :func:`srdl_timm.loading.read_model_config`), else the ``pretrained_cfg``
-    ``dataset``/``description`` when recorded (else None), and ``note`` says that scores are only meaningful for
-    these labels on images like the training data.
+    """What the loaded weights know: ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}`` from the
+    model's ``pretrained_cfg`` (``trained_on``: the given one, else its dataset/description).
     """
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     arch, tag = cfg.get('architecture'), cfg.get('tag')
@@ -115,14 +100,8 @@ def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
 
 def decision_thresholds(model: nn.Module, threshold: Optional[float] = None,
                         topk: Optional[int] = None) -> Dict[str, Any]:
-    """Which thresholds decide the labels: ``threshold`` when given (one value for every class), else with ``topk``
-    alone none (the ``topk`` best), else the model's per-class thresholds
-    (:func:`srdl_timm.labels.model_label_thresholds`), else 0.5.
-
-    Returns:
-        ``{'threshold', 'source', 'description'}``: the value for :func:`select_labels` (a float, a list with one
-        probability per class, or None), ``'given'`` / ``'top-k only'`` / ``'weights'`` / ``'default'``, and a
-        line saying so.
+    """Which thresholds decide the labels: ``threshold`` when given, none with ``topk`` alone, else the model's
+    per-class thresholds, else 0.5. Returns ``{'threshold', 'source', 'description'}``.
     """
     if threshold is not None:
         return dict(threshold=float(threshold), source='given',

@@ -1,9 +1,5 @@
-"""The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`, list or wide layout) or a COCO-format JSON
-file (:class:`CocoJsonMultiLabel`).
-
-``create_multilabel_dataset('csv', root, split)`` reads ``root/{split}.csv`` with images relative to ``root``;
-``create_multilabel_dataset('coco-json', root, split)`` reads ``root/annotations/{split}.json`` with images under
-``root/images/{split}/`` (``ann_file``/``image_dir`` override both), classes the file's ``categories`` in id order.
+"""The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`) or a COCO-format JSON file
+(:class:`CocoJsonMultiLabel`), as ``create_multilabel_dataset('csv' | 'coco-json', root, split)`` finds them.
 """
 import csv
 import logging
@@ -85,39 +81,22 @@ def _list_row(tokens: Sequence[str], index: Dict[str, int], where: str, names_fr
 class CsvMultiLabel(MultiLabelDataset):
     """A CSV file of image paths and labels, with a header row, in one of two layouts.
 
-    * list layout: an image column and a label column holding the present labels joined by ``label_sep`` (default
-      ``';'``, since names such as "traffic light" contain spaces), e.g. ``img/0001.jpg,person;traffic light``.
-      Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name a
-      line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
-      same label set; a ``classes.txt`` makes the order explicit). A class a row does not name is absent (0).
-      Partial labels (as in OpenImages): ``?name`` says the image was not annotated for that class (-1: left out of
-      the loss and the metrics), ``?*`` that every class the row does not name is not annotated, and then ``!name``
-      names a class checked absent (0), e.g. ``img/0002.jpg,person;?dog`` or ``img/0003.jpg,person;!cat;?*``.
-    * wide layout: no label column; every other column is a class, each cell ``1`` (present), ``0`` (absent) or
-      ``-1`` (not annotated / ignore), e.g. header ``image,person,dog,traffic light`` and row ``img/0001.jpg,1,0,-1``.
-
-    ``info['unknown_entries']`` counts the (image, class) entries that are not annotated (-1).
-
-    The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
-    label column is ``label_column`` or the first of ``labels, label, tags``.
+    * list layout: an image column and a label column of present labels joined by ``label_sep`` (``';'``), e.g.
+      ``img/0001.jpg,person;traffic light``. Names come from ``label_names``, else ``classes.txt`` beside the CSV,
+      else the sorted labels in the file. ``?name`` marks a class not annotated (-1), ``?*`` every class not named,
+      ``!name`` one checked absent.
+    * wide layout: no label column; every other column is a class with cells ``1`` / ``0`` / ``-1``.
 
     Args:
-        csv_file: the CSV file (UTF-8, a byte-order mark as Excel writes it is skipped; with a header row).
-        image_dir: folder the image paths are relative to (absolute paths are kept); default: the CSV's folder.
-        transform: applied to each PIL RGB image.
-        label_names: class names in column order (list layout only).
-        label_names_from: where ``label_names`` come from, for the unknown-label error (e.g. "the weights").
-        label_sep: separator between labels in the list layout.
-        image_column, label_column: column names, when not one of the defaults.
-        keep_empty: keep images without any present label (all-zero targets); skipped and counted by default.
-        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images.
-        check_files: check at construction that every image file exists.
+        csv_file: the CSV file (UTF-8).
+        image_dir: folder the image paths are relative to; default: the CSV's folder.
+        label_names, label_names_from: class names in column order (list layout) and where they come from.
+        label_sep, image_column, label_column: the layout, when not the defaults.
+        keep_empty, on_corrupt, check_files, transform, name: as the other datasets.
 
     Raises:
         FileNotFoundError: the CSV, ``image_dir`` or a listed image is missing.
-        ValueError: malformed CSV, a missing column, a row with the wrong number of fields, a duplicated image, a
-            label not in ``label_names``/``classes.txt``, a class named twice in a row (e.g. ``dog;?dog``), a
-            wide-layout cell other than 1/0/-1 — naming file and line.
+        AnnotationError: malformed CSV, row or label, naming file and line.
     """
 
     def __init__(
@@ -251,13 +230,8 @@ def _wide_targets(csv_file: str, records: List[Dict[str, Any]], names: List[str]
 
 
 class CocoJsonMultiLabel(CocoFormatMultiLabel):
-    """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``.
-
-    Args:
-        root: dataset folder.
-        split: split name (any string naming the files, e.g. ``'train'``, ``'val'``, ``'test'``).
-        ann_file, image_dir: override the default paths.
-        transform, keep_empty, on_corrupt, check_files: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`.
+    """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``
+    (``ann_file``, ``image_dir`` override them; others: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`).
     """
 
     def __init__(

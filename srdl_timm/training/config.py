@@ -1,9 +1,7 @@
 """``srdl-train``'s configuration: :class:`TrainConfig`, the ``paper`` recipe and :func:`resolve_config`.
 
-``recipe='paper'`` is §4.2 of the paper: Adam with betas (0.9, 0.999), lr 1e-5, weight decay 5e-4 (on every
-parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=5e-4)``), a global batch of 16, 20 epochs, lr ÷10
-every 10 epochs, 448×448 input with the paper's augmentation (resize 512, random square crop of side
-{512, 448, 384, 320, 256}, resize 448, horizontal flip), an ImageNet-pretrained backbone, OE with top-K 3 and
+``recipe='paper'`` is §4.2: Adam (0.9, 0.999), lr 1e-5, weight decay 5e-4 on every parameter, global batch 16,
+20 epochs, lr ÷10 every 10 epochs, 448×448 input with the paper's augmentation, an ImageNet backbone, OE top-3
 α 0.5. An explicitly set field overrides the recipe's value.
 """
 import dataclasses
@@ -44,50 +42,9 @@ _DEFAULTS: Dict[str, Any] = dict(
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Fields left at None are filled by :func:`resolve_config` from the
-    recipe (``recipe='paper'``) or the defaults; explicitly set fields always win.
-
-    Data: ``data`` (coco | voc | csv | coco-json), ``root``, ``train_split`` / ``val_split`` (default train/val,
-    VOC trainval/test), ``voc_difficult`` (training policy for VOC difficult-only labels; evaluation always
-    ignores them), ``ann_file`` / ``image_dir`` (csv/coco-json overrides for the train split), ``keep_empty``,
-    ``on_corrupt``.
-
-    Model: ``model`` (timm name; ``srdl_*`` or any timm classifier as a baseline), ``pretrained`` (SRDL weights),
-    ``pretrained_backbone`` (ImageNet backbone), ``num_classes`` (checked against the dataset), ``label_embeddings``
-    ('auto' | 'none' | 'coco' | 'voc' | 'glove-6b-50d' | path), ``use_gcn`` / ``use_ca`` / ``use_sa`` (Table 6
-    ablations), ``oe`` / ``oe_topk`` / ``oe_alpha`` (§3.3), ``drop_rate``, ``model_kwargs``.
-
-    Loss (:class:`~srdl_timm.loss.SRDLLoss`): ``loss`` ('bce', the paper's binary cross-entropy, or 'asl', the
-    asymmetric loss, for L_ori and L_era both) with ``asl_gamma_neg`` / ``asl_gamma_pos`` / ``asl_clip`` (None: the
-    ASL paper's values, :data:`~srdl_timm.loss.ASL_DEFAULTS`; 'asl' only), ``era_scope`` ('all' = eq. 12 over every
-    entry, or 'erased' = the K erased classes only), ``era_weight`` (weight of L_era in eq. 13), ``loss_reduction``
-    ('mean' or 'sum' over a mini-batch's labelled entries).
-
-    Decision thresholds: ``tune_thresholds`` (at the end, per-class thresholds with the best F1 on the validation
-    split, :func:`srdl_timm.labels.tune_thresholds`, stored in ``train_config.json`` beside the weights).
-
-    Input: ``img_size``, ``train_resize`` (first resize of the paper's augmentation; default img_size·512/448),
-    ``aug`` ('paper' or 'none' = eval transform for training).
-
-    Optimisation: ``opt``, ``opt_betas``, ``opt_eps``, ``momentum``, ``lr``, ``weight_decay``,
-    ``wd_exclude_bias_norm`` (timm's habit of no decay on biases/norms; the paper's recipe decays everything),
-    ``batch_size`` (per process), ``global_batch_size`` (recipe: batch per process = global / (world × accum)),
-    ``val_batch_size``, ``epochs``, ``sched`` (step | multistep | cosine | poly | none), ``decay_epochs``,
-    ``decay_milestones``, ``decay_rate``, ``warmup_epochs``, ``warmup_lr``, ``min_lr``, ``sched_on_updates``,
-    ``clip_grad``, ``grad_accum_steps``.
-
-    Precision / speed: ``amp`` + ``amp_dtype`` (bfloat16 | float16; float16 uses a GradScaler), ``channels_last``,
-    ``compile``, ``freeze_bn`` (BatchNorm uses its running statistics and does not update them: batch-size
-    independent, exactly equivalent under DDP), ``sync_bn`` (CUDA DDP).
-
-    EMA: ``model_ema``, ``model_ema_decay``, ``report_checkpoint`` ('final' | 'ema', declared before training:
-    the reported metrics and ``model.safetensors`` come from that model only).
-
-    Run: ``output`` (owned by one run, see :mod:`srdl_timm.training.run_folder`), ``resume`` (checkpoint dir,
-    output dir, or 'auto' = ``output/last`` if present), ``overwrite`` (move another run's files in ``output``
-    aside), ``seed``, ``workers``, ``device``, ``log_interval`` (optimizer steps), ``checkpoint_interval_steps``
-    (0 = only at epoch ends), ``keep_checkpoints``, ``max_steps`` (stop, with a checkpoint, after this many
-    optimizer steps in total), ``progress``, ``deterministic``.
+    """Everything that defines a training run, field for field the ``srdl-train`` flags (their help says what
+    each does). Fields left at None are filled by :func:`resolve_config` from the recipe or the defaults; explicitly
+    set fields always win.
     """
     # data
     data: str = 'csv'
@@ -206,14 +163,10 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
     Args:
         config: the requested configuration (not modified).
         world_size: number of training processes (the recipe's global batch is split over them).
-        model: a model instance :func:`srdl_timm.training.fit` trains instead of building ``config.model`` (then
-            ``config.model`` is only its recorded name, and OE is possible when the model has ``set_object_erasing``).
-
-    Returns:
-        A new, fully resolved :class:`TrainConfig`.
+        model: a model instance trained instead of building ``config.model``.
 
     Raises:
-        InputError: an unknown choice or an out-of-range value, naming the flag (a ``ValueError``).
+        InputError: an unknown choice or an out-of-range value, naming the flag.
     """
     cfg = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
