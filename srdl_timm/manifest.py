@@ -1,10 +1,5 @@
-"""Writing the weights registry ``weights/manifest.json``: register published weights, verify files, render the table.
-
-The registry's schema is in ``weights/README.md``; reading it (pretrained tags, sha256 checks at load time) is
-:mod:`srdl_timm.models.pretrained`. :func:`register_weights` adds the weights of a folder written by
-:func:`srdl_timm.hub.save_pretrained_dir` (optionally copying them into ``weights/``), :func:`verify_manifest`
-checks every listed file on this machine against its sha256, :func:`manifest_markdown` renders the table for
-MODEL_CARD.md.
+"""Writing the weights registry ``weights/manifest.json`` (schema in ``weights/README.md``): register published
+weights, verify files, render the table. Reading it is :mod:`srdl_timm.models.pretrained`.
 """
 from __future__ import annotations
 
@@ -71,25 +66,16 @@ def register_weights(
         replace: bool = False,
         notes: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Add a published folder's weights to the registry (``weights/manifest.json``).
+    """Add a published folder's weights to the registry (``weights/manifest.json``); returns the entry written.
 
     Args:
         folder: a folder written by :func:`save_pretrained_dir` (its decision thresholds go into the entry too).
         tag: the pretrained tag (``timm.create_model('<architecture>.<tag>', pretrained=True)``).
-        dataset: what the weights were trained and evaluated on.
-        recipe: the command that trained them.
-        label_names_source: where the class names / order come from (e.g. ``srdl_timm.data.label_sets.COCO_CLASSES``).
-        metrics: the srdl-validate report (path or dict) of these weights; its protocol is stored with the values.
-        protocol: protocol fields added to / overriding the report's.
-        ship: copy model.safetensors to ``weights/<architecture>.<tag>.safetensors`` (offline use).
-        hf_hub_id: the Hub repo the folder was pushed to, if any.
-        hf_revision: the Hub commit holding exactly this file (pins the sha256).
-        manifest: the manifest to edit (default :func:`manifest_path`; created if missing).
-        replace: replace an existing entry with the same architecture and tag.
-        notes: free text.
-
-    Returns:
-        The entry written.
+        dataset, recipe, label_names_source, notes: what the entry states.
+        metrics, protocol: the srdl-validate report (path or dict) of these weights, and protocol overrides.
+        ship: copy model.safetensors to ``weights/<architecture>.<tag>.safetensors``.
+        hf_hub_id, hf_revision: the Hub repo and the commit holding exactly this file.
+        manifest: the manifest to edit (default :func:`manifest_path`); replace: replace an existing entry.
     """
     folder = Path(folder)
     config = read_config_json(folder / 'config.json')
@@ -127,15 +113,8 @@ def register_weights(
 
 
 def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> List[Tuple[str, str]]:
-    """Check every weight of the manifest that is on this machine against its sha256.
-
-    Args:
-        path: the manifest (default :func:`manifest_path`).
-        cache_dir: Hugging Face cache to look in for Hub-only entries (nothing is downloaded).
-
-    Returns:
-        ``[(architecture.tag, status)]`` with status ``'ok'``, ``'MISMATCH ...'``, ``'missing'`` or
-        ``'not cached'``.
+    """Check every weight of the manifest on this machine (``cache_dir``: Hugging Face cache, nothing downloaded)
+    against its sha256: ``[(architecture.tag, 'ok' | 'MISMATCH ...' | 'missing' | 'not cached')]``.
     """
     from huggingface_hub import try_to_load_from_cache
 
@@ -158,14 +137,8 @@ def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLik
 
 
 def manifest_markdown(manifest: Union[None, PathLike, Mapping[str, Any]] = None) -> str:
-    """A markdown table of the registry, for MODEL_CARD.md.
-
-    Args:
-        manifest: a manifest path or an already loaded manifest dict (default :func:`manifest_path`).
-
-    Returns:
-        Markdown: one row per weight (model name, dataset, classes, metrics, protocol, where, sha256, recipe), or a
-        sentence saying that none exist yet and how to make them.
+    """A markdown table of the registry (a path or a loaded dict) for MODEL_CARD.md, or a sentence saying none
+    exist yet and how to make them.
     """
     data = dict(manifest) if isinstance(manifest, Mapping) else load_manifest(manifest)
     if not data['weights']:

@@ -1,13 +1,7 @@
 """The README.md model card of a published SRDL folder / Hub repo, and the metrics + protocol it reports.
 
-The card's front matter is Hub metadata built with ``huggingface_hub.ModelCardData``: ``library_name: timm``,
-``pipeline_tag: image-classification``, multi-label ``tags``, ``license``; ``datasets`` and the ``model-index``
-(whose ``dataset.type`` must be a Hub dataset id) only when a Hub dataset id is given — a local dataset's name is
-stated in the text, never passed off as a Hub id. The text gives the label names (or says there are none), the
-pre-processing, the decision thresholds (per class, where and how they were tuned, or 0.5), the metrics with the
-protocol they were measured under, a usage snippet that runs as written
-(``hf-hub:<repo>`` for a Hub card, the folder's absolute ``local-dir:`` path for a local one) and the paper's
-citation. The paper's text names no venue, year, DOI or arXiv id, so the card invents none.
+The front matter is Hub metadata (``huggingface_hub.ModelCardData``); ``datasets`` and the model-index only with a
+Hub dataset id, never a local dataset's name. The usage snippet runs as written; the citation invents no venue.
 """
 from __future__ import annotations
 
@@ -63,10 +57,8 @@ def normalise_metrics(
         metrics: Union[None, PathLike, Mapping[str, Any]],
         protocol: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Dict[str, float], Dict[str, Any], Optional[List[str]]]:
-    """(metric values, protocol, label names) of an srdl-validate report, a plain dict or a JSON file's path.
-
-    Raises:
-        InputError: an unreadable report, or metrics without their protocol (AP definition, split, input size).
+    """(metric values, protocol, label names) of an srdl-validate report, a plain dict or a JSON file's path;
+    :class:`InputError` for an unreadable report or metrics without their protocol.
     """
     import json
 
@@ -200,21 +192,10 @@ def model_card(
 
     Args:
         config: the config.json written beside it.
-        repo_id: Hub repo; the usage snippet then loads ``hf-hub:<repo_id>``.
-        local_dir: the folder, for the snippet of a card without ``repo_id`` (``local-dir:<absolute path>``).
-        metrics: metric name -> value (percent), as in srdl-validate reports.
-        protocol: how the metrics were measured (AP definitions, split, input size, pre-processing ...).
-        dataset: the dataset's name, as stated in the card's text.
-        hub_dataset: the dataset's Hugging Face Hub id (``org/name``), the only value put in the ``datasets``
-            metadata and the model-index.
-        license: license of the weights (default: the pretrained_cfg's, else apache-2.0).
-        recipe: the training command.
-        sha256: sha256 of model.safetensors.
-        num_params: parameter count.
-        description: an extra paragraph (e.g. the domain the weights know).
-
-    Raises:
-        InputError: ``hub_dataset`` is not a Hub dataset id.
+        repo_id, local_dir: where the usage snippet loads from (``hf-hub:`` / ``local-dir:``).
+        metrics, protocol: metric values (percent) and how they were measured.
+        dataset, hub_dataset: the dataset's name and Hub id (only the id goes into the metadata).
+        license, recipe, sha256, num_params, description: stated in the card.
     """
     metrics = dict(metrics or {})
     protocol = dict(protocol or {})

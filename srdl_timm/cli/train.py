@@ -1,18 +1,10 @@
-"""``srdl-train``: train or fine-tune SRDL (or any timm classifier, as a multi-label baseline) on COCO, VOC or your data.
-
-Single process::
+"""``srdl-train``: train or fine-tune SRDL (or any timm classifier, as a multi-label baseline).
 
     srdl-train --recipe paper --data coco --root /data/coco --output runs/coco_r101
-
-Several GPUs / nodes (torchrun sets RANK/WORLD_SIZE; one process per GPU, DDP)::
-
     torchrun --nproc_per_node 8 -m srdl_timm.cli.train --recipe paper --data coco --root /data/coco --output runs/x
 
-``--recipe paper`` is §4.2 of the paper (see :mod:`srdl_timm.training.config`); an explicit flag overrides the recipe's
-value; the resolved configuration is printed at start and written to ``OUTPUT/train_config.json`` and into every
-checkpoint. The work is done by :func:`srdl_timm.training.fit`; this module only maps flags to a
-:class:`~srdl_timm.training.TrainConfig`. Exit status: 0 done, 2 bad input (flags, data, output folder,
-checkpoint), 3 non-finite loss, 1 other failure of the run (see :func:`srdl_timm.cli.run_cli`).
+This module maps flags to a :class:`~srdl_timm.training.TrainConfig` for :func:`srdl_timm.training.fit`. Exit
+status: 0 done, 2 bad input, 3 non-finite loss, 1 other failure.
 """
 import argparse
 import dataclasses
