@@ -1,12 +1,9 @@
-""" SRDL: Semantic Representation and Dependency Learning for multi-label image recognition
+"""SRDL: Semantic Representation and Dependency Learning for multi-label image recognition (Pu et al.).
 
-Paper: `Semantic Representation and Dependency Learning for Multi-Label Image Recognition` (Pu et al.)
-
-Any timm backbone with a spatial grid (ResNet-101 by default, as the paper; ViTs, Swin, hybrids: the feature map F
-is obtained by ``models/backbone.py``) followed by the CAR head (label graph, eq. 3; channel and
-spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). The object-erasing
-regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
-``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
+Any timm backbone with a spatial grid (:mod:`srdl_timm.models.backbone`) followed by the CAR head (label graph,
+eq. 3; channel and spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). Object
+erasing (OE, eqs. 7-10) runs only in training when switched on; then ``model(x)`` returns ``(logits,
+erased_logits)`` for the loss of eqs. 11-13.
 """
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -184,9 +181,6 @@ class SRDL(nn.Module):
         self.classifier = nn.Identity()
         self._build_head(num_classes, label_embeddings, **dd)
 
-    # ------------------------------------------------------------------------------------------------------
-    # construction helpers
-    # ------------------------------------------------------------------------------------------------------
     def _build_head(self, num_classes: int, label_embeddings: LabelEmbeddingSpec = None,
                     device=None, dtype=None) -> None:
         self.num_classes = num_classes
@@ -306,9 +300,6 @@ class SRDL(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    # ------------------------------------------------------------------------------------------------------
-    # forward
-    # ------------------------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone feature map ``F`` of eq. 1, ``[B, d, h, w]`` (a token backbone's patch grid; see ``feature_grid``)."""
         x = _check_input(x, self.in_chans)
@@ -335,10 +326,8 @@ class SRDL(nn.Module):
         return self.car(feat, nodes, self.num_classes)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]``.
-
-        timm's contract makes ``pre_logits`` the same shape as the ``num_classes=0`` output; the per-category
-        features that eq. 2 classifies are :meth:`forward_category_features`.
+        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]`` (timm's
+        contract; the per-category features are :meth:`forward_category_features`).
         """
         if pre_logits or self.num_classes == 0:
             return self._pool_image(x)
@@ -353,18 +342,17 @@ class SRDL(nn.Module):
 
     @torch.jit.unused
     def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(logits, erased_logits)`` from a feature map ``[B, d, h, w]``: the training forward with OE (§3.3, eqs.
-        7-10 then eq. 12's erased pass): OE on the top-K categories' SA, CA kept, the other categories unchanged.
-        ``forward`` calls it in training with OE on; a trainer holding features (a cached trunk) calls it directly."""
+        """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10, then eq. 12's
+        erased pass on the top-K categories).
+        """
         out = self.forward_erasing(x)
         return out['logits'], out['erased_logits']
 
     @torch.jit.unused
     def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
-        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis
-        (``benchmarks/oe_diagnosis.py``): ``logits`` and ``features`` (f_c) ``[B, C, ...]`` and ``sa`` ``[B, C, P]``
-        of the original pass; ``class_index`` ``[B, K]`` (the erased categories), their ``erased_sa`` ``[B, K, P]``
-        and ``erased_features`` ``[B, K, d]``; the erased ``region`` bool ``[B, K, P]``; ``erased_logits`` ``[B, C]``."""
+        """The OE pass of :meth:`forward_head_erasing` with its intermediates (original and erased SA, features,
+        regions, class indices), for analysis.
+        """
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -526,9 +514,9 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default). Backbone weights
-    (``pretrained_backbone=True``): torchvision's standard ImageNet ResNet-101 (``resnet101.tv_in1k``), the one the
-    paper and its peers start from, not timm's default tag (``a1h_in1k``, an RSB-recipe model)."""
+    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default; backbone weights
+    ``resnet101.tv_in1k``, the paper's torchvision ImageNet model).
+    """
     model_args = dict(backbone='resnet101.tv_in1k')
     return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
@@ -556,9 +544,9 @@ def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
 
 @register_model
 def srdl_vit_base_patch16_448(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (class token dropped). Backbone weights
-    (``pretrained_backbone=True``): ImageNet-21k pretrained, ImageNet-1k fine-tuned at 224 (``augreg2``), position
-    embeddings resampled to 448 as timm does; any other input size works too (``dynamic_img_size``)."""
+    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (``augreg2`` ImageNet weights,
+    position embeddings resampled as timm does).
+    """
     model_args = dict(backbone='vit_base_patch16_224.augreg2_in21k_ft_in1k', img_size=448)
     return _create_srdl('srdl_vit_base_patch16_448', pretrained=pretrained, model_args=model_args, **kwargs)
 
