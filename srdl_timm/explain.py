@@ -38,9 +38,6 @@ _ERASE_COLOR = (0, 255, 0)
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# model helpers
-# ----------------------------------------------------------------------------------------------------------
 def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
     from timm.data import resolve_data_config
@@ -90,9 +87,6 @@ def attention_forward(
     return logits.float(), sa.float()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# arrays
-# ----------------------------------------------------------------------------------------------------------
 def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample ``[..., h, w]`` maps to ``size = (width, height)`` (``align_corners=False``)."""
     maps = np.asarray(maps, dtype=np.float32)
@@ -258,9 +252,6 @@ def explain(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# rendering
-# ----------------------------------------------------------------------------------------------------------
 def heatmap_colors(values: np.ndarray) -> np.ndarray:
     """Jet colour map: values ``[...]`` in [0, 1] -> ``uint8 [..., 3]`` (0 = dark blue, 0.5 = green, 1 = dark red)."""
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]

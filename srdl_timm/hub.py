@@ -57,9 +57,6 @@ class PublishResult:
     config: Dict[str, Any]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# what gets published: a strictly loaded model (timm training checkpoints converted safely)
-# ----------------------------------------------------------------------------------------------------------------
 _TIMM_CHECKPOINT_SUFFIXES = ('.pth', '.tar', '.pt', '.bin')
 
 

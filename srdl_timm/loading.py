@@ -41,9 +41,6 @@ def _srdl_params() -> Tuple[str, ...]:
     return tuple(p for p in inspect.signature(SRDL.__init__).parameters if p != 'self')
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# configuration
-# ----------------------------------------------------------------------------------------------------------------
 def _config_file(path: Path) -> Optional[Path]:
     folder = path if path.is_dir() else path.parent
     for name in CONFIG_FILES:
@@ -107,9 +104,6 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# model arguments
-# ----------------------------------------------------------------------------------------------------------------
 def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
@@ -152,9 +146,6 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# strict loading
-# ----------------------------------------------------------------------------------------------------------------
 def _short(args: Mapping[str, Any]) -> str:
     return ', '.join(f'{k}={v!r}' for k, v in args.items()
                      if k not in ('label_names', 'label_embeddings', 'label_thresholds'))
@@ -363,9 +354,6 @@ def _load_shipped(model: str, arch: str, tag: Optional[str], cfg: Any, kwargs: D
     return net
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the inference scripts' model flags
-# ----------------------------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Which model to load for inference (the model flags of ``srdl-predict``/``-validate``/``-export``);

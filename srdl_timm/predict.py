@@ -61,9 +61,6 @@ class Prediction:
         )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# what the weights know
-# ----------------------------------------------------------------------------------------------------------
 def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
                     trained_on: Optional[str] = None) -> Dict[str, Any]:
     """What the loaded weights know: ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}`` from the
@@ -139,9 +136,6 @@ def select_labels(
     return [(str(label_names[i]), int(i), float(scores[i])) for i in order]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# inference
-# ----------------------------------------------------------------------------------------------------------
 def _forward_scores(model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
     """Sigmoid scores ``[B, C]`` in float32; with AMP the backbone runs under autocast and the head in float32."""
     if amp_dtype is None:
@@ -272,9 +266,6 @@ def predict_files(
     return results
 
 
-# ----------------------------------------------------------------------------------------------------------
-# output
-# ----------------------------------------------------------------------------------------------------------
 def format_table(predictions: Sequence[Prediction], decimals: int = 3, header: Sequence[str] = ()) -> str:
     """Plain-text table: ``header`` lines (e.g. :func:`summary_lines`), then one row per input (``label score``
     pairs or ``ERROR: …``) and a summary line at the end."""

@@ -51,9 +51,6 @@ class ModelLoadError(InputError):
     tensors or config field at fault."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# weight files
-# ----------------------------------------------------------------------------------------------------------------
 def read_weight_file(path: PathLike, error: Type[InputError] = ModelLoadError,
                      keys: Optional[Sequence[str]] = None) -> Any:
     """The one reader of weight files: safetensors, else ``torch.load(weights_only=True)`` with only
@@ -136,9 +133,6 @@ def check_class_count(weights: PathLike, state: Mapping[str, Tensor], config_fil
                              'belong to these weights; restore the config.json / train_config.json written with them')
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the Hugging Face Hub
-# ----------------------------------------------------------------------------------------------------------------
 def hub_download(repo: str, filename: str, cache_dir: Optional[PathLike] = None) -> Path:
     """``filename`` of Hub ``repo`` (``org/name[@revision]``) through timm's ``download_from_hf``; a failure is a
     :class:`ModelLoadError` naming the repo, the file and offline mode.
@@ -172,9 +166,6 @@ def hub_folder(repo: str) -> Path:
     raise first
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# config.json / train_config.json
-# ----------------------------------------------------------------------------------------------------------------
 def _is(value: Any, types: Tuple[type, ...]) -> bool:
     if isinstance(value, bool) and bool not in types:
         return False  # JSON true/false is no number

@@ -180,7 +180,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-
 def run(args: argparse.Namespace) -> int:
     """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary)."""
     fit(config_from_args(args))

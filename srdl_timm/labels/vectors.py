@@ -156,10 +156,6 @@ def embed_label_names(
     return LabelVectors(out, wv.source, names, resolution)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Shipped COCO / VOC rows
-# ----------------------------------------------------------------------------------------------------------------
-
 def _read_shipped(key: str, asset_dir: Optional[str]) -> Tuple[List[str], np.ndarray, List[List[str]]]:
     asset_dir = asset_dir or ASSET_DIR
     manifest_path = os.path.join(asset_dir, ASSET_MANIFEST)
@@ -220,10 +216,6 @@ def _check_rows(arr: np.ndarray, label_names: Optional[Sequence[str]], what: str
         raise ValueError(f'Label embeddings from {what} contain NaN or infinite values.')
     return arr
 
-
-# ----------------------------------------------------------------------------------------------------------------
-# What callers pass: a specification
-# ----------------------------------------------------------------------------------------------------------------
 
 def label_vectors(spec: LabelEmbeddingSpec, label_names: Optional[Sequence[str]] = None) -> Optional[LabelVectors]:
     """Turn a label-embedding specification into :class:`LabelVectors` (None for ``spec=None``).

@@ -316,9 +316,6 @@ def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, s
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# what a model holding the backbone takes from it
-# ----------------------------------------------------------------------------------------------------------------
 def backbone_cfg(backbone: nn.Module, grid: FeatureGrid, in_chans: int,
                  input_size: Optional[Sequence[int]] = None, prefix: str = 'backbone.') -> Dict[str, Any]:
     """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv``, and for the

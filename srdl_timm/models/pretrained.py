@@ -59,9 +59,6 @@ class MissingPretrainedWeightsError(InputError, RuntimeError):
     """No SRDL weights exist here for the tag asked for (a ``RuntimeError``, as timm's)."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# where the weights are
-# ----------------------------------------------------------------------------------------------------------------
 def shipped_weights_dir() -> Path:
     """Folder of the shipped weights: ``srdl_timm/_weights`` in a wheel, else the repository's ``weights/``."""
     package = Path(__file__).resolve().parent.parent
@@ -99,9 +96,6 @@ def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
     return actual
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the registry: weights/manifest.json
-# ----------------------------------------------------------------------------------------------------------------
 def empty_manifest() -> Dict[str, Any]:
     """A registry with no weights (what a manifest file starts as)."""
     return {'schema_version': MANIFEST_SCHEMA_VERSION, 'weights': []}
@@ -260,9 +254,6 @@ def manifest_pretrained_cfgs(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# resolution at build time (pretrained=True)
-# ----------------------------------------------------------------------------------------------------------------
 def _weights_file(cfg: Any) -> Optional[str]:
     """The ``file`` timm reads the weights from, or None when it reads a published folder or repo, a state dict, the
     Hub or a URL (timm prefers a file to ``hf_hub_id`` and ``url``)."""

@@ -35,7 +35,6 @@ CLASS_DEPENDENT_KEYS = (
 )
 
 
-
 @torch.fx.wrap
 def _check_input(x: Tensor, in_chans: int) -> Tensor:
     if x.dim() != 4:
@@ -219,9 +218,6 @@ class SRDL(nn.Module):
         _, height, width = probe_feature_shape(self.backbone, self.feature_grid, self.in_chans, size)
         return height, width
 
-    # ------------------------------------------------------------------------------------------------------
-    # timm model API
-    # ------------------------------------------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         stem, blocks = backbone_group_matcher(self.backbone, coarse=coarse)

@@ -52,10 +52,6 @@ def _tanh(x: Tensor) -> Tensor:
     return torch.tanh(x) if x.dtype == torch.float64 else _tanh_fp32(x)
 
 
-# ------------------------------------------------------------------------------------------------------------
-# the functions Inductor compiles (inputs: contiguous, float32 or float64, same dtype)
-# ------------------------------------------------------------------------------------------------------------
-
 def _logits_fwd(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     """``[B,P,d], [C,d], [d] -> [B,C,P]``: one reduction over ``d`` per output, the product never stored."""
     return (_tanh(s.unsqueeze(1) * e.unsqueeze(0).unsqueeze(2)) * w).sum(-1)
@@ -92,10 +88,6 @@ def _pool_fwd(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, 
     last = torch.full((), positions - 1, dtype=index_dtype, device=feat.device)
     return out, torch.where(product == out.unsqueeze(2), ramp, last).amin(2)
 
-
-# ------------------------------------------------------------------------------------------------------------
-# compilation (once per function; Dynamo recompiles per shape), availability, fallback
-# ------------------------------------------------------------------------------------------------------------
 
 _LOCK = threading.Lock()
 _COMPILED: Dict[Callable, Callable] = {}

@@ -107,10 +107,6 @@ class _DeviceGuard:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------------
-# eq. 5 inner sum
-# ----------------------------------------------------------------------------------------------------------
-
 def _logits_fwd(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     k = _kernels_for(s)
     s, e, w = s.contiguous(), e.contiguous(), w.contiguous()
@@ -170,10 +166,6 @@ def spatial_attention_logits_triton(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     return run_spatial_attention_logits(_logits_fwd, _logits_bwd_or_zeros, s, e, w)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# eq. 6 + GMP
-# ----------------------------------------------------------------------------------------------------------
-
 def _pool_fwd(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float, with_index: bool,
 ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -203,10 +195,6 @@ def attention_max_pool_triton(
     """Eq. 6 + GMP -> ``[B, C, d]`` with the Triton kernel (differentiable)."""
     return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the numeric check that lets 'auto' use these kernels
-# ----------------------------------------------------------------------------------------------------------
 
 #: Largest error :func:`passed_check` accepts, relative to the largest reference value, per input dtype (16-bit
 #: inputs may use the hardware ``tanh``).
