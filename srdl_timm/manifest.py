@@ -1,6 +1,5 @@
-"""Writing the weights registry ``weights/manifest.json`` (schema in ``weights/README.md``): register published
-weights, verify files, render the table. Reading it is :mod:`srdl_timm.models.pretrained`.
-"""
+"""Writing the weights registry ``weights/manifest.json`` (schema in ``weights/README.md``): register published weights,
+verify files, render the table. Reading it is :mod:`srdl_timm.models.pretrained`."""
 from __future__ import annotations
 
 import datetime

@@ -1,6 +1,5 @@
 """The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`) or a COCO-format JSON file
-(:class:`CocoJsonMultiLabel`), as ``create_multilabel_dataset('csv' | 'coco-json', root, split)`` finds them.
-"""
+(:class:`CocoJsonMultiLabel`), as ``create_multilabel_dataset('csv' | 'coco-json', root, split)`` finds them."""
 import csv
 import logging
 import os

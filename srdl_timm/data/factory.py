@@ -1,6 +1,5 @@
 """``create_multilabel_dataset`` and ``create_multilabel_loader``: the data entry points (not timm's
-``create_dataset``/``create_loader``: multi-label targets, evaluation loaders that never drop or pad).
-"""
+``create_dataset``/``create_loader``: multi-label targets, evaluation loaders that never drop or pad)."""
 import inspect
 import logging
 from typing import Any, Callable, Dict, Optional, Tuple

@@ -1,6 +1,5 @@
-"""Image files to predict on: expand files, folders and glob patterns, and read each image without failing the
-rest (every unusable input becomes its own failed item with the reason).
-"""
+"""Image files to predict on: expand files, folders and glob patterns, and read each image without failing the rest
+(every unusable input becomes its own failed item with the reason)."""
 import dataclasses
 import errno
 import glob

@@ -1,7 +1,6 @@
-"""A model's label names: one store (timm's ``pretrained_cfg['label_names']``), one reader
-(:func:`model_label_names`), one writer (:func:`store_label_names`); :func:`resolve_label_names` adds a user's
-label file and ``class_<i>`` placeholders.
-"""
+"""A model's label names: one store (timm's ``pretrained_cfg['label_names']``), one reader (:func:`model_label_names`),
+one writer (:func:`store_label_names`); :func:`resolve_label_names` adds a user's label file and ``class_<i>``
+placeholders."""
 import json
 import logging
 import os

@@ -1,7 +1,6 @@
-"""Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B
-50-d package (:func:`load_word_vectors`). Our own text reader: gensim is not a dependency, and a vocabulary
-filter skips parsing the words a label does not use.
-"""
+"""Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B 50-d
+package (:func:`load_word_vectors`). Our own text reader: gensim is not a dependency, and a vocabulary filter skips
+parsing the words a label does not use."""
 from __future__ import annotations
 
 import functools

@@ -1,6 +1,5 @@
-"""The autograd functions of eqs. 5-6 shared by the chunked, compiled and Triton paths: each saves the inputs
-only (no ``B x C x P x d`` product) and takes the path's own forward (and backward) as arguments.
-"""
+"""The autograd functions of eqs. 5-6 shared by the chunked, compiled and Triton paths: each saves the inputs only (no
+``B x C x P x d`` product) and takes the path's own forward (and backward) as arguments."""
 from typing import Callable, Optional, Tuple
 
 import torch

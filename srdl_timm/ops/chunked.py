@@ -1,7 +1,6 @@
-"""Chunked kernels of eqs. 5-6 (``impl='chunked'``; eager, any device): one cache-sized block of the
-``B x C x P x d`` product alive at a time, recomputed in backward instead of stored; fp32/fp64 values as the
-reference's, 16-bit inputs computed in fp32.
-"""
+"""Chunked kernels of eqs. 5-6 (``impl='chunked'``; eager, any device): one cache-sized block of the ``B x C x P x d``
+product alive at a time, recomputed in backward instead of stored; fp32/fp64 values as the reference's, 16-bit inputs
+computed in fp32."""
 from typing import Optional, Tuple
 
 import torch

@@ -1,6 +1,5 @@
-"""Rules every kernel path of eqs. 4-6 follows: dtypes, block sizes, when a memory-lean autograd function may
-stand in for autograd ops, and the thread for one-time work.
-"""
+"""Rules every kernel path of eqs. 4-6 follows: dtypes, block sizes, when a memory-lean autograd function may stand in
+for autograd ops, and the thread for one-time work."""
 import threading
 from typing import Callable, Dict, Optional, Tuple
 

@@ -1,8 +1,7 @@
-"""Compiled CPU kernels of eqs. 5-6 (``impl='compiled'``): ``torch.compile`` (Inductor) loops with the
-``B x C x P x d`` product in registers, forward and backward, compiled once per shape and dtype. fp32 uses
-:func:`_tanh_fp32` (a rational approximation, error below 4e-7); when no compiler works :func:`available` is False
-and ``'auto'`` keeps the chunked path.
-"""
+"""Compiled CPU kernels of eqs. 5-6 (``impl='compiled'``): ``torch.compile`` (Inductor) loops with the ``B x C x P x d``
+product in registers, forward and backward, compiled once per shape and dtype. fp32 uses :func:`_tanh_fp32` (a rational
+approximation, error below 4e-7); when no compiler works :func:`available` is False and ``'auto'`` keeps the chunked
+path."""
 import logging
 import threading
 from typing import Callable, Dict, Optional, Tuple

@@ -1,7 +1,6 @@
-"""Eqs. 5-6 of the CAR head with the implementation ``impl`` picks: :func:`spatial_attention_logits` (eq. 5's
-inner sum) and :func:`attention_max_pool` (eq. 6 + GMP), features flattened as ``[B, P, d]``. ``'auto'`` is a
-fixed rule (:func:`select_impl`), never a timing.
-"""
+"""Eqs. 5-6 of the CAR head with the implementation ``impl`` picks: :func:`spatial_attention_logits` (eq. 5's inner sum)
+and :func:`attention_max_pool` (eq. 6 + GMP), features flattened as ``[B, P, d]``. ``'auto'`` is a fixed rule
+(:func:`select_impl`), never a timing."""
 import warnings
 from typing import Callable, Dict, NamedTuple, Optional
 

@@ -1,6 +1,5 @@
-"""Reference kernels of eqs. 5-6 by direct broadcast (the ``B x C x P x d`` product in eager mode): the tests'
-oracle, and what TorchScript, tracing and ``torch.compile`` run.
-"""
+"""Reference kernels of eqs. 5-6 by direct broadcast (the ``B x C x P x d`` product in eager mode): the tests' oracle,
+and what TorchScript, tracing and ``torch.compile`` run."""
 from typing import Optional
 
 import torch

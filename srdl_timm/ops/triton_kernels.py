@@ -1,6 +1,5 @@
-"""Triton kernels of eqs. 5-6, launched by :mod:`srdl_timm.ops.triton_launch` (imported lazily). They take
-contiguous tensors and accumulate in ``ACC``; ``FAST`` selects ``tanh.approx.f32`` (CUDA, 16-bit only).
-"""
+"""Triton kernels of eqs. 5-6, launched by :mod:`srdl_timm.ops.triton_launch` (imported lazily). They take contiguous
+tensors and accumulate in ``ACC``; ``FAST`` selects ``tanh.approx.f32`` (CUDA, 16-bit only)."""
 import triton
 import triton.language as tl
 

@@ -1,6 +1,5 @@
-"""Triton kernels of eqs. 5-6 (``impl='triton'``): availability, launches, the shared autograd functions and
-the numeric check. Compiled on CUDA, interpreted on CPU with ``TRITON_INTERPRET=1``; Triton is imported lazily.
-"""
+"""Triton kernels of eqs. 5-6 (``impl='triton'``): availability, launches, the shared autograd functions and the numeric
+check. Compiled on CUDA, interpreted on CPU with ``TRITON_INTERPRET=1``; Triton is imported lazily."""
 import functools
 import importlib.util
 import os
