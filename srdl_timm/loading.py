@@ -87,9 +87,7 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
     num_classes = args.get('num_classes', config.get('num_classes'))
     if num_classes is not None:
         args['num_classes'] = num_classes
-    if label_names is not None:
-        if not isinstance(label_names, list):
-            raise ModelLoadError(f'{file}: "label_names" must be a list of names, got {label_names!r}')
+    if label_names is not None:  # a list: checked by read_config_json
         label_names = [str(n) for n in label_names]
     return {
         'architecture': arch,
