@@ -68,8 +68,7 @@ def attention_forward(
         model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One eval forward returning float32 ``(logits [B, C], SA [B, C, h, w])``; with ``amp_dtype`` only the
-    backbone runs under autocast. The caller sets eval mode and inference mode.
-    """
+    backbone runs under autocast. The caller sets eval mode and inference mode."""
     check_explainable(model)
     if amp_dtype is None:
         out = model.attention_maps(batch)
@@ -99,8 +98,7 @@ def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 def erase_box(mask: np.ndarray, size: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
     """Pixel rectangle ``(left, top, right, bottom)`` (right/bottom exclusive) of an erase mask ``[h, w]`` on an
-    image of ``size = (width, height)``; None for an empty mask.
-    """
+    image of ``size = (width, height)``; None for an empty mask."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return None
@@ -127,8 +125,7 @@ def explain_batch(
         upsample: bool = True,
 ) -> List[Dict[str, Any]]:
     """Explanations for an already transformed batch ``[B, C, H, W]`` (the arguments and dict keys of
-    :func:`explain`; ``image_sizes``: ``(width, height)`` of each original image).
-    """
+    :func:`explain`; ``image_sizes``: ``(width, height)`` of each original image)."""
     if topk < 1:
         raise ValueError(f'topk must be >= 1, got {topk}')
     with torch.inference_mode():
@@ -286,8 +283,7 @@ def render_overlay(
 ) -> Image.Image:
     """Draw one attention map (``[h, w]`` or ``[H, W]``) over ``image`` as a heat map, captioned
     ``"label score"``, with the OE rectangle of ``erase_mask`` outlined in green; ``normalize`` min-max scales the
-    map before colouring. Returns a new RGB image of ``image.size``.
-    """
+    map before colouring. Returns a new RGB image of ``image.size``."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f'opacity must be in [0, 1], got {opacity}')
     image = image.convert('RGB') if image.mode != 'RGB' else image
@@ -359,8 +355,7 @@ def save_explanation(
         panel_height: int = PANEL_HEIGHT,
 ) -> List[str]:
     """Write ``{stem}_top{r}_{label}.png`` per category and, with ``panel``, ``{stem}_panel.png``; returns the
-    paths written.
-    """
+    paths written."""
     if tuple(image.size) != tuple(result['size']):
         raise ValueError(f'image size {image.size} differs from the explained size {tuple(result["size"])}')
     os.makedirs(out_dir, exist_ok=True)

@@ -36,8 +36,7 @@ class ExportCheckError(OperationError):
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
     """Put ``model`` in its inference form, in place: eval, OE off, the exportable ``'reference'`` attention
-    kernels (SRDL). Returns the same module.
-    """
+    kernels (SRDL). Returns the same module."""
     model.eval()
     if hasattr(model, 'set_object_erasing'):
         model.set_object_erasing(False)
@@ -62,8 +61,7 @@ def export_metadata(
         model: nn.Module, input_size: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
     """String metadata stored with an export (architecture, input size, mean/std, interpolation, labels,
-    post-processing and thresholds, versions); lists as JSON.
-    """
+    post-processing and thresholds, versions); lists as JSON."""
     import timm
     from timm.data import resolve_data_config
 
@@ -210,8 +208,7 @@ def check_onnx(
         seed: int = 1,
 ) -> Dict[str, float]:
     """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on random inputs (batch sizes other
-    than the trace's); returns ``{'BxCxHxW': max |diff|}``.
-    """
+    than the trace's); returns ``{'BxCxHxW': max |diff|}``."""
     onnx = _export_dependency('onnx', 'checking an ONNX export')
     ort = _export_dependency('onnxruntime', 'checking an ONNX export (or pass --no-check)')
     proto = onnx.load(path, load_external_data=False)
@@ -239,8 +236,7 @@ def export_torchscript(
         example_batch: int = 2,
 ) -> str:
     """Save the inference form of ``model`` (CPU) as TorchScript (script or trace), ``metadata`` as extra file
-    ``config.json``. Returns ``path``.
-    """
+    ``config.json``. Returns ``path``."""
     if method not in ('script', 'trace'):
         raise InputError(f"method must be 'script' or 'trace', got {method!r}")
     size = resolve_input_size(model, input_size)

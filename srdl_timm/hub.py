@@ -62,8 +62,7 @@ _TIMM_CHECKPOINT_SUFFIXES = ('.pth', '.tar', '.pt', '.bin')
 
 def timm_checkpoint_model(path: PathLike) -> Dict[str, Any]:
     """The ``model``, ``num_classes`` and ``model_kwargs`` a timm ``train.py`` checkpoint records (read with
-    ``weights_only=True``); empty for other or unreadable files.
-    """
+    ``weights_only=True``); empty for other or unreadable files."""
     if not os.fspath(path).endswith(_TIMM_CHECKPOINT_SUFFIXES) or not Path(path).is_file():
         return {}
     try:

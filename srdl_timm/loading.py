@@ -355,8 +355,7 @@ def _load_shipped(model: str, arch: str, tag: Optional[str], cfg: Any, kwargs: D
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """Which model to load for inference (the model flags of ``srdl-predict``/``-validate``/``-export``);
-    ``random_init``: no weights at all (smoke tests only).
-    """
+    ``random_init``: no weights at all (smoke tests only)."""
     model: Optional[str] = None
     checkpoint: Optional[str] = None
     num_classes: Optional[int] = None
@@ -378,8 +377,7 @@ class ModelSpec:
 
 def load_model_from_spec(spec: ModelSpec, num_classes: Optional[int] = None) -> nn.Module:
     """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU
-    (``num_classes``: default of ``spec.num_classes``).
-    """
+    (``num_classes``: default of ``spec.num_classes``)."""
     classes = spec.num_classes if spec.num_classes is not None else num_classes
     kwargs = dict(spec.model_kwargs)
     if spec.random_init:

@@ -18,8 +18,7 @@ REDUCTIONS = ('mean', 'sum')
 
 def masked_bce_with_logits(logits: Tensor, target: Tensor, reduction: str = 'mean') -> Tensor:
     """Binary cross-entropy (eqs. 11/12) over the labelled entries (target -1 ignored), in float32; ``'mean'``
-    over those entries or ``'sum'`` as eqs. 11-12 write it.
-    """
+    over those entries or ``'sum'`` as eqs. 11-12 write it."""
     return _reduce_labelled(lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction='none'),
                             logits, target, reduction)
 
@@ -32,8 +31,7 @@ ASL_DEFAULTS: Dict[str, float] = {'gamma_neg': 4.0, 'gamma_pos': 0.0, 'clip': 0.
 def masked_asl_with_logits(logits: Tensor, target: Tensor, reduction: str = 'mean', gamma_neg: float = 4.0,
                            gamma_pos: float = 0.0, clip: float = 0.05) -> Tensor:
     """The asymmetric loss (ASL, Ben-Baruch et al. 2020) per entry as timm's ``AsymmetricLossMultiLabel``, over
-    the labelled entries and reduced like :func:`masked_bce_with_logits`.
-    """
+    the labelled entries and reduced like :func:`masked_bce_with_logits`."""
     asl = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction='none')
     return _reduce_labelled(asl, logits, target, reduction)
 

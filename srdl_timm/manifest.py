@@ -113,8 +113,7 @@ def register_weights(
 
 def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> List[Tuple[str, str]]:
     """Check every weight of the manifest on this machine (``cache_dir``: Hugging Face cache, nothing downloaded)
-    against its sha256: ``[(architecture.tag, 'ok' | 'MISMATCH ...' | 'missing' | 'not cached')]``.
-    """
+    against its sha256: ``[(architecture.tag, 'ok' | 'MISMATCH ...' | 'missing' | 'not cached')]``."""
     from huggingface_hub import try_to_load_from_cache
 
     mfile = Path(path) if path is not None else manifest_path()
@@ -137,8 +136,7 @@ def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLik
 
 def manifest_markdown(manifest: Union[None, PathLike, Mapping[str, Any]] = None) -> str:
     """A markdown table of the registry (a path or a loaded dict) for MODEL_CARD.md, or a sentence saying none
-    exist yet and how to make them.
-    """
+    exist yet and how to make them."""
     data = dict(manifest) if isinstance(manifest, Mapping) else load_manifest(manifest)
     if not data['weights']:
         return ('No SRDL weights are published or shipped yet. Train with `srdl-train`, evaluate with '

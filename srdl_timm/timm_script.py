@@ -124,8 +124,7 @@ def _observe_create_model(on_model: Callable) -> Iterator[None]:
 
 def run_script(script: str, args: Sequence[str] = (), probs: str = 'auto') -> None:
     """Import :mod:`srdl_timm` and run ``script`` as ``__main__`` with ``args`` (``probs``: inference.py's
-    ``'auto'`` / ``'sigmoid'`` / ``'softmax'``); raises the script's SystemExit.
-    """
+    ``'auto'`` / ``'sigmoid'`` / ``'softmax'``); raises the script's SystemExit."""
     import srdl_timm  # noqa: F401  registers the srdl_* architectures before the script creates a model
 
     if probs not in _PROBS_CHOICES:

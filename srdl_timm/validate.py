@@ -139,8 +139,7 @@ def validate(
 
 def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optional[List[int]]:
     """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed;
-    an :class:`InputError` when the model's label names are not the dataset's.
-    """
+    an :class:`InputError` when the model's label names are not the dataset's."""
     model_names = model_label_names(model)
     label_names = [str(n) for n in label_names]
     if not model_names or model_names == label_names:
@@ -158,8 +157,7 @@ def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optiona
 def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_only: np.ndarray,
                            label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Metrics with VOC's difficult-only entries (``difficult_only`` ``[N, C]``) counted negative instead of
-    ignored, from :func:`validate`'s ``logits`` and ``targets``; wholly ignored rows stay ignored.
-    """
+    ignored, from :func:`validate`'s ``logits`` and ``targets``; wholly ignored rows stay ignored."""
     targets = np.array(targets, dtype=np.float32, copy=True)
     difficult_only = np.asarray(difficult_only, dtype=bool)
     if difficult_only.shape != targets.shape:
@@ -217,8 +215,7 @@ def _in_order(values: Sequence[float], index: Optional[Sequence[int]]) -> List[f
 @dataclasses.dataclass
 class Evaluation:
     """What :func:`evaluate_dataset` found: the JSON ``report``, the ``rows`` to print with :func:`format_rows`
-    and this process's ``rank`` (only rank 0 prints or writes).
-    """
+    and this process's ``rank`` (only rank 0 prints or writes)."""
     report: Dict[str, Any]
     rows: List[Tuple[str, Dict[str, Any]]]
     rank: int = 0

@@ -97,8 +97,7 @@ def read_weight_file(path: PathLike, error: Type[InputError] = ModelLoadError,
 
 def load_state_dict(path: PathLike, error: Type[InputError] = ModelLoadError) -> Dict[str, Tensor]:
     """The state dict of a weight file: a checkpoint's ``state_dict`` / ``model`` / ``state_dict_ema`` entry,
-    cleaned by timm's ``clean_state_dict``.
-    """
+    cleaned by timm's ``clean_state_dict``."""
     from timm.models import clean_state_dict
 
     state = read_weight_file(path, error)
@@ -135,8 +134,7 @@ def check_class_count(weights: PathLike, state: Mapping[str, Tensor], config_fil
 
 def hub_download(repo: str, filename: str, cache_dir: Optional[PathLike] = None) -> Path:
     """``filename`` of Hub ``repo`` (``org/name[@revision]``) through timm's ``download_from_hf``; a failure is a
-    :class:`ModelLoadError` naming the repo, the file and offline mode.
-    """
+    :class:`ModelLoadError` naming the repo, the file and offline mode."""
     from huggingface_hub import constants
     from timm.models._hub import download_from_hf
 

@@ -230,8 +230,7 @@ def _wide_targets(csv_file: str, records: List[Dict[str, Any]], names: List[str]
 
 class CocoJsonMultiLabel(CocoFormatMultiLabel):
     """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``
-    (``ann_file``, ``image_dir`` override them; others: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`).
-    """
+    (``ann_file``, ``image_dir`` override them; others: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`)."""
 
     def __init__(
             self,

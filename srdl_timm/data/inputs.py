@@ -93,8 +93,7 @@ def collect_inputs(
 ) -> List[InputItem]:
     """Expand files, folders (image extensions only; sub-folders with ``recursive``) and glob patterns into the
     images to predict, sorted and without duplicates; a missing path, an empty folder, a broken link or a pattern
-    matching nothing is one failed item.
-    """
+    matching nothing is one failed item."""
     items: List[InputItem] = []
     seen = set()
 
@@ -153,8 +152,7 @@ def collect_inputs(
 
 class ImageFiles(Dataset):
     """Reads and transforms one image per index, returning ``{'index', 'tensor', 'size', 'image', 'error'}``
-    with the error (a short reason) instead of raising it.
-    """
+    with the error (a short reason) instead of raising it."""
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], keep_image: bool):
         self.paths = list(paths)

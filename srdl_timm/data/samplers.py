@@ -101,8 +101,7 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
 
 class SeededDataset(Dataset):
     """``ds[(index, seed)]`` runs ``dataset[index]`` with every RNG seeded by ``seed``; the caller's RNG states are
-    restored afterwards.
-    """
+    restored afterwards."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -159,8 +158,7 @@ def _gather_device() -> torch.device:
 
 def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
     """All-gather tensors whose first dimension differs across ranks, concatenated in rank order (a collective;
-    ``tensor`` unchanged without a process group).
-    """
+    ``tensor`` unchanged without a process group)."""
     if not is_dist_initialized() or dist.get_world_size() == 1:
         return tensor
     device = _gather_device()
@@ -180,8 +178,7 @@ def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
 
 def init_distributed_from_env(device: str = 'cuda') -> Tuple[torch.device, int, int]:
     """Initialise the process group from torchrun's (or SLURM's) environment when it describes more than one
-    process (``timm.utils.init_distributed_device_so``). Returns ``(device, rank, world_size)``.
-    """
+    process (``timm.utils.init_distributed_device_so``). Returns ``(device, rank, world_size)``."""
     if is_dist_initialized():
         dev = torch.device(device)
         if dev.type == 'cuda':

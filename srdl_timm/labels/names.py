@@ -47,8 +47,7 @@ def _name_list(names: Any) -> Optional[List[str]]:
 
 def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Optional[List[str]]:
     """The model's label names in output order (``pretrained_cfg``, else an SRDL's own), or None when it carries
-    none whose count is ``num_classes`` (a mismatching list is ignored with a warning).
-    """
+    none whose count is ``num_classes`` (a mismatching list is ignored with a warning)."""
     if num_classes is None:
         num_classes = getattr(model, 'num_classes', None)
     candidates = (
@@ -69,8 +68,7 @@ def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Op
 def store_label_names(model: nn.Module, names: Optional[Sequence[str]] = None,
                       num_classes: Optional[int] = None) -> Optional[List[str]]:
     """Set the model's label names to ``names``; with None keep the stored ones when their count is the model's
-    class count, else drop them. Returns the names the model now carries.
-    """
+    class count, else drop them. Returns the names the model now carries."""
     cfg = getattr(model, 'pretrained_cfg', None)
     if num_classes is None:
         num_classes = getattr(model, 'num_classes', None)

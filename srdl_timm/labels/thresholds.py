@@ -40,8 +40,7 @@ _MARGIN = 1e-6  # tuned thresholds stay inside (0, 1)
 
 def check_threshold_values(values: Any, num_classes: Optional[int], where: str) -> List[float]:
     """``values`` as a list of floats, one probability in (0, 1) per class (else :class:`InputError` naming
-    ``where``).
-    """
+    ``where``)."""
     if not isinstance(values, (list, tuple)) or not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0 for v in values):
         shown = json.dumps(values) if isinstance(values, (list, tuple, str, int, float, type(None))) else repr(values)
@@ -56,8 +55,7 @@ def check_threshold_values(values: Any, num_classes: Optional[int], where: str) 
 @dataclasses.dataclass(frozen=True)
 class LabelThresholds:
     """Per-class decision thresholds: ``values[c]`` is the probability at or above which class ``c`` is present;
-    ``info`` says how they were chosen (``rule``, ``description``, ``tuned_on``, ``untuned``, ``tool``).
-    """
+    ``info`` says how they were chosen (``rule``, ``description``, ``tuned_on``, ``untuned``, ``tool``)."""
     values: tuple
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -146,8 +144,7 @@ def tune_thresholds(
 ) -> LabelThresholds:
     """Per-class thresholds (``rule``: a key of :data:`TUNING_RULES`) from a split's ``[N, C]`` logits and targets
     (1 / 0 / -1, the -1 entries left out), recording ``tuned_on`` and ``tool``; a class without a positive keeps
-    :data:`DEFAULT_THRESHOLD` and is named in ``info['untuned']``.
-    """
+    :data:`DEFAULT_THRESHOLD` and is named in ``info['untuned']``."""
     if rule not in TUNING_RULES:
         raise InputError(f'unknown threshold rule {rule!r}; choose one of {sorted(TUNING_RULES)}')
     x = np.asarray(logits, dtype=np.float64)
@@ -192,8 +189,7 @@ def model_label_thresholds(model: nn.Module) -> Optional[LabelThresholds]:
 def store_label_thresholds(model: nn.Module, thresholds: Union[None, LabelThresholds, Sequence[float]],
                            where: str = 'label_thresholds') -> Optional[LabelThresholds]:
     """Set (or clear, with None) ``model.label_thresholds``; thresholds whose count is not the model's class
-    count belong to another head and are dropped. Returns what the model now carries.
-    """
+    count belong to another head and are dropped. Returns what the model now carries."""
     if thresholds is not None and not isinstance(thresholds, LabelThresholds):
         thresholds = LabelThresholds(tuple(check_threshold_values(list(thresholds), None, where)), {'rule': 'given'})
     num_classes = getattr(model, 'num_classes', None)
@@ -208,8 +204,7 @@ def store_label_thresholds(model: nn.Module, thresholds: Union[None, LabelThresh
 def read_thresholds_file(path: str, num_classes: Optional[int] = None,
                          label_names: Optional[Sequence[str]] = None) -> LabelThresholds:
     """The thresholds of a JSON file holding ``label_thresholds``; its ``label_names``, when listed, must be
-    ``label_names`` (an :class:`InputError` otherwise).
-    """
+    ``label_names`` (an :class:`InputError` otherwise)."""
     try:
         with open(path, encoding='utf-8-sig') as f:
             doc = json.load(f)

@@ -59,8 +59,7 @@ _TOKEN_SPLIT = re.compile(r'[\s_\-/]+')
 @dataclass(frozen=True)
 class LabelVectors:
     """Node vectors ``A⁰`` (``[C, d]`` float32), their ``source``, the label ``names``, and per name its
-    ``resolution`` (``'exact'``, ``'mean of [...]'`` or :data:`RANDOM_FALLBACK`; None for a given matrix).
-    """
+    ``resolution`` (``'exact'``, ``'mean of [...]'`` or :data:`RANDOM_FALLBACK`; None for a given matrix)."""
 
     vectors: np.ndarray
     source: str
@@ -85,8 +84,7 @@ class LabelVectors:
 
 def label_tokens(name: str, splits: Optional[Mapping[str, Sequence[str]]] = None) -> List[str]:
     """The words of a label name, e.g. ``'Hair_Drier'`` → ``['hair', 'drier']``, ``'diningtable'`` →
-    ``['dining', 'table']`` (``splits`` extend :data:`COMPOUND_SPLITS`); ValueError for a name without a word.
-    """
+    ``['dining', 'table']`` (``splits`` extend :data:`COMPOUND_SPLITS`); ValueError for a name without a word."""
     table: Dict[str, Sequence[str]] = dict(COMPOUND_SPLITS)
     if splits:
         table.update({k.lower(): v for k, v in splits.items()})
@@ -183,8 +181,7 @@ def _read_shipped(key: str, asset_dir: Optional[str]) -> Tuple[List[str], np.nda
 def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
     """The shipped label names and GloVe 6B 50-d rows of ``label_set`` (``'coco'`` / ``'voc'``):
     ``(names, [C, 50] float32 copy)``; an asset that is missing or does not match its manifest is an error saying how
-    to rebuild it.
-    """
+    to rebuild it."""
     key = str(label_set).lower()
     if key not in SHIPPED_FILES:
         raise ValueError(f'Unknown label set {label_set!r}; shipped label sets: {sorted(SHIPPED_FILES)}.')

@@ -11,8 +11,7 @@ __all__ = ['SRDL', 'checkpoint_filter_fn', 'register_manifest_tags']
 
 def register_manifest_tags(path: Optional[PathLike] = None) -> List[str]:
     """Register the weights of another manifest (default ``$SRDL_WEIGHTS_DIR/manifest.json``, else the shipped
-    one) as timm pretrained tags ``'<architecture>.<tag>'``; returns the tags registered.
-    """
+    one) as timm pretrained tags ``'<architecture>.<tag>'``; returns the tags registered."""
     from timm.models import generate_default_cfgs, register_model
     from . import srdl
 

@@ -33,8 +33,7 @@ LAYOUTS = ('NCHW', 'NHWC', 'NLC', 'intermediates')
 @torch.fx.wrap
 def token_grid_size(num_tokens: int, height: int, width: int, reduction: int) -> Tuple[int, int]:
     """``(h, w)`` of ``num_tokens`` patch tokens of an ``height x width`` input at stride ``reduction`` (floor
-    of the division, else its ceiling for padded embeddings).
-    """
+    of the division, else its ceiling for padded embeddings)."""
     h, w = height // reduction, width // reduction
     if h * w != num_tokens:
         h, w = (height + reduction - 1) // reduction, (width + reduction - 1) // reduction
@@ -54,8 +53,7 @@ def tokens_to_grid(tokens: Tensor, height: int, width: int, num_prefix_tokens: i
 
 class FeatureGrid(nn.Module):
     """How a backbone's ``forward_features`` output becomes ``F = [B, d, h, w]`` (``layout``, ``num_features``,
-    ``reduction``, ``num_prefix_tokens``, ``intermediates_norm``; no parameters).
-    """
+    ``reduction``, ``num_prefix_tokens``, ``intermediates_norm``; no parameters)."""
 
     def __init__(self, layout: str, num_features: int, reduction: int, num_prefix_tokens: int = 0,
                  intermediates_norm: bool = False):
@@ -167,8 +165,7 @@ def _stride(backbone: nn.Module) -> Optional[int]:
 def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]
                 ) -> Tuple[FeatureGrid, Optional[List[str]]]:
     """The :data:`LAYOUTS` entry of ``backbone``'s grid (one meta-device forward) and the parameters without a
-    gradient in it (None for an intermediate's F).
-    """
+    gradient in it (None for an intermediate's F)."""
     height, width = size
     shape = (1, in_chans, height, width)
     d = int(getattr(backbone, 'num_features', 0) or 0)
@@ -245,8 +242,7 @@ _FX_WRAPPED: set = set()
 
 def _fx_wrap_timm_helpers(backbone: nn.Module) -> None:
     """Let torch.fx trace the backbone inside another model as timm traces it alone (timm's not-traceable
-    helpers registered with ``torch.fx.wrap`` in the backbone's modules).
-    """
+    helpers registered with ``torch.fx.wrap`` in the backbone's modules)."""
     notrace = {id(f) for f in timm.layers.get_notrace_functions() if callable(f)}
     for cls in type(backbone).__mro__:
         module = sys.modules.get(cls.__module__)
@@ -319,8 +315,7 @@ def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, s
 def backbone_cfg(backbone: nn.Module, grid: FeatureGrid, in_chans: int,
                  input_size: Optional[Sequence[int]] = None, prefix: str = 'backbone.') -> Dict[str, Any]:
     """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv``, and for the
-    cfg's ``input_size`` the ``pool_size`` (and the backbone's own input size where it runs only at that one).
-    """
+    cfg's ``input_size`` the ``pool_size`` (and the backbone's own input size where it runs only at that one)."""
     cfg: Dict[str, Any] = {}
     first_conv = backbone.pretrained_cfg.get('first_conv')
     if first_conv:
@@ -351,8 +346,7 @@ def _prefix_pattern(pattern: str, prefix: str) -> str:
 def backbone_group_matcher(backbone: nn.Module, coarse: bool = False, prefix: str = 'backbone.'
                            ) -> Tuple[str, List[Tuple[str, Optional[Tuple[int, ...]]]]]:
     """The backbone's own ``group_matcher`` under ``prefix``, its last group catching the parameters the matcher
-    leaves out, ordered before ``10 ** 9`` so a head can take that.
-    """
+    leaves out, ordered before ``10 ** 9`` so a head can take that."""
     inner = backbone.group_matcher(coarse=coarse) if hasattr(backbone, 'group_matcher') else {}
     stem = '^' + re.escape(prefix) + '(?!x)x'  # matches nothing when the backbone has no stem group
     blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []

@@ -81,8 +81,7 @@ def manifest_path() -> Path:
 
 def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
     """Return ``path``'s sha256, or raise :class:`ChecksumMismatchError` when it is not ``expected``
-    (``what``: where ``expected`` comes from, for the message).
-    """
+    (``what``: where ``expected`` comes from, for the message)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weight file not found: {path}' + (f' ({what})' if what else ''))
     actual = sha256_file(path)
@@ -231,8 +230,7 @@ def manifest_pretrained_cfgs(
         path: Optional[PathLike] = None,
 ) -> Dict[str, Dict[str, Any]]:
     """timm cfgs ``{'<architecture>.<tag>': cfg}`` of the manifest weights that exist (file beside the
-    manifest, or a Hub repo); others are skipped with a warning.
-    """
+    manifest, or a Hub repo); others are skipped with a warning."""
     manifest_file = Path(path) if path is not None else manifest_path()
     data = load_manifest(manifest_file if path is not None else None)
     out: Dict[str, Dict[str, Any]] = {}

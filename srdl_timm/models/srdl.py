@@ -323,8 +323,7 @@ class SRDL(nn.Module):
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]`` (timm's
-        contract; the per-category features are :meth:`forward_category_features`).
-        """
+        contract; the per-category features are :meth:`forward_category_features`)."""
         if pre_logits or self.num_classes == 0:
             return self._pool_image(x)
         features, _, _ = self.forward_category_features(x)
@@ -339,16 +338,14 @@ class SRDL(nn.Module):
     @torch.jit.unused
     def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10, then eq. 12's
-        erased pass on the top-K categories).
-        """
+        erased pass on the top-K categories)."""
         out = self.forward_erasing(x)
         return out['logits'], out['erased_logits']
 
     @torch.jit.unused
     def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
         """The OE pass of :meth:`forward_head_erasing` with its intermediates (original and erased SA, features,
-        regions, class indices), for analysis.
-        """
+        regions, class indices), for analysis."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -511,8 +508,7 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default; backbone weights
-    ``resnet101.tv_in1k``, the paper's torchvision ImageNet model).
-    """
+    ``resnet101.tv_in1k``, the paper's torchvision ImageNet model)."""
     model_args = dict(backbone='resnet101.tv_in1k')
     return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
@@ -541,8 +537,7 @@ def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
 @register_model
 def srdl_vit_base_patch16_448(pretrained: bool = False, **kwargs) -> SRDL:
     """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (``augreg2`` ImageNet weights,
-    position embeddings resampled as timm does).
-    """
+    position embeddings resampled as timm does)."""
     model_args = dict(backbone='vit_base_patch16_224.augreg2_in21k_ft_in1k', img_size=448)
     return _create_srdl('srdl_vit_base_patch16_448', pretrained=pretrained, model_args=model_args, **kwargs)
 

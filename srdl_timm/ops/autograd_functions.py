@@ -87,8 +87,7 @@ def attention_max_pool_backward(
         sa_weight: float, ca_weight: float, needs: Tuple[bool, bool, bool],
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of eq. 6 + GMP at the arg-max ``index`` ``[B, C, d]``: ``dF[b, i, k] += g w_at``,
-    ``dSA[b, c, i] += a g F_at``, ``dCA[b, c, k] = b g F_at``; in category chunks, 16-bit accumulated in float32.
-    """
+    ``dSA[b, c, i] += a g F_at``, ``dCA[b, c, k] = b g F_at``; in category chunks, 16-bit accumulated in float32."""
     out_dtypes = (feat.dtype, sa.dtype, ca.dtype if ca is not None else None)
     dtype = compute_dtype(result_dtype(feat, sa, ca))
     feat, sa, ca, grad = upcast(feat, dtype), upcast(sa, dtype), upcast(ca, dtype), upcast(grad, dtype)

@@ -76,8 +76,7 @@ def logits_backward(
         need_s: bool, need_e: bool, need_w: bool,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """Gradients of :func:`logits_forward`, block by block (``t = tanh(s e)``, ``u = 1 - t^2``):
-    ``ds = w_k sum_c g u e``, ``de = w_k sum_{b,p} g u s``, ``dw = sum g t``.
-    """
+    ``ds = w_k sum_c g u e``, ``de = w_k sum_{b,p} g u s``, ``dw = sum g t``."""
     batch, positions, channels = s.shape
     num_classes = e.shape[0]
     step_c, step_p = plan_blocks(num_classes, positions, channels, block_elements)

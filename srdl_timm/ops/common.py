@@ -43,8 +43,7 @@ def _split(total: int, max_step: int) -> int:
 
 def plan_blocks(num_classes: int, rows: int, cols: int, block_elements: int) -> Tuple[int, int]:
     """Block shape ``(classes, rows)`` of a ``[classes, rows, cols]`` block of at most ``block_elements``: whole
-    rows, or one class with its rows split evenly, so each block's output slice is contiguous.
-    """
+    rows, or one class with its rows split evenly, so each block's output slice is contiguous."""
     per_class = max(1, rows * cols)
     if per_class <= block_elements:
         return _split(num_classes, block_elements // per_class), rows
@@ -128,8 +127,7 @@ def autocast_enabled(device: torch.device) -> bool:
 
 def lean_autograd_applies(*tensors: Optional[Tensor]) -> bool:
     """Whether a memory-lean autograd function may replace autograd ops on ``tensors``: a gradient is needed,
-    one dtype, no autocast, nothing traced or compiled.
-    """
+    one dtype, no autocast, nothing traced or compiled."""
     present = [t for t in tensors if t is not None]
     return (needs_grad(*present) and all(t.dtype == present[0].dtype for t in present)
             and not autocast_enabled(present[0].device)
@@ -141,8 +139,7 @@ _ONE_TIME_WORK = threading.local()  # .active: this thread is a one-time-work th
 
 def one_time_work(fn: Callable[[], object]) -> object:
     """Run ``fn`` (a compile) in a short-lived thread with the caller's thread count and grad mode, so its
-    allocations do not fragment the main heap; nested calls run inline.
-    """
+    allocations do not fragment the main heap; nested calls run inline."""
     if getattr(_ONE_TIME_WORK, 'active', False):
         return fn()
     threads, grad, inference = torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()

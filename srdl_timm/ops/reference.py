@@ -10,8 +10,7 @@ __all__ = ['spatial_attention_logits_reference', 'attention_max_pool_reference']
 
 def spatial_attention_logits_reference(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     """Eq. 5's inner sum ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])``: ``s`` ``[B, P, d]``, ``e`` ``[C, d]``,
-    ``w`` ``[d]`` -> ``[B, C, P]``.
-    """
+    ``w`` ``[d]`` -> ``[B, C, P]``."""
     product = torch.tanh(s.unsqueeze(1) * e.unsqueeze(0).unsqueeze(2))
     if not torch.jit.is_scripting() and torch.compiler.is_compiling():
         # a mul + sum is one fused reduction for Inductor; a matmul would be an external kernel on the product
@@ -23,8 +22,7 @@ def attention_max_pool_reference(
         feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
 ) -> Tensor:
     """Eq. 6 + GMP ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])``: ``feat`` ``[B, P, d]``, ``sa``
-    ``[B, C, P]`` or None, ``ca`` ``[B, C, d]`` or None -> ``[B, C, d]``.
-    """
+    ``[B, C, P]`` or None, ``ca`` ``[B, C, d]`` or None -> ``[B, C, d]``."""
     if sa is None:
         pooled = feat.amax(dim=1)
         if ca is None:

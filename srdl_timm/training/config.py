@@ -44,8 +44,7 @@ _DEFAULTS: Dict[str, Any] = dict(
 class TrainConfig:
     """Everything that defines a training run, field for field the ``srdl-train`` flags (their help says what
     each does). Fields left at None are filled by :func:`resolve_config` from the recipe or the defaults; explicitly
-    set fields always win.
-    """
+    set fields always win."""
     # data
     data: str = 'csv'
     root: str = ''

@@ -145,8 +145,7 @@ def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 class TrainState:
     """The live objects of a run: config, task (DDP/compile wrappers and EMA), the plain ``model``, timm's
     optimizer/scheduler/scaler, placement, epoch geometry, label names and vectors, the not-annotated entries per
-    split, the validation split's fingerprint and last outputs, and the resumable counters.
-    """
+    split, the validation split's fingerprint and last outputs, and the resumable counters."""
     config: TrainConfig
     task: SRDLTask
     model: nn.Module
@@ -512,8 +511,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
 
 def evaluate(state: TrainState, loader: DataLoader) -> Dict[str, Any]:
     """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`); a collective
-    under DDP. The logits and targets are kept in ``state.val_outputs``.
-    """
+    under DDP. The logits and targets are kept in ``state.val_outputs``."""
     cfg = state.config
     result = validate(state.report_model, loader, state.device, amp_dtype=amp_dtype(cfg),
                       channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names,
