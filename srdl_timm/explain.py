@@ -1,11 +1,8 @@
 """Spatial attention maps of SRDL as arrays and as PNG overlays (the paper's Figure 5).
 
-Figure 5 shows, for each image, the spatial-wise attention maps (SA, eq. 5) of the categories with the top-3
-confidences. :func:`explain` computes them for any SRDL model, on the feature grid and upsampled to the image, and
-optionally the rectangle object erasing (OE, §3.3, eqs. 7-10) would erase from each map
-(:func:`srdl_timm.layers.oe.erase_region`, the code the training pass runs); :func:`render_overlay` draws one map as
-a heat map and :func:`save_explanation` writes one overlay PNG per category and a Figure-5-style panel per image.
-The eval transform squash-resizes the whole image (no crop), so each upsampled grid cell lies on the region it saw.
+:func:`explain` gives the SA maps (eq. 5) of the top-k categories, optionally with the rectangle object erasing
+(§3.3, eqs. 7-10) would erase; :func:`render_overlay` and :func:`save_explanation` draw them. The eval transform
+squash-resizes the whole image, so each upsampled grid cell lies on the region it saw.
 """
 import logging
 import math
@@ -41,9 +38,6 @@ _ERASE_COLOR = (0, 255, 0)
 ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# model helpers
-# ----------------------------------------------------------------------------------------------------------
 def default_eval_transform(model: nn.Module, img_size: Optional[int] = None):
     """The project's eval transform (squash-resize, normalise) built from the model's timm data config."""
     from timm.data import resolve_data_config
@@ -73,12 +67,8 @@ def check_explainable(model: nn.Module) -> None:
 def attention_forward(
         model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One eval forward of an SRDL model returning float32 ``(logits [B, C], SA [B, C, h, w])``.
-
-    Without AMP this is ``model.attention_maps(batch)``. With ``amp_dtype`` the backbone runs under autocast and
-    the CAR head and classifier in float32 on float32 features (as ``srdl-validate`` does), so scores and maps
-    are float32 either way. The caller is responsible for ``model.eval()`` and ``torch.inference_mode()``.
-    """
+    """One eval forward returning float32 ``(logits [B, C], SA [B, C, h, w])``; with ``amp_dtype`` only the
+    backbone runs under autocast. The caller sets eval mode and inference mode."""
     check_explainable(model)
     if amp_dtype is None:
         out = model.attention_maps(batch)
@@ -96,15 +86,8 @@ def attention_forward(
     return logits.float(), sa.float()
 
 
-# ----------------------------------------------------------------------------------------------------------
-# arrays
-# ----------------------------------------------------------------------------------------------------------
 def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Bilinearly upsample maps ``[..., h, w]`` to an image ``size = (width, height)`` -> ``[..., H, W]`` float32.
-
-    ``align_corners=False``: each grid cell covers an equal share of the image, matching the squash-resize
-    eval transform.
-    """
+    """Bilinearly upsample ``[..., h, w]`` maps to ``size = (width, height)`` (``align_corners=False``)."""
     maps = np.asarray(maps, dtype=np.float32)
     width, height = int(size[0]), int(size[1])
     lead = maps.shape[:-2]
@@ -114,12 +97,8 @@ def upsample_maps(maps: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
 
 
 def erase_box(mask: np.ndarray, size: Tuple[int, int]) -> Optional[Tuple[int, int, int, int]]:
-    """Pixel rectangle ``(left, top, right, bottom)`` (right/bottom exclusive) of an erase mask ``[h, w]``.
-
-    The mask of :func:`srdl_timm.layers.oe.erase_region` is the product of one row interval and one column
-    interval; its cells are mapped onto an image of ``size = (width, height)``. Returns None for an empty mask
-    (a flat map erases nothing).
-    """
+    """Pixel rectangle ``(left, top, right, bottom)`` (right/bottom exclusive) of an erase mask ``[h, w]`` on an
+    image of ``size = (width, height)``; None for an empty mask."""
     mask = np.asarray(mask, dtype=bool)
     if not mask.any():
         return None
@@ -145,19 +124,8 @@ def explain_batch(
         amp_dtype: Optional[torch.dtype] = None,
         upsample: bool = True,
 ) -> List[Dict[str, Any]]:
-    """Explanations for an already transformed batch ``[B, 3, H, W]`` (see :func:`explain` for the dict keys).
-
-    Args:
-        model: an SRDL model in eval mode, on ``batch``'s device.
-        batch: normalised input batch.
-        image_sizes: ``(width, height)`` of each original image (default: the batch's own size).
-        topk: number of top-scoring categories per image (Figure 5 uses 3); clipped to the number of classes.
-        label_names: category names (default: :func:`srdl_timm.labels.resolve_label_names`).
-        erase: also compute the OE erase masks and rectangles.
-        erase_alpha: OE threshold alpha (default: the model's ``object_eraser.alpha``, else 0.5).
-        amp_dtype: run the backbone under autocast in this dtype (head in float32).
-        upsample: include ``maps`` upsampled to each image size (can be large for big images).
-    """
+    """Explanations for an already transformed batch ``[B, C, H, W]`` (the arguments and dict keys of
+    :func:`explain`; ``image_sizes``: ``(width, height)`` of each original image)."""
     if topk < 1:
         raise ValueError(f'topk must be >= 1, got {topk}')
     with torch.inference_mode():
@@ -238,31 +206,18 @@ def explain(
     """Spatial attention maps of the top-k predicted categories of each image (the paper's Figure 5).
 
     Args:
-        model: an SRDL model; it is put in eval mode and run on the device of its parameters.
-        images: one image or a sequence of PIL images, image paths (opened with
-            :func:`srdl_timm.data.images.open_image`) or ``uint8`` arrays ``[H, W(, 3)]``; or a normalised
-            batch tensor ``[B, 3, H, W]`` (then ``transform`` is not used and sizes are the tensor's).
+        model: an SRDL model (put in eval mode, run on its parameters' device).
+        images: PIL images, paths, ``uint8`` arrays, or a normalised batch tensor (then ``transform`` is unused).
         topk: categories per image, by predicted score (Figure 5: 3).
         label_names: category names (default: :func:`srdl_timm.labels.resolve_label_names`).
-        erase: also compute the region object erasing would erase from each map.
-        erase_alpha: OE threshold (default: the model's ``object_eraser.alpha``, else 0.5).
-        transform: PIL -> tensor transform (default: :func:`default_eval_transform` of the model).
-        batch_size: images per forward pass.
-        amp_dtype: autocast dtype for the backbone (the head stays float32), or None.
+        erase, erase_alpha: also compute the region OE would erase (alpha default: the model's).
+        transform, batch_size, amp_dtype: the forward pass (the head stays float32).
         upsample: include ``maps`` at image resolution.
 
     Returns:
-        One dict per image:
-
-        * ``size``: ``(width, height)`` of the image;
-        * ``class_index`` ``[k]`` int64, ``labels`` (k names), ``scores`` ``[k]`` float32 sigmoid scores, in
-          decreasing score order;
-        * ``probabilities`` ``[C]``: all sigmoid scores;
-        * ``maps_raw`` ``[k, h, w]``: SA of those categories on the feature grid (values in (0, 1));
-        * ``maps`` ``[k, H, W]``: the same upsampled bilinearly to the image (when ``upsample``);
-        * ``spatial_attention`` ``[C, h, w]``: SA of every category;
-        * with ``erase``: ``erase_alpha``, ``erase_masks`` ``[k, h, w]`` bool and ``erase_boxes``: per category
-          ``(left, top, right, bottom)`` in image pixels (right/bottom exclusive) or None for a flat map.
+        One dict per image: ``size``, ``class_index``, ``labels``, ``scores`` (top-k, decreasing), ``probabilities``
+        ``[C]``, ``maps_raw`` ``[k, h, w]``, ``maps`` ``[k, H, W]`` (with ``upsample``), ``spatial_attention``
+        ``[C, h, w]``; with ``erase`` also ``erase_alpha``, ``erase_masks`` and ``erase_boxes`` (image pixels).
     """
     check_explainable(model)
     if batch_size < 1:
@@ -294,9 +249,6 @@ def explain(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# rendering
-# ----------------------------------------------------------------------------------------------------------
 def heatmap_colors(values: np.ndarray) -> np.ndarray:
     """Jet colour map: values ``[...]`` in [0, 1] -> ``uint8 [..., 3]`` (0 = dark blue, 0.5 = green, 1 = dark red)."""
     v = np.clip(np.asarray(values, dtype=np.float32), 0.0, 1.0)[..., None]
@@ -329,23 +281,9 @@ def render_overlay(
         opacity: float = 0.5,
         normalize: bool = True,
 ) -> Image.Image:
-    """Draw one attention map over ``image`` as a heat map, with a caption and optionally the OE rectangle.
-
-    Args:
-        image: the (RGB) image; the output has exactly its size.
-        attention: the map on the feature grid ``[h, w]`` (upsampled bilinearly here) or already at
-            ``[H, W]``.
-        label / score: caption ``"label 0.93"`` drawn in the top-left corner (omitted when both are None).
-        erase_mask: ``[h, w]`` bool mask from :func:`srdl_timm.layers.oe.erase_region`; its rectangle is
-            outlined in green.
-        opacity: weight of the heat map in the blend (0 = image only, 1 = heat map only).
-        normalize: min-max normalise the map over its own grid before colouring (as attention figures are usually
-            drawn: a nearly flat map still shows its maximum; a flat one is drawn all-low); False colours the raw
-            sigmoid values (0 = blue, 1 = red). The arrays :func:`explain` returns are always the raw SA values.
-
-    Returns:
-        A new RGB image of ``image.size``.
-    """
+    """Draw one attention map (``[h, w]`` or ``[H, W]``) over ``image`` as a heat map, captioned
+    ``"label score"``, with the OE rectangle of ``erase_mask`` outlined in green; ``normalize`` min-max scales the
+    map before colouring. Returns a new RGB image of ``image.size``."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f'opacity must be in [0, 1], got {opacity}')
     image = image.convert('RGB') if image.mode != 'RGB' else image
@@ -384,11 +322,7 @@ def render_panel(
         normalize: bool = True,
         gap: int = 4,
 ) -> Image.Image:
-    """Figure-5-style row: the input, then one overlay per top-k category, each ``panel_height`` pixels high.
-
-    Every panel is the image resized to ``(round(W * panel_height / H), panel_height)``; panels are separated by
-    ``gap`` white pixels, so the row is ``(k + 1) * panel_width + k * gap`` wide.
-    """
+    """Figure-5-style row: the input, then one overlay per top-k category, each ``panel_height`` pixels high."""
     if panel_height < 1:
         raise ValueError(f'panel_height must be >= 1, got {panel_height}')
     width, height = image.size
@@ -420,15 +354,8 @@ def save_explanation(
         panel: bool = True,
         panel_height: int = PANEL_HEIGHT,
 ) -> List[str]:
-    """Write the PNG overlays of one image's explanation; returns the paths written.
-
-    Files in ``out_dir`` (created if needed):
-
-    * ``{stem}_top{r}_{label}.png`` for r = 1..k: the SA map of the r-th category over the image, at the input
-      image's own size, captioned with label and score (and the OE rectangle when ``erase`` and the result has
-      ``erase_masks``);
-    * ``{stem}_panel.png`` (when ``panel``): the Figure-5-style row of :func:`render_panel`.
-    """
+    """Write ``{stem}_top{r}_{label}.png`` per category and, with ``panel``, ``{stem}_panel.png``; returns the
+    paths written."""
     if tuple(image.size) != tuple(result['size']):
         raise ValueError(f'image size {image.size} differs from the explained size {tuple(result["size"])}')
     os.makedirs(out_dir, exist_ok=True)

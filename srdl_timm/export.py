@@ -1,12 +1,8 @@
 """ONNX and TorchScript files of an inference model, checked against PyTorch after export (``srdl-export``).
 
-The exported model is the inference form (:func:`prepare_for_export`): input ``input`` ``[batch, 3, H, W]``
-(normalised as the model's data config says), output ``logits`` ``[batch, C]`` (apply a sigmoid for scores, then
-the per-class decision thresholds the metadata records, else 0.5).
-:func:`export_onnx` / :func:`export_torchscript` write the files with the preprocessing config and label names as
-metadata (:func:`export_metadata`); :func:`check_onnx` (onnxruntime, the ``export`` extra) and
-:func:`check_torchscript` compare them with PyTorch on random inputs and raise :class:`ExportCheckError` unless
-``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere. The console script is :mod:`srdl_timm.cli.export`.
+Input ``input`` ``[batch, C, H, W]`` (normalised), output ``logits`` ``[batch, C]``; the preprocessing, label names
+and decision thresholds are stored as metadata. The checks raise :class:`ExportCheckError` unless
+``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere.
 """
 import importlib
 import json
@@ -39,13 +35,8 @@ class ExportCheckError(OperationError):
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
-    """Put ``model`` in its inference form, in place: eval, OE off, reference attention kernels (SRDL).
-
-    OE only acts in training anyway; the ``'reference'`` kernels (:meth:`srdl_timm.SRDL.set_attention_impl`)
-    replace the memory-lean autograd functions, which neither TorchScript nor the ONNX tracer can export.
-
-    Returns the same module.
-    """
+    """Put ``model`` in its inference form, in place: eval, OE off, the exportable ``'reference'`` attention
+    kernels (SRDL). Returns the same module."""
     model.eval()
     if hasattr(model, 'set_object_erasing'):
         model.set_object_erasing(False)
@@ -69,14 +60,8 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
 def export_metadata(
         model: nn.Module, input_size: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
-    """String metadata stored with an export: architecture, input size, mean/std, interpolation, labels, the
-    post-processing (``postprocess``; ``label_thresholds``, one probability per class, when the model carries
-    them, :func:`srdl_timm.labels.model_label_thresholds`), versions.
-
-    Values are strings (lists as JSON). ONNX keeps them as ``metadata_props``
-    (``onnxruntime.InferenceSession(p).get_modelmeta().custom_metadata_map``), TorchScript as the extra file
-    ``config.json`` (``torch.jit.load(p, _extra_files={'config.json': ''})``).
-    """
+    """String metadata stored with an export (architecture, input size, mean/std, interpolation, labels,
+    post-processing and thresholds, versions); lists as JSON."""
     import timm
     from timm.data import resolve_data_config
 
@@ -120,10 +105,7 @@ def _random_input(batch: int, size: Tuple[int, int, int], seed: int) -> torch.Te
 def check_sizes(
         input_size: Tuple[int, int, int], batch_sizes: Sequence[int], dynamic_size: bool,
 ) -> List[Tuple[int, int, int, int]]:
-    """Input shapes a check runs on: each batch size at ``input_size``; with ``dynamic_size`` also one other H, W.
-
-    The other size is 3/4 of the input size rounded to a multiple of 32 (at least 32).
-    """
+    """Input shapes a check runs on: each batch size at ``input_size``; with ``dynamic_size`` also 3/4 of it."""
     c, h, w = input_size
     shapes = [(b, c, h, w) for b in batch_sizes]
     if dynamic_size:
@@ -171,22 +153,17 @@ def export_onnx(
         metadata: Optional[Dict[str, str]] = None,
         example_batch: int = 2,
 ) -> str:
-    """Export the inference form of ``model`` (on CPU) to ONNX and validate the file with ``onnx.checker``.
-
-    The exporter is the TorchScript-based one (``dynamo=False``: it needs no ``onnxscript``).
+    """Export the inference form of ``model`` (on CPU) to ONNX (TorchScript-based exporter) and validate it with
+    ``onnx.checker``.
 
     Args:
-        model: a timm model; :func:`prepare_for_export` is applied to it (in place).
+        model: a timm model (:func:`prepare_for_export` is applied in place).
         path: output ``.onnx`` file.
         input_size: ``(C, H, W)`` (default: the model's data config).
         opset: ONNX opset, >= :data:`MIN_OPSET`.
-        dynamic_batch: make the batch axis of ``input`` and ``logits`` dynamic.
-        dynamic_size: make H and W dynamic too.
-        metadata: string key/values stored as the model's ``metadata_props`` (default: :func:`export_metadata`).
+        dynamic_batch, dynamic_size: dynamic batch axis, and H and W.
+        metadata: stored as ``metadata_props`` (default: :func:`export_metadata`).
         example_batch: batch size of the tracing input.
-
-    Returns:
-        ``path``.
     """
     onnx = _export_dependency('onnx', 'ONNX export')
     if opset < MIN_OPSET:
@@ -230,18 +207,8 @@ def check_onnx(
         atol: float = 1e-4,
         seed: int = 1,
 ) -> Dict[str, float]:
-    """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on random inputs.
-
-    The default batch sizes (1 and 3) differ from the export trace's (2), so a batch size baked into the graph is
-    caught. Also checks that the file's default-domain opset is >= :data:`MIN_OPSET`.
-
-    Returns:
-        ``{'BxCxHxW': max |diff|}`` per checked input shape.
-
-    Raises:
-        ExportCheckError: a shape or value differs beyond the tolerance, or the opset is too low.
-        InputError: onnx or onnxruntime is not installed (``pip install srdl-timm[export]``).
-    """
+    """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on random inputs (batch sizes other
+    than the trace's); returns ``{'BxCxHxW': max |diff|}``."""
     onnx = _export_dependency('onnx', 'checking an ONNX export')
     ort = _export_dependency('onnxruntime', 'checking an ONNX export (or pass --no-check)')
     proto = onnx.load(path, load_external_data=False)
@@ -268,10 +235,8 @@ def export_torchscript(
         metadata: Optional[Dict[str, str]] = None,
         example_batch: int = 2,
 ) -> str:
-    """Save the inference form of ``model`` (on CPU) as TorchScript with ``torch.jit.script`` or ``trace``.
-
-    ``metadata`` (default: :func:`export_metadata`) is stored as the extra file ``config.json``. Returns ``path``.
-    """
+    """Save the inference form of ``model`` (CPU) as TorchScript (script or trace), ``metadata`` as extra file
+    ``config.json``. Returns ``path``."""
     if method not in ('script', 'trace'):
         raise InputError(f"method must be 'script' or 'trace', got {method!r}")
     size = resolve_input_size(model, input_size)
@@ -303,13 +268,7 @@ def check_torchscript(
         atol: float = 1e-4,
         seed: int = 1,
 ) -> Dict[str, float]:
-    """Reload the TorchScript file with ``torch.jit.load`` and compare with ``model`` on random inputs.
-
-    ``dynamic_size`` adds one other H, W (TorchScript graphs are not tied to one size unless traced so).
-
-    Returns:
-        ``{'BxCxHxW': max |diff|}`` per checked input shape.
-    """
+    """Reload the TorchScript file and compare with ``model`` on random inputs; returns ``{'BxCxHxW': max |diff|}``."""
     size = resolve_input_size(model, input_size)
     prepare_for_export(model)
     with warnings.catch_warnings():

@@ -1,14 +1,8 @@
 """Publishing SRDL weights in timm's Hugging Face Hub layout: a local folder, or a push to the Hub.
 
-:func:`save_pretrained_dir` / :func:`publish` (and ``srdl-publish``) write what timm's own ``push_to_hf_hub`` writes,
-through timm's ``save_for_hf``: ``model.safetensors`` (never a pickle), ``config.json`` (architecture, num_classes,
-label_names, the ``model_args`` of :func:`srdl_timm.loading.model_args`, the pre-processing, and the model's
-per-class decision thresholds as top-level ``label_thresholds`` + ``label_thresholds_info``) and the README.md model
-card of :mod:`srdl_timm.model_card`; with ``local_dir`` without any network access, else uploaded with
-``HfApi.create_repo`` + ``upload_folder`` (not covered by the tests). Such a folder loads with
-``timm.create_model('local-dir:...' or 'hf-hub:org/repo', pretrained=True)`` after ``import srdl_timm``.
-:func:`load_for_publishing` loads the model to publish strictly (a timm ``train.py`` checkpoint read with
-``weights_only=True``). The registry (:mod:`srdl_timm.manifest`, :mod:`srdl_timm.models.pretrained`) is re-exported.
+The folder is what timm's ``push_to_hf_hub`` writes (``save_for_hf``: model.safetensors, config.json) plus the
+model card of :mod:`srdl_timm.model_card`; it loads with ``timm.create_model('local-dir:...' / 'hf-hub:...',
+pretrained=True)`` after ``import srdl_timm``.
 """
 from __future__ import annotations
 
@@ -19,7 +13,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -53,17 +47,7 @@ PUBLISHED_FILES = ('config.json', WEIGHTS_FILENAME, 'README.md')
 
 @dataclasses.dataclass
 class PublishResult:
-    """What :func:`publish` / :func:`save_pretrained_dir` produced.
-
-    Attributes:
-        repo_id: the Hub repo (``None`` for a folder written without one).
-        local_dir: the folder written (``None`` after a push, whose staging folder is deleted).
-        url: the Hub commit URL after a push.
-        revision: the Hub commit sha after a push (pin it in the manifest as ``hf_revision``).
-        sha256: sha256 of ``model.safetensors``.
-        files: the file names published.
-        config: the config.json written.
-    """
+    """What :func:`publish` / :func:`save_pretrained_dir` produced (``url``/``revision`` after a push)."""
     repo_id: Optional[str]
     local_dir: Optional[Path]
     url: Optional[str]
@@ -73,17 +57,12 @@ class PublishResult:
     config: Dict[str, Any]
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# what gets published: a strictly loaded model (timm training checkpoints converted safely)
-# ----------------------------------------------------------------------------------------------------------------
 _TIMM_CHECKPOINT_SUFFIXES = ('.pth', '.tar', '.pt', '.bin')
 
 
 def timm_checkpoint_model(path: PathLike) -> Dict[str, Any]:
-    """The model a timm ``train.py`` checkpoint records: ``{'model', 'num_classes', 'model_kwargs'}`` (keys present
-    only when recorded), read by :func:`srdl_timm.weight_files.read_weight_file` (``weights_only=True``, only the
-    ``argparse.Namespace`` of timm's CheckpointSaver allow-listed); empty for other files or when unreadable (the
-    loader then reports what is wrong with the file)."""
+    """The ``model``, ``num_classes`` and ``model_kwargs`` a timm ``train.py`` checkpoint records (read with
+    ``weights_only=True``); empty for other or unreadable files."""
     if not os.fspath(path).endswith(_TIMM_CHECKPOINT_SUFFIXES) or not Path(path).is_file():
         return {}
     try:
@@ -114,24 +93,12 @@ def load_for_publishing(
 ) -> torch.nn.Module:
     """The model to publish, loaded strictly by :func:`srdl_timm.loading.load_model`.
 
-    A timm ``train.py`` checkpoint (``.pth.tar``/``.pth`` written by ``timm.utils.CheckpointSaver``, no
-    config.json/train_config.json beside it) is converted safely: read with ``torch.load(weights_only=True)``
-    (:func:`srdl_timm.weight_files.read_weight_file`: only ``argparse.Namespace`` allow-listed), its
-    ``state_dict`` taken, and the architecture, ``num_classes`` and ``model_kwargs`` its ``args`` record name the
-    model (``model`` / ``model_kwargs`` override them).
+    A timm ``train.py`` checkpoint is read with ``weights_only=True`` and rebuilt from the arguments it records.
 
     Args:
-        checkpoint: weights file or folder (srdl-train run, published folder, timm checkpoint); ``None`` loads
-            ``model``'s pretrained weights (a tag, ``hf-hub:``, ``local-dir:``).
-        model: timm model name.
-        model_kwargs: construction arguments overriding the recorded ones.
-        label_names: class names in output order.
-        thresholds_file: per-class decision thresholds replacing those the weights carry (a file of ``srdl-validate
-            --tune-thresholds``, :func:`srdl_timm.labels.read_thresholds_file`).
-
-    Raises:
-        srdl_timm.weight_files.ModelLoadError: unreadable weights (a pickle needing more than tensors is refused,
-            not unpickled), weights that do not fit the recorded model, no model named.
+        checkpoint: weights file or folder; ``None`` loads ``model``'s pretrained weights.
+        model, model_kwargs, label_names: override the recorded ones.
+        thresholds_file: per-class decision thresholds replacing the weights' own.
     """
     kwargs = dict(model_kwargs or {})
     if label_names is not None:
@@ -185,54 +152,23 @@ def save_pretrained_dir(
 ) -> PublishResult:
     """Write ``model`` as a timm Hub folder: model.safetensors, config.json and a README.md model card.
 
-    The weights and config.json are written by ``timm.models.save_for_hf(..., safe_serialization=True)``;
-    config.json's ``model_args`` are :func:`srdl_timm.loading.model_args`, its ``label_names`` the model's and its
-    ``label_thresholds`` / ``label_thresholds_info`` the model's decision thresholds
-    (:func:`srdl_timm.labels.model_label_thresholds`), when it carries any.
-
     Args:
         model: an SRDL model built with ``timm.create_model``.
         path: the folder (created; it may hold only the three files written here).
         repo_id: the Hub repo the folder is meant for (card usage snippet), if any.
-        metrics: an srdl-validate JSON report (path or dict), or a dict of metric values.
-        protocol: protocol fields added to / overriding the report's (AP definition, split, input size ...).
-        dataset: the training/evaluation dataset's name (stated in the card's text).
-        hub_dataset: the dataset's Hugging Face Hub id, if it has one (the card's ``datasets`` metadata and
-            model-index; never filled from a local dataset's name).
-        license: license of the weights.
-        recipe: the command that trained the weights.
-        data_config: pre-processing to record (input_size, interpolation, mean, std, crop_pct, crop_mode);
-            default: the evaluation protocol's input size/interpolation/mean/std when given, else the model's.
-        description: an extra paragraph for the card.
-
-    Returns:
-        A :class:`PublishResult` with ``local_dir`` set.
+        metrics, protocol: an srdl-validate report (path or dict) or metric values, and protocol overrides.
+        dataset, hub_dataset, license, recipe, description: stated in the card.
+        data_config: pre-processing to record (default: the protocol's, else the model's).
 
     Raises:
-        FileExistsError: ``path`` holds other files (they would be published too).
-        InputError (a ValueError): metrics without their protocol, or label names that disagree with the model's.
+        FileExistsError: ``path`` holds other files.
+        InputError: metrics without their protocol, or label names that disagree with the model's.
     """
-    from timm.models import save_for_hf
-
     _check_srdl(model)
     if repo_id is not None and not REPO_ID_RE.match(repo_id):
         raise InputError(f'repo_id must look like "org/name", got {repo_id!r}')
     values, proto, metric_names = normalise_metrics(metrics, protocol)
-    label_names = list(model.label_names) if model.label_names is not None else None
-    source_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
-    if label_names is None and source_names and len(source_names) == model.num_classes:
-        label_names = [str(n) for n in source_names]  # a model loaded from a published folder / Hub repo
-        _logger.info('label_names taken from the model\'s pretrained_cfg (the weights it was loaded from)')
-    if metric_names is not None and label_names is not None and metric_names != label_names:
-        raise InputError(f'the metrics were computed for classes {metric_names[:5]}... but the model\'s label_names '
-                         f'are {label_names[:5]}...: publish metrics of this model on its own classes')
-    if label_names is None:
-        label_names = metric_names
-    if label_names is not None and len(label_names) != model.num_classes:
-        raise InputError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
-    if label_names is None and model.num_classes:
-        _logger.warning('publishing without label_names: users will not know which output is which class '
-                        '(build the model with label_names=... or pass an srdl-validate report)')
+    label_names = _publish_label_names(model, metric_names)
     if data_config is None:
         data_config = _data_config_from_protocol(proto)
 
@@ -243,25 +179,7 @@ def save_pretrained_dir(
         raise FileExistsError(f'{folder} already holds {others}: publish into an empty folder (everything in it '
                               'would be uploaded / found by timm\'s local-dir loader)')
 
-    model_args = srdl_model_args(model)
-    model_config: Dict[str, Any] = {}
-    if label_names is not None:
-        model_config['label_names'] = label_names
-    thresholds = model_label_thresholds(model)
-    if thresholds is not None:  # top level: timm's loader rejects unknown pretrained_cfg keys
-        model_config.update(thresholds.to_json())
-    saved_args = model.__dict__.get('_model_args')
-    # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
-    # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise
-    model._model_args = {}
-    try:
-        save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
-                    data_config=dict(data_config) if data_config else None)
-    finally:
-        if saved_args is None:
-            del model._model_args
-        else:
-            model._model_args = saved_args
+    _save_for_hf(model, folder, label_names, data_config)
     # safetensors >= 0.8 writes through a private (0600) temporary file; give the weights config.json's permissions
     # (the umask's), so a published folder is readable by whoever may read its config and card
     os.chmod(folder / WEIGHTS_FILENAME, stat.S_IMODE((folder / 'config.json').stat().st_mode))
@@ -297,28 +215,14 @@ def publish(
         data_config: Optional[Mapping[str, Any]] = None,
         description: Optional[str] = None,
 ) -> PublishResult:
-    """Publish ``model`` to the Hugging Face Hub in timm's layout, or write that folder to ``local_dir``.
-
-    Without ``local_dir`` the folder of :func:`save_pretrained_dir` is staged in a temporary directory and uploaded
-    with ``HfApi.create_repo(exist_ok=True)`` and ``HfApi.upload_folder`` (the calls of
-    ``timm.models.push_to_hf_hub``, here with safetensors only and this module's model card). That needs network
-    access and a token with write access (``token`` or ``huggingface-cli login`` / ``HF_TOKEN``).
+    """Push ``model`` to the Hugging Face Hub in timm's layout, or write that folder to ``local_dir``.
 
     Args:
         model: an SRDL model built with ``timm.create_model``.
         repo_id: ``org/name`` on the Hub.
         local_dir: write the folder here instead of pushing (no network).
-        metrics: an srdl-validate JSON report (path or dict), or a dict of metric values.
-        protocol: protocol fields added to / overriding the report's.
-        private: create the repo private.
-        commit_message: the Hub commit message.
-        token: Hub token (default: the logged-in one).
-        revision: branch to push to.
-        create_pr: open a pull request instead of committing.
-        dataset / hub_dataset / license / recipe / data_config / description: see :func:`save_pretrained_dir`.
-
-    Returns:
-        A :class:`PublishResult`; after a push ``url`` and ``revision`` (commit sha) are set.
+        private, commit_message, token, revision, create_pr: Hub options.
+        Others: see :func:`save_pretrained_dir`.
     """
     card = dict(metrics=metrics, protocol=protocol, dataset=dataset, hub_dataset=hub_dataset, license=license,
                 recipe=recipe, data_config=data_config, description=description)
@@ -341,16 +245,7 @@ def push_folder(
         revision: Optional[str] = None,
         create_pr: bool = False,
 ) -> PublishResult:
-    """Upload a folder written by :func:`save_pretrained_dir` to the Hub (``create_repo`` + ``upload_folder``).
-
-    Args:
-        folder: the folder; it must hold exactly config.json, model.safetensors and README.md.
-        repo_id: ``org/name``.
-        private / commit_message / token / revision / create_pr: as in :func:`publish`.
-
-    Returns:
-        A :class:`PublishResult` with the commit ``url`` and ``revision``.
-    """
+    """Upload a folder of :func:`save_pretrained_dir` to the Hub (``create_repo`` + ``upload_folder``)."""
     import timm
     from huggingface_hub import HfApi
 
@@ -369,3 +264,49 @@ def push_folder(
     _logger.info('pushed %s to %s (commit %s)', ', '.join(files), repo_id, info.oid)
     return PublishResult(repo_id=repo_id, local_dir=None, url=info.commit_url, revision=info.oid, sha256=digest,
                          files=files, config=config)
+
+
+def _publish_label_names(model: torch.nn.Module, metric_names: Optional[List[str]]) -> Optional[List[str]]:
+    """The label names to publish: the model's, its pretrained_cfg's, else the metrics' (checked to agree)."""
+    label_names = list(model.label_names) if model.label_names is not None else None
+    source_names = (getattr(model, 'pretrained_cfg', None) or {}).get('label_names')
+    if label_names is None and source_names and len(source_names) == model.num_classes:
+        label_names = [str(n) for n in source_names]  # a model loaded from a published folder / Hub repo
+        _logger.info('label_names taken from the model\'s pretrained_cfg (the weights it was loaded from)')
+    if metric_names is not None and label_names is not None and metric_names != label_names:
+        raise InputError(f'the metrics were computed for classes {metric_names[:5]}... but the model\'s label_names '
+                         f'are {label_names[:5]}...: publish metrics of this model on its own classes')
+    if label_names is None:
+        label_names = metric_names
+    if label_names is not None and len(label_names) != model.num_classes:
+        raise InputError(f'{len(label_names)} label names for a model with {model.num_classes} classes')
+    if label_names is None and model.num_classes:
+        _logger.warning('publishing without label_names: users will not know which output is which class '
+                        '(build the model with label_names=... or pass an srdl-validate report)')
+    return label_names
+
+
+def _save_for_hf(model: torch.nn.Module, folder: Path, label_names: Optional[List[str]],
+                 data_config: Optional[Mapping[str, Any]]) -> None:
+    """timm's ``save_for_hf`` with config.json's ``model_args`` exactly :func:`srdl_model_args`, the label names and
+    thresholds at the top level (timm's loader rejects unknown pretrained_cfg keys)."""
+    from timm.models import save_for_hf
+    model_args = srdl_model_args(model)
+    model_config: Dict[str, Any] = {}
+    if label_names is not None:
+        model_config['label_names'] = label_names
+    thresholds = model_label_thresholds(model)
+    if thresholds is not None:
+        model_config.update(thresholds.to_json())
+    saved_args = model.__dict__.get('_model_args')
+    # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
+    # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise
+    model._model_args = {}
+    try:
+        save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
+                    data_config=dict(data_config) if data_config else None)
+    finally:
+        if saved_args is None:
+            del model._model_args
+        else:
+            model._model_args = saved_args

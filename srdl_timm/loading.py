@@ -1,12 +1,8 @@
 """The one strict model loader: a checkpoint, run folder, published folder, Hub repo or tag -> the exact model.
 
-Every console script loads weights through :func:`load_model` (:func:`load_model_from_spec` for the inference
-scripts' model flags). It rebuilds exactly the architecture the config beside the weights records
-(``train_config.json`` of ``srdl-train``, ``config.json`` of ``srdl-publish``) and loads every tensor strictly: a
-missing, unexpected or reshaped tensor, a class count other than the weights' included, is a
-:class:`~srdl_timm.weight_files.ModelLoadError` naming the file and the tensors, never a re-initialised head
-(fine-tuning on new classes is ``timm.create_model(..., pretrained=True, num_classes=N)``). Files are read by
-:mod:`srdl_timm.weight_files` (safetensors, or ``torch.load(weights_only=True)``).
+:func:`load_model` rebuilds the architecture the config beside the weights records and loads every tensor
+strictly: a tensor or class count that does not fit is a :class:`~srdl_timm.weight_files.ModelLoadError` naming
+the file, never a re-initialised head.
 """
 from __future__ import annotations
 
@@ -45,9 +41,6 @@ def _srdl_params() -> Tuple[str, ...]:
     return tuple(p for p in inspect.signature(SRDL.__init__).parameters if p != 'self')
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# configuration
-# ----------------------------------------------------------------------------------------------------------------
 def _config_file(path: Path) -> Optional[Path]:
     folder = path if path.is_dir() else path.parent
     for name in CONFIG_FILES:
@@ -57,24 +50,14 @@ def _config_file(path: Path) -> Optional[Path]:
 
 
 def read_model_config(path: PathLike) -> Dict[str, Any]:
-    """The model configuration recorded beside weights.
-
-    Args:
-        path: a weights file, a run folder (srdl-train ``--output``) or a published folder; the config is
-            ``config.json`` (timm / srdl-publish) or ``train_config.json`` (srdl-train) in that folder.
+    """The model configuration recorded beside weights (``config.json`` or ``train_config.json``).
 
     Returns:
         ``{'architecture', 'num_classes', 'label_names', 'model_args', 'pretrained_cfg', 'trained_on',
-        'label_thresholds', 'config_file'}``; an empty dict when no config exists. ``label_thresholds`` is a
-        :class:`~srdl_timm.labels.LabelThresholds` (top-level ``label_thresholds`` + ``label_thresholds_info``) or
-        None. ``model_args`` are the construction arguments
-        (without label names/embeddings), ``pretrained_cfg`` the recorded pre-processing (input_size, interpolation,
-        mean, std, crop_pct, crop_mode), ``trained_on`` the training data a train_config.json records (format, root,
-        split, annotation file), else None.
+        'label_thresholds', 'config_file'}``; an empty dict when no config exists.
 
     Raises:
-        srdl_timm.weight_files.ModelLoadError: the config is not valid JSON, or a field is of the wrong type or
-            value (:func:`srdl_timm.weight_files.read_config_json`: the message names the file and the field).
+        srdl_timm.weight_files.ModelLoadError: invalid JSON or a field of the wrong type or value.
     """
     file = _config_file(Path(path))
     if file is None:
@@ -104,9 +87,7 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
     num_classes = args.get('num_classes', config.get('num_classes'))
     if num_classes is not None:
         args['num_classes'] = num_classes
-    if label_names is not None:
-        if not isinstance(label_names, list):
-            raise ModelLoadError(f'{file}: "label_names" must be a list of names, got {label_names!r}')
+    if label_names is not None:  # a list: checked by read_config_json
         label_names = [str(n) for n in label_names]
     return {
         'architecture': arch,
@@ -121,18 +102,11 @@ def read_model_config(path: PathLike) -> Dict[str, Any]:
     }
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# model arguments
-# ----------------------------------------------------------------------------------------------------------------
 def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
-    For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
-    ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, the ``attention`` variant and
-    ``oe_erase``, ``attention_impl``, the
-    backbone's ``img_size`` when one was given (a ViT's position-embedding grid) and any JSON-serialisable
-    ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
-    the weights, so neither is here. Other timm models: ``num_classes``.
+    Label names go to the config's top level and label-graph nodes are in the weights, so neither is here; other
+    timm models give ``num_classes`` only.
 
     Raises:
         InputError: ``backbone_kwargs`` that JSON cannot hold.
@@ -170,9 +144,6 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# strict loading
-# ----------------------------------------------------------------------------------------------------------------
 def _short(args: Mapping[str, Any]) -> str:
     return ', '.join(f'{k}={v!r}' for k, v in args.items()
                      if k not in ('label_names', 'label_embeddings', 'label_thresholds'))
@@ -265,131 +236,126 @@ def load_model(
     """Load a model as trained, strictly, in eval mode.
 
     Args:
-        model: an architecture (``srdl_resnet101``), a pretrained tag (``srdl_x.tag``), ``hf-hub:org/repo[@rev]``,
-            ``local-dir:PATH``, or None when ``checkpoint`` has a config beside it.
-        checkpoint: weights file or folder (srdl-train run, srdl-publish folder); the config beside it
-            (train_config.json / config.json) rebuilds the exact architecture.
-        pretrained: without ``checkpoint``: load the tag's / Hub's / folder's weights (False: random weights).
-        num_classes: the class count expected; must equal the weights' (a mismatch is an error).
+        model: an architecture, a pretrained tag, ``hf-hub:org/repo[@rev]``, ``local-dir:PATH``, or None when
+            ``checkpoint`` has a config beside it.
+        checkpoint: weights file or folder; the config beside it rebuilds the exact architecture.
+        pretrained: without ``checkpoint``: load the tag's / Hub's / folder's weights.
+        num_classes: the class count expected; must equal the weights'.
         model_kwargs: construction arguments overriding the config's.
         strict: every tensor must match (False only for deliberate partial loads).
         device: where the model goes.
 
     Returns:
-        The model in eval mode, with ``pretrained_cfg['label_names']`` (and ``model.label_names`` for SRDL) set
-        when known, and the per-class decision thresholds its config records in ``model.label_thresholds``
-        (:func:`srdl_timm.labels.model_label_thresholds`).
-
-    Raises:
-        ModelLoadError: unreadable weights or config, weights that do not fit, no model named.
+        The model in eval mode, with its label names and decision thresholds when known.
     """
-    import timm
-    from timm.models import get_pretrained_cfg
-
     kwargs = dict(model_kwargs or {})
     label_names = kwargs.pop('label_names', None)
-    if model is not None and model.startswith('local-dir:'):
-        if checkpoint is not None:
-            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
-        checkpoint, model = model[len('local-dir:'):], None
-    elif model is not None and model.startswith('hf-hub:'):
-        if checkpoint is not None:
-            raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
-        checkpoint, model = hub_folder(model[len('hf-hub:'):]), None
-
+    for prefix in ('local-dir:', 'hf-hub:'):
+        if model is not None and model.startswith(prefix):
+            if checkpoint is not None:
+                raise ModelLoadError(f'--model {model} already names its weights; leave out --checkpoint {checkpoint}')
+            rest = model[len(prefix):]
+            checkpoint, model = (rest if prefix == 'local-dir:' else hub_folder(rest)), None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        if not path.exists():
-            raise ModelLoadError(f'checkpoint not found: {path}')
-        file = weights_in(path) if path.is_dir() else path
-        config = read_model_config(path)
-        arch = config.get('architecture')
-        if model is not None:
-            name, _ = _split_tag(model)
-            if arch and name != arch:
-                raise ModelLoadError(f'--model {model} differs from {config["config_file"]}, which says the weights '
-                                     f'are a {arch}: leave out --model, or give the matching config')
-            arch = name
-        if not arch:
-            raise ModelLoadError(f'no model named for {file}: pass --model NAME (no config.json or train_config.json '
-                                 'beside the weights)')
-        where = config.get('config_file') or f'--model {model}'
-        args = dict(config.get('model_args') or {})
-        args.update(kwargs)
-        state = load_state_dict(file)
-        check_class_count(file, state, where, (config.get('model_args') or {}).get('num_classes'))
-        if num_classes is not None:
-            if args.get('num_classes') is not None and args['num_classes'] != num_classes:
-                raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '
-                                     f'asked for (--num-classes or the dataset): the weights in {file} are for '
-                                     f'{args["num_classes"]}')
-            args['num_classes'] = num_classes
-        if 'num_classes' not in args and 'classifier.bias' in state:
-            args['num_classes'] = int(state['classifier.bias'].shape[0])
-        names = label_names if label_names is not None else config.get('label_names')
-        if names is not None and len(names) == args.get('num_classes'):
-            args['label_names'] = list(names)
-        elif names is not None:
-            raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
-                                 'classes')
-        net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
-        store_label_thresholds(net, config.get('label_thresholds'), where)
+        net = _load_checkpoint(model, Path(checkpoint), kwargs, label_names, num_classes, strict)
     else:
-        if model is None:
-            raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '
-                                 'a checkpoint with its config')
-        arch, tag = _split_tag(model)
-        if not timm.is_model(arch):
-            raise ModelLoadError(f'unknown model {model!r}: not a registered timm model name (see timm.list_models(); '
-                                 'srdl_* names are registered by `import srdl_timm`)')
-        if num_classes is not None:
-            kwargs['num_classes'] = num_classes
-        if label_names is not None:
-            kwargs['label_names'] = list(label_names)
-        if not pretrained:
-            net = timm.create_model(model, pretrained=False, **kwargs)
-        else:
-            cfg = get_pretrained_cfg(model, allow_unregistered=False) if arch.startswith('srdl_') else None
-            if cfg is not None and cfg.file and not cfg.hf_hub_id and not cfg.url:
-                # a shipped SRDL weight: sha256-checked, built with the manifest's model_args, then loaded strictly
-                resolved = check_pretrained_weights(arch, dict(kwargs, pretrained_cfg=tag))
-                file = Path(resolved.pop('pretrained_cfg_overlay', {}).get('file') or cfg.file)
-                resolved.pop('pretrained_cfg', None)
-                resolved.setdefault('num_classes', cfg.num_classes)
-                if resolved['num_classes'] != cfg.num_classes:
-                    raise ModelLoadError(f'{model} has weights for {cfg.num_classes} classes, not {num_classes}; '
-                                         'drop --num-classes (fine-tune with timm.create_model(..., pretrained=True, '
-                                         'num_classes=N) instead)')
-                if 'label_names' not in resolved and cfg.label_names:
-                    resolved['label_names'] = list(cfg.label_names)
-                state = load_state_dict(file)
-                net = _build_and_load(arch, resolved, file, state, f'the pretrained tag {model}', strict)
-                net.pretrained_cfg = dict(cfg.to_dict(), file=str(file))
-            else:
-                net = timm.create_model(model, pretrained=True, **kwargs)
-                cfg_classes = (getattr(net, 'pretrained_cfg', None) or {}).get('num_classes')
-                if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
-                    raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
-                                         'classifier would be randomly initialised')
+        net = _load_named(model, kwargs, label_names, num_classes, pretrained, strict)
     store_label_names(net, getattr(net, 'label_names', None))
     return net.to(device).eval()
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the inference scripts' model flags
-# ----------------------------------------------------------------------------------------------------------------
+def _load_checkpoint(model: Optional[str], path: Path, kwargs: Dict[str, Any], label_names: Optional[List[str]],
+                     num_classes: Optional[int], strict: bool) -> nn.Module:
+    """:func:`load_model` from a weights file or folder, rebuilt from the config beside it."""
+    if not path.exists():
+        raise ModelLoadError(f'checkpoint not found: {path}')
+    file = weights_in(path) if path.is_dir() else path
+    config = read_model_config(path)
+    arch = config.get('architecture')
+    if model is not None:
+        name, _ = _split_tag(model)
+        if arch and name != arch:
+            raise ModelLoadError(f'--model {model} differs from {config["config_file"]}, which says the weights '
+                                 f'are a {arch}: leave out --model, or give the matching config')
+        arch = name
+    if not arch:
+        raise ModelLoadError(f'no model named for {file}: pass --model NAME (no config.json or train_config.json '
+                             'beside the weights)')
+    where = config.get('config_file') or f'--model {model}'
+    args = dict(config.get('model_args') or {})
+    args.update(kwargs)
+    state = load_state_dict(file)
+    check_class_count(file, state, where, (config.get('model_args') or {}).get('num_classes'))
+    if num_classes is not None:
+        if args.get('num_classes') is not None and args['num_classes'] != num_classes:
+            raise ModelLoadError(f'{where} says num_classes={args["num_classes"]} but {num_classes} classes were '
+                                 f'asked for (--num-classes or the dataset): the weights in {file} are for '
+                                 f'{args["num_classes"]}')
+        args['num_classes'] = num_classes
+    if 'num_classes' not in args and 'classifier.bias' in state:
+        args['num_classes'] = int(state['classifier.bias'].shape[0])
+    names = label_names if label_names is not None else config.get('label_names')
+    if names is not None and len(names) == args.get('num_classes'):
+        args['label_names'] = list(names)
+    elif names is not None:
+        raise ModelLoadError(f'{len(names)} label names ({where}) for a model with {args.get("num_classes")} '
+                             'classes')
+    net = _build_and_load(arch, args, file, state, where, strict, config.get('pretrained_cfg'))
+    store_label_thresholds(net, config.get('label_thresholds'), where)
+    return net
+
+
+def _load_named(model: Optional[str], kwargs: Dict[str, Any], label_names: Optional[List[str]],
+                num_classes: Optional[int], pretrained: bool, strict: bool) -> nn.Module:
+    """:func:`load_model` from a model name or pretrained tag (random weights unless ``pretrained``)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+    if model is None:
+        raise ModelLoadError('no model: give a model name, pretrained tag, hf-hub:org/repo or local-dir:PATH, or '
+                             'a checkpoint with its config')
+    arch, tag = _split_tag(model)
+    if not timm.is_model(arch):
+        raise ModelLoadError(f'unknown model {model!r}: not a registered timm model name (see timm.list_models(); '
+                             'srdl_* names are registered by `import srdl_timm`)')
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    if label_names is not None:
+        kwargs['label_names'] = list(label_names)
+    if not pretrained:
+        return timm.create_model(model, pretrained=False, **kwargs)
+    cfg = get_pretrained_cfg(model, allow_unregistered=False) if arch.startswith('srdl_') else None
+    if cfg is not None and cfg.file and not cfg.hf_hub_id and not cfg.url:
+        return _load_shipped(model, arch, tag, cfg, kwargs, num_classes, strict)
+    net = timm.create_model(model, pretrained=True, **kwargs)
+    cfg_classes = (getattr(net, 'pretrained_cfg', None) or {}).get('num_classes')
+    if cfg_classes is not None and cfg_classes != getattr(net, 'num_classes', cfg_classes):
+        raise ModelLoadError(f'{model} has weights for {cfg_classes} classes, not {net.num_classes}: its '
+                             'classifier would be randomly initialised')
+    return net
+
+
+def _load_shipped(model: str, arch: str, tag: Optional[str], cfg: Any, kwargs: Dict[str, Any],
+                  num_classes: Optional[int], strict: bool) -> nn.Module:
+    """A shipped SRDL weight: sha256-checked, built with the manifest's model_args, then loaded strictly."""
+    resolved = check_pretrained_weights(arch, dict(kwargs, pretrained_cfg=tag))
+    file = Path(resolved.pop('pretrained_cfg_overlay', {}).get('file') or cfg.file)
+    resolved.pop('pretrained_cfg', None)
+    resolved.setdefault('num_classes', cfg.num_classes)
+    if resolved['num_classes'] != cfg.num_classes:
+        raise ModelLoadError(f'{model} has weights for {cfg.num_classes} classes, not {num_classes}; '
+                             'drop --num-classes (fine-tune with timm.create_model(..., pretrained=True, '
+                             'num_classes=N) instead)')
+    if 'label_names' not in resolved and cfg.label_names:
+        resolved['label_names'] = list(cfg.label_names)
+    net = _build_and_load(arch, resolved, file, load_state_dict(file), f'the pretrained tag {model}', strict)
+    net.pretrained_cfg = dict(cfg.to_dict(), file=str(file))
+    return net
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """Which model to load for inference: what the model flags of ``srdl-predict``/``-validate``/``-export`` say.
-
-    Attributes:
-        model: an architecture, pretrained tag, ``hf-hub:org/repo`` or ``local-dir:PATH``; None when
-            ``checkpoint`` has a config beside it.
-        checkpoint: a weights file or a run / published folder.
-        num_classes: the class count asked for; must equal the weights'.
-        model_kwargs: construction arguments overriding the config's.
-        random_init: no weights at all (smoke tests only): needs ``model``, excludes ``checkpoint``.
-    """
+    """Which model to load for inference (the model flags of ``srdl-predict``/``-validate``/``-export``);
+    ``random_init``: no weights at all (smoke tests only)."""
     model: Optional[str] = None
     checkpoint: Optional[str] = None
     num_classes: Optional[int] = None
@@ -410,16 +376,8 @@ class ModelSpec:
 
 
 def load_model_from_spec(spec: ModelSpec, num_classes: Optional[int] = None) -> nn.Module:
-    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU.
-
-    ``num_classes`` is a default for ``spec.num_classes`` (e.g. the dataset's: it builds a bare checkpoint without
-    a config, and must equal the class count of weights that have one; a mismatch is an error). Without
-    ``checkpoint`` the pretrained weights of ``model`` are loaded, unless ``random_init``.
-
-    Raises:
-        InputError: no model named, or ``random_init`` with a checkpoint or without a model.
-        ModelLoadError: as :func:`load_model`.
-    """
+    """The model ``spec`` describes, loaded strictly by :func:`load_model`, in eval mode, on the CPU
+    (``num_classes``: default of ``spec.num_classes``)."""
     classes = spec.num_classes if spec.num_classes is not None else num_classes
     kwargs = dict(spec.model_kwargs)
     if spec.random_init:

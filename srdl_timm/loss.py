@@ -17,12 +17,8 @@ REDUCTIONS = ('mean', 'sum')
 
 
 def masked_bce_with_logits(logits: Tensor, target: Tensor, reduction: str = 'mean') -> Tensor:
-    """Binary cross-entropy (eqs. 11/12, as a loss: the negated log-likelihood) over the labelled entries.
-
-    ``target`` is 1 (present), 0 (absent) or -1 (ignored, e.g. VOC difficult-only). ``reduction='mean'`` averages
-    over the entries that are not ignored (B*C when none are); ``'sum'`` adds them up, as eqs. 11-12 write it (for a
-    mini-batch: the sum over its images and classes). Computed in float32 from logits.
-    """
+    """Binary cross-entropy (eqs. 11/12) over the labelled entries (target -1 ignored), in float32; ``'mean'``
+    over those entries or ``'sum'`` as eqs. 11-12 write it."""
     return _reduce_labelled(lambda x, y: F.binary_cross_entropy_with_logits(x, y, reduction='none'),
                             logits, target, reduction)
 
@@ -34,13 +30,8 @@ ASL_DEFAULTS: Dict[str, float] = {'gamma_neg': 4.0, 'gamma_pos': 0.0, 'clip': 0.
 
 def masked_asl_with_logits(logits: Tensor, target: Tensor, reduction: str = 'mean', gamma_neg: float = 4.0,
                            gamma_pos: float = 0.0, clip: float = 0.05) -> Tensor:
-    """The asymmetric loss (ASL, Ben-Baruch et al. 2020) over the labelled entries, reduced like
-    :func:`masked_bce_with_logits` (target -1 ignored; mean or sum; float32 also under autocast).
-
-    Per entry: ``-(1-p)^gamma_pos log p`` for a positive, ``-p_m^gamma_neg log(1 - p_m)`` with ``p_m = max(p - clip,
-    0)`` for a negative. The per-entry values are timm's ``AsymmetricLossMultiLabel(reduction='none')``; we keep the
-    masking and the reduction because timm's has no ignored entries and ASL's own code sums.
-    """
+    """The asymmetric loss (ASL, Ben-Baruch et al. 2020) per entry as timm's ``AsymmetricLossMultiLabel``, over
+    the labelled entries and reduced like :func:`masked_bce_with_logits`."""
     asl = AsymmetricLossMultiLabel(gamma_neg=gamma_neg, gamma_pos=gamma_pos, clip=clip, reduction='none')
     return _reduce_labelled(asl, logits, target, reduction)
 
@@ -68,22 +59,10 @@ ERA_SCOPES = ('all', 'erased')
 class SRDLLoss(nn.Module):
     """``L = L_ori + L_era`` (eq. 13): BCE on the original logits (eq. 11) plus BCE on the erased ones (eq. 12).
 
-    ``loss='asl'`` uses the asymmetric loss (:func:`masked_asl_with_logits`, hyper-parameters ``asl``, default
-    :data:`ASL_DEFAULTS`) for both terms instead of BCE (not the paper's objective; the common multi-label choice).
-
-    ``reduction``: each term is the mean over its labelled entries (``'mean'``, the default) or their sum
-    (``'sum'``, eqs. 11-12 as written, over the mini-batch). Under SGD the two differ by a learning-rate factor
-    of B*C. Under Adam a constant loss scale leaves the data part of the step unchanged, but *not* the L2 weight
-    decay that ``torch.optim.Adam(weight_decay=...)`` adds to the gradient: with the mean the decay weighs B*C times
-    more against the data gradient than with the sum (MODEL_CARD.md, "Loss reduction"). Called with a plain logits
-    tensor (OE off or evaluation), it is ``L_ori`` alone. ``erased_weight`` scales ``L_era`` (1 in the paper).
-
-    ``era_scope`` says which entries eq. 12 covers. ``'all'`` (default, the paper as written): all B*C entries of
-    the erased pass, where the C-K classes that were not erased keep their original logits (so their BCE counts
-    twice in eq. 13 and the K erased entries carry K/(2C) of the loss). ``'erased'``: only the B*K erased entries,
-    the top-``topk`` classes of the detached original logits, selected by
-    :func:`srdl_timm.layers.oe.select_erased_classes` -- the same function the model's OE uses, so ``topk`` must
-    be the model's ``oe_topk``.
+    ``loss='asl'``: the asymmetric loss for both terms. ``reduction``: mean or sum over the labelled entries (under
+    Adam this changes how strongly weight decay acts). ``erased_weight`` scales ``L_era``. ``era_scope='all'``: eq. 12
+    over all entries (the paper); ``'erased'``: only the top-``topk`` erased classes
+    (:func:`srdl_timm.layers.oe.select_erased_classes`). A plain logits tensor gives ``L_ori`` alone.
     """
 
     def __init__(self, erased_weight: float = 1.0, era_scope: str = 'all', topk: Optional[int] = None,

@@ -1,11 +1,5 @@
-"""Writing the weights registry ``weights/manifest.json``: register published weights, verify files, render the table.
-
-The registry's schema is in ``weights/README.md``; reading it (pretrained tags, sha256 checks at load time) is
-:mod:`srdl_timm.models.pretrained`. :func:`register_weights` adds the weights of a folder written by
-:func:`srdl_timm.hub.save_pretrained_dir` (optionally copying them into ``weights/``), :func:`verify_manifest`
-checks every listed file on this machine against its sha256, :func:`manifest_markdown` renders the table for
-MODEL_CARD.md.
-"""
+"""Writing the weights registry ``weights/manifest.json`` (schema in ``weights/README.md``): register published weights,
+verify files, render the table. Reading it is :mod:`srdl_timm.models.pretrained`."""
 from __future__ import annotations
 
 import datetime
@@ -39,6 +33,22 @@ def read_json(path: PathLike, what: str) -> Any:
         raise InputError(f'{what} {path} is not valid JSON: {e}') from e
 
 
+def _entry(config: Dict[str, Any], folder: Path, tag: str, rel: Optional[str], digest: str, size: int,
+           **fields: Any) -> Dict[str, Any]:
+    """The manifest entry of a published folder's weights (``fields``: the registration's own values)."""
+    pcfg = config.get('pretrained_cfg') or {}
+    entry = dict(architecture=config['architecture'], tag=tag, hf_hub_id=fields.pop('hf_hub_id'),
+                 hf_revision=fields.pop('hf_revision'), file=rel, sha256=digest, size_bytes=size,
+                 num_classes=int(config['num_classes']), label_names=config.get('label_names'), **fields,
+                 created=datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
+                 model_args=config.get('model_args') or {},
+                 pretrained_cfg={k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None})
+    thresholds = LabelThresholds.from_json(config, str(folder / 'config.json'))
+    if thresholds is not None:
+        entry.update(thresholds.to_json())
+    return entry
+
+
 def register_weights(
         folder: PathLike,
         *,
@@ -55,28 +65,16 @@ def register_weights(
         replace: bool = False,
         notes: Optional[str] = None,
 ) -> Dict[str, Any]:
-    """Add a published folder's weights to the registry (``weights/manifest.json``).
+    """Add a published folder's weights to the registry (``weights/manifest.json``); returns the entry written.
 
     Args:
-        folder: a folder written by :func:`save_pretrained_dir` (config.json + model.safetensors); its per-class
-            decision thresholds (``label_thresholds`` + ``label_thresholds_info``), when it has any, go into the
-            entry too.
-        tag: the pretrained tag; the weights then load as ``timm.create_model('<architecture>.<tag>',
-            pretrained=True)``.
-        dataset: what the weights were trained and evaluated on.
-        recipe: the command that trained them.
-        label_names_source: where the class names / order come from (e.g. ``srdl_timm.data.label_sets.COCO_CLASSES``).
-        metrics: the srdl-validate report (path or dict) of these weights; its protocol is stored with the values.
-        protocol: protocol fields added to / overriding the report's.
-        ship: copy model.safetensors to ``weights/<architecture>.<tag>.safetensors`` (offline use).
-        hf_hub_id: the Hub repo the folder was pushed to, if any.
-        hf_revision: the Hub commit holding exactly this file (pins the sha256).
-        manifest: the manifest to edit (default :func:`manifest_path`; created if missing).
-        replace: replace an existing entry with the same architecture and tag.
-        notes: free text.
-
-    Returns:
-        The entry written.
+        folder: a folder written by :func:`save_pretrained_dir` (its decision thresholds go into the entry too).
+        tag: the pretrained tag (``timm.create_model('<architecture>.<tag>', pretrained=True)``).
+        dataset, recipe, label_names_source, notes: what the entry states.
+        metrics, protocol: the srdl-validate report (path or dict) of these weights, and protocol overrides.
+        ship: copy model.safetensors to ``weights/<architecture>.<tag>.safetensors``.
+        hf_hub_id, hf_revision: the Hub repo and the commit holding exactly this file.
+        manifest: the manifest to edit (default :func:`manifest_path`); replace: replace an existing entry.
     """
     folder = Path(folder)
     config = read_config_json(folder / 'config.json')
@@ -101,28 +99,9 @@ def register_weights(
         rel = f'{arch}.{tag}.safetensors'
         atomic_write_bytes(mfile.parent / rel, weights.read_bytes())
         verify_sha256(mfile.parent / rel, digest, f'the copy of {weights}')
-    pcfg = config.get('pretrained_cfg') or {}
-    entry = {
-        'architecture': arch,
-        'tag': tag,
-        'hf_hub_id': hf_hub_id,
-        'hf_revision': hf_revision,
-        'file': rel,
-        'sha256': digest,
-        'size_bytes': weights.stat().st_size,
-        'num_classes': int(config['num_classes']),
-        'label_names': config.get('label_names'),
-        'label_names_source': label_names_source,
-        'dataset': dataset,
-        'metrics': {'values': values, 'protocol': proto},
-        'recipe': recipe,
-        'created': datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat(),
-        'model_args': config.get('model_args') or {},
-        'pretrained_cfg': {k: pcfg[k] for k in MANIFEST_CFG_KEYS if pcfg.get(k) is not None},
-    }
-    thresholds = LabelThresholds.from_json(config, str(folder / 'config.json'))
-    if thresholds is not None:
-        entry.update(thresholds.to_json())
+    entry = _entry(config, folder, tag, rel, digest, weights.stat().st_size, hf_hub_id=hf_hub_id,
+                   hf_revision=hf_revision, label_names_source=label_names_source, dataset=dataset,
+                   metrics={'values': values, 'protocol': proto}, recipe=recipe)
     if notes:
         entry['notes'] = notes
     validate_entry(entry, len(data['weights']), str(mfile))
@@ -133,16 +112,8 @@ def register_weights(
 
 
 def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLike] = None) -> List[Tuple[str, str]]:
-    """Check every weight of the manifest that is on this machine against its sha256.
-
-    Args:
-        path: the manifest (default :func:`manifest_path`).
-        cache_dir: Hugging Face cache to look in for Hub-only entries (nothing is downloaded).
-
-    Returns:
-        ``[(architecture.tag, status)]`` with status ``'ok'``, ``'MISMATCH ...'``, ``'missing'`` or
-        ``'not cached'``.
-    """
+    """Check every weight of the manifest on this machine (``cache_dir``: Hugging Face cache, nothing downloaded)
+    against its sha256: ``[(architecture.tag, 'ok' | 'MISMATCH ...' | 'missing' | 'not cached')]``."""
     from huggingface_hub import try_to_load_from_cache
 
     mfile = Path(path) if path is not None else manifest_path()
@@ -164,15 +135,8 @@ def verify_manifest(path: Optional[PathLike] = None, cache_dir: Optional[PathLik
 
 
 def manifest_markdown(manifest: Union[None, PathLike, Mapping[str, Any]] = None) -> str:
-    """A markdown table of the registry, for MODEL_CARD.md.
-
-    Args:
-        manifest: a manifest path or an already loaded manifest dict (default :func:`manifest_path`).
-
-    Returns:
-        Markdown: one row per weight (model name, dataset, classes, metrics, protocol, where, sha256, recipe), or a
-        sentence saying that none exist yet and how to make them.
-    """
+    """A markdown table of the registry (a path or a loaded dict) for MODEL_CARD.md, or a sentence saying none
+    exist yet and how to make them."""
     data = dict(manifest) if isinstance(manifest, Mapping) else load_manifest(manifest)
     if not data['weights']:
         return ('No SRDL weights are published or shipped yet. Train with `srdl-train`, evaluate with '

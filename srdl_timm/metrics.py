@@ -1,11 +1,7 @@
 """Multi-label metrics (paper §4.1, eqs. 14–16): per-class AP / mAP in both definitions, CP/CR/CF1/OP/OR/OF1.
 
-Both AP definitions in use in the literature are always reported, each under its own name (never 11-point AP):
-``'non_interpolated'`` (ML-GCN, ASL; scikit-learn's) and ``'interpolated'`` (all-point, VOC2010+), see
-:func:`average_precision`, including ties. Target -1 (VOC difficult-only at evaluation, any ignore mask) removes
-that (image, class) entry from its class's ranking and from every count; a class without a positive has AP NaN and
-is left out of mAP, CP and CR. :func:`precision_recall_f1` is eqs. 14–16; :class:`MultiLabelMetrics` streams
-batches (gathering them under ``torch.distributed``) and reports every value in percent, top-3 variants included.
+Target -1 removes that (image, class) entry from its class's ranking and every count; a class without a positive
+has AP NaN and is left out of the averages.
 """
 import logging
 import math
@@ -69,21 +65,14 @@ def average_precision(
     """Per-class average precision (§4.1), as a fraction in [0, 1].
 
     Args:
-        scores: ``[N, C]`` (or ``[N]``) scores, logits or probabilities — only their order matters.
+        scores: ``[N, C]`` (or ``[N]``) scores; only their order matters (rank fp32 logits).
         targets: same shape; 1 = positive, 0 = negative, -1 = ignore.
-        mode: ``'non_interpolated'``: the mean, over the positives, of the precision at each positive's rank
-            (ML-GCN, ASL, CSRA; equals scikit-learn's ``average_precision_score``); ``'interpolated'``: all-point
-            interpolated AP (VOC2010+ devkit; SSGRL, Query2Label), precision replaced by its running maximum from
-            the right (the envelope) before summing over recall steps, so it is >= the non-interpolated value.
-            Ties: samples with equal scores form one threshold (precision and recall taken after the whole tied
-            group), as scikit-learn does, so AP does not depend on sample order (gathering from several processes
-            in any order gives the same number); peer code ranking with ``argsort`` breaks ties by order instead,
-            and agrees whenever scores are tie-free. Compute it from fp32 logits (ranking is invariant under the
-            sigmoid, and fp16/bf16 sigmoids saturate into ties).
-        ignore: optional boolean mask of entries to leave out, in addition to targets == -1.
+        mode: ``'non_interpolated'`` (mean precision at each positive's rank; scikit-learn's) or ``'interpolated'``
+            (all-point, VOC2010+). Tied scores form one threshold, so AP does not depend on sample order.
+        ignore: optional boolean mask of entries to leave out.
 
     Returns:
-        float64 array ``[C]`` (shape ``[1]`` for 1-D input); NaN for a class without any (non-ignored) positive.
+        float64 ``[C]`` (``[1]`` for 1-D input); NaN for a class without a positive.
     """
     if mode not in AP_MODES:
         raise ValueError(f'AP mode must be one of {AP_MODES}, got {mode!r}')
@@ -109,24 +98,13 @@ def average_precision(
 
 
 def precision_recall_f1(predicted: ArrayLike, targets: ArrayLike) -> Dict[str, float]:
-    """CP, CR, CF1, OP, OR, OF1 of eqs. 14–16 from binary predictions, as fractions.
+    """CP, CR, CF1, OP, OR, OF1 of eqs. 14–16 from boolean ``predicted`` ``[N, C]``, as fractions::
 
-    With N^c_i correct, N^p_i predicted and N^g_i ground-truth positives of class i::
-
-        OP = Σ N^c / Σ N^p     CP = 1/C Σ N^c_i / N^p_i     (a class with N^p_i = 0 has precision 0, as in ML-GCN)
+        OP = Σ N^c / Σ N^p     CP = 1/C Σ N^c_i / N^p_i     (N^p_i = 0: precision 0)
         OR = Σ N^c / Σ N^g     CR = 1/C Σ N^c_i / N^g_i
         OF1 = 2·OP·OR/(OP+OR)  CF1 = 2·CP·CR/(CP+CR)
 
-    Unlike ML-GCN, which counts predictions on VOC difficult entries as false positives, ignored entries are left
-    out of the counts.
-
-    Args:
-        predicted: ``[N, C]`` boolean predictions.
-        targets: ``[N, C]`` with 1 / 0 / -1 (ignored entries are left out of every count).
-
-    Returns:
-        ``{'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1'}``; class averages run over classes with ≥ 1 positive, a class with
-        no prediction has precision 0, an F1 with P + R = 0 is 0; NaN when no class has a positive.
+    Ignored targets (-1) are left out of every count; class averages run over classes with a positive.
     """
     pred = np.asarray(_to_numpy(predicted), dtype=bool)
     t = _to_numpy(targets)
@@ -163,21 +141,9 @@ def _logit(p: Union[float, Sequence[float]]) -> Union[float, np.ndarray]:
 class MultiLabelMetrics:
     """Streaming multi-label evaluation: accumulate ``(logits, targets)`` batches, then :meth:`compute`.
 
-    "Predicted" means sigmoid(logit) >= ``threshold`` (0.5 ⇔ logit >= 0), a global probability or one per class
-    (:mod:`srdl_timm.labels.thresholds`). The top-k variants (keys ``CP_top3`` …)
-    predict the k highest-scored classes of each image (ties → lower class index) and, as in ML-GCN's
-    ``overall_topk``, only those of them that also pass the threshold (``topk_requires_threshold=False`` drops that
-    condition). ``num_classes_evaluated`` says how many classes (those with a positive) were averaged.
-
-    Logits are stored as float32 on the CPU. Under ``torch.distributed`` :meth:`compute` (a collective: every
-    rank must call it) gathers all ranks' arrays first, so with a non-padding sampler every sample counts once.
-
-    Args:
-        label_names: class names (keys of the per-class AP in reports); optional.
-        num_classes: C, checked on every update (taken from ``label_names`` or the first batch when None).
-        threshold: probability threshold for CP … OF1 (0.5 in the paper's tables), or a sequence of per-class ones.
-        top_k: k of the top-k variants (3 in the literature).
-        topk_requires_threshold: top-k predictions must also pass the threshold (ML-GCN's ``overall_topk``).
+    "Predicted" is sigmoid(logit) >= ``threshold`` (global or per class). The top-k variants predict the k
+    highest-scored classes (ties → lower index) that also pass the threshold unless ``topk_requires_threshold`` is
+    False. Under ``torch.distributed`` :meth:`compute` is a collective that gathers every rank's samples.
     """
 
     def __init__(
@@ -246,18 +212,8 @@ class MultiLabelMetrics:
         return all_gather_concat(logits), all_gather_concat(targets)
 
     def compute(self, distributed: Optional[bool] = None) -> Dict[str, Any]:
-        """Compute every metric over all accumulated samples, in percent.
-
-        Args:
-            distributed: gather every rank's samples first (default: when torch.distributed is initialised). Pass
-                False when only this rank evaluated (e.g. rank 0 on the whole set), or the call would block.
-
-        Returns:
-            ``mAP_interpolated``, ``mAP_non_interpolated`` (floats); ``AP_interpolated``, ``AP_non_interpolated``
-            (float64 arrays ``[C]``, NaN for classes without positives); ``CP``, ``CR``, ``CF1``, ``OP``, ``OR``,
-            ``OF1`` at ``threshold`` (per class when given so); the same with suffix ``_top{k}``; ``num_samples``,
-            ``num_classes``, ``num_classes_evaluated``, ``num_ignored_entries``, ``num_samples_all_ignored`` (e.g.
-            unreadable images skipped by the dataset), ``threshold``, ``top_k``.
+        """Every metric over all accumulated samples, in percent (``distributed``: gather every rank's first;
+        default when torch.distributed is initialised): both mAPs and per-class APs, CP … OF1 and ``_top{k}``, counts.
         """
         logits_t, targets_t = self.gather(distributed)
         return self.compute_from(logits_t, targets_t)

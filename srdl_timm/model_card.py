@@ -1,13 +1,7 @@
 """The README.md model card of a published SRDL folder / Hub repo, and the metrics + protocol it reports.
 
-The card's front matter is Hub metadata built with ``huggingface_hub.ModelCardData``: ``library_name: timm``,
-``pipeline_tag: image-classification``, multi-label ``tags``, ``license``; ``datasets`` and the ``model-index``
-(whose ``dataset.type`` must be a Hub dataset id) only when a Hub dataset id is given — a local dataset's name is
-stated in the text, never passed off as a Hub id. The text gives the label names (or says there are none), the
-pre-processing, the decision thresholds (per class, where and how they were tuned, or 0.5), the metrics with the
-protocol they were measured under, a usage snippet that runs as written
-(``hf-hub:<repo>`` for a Hub card, the folder's absolute ``local-dir:`` path for a local one) and the paper's
-citation. The paper's text names no venue, year, DOI or arXiv id, so the card invents none.
+The front matter is Hub metadata (``huggingface_hub.ModelCardData``); ``datasets`` and the model-index only with a
+Hub dataset id, never a local dataset's name. The usage snippet runs as written; the citation invents no venue.
 """
 from __future__ import annotations
 
@@ -63,11 +57,8 @@ def normalise_metrics(
         metrics: Union[None, PathLike, Mapping[str, Any]],
         protocol: Optional[Mapping[str, Any]] = None,
 ) -> Tuple[Dict[str, float], Dict[str, Any], Optional[List[str]]]:
-    """(metric values, protocol, label names) of an srdl-validate report, a plain dict or a JSON file's path.
-
-    Raises:
-        InputError: an unreadable report, or metrics without their protocol (AP definition, split, input size).
-    """
+    """(metric values, protocol, label names) of an srdl-validate report, a plain dict or a JSON file's path;
+    :class:`InputError` for an unreadable report or metrics without their protocol."""
     import json
 
     source = 'metrics'
@@ -200,34 +191,45 @@ def model_card(
 
     Args:
         config: the config.json written beside it.
-        repo_id: Hub repo; the usage snippet then loads ``hf-hub:<repo_id>``.
-        local_dir: the folder, for the snippet of a card without ``repo_id`` (``local-dir:<absolute path>``).
-        metrics: metric name -> value (percent), as in srdl-validate reports.
-        protocol: how the metrics were measured (AP definitions, split, input size, pre-processing ...).
-        dataset: the dataset's name, as stated in the card's text.
-        hub_dataset: the dataset's Hugging Face Hub id (``org/name``), the only value put in the ``datasets``
-            metadata and the model-index.
-        license: license of the weights (default: the pretrained_cfg's, else apache-2.0).
-        recipe: the training command.
-        sha256: sha256 of model.safetensors.
-        num_params: parameter count.
-        description: an extra paragraph (e.g. the domain the weights know).
-
-    Raises:
-        InputError: ``hub_dataset`` is not a Hub dataset id.
+        repo_id, local_dir: where the usage snippet loads from (``hf-hub:`` / ``local-dir:``).
+        metrics, protocol: metric values (percent) and how they were measured.
+        dataset, hub_dataset: the dataset's name and Hub id (only the id goes into the metadata).
+        license, recipe, sha256, num_params, description: stated in the card.
     """
-    from huggingface_hub import EvalResult, ModelCardData
-
     metrics = dict(metrics or {})
     protocol = dict(protocol or {})
     arch = config['architecture']
     pcfg = config.get('pretrained_cfg', {})
-    margs = config.get('model_args', {})
     name = repo_id.split('/')[-1] if repo_id else arch
     dataset = dataset or protocol.get('dataset') or hub_dataset
     license = license or pcfg.get('license') or 'apache-2.0'
     if hub_dataset is not None and not _HUB_DATASET_RE.match(hub_dataset):
         raise InputError(f'--hub-dataset {hub_dataset!r} is not a Hugging Face Hub dataset id ("org/name")')
+    lines = ['---', _front_matter(name, license, metrics, protocol, dataset, hub_dataset), '---',
+             f'# Model card for {name}', '',
+             'SRDL (Semantic Representation and Dependency Learning) multi-label image classifier: a timm CNN '
+             'backbone followed by the category-aware region head (label graph over label-name word vectors, '
+             'channel and spatial category attention, per-category classifier). Object erasing (OE) is a '
+             'training-time regulariser only; inference is a single forward pass returning one logit per class '
+             '(apply a sigmoid for per-class probabilities; they do not sum to 1).']
+    if description:
+        lines += ['', description]
+    details = _details(config, dataset, hub_dataset, sha256, recipe, num_params)
+    lines += ['', '## Model Details'] + [f'- **{k}:** {v}' for k, v in details]
+    source = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{os.path.abspath(os.fspath(local_dir or "."))}'
+    lines += ['', '## Model Usage', '', '```python', usage_snippet(source), '```',
+              '', 'Fine-tune on other categories with `num_classes=N` (the classifier and the label-graph nodes '
+              'are re-initialised; pass `label_embeddings=` for the new names), or start from ImageNet with '
+              '`pretrained_backbone=True` instead of these weights.']
+    lines += _thresholds_section(config) + _evaluation_section(metrics, protocol)
+    lines += ['', '## Citation', '', '```bibtex', CITATION, '```']
+    return '\n'.join(lines) + '\n'
+
+
+def _front_matter(name: str, license: str, metrics: Dict[str, float], protocol: Dict[str, Any],
+                  dataset: Optional[str], hub_dataset: Optional[str]) -> str:
+    """The Hub metadata (YAML), with a model-index when metrics and a Hub dataset are given."""
+    from huggingface_hub import EvalResult, ModelCardData
     eval_results = None
     if metrics and hub_dataset:
         eval_results = [
@@ -237,18 +239,15 @@ def model_card(
                 dataset_split=str(protocol['split']) if protocol.get('split') else None,
                 metric_type=key, metric_value=round(float(value), 4), metric_name=METRIC_NAMES.get(key, key))
             for key, value in ordered_metrics(metrics)]
-    card_data = ModelCardData(
+    return ModelCardData(
         library_name='timm', license=license, pipeline_tag='image-classification', tags=list(_TAGS),
-        datasets=[hub_dataset] if hub_dataset else None, model_name=name, eval_results=eval_results)
+        datasets=[hub_dataset] if hub_dataset else None, model_name=name, eval_results=eval_results).to_yaml()
 
-    lines = ['---', card_data.to_yaml(), '---', f'# Model card for {name}', '',
-             'SRDL (Semantic Representation and Dependency Learning) multi-label image classifier: a timm CNN '
-             'backbone followed by the category-aware region head (label graph over label-name word vectors, '
-             'channel and spatial category attention, per-category classifier). Object erasing (OE) is a '
-             'training-time regulariser only; inference is a single forward pass returning one logit per class '
-             '(apply a sigmoid for per-class probabilities; they do not sum to 1).']
-    if description:
-        lines += ['', description]
+
+def _details(config: Mapping[str, Any], dataset: Optional[str], hub_dataset: Optional[str], sha256: Optional[str],
+             recipe: Optional[str], num_params: Optional[int]) -> List[Tuple[str, str]]:
+    """The card's "Model Details" entries."""
+    arch, pcfg, margs = config['architecture'], config.get('pretrained_cfg', {}), config.get('model_args', {})
     size = pcfg.get('input_size')
     details = [
         ('Model type', 'multi-label image classification (independent sigmoid per class)'),
@@ -272,30 +271,24 @@ def model_card(
         details.append(('Weights', f'`model.safetensors`, sha256 `{sha256}`'))
     if recipe:
         details.append(('Training recipe', f'`{recipe}`'))
-    lines += ['', '## Model Details'] + [f'- **{k}:** {v}' for k, v in details]
+    return details
 
-    source = f'hf-hub:{repo_id}' if repo_id else f'local-dir:{os.path.abspath(os.fspath(local_dir or "."))}'
-    lines += ['', '## Model Usage', '', '```python', usage_snippet(source), '```',
-              '', 'Fine-tune on other categories with `num_classes=N` (the classifier and the label-graph nodes '
-              'are re-initialised; pass `label_embeddings=` for the new names), or start from ImageNet with '
-              '`pretrained_backbone=True` instead of these weights.']
 
-    lines += _thresholds_section(config)
-    if metrics:
-        units = protocol.get('units', 'percent')
-        lines += ['', '## Evaluation', '', f'| metric | value ({units}) |', '|---|---|']
-        lines += [f'| {METRIC_NAMES.get(k, k)} | {v:.2f} |' for k, v in ordered_metrics(metrics)]
-        lines += ['', '### Protocol', '']
-        for key in PROTOCOL_KEYS:
-            if key not in protocol:
-                continue
-            value = protocol[key]
-            if isinstance(value, Mapping):
-                lines.append(f'- **{key}:**')
-                lines += [f'  - {k}: {v}' for k, v in value.items()]
-            else:
-                lines.append(f'- **{key}:** {_fmt(value) if isinstance(value, (list, tuple)) else value}')
-    else:
-        lines += ['', '## Evaluation', '', 'No evaluation was published with these weights.']
-    lines += ['', '## Citation', '', '```bibtex', CITATION, '```']
-    return '\n'.join(lines) + '\n'
+def _evaluation_section(metrics: Dict[str, float], protocol: Dict[str, Any]) -> List[str]:
+    """The card's "Evaluation" section: the metrics table and how they were measured."""
+    if not metrics:
+        return ['', '## Evaluation', '', 'No evaluation was published with these weights.']
+    units = protocol.get('units', 'percent')
+    lines = ['', '## Evaluation', '', f'| metric | value ({units}) |', '|---|---|']
+    lines += [f'| {METRIC_NAMES.get(k, k)} | {v:.2f} |' for k, v in ordered_metrics(metrics)]
+    lines += ['', '### Protocol', '']
+    for key in PROTOCOL_KEYS:
+        if key not in protocol:
+            continue
+        value = protocol[key]
+        if isinstance(value, Mapping):
+            lines.append(f'- **{key}:**')
+            lines += [f'  - {k}: {v}' for k, v in value.items()]
+        else:
+            lines.append(f'- **{key}:** {_fmt(value) if isinstance(value, (list, tuple)) else value}')
+    return lines

@@ -1,11 +1,7 @@
 """Multi-label predictions (and Figure-5 attention overlays) for image files: the library behind ``srdl-predict``.
 
-Inputs come from :func:`srdl_timm.data.inputs.collect_inputs` (files, folders, globs; failures kept as items); each
-image gets the labels :func:`select_labels` chooses (score >= ``threshold``, one global value or one per class,
-and/or the ``topk`` best); :func:`decision_thresholds` says which thresholds apply (a given one, else the weights'
-per-class thresholds, else 0.5). :func:`predict_files` returns one :class:`Prediction` per input, in input order,
-with the reason when an input failed; :func:`format_table`, :func:`format_json` and :func:`format_csv` render them
-and :func:`weights_summary` says what the weights know (label set, training data) for the header of the output.
+Each image gets the labels :func:`select_labels` chooses by :func:`decision_thresholds` (a given threshold, else
+the weights' per-class ones, else 0.5) and/or ``topk``; a failed input is kept with its reason.
 """
 import csv
 import dataclasses
@@ -38,15 +34,8 @@ _logger = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class Prediction:
-    """The result for one input.
-
-    Attributes:
-        path: the image path (or the input spec that failed).
-        labels: ``(label, class index, score)`` in decreasing score order.
-        error: why the input failed, or None.
-        size: ``(width, height)`` of the image.
-        explanations: PNG files written for it by ``--explain``.
-    """
+    """The result for one input: ``path``, ``labels`` (``(label, index, score)``, by decreasing score), ``error``,
+    image ``size`` and the ``explanations`` PNGs."""
     path: str
     labels: List[Tuple[str, int, float]] = dataclasses.field(default_factory=list)
     error: Optional[str] = None
@@ -71,20 +60,11 @@ class Prediction:
         )
 
 
-# ----------------------------------------------------------------------------------------------------------
-# what the weights know
-# ----------------------------------------------------------------------------------------------------------
 def weights_summary(model: nn.Module, label_names: Sequence[str], source: Optional[str] = None,
                     trained_on: Optional[str] = None) -> Dict[str, Any]:
-    """What the loaded weights know, from the model's ``pretrained_cfg`` (filled from ``weights/manifest.json``,
-    a Hub/local ``config.json`` or a training run's ``train_config.json``).
-
-    Returns ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note', 'attention'}``: ``trained_on`` is the given one
-    (e.g. a training run's data, :func:`srdl_timm.loading.read_model_config`), else the ``pretrained_cfg``
-    ``dataset``/``description`` when recorded (else None), and ``note`` says that scores are only meaningful for
-    these labels on images like the training data; ``attention`` warns when the model's attention maps are known not
-    to be category-specific (the paper's head), else None.
-    """
+    """What the loaded weights know: ``{'weights', 'num_labels', 'label_names', 'trained_on', 'note', 'attention'}``
+    from the model's ``pretrained_cfg`` (``trained_on``: the given one, else its dataset/description); ``attention``
+    warns when the model's maps are known not to be category-specific (the paper's head), else None."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     arch, tag = cfg.get('architecture'), cfg.get('tag')
     weights = (f'{arch}.{tag}' if arch and tag else arch) or type(model).__name__
@@ -124,15 +104,8 @@ def summary_lines(summary: Dict[str, Any], max_names: int = 20) -> List[str]:
 
 def decision_thresholds(model: nn.Module, threshold: Optional[float] = None,
                         topk: Optional[int] = None) -> Dict[str, Any]:
-    """Which thresholds decide the labels: ``threshold`` when given (one value for every class), else with ``topk``
-    alone none (the ``topk`` best), else the model's per-class thresholds
-    (:func:`srdl_timm.labels.model_label_thresholds`), else 0.5.
-
-    Returns:
-        ``{'threshold', 'source', 'description'}``: the value for :func:`select_labels` (a float, a list with one
-        probability per class, or None), ``'given'`` / ``'top-k only'`` / ``'weights'`` / ``'default'``, and a
-        line saying so.
-    """
+    """Which thresholds decide the labels: ``threshold`` when given, none with ``topk`` alone, else the model's
+    per-class thresholds, else 0.5. Returns ``{'threshold', 'source', 'description'}``."""
     if threshold is not None:
         return dict(threshold=float(threshold), source='given',
                     description=f'{threshold:g} for every class (given)'
@@ -169,9 +142,6 @@ def select_labels(
     return [(str(label_names[i]), int(i), float(scores[i])) for i in order]
 
 
-# ----------------------------------------------------------------------------------------------------------
-# inference
-# ----------------------------------------------------------------------------------------------------------
 def _forward_scores(model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype]) -> torch.Tensor:
     """Sigmoid scores ``[B, C]`` in float32; with AMP the backbone runs under autocast and the head in float32."""
     if amp_dtype is None:
@@ -199,6 +169,27 @@ def _unique_stem(path: str, used: set) -> str:
     return stem
 
 
+def _check_outputs(model: nn.Module, label_names: Sequence[str], threshold: Union[None, float, Sequence[float]],
+                   scores: Optional[int] = None) -> None:
+    """The label names (and thresholds, and the scores per image returned) match the model's outputs."""
+    num_classes = getattr(model, 'num_classes', len(label_names))
+    if scores is not None and scores != len(label_names):
+        raise InputError(f'the model returned {scores} scores per image for {len(label_names)} label names')
+    if len(label_names) != num_classes:
+        raise InputError(f'{len(label_names)} label names for a model with {num_classes} outputs')
+    if threshold is not None and np.ndim(threshold) and len(threshold) != num_classes:
+        raise InputError(f'{len(threshold)} thresholds for a model with {num_classes} outputs')
+
+
+def _keep_decoded(batch_items: List[Dict[str, Any]], results: List[Prediction]) -> List[Dict[str, Any]]:
+    """The decoded items of a batch; records the error of each other one in its result (``results``: per index)."""
+    for it in batch_items:
+        if it['error'] is not None:
+            results[it['index']].error = it['error']
+            _logger.warning('%s: %s', results[it['index']].path, it['error'])
+    return [it for it in batch_items if it['error'] is None]
+
+
 def predict_files(
         model: nn.Module,
         items: Sequence[InputItem],
@@ -223,18 +214,9 @@ def predict_files(
         model: timm model returning logits ``[B, C]``; moved to ``device`` and put in eval mode.
         items: from :func:`collect_inputs`; items that already failed are passed through.
         label_names: one name per output.
-        transform: PIL -> normalised tensor (default: the project's eval transform for the model).
-        threshold / topk: label selection (:func:`select_labels`; ``threshold`` one value or one per class).
-        batch_size: images per forward pass.
-        device: where the model runs (default: the model's device).
-        amp_dtype: autocast dtype for the backbone, or None for float32.
-        channels_last: run in channels-last memory format.
-        workers: DataLoader processes decoding images (0 = in this process).
-        explain_dir: write the attention overlays of :func:`srdl_timm.explain.save_explanation` here (SRDL only).
-        explain_topk: categories per overlay set (Figure 5: 3).
-        explain_erase: outline the rectangle OE would erase.
-        erase_alpha: OE threshold (default: the model's).
-        progress: show a tqdm bar.
+        threshold / topk: label selection (:func:`select_labels`).
+        transform, batch_size, device, amp_dtype, channels_last, workers, progress: the forward pass.
+        explain_dir, explain_topk, explain_erase, erase_alpha: write Figure-5 attention overlays here (SRDL only).
     """
     from .explain import default_eval_transform, explain_batch, save_explanation
     if batch_size < 1:
@@ -246,29 +228,20 @@ def predict_files(
         model.to(memory_format=torch.channels_last)
     if transform is None:
         transform = default_eval_transform(model)
-    num_classes = getattr(model, 'num_classes', len(label_names))
-    if len(label_names) != num_classes:
-        raise InputError(f'{len(label_names)} label names for a model with {num_classes} outputs')
-    if threshold is not None and np.ndim(threshold) and len(threshold) != num_classes:
-        raise InputError(f'{len(threshold)} thresholds for a model with {num_classes} outputs')
+    _check_outputs(model, label_names, threshold)
     results: List[Prediction] = [Prediction(item.path, error=item.error) for item in items]
     todo = [i for i, item in enumerate(items) if item.error is None]
+    pending = [results[i] for i in todo]
     dataset = ImageFiles([items[i].path for i in todo], transform, keep_image=explain_dir is not None)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_items)
     used_stems: set = set()
+    batches: Iterable = loader
     if progress:
         from tqdm import tqdm
-        batches: Iterable = tqdm(loader, desc='predict', dynamic_ncols=True, file=sys.stderr)
-    else:
-        batches = loader
+        batches = tqdm(loader, desc='predict', dynamic_ncols=True, file=sys.stderr)
     with torch.inference_mode():
         for batch_items in batches:
-            good = [it for it in batch_items if it['error'] is None]
-            for it in batch_items:
-                if it['error'] is not None:
-                    result = results[todo[it['index']]]
-                    result.error = it['error']
-                    _logger.warning('%s: %s', result.path, it['error'])
+            good = _keep_decoded(batch_items, pending)
             if not good:
                 continue
             batch = torch.stack([it['tensor'] for it in good]).to(device, non_blocking=True)
@@ -282,11 +255,9 @@ def predict_files(
                 scores = np.stack([e['probabilities'] for e in explained])
             else:
                 scores = _forward_scores(model, batch, amp_dtype).cpu().numpy()
-            if scores.shape[1] != len(label_names):
-                raise InputError(f'the model returned {scores.shape[1]} scores per image for {len(label_names)} '
-                                 'label names')
+            _check_outputs(model, label_names, None, scores.shape[1])
             for j, it in enumerate(good):
-                result = results[todo[it['index']]]
+                result = pending[it['index']]
                 result.labels = select_labels(scores[j], label_names, threshold, topk)
                 result.size = tuple(it['size'])
                 if explained is not None:
@@ -297,9 +268,6 @@ def predict_files(
     return results
 
 
-# ----------------------------------------------------------------------------------------------------------
-# output
-# ----------------------------------------------------------------------------------------------------------
 def format_table(predictions: Sequence[Prediction], decimals: int = 3, header: Sequence[str] = ()) -> str:
     """Plain-text table: ``header`` lines (e.g. :func:`summary_lines`), then one row per input (``label score``
     pairs or ``ERROR: …``) and a summary line at the end."""

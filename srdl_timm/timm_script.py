@@ -1,13 +1,8 @@
 """Run timm's own ``train.py`` / ``validate.py`` / ``inference.py`` with the SRDL models registered.
 
-timm has no plugin entry points, and its ``validate.py`` and ``inference.py`` cannot import one, so
 ``python -m srdl_timm.timm_script SCRIPT ARGS...`` imports :mod:`srdl_timm` and runs the script unchanged as
-``__main__`` (same parser, same exit status) against the installed timm. ``SCRIPT`` is a path or a bare name in
-``$SRDL_TIMM_SCRIPTS_DIR`` (a checkout of timm's repository at the installed tag: the scripts are in neither its
-wheel nor its sdist). For a multi-label SRDL model ``inference.py``'s softmax is replaced by a sigmoid (``--probs
-auto``; ``sigmoid|softmax`` forces either); a future script without that expression is refused, never shown
-softmax scores. Example: ``python -m srdl_timm.timm_script validate.py --model srdl_resnet101 --checkpoint
-m.safetensors``.
+``__main__``; ``SCRIPT`` is a path or a name in ``$SRDL_TIMM_SCRIPTS_DIR``. For a multi-label SRDL model
+``inference.py``'s softmax becomes a sigmoid (``--probs``).
 """
 from __future__ import annotations
 
@@ -40,11 +35,7 @@ Run one of timm's scripts (train.py, validate.py, inference.py) with the srdl_* 
 
 
 def resolve_script(script: str) -> str:
-    """Absolute path of ``script``: an existing path, else ``$SRDL_TIMM_SCRIPTS_DIR/script``.
-
-    Raises:
-        InputError: the script is found in neither place (the message says where to get timm's scripts).
-    """
+    """Absolute path of ``script``: an existing path, else ``$SRDL_TIMM_SCRIPTS_DIR/script`` (else InputError)."""
     candidates = [script]
     scripts_dir = os.environ.get(SCRIPTS_DIR_ENV)
     if scripts_dir and not os.path.isabs(script):
@@ -132,18 +123,8 @@ def _observe_create_model(on_model: Callable) -> Iterator[None]:
 
 
 def run_script(script: str, args: Sequence[str] = (), probs: str = 'auto') -> None:
-    """Import :mod:`srdl_timm` (registering the models) and run ``script`` as ``__main__`` with ``args``.
-
-    Args:
-        script: path of a timm script, or a bare name found in ``$SRDL_TIMM_SCRIPTS_DIR``.
-        args: the script's command-line arguments (``sys.argv[1:]`` as it sees them).
-        probs: for ``inference.py``: ``'auto'`` (sigmoid for multi-label SRDL models, softmax otherwise),
-            ``'sigmoid'`` or ``'softmax'``.
-
-    Raises:
-        SystemExit: as raised by the script (argparse errors, ``sys.exit``).
-        InputError: the script is not found, or ``inference.py`` cannot be made to show sigmoid scores.
-    """
+    """Import :mod:`srdl_timm` and run ``script`` as ``__main__`` with ``args`` (``probs``: inference.py's
+    ``'auto'`` / ``'sigmoid'`` / ``'softmax'``); raises the script's SystemExit."""
     import srdl_timm  # noqa: F401  registers the srdl_* architectures before the script creates a model
 
     if probs not in _PROBS_CHOICES:

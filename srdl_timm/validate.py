@@ -1,13 +1,8 @@
 """Evaluate a multi-label timm model (paper §4.1): the library behind ``srdl-validate``.
 
-:func:`evaluate_dataset` loads a model, evaluates it on a dataset split and builds the JSON report with its exact
-protocol; :func:`validate` runs a model over a loader and returns the metrics (mAP in both AP definitions, CP … OF1
-and their top-3 variants), :func:`format_rows` prints Table 1/2-style rows and :func:`voc_difficult_negative`
-recomputes VOC with difficult-only entries counted negative from the same logits. CP … OF1 are reported at 0.5
-and, when asked, also at per-class decision thresholds (:mod:`srdl_timm.labels.thresholds`) that were tuned on
-another split; thresholds can be tuned on the evaluated split and written to a file, but never reported on it.
-Under torchrun each rank evaluates a disjoint, unpadded slice and the logits are gathered, so every image counts
-once; with AMP the head runs in float32 on float32 features so AP is ranked on fp32 logits.
+:func:`evaluate_dataset` evaluates a model on a dataset split and builds the JSON report with its exact protocol;
+:func:`validate` runs a model over a loader and returns the metrics. Thresholds tuned on the evaluated split are
+never reported on it; under torchrun each rank evaluates a disjoint, unpadded slice.
 """
 import dataclasses
 import logging
@@ -33,7 +28,7 @@ from .loading import ModelSpec, load_model_from_spec, read_model_config
 from .metrics import MultiLabelMetrics
 from .utils import atomic_write_json, sha256_file
 
-__all__ = ['validate', 'format_row', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
+__all__ = ['validate', 'format_rows', 'voc_difficult_negative', 'class_index_by_name', 'AP_DEFINITIONS',
            'DIFFICULT_POLICY_NAMES', 'THRESHOLDS_FROM_WEIGHTS', 'Evaluation', 'evaluate_dataset']
 
 _logger = logging.getLogger(__name__)
@@ -89,21 +84,15 @@ def validate(
 
     Args:
         model: a multi-label classifier returning logits ``[B, C]`` in eval mode.
-        loader: yields ``(images, targets)`` with targets 1 / 0 / -1 (ignore); under torch.distributed each rank's
-            loader must hold a disjoint slice (``create_multilabel_loader(..., distributed=True)``).
-        device: where the model runs.
-        amp_dtype: autocast dtype (``torch.bfloat16``/``torch.float16``) or None for float32.
-        channels_last: run in channels-last memory format.
-        progress: show a tqdm bar (rank 0 only).
-        class_index: logits columns to take, in the dataset's class order (to re-order a model's classes).
-        fp32_head: with AMP, run ``forward_head`` in float32 on float32 features so the logits are fp32.
-        label_names: class names for the metrics object (optional).
-        return_outputs: also return the gathered ``logits`` and ``targets`` (float32 ``[N, C]`` arrays, dataset
-            order) under those keys, e.g. for :func:`voc_difficult_negative`.
+        loader: ``(images, targets)`` batches, targets 1 / 0 / -1 (ignore); a disjoint slice per rank under DDP.
+        device, amp_dtype, channels_last, progress: the forward pass.
+        class_index: logits columns to take, in the dataset's class order.
+        fp32_head: with AMP, run ``forward_head`` in float32 on float32 features so AP is ranked on fp32 logits.
+        label_names: class names for the metrics (optional).
+        return_outputs: also return the gathered ``logits`` and ``targets`` (``[N, C]``, dataset order).
 
     Returns:
-        The metrics (percent): ``mAP_interpolated``, ``mAP_non_interpolated``, per-class ``AP_*``, CP … OF1 and
-        ``*_top3``, sample counts; plus ``head_dtype`` (the dtype the classifier ran in).
+        The metrics in percent, plus ``head_dtype`` (the dtype the classifier ran in).
     """
     model.eval()
     model.to(device)
@@ -149,12 +138,8 @@ def validate(
 
 
 def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optional[List[int]]:
-    """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed (same
-    order, or the model carries no label names).
-
-    Raises:
-        InputError: the model's label names are not the dataset's (naming the first missing ones).
-    """
+    """Logit columns in the dataset's class order, matched by name, or None when no re-ordering is needed;
+    an :class:`InputError` when the model's label names are not the dataset's."""
     model_names = model_label_names(model)
     label_names = [str(n) for n in label_names]
     if not model_names or model_names == label_names:
@@ -171,15 +156,8 @@ def class_index_by_name(model: nn.Module, label_names: Sequence[str]) -> Optiona
 
 def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_only: np.ndarray,
                            label_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
-    """Metrics with VOC's difficult-only (image, class) entries counted negative instead of ignored.
-
-    Args:
-        logits, targets: ``[N, C]`` from :func:`validate` with ``return_outputs=True`` on a VOC dataset built with
-            ``difficult='ignore'`` (difficult-only entries are -1); dataset order.
-        difficult_only: ``[N, C]`` bool, the dataset's :attr:`~srdl_timm.data.VocMultiLabel.difficult_only`.
-
-    Rows that are ignored as a whole (an unreadable image skipped with ``on_corrupt='skip'``) stay ignored.
-    """
+    """Metrics with VOC's difficult-only entries (``difficult_only`` ``[N, C]``) counted negative instead of
+    ignored, from :func:`validate`'s ``logits`` and ``targets``; wholly ignored rows stay ignored."""
     targets = np.array(targets, dtype=np.float32, copy=True)
     difficult_only = np.asarray(difficult_only, dtype=bool)
     if difficult_only.shape != targets.shape:
@@ -190,11 +168,6 @@ def voc_difficult_negative(logits: np.ndarray, targets: np.ndarray, difficult_on
 
 
 _ROW_KEYS = ('mAP_interpolated', 'mAP_non_interpolated', 'CP', 'CR', 'CF1', 'OP', 'OR', 'OF1')
-
-
-def format_row(results: Dict[str, Any], title: str, top_k: int = 3) -> str:
-    """A Table 1/2-style header + row: both mAPs, CP … OF1 at threshold 0.5, and the top-k variants."""
-    return format_rows([(title, results)], top_k)
 
 
 def format_rows(rows: Sequence[Tuple[str, Dict[str, Any]]], top_k: int = 3) -> str:
@@ -241,13 +214,8 @@ def _in_order(values: Sequence[float], index: Optional[Sequence[int]]) -> List[f
 
 @dataclasses.dataclass
 class Evaluation:
-    """What :func:`evaluate_dataset` found.
-
-    Attributes:
-        report: the JSON report (metrics, per-class AP by label name, the protocol, the model and its checkpoint).
-        rows: ``(title, metrics)`` to print with :func:`format_rows` (two on VOC: one per difficult policy).
-        rank: this process's rank (0 without torchrun); only rank 0 should print or write.
-    """
+    """What :func:`evaluate_dataset` found: the JSON ``report``, the ``rows`` to print with :func:`format_rows`
+    and this process's ``rank`` (only rank 0 prints or writes)."""
     report: Dict[str, Any]
     rows: List[Tuple[str, Dict[str, Any]]]
     rank: int = 0
@@ -297,48 +265,60 @@ def evaluate_dataset(
 ) -> Evaluation:
     """Evaluate the model of ``spec`` on a dataset split (paper §4.1): ``srdl-validate`` without its printing.
 
-    The dataset is :func:`~srdl_timm.data.create_multilabel_dataset`'s (on VOC difficult-only entries are ignored,
-    and the counted-negative convention is computed from the same logits). A CSV without ``classes.txt`` takes the
-    weights' label set; logits are re-ordered by label name when the weights' order differs, and weights whose
-    classes are not the dataset's are an error. Images are squash-resized to the model's (or ``img_size``)
-    input size; under torchrun each rank evaluates a disjoint slice.
-
     Args:
         spec: the model (:func:`srdl_timm.loading.load_model_from_spec`).
-        data, root, split: dataset format (a key of :data:`~srdl_timm.data.DATASETS`), folder and split (default:
-            the format's evaluation split).
+        data, root, split: dataset format, folder and split (default: the format's evaluation split).
         ann_file, image_dir, keep_empty, on_corrupt: dataset options.
-        img_size, interpolation, mean, std: overrides of the model's data config.
-        batch_size, workers: per-process loader batch size and worker processes.
-        device, amp_dtype, channels_last, progress: as :func:`validate` (``amp_dtype``: ``'bfloat16'`` /
-            ``'float16'`` or None).
+        img_size, interpolation, mean, std: overrides of timm's data config of the model.
+        batch_size, workers, device, amp_dtype, channels_last, progress: loader and :func:`validate` options.
         seed: torch seed before building a ``random_init`` model.
-        thresholds: also report CP … OF1 (and their top-3 variants) at per-class decision thresholds:
-            :data:`THRESHOLDS_FROM_WEIGHTS` (those the weights carry) or a thresholds file
-            (:func:`srdl_timm.labels.read_thresholds_file`). Thresholds tuned on the evaluated split (same images,
-            :func:`srdl_timm.labels.same_split`) are refused with an :class:`InputError`.
-        tune_thresholds_file: tune per-class thresholds on this split (:func:`srdl_timm.labels.tune_thresholds`,
-            best F1 per class) and write them to this JSON file (in the model's output order, with its label names
-            and where they were tuned); they are not evaluated here.
-
-    Returns:
-        The :class:`Evaluation`: the JSON report with the exact protocol, the rows to print, the rank.
+        thresholds: also report CP … OF1 at :data:`THRESHOLDS_FROM_WEIGHTS` or a thresholds file's values.
+        tune_thresholds_file: tune per-class thresholds (best F1) on this split and write them there.
     """
     device_, rank, world = init_distributed_from_env(device)
     split = split or DEFAULT_SPLITS[data][1]
-    options: Dict[str, Any] = dict(keep_empty=keep_empty, on_corrupt=on_corrupt)
-    if ann_file:
-        options['ann_file'] = ann_file
-    if image_dir:
-        options['image_dir'] = image_dir
+    dataset, model, weights_names = _dataset_and_model(spec, data, root, split, seed, dict(
+        keep_empty=keep_empty, on_corrupt=on_corrupt, ann_file=ann_file or None, image_dir=image_dir or None))
+    class_index = None if spec.random_init else class_index_by_name(model, dataset.label_names)
+    data_config = _data_config(model, img_size, interpolation, mean, std)
+    dataset.transform = create_paper_transform(data_config, is_training=False)
+    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers,
+                                      distributed=world > 1, pin_memory=device_.type == 'cuda')
+    evaluated_split = split_fingerprint(dataset.image_paths, root, data, split)
+    given = _given_thresholds(thresholds, model, weights_names, evaluated_split) if thresholds else None
+    results = validate(model, loader, device_, amp_dtype=getattr(torch, amp_dtype) if amp_dtype else None,
+                       channels_last=channels_last, progress=progress, class_index=class_index,
+                       label_names=dataset.label_names, return_outputs=True)
+    logits, targets = results.pop('logits'), results.pop('targets')
+    if results['num_samples'] != len(dataset):
+        raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
+    # an unreadable image skipped by on_corrupt='skip' comes back as an all-ignore row the dataset did not have
+    skipped = results['num_samples_all_ignored'] - int((dataset.targets == -1).all(axis=1).sum())
+    names = dataset.label_names
+    report = _report(spec, results, dataset, split, skipped, data_config, dict(
+        amp_dtype=amp_dtype, head_dtype=results['head_dtype'], logits_dtype='float32',
+        channels_last=bool(channels_last), batch_size=batch_size, world_size=world, class_reorder=class_index))
+    title = _title(spec, data, split, dataset, skipped)
+    rows = _policy_rows(report, title, results, dataset, logits, targets, data == 'voc')
+    if given is not None:
+        rows.append(_at_thresholds(report, title, given, thresholds, class_index, names, logits, targets))
+    if tune_thresholds_file:
+        tuned = tune_thresholds(logits, targets, label_names=names, tuned_on=evaluated_split, tool='srdl-validate')
+        _write_tuned(report, tuned, tune_thresholds_file, class_index, weights_names or names,
+                     spec.checkpoint or spec.model, rank)
+    return Evaluation(report=report, rows=rows, rank=rank)
+
+
+def _dataset_and_model(spec: ModelSpec, data: str, root: str, split: str, seed: int,
+                       options: Dict[str, Any]) -> Tuple[Any, nn.Module, Optional[List[str]]]:
+    """The dataset, the model and the weights' label names; a CSV without ``classes.txt`` takes the weights' label
+    set (a label the weights do not know is then an error naming the CSV line; an absent one has no AP)."""
+    options = {k: v for k, v in options.items() if v is not None}
     if data == 'voc':
         options['difficult'] = 'ignore'  # standard VOC evaluation; 'negative' is computed from the same logits
     dataset = create_multilabel_dataset(data, root, split, **options)
-
     if spec.random_init:
         torch.manual_seed(seed)
-    # a CSV without classes.txt names its classes by the labels it happens to hold: take the weights' label set
-    # instead (a label the weights do not know is then an error naming the CSV line; an absent one has no AP)
     names_from_file = dataset.info.get('label_names_from') == LABELS_FROM_FILE
     bare_checkpoint = bool(spec.checkpoint) and not read_model_config(spec.checkpoint)
     model = load_model_from_spec(spec, num_classes=None if names_from_file and not (spec.random_init or bare_checkpoint)
@@ -354,106 +334,92 @@ def evaluate_dataset(
         raise InputError(f'the weights ({spec.checkpoint or spec.model}) have {getattr(model, "num_classes", 0)} '
                          f'classes but {dataset.info.get("name", data)} has {dataset.num_classes}: evaluate on '
                          f'the label set the weights were trained on')
-    class_index = None if spec.random_init else class_index_by_name(model, dataset.label_names)
+    return dataset, model, weights_names
+
+
+def _data_config(model: nn.Module, img_size: Optional[int], interpolation: Optional[str],
+                 mean: Optional[Sequence[float]], std: Optional[Sequence[float]]) -> Dict[str, Any]:
+    """timm's data config of ``model`` (input channels and size, interpolation, mean, std) with the overrides."""
     data_config = resolve_data_config({}, model=model)
     if img_size:
-        data_config['input_size'] = (3, img_size, img_size)
+        data_config['input_size'] = (data_config['input_size'][0], img_size, img_size)
     if interpolation:
         data_config['interpolation'] = interpolation
     if mean:
         data_config['mean'] = tuple(mean)
     if std:
         data_config['std'] = tuple(std)
-    dataset.transform = create_paper_transform(data_config, is_training=False)
-    loader = create_multilabel_loader(dataset, batch_size, is_training=False, num_workers=workers,
-                                      distributed=world > 1, pin_memory=device_.type == 'cuda')
-    is_voc = data == 'voc'
-    evaluated_split = split_fingerprint(dataset.image_paths, root, data, split)
-    given = _given_thresholds(thresholds, model, weights_names, evaluated_split) if thresholds else None
-    results = validate(model, loader, device_, amp_dtype=getattr(torch, amp_dtype) if amp_dtype else None,
-                       channels_last=channels_last, progress=progress, class_index=class_index,
-                       label_names=dataset.label_names, return_outputs=True)
-    logits, targets = results.pop('logits'), results.pop('targets')
-    if results['num_samples'] != len(dataset):
-        raise RuntimeError(f'evaluated {results["num_samples"]} samples but the dataset has {len(dataset)}')
+    return data_config
 
-    # an unreadable image skipped by on_corrupt='skip' comes back as an all-ignore row the dataset did not have
-    skipped = results['num_samples_all_ignored'] - int((dataset.targets == -1).all(axis=1).sum())
-    evaluated = results['num_samples'] - skipped
+
+def _report(spec: ModelSpec, results: Dict[str, Any], dataset: Any, split: str, skipped: int,
+            data_config: Dict[str, Any], run: Dict[str, Any]) -> Dict[str, Any]:
+    """The JSON report: model, metrics, per-class AP and the ``protocol`` (AP definitions, dataset, preprocessing
+    and the run's settings ``run``)."""
+    protocol = dict(
+        ap_definitions=AP_DEFINITIONS, units='percent', threshold=results['threshold'], top_k=results['top_k'],
+        topk_requires_threshold=True, difficult_policy=dataset.info.get('difficult_policy', 'n/a'),
+        ignored_entries=results['num_ignored_entries'], unknown_entries=dataset.info.get('unknown_entries'),
+        dataset=dataset.info, split=split, num_images=len(dataset),
+        num_images_evaluated=results['num_samples'] - skipped, num_images_unreadable_skipped=skipped,
+        input_size=list(data_config['input_size']), resize='squash to input_size (no centre crop)',
+        interpolation=data_config.get('interpolation'), mean=list(data_config['mean']),
+        std=list(data_config['std']), **run,
+        versions=dict(srdl_timm=srdl_timm.__version__, timm=timm.__version__, torch=torch.__version__))
     names = dataset.label_names
-    by_policy = {'ignore': results}
-    if is_voc:
-        by_policy['negative'] = voc_difficult_negative(logits, targets, dataset.difficult_only, names)
-    report: Dict[str, Any] = dict(
-        model=spec.model,
-        checkpoint=_checkpoint_record(spec.checkpoint),
-        pretrained=not spec.checkpoint and not spec.random_init,
-        random_init=bool(spec.random_init),
-        model_kwargs=dict(spec.model_kwargs),
-        metrics=_scalars(results),
-        per_class_AP=_per_class(results, names),
-        label_names=names,
-        protocol=dict(
-            ap_definitions=AP_DEFINITIONS,
-            units='percent',
-            threshold=results['threshold'],
-            top_k=results['top_k'],
-            topk_requires_threshold=True,
-            difficult_policy=dataset.info.get('difficult_policy', 'n/a'),
-            ignored_entries=results['num_ignored_entries'],
-            unknown_entries=dataset.info.get('unknown_entries'),
-            dataset=dataset.info,
-            split=split,
-            num_images=len(dataset),
-            num_images_evaluated=evaluated,
-            num_images_unreadable_skipped=skipped,
-            input_size=list(data_config['input_size']),
-            resize='squash to input_size (no centre crop)',
-            interpolation=data_config.get('interpolation'),
-            mean=list(data_config['mean']),
-            std=list(data_config['std']),
-            amp_dtype=amp_dtype,
-            head_dtype=results['head_dtype'],
-            logits_dtype='float32',
-            channels_last=bool(channels_last),
-            batch_size=batch_size,
-            world_size=world,
-            class_reorder=class_index,
-            versions=dict(srdl_timm=srdl_timm.__version__, timm=timm.__version__, torch=torch.__version__),
-        ),
-    )
-    count = f'{evaluated:,} images evaluated, {skipped:,} unreadable skipped' if skipped else f'{evaluated:,} images'
+    return dict(
+        model=spec.model, checkpoint=_checkpoint_record(spec.checkpoint),
+        pretrained=not spec.checkpoint and not spec.random_init, random_init=bool(spec.random_init),
+        model_kwargs=dict(spec.model_kwargs), metrics=_scalars(results), per_class_AP=_per_class(results, names),
+        label_names=names, protocol=protocol)
+
+
+def _title(spec: ModelSpec, data: str, split: str, dataset: Any, skipped: int) -> str:
+    count = (f'{len(dataset) - skipped:,} images evaluated, {skipped:,} unreadable skipped' if skipped
+             else f'{len(dataset):,} images')
     title = f'{spec.model or os.path.basename(spec.checkpoint or "")} {data}/{split} ({count})'
     if dataset.info.get('unknown_entries'):
         title += f' [{dataset.info["unknown_entries"]:,} entries not annotated]'
-    rows = [(title, results)]
-    if is_voc:
-        report['metrics_by_difficult_policy'] = {
-            policy: dict(description=DIFFICULT_POLICY_NAMES[policy], metrics=_scalars(r),
-                         per_class_AP=_per_class(r, names))
-            for policy, r in by_policy.items()}
-        rows = [(f'{title} difficult={policy}: {DIFFICULT_POLICY_NAMES[policy]}', r) for policy, r in by_policy.items()]
-    if given is not None:
-        at = MultiLabelMetrics(label_names=names, num_classes=len(names),
-                               threshold=_in_order(given.values, class_index)).compute_from(logits, targets)
-        source = 'the weights\' own' if thresholds == THRESHOLDS_FROM_WEIGHTS else thresholds
-        report['metrics_at_thresholds'] = {k: v for k, v in _scalars(at).items() if not k.startswith('mAP')}
-        report['thresholds'] = dict(source=source, description=given.describe(), info=given.info,
-                                    per_class=dict(zip(names, at['threshold'])))
-        rows.append((f'{title} at per-class thresholds ({source})', at))
-    if tune_thresholds_file:
-        tuned = tune_thresholds(logits, targets, label_names=names, tuned_on=evaluated_split, tool='srdl-validate')
-        if class_index is not None:  # back to the model's output order
-            back = [0.0] * len(names)
-            for column, i in enumerate(class_index):
-                back[i] = tuned.values[column]
-            tuned = LabelThresholds(tuple(back), tuned.info)
-        document = dict(tuned.to_json(), label_names=weights_names or names,
-                        weights=spec.checkpoint or spec.model)
-        if rank == 0:
-            atomic_write_json(tune_thresholds_file, document)
-        report['tuned_thresholds'] = dict(file=os.path.abspath(tune_thresholds_file), description=tuned.describe(),
-                                          **tuned.to_json(),
-                                          note='tuned on this split, so not evaluated on it: report them on another '
-                                               'split with --thresholds FILE')
-    return Evaluation(report=report, rows=rows, rank=rank)
+    return title
+
+
+def _policy_rows(report: Dict[str, Any], title: str, results: Dict[str, Any], dataset: Any, logits: np.ndarray,
+                 targets: np.ndarray, is_voc: bool) -> List[Tuple[str, Dict[str, Any]]]:
+    """The rows to print; on VOC one per difficult policy, also written to ``report``."""
+    if not is_voc:
+        return [(title, results)]
+    names = dataset.label_names
+    by_policy = {'ignore': results,
+                 'negative': voc_difficult_negative(logits, targets, dataset.difficult_only, names)}
+    report['metrics_by_difficult_policy'] = {
+        policy: dict(description=DIFFICULT_POLICY_NAMES[policy], metrics=_scalars(r), per_class_AP=_per_class(r, names))
+        for policy, r in by_policy.items()}
+    return [(f'{title} difficult={policy}: {DIFFICULT_POLICY_NAMES[policy]}', r) for policy, r in by_policy.items()]
+
+
+def _at_thresholds(report: Dict[str, Any], title: str, given: LabelThresholds, thresholds: str,
+                   class_index: Optional[List[int]], names: List[str], logits: np.ndarray,
+                   targets: np.ndarray) -> Tuple[str, Dict[str, Any]]:
+    """CP … OF1 at the per-class thresholds ``given``, written to ``report``; returns their row."""
+    at = MultiLabelMetrics(label_names=names, num_classes=len(names),
+                           threshold=_in_order(given.values, class_index)).compute_from(logits, targets)
+    source = 'the weights\' own' if thresholds == THRESHOLDS_FROM_WEIGHTS else thresholds
+    report['metrics_at_thresholds'] = {k: v for k, v in _scalars(at).items() if not k.startswith('mAP')}
+    report['thresholds'] = dict(source=source, description=given.describe(), info=given.info,
+                                per_class=dict(zip(names, at['threshold'])))
+    return f'{title} at per-class thresholds ({source})', at
+
+
+def _write_tuned(report: Dict[str, Any], tuned: LabelThresholds, path: str, class_index: Optional[List[int]],
+                 label_names: List[str], weights: Optional[str], rank: int) -> None:
+    """Write thresholds tuned on the evaluated split to ``path`` in the model's output order (rank 0)."""
+    if class_index is not None:
+        back = [0.0] * len(label_names)
+        for column, i in enumerate(class_index):
+            back[i] = tuned.values[column]
+        tuned = LabelThresholds(tuple(back), tuned.info)
+    if rank == 0:
+        atomic_write_json(path, dict(tuned.to_json(), label_names=label_names, weights=weights))
+    report['tuned_thresholds'] = dict(file=os.path.abspath(path), description=tuned.describe(), **tuned.to_json(),
+                                      note='tuned on this split, so not evaluated on it: report them on another '
+                                           'split with --thresholds FILE')

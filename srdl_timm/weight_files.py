@@ -1,11 +1,7 @@
 """Reading what a weights folder holds: the one weight-file reader, the one Hub download, the one config reader.
 
-:func:`read_weight_file` reads safetensors, or ``.pth``/``.pth.tar``/``.bin``/``.pt`` with
-``torch.load(weights_only=True)`` (a pickle that needs more is refused, never unpickled); :func:`load_state_dict`
-unwraps a training checkpoint with timm's ``clean_state_dict``; :func:`hub_download` is timm's ``download_from_hf``;
-:func:`read_config_json` checks every field of a ``config.json``/``train_config.json`` the loaders use, so a bad
-value is one :class:`ModelLoadError` naming the file, field, value and fix. Imports point
-``weight_files <- models <- loading/hub``.
+Weights are read as safetensors or with ``torch.load(weights_only=True)``; every error is a :class:`ModelLoadError`
+naming the file, field and fix.
 """
 from __future__ import annotations
 
@@ -55,30 +51,20 @@ class ModelLoadError(InputError):
     tensors or config field at fault."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# weight files
-# ----------------------------------------------------------------------------------------------------------------
 def read_weight_file(path: PathLike, error: Type[InputError] = ModelLoadError,
                      keys: Optional[Sequence[str]] = None) -> Any:
-    """The one reader of weight files: ``.safetensors`` with safetensors, anything else with
-    ``torch.load(weights_only=True)``, only ``argparse.Namespace`` allow-listed (a timm ``train.py`` checkpoint's
-    ``args``, as timm's own reader allows).
+    """The one reader of weight files: safetensors, else ``torch.load(weights_only=True)`` with only
+    ``argparse.Namespace`` allow-listed (a timm ``train.py`` checkpoint's ``args``).
 
-    Our own rather than ``timm.models.load_state_dict``: that one keeps only the state dict (a timm checkpoint's
-    ``args`` and a training state are lost), prefers the EMA weights, and raises bare errors that name no file.
+    Unlike ``timm.models.load_state_dict`` it keeps a checkpoint's other entries and names the file in its errors.
 
     Args:
         path: the file.
-        error: the :class:`InputError` subclass raised (``CheckpointError`` for a training checkpoint).
-        keys: only these entries (those the file has): a safetensors file reads no other tensor, a pickle is read
-            whole and then filtered.
+        error: the :class:`InputError` subclass raised.
+        keys: only these entries.
 
     Returns:
-        What the file holds, on the CPU: a dict of tensors (safetensors) or the unpickled object.
-
-    Raises:
-        ``error``: missing, truncated or corrupt file; a pickle holding more than tensors (it is not unpickled).
-            The message names the file and what to do.
+        What the file holds, on the CPU.
     """
     import safetensors.torch
 
@@ -110,13 +96,8 @@ def read_weight_file(path: PathLike, error: Type[InputError] = ModelLoadError,
 
 
 def load_state_dict(path: PathLike, error: Type[InputError] = ModelLoadError) -> Dict[str, Tensor]:
-    """The state dict of a weight file (:func:`read_weight_file`): a training checkpoint's ``state_dict`` /
-    ``model`` / ``state_dict_ema`` entry (in that order) unwrapped, DDP / torch.compile prefixes removed by timm's
-    ``clean_state_dict``.
-
-    Raises:
-        ``error``: what :func:`read_weight_file` raises; a file holding no tensors. The message names the file.
-    """
+    """The state dict of a weight file: a checkpoint's ``state_dict`` / ``model`` / ``state_dict_ema`` entry,
+    cleaned by timm's ``clean_state_dict``."""
     from timm.models import clean_state_dict
 
     state = read_weight_file(path, error)
@@ -131,11 +112,7 @@ def load_state_dict(path: PathLike, error: Type[InputError] = ModelLoadError) ->
 
 
 def weights_in(folder: PathLike) -> Path:
-    """The weight file of a folder: the first of :data:`WEIGHT_FILES` it holds.
-
-    Raises:
-        ModelLoadError: none of them is there.
-    """
+    """The weight file of a folder: the first of :data:`WEIGHT_FILES` it holds (else :class:`ModelLoadError`)."""
     folder = Path(folder)
     for name in WEIGHT_FILES:
         if (folder / name).is_file():
@@ -155,16 +132,9 @@ def check_class_count(weights: PathLike, state: Mapping[str, Tensor], config_fil
                              'belong to these weights; restore the config.json / train_config.json written with them')
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the Hugging Face Hub
-# ----------------------------------------------------------------------------------------------------------------
 def hub_download(repo: str, filename: str, cache_dir: Optional[PathLike] = None) -> Path:
-    """The one Hub download: ``filename`` of ``repo`` (``org/name[@revision]``) through timm's ``download_from_hf``
-    (found in the Hugging Face cache first; ``HF_HUB_OFFLINE=1`` uses the cache only).
-
-    Raises:
-        ModelLoadError: the file could not be had, naming the repo, the file, offline mode and what to do.
-    """
+    """``filename`` of Hub ``repo`` (``org/name[@revision]``) through timm's ``download_from_hf``; a failure is a
+    :class:`ModelLoadError` naming the repo, the file and offline mode."""
     from huggingface_hub import constants
     from timm.models._hub import download_from_hf
 
@@ -194,9 +164,6 @@ def hub_folder(repo: str) -> Path:
     raise first
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# config.json / train_config.json
-# ----------------------------------------------------------------------------------------------------------------
 def _is(value: Any, types: Tuple[type, ...]) -> bool:
     if isinstance(value, bool) and bool not in types:
         return False  # JSON true/false is no number
@@ -305,20 +272,11 @@ def _check_fields(config: Dict[str, Any], file: Path) -> None:
 
 
 def read_config_json(file: PathLike) -> Dict[str, Any]:
-    """The one reader of the config written beside weights (``config.json`` of timm's ``save_for_hf`` /
-    srdl-publish, ``train_config.json`` of srdl-train), every field the loaders use checked.
-
-    Our own rather than timm's ``load_model_config_from_path``: that one reads no train_config.json, checks no
-    field (a non-number input_size or num_classes fails later, as a bare error), and names no file in its errors.
-
-    Returns:
-        The JSON object as written.
+    """The one reader of the config beside weights (``config.json``, ``train_config.json``), every field the
+    loaders use checked (unlike timm's ``load_model_config_from_path``).
 
     Raises:
-        ModelLoadError: missing file, invalid JSON, or a field of the wrong type or value (architecture,
-            num_classes, label_names and their count, model_args types, pretrained_cfg / data_config input_size,
-            mean, std, interpolation, crop_pct, crop_mode, label_thresholds and their count); the message names the
-            file, the field, the value and the fix.
+        ModelLoadError: missing file, invalid JSON, or a field of the wrong type or value (naming file and field).
     """
     file = Path(file)
     try:

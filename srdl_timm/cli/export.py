@@ -1,15 +1,9 @@
 """``srdl-export``: export an inference model to ONNX and TorchScript and check both against PyTorch.
 
-The model is loaded strictly (:func:`srdl_timm.loading.load_model`, as ``srdl-predict`` does); the library is
-:mod:`srdl_timm.export`. Exit status: 0 = exported and every check passed, 1 = an export or a check failed (the
-file is kept for inspection), 2 = usage, model or weights error. The files' metadata says how to post-process the
-logits (``postprocess``: a sigmoid, then the per-class ``label_thresholds`` the weights carry, else 0.5), and the
-last line printed says it too.
-
-Examples::
-
     srdl-export --checkpoint run/model.safetensors --onnx srdl.onnx --torchscript srdl.pt
-    srdl-export --model hf-hub:org/srdl_resnet101.coco --onnx srdl.onnx --opset 18 --img-size 576 --dynamic-size
+
+Exit status: 0 exported and checked, 1 an export or check failed (the file is kept), 2 usage, model or weights
+error.
 """
 import argparse
 import os

@@ -1,14 +1,9 @@
 """``srdl-predict``: multi-label predictions (and Figure-5 attention overlays) for image files, folders and globs.
 
-Inputs are files, folders (``--recursive``) and quoted globs (:mod:`srdl_timm.data.inputs`); labels are chosen by
-the weights' per-class decision thresholds when they carry them, else 0.5, or by ``--threshold`` (one value for
-every class) and/or ``--topk`` (:func:`srdl_timm.predict.decision_thresholds`,
-:func:`~srdl_timm.predict.select_labels`); the output is a table headed by what the weights know and which
-thresholds were used, ``--format json`` or ``--format csv``, on stdout or in ``--output FILE``. The model
-(``--checkpoint`` and/or ``--model``: a tag, ``hf-hub:org/repo`` or ``local-dir:PATH``) loads strictly
-(:func:`srdl_timm.loading.load_model_from_spec`). Bad inputs are reported per input while the rest are predicted;
-exit status 0 every input predicted, 1 some input failed, 2 usage, model or weights error. Example:
-``srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3``.
+    srdl-predict photos/ --recursive --model hf-hub:org/srdl_resnet101.coco --topk 3
+
+Bad inputs are reported per input while the rest are predicted; exit status 0 every input predicted, 1 some
+input failed, 2 usage, model or weights error.
 """
 import argparse
 import logging

@@ -1,10 +1,6 @@
 """``srdl-publish``: write SRDL weights as a timm Hub folder (``--local-dir``) or push them to the Hub.
 
-The weights come from ``--checkpoint`` (srdl-train's ``model.safetensors`` or run folder, a published folder, or a
-timm ``train.py`` checkpoint, read with ``weights_only=True``) or ``--model`` alone (a tag, ``hf-hub:``,
-``local-dir:``), loaded strictly by :func:`srdl_timm.hub.load_for_publishing`; the work is :mod:`srdl_timm.hub` and
-:mod:`srdl_timm.manifest`. Example: ``srdl-publish --checkpoint runs/coco/model.safetensors --metrics val.json
---repo-id org/srdl_resnet101.coco``.
+    srdl-publish --checkpoint runs/coco/model.safetensors --metrics val.json --repo-id org/srdl_resnet101.coco
 """
 from __future__ import annotations
 

@@ -1,24 +1,16 @@
-"""``srdl-train``: train or fine-tune SRDL (or any timm classifier, as a multi-label baseline) on COCO, VOC or your data.
-
-Single process::
+"""``srdl-train``: train or fine-tune SRDL (or any timm classifier, as a multi-label baseline).
 
     srdl-train --recipe paper --data coco --root /data/coco --output runs/coco_r101
-
-Several GPUs / nodes (torchrun sets RANK/WORLD_SIZE; one process per GPU, DDP)::
-
     torchrun --nproc_per_node 8 -m srdl_timm.cli.train --recipe paper --data coco --root /data/coco --output runs/x
 
-``--recipe paper`` is §4.2 of the paper (see :mod:`srdl_timm.training.config`); an explicit flag overrides the recipe's
-value; the resolved configuration is printed at start and written to ``OUTPUT/train_config.json`` and into every
-checkpoint. The work is done by :func:`srdl_timm.training.fit`; this module only maps flags to a
-:class:`~srdl_timm.training.TrainConfig`. Exit status: 0 done, 2 bad input (flags, data, output folder,
-checkpoint), 3 non-finite loss, 1 other failure of the run (see :func:`srdl_timm.cli.run_cli`).
+This module maps flags to a :class:`~srdl_timm.training.TrainConfig` for :func:`srdl_timm.training.fit`. Exit
+status: 0 done, 2 bad input, 3 non-finite loss, 1 other failure.
 """
 import argparse
 import dataclasses
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ..data import DATASETS
 from ..loss import ASL_DEFAULTS, LOSSES
@@ -35,11 +27,19 @@ def build_parser() -> argparse.ArgumentParser:
         prog='srdl-train', description='Train or fine-tune SRDL (multi-label) on COCO, VOC or your own data.',
         epilog='Recipe-controlled flags default to the recipe (--recipe paper) or to the listed default; an explicit '
                'flag always wins.')
-    B = argparse.BooleanOptionalAction
     g = p.add_argument_group('recipe')
     g.add_argument('--recipe', default=None, choices=sorted(RECIPES),
                    help='paper: §4.2 (Adam 0.9/0.999, lr 1e-5, wd 5e-4, global batch 16, 20 epochs, step /10 every 10, '
                         '448 px + paper augmentation, ImageNet backbone, OE top-3 alpha 0.5)')
+    _add_data_args(p)
+    _add_loss_args(_add_model_args(p))
+    _add_optimisation_args(p)
+    _add_run_args(p)
+    return add_common_args(p)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    """The data flags of srdl-train."""
     g = p.add_argument_group('data')
     g.add_argument('--data', required=True, choices=sorted(DATASETS), help='dataset format')
     g.add_argument('--root', required=True, help='dataset root folder')
@@ -51,6 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--image-dir', default=None, help='csv/coco-json: image folder of the train split')
     g.add_argument('--keep-empty', action='store_true', help='keep images without any label')
     g.add_argument('--on-corrupt', default='error', choices=('error', 'skip'), help='unreadable images')
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> Any:
+    """The model flags of srdl-train; returns their group."""
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group('model')
     g.add_argument('--model', default='srdl_resnet101', help='timm model name (srdl_* or any timm classifier)')
     g.add_argument('--pretrained', action='store_true', help='start from the model\'s pretrained SRDL weights')
@@ -63,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--oe', action=B, default=None, help='object erasing (default: on for SRDL)')
     g.add_argument('--oe-topk', type=int, default=None, help='OE top-K categories (default 3)')
     g.add_argument('--oe-alpha', type=float, default=None, help='OE threshold alpha (default 0.5)')
+    return g
+
+
+def _add_loss_args(g: Any) -> None:
+    """The loss, ablation and input flags of srdl-train (in the model group ``g``)."""
+    B = argparse.BooleanOptionalAction
     g.add_argument('--loss', default='bce', choices=LOSSES,
                    help='per-entry loss of L_ori and L_era: bce (the paper) or asl (asymmetric loss, Ben-Baruch et al. '
                         '2020; computed in float32)')
@@ -90,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--tune-thresholds', action=B, default=True,
                    help='at the end, tune per-class decision thresholds (best F1 per class) on the validation split '
                         'and store them in OUTPUT/train_config.json, where srdl-predict and srdl-publish find them')
+
+
+def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """The optimiser, schedule, precision and EMA flags of srdl-train."""
+    B = argparse.BooleanOptionalAction
     g = p.add_argument_group('optimisation')
     g.add_argument('--opt', default=None, help='timm optimizer name (default adam)')
     g.add_argument('--opt-betas', type=float, nargs=2, default=None, help='(default: optimizer\'s; paper 0.9 0.999)')
@@ -125,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--model-ema-decay', type=float, default=0.9998)
     g.add_argument('--report-checkpoint', default='final', choices=('final', 'ema'),
                    help='which weights are evaluated and reported, declared before training')
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """The run flags of srdl-train (output, resume, logging)."""
     g = p.add_argument_group('run')
     g.add_argument('--output', default='output/srdl-train', help='output directory')
     g.add_argument('--resume', default=None, help='checkpoint dir, output dir, or "auto" (OUTPUT/last if present)')
@@ -144,8 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--deterministic', action='store_true', help='torch deterministic algorithms')
     g.add_argument('--no-progress', '--quiet', '-q', dest='progress', action='store_false',
                    help='no progress bars (they show only when stderr is a terminal)')
-    return add_common_args(p)
-
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """A :class:`TrainConfig` from parsed ``srdl-train`` arguments (unresolved: recipe fields may be None)."""
@@ -160,7 +178,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if unknown:
         raise TypeError(f'internal: arguments without a TrainConfig field: {sorted(unknown)}')
     return TrainConfig(**values)
-
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,13 +1,9 @@
 """``srdl-validate``: evaluate a multi-label timm model on COCO 2014, VOC 2007 or custom data (paper §4.1).
 
-Prints Table 1/2-style rows (mAP in both AP definitions, CP … OF1 at 0.5 and their top-3 variants; on VOC one row
-with difficult-only entries ignored and one with them counted negative; with ``--thresholds`` one more row at
-per-class decision thresholds tuned on another split) and writes the JSON report with per-class AP and the exact
-protocol to ``--output``; ``--tune-thresholds FILE`` tunes per-class thresholds on the evaluated split (best F1 per
-class) and writes them, without reporting metrics at them; the work is :func:`srdl_timm.validate.evaluate_dataset`.
-The model loads strictly: a training run's checkpoint rebuilds its architecture from the ``train_config.json``
-beside it. Runs under ``torchrun ... -m srdl_timm.cli.validate`` (every image counted once). Example:
-``srdl-validate --checkpoint run/model.safetensors --data coco --root /data/coco --output val.json``.
+    srdl-validate --checkpoint run/model.safetensors --data coco --root /data/coco --output val.json
+
+Prints Table 1/2-style rows and writes the JSON report of :func:`srdl_timm.validate.evaluate_dataset`; runs under
+torchrun too (every image counted once).
 """
 import argparse
 import os

@@ -1,13 +1,8 @@
 """MS-COCO multi-label datasets (paper §4.1) read through pycocotools.
 
-A label is 1 for every category with at least one instance annotation in the image (crowd ``iscrowd=1`` included,
-as in every peer loader) and 0 elsewhere, unless the image says which categories were not annotated
-(:func:`coco_multilabel_targets`: LVIS's ``neg_category_ids``, or ``not_annotated_category_ids``, partial labels
-that become -1); columns follow ascending category id
-(:data:`~srdl_timm.data.label_sets.COCO_CLASSES`), never ML-GCN's alphabetical order. Images without annotations
-are skipped unless ``keep_empty=True``: the paper's 82,081 train2014 / 40,137 val2014 images (40,504 kept).
-:class:`CocoMultiLabel` reads ``root/annotations/instances_{split}2014.json`` with ``root/{split}2014/*.jpg``;
-:class:`CocoFormatMultiLabel` reads any COCO-format file, its label names the file's ``categories`` in id order.
+A label is 1 for every category with an instance annotation in the image (crowd included), 0 elsewhere, -1 for
+partial labels the image declares not annotated; columns follow ascending category id, and images without
+annotations are skipped unless ``keep_empty=True``.
 """
 import contextlib
 import io
@@ -34,46 +29,16 @@ COCO_SPLITS = ('train', 'val')
 PARTIAL_LABEL_KEYS = ('neg_category_ids', 'not_annotated_category_ids')
 
 
-def load_coco_json(ann_file: str) -> Dict[str, Any]:
-    """Read a COCO-format annotation file and check its structure.
-
-    Checks that ``images``, ``annotations`` and ``categories`` are lists of objects with the keys the labels need
-    (``id``/``file_name``; ``image_id``/``category_id``; ``id``/``name``), that ids are unique, that every
-    annotation points at a listed image and a listed category, and that an image's partial-label lists
-    (:data:`PARTIAL_LABEL_KEYS`) hold known category ids, none of them annotated in the image or in both lists.
-
-    Raises:
-        FileNotFoundError: ``ann_file`` does not exist.
-        ValueError: malformed or truncated JSON, a missing key, a duplicate id, an unknown image or category id —
-            the message names the file and the offending entry.
-    """
-    if not os.path.isfile(ann_file):
-        raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
-    try:
-        with open(ann_file, 'rb') as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AnnotationError(f'{ann_file}: malformed or truncated JSON ({e})') from e
-    if not isinstance(data, dict):
-        raise AnnotationError(f'{ann_file}: expected a JSON object at top level, got {type(data).__name__}')
-    for key in ('images', 'annotations', 'categories'):
-        if key not in data:
-            raise AnnotationError(f'{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, '
-                             f'categories)')
-        if not isinstance(data[key], list):
-            raise AnnotationError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
-
-    def _check(entries: List[Any], what: str, keys: Tuple[str, ...]) -> None:
-        for i, e in enumerate(entries):
+def _check_entries(ann_file: str, data: Dict[str, Any]) -> None:
+    """Every image, category and annotation is an object with the keys and id types the labels need."""
+    for what, keys in (('images', ('id', 'file_name')), ('categories', ('id', 'name')),
+                       ('annotations', ('image_id', 'category_id'))):
+        for i, e in enumerate(data[what]):
             if not isinstance(e, dict):
                 raise AnnotationError(f'{ann_file}: {what}[{i}] is not an object: {e!r}')
             for k in keys:
                 if k not in e:
                     raise AnnotationError(f'{ann_file}: {what}[{i}] has no {k!r} key: {e!r}')
-
-    _check(data['images'], 'images', ('id', 'file_name'))
-    _check(data['categories'], 'categories', ('id', 'name'))
-    _check(data['annotations'], 'annotations', ('image_id', 'category_id'))
     for i, c in enumerate(data['categories']):
         if not isinstance(c['id'], int) or isinstance(c['id'], bool):
             raise AnnotationError(f'{ann_file}: categories[{i}] id must be an integer, got {c["id"]!r}')
@@ -88,6 +53,10 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
             dup = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise AnnotationError(f'{ann_file}: duplicate {what[:-1].replace("categorie", "category")} ids {dup} '
                                   f'(each {what[:-1].replace("categorie", "category")} needs its own id)')
+
+
+def _check_ids(ann_file: str, data: Dict[str, Any]) -> Tuple[set, set]:
+    """Unique image and category ids and names, valid partial-label lists; returns the image and category ids."""
     names = [c['name'] for c in data['categories']]
     if len(set(names)) != len(names):
         raise AnnotationError(f'{ann_file}: duplicate category names {sorted({n for n in names if names.count(n) > 1})}')
@@ -108,6 +77,30 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
         if both:
             raise AnnotationError(f'{ann_file}: images[{i}] lists category ids {sorted(both)[:5]} both as absent '
                                   f'({PARTIAL_LABEL_KEYS[0]}) and as not annotated ({PARTIAL_LABEL_KEYS[1]})')
+    return image_ids, cat_ids
+
+
+def load_coco_json(ann_file: str) -> Dict[str, Any]:
+    """Read a COCO-format annotation file and check its structure (keys, id types, unique ids, references,
+    partial-label lists); an :class:`AnnotationError` names the file and the entry at fault."""
+    if not os.path.isfile(ann_file):
+        raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
+    try:
+        with open(ann_file, 'rb') as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AnnotationError(f'{ann_file}: malformed or truncated JSON ({e})') from e
+    if not isinstance(data, dict):
+        raise AnnotationError(f'{ann_file}: expected a JSON object at top level, got {type(data).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        if key not in data:
+            raise AnnotationError(f'{ann_file}: missing top-level key {key!r} (a COCO file has images, annotations, '
+                             f'categories)')
+        if not isinstance(data[key], list):
+            raise AnnotationError(f'{ann_file}: {key!r} must be a list, got {type(data[key]).__name__}')
+
+    _check_entries(ann_file, data)
+    image_ids, cat_ids = _check_ids(ann_file, data)
     partial = {img['id']: {key: set(img[key]) for key in PARTIAL_LABEL_KEYS if img.get(key)}
                for img in data['images'] if any(img.get(key) for key in PARTIAL_LABEL_KEYS)}
     for i, a in enumerate(data['annotations']):
@@ -129,27 +122,13 @@ def coco_multilabel_targets(
         data: Dict[str, Any],
         keep_empty: bool = False,
 ) -> Tuple[List[Dict[str, Any]], np.ndarray, List[str], List[int], Dict[str, int]]:
-    """Turn checked COCO data (see :func:`load_coco_json`) into image-level multi-label targets via pycocotools.
+    """Image-level multi-label targets of checked COCO data (:func:`load_coco_json`) via pycocotools.
 
-    Partial labels, per image (fields of its ``images`` record):
-
-    * ``neg_category_ids`` (LVIS's federated annotation): the categories checked absent (0); every category that
-      is neither annotated in the image nor listed there is not annotated (-1). LVIS's
-      ``not_exhaustive_category_ids`` needs nothing: at image level an annotated category is present either way.
-    * ``not_annotated_category_ids``: categories not annotated in this image (-1); every other category that has no
-      annotation is absent (0), as without the field.
-
-    A category listed there and also annotated in the image is an error naming the image.
-
-    Args:
-        data: the parsed annotation file.
-        keep_empty: keep images that have no annotation (all-zero targets) instead of skipping them.
+    Partial labels per image: ``neg_category_ids`` (LVIS: checked absent, every other unannotated category -1) or
+    ``not_annotated_category_ids`` (those -1, others absent).
 
     Returns:
-        ``(images, targets, label_names, category_ids, counts)``: the kept image records in file order, the
-        ``[N, C]`` float32 targets (columns in ascending category id), the category names and ids, and counts
-        ``{'images_total', 'images_without_annotations', 'images_kept', 'labels_from_crowd_only',
-        'unknown_entries'}`` (the last: kept (image, category) entries not annotated, -1).
+        ``(images, targets [N, C] float32, label_names, category_ids, counts)``.
     """
     coco = COCO()
     # pycocotools needs a unique annotation 'id'; image-level custom files often omit it
@@ -191,17 +170,10 @@ class CocoFormatMultiLabel(MultiLabelDataset):
     """Any COCO-format annotation file + image folder as a multi-label dataset (label names from the file).
 
     Args:
-        ann_file: COCO-format JSON (``images``, ``annotations``, ``categories``).
-        image_dir: folder that ``images[i].file_name`` is relative to.
-        transform: applied to each PIL RGB image.
-        keep_empty: keep images without annotations (all-zero targets); skipped by default (§4.1's counts).
-        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images (see :mod:`srdl_timm.data.images`).
-        check_files: check at construction that every listed image file exists (FileNotFoundError otherwise).
-        name: how the dataset is named in logs and ``info``.
-
-    Raises:
-        FileNotFoundError: the annotation file, the image folder or a listed image is missing.
-        ValueError: see :func:`load_coco_json`; also when no image is left.
+        ann_file: COCO-format JSON; image_dir: the folder ``file_name`` is relative to.
+        transform, on_corrupt, name: see :class:`~srdl_timm.data.images.MultiLabelDataset`.
+        keep_empty: keep images without annotations (all-zero targets).
+        check_files: check that every listed image file exists.
     """
 
     def __init__(
@@ -248,14 +220,8 @@ class CocoMultiLabel(CocoFormatMultiLabel):
 
     Args:
         root: folder holding ``annotations/`` and the ``{split}{year}/`` image folders.
-        split: ``'train'`` or ``'val'``.
-        transform, keep_empty, on_corrupt, check_files: see :class:`CocoFormatMultiLabel`.
-        year: ``'2014'`` (the paper's release) or ``'2017'``.
-        ann_file, image_dir: override the standard paths.
-
-    Raises:
-        ValueError: an unknown split, or an annotation file whose categories are not COCO's 80 (ids and names
-            must match :data:`COCO_CATEGORY_IDS` / :data:`COCO_CLASSES`).
+        split: ``'train'`` or ``'val'``; year: ``'2014'`` (the paper's) or ``'2017'``.
+        ann_file, image_dir: override the standard paths; others: see :class:`CocoFormatMultiLabel`.
     """
 
     def __init__(

@@ -1,14 +1,9 @@
-"""The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`, list or wide layout) or a COCO-format JSON
-file (:class:`CocoJsonMultiLabel`).
-
-``create_multilabel_dataset('csv', root, split)`` reads ``root/{split}.csv`` with images relative to ``root``;
-``create_multilabel_dataset('coco-json', root, split)`` reads ``root/annotations/{split}.json`` with images under
-``root/images/{split}/`` (``ann_file``/``image_dir`` override both), classes the file's ``categories`` in id order.
-"""
+"""The user's own multi-label data: a CSV file (:class:`CsvMultiLabel`) or a COCO-format JSON file
+(:class:`CocoJsonMultiLabel`), as ``create_multilabel_dataset('csv' | 'coco-json', root, split)`` finds them."""
 import csv
 import logging
 import os
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,39 +80,22 @@ def _list_row(tokens: Sequence[str], index: Dict[str, int], where: str, names_fr
 class CsvMultiLabel(MultiLabelDataset):
     """A CSV file of image paths and labels, with a header row, in one of two layouts.
 
-    * list layout: an image column and a label column holding the present labels joined by ``label_sep`` (default
-      ``';'``, since names such as "traffic light" contain spaces), e.g. ``img/0001.jpg,person;traffic light``.
-      Label names (column order) come from ``label_names=[...]`` if given, else from a ``classes.txt`` (one name a
-      line) beside the CSV, else from the sorted set of labels in the file (then train and val files must hold the
-      same label set; a ``classes.txt`` makes the order explicit). A class a row does not name is absent (0).
-      Partial labels (as in OpenImages): ``?name`` says the image was not annotated for that class (-1: left out of
-      the loss and the metrics), ``?*`` that every class the row does not name is not annotated, and then ``!name``
-      names a class checked absent (0), e.g. ``img/0002.jpg,person;?dog`` or ``img/0003.jpg,person;!cat;?*``.
-    * wide layout: no label column; every other column is a class, each cell ``1`` (present), ``0`` (absent) or
-      ``-1`` (not annotated / ignore), e.g. header ``image,person,dog,traffic light`` and row ``img/0001.jpg,1,0,-1``.
-
-    ``info['unknown_entries']`` counts the (image, class) entries that are not annotated (-1).
-
-    The image column is ``image_column`` or the first of ``image, filename, file_name, path, image_path, file``; the
-    label column is ``label_column`` or the first of ``labels, label, tags``.
+    * list layout: an image column and a label column of present labels joined by ``label_sep`` (``';'``), e.g.
+      ``img/0001.jpg,person;traffic light``. Names come from ``label_names``, else ``classes.txt`` beside the CSV,
+      else the sorted labels in the file. ``?name`` marks a class not annotated (-1), ``?*`` every class not named,
+      ``!name`` one checked absent.
+    * wide layout: no label column; every other column is a class with cells ``1`` / ``0`` / ``-1``.
 
     Args:
-        csv_file: the CSV file (UTF-8, a byte-order mark as Excel writes it is skipped; with a header row).
-        image_dir: folder the image paths are relative to (absolute paths are kept); default: the CSV's folder.
-        transform: applied to each PIL RGB image.
-        label_names: class names in column order (list layout only).
-        label_names_from: where ``label_names`` come from, for the unknown-label error (e.g. "the weights").
-        label_sep: separator between labels in the list layout.
-        image_column, label_column: column names, when not one of the defaults.
-        keep_empty: keep images without any present label (all-zero targets); skipped and counted by default.
-        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images.
-        check_files: check at construction that every image file exists.
+        csv_file: the CSV file (UTF-8).
+        image_dir: folder the image paths are relative to; default: the CSV's folder.
+        label_names, label_names_from: class names in column order (list layout) and where they come from.
+        label_sep, image_column, label_column: the layout, when not the defaults.
+        keep_empty, on_corrupt, check_files, transform, name: as the other datasets.
 
     Raises:
         FileNotFoundError: the CSV, ``image_dir`` or a listed image is missing.
-        ValueError: malformed CSV, a missing column, a row with the wrong number of fields, a duplicated image, a
-            label not in ``label_names``/``classes.txt``, a class named twice in a row (e.g. ``dog;?dog``), a
-            wide-layout cell other than 1/0/-1 — naming file and line.
+        AnnotationError: malformed CSV, row or label, naming file and line.
     """
 
     def __init__(
@@ -142,64 +120,15 @@ class CsvMultiLabel(MultiLabelDataset):
         if not os.path.isdir(image_dir):
             raise FileNotFoundError(f'image folder not found: {image_dir}')
         name = name or os.path.basename(csv_file)
-        try:
-            with open(csv_file, 'r', encoding='utf-8-sig', newline='') as f:
-                rows = list(csv.reader(f))
-        except UnicodeDecodeError as e:
-            raise AnnotationError(f'{csv_file}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "CSV UTF-8"') \
-                from e
-        except csv.Error as e:
-            raise AnnotationError(f'{csv_file}: malformed CSV ({e})') from e
-        rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
-        if not rows:
-            raise AnnotationError(f'{csv_file}: empty CSV (a header row is required)')
-        header = [h.strip() for h in rows[0][1]]
-        if len(set(header)) != len(header):
-            raise AnnotationError(f'{csv_file}: duplicate column names in header {header}')
-        img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
-        lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
-        for line, r in rows[1:]:
-            if len(r) != len(header):
-                raise AnnotationError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
-        records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
-        for rec in records:
-            if not rec[img_col]:
-                raise AnnotationError(f'{csv_file}, line {rec["_line"]}: empty image path')
-
+        header, img_col, lab_col, records = _read_csv(csv_file, image_column, label_column)
         if lab_col is not None:
             layout = 'list'
-            cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
-            classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
-            if label_names is not None:
-                names, names_from = [str(n) for n in label_names], label_names_from or 'the label_names argument'
-            elif os.path.isfile(classes_txt):
-                names, names_from = read_label_names(classes_txt), classes_txt
-            else:
-                names = sorted({_parse_label(t, set())[0] for ts in cells.values() for t in ts} - {None})
-                names_from = LABELS_FROM_FILE
-                _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
-                             'beside it to fix the class order across splits', name, len(names))
-            index = {n: i for i, n in enumerate(names)}
-            targets = np.zeros((len(records), len(names)), dtype=np.float32)
-            for k, rec in enumerate(records):
-                targets[k] = _list_row(cells[rec['_line']], index, f'{csv_file}, line {rec["_line"]}', names_from)
+            names, names_from, targets = _list_targets(csv_file, records, lab_col, label_sep, label_names,
+                                                       label_names_from, name)
         else:
             layout = 'wide'
             names, names_from = [h for h in header if h != img_col], 'header'
-            if label_names is not None and list(label_names) != names:
-                raise AnnotationError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
-                                 f'columns {names}')
-            if not names:
-                raise AnnotationError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
-            targets = np.zeros((len(records), len(names)), dtype=np.float32)
-            for k, rec in enumerate(records):
-                for c, n in enumerate(names):
-                    v = rec[n]
-                    if v not in _WIDE_VALUES:
-                        raise AnnotationError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
-                                         f'or -1')
-                    targets[k, c] = _WIDE_VALUES[v]
-
+            targets = _wide_targets(csv_file, records, names, label_names)
         paths = [os.path.join(image_dir, rec[img_col]) for rec in records]
         seen: Dict[str, int] = {}
         for rec, p in zip(records, paths):
@@ -229,15 +158,79 @@ class CsvMultiLabel(MultiLabelDataset):
                      f'{info["unknown_entries"]:,}')
 
 
-class CocoJsonMultiLabel(CocoFormatMultiLabel):
-    """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``.
+def _read_csv(csv_file: str, image_column: Optional[str],
+              label_column: Optional[str]) -> Tuple[List[str], str, Optional[str], List[Dict[str, Any]]]:
+    """The header, image and label columns and the rows (dicts with their 1-based ``_line``) of a CSV file."""
+    try:
+        with open(csv_file, 'r', encoding='utf-8-sig', newline='') as f:
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f'{csv_file}: not UTF-8 text (byte {e.start}: {e.reason}); save it as "CSV UTF-8"') \
+            from e
+    except csv.Error as e:
+        raise AnnotationError(f'{csv_file}: malformed CSV ({e})') from e
+    rows = [(i + 1, r) for i, r in enumerate(rows) if any(cell.strip() for cell in r)]  # 1-based line numbers
+    if not rows:
+        raise AnnotationError(f'{csv_file}: empty CSV (a header row is required)')
+    header = [h.strip() for h in rows[0][1]]
+    if len(set(header)) != len(header):
+        raise AnnotationError(f'{csv_file}: duplicate column names in header {header}')
+    img_col = _pick(header, image_column, IMAGE_COLUMNS, 'image', csv_file)
+    lab_col = _pick(header, label_column, LABEL_COLUMNS, 'label', csv_file, required=False)
+    for line, r in rows[1:]:
+        if len(r) != len(header):
+            raise AnnotationError(f'{csv_file}, line {line}: {len(r)} fields, header has {len(header)}: {r}')
+    records = [dict(zip(header, (c.strip() for c in r)), _line=line) for line, r in rows[1:]]
+    for rec in records:
+        if not rec[img_col]:
+            raise AnnotationError(f'{csv_file}, line {rec["_line"]}: empty image path')
+    return header, img_col, lab_col, records
 
-    Args:
-        root: dataset folder.
-        split: split name (any string naming the files, e.g. ``'train'``, ``'val'``, ``'test'``).
-        ann_file, image_dir: override the default paths.
-        transform, keep_empty, on_corrupt, check_files: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`.
-    """
+
+def _list_targets(csv_file: str, records: List[Dict[str, Any]], lab_col: str, label_sep: str,
+                  label_names: Optional[Sequence[str]], label_names_from: Optional[str],
+                  name: str) -> Tuple[List[str], str, np.ndarray]:
+    """Class names, where they came from, and targets of a CSV with a label-list column."""
+    cells = {rec['_line']: [t.strip() for t in rec[lab_col].split(label_sep) if t.strip()] for rec in records}
+    classes_txt = os.path.join(os.path.dirname(os.path.abspath(csv_file)), 'classes.txt')
+    if label_names is not None:
+        names, names_from = [str(n) for n in label_names], label_names_from or 'the label_names argument'
+    elif os.path.isfile(classes_txt):
+        names, names_from = read_label_names(classes_txt), classes_txt
+    else:
+        names = sorted({_parse_label(t, set())[0] for ts in cells.values() for t in ts} - {None})
+        names_from = LABELS_FROM_FILE
+        _logger.info('%s: label names taken from the sorted labels in the file (%d); put a classes.txt '
+                     'beside it to fix the class order across splits', name, len(names))
+    index = {n: i for i, n in enumerate(names)}
+    targets = np.zeros((len(records), len(names)), dtype=np.float32)
+    for k, rec in enumerate(records):
+        targets[k] = _list_row(cells[rec['_line']], index, f'{csv_file}, line {rec["_line"]}', names_from)
+    return names, names_from, targets
+
+
+def _wide_targets(csv_file: str, records: List[Dict[str, Any]], names: List[str],
+                  label_names: Optional[Sequence[str]]) -> np.ndarray:
+    """Targets of a CSV with one 1/0/-1 column per class."""
+    if label_names is not None and list(label_names) != names:
+        raise AnnotationError(f'{csv_file}: label_names {list(label_names)} differ from the header\'s class '
+                              f'columns {names}')
+    if not names:
+        raise AnnotationError(f'{csv_file}: no label column ({list(LABEL_COLUMNS)}) and no class columns')
+    targets = np.zeros((len(records), len(names)), dtype=np.float32)
+    for k, rec in enumerate(records):
+        for c, n in enumerate(names):
+            v = rec[n]
+            if v not in _WIDE_VALUES:
+                raise AnnotationError(f'{csv_file}, line {rec["_line"]}, column {n!r}: value {v!r} is not 1, 0 '
+                                      f'or -1')
+            targets[k, c] = _WIDE_VALUES[v]
+    return targets
+
+
+class CocoJsonMultiLabel(CocoFormatMultiLabel):
+    """A COCO-format JSON of the user's own; defaults to ``root/annotations/{split}.json`` + ``root/images/{split}``
+    (``ann_file``, ``image_dir`` override them; others: see :class:`~srdl_timm.data.coco.CocoFormatMultiLabel`)."""
 
     def __init__(
             self,

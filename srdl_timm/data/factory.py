@@ -1,8 +1,5 @@
-"""``create_multilabel_dataset`` and ``create_multilabel_loader``: the data entry points.
-
-Named after timm's ``create_dataset``/``create_loader`` but not the same functions (other arguments, multi-label
-targets, evaluation loaders that never drop or pad), hence the ``multilabel`` in the names.
-"""
+"""``create_multilabel_dataset`` and ``create_multilabel_loader``: the data entry points (not timm's
+``create_dataset``/``create_loader``: multi-label targets, evaluation loaders that never drop or pad)."""
 import inspect
 import logging
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -44,26 +41,16 @@ def create_multilabel_dataset(
         transform: Optional[Callable] = None,
         **options: Any,
 ) -> MultiLabelDataset:
-    """Create a multi-label dataset by name.
+    """Create a multi-label dataset by name: ``'coco'``, ``'voc'``, ``'coco-json'`` or ``'csv'``.
 
     Args:
-        name: ``'coco'`` (MS-COCO 2014 layout), ``'voc'`` (VOC 2007 devkit), ``'coco-json'`` (a COCO-format file of
-            one's own, default ``root/annotations/{split}.json`` + ``root/images/{split}/``) or ``'csv'``
-            (``root/{split}.csv``, images relative to ``root``).
-        root: dataset folder.
-        split: ``'train'``/``'val'`` (coco), ``'trainval'``/``'test'``/``'train'``/``'val'`` (voc), any name for
-            coco-json/csv.
-        transform: applied to each PIL RGB image (see :func:`~srdl_timm.data.transforms.create_paper_transform`).
-        **options: dataset options — all: ``keep_empty``, ``on_corrupt`` ('error' | 'skip'), ``check_files``;
-            coco: ``year``, ``ann_file``, ``image_dir``; voc: ``difficult`` ('positive' | 'negative' | 'ignore');
-            coco-json: ``ann_file``, ``image_dir``; csv: ``ann_file`` (the CSV), ``image_dir``, ``label_names``,
-            ``label_sep``, ``image_column``, ``label_column``.
-
-    Returns:
-        A :class:`~srdl_timm.data.images.MultiLabelDataset` yielding ``(image, float32 target [C])``.
+        name, root, split: dataset format, folder and split.
+        transform: applied to each PIL RGB image.
+        **options: dataset options (``keep_empty``, ``on_corrupt``, ``check_files``, ``ann_file``, ``image_dir``,
+            VOC's ``difficult``, CSV's ``label_names`` ...).
 
     Raises:
-        ValueError: unknown dataset name or an option the dataset does not take (naming it).
+        ValueError: unknown dataset name or an option the dataset does not take.
     """
     key = name.lower()
     if key not in DATASETS:
@@ -97,23 +84,8 @@ def create_multilabel_loader(
         pin_memory: bool = False,
         persistent_workers: bool = True,
 ) -> DataLoader:
-    """Create a DataLoader for training (shuffled) or evaluation (in order, every sample exactly once).
-
-    Training shuffles with a generator seeded by ``seed`` (``DistributedSampler(seed=seed)`` when distributed;
-    call ``loader.sampler.set_epoch(epoch)`` each epoch) and drops the last incomplete batch by default.
-    Evaluation never drops or pads: distributed evaluation uses
-    :class:`~srdl_timm.data.samplers.DistributedEvalSampler` (disjoint contiguous slices, no padding).
-
-    Args:
-        dataset: the dataset.
-        batch_size: per-process batch size.
-        is_training: shuffle (+ drop_last default) or evaluation order.
-        num_workers: loader worker processes.
-        distributed: split the data across the ranks of the initialised process group.
-        seed: shuffling / augmentation seed (worker RNGs derive from it; ranks get ``seed + rank``).
-        drop_last: default True for training, False for evaluation; True for evaluation is an error.
-        pin_memory: pin host memory (for CUDA).
-        persistent_workers: keep workers alive between epochs (when ``num_workers`` > 0).
+    """Create a DataLoader for training (shuffled with ``seed``, drop_last) or evaluation (in order, every sample
+    exactly once: :class:`~srdl_timm.data.samplers.DistributedEvalSampler` when distributed, never padded).
 
     Raises:
         ValueError: ``drop_last=True`` for evaluation, ``distributed=True`` without a process group, bad sizes.

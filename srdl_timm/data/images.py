@@ -1,10 +1,7 @@
 """Robust image opening and the multi-label dataset base class.
 
-:func:`open_image` turns whatever is on disk (grayscale, palette, RGBA, CMYK, 16-bit, …) into an 8-bit RGB
-:class:`PIL.Image.Image` or raises an error naming the file; like timm's and torchvision's loaders it applies no EXIF
-orientation and drops (does not composite) an alpha channel, so pixels match what the peers' code feeds their
-networks. :class:`MultiLabelDataset` holds image paths and a ``[N, C]`` float32 target matrix (1 present, 0 absent,
--1 ignore, the encoding the metrics and the loss use) and applies the ``on_corrupt`` policy to unreadable images.
+:func:`open_image` gives 8-bit RGB whatever is on disk (no EXIF rotation, alpha dropped, as timm's loader);
+:class:`MultiLabelDataset` holds paths and ``[N, C]`` float32 targets (1 present, 0 absent, -1 ignore).
 """
 import logging
 import os
@@ -65,20 +62,11 @@ def _to_rgb(img: Image.Image, path: str) -> Image.Image:
 
 
 def open_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an image file and return it fully decoded as 8-bit RGB.
-
-    Grayscale, palette, RGBA/LA (alpha dropped), CMYK and YCbCr go through PIL's conversion; 16-bit gray
-    (``I;16``) and 32-bit integer gray are divided by 257 so that 65535 maps to 255.
-
-    Args:
-        path: image file.
-
-    Returns:
-        A loaded ``RGB`` image.
+    """Open an image file fully decoded as 8-bit RGB (16/32-bit gray scaled to 8 bits).
 
     Raises:
-        FileNotFoundError: the file does not exist (the message names it).
-        UnreadableImageError: the file is truncated, corrupt, not an image, or has an unsupported mode.
+        FileNotFoundError: the file does not exist.
+        UnreadableImageError: truncated, corrupt, not an image, or an unsupported mode.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -112,23 +100,9 @@ def _check_targets(targets: np.ndarray, num_images: int, num_classes: int, where
 class MultiLabelDataset(Dataset):
     """A list of images with multi-label targets; the base of every dataset in :mod:`srdl_timm.data`.
 
-    ``dataset[i]`` returns ``(image, target)``: ``image`` is ``transform(PIL RGB image)`` (the PIL image itself
-    when ``transform`` is None) and ``target`` a float32 tensor ``[C]`` with 1 = present, 0 = absent,
-    -1 = ignore — the label vector y of the paper's §3.4 with an ignore state added for VOC's difficult objects.
-
-    Attributes:
-        image_paths: one path per sample.
-        targets: ``[N, C]`` float32 array, same encoding as the returned targets.
-        label_names: class names, index-aligned with the target columns.
-        num_classes: ``len(label_names)``.
-        transform: applied to the PIL image; settable.
-        on_corrupt: ``'error'`` (default: an unreadable image raises :class:`UnreadableImageError` naming the file)
-            or ``'skip'`` (the sample comes back as a black placeholder with an all ``-1`` target, a warning names
-            the file and ``num_skipped`` grows; keeping the sample keeps batch shapes and sampler lengths, and an
-            all-ignore target adds to no AP, count or loss; the metrics report it as ``num_samples_all_ignored``).
-        info: a JSON-serialisable description of how the dataset was built (split, counts, label policy),
-            recorded by ``srdl-validate`` as part of the evaluation protocol.
-        num_skipped: unreadable images replaced by an all-ignore sample so far, in this process.
+    ``dataset[i]`` is ``(transform(image), target)``, target float32 ``[C]`` (1 / 0 / -1). ``on_corrupt='skip'``
+    returns an unreadable image as a black placeholder with an all ``-1`` target (it adds to no AP, count or loss);
+    ``'error'`` raises :class:`UnreadableImageError`. ``info`` describes how the dataset was built.
     """
 
     def __init__(

@@ -1,10 +1,5 @@
-"""Image files to predict on: expand files, folders and glob patterns, and read each image without failing the rest.
-
-Used by ``srdl-predict``. Files named explicitly or matched by a glob are always tried; inside folders only files
-with an image extension (:data:`IMAGE_EXTENSIONS`) are taken, other files are skipped (counted in the log). Every
-input that cannot be used (missing path, unreadable folder, broken or looping symbolic link, glob matching
-nothing, non-image or corrupt file) becomes its own failed item with the reason, while the others go on.
-"""
+"""Image files to predict on: expand files, folders and glob patterns, and read each image without failing the rest
+(every unusable input becomes its own failed item with the reason)."""
 import dataclasses
 import errno
 import glob
@@ -96,17 +91,9 @@ def _folder_files(folder: str, recursive: bool, extensions: Sequence[str]) -> Tu
 def collect_inputs(
         inputs: Iterable[str], recursive: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> List[InputItem]:
-    """Expand files, folders and glob patterns into a list of images to predict, keeping failures as items.
-
-    * an existing file: taken as is (it is reported later if it is not a readable image);
-    * a folder: its files with an image extension, sorted (sub-folders too with ``recursive``); a folder with
-      no image file is one failed item; a looping or dangling link inside it is its own failed item;
-    * a pattern with ``*``, ``?`` or ``[``: its matches, sorted (``**`` spans folders with ``recursive``); a
-      pattern matching no file is one failed item; folders it matches are expanded as above;
-    * anything else (missing path, unreadable folder, broken or looping link): one failed item.
-
-    Duplicates (the same file reached twice) are kept once, at their first position.
-    """
+    """Expand files, folders (image extensions only; sub-folders with ``recursive``) and glob patterns into the
+    images to predict, sorted and without duplicates; a missing path, an empty folder, a broken link or a pattern
+    matching nothing is one failed item."""
     items: List[InputItem] = []
     seen = set()
 
@@ -164,11 +151,8 @@ def collect_inputs(
 
 
 class ImageFiles(Dataset):
-    """Reads and transforms one image per index, returning the error (a short reason) instead of raising it.
-
-    ``dataset[i]`` is a dict ``index``, ``tensor`` (or None), ``size`` (W, H), ``image`` (the PIL image when
-    ``keep_image``) and ``error`` (None, or why the file could not be used).
-    """
+    """Reads and transforms one image per index, returning ``{'index', 'tensor', 'size', 'image', 'error'}``
+    with the error (a short reason) instead of raising it."""
 
     def __init__(self, paths: Sequence[str], transform: Callable[[Image.Image], torch.Tensor], keep_image: bool):
         self.paths = list(paths)

@@ -1,8 +1,5 @@
-"""Label names of the standard multi-label benchmarks, in the order their class indices use.
-
-COCO classes are in category-id order (what pycocotools users get); ML-GCN's files are alphabetical, so any
-per-class array from elsewhere must be re-ordered by name, never by position.
-"""
+"""Label names of the standard multi-label benchmarks, in the order their class indices use (COCO: category-id order,
+not ML-GCN's alphabetical one)."""
 from typing import Tuple
 
 __all__ = ['COCO_CLASSES', 'COCO_CATEGORY_IDS', 'VOC_CLASSES']

@@ -1,28 +1,10 @@
 """Samplers that split the data over epochs and processes, and the process-group helpers they rest on.
 
-Training (exact resumption, mid-epoch included, and exact single-process/DDP equivalence need the training data
-stream to be a pure function of ``(seed, epoch, position)``):
-
-* :class:`EpochBatchSampler` draws the epoch's permutation from a generator seeded by ``(seed, epoch)`` alone.
-  Global batch ``s`` is ``perm[s*G:(s+1)*G]`` with ``G = batch_size × world_size``; rank ``r`` takes the
-  contiguous slice ``[s*G + r*b, s*G + (r+1)*b)``. So the union of the ranks' batches is exactly the single-process
-  batch of size ``G`` (what ``torch.utils.data.DistributedSampler`` guarantees as well), the tail that does not
-  fill a global batch is dropped on every rank (no padding, no duplicate sample), and ``start_batch`` skips the
-  already-trained batches without loading them.
-* Each index is paired with a seed derived from ``(seed, epoch, index)``; :class:`SeededDataset` runs the
-  dataset's random transform under that seed (inside ``torch.random.fork_rng``, with Python's and NumPy's RNG
-  saved and restored), so a sample's augmentation does not depend on the number of loader workers, on the rank
-  it lands on, or on whether the epoch was interrupted and resumed — and the global RNG streams of the training
-  process are left untouched.
-
-``torch.utils.data.DistributedSampler`` cannot start in the middle of an epoch and leaves augmentation randomness to
-the worker processes, which is why training uses these instead.
-
-Evaluation without padding: torch's ``DistributedSampler`` (and timm's ``OrderedDistributedSampler``) pad the dataset
-so every rank gets the same count, which makes some images count twice in the metrics. :class:`DistributedEvalSampler`
-instead gives rank r the contiguous slice ``[r*N//W, (r+1)*N//W)``; slices are disjoint and cover every index once,
-and ranks may differ in length by one. :func:`all_gather_concat` gathers tensors of different lengths, and
-concatenating in rank order restores dataset order.
+Training needs the data stream to be a pure function of ``(seed, epoch, position)`` for exact resumption and
+single-process/DDP equivalence: :class:`EpochBatchSampler` gives rank ``r`` a contiguous slice of each global batch
+of a ``(seed, epoch)`` permutation (no padding; ``start_batch`` skips trained batches), and
+:class:`SeededDataset` runs each sample's transform under its own seed. Evaluation:
+:class:`DistributedEvalSampler` gives each rank a disjoint slice without padding (every image counts once).
 """
 import logging
 import random
@@ -62,17 +44,14 @@ def derive_seed(*parts: int) -> int:
 
 
 class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
-    """Yield this rank's micro-batches of ``(index, sample_seed)`` for one epoch, optionally from batch ``start_batch``.
+    """Yield this rank's micro-batches of ``(index, sample_seed)`` for one epoch, from batch ``start_batch``.
 
     Args:
-        num_samples: dataset length N.
-        batch_size: per-rank batch size b.
-        seed: run seed.
-        epoch: epoch number (the permutation depends on ``(seed, epoch)`` only).
-        rank / world_size: this process and the process count (default: the process group's).
-        num_batches: batches per epoch per rank (default ``N // (b * world_size)``); must not exceed that.
-        start_batch: number of leading batches to skip (already trained before an interruption).
-        shuffle: permute (True for training) or keep dataset order.
+        num_samples, batch_size: dataset length N and per-rank batch size b.
+        seed, epoch: the permutation depends on these only.
+        rank, world_size: default: the process group's.
+        num_batches: batches per epoch per rank (at most ``N // (b * world_size)``).
+        start_batch: leading batches to skip; shuffle: permute or keep dataset order.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int, rank: Optional[int] = None,
@@ -121,11 +100,8 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
 
 
 class SeededDataset(Dataset):
-    """Wrap a map-style dataset so that ``ds[(index, seed)]`` runs ``dataset[index]`` with all RNGs seeded by ``seed``.
-
-    The caller's torch (CPU), Python and NumPy RNG states are restored afterwards, so loading in the main process
-    (``num_workers=0``) does not perturb the training RNG stream.
-    """
+    """``ds[(index, seed)]`` runs ``dataset[index]`` with every RNG seeded by ``seed``; the caller's RNG states are
+    restored afterwards."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -149,13 +125,7 @@ class SeededDataset(Dataset):
 
 
 class DistributedEvalSampler(Sampler[int]):
-    """Give each rank a disjoint contiguous slice of the dataset, with no padding and no shuffling.
-
-    Args:
-        dataset: anything with ``len()``.
-        num_replicas: world size (default: from the process group).
-        rank: this rank (default: from the process group).
-    """
+    """Give each rank a disjoint contiguous slice of the dataset, with no padding and no shuffling."""
 
     def __init__(self, dataset, num_replicas: Optional[int] = None, rank: Optional[int] = None) -> None:
         if num_replicas is None or rank is None:
@@ -187,11 +157,8 @@ def _gather_device() -> torch.device:
 
 
 def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs across ranks; concatenate them in rank order.
-
-    Every rank must call it (a collective). Without a process group it returns ``tensor`` unchanged. The result
-    is on ``tensor``'s device; NCCL transfers go through the current CUDA device.
-    """
+    """All-gather tensors whose first dimension differs across ranks, concatenated in rank order (a collective;
+    ``tensor`` unchanged without a process group)."""
     if not is_dist_initialized() or dist.get_world_size() == 1:
         return tensor
     device = _gather_device()
@@ -210,13 +177,8 @@ def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def init_distributed_from_env(device: str = 'cuda') -> Tuple[torch.device, int, int]:
-    """Initialise the default process group from torchrun's (or SLURM's) environment when it describes more than
-    one process, else do nothing: ``timm.utils.init_distributed_device_so`` (NCCL with one CUDA device per local
-    rank for CUDA, gloo otherwise).
-
-    Returns:
-        ``(device, rank, world_size)``.
-    """
+    """Initialise the process group from torchrun's (or SLURM's) environment when it describes more than one
+    process (``timm.utils.init_distributed_device_so``). Returns ``(device, rank, world_size)``."""
     if is_dist_initialized():
         dev = torch.device(device)
         if dev.type == 'cuda':

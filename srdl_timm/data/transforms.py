@@ -1,10 +1,4 @@
-"""The paper's train and eval transforms (§4.2), built from a timm data config.
-
-Paper, §4.2: "the input image is resized to 512×512, and we randomly choose a number from {512, 448, 384, 320, 256}
-as the width and height to crop patch. Finally, the cropped patch is further resized to 448×448. Then we randomly
-perform horizontal flip and perform normalization. During inference … the image is resized to 448×448."
-:func:`create_paper_transform` builds both pipelines, with mean, std and interpolation from the model's data config.
-"""
+"""The paper's train and eval transforms (§4.2), built from a timm data config."""
 from typing import Any, Dict, Optional, Sequence, Tuple, Union
 
 import torch
@@ -21,11 +15,8 @@ PAPER_SCALES = (512, 448, 384, 320, 256)
 
 
 class RandomSquareCrop(torch.nn.Module):
-    """Crop a square whose side is drawn uniformly from ``sizes`` at a uniformly random position (§4.2).
-
-    Randomness comes from torch's generator, so DataLoader worker seeding makes it reproducible. A side larger
-    than the image is clipped to the image's shorter side.
-    """
+    """Crop a square whose side is drawn uniformly from ``sizes`` (clipped to the image) at a uniformly random
+    position (§4.2), with torch's generator."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
         super().__init__()
@@ -82,24 +73,13 @@ def create_paper_transform(
 ) -> T.Compose:
     """Build the §4.2 train or eval transform for PIL RGB images.
 
-    Train: squash-resize to ``resize``×``resize`` → square crop, side drawn uniformly from ``scales``, at a uniformly
-    random position → squash-resize to ``size`` → random horizontal flip (p=0.5) → tensor → normalise. (ML-GCN's
-    ``MultiScaleCrop`` draws width and height separately at fixed offsets; the paper says one number for both
-    sides, so the crop is square.) Eval: squash-resize to ``size`` (no centre crop; ``crop_pct`` is not used) →
-    tensor → normalise. Mean, std and interpolation come from the data config
-    (``timm.data.resolve_data_config({}, model=model)``), so they follow the model's pretrained config. ``scales``
-    are given for a 512 resize; with another ``resize`` each is scaled by ``resize / 512``, rounded and clipped to
-    ``resize`` (:func:`scaled_crop_sides`; resize=256 gives 256, 224, 192, 160, 128).
-
-    Args:
-        data_config: timm data config with ``input_size``, ``mean``, ``std`` and ``interpolation``.
-        is_training: train (resize → random square crop → resize → flip) or eval (squash resize) pipeline.
-        resize: train-time first resize side (paper: 512).
-        scales: crop sides for a 512 resize (paper: 512, 448, 384, 320, 256), rescaled by ``resize/512``.
-        size: output size, int or (H, W); default ``data_config['input_size']`` (paper: 448).
+    Train: squash-resize to ``resize`` → square crop of a side drawn from ``scales`` (given for a 512 resize, scaled
+    by ``resize / 512``) → squash-resize to ``size`` → horizontal flip → normalise. Eval: squash-resize to ``size``
+    (no centre crop) → normalise. Mean, std, interpolation and channels come from ``data_config``
+    (``timm.data.resolve_data_config({}, model=model)``).
 
     Returns:
-        A torchvision ``Compose`` mapping a PIL image to a normalised float tensor ``[3, H, W]``.
+        A torchvision ``Compose`` mapping a PIL image to a normalised float tensor ``[C, H, W]``.
     """
     for key in ('mean', 'std'):
         if key not in data_config:

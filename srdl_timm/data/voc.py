@@ -1,10 +1,7 @@
-"""Pascal VOC 2007 multi-label dataset (paper §4.1: 5,011 trainval / 4,952 test images, 20 classes).
+"""Pascal VOC 2007 multi-label dataset (paper §4.1, 20 classes) from the devkit's XML annotations.
 
-Labels come from the devkit's XML annotations and are ternary per (image, class): present (a non-difficult object),
-difficult-only (every object of the class is ``<difficult>1</difficult>``) or absent; standard VOC evaluation ignores
-difficult-only entries, and :class:`VocMultiLabel`'s ``difficult`` policy chooses their target. Accepted roots
-(:func:`find_voc_root`): ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or the ``VOC2007`` folder itself, holding
-``Annotations/*.xml``, ``ImageSets/Main/{trainval,test,train,val}.txt`` and ``JPEGImages/*.jpg``.
+Labels are ternary per (image, class): present, difficult-only (every object of the class difficult) or absent;
+:class:`VocMultiLabel`'s ``difficult`` policy chooses the target of difficult-only entries.
 """
 import logging
 import os
@@ -27,11 +24,8 @@ _POLICY_VALUE = {'positive': 1.0, 'negative': 0.0, 'ignore': -1.0}
 
 
 def find_voc_root(root: str, year: str = '2007') -> str:
-    """Return the ``VOC{year}`` folder under ``root`` (``VOCdevkit/VOC{year}``, ``VOC{year}`` or ``root`` itself).
-
-    Raises:
-        FileNotFoundError: none of the candidates holds ``Annotations/`` and ``ImageSets/Main/``; lists them.
-    """
+    """The ``VOC{year}`` folder under ``root`` (``VOCdevkit/VOC{year}``, ``VOC{year}`` or ``root``), else a
+    FileNotFoundError listing the candidates."""
     root = os.fspath(root)
     candidates = [os.path.join(root, 'VOCdevkit', f'VOC{year}'), os.path.join(root, f'VOC{year}'), root]
     for c in candidates:
@@ -42,13 +36,7 @@ def find_voc_root(root: str, year: str = '2007') -> str:
 
 
 def parse_voc_xml(xml_file: str, class_index: dict) -> Tuple[np.ndarray, np.ndarray]:
-    """Parse one VOC annotation file into per-class ``(present, difficult_only)`` boolean vectors.
-
-    Raises:
-        FileNotFoundError: the XML file is missing.
-        ValueError: malformed XML, an object without ``<name>``, an unknown class name or a ``<difficult>`` value
-            other than 0/1 — the message names the file.
-    """
+    """Per-class ``(present, difficult_only)`` boolean vectors of one VOC annotation file (errors name the file)."""
     if not os.path.isfile(xml_file):
         raise FileNotFoundError(f'VOC annotation file not found: {xml_file}')
     try:
@@ -91,25 +79,9 @@ def _read_split(split_file: str) -> List[str]:
 class VocMultiLabel(MultiLabelDataset):
     """Pascal VOC 2007 as a multi-label dataset with ternary labels and a selectable difficult policy.
 
-    Difficult-only entries get 1 (``'positive'``, ML-GCN's training choice), 0 (``'negative'``, SSGRL's) or -1
-    (``'ignore'``, standard VOC evaluation); :attr:`difficult` can be changed after construction and the targets
-    follow.
-
-    Args:
-        root: ``root/VOCdevkit/VOC2007``, ``root/VOC2007`` or the ``VOC2007`` folder itself (:func:`find_voc_root`).
-        split: ``'trainval'``, ``'test'``, ``'train'`` or ``'val'``.
-        transform: applied to each PIL RGB image.
-        difficult: ``'positive'``, ``'negative'`` or ``'ignore'`` for difficult-only entries; None → ``'ignore'``
-            for ``test``, ``'positive'`` otherwise.
-        keep_empty: keep images whose XML lists no object (all-zero targets); skipped and counted by default.
-        on_corrupt: ``'error'`` or ``'skip'`` for unreadable images.
-        check_files: check at construction that every JPEG exists.
-        year: devkit year folder (``'2007'``).
-
-    Attributes:
-        present: ``[N, C]`` bool, a non-difficult object of the class is in the image.
-        difficult_only: ``[N, C]`` bool, only difficult objects of the class are in the image.
-        image_ids: the devkit's image ids.
+    ``difficult``: 1 (``'positive'``), 0 (``'negative'``) or -1 (``'ignore'``, standard evaluation) for difficult-only
+    entries; None → ``'ignore'`` for ``test``, ``'positive'`` otherwise; settable after construction.
+    ``present`` and ``difficult_only`` are ``[N, C]`` bool arrays.
     """
 
     def __init__(

@@ -1,7 +1,5 @@
-"""Label names and their word vectors: :mod:`.names` (a model's names: the one store, timm's
-``pretrained_cfg['label_names']``, its reader and writer, label files), :mod:`.vectors` (label-graph node vectors
-A⁰ of eq. 3: the name-to-vector rule and its report, the shipped COCO/VOC rows), :mod:`.word_vectors` (reading
-word-vector sources) and :mod:`.thresholds` (per-class decision thresholds: tuning, the store on a model, JSON)."""
+"""Label names (:mod:`.names`), their word vectors (:mod:`.vectors`, :mod:`.word_vectors`) and per-class decision
+thresholds (:mod:`.thresholds`)."""
 from .names import (
     KNOWN_LABEL_SETS, known_label_names, known_label_set, model_label_names, read_label_file, resolve_label_names,
     store_label_names)

@@ -1,12 +1,6 @@
-"""A model's label names: one store (timm's ``pretrained_cfg['label_names']``), one reader, one writer.
-
-timm keeps a model's class names, in output order, in ``pretrained_cfg['label_names']`` (a tuple). SRDL's builder
-(:mod:`srdl_timm.models.srdl`) stores there the ``label_names=`` it was built with (or the benchmark's names for
-80 / 20 classes), :func:`srdl_timm.loading.load_model` the names of a checkpoint's config, and timm itself the
-top-level ``label_names`` of a ``local-dir:`` / ``hf-hub:`` ``config.json``; each write goes through
-:func:`store_label_names`. :func:`model_label_names` is the one reader (validation, prediction, explanation,
-export); :func:`resolve_label_names` adds a user's label file and the ``class_<i>`` placeholders for output.
-"""
+"""A model's label names: one store (timm's ``pretrained_cfg['label_names']``), one reader (:func:`model_label_names`),
+one writer (:func:`store_label_names`); :func:`resolve_label_names` adds a user's label file and ``class_<i>``
+placeholders."""
 import json
 import logging
 import os
@@ -52,13 +46,8 @@ def _name_list(names: Any) -> Optional[List[str]]:
 
 
 def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Optional[List[str]]:
-    """The model's label names, in output order, from the store (``pretrained_cfg['label_names']``).
-
-    A model built without timm's factory has no ``pretrained_cfg``; an SRDL then answers from its own
-    ``label_names``. Names are only returned when their count equals ``num_classes`` (default:
-    ``model.num_classes``); a mismatching list is ignored with a warning. Returns None when the model carries no
-    usable names.
-    """
+    """The model's label names in output order (``pretrained_cfg``, else an SRDL's own), or None when it carries
+    none whose count is ``num_classes`` (a mismatching list is ignored with a warning)."""
     if num_classes is None:
         num_classes = getattr(model, 'num_classes', None)
     candidates = (
@@ -78,12 +67,8 @@ def model_label_names(model: nn.Module, num_classes: Optional[int] = None) -> Op
 
 def store_label_names(model: nn.Module, names: Optional[Sequence[str]] = None,
                       num_classes: Optional[int] = None) -> Optional[List[str]]:
-    """Write the store: ``pretrained_cfg['label_names']`` (and an SRDL's own ``label_names``) become ``names``.
-
-    With ``names=None`` the stored names are kept when their count equals ``num_classes`` (default
-    ``model.num_classes``; an SRDL adopts them, e.g. those timm read from a ``local-dir:`` config) and dropped
-    otherwise (they belong to another head). Returns the names the model now carries (None: none).
-    """
+    """Set the model's label names to ``names``; with None keep the stored ones when their count is the model's
+    class count, else drop them. Returns the names the model now carries."""
     cfg = getattr(model, 'pretrained_cfg', None)
     if num_classes is None:
         num_classes = getattr(model, 'num_classes', None)

@@ -1,15 +1,9 @@
 """Per-class decision thresholds of a multi-label model: tuning, the one store on a model, and their JSON form.
 
-A multi-label model says "class c is present" when its probability ``sigmoid(logit_c)`` is at least a threshold. One
-global 0.5 (the paper's CP … OF1) suits no class in particular; :func:`tune_thresholds` picks each class's own on a
-held-out split (the best F1 per class) and records where (:func:`split_fingerprint`), so that no report measures
-thresholds on the split they were tuned on. A model carries them in its attribute ``label_thresholds`` (a
-:class:`LabelThresholds`): :func:`store_label_thresholds` is the one writer, :func:`model_label_thresholds` the one
-reader. Not in timm's ``pretrained_cfg``: timm's ``save_for_hf`` copies that dict into config.json's
-``pretrained_cfg``, which timm's loader rebuilds as a ``PretrainedCfg`` (unknown keys rejected), so a model saved by
-timm could not be loaded again. On disk they are the top-level ``label_thresholds`` (one probability per class, in
-output order) and ``label_thresholds_info`` (how and where they were tuned) of config.json (srdl-publish),
-train_config.json (srdl-train) or a thresholds file (``srdl-validate --tune-thresholds``).
+:func:`tune_thresholds` picks each class's threshold on a held-out split (best F1) and records which split, so no
+report measures thresholds on the images they were tuned on. A model carries them in ``label_thresholds`` (not in
+timm's ``pretrained_cfg``, whose loader rejects unknown keys); on disk they are the top-level ``label_thresholds``
+and ``label_thresholds_info`` of config.json, train_config.json or a thresholds file.
 """
 import dataclasses
 import hashlib
@@ -45,11 +39,8 @@ _MARGIN = 1e-6  # tuned thresholds stay inside (0, 1)
 
 
 def check_threshold_values(values: Any, num_classes: Optional[int], where: str) -> List[float]:
-    """``values`` as a list of floats, each a probability strictly between 0 and 1, one per class.
-
-    Raises:
-        InputError: not a list of numbers in (0, 1), or not ``num_classes`` of them; the message names ``where``.
-    """
+    """``values`` as a list of floats, one probability in (0, 1) per class (else :class:`InputError` naming
+    ``where``)."""
     if not isinstance(values, (list, tuple)) or not values or not all(
             isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < float(v) < 1.0 for v in values):
         shown = json.dumps(values) if isinstance(values, (list, tuple, str, int, float, type(None))) else repr(values)
@@ -63,14 +54,8 @@ def check_threshold_values(values: Any, num_classes: Optional[int], where: str) 
 
 @dataclasses.dataclass(frozen=True)
 class LabelThresholds:
-    """Per-class decision thresholds: ``values[c]`` is the probability at or above which class ``c`` is present.
-
-    Attributes:
-        values: one probability in (0, 1) per class, in output order.
-        info: how they were chosen: ``rule`` (a key of :data:`TUNING_RULES`, or ``'given'``), ``description``,
-            ``tuned_on`` (``data``, ``split``, ``root``, ``num_images``, ``images_sha256`` of the tuning split),
-            ``untuned`` (classes without a positive there, kept at 0.5), ``tool``.
-    """
+    """Per-class decision thresholds: ``values[c]`` is the probability at or above which class ``c`` is present;
+    ``info`` says how they were chosen (``rule``, ``description``, ``tuned_on``, ``untuned``, ``tool``)."""
     values: tuple
     info: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -110,11 +95,7 @@ class LabelThresholds:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str,
                   num_classes: Optional[int] = None) -> Optional['LabelThresholds']:
-        """The thresholds a config / thresholds file holds (None when it holds none).
-
-        Raises:
-            InputError: malformed values or info, naming ``where``.
-        """
+        """The thresholds a config / thresholds file holds (None when none; :class:`InputError` naming ``where``)."""
         values = doc.get(THRESHOLDS_KEY)
         if values is None:
             return None
@@ -161,20 +142,9 @@ def tune_thresholds(
         tuned_on: Optional[Mapping[str, Any]] = None,
         tool: Optional[str] = None,
 ) -> LabelThresholds:
-    """Per-class thresholds from a split's logits and targets (1 / 0 / -1, the -1 entries left out).
-
-    Args:
-        logits: ``[N, C]`` logits (float32 or float64; only their order and the gaps between them matter).
-        targets: ``[N, C]``.
-        rule: a key of :data:`TUNING_RULES` (``'f1'``: the best F1 per class).
-        label_names: names of the classes (for ``info['untuned']``), else their indices.
-        tuned_on: the split's :func:`split_fingerprint` (recorded, so that no report uses the same split).
-        tool: what tuned them (recorded).
-
-    Returns:
-        The :class:`LabelThresholds`; a class without a positive keeps :data:`DEFAULT_THRESHOLD` and is named in
-        ``info['untuned']`` (and logged).
-    """
+    """Per-class thresholds (``rule``: a key of :data:`TUNING_RULES`) from a split's ``[N, C]`` logits and targets
+    (1 / 0 / -1, the -1 entries left out), recording ``tuned_on`` and ``tool``; a class without a positive keeps
+    :data:`DEFAULT_THRESHOLD` and is named in ``info['untuned']``."""
     if rule not in TUNING_RULES:
         raise InputError(f'unknown threshold rule {rule!r}; choose one of {sorted(TUNING_RULES)}')
     x = np.asarray(logits, dtype=np.float64)
@@ -218,12 +188,8 @@ def model_label_thresholds(model: nn.Module) -> Optional[LabelThresholds]:
 
 def store_label_thresholds(model: nn.Module, thresholds: Union[None, LabelThresholds, Sequence[float]],
                            where: str = 'label_thresholds') -> Optional[LabelThresholds]:
-    """Write the store: ``model.label_thresholds`` becomes ``thresholds`` (a :class:`LabelThresholds`, or plain
-    probabilities, recorded as rule ``'given'``), or is cleared with None.
-
-    Thresholds whose count is not the model's class count belong to another head (e.g. ``num_classes=N`` to
-    fine-tune on new classes): they are dropped, with an info line. Returns what the model now carries.
-    """
+    """Set (or clear, with None) ``model.label_thresholds``; thresholds whose count is not the model's class
+    count belong to another head and are dropped. Returns what the model now carries."""
     if thresholds is not None and not isinstance(thresholds, LabelThresholds):
         thresholds = LabelThresholds(tuple(check_threshold_values(list(thresholds), None, where)), {'rule': 'given'})
     num_classes = getattr(model, 'num_classes', None)
@@ -237,14 +203,8 @@ def store_label_thresholds(model: nn.Module, thresholds: Union[None, LabelThresh
 
 def read_thresholds_file(path: str, num_classes: Optional[int] = None,
                          label_names: Optional[Sequence[str]] = None) -> LabelThresholds:
-    """The thresholds of a JSON file holding ``label_thresholds`` (a thresholds file of ``srdl-validate
-    --tune-thresholds``, a published config.json or a run's train_config.json).
-
-    When the file lists ``label_names`` and ``label_names`` is given, the two must agree (same classes, same order).
-
-    Raises:
-        InputError: missing or malformed file, no thresholds in it, a count other than ``num_classes``, other classes.
-    """
+    """The thresholds of a JSON file holding ``label_thresholds``; its ``label_names``, when listed, must be
+    ``label_names`` (an :class:`InputError` otherwise)."""
     try:
         with open(path, encoding='utf-8-sig') as f:
             doc = json.load(f)

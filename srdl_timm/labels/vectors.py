@@ -1,12 +1,8 @@
-"""Label-graph node vectors ``A⁰`` (paper eq. 3): one word vector per label name, and a report of how each was made.
+"""Label-graph node vectors ``A⁰`` (paper eq. 3): one word vector per label name, and how each was made.
 
-SRDL starts the label graph from the word vector of each category's name. :func:`embed_label_names` turns names into
-vectors by one rule whatever the source (:mod:`srdl_timm.labels.word_vectors`): exact word, else the mean of the
-known words, else a random vector seeded by the name; its :class:`LabelVectors` carries the per-name report, logged
-when a model is built from word vectors and at the start of ``srdl-train`` (which writes it to
-``train_config.json`` as ``label_vectors``). The COCO-80 and VOC-20 rows this rule gives from GloVe 6B 50-d ship in
-``srdl_timm/assets``, so building a model never needs the 80 MB package (``tools/build_label_embeddings.py
-build|check`` rebuilds or verifies them).
+:func:`embed_label_names` applies one rule whatever the source (exact word, else the mean of the known words,
+else a random vector seeded by the name); the COCO-80 and VOC-20 rows it gives from GloVe 6B 50-d ship in
+``srdl_timm/assets`` (``tools/build_label_embeddings.py`` rebuilds or verifies them).
 """
 import hashlib
 import json
@@ -62,15 +58,8 @@ _TOKEN_SPLIT = re.compile(r'[\s_\-/]+')
 
 @dataclass(frozen=True)
 class LabelVectors:
-    """Node vectors ``A⁰`` and how each label's row was made.
-
-    Attributes:
-        vectors: ``[C, d]`` float32, row ``c`` for ``names[c]``.
-        source: the word-vector source, ``'coco'`` / ``'voc'`` (shipped rows), a matrix path, or ``'given'``.
-        names: the C label names (None for rows given without names).
-        resolution: per name, ``'exact'``, ``'mean of [w1, w2]'`` (plus the words the source lacks) or
-            :data:`RANDOM_FALLBACK`; None when the rows were not looked up by name (a given matrix).
-    """
+    """Node vectors ``A⁰`` (``[C, d]`` float32), their ``source``, the label ``names``, and per name its
+    ``resolution`` (``'exact'``, ``'mean of [...]'`` or :data:`RANDOM_FALLBACK`; None for a given matrix)."""
 
     vectors: np.ndarray
     source: str
@@ -94,9 +83,8 @@ class LabelVectors:
 
 
 def label_tokens(name: str, splits: Optional[Mapping[str, Sequence[str]]] = None) -> List[str]:
-    """The words of a label name (step 2 of the rule), e.g. ``'Hair_Drier'`` → ``['hair', 'drier']``,
-    ``'diningtable'`` → ``['dining', 'table']``; ``splits`` (word → its words) extend :data:`COMPOUND_SPLITS`.
-    Raises ValueError for a name without any word."""
+    """The words of a label name, e.g. ``'Hair_Drier'`` → ``['hair', 'drier']``, ``'diningtable'`` →
+    ``['dining', 'table']`` (``splits`` extend :data:`COMPOUND_SPLITS`); ValueError for a name without a word."""
     table: Dict[str, Sequence[str]] = dict(COMPOUND_SPLITS)
     if splits:
         table.update({k.lower(): v for k, v in splits.items()})
@@ -119,25 +107,17 @@ def embed_label_names(
         source: Union[PathLike, WordVectors] = DEFAULT_SOURCE,
         splits: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> LabelVectors:
-    """Word vectors of label names by one rule; the per-name report is in the result
-    (:meth:`LabelVectors.log_fallbacks` logs it).
+    """Word vectors of label names by one rule, with the per-name report.
 
-    1. **exact**: the name, lower-cased and stripped, is a word of the source (``'cat'``, ``'Cat'``, ``'t-shirt'``);
-    2. **mean of [words]**: else the name is split on whitespace, ``_``, ``-`` and ``/``, the devkit's VOC compounds
-       by :data:`COMPOUND_SPLITS` (diningtable → dining table), and the row is the mean (in float64) of the vectors
-       of the words the source knows (``'traffic light'`` → mean of [traffic, light]; unknown words are reported);
-    3. **random (no known token)**: a name none of whose words is known gets a standard-normal vector drawn by
-       ``numpy.random.default_rng`` seeded with the first 8 bytes (little-endian) of the sha256 of the lower-cased,
-       stripped name, rescaled to the mean norm of the rows that did resolve (kept as drawn when none did).
+    1. **exact**: the lower-cased, stripped name is a word of the source;
+    2. **mean of [words]**: else the mean (float64) of the vectors of its known words (:func:`label_tokens`);
+    3. **random**: else a standard-normal vector seeded by the name's sha256, rescaled to the mean norm of the
+       resolved rows.
 
     Args:
         label_names: the C class names, in class-index order.
-        source: a :class:`WordVectors`, ``'glove-6b-50d'``, or a word-vector file path (text, or ``.npy`` with
-            ``.vocab.txt``; see :func:`srdl_timm.labels.word_vectors.load_word_vectors`).
+        source: a :class:`WordVectors`, ``'glove-6b-50d'``, or a word-vector file path.
         splits: extra compound splits, e.g. ``{'tvmonitor': ['television', 'monitor']}``.
-
-    Returns:
-        :class:`LabelVectors` with the ``[C, d]`` rows and each name's resolution.
 
     Raises:
         ValueError: ``label_names`` is empty or a name has no word.
@@ -174,10 +154,6 @@ def embed_label_names(
     return LabelVectors(out, wv.source, names, resolution)
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Shipped COCO / VOC rows
-# ----------------------------------------------------------------------------------------------------------------
-
 def _read_shipped(key: str, asset_dir: Optional[str]) -> Tuple[List[str], np.ndarray, List[List[str]]]:
     asset_dir = asset_dir or ASSET_DIR
     manifest_path = os.path.join(asset_dir, ASSET_MANIFEST)
@@ -203,17 +179,9 @@ def _read_shipped(key: str, asset_dir: Optional[str]) -> Tuple[List[str], np.nda
 
 
 def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
-    """The label names and GloVe 6B 50-d rows shipped for a benchmark: ``(names, [C, 50] float32 copy)``.
-
-    Args:
-        label_set: ``'coco'`` (80 classes, category-id order) or ``'voc'`` (20 classes, devkit order).
-        asset_dir: directory holding the assets; default :data:`ASSET_DIR`.
-
-    Raises:
-        ValueError: unknown ``label_set``.
-        FileNotFoundError / RuntimeError: an asset is missing or does not match its manifest (sha256, shape,
-            label names); the message says how to rebuild.
-    """
+    """The shipped label names and GloVe 6B 50-d rows of ``label_set`` (``'coco'`` / ``'voc'``):
+    ``(names, [C, 50] float32 copy)``; an asset that is missing or does not match its manifest is an error saying how
+    to rebuild it."""
     key = str(label_set).lower()
     if key not in SHIPPED_FILES:
         raise ValueError(f'Unknown label set {label_set!r}; shipped label sets: {sorted(SHIPPED_FILES)}.')
@@ -246,25 +214,12 @@ def _check_rows(arr: np.ndarray, label_names: Optional[Sequence[str]], what: str
     return arr
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# What callers pass: a specification
-# ----------------------------------------------------------------------------------------------------------------
-
 def label_vectors(spec: LabelEmbeddingSpec, label_names: Optional[Sequence[str]] = None) -> Optional[LabelVectors]:
     """Turn a label-embedding specification into :class:`LabelVectors` (None for ``spec=None``).
 
-    Args:
-        spec: an array / tensor / nested list ``[C, d]`` (used as is, as float32); ``'coco'`` / ``'voc'`` (the
-            shipped rows, re-ordered by name to ``label_names`` when those are a permutation of the benchmark's);
-            ``'glove-6b-50d'`` (the rule applied to ``label_names``; the shipped rows when those are exactly the
-            COCO or VOC names, which gives identical values); a :class:`WordVectors` or a word-vector file (the
-            rule applied to ``label_names``); ``X.npy`` without ``X.vocab.txt`` beside it (a ready ``[C, d]``).
-        label_names: the C class names; required for word vectors, else used to check the row count.
-
-    Raises:
-        ValueError: bad shape or row count, missing ``label_names``, or a string that is neither a known name
-            nor an existing file.
-        TypeError: ``spec`` of an unsupported type.
+    ``spec``: an array ``[C, d]`` (used as is); ``'coco'`` / ``'voc'`` (shipped rows, re-ordered by name);
+    ``'glove-6b-50d'``, a :class:`WordVectors` or a word-vector file (the rule applied to ``label_names``); or a ready
+    ``X.npy``. Raises ValueError / TypeError naming what is wrong.
     """
     if spec is None:
         return None
@@ -318,10 +273,8 @@ def resolve_label_nodes(
 ) -> Tuple[Tensor, str, Optional[List[str]]]:
     """The SRDL head's ``A⁰``: ``([C, d'] float tensor, source, label names | None)``.
 
-    ``None`` gives the shipped COCO-80 / VOC-20 rows when the classes are that benchmark's (and ``embed_dim`` is
-    unset or 50), else seeded random nodes (``torch`` seed 0, width ``embed_dim`` or 300) with a warning;
-    ``'random'`` gives those random nodes without one (placeholders that pretrained weights replace); anything
-    else is :func:`label_vectors`. The names are the shipped ones for ``'coco'`` / ``'voc'``.
+    ``None`` gives the shipped COCO / VOC rows for those classes, else seeded random nodes with a warning;
+    ``'random'`` gives them without one (placeholders that pretrained weights replace); else :func:`label_vectors`.
     """
     if label_embeddings is None:
         key = known_label_set(num_classes, label_names)

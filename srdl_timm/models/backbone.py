@@ -1,11 +1,9 @@
 """The backbone adapter: any timm model as the feature map ``F = [B, d, h, w]`` of eq. 1.
 
 :func:`create_backbone` builds the timm model without classifier and reads its layout from one meta-device
-``forward_features``: ``'NCHW'`` (CNNs, hybrids) as it is; ``'NHWC'`` (declared by ``output_fmt``: Swin, MambaOut)
-permuted; ``'NLC'`` tokens (ViT, EVA, DeiT) with the ``num_prefix_tokens`` dropped and the patch tokens laid on the
-grid, as timm's ``forward_intermediates(output_fmt='NCHW')`` does; else ``'intermediates'``: the last map of timm's
-``forward_intermediates`` (PiT, CoaT, ...). The first three stay scriptable. Backbones taking ``dynamic_img_size``
-get it; parameters ``forward_features`` never uses are frozen (DDP refuses parameters without a gradient)."""
+``forward_features``: NCHW as it is, NHWC permuted, NLC tokens with the prefix tokens dropped, else the last map
+of ``forward_intermediates``. Parameters ``forward_features`` never uses are frozen (DDP needs gradients).
+"""
 import logging
 import re
 import sys
@@ -34,9 +32,8 @@ LAYOUTS = ('NCHW', 'NHWC', 'NLC', 'intermediates')
 
 @torch.fx.wrap
 def token_grid_size(num_tokens: int, height: int, width: int, reduction: int) -> Tuple[int, int]:
-    """``(h, w)`` of ``num_tokens`` patch tokens of an ``height x width`` input at total stride ``reduction``: the
-    floor of the division (a ViT's patch embedding without padding), else its ceiling (padded embeddings, strided
-    convolutions)."""
+    """``(h, w)`` of ``num_tokens`` patch tokens of an ``height x width`` input at stride ``reduction`` (floor
+    of the division, else its ceiling for padded embeddings)."""
     h, w = height // reduction, width // reduction
     if h * w != num_tokens:
         h, w = (height + reduction - 1) // reduction, (width + reduction - 1) // reduction
@@ -48,26 +45,15 @@ def token_grid_size(num_tokens: int, height: int, width: int, reduction: int) ->
 
 @torch.fx.wrap
 def tokens_to_grid(tokens: Tensor, height: int, width: int, num_prefix_tokens: int, reduction: int) -> Tensor:
-    """Tokens ``[B, N, d]`` (prefix tokens first) of an ``height x width`` input -> patch grid ``[B, d, h, w]``.
-
-    A view of the tokens (no copy): flattened back to ``[B, h*w, d]`` it is ``tokens[:, num_prefix_tokens:]``, the
-    backbone's own memory, as the head's kernels take it.
-    """
+    """Tokens ``[B, N, d]`` (prefix tokens first) -> patch grid ``[B, d, h, w]``, a view without a copy."""
     patches = tokens[:, num_prefix_tokens:]
     h, w = token_grid_size(patches.shape[1], height, width, reduction)
     return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
 
 
 class FeatureGrid(nn.Module):
-    """How a backbone's ``forward_features`` output becomes ``F = [B, d, h, w]`` (no parameters).
-
-    Args:
-        layout: one of :data:`LAYOUTS`.
-        num_features: d.
-        reduction: total stride of the grid (``'NLC'``: the patch tokens' grid is the input size divided by it).
-        num_prefix_tokens: tokens before the patch tokens (``'NLC'``).
-        intermediates_norm: ``'intermediates'``: apply the backbone's final norm (``forward_intermediates(norm=)``).
-    """
+    """How a backbone's ``forward_features`` output becomes ``F = [B, d, h, w]`` (``layout``, ``num_features``,
+    ``reduction``, ``num_prefix_tokens``, ``intermediates_norm``; no parameters)."""
 
     def __init__(self, layout: str, num_features: int, reduction: int, num_prefix_tokens: int = 0,
                  intermediates_norm: bool = False):
@@ -178,9 +164,8 @@ def _stride(backbone: nn.Module) -> Optional[int]:
 
 def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]
                 ) -> Tuple[FeatureGrid, Optional[List[str]]]:
-    """Which :data:`LAYOUTS` entry gives ``backbone``'s grid, from one meta-device ``forward_features``; and the
-    parameters that output leaves without a gradient, the same for F when F is that output permuted or sliced
-    (dropping prefix tokens leaves their paths in the graph, with zero gradient); None for an intermediate's F."""
+    """The :data:`LAYOUTS` entry of ``backbone``'s grid (one meta-device forward) and the parameters without a
+    gradient in it (None for an intermediate's F)."""
     height, width = size
     shape = (1, in_chans, height, width)
     d = int(getattr(backbone, 'num_features', 0) or 0)
@@ -256,14 +241,8 @@ _FX_WRAPPED: set = set()
 
 
 def _fx_wrap_timm_helpers(backbone: nn.Module) -> None:
-    """Let torch.fx trace the backbone inside another model as timm traces it alone.
-
-    timm marks helpers that cannot be traced (``get_notrace_functions``: e.g. ViT's position-embedding resampling
-    for dynamic input sizes); torch.fx leaves such a function untraced only where it patches it: in the traced
-    root's module and in the modules of the modules it calls. ViT calls the helper from a method
-    (``_pos_embed``), so with SRDL as the root it would be traced into. ``torch.fx.wrap(name)`` registers a
-    function for the module it is called at the top level of; it is run that way in the backbone's modules.
-    """
+    """Let torch.fx trace the backbone inside another model as timm traces it alone (timm's not-traceable
+    helpers registered with ``torch.fx.wrap`` in the backbone's modules)."""
     notrace = {id(f) for f in timm.layers.get_notrace_functions() if callable(f)}
     for cls in type(backbone).__mro__:
         module = sys.modules.get(cls.__module__)
@@ -288,21 +267,17 @@ def create_backbone(
     """Build the timm model ``name`` as a feature extractor and find how it gives ``[B, d, h, w]``.
 
     Args:
-        name: timm model name (a tag, ``'vit_base_patch16_224.augreg2_in21k_ft_in1k'``, picks its weights).
+        name: timm model name (a tag picks its weights).
         in_chans: input channels.
-        img_size: the input size the backbone is built for, where its class takes one (position embeddings,
-            attention windows); None = its default. Backbones taking ``dynamic_img_size`` get it (True) unless
-            ``kwargs`` say otherwise, so other sizes work too.
-        pretrained: its ImageNet weights: offline ones shipped by a package where known, else timm's
-            (``pretrained=True`` passed through: position embeddings resampled to the built size as timm does).
-        kwargs: more arguments for ``timm.create_model`` (``drop_path_rate``, ``output_stride``, ...).
+        img_size: the input size the backbone is built for, where it takes one (``dynamic_img_size`` too).
+        pretrained: its ImageNet weights (offline ones where known, else timm's).
+        kwargs: more arguments for ``timm.create_model``.
 
     Returns:
-        ``(backbone, grid, build_kwargs)``: the timm model (``num_classes=0``), its :class:`FeatureGrid`, and the
-        arguments it was built with (the same ones give its pretrained weights).
+        ``(backbone, grid, build_kwargs)``.
 
     Raises:
-        ValueError: ``name`` is no timm model, or its features have no spatial grid (the message says why).
+        ValueError: ``name`` is no timm model, or its features have no spatial grid.
     """
     if not timm.is_model(name):
         raise ValueError(f'Unknown backbone {name!r}: not a timm model name (see timm.list_models())')
@@ -337,15 +312,10 @@ def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, s
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# what a model holding the backbone takes from it
-# ----------------------------------------------------------------------------------------------------------------
 def backbone_cfg(backbone: nn.Module, grid: FeatureGrid, in_chans: int,
                  input_size: Optional[Sequence[int]] = None, prefix: str = 'backbone.') -> Dict[str, Any]:
-    """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv`` (prefixed); with
-    the cfg's ``input_size`` ``(C, H, W)`` also ``pool_size`` (F's grid there), and for a backbone that does not run
-    at that size (Hiera, VOLO, CoAtNet built for another size; a patch-14 ViT at 160) its own ``input_size`` (and
-    ``fixed_input_size`` where timm says it has one)."""
+    """The cfg entries a model holding ``backbone`` under ``prefix`` takes from it: ``first_conv``, and for the
+    cfg's ``input_size`` the ``pool_size`` (and the backbone's own input size where it runs only at that one)."""
     cfg: Dict[str, Any] = {}
     first_conv = backbone.pretrained_cfg.get('first_conv')
     if first_conv:
@@ -375,10 +345,8 @@ def _prefix_pattern(pattern: str, prefix: str) -> str:
 
 def backbone_group_matcher(backbone: nn.Module, coarse: bool = False, prefix: str = 'backbone.'
                            ) -> Tuple[str, List[Tuple[str, Optional[Tuple[int, ...]]]]]:
-    """The backbone's own ``group_matcher`` for its parameters under ``prefix``: ``(stem pattern, block patterns)``,
-    the last block pattern catching the backbone parameters its matcher leaves out (e.g. a head
-    ``forward_features`` does not use), ordered just before ``10 ** 9`` (a backbone's own last group is often
-    99999) so that a head after it can take ``10 ** 9``."""
+    """The backbone's own ``group_matcher`` under ``prefix``, its last group catching the parameters the matcher
+    leaves out, ordered before ``10 ** 9`` so a head can take that."""
     inner = backbone.group_matcher(coarse=coarse) if hasattr(backbone, 'group_matcher') else {}
     stem = '^' + re.escape(prefix) + '(?!x)x'  # matches nothing when the backbone has no stem group
     blocks: List[Tuple[str, Optional[Tuple[int, ...]]]] = []

@@ -1,12 +1,7 @@
-"""Pretrained-weight resolution for the SRDL models (the role timm's ``_builder``/``_hub`` play for timm's own).
+"""Pretrained-weight resolution for the SRDL models (the role of timm's ``_builder``/``_hub``).
 
-The model file (:mod:`srdl_timm.models.srdl`) only declares its tags; when ``pretrained=True`` it calls
-:func:`check_pretrained_weights`, which finds the weights (:func:`weights_dir`: shipped, or ``$SRDL_WEIGHTS_DIR``),
-refuses a manifest weight whose sha256 differs (:class:`ChecksumMismatchError`), applies the entry's
-``model_args``, checks a ``local-dir:``/``hf-hub:`` config.json field by field and raises
-:class:`MissingPretrainedWeightsError` saying what to do when no weights exist. :func:`load_manifest` reads the
-registry ``weights/manifest.json`` (schema in ``weights/README.md``); :func:`manifest_pretrained_cfgs` turns it into
-timm cfgs. Imports point ``weight_files <- pretrained <- srdl <- loading/hub``.
+:func:`check_pretrained_weights` finds, sha256-checks and configures a tag's weights; :func:`load_manifest` reads
+the registry ``weights/manifest.json`` and :func:`manifest_pretrained_cfgs` turns it into timm cfgs.
 """
 from __future__ import annotations
 
@@ -61,21 +56,11 @@ class ChecksumMismatchError(InputError, RuntimeError):
 
 
 class MissingPretrainedWeightsError(InputError, RuntimeError):
-    """``pretrained=True`` was asked of an SRDL architecture/tag for which no weights exist here.
-
-    Also a ``RuntimeError``, the type timm raises for "No pretrained weights exist for ...".
-    """
+    """No SRDL weights exist here for the tag asked for (a ``RuntimeError``, as timm's)."""
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# where the weights are
-# ----------------------------------------------------------------------------------------------------------------
 def shipped_weights_dir() -> Path:
-    """Folder of the weights shipped with the package (their ``manifest.json`` and ``.safetensors`` files).
-
-    ``srdl_timm/_weights`` in an installed wheel (the repository's ``weights/`` packaged as data), else the
-    repository's ``weights/`` beside the ``srdl_timm`` package (source checkout, editable install).
-    """
+    """Folder of the shipped weights: ``srdl_timm/_weights`` in a wheel, else the repository's ``weights/``."""
     package = Path(__file__).resolve().parent.parent
     packaged = package / _PACKAGED_WEIGHTS
     return packaged if packaged.is_dir() else package.parent / 'weights'
@@ -95,17 +80,8 @@ def manifest_path() -> Path:
 
 
 def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
-    """Check that ``path`` has sha256 ``expected``; return the digest or raise :class:`ChecksumMismatchError`.
-
-    Args:
-        path: the file to check.
-        expected: the expected hex digest.
-        what: where ``expected`` comes from, for the error message (e.g. a manifest entry).
-
-    Raises:
-        ChecksumMismatchError: the digests differ.
-        FileNotFoundError: ``path`` does not exist.
-    """
+    """Return ``path``'s sha256, or raise :class:`ChecksumMismatchError` when it is not ``expected``
+    (``what``: where ``expected`` comes from, for the message)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f'weight file not found: {path}' + (f' ({what})' if what else ''))
     actual = sha256_file(path)
@@ -119,20 +95,13 @@ def verify_sha256(path: PathLike, expected: str, what: str = '') -> str:
     return actual
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# the registry: weights/manifest.json
-# ----------------------------------------------------------------------------------------------------------------
 def empty_manifest() -> Dict[str, Any]:
     """A registry with no weights (what a manifest file starts as)."""
     return {'schema_version': MANIFEST_SCHEMA_VERSION, 'weights': []}
 
 
 def validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
-    """Check one manifest entry against the schema of ``weights/README.md``; return it.
-
-    Raises:
-        InputError: a missing or malformed field, naming ``where`` (the manifest), the entry and the field.
-    """
+    """Check one manifest entry against ``weights/README.md``'s schema (:class:`InputError` naming the field)."""
     label = f'{where} weights[{index}]'
     if not isinstance(entry, dict):
         raise InputError(f'{label} must be a JSON object')
@@ -185,18 +154,10 @@ def validate_entry(entry: Any, index: int, where: str) -> Dict[str, Any]:
 
 
 def load_manifest(path: Optional[PathLike] = None) -> Dict[str, Any]:
-    """Read and validate the weights registry.
-
-    Args:
-        path: the manifest (default :func:`manifest_path`).
-
-    Returns:
-        ``{'schema_version': 1, 'weights': [entry, ...], ...}``; an empty registry when the default manifest does
-        not exist.
+    """Read and validate the weights registry (default :func:`manifest_path`; empty when that is missing).
 
     Raises:
-        InputError (a ValueError): malformed JSON, unknown schema version, an invalid or duplicated entry (the
-            message names the file and the entry).
+        InputError: malformed JSON, unknown schema version, an invalid or duplicated entry (naming file and entry).
         FileNotFoundError: an explicit ``path`` does not exist.
     """
     explicit = path is not None
@@ -246,13 +207,7 @@ def _hub_id(entry: Mapping[str, Any]) -> Optional[str]:
 
 
 def entry_pretrained_cfg(entry: Mapping[str, Any], base_cfg: Mapping[str, Any], file: Optional[str]) -> Dict[str, Any]:
-    """The timm pretrained cfg of one manifest entry: ``base_cfg`` + the entry's pre-processing, classes, location.
-
-    Args:
-        entry: a validated manifest entry.
-        base_cfg: the architecture's untagged cfg.
-        file: the weight file as the cfg should name it (absolute path, a shipped file's name, or None).
-    """
+    """The timm pretrained cfg of a manifest entry: ``base_cfg`` + its pre-processing, classes and ``file``."""
     cfg = dict(base_cfg)
     cfg.update(entry.get('pretrained_cfg') or {})
     for key in ('input_size', 'test_input_size', 'min_input_size', 'mean', 'std', 'pool_size', 'test_pool_size'):
@@ -274,15 +229,8 @@ def manifest_pretrained_cfgs(
         base_cfgs: Mapping[str, Mapping[str, Any]],
         path: Optional[PathLike] = None,
 ) -> Dict[str, Dict[str, Any]]:
-    """timm pretrained cfgs ``{'<architecture>.<tag>': cfg}`` for the manifest's weights that exist.
-
-    An entry becomes a tag when its file exists beside the manifest (``file`` = its absolute path; loads offline)
-    or it names a Hub repo (``hf_hub_id``, pinned to ``hf_revision`` when given). An entry whose file is missing
-    and that has no Hub repo is skipped with a warning: the registry only offers weights that exist.
-
-    Raises:
-        InputError: an entry names an architecture not in ``base_cfgs`` (or the manifest is malformed).
-    """
+    """timm cfgs ``{'<architecture>.<tag>': cfg}`` of the manifest weights that exist (file beside the
+    manifest, or a Hub repo); others are skipped with a warning."""
     manifest_file = Path(path) if path is not None else manifest_path()
     data = load_manifest(manifest_file if path is not None else None)
     out: Dict[str, Dict[str, Any]] = {}
@@ -304,9 +252,6 @@ def manifest_pretrained_cfgs(
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# resolution at build time (pretrained=True)
-# ----------------------------------------------------------------------------------------------------------------
 def _weights_file(cfg: Any) -> Optional[str]:
     """The ``file`` timm reads the weights from, or None when it reads a published folder or repo, a state dict, the
     Hub or a URL (timm prefers a file to ``hf_hub_id`` and ``url``)."""
@@ -365,30 +310,16 @@ def _check_published_config(cfg: Any, cache_dir: Optional[PathLike]) -> Dict[str
 
 
 def check_pretrained_weights(variant: str, model_kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-    """Checks made before an SRDL model's pretrained weights are read (called by the model factory).
+    """Checks before an SRDL model's pretrained weights are read (called by the model factory).
 
-    1. Some weight source exists, else :class:`MissingPretrainedWeightsError` saying how to train
-       (``srdl-train``) and publish (``srdl-publish``) weights.
-    2. A shipped tag's ``file`` (a name relative to the shipped weights folder) becomes its absolute path; a
-       ``file`` that does not exist is an error saying why.
-    3. A weight listed in a manifest — the same file, or the same Hub repo and revision — has the manifest's
-       sha256 (a Hub file is fetched to the cache first, by the download timm then reuses), else
-       :class:`ChecksumMismatchError`.
-    4. The config.json of a ``local-dir:`` folder or ``hf-hub:`` repo (:func:`_check_published_config`): a field of
-       the wrong type or value, or a class count other than the weights', is a ``ModelLoadError`` naming the file
-       and the field, not a traceback from inside the model or a silently re-initialised classifier.
-    5. When the resolved cfg is a manifest tag, the entry's ``model_args`` are applied: those that shape the
-       weights (backbone, embed_dim, graph_layers, use_gcn/use_ca/use_sa, backbone_kwargs) replace the
-       architecture's defaults, the others (num_classes, in_chans, global_pool, oe_*, attention_impl) are only
-       defaults, so that e.g. ``num_classes=N`` still re-initialises the category head for fine-tuning.
-    6. The per-class decision thresholds the config.json or the manifest entry records become
-       ``label_thresholds`` (a :class:`~srdl_timm.labels.LabelThresholds`, or None), which the model factory
-       stores on the model (where they fit its class count).
+    Raises :class:`MissingPretrainedWeightsError` when no weights exist; resolves a shipped tag's file; checks a
+    manifest weight's sha256 (:class:`ChecksumMismatchError`) and a published config.json field by field; applies
+    the entry's shape-determining ``model_args`` (others stay defaults, so ``num_classes=N`` still fine-tunes) and
+    its decision thresholds.
 
     Args:
         variant: architecture name.
-        model_kwargs: the factory's keyword arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``
-            and the model's arguments).
+        model_kwargs: the factory's keyword arguments.
 
     Returns:
         The keyword arguments to build the model with.

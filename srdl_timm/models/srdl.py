@@ -1,12 +1,9 @@
-""" SRDL: Semantic Representation and Dependency Learning for multi-label image recognition
+"""SRDL: Semantic Representation and Dependency Learning for multi-label image recognition (Pu et al.).
 
-Paper: `Semantic Representation and Dependency Learning for Multi-Label Image Recognition` (Pu et al.)
-
-Any timm backbone with a spatial grid (ResNet-101 by default, as the paper; ViTs, Swin, hybrids: the feature map F
-is obtained by ``models/backbone.py``) followed by the CAR head (label graph, eq. 3; channel and
-spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). The object-erasing
-regulariser (OE, eqs. 7-10) runs only in training, when switched on with ``set_object_erasing(True)``; then
-``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13, otherwise a logits tensor.
+Any timm backbone with a spatial grid (:mod:`srdl_timm.models.backbone`) followed by the CAR head (label graph,
+eq. 3; channel and spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). Object
+erasing (OE, eqs. 7-10) runs only in training when switched on; then ``model(x)`` returns ``(logits,
+erased_logits)`` for the loss of eqs. 11-13.
 """
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -38,7 +35,6 @@ CLASS_DEPENDENT_KEYS = (
 )
 
 
-
 @torch.fx.wrap
 def _check_input(x: Tensor, in_chans: int) -> Tensor:
     if x.dim() != 4:
@@ -47,6 +43,29 @@ def _check_input(x: Tensor, in_chans: int) -> Tensor:
         raise ValueError('SRDL was built for ' + str(in_chans) + ' input channels, got a batch with '
                          + str(x.shape[1]) + ' channels')
     return x
+
+
+def _check_args(num_classes: int, global_pool: str, label_names: Optional[Sequence[str]], object_erasing: bool,
+                use_sa: bool, attention: str, oe_erase: str) -> Optional[List[str]]:
+    """Validate :class:`SRDL`'s arguments (a ``ValueError`` naming the argument); returns the label names as str."""
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
+    if global_pool not in ('max', 'avg', ''):
+        raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
+    if label_names is not None:
+        label_names = [str(n) for n in label_names]
+        if num_classes and len(label_names) != num_classes:
+            raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
+    if object_erasing and not use_sa:
+        raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
+    if attention not in ATTENTION_VARIANTS:
+        raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
+    if oe_erase not in ('attention', 'features'):
+        raise ValueError(f"oe_erase must be 'attention' or 'features', got {oe_erase!r}")
+    if oe_erase == 'features' and attention == 'paper':
+        raise ValueError("oe_erase='features' needs attention='gated', 'softmax' or 'softmax_gated': eq. 6's "
+                         "additive CA term of attention='paper' cannot be erased position by position")
+    return label_names
 
 
 class SRDL(nn.Module):
@@ -116,23 +135,7 @@ class SRDL(nn.Module):
             dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
-        if not isinstance(num_classes, int) or num_classes < 0:
-            raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
-        if global_pool not in ('max', 'avg', ''):
-            raise ValueError(f"global_pool must be 'max', 'avg' or '', got {global_pool!r}")
-        if label_names is not None:
-            label_names = [str(n) for n in label_names]
-            if num_classes and len(label_names) != num_classes:
-                raise ValueError(f'{len(label_names)} label_names given for num_classes={num_classes}')
-        if object_erasing and not use_sa:
-            raise ValueError('object_erasing needs the spatial attention (use_sa=True): OE erases regions of SA')
-        if attention not in ATTENTION_VARIANTS:
-            raise ValueError(f'attention must be one of {ATTENTION_VARIANTS}, got {attention!r}')
-        if oe_erase not in ('attention', 'features'):
-            raise ValueError(f"oe_erase must be 'attention' or 'features', got {oe_erase!r}")
-        if oe_erase == 'features' and attention == 'paper':
-            raise ValueError("oe_erase='features' needs attention='gated', 'softmax' or 'softmax_gated': eq. 6's "
-                             "additive CA term of attention='paper' cannot be erased position by position")
+        label_names = _check_args(num_classes, global_pool, label_names, object_erasing, use_sa, attention, oe_erase)
         self.attention = attention
         self.oe_erase = oe_erase
         self.backbone_name = backbone
@@ -177,9 +180,6 @@ class SRDL(nn.Module):
         self.classifier = nn.Identity()
         self._build_head(num_classes, label_embeddings, **dd)
 
-    # ------------------------------------------------------------------------------------------------------
-    # construction helpers
-    # ------------------------------------------------------------------------------------------------------
     def _build_head(self, num_classes: int, label_embeddings: LabelEmbeddingSpec = None,
                     device=None, dtype=None) -> None:
         self.num_classes = num_classes
@@ -218,9 +218,6 @@ class SRDL(nn.Module):
         _, height, width = probe_feature_shape(self.backbone, self.feature_grid, self.in_chans, size)
         return height, width
 
-    # ------------------------------------------------------------------------------------------------------
-    # timm model API
-    # ------------------------------------------------------------------------------------------------------
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         stem, blocks = backbone_group_matcher(self.backbone, coarse=coarse)
@@ -299,9 +296,6 @@ class SRDL(nn.Module):
             self.reset_classifier(0, '')
         return take_indices
 
-    # ------------------------------------------------------------------------------------------------------
-    # forward
-    # ------------------------------------------------------------------------------------------------------
     def forward_features(self, x: Tensor) -> Tensor:
         """Backbone feature map ``F`` of eq. 1, ``[B, d, h, w]`` (a token backbone's patch grid; see ``feature_grid``)."""
         x = _check_input(x, self.in_chans)
@@ -328,11 +322,8 @@ class SRDL(nn.Module):
         return self.car(feat, nodes, self.num_classes)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]``.
-
-        timm's contract makes ``pre_logits`` the same shape as the ``num_classes=0`` output; the per-category
-        features that eq. 2 classifies are :meth:`forward_category_features`.
-        """
+        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]`` (timm's
+        contract; the per-category features are :meth:`forward_category_features`)."""
         if pre_logits or self.num_classes == 0:
             return self._pool_image(x)
         features, _, _ = self.forward_category_features(x)
@@ -346,18 +337,15 @@ class SRDL(nn.Module):
 
     @torch.jit.unused
     def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(logits, erased_logits)`` from a feature map ``[B, d, h, w]``: the training forward with OE (§3.3, eqs.
-        7-10 then eq. 12's erased pass): OE on the top-K categories' SA, CA kept, the other categories unchanged.
-        ``forward`` calls it in training with OE on; a trainer holding features (a cached trunk) calls it directly."""
+        """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10, then eq. 12's
+        erased pass on the top-K categories)."""
         out = self.forward_erasing(x)
         return out['logits'], out['erased_logits']
 
     @torch.jit.unused
     def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
-        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis
-        (``benchmarks/oe_diagnosis.py``): ``logits`` and ``features`` (f_c) ``[B, C, ...]`` and ``sa`` ``[B, C, P]``
-        of the original pass; ``class_index`` ``[B, K]`` (the erased categories), their ``erased_sa`` ``[B, K, P]``
-        and ``erased_features`` ``[B, K, d]``; the erased ``region`` bool ``[B, K, P]``; ``erased_logits`` ``[B, C]``."""
+        """The OE pass of :meth:`forward_head_erasing` with its intermediates (original and erased SA, features,
+        regions, class indices), for analysis."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -519,9 +507,8 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default). Backbone weights
-    (``pretrained_backbone=True``): torchvision's standard ImageNet ResNet-101 (``resnet101.tv_in1k``), the one the
-    paper and its peers start from, not timm's default tag (``a1h_in1k``, an RSB-recipe model)."""
+    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default; backbone weights
+    ``resnet101.tv_in1k``, the paper's torchvision ImageNet model)."""
     model_args = dict(backbone='resnet101.tv_in1k')
     return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
@@ -549,9 +536,8 @@ def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
 
 @register_model
 def srdl_vit_base_patch16_448(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (class token dropped). Backbone weights
-    (``pretrained_backbone=True``): ImageNet-21k pretrained, ImageNet-1k fine-tuned at 224 (``augreg2``), position
-    embeddings resampled to 448 as timm does; any other input size works too (``dynamic_img_size``)."""
+    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (``augreg2`` ImageNet weights,
+    position embeddings resampled as timm does)."""
     model_args = dict(backbone='vit_base_patch16_224.augreg2_in21k_ft_in1k', img_size=448)
     return _create_srdl('srdl_vit_base_patch16_448', pretrained=pretrained, model_args=model_args, **kwargs)
 

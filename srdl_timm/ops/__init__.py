@@ -1,6 +1,4 @@
-"""Kernels of the CAR head (eqs. 4-6): shared rules (:mod:`.common`, :mod:`.autograd_functions`) <- one module per
-implementation (:mod:`.reference`, the tests' oracle; :mod:`.chunked`; :mod:`.compiled`; :mod:`.triton_launch`;
-eq. 4: :mod:`.channel_attention`) <- :mod:`.dispatch` (which one runs)."""
+"""Kernels of the CAR head (eqs. 4-6): shared rules <- one module per implementation <- :mod:`.dispatch`."""
 from .common import DEFAULT_BLOCK_ELEMENTS
 from .dispatch import ATTENTION_IMPLS, attention_max_pool, select_impl, spatial_attention_logits
 from .reference import attention_max_pool_reference, spatial_attention_logits_reference

@@ -1,8 +1,5 @@
-"""The one autograd function per kernel of eqs. 5-6 that the chunked, compiled and Triton paths share: each saves
-the inputs only (no ``B x C x P x d`` product) and takes the path's own forward (and, for eq. 5, backward) as
-arguments. :func:`run_spatial_attention_logits` / :func:`run_attention_max_pool` call a path's forward alone when
-no gradient is needed and through these functions otherwise. Eq. 6 + GMP's backward, the ``O(B*C*d)``
-gather/scatter at the saved arg-max, is the same for every path: :func:`attention_max_pool_backward`."""
+"""The autograd functions of eqs. 5-6 shared by the chunked, compiled and Triton paths: each saves the inputs only (no
+``B x C x P x d`` product) and takes the path's own forward (and backward) as arguments."""
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -42,9 +39,7 @@ def run_attention_max_pool(forward_fn: PoolForward, feat: Tensor, sa: Tensor, ca
 
 
 class SpatialAttentionLogitsFunction(torch.autograd.Function):
-    """Eq. 5's inner sum ``sum_k w[k] tanh(s[b,p,k] e[c,k])`` with a path's ``forward_fn`` / ``backward_fn``:
-    saves ``s, e, w`` (contiguous) and nothing else; the backward recomputes ``tanh``.
-    Call as ``SpatialAttentionLogitsFunction.apply(forward_fn, backward_fn, s, e, w)``."""
+    """Eq. 5's inner sum with a path's ``forward_fn`` / ``backward_fn``, saving ``s, e, w`` only."""
 
     @staticmethod
     def forward(ctx, forward_fn: LogitsForward, backward_fn: LogitsBackward, s: Tensor, e: Tensor, w: Tensor
@@ -63,9 +58,7 @@ class SpatialAttentionLogitsFunction(torch.autograd.Function):
 
 
 class AttentionMaxPoolFunction(torch.autograd.Function):
-    """Eq. 6 + GMP with a path's ``forward_fn`` (asked for the first arg-max position too): saves the inputs and
-    that ``[B, C, d]`` index; the backward is :func:`attention_max_pool_backward`.
-    Call as ``AttentionMaxPoolFunction.apply(forward_fn, feat, sa, ca, sa_weight, ca_weight)``."""
+    """Eq. 6 + GMP with a path's ``forward_fn``, saving the inputs and the ``[B, C, d]`` arg-max index."""
 
     @staticmethod
     def forward(ctx, forward_fn: PoolForward, feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float,
@@ -93,13 +86,8 @@ def attention_max_pool_backward(
         grad: Tensor, feat: Tensor, sa: Tensor, ca: Optional[Tensor], index: Tensor,
         sa_weight: float, ca_weight: float, needs: Tuple[bool, bool, bool],
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients of eq. 6 + GMP given the arg-max position ``index`` ``[B, C, d]`` (any integer dtype).
-
-    The gradient of each output goes to its recorded position: ``dF[b, i, k] += g w_at``,
-    ``dSA[b, c, i] += a g F_at``, ``dCA[b, c, k] = b g F_at`` with ``i = index[b, c, k]``. Categories are
-    processed in chunks so the temporaries stay at ``BACKWARD_CHUNK_ELEMENTS``; besides them only the
-    gradients themselves are allocated. 16-bit inputs accumulate in float32.
-    """
+    """Gradients of eq. 6 + GMP at the arg-max ``index`` ``[B, C, d]``: ``dF[b, i, k] += g w_at``,
+    ``dSA[b, c, i] += a g F_at``, ``dCA[b, c, k] = b g F_at``; in category chunks, 16-bit accumulated in float32."""
     out_dtypes = (feat.dtype, sa.dtype, ca.dtype if ca is not None else None)
     dtype = compute_dtype(result_dtype(feat, sa, ca))
     feat, sa, ca, grad = upcast(feat, dtype), upcast(sa, dtype), upcast(ca, dtype), upcast(grad, dtype)

@@ -1,10 +1,9 @@
-"""Eq. 4, the channel attention ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))``, without its ``[B, C, d]``
-intermediates in training: written with autograd ops (:func:`channel_attention_reference`; used for inference,
-16-bit/autocast inputs, per-image category selection, TorchScript, tracing and ``torch.compile``) eq. 4 keeps two
-``[B, C, d]`` tensors for the backward and its backward allocates four more, all at the training step's memory peak;
-:class:`_ChannelAttention` (float32/float64 training) keeps only CA, which eq. 6 needs anyway, and recomputes the
-tanh gate per chunk of categories in backward, so its temporaries are a few ``[B, C_chunk, d]`` blocks
-(``tests/test_channel_attention.py`` compares the two, float64 gradcheck)."""
+"""Eq. 4, the channel attention ``CA = sigmoid(f_c(tanh(f_ca(GMP(F)) * f_w(x_c))))``.
+
+:func:`channel_attention_reference` uses autograd ops; :class:`_ChannelAttention` (float32/64 training) keeps
+only CA and recomputes the tanh gate per chunk of categories in backward, so no ``[B, C, d]`` intermediates are
+stored.
+"""
 from typing import Optional
 
 import torch
@@ -24,13 +23,10 @@ def channel_attention_reference(gate_input: Tensor, embeddings: Tensor, weight: 
     """Eq. 4 with autograd ops: ``sigmoid(tanh(a_b * e_c) W^T + bias)``.
 
     Args:
-        gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``, or ``[B, K, d]`` with ``class_index`` (one pooled map per
-            selected category: OE's feature erasing pools each category's erased map).
-        embeddings: ``e = f_w(x_c)`` ``[C, d]``.
-        weight, bias: ``f_c`` (``[d, d]``, ``[d]``).
-        class_index: ``[B, K]`` categories per image, or None for all (OE's erased pass, §3.3: the top-K
-            categories of each image). The values equal those gathered from the full CA, but the gradient goes to
-            ``a`` and the selected embeddings directly, not through a ``[B, C, d]`` buffer of zeros.
+        gate_input: ``a = f_ca(GMP(F))`` ``[B, d]``, or ``[B, K, d]`` with ``class_index``.
+        embeddings: ``e = f_w(x_c)`` ``[C, d]``; weight, bias: ``f_c``.
+        class_index: ``[B, K]`` categories per image (OE's erased pass), or None for all.
+
     Returns:
         ``[B, C, d]`` (or ``[B, K, d]``).
     """

@@ -1,9 +1,6 @@
-"""Chunked kernels of eqs. 5-6 (``impl='chunked'``; eager, any device): walk over cache-sized blocks of (batch item,
-categories, positions or channels), keep one block of the ``B x C x P x d`` product alive in a reused buffer, and
-recompute it in backward instead of storing it. Extra memory: one block (``block_elements``) plus
-``O(B*C*P + B*C*d)`` saved tensors -- linear in C. For fp32/fp64 the values come from the same operations in the
-same order as the reference (the max-pool is bitwise equal to it); 16-bit inputs are computed in fp32 and rounded
-once."""
+"""Chunked kernels of eqs. 5-6 (``impl='chunked'``; eager, any device): one cache-sized block of the ``B x C x P x d``
+product alive at a time, recomputed in backward instead of stored; fp32/fp64 values as the reference's, 16-bit inputs
+computed in fp32."""
 from typing import Optional, Tuple
 
 import torch
@@ -78,11 +75,8 @@ def logits_backward(
         s: Tensor, e: Tensor, w: Tensor, grad: Tensor, block_elements: int,
         need_s: bool, need_e: bool, need_w: bool,
 ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-    """Gradients of :func:`logits_forward` with the product recomputed block by block.
-
-    With ``t = tanh(s e)`` and ``u = 1 - t^2``: ``ds[b,p,k] = w_k sum_c g[b,c,p] u e[c,k]``,
-    ``de[c,k] = w_k sum_{b,p} g[b,c,p] u s[b,p,k]``, ``dw[k] = sum_{b,c,p} g[b,c,p] t``.
-    """
+    """Gradients of :func:`logits_forward`, block by block (``t = tanh(s e)``, ``u = 1 - t^2``):
+    ``ds = w_k sum_c g u e``, ``de = w_k sum_{b,p} g u s``, ``dw = sum g t``."""
     batch, positions, channels = s.shape
     num_classes = e.shape[0]
     step_c, step_p = plan_blocks(num_classes, positions, channels, block_elements)

@@ -1,6 +1,5 @@
-"""Rules every kernel path of eqs. 4-6 follows: compute and result dtypes (16-bit inputs computed in float32),
-the chunked blocks' size and shape, when a memory-lean autograd function may stand in for autograd ops, and the
-thread that runs one-time work (a compile). The bottom layer of :mod:`srdl_timm.ops`."""
+"""Rules every kernel path of eqs. 4-6 follows: dtypes, block sizes, when a memory-lean autograd function may stand in
+for autograd ops, and the thread for one-time work."""
 import threading
 from typing import Callable, Dict, Optional, Tuple
 
@@ -25,9 +24,7 @@ CUDA_BLOCK_ELEMENTS = 1 << 24
 
 
 def resolve_block_elements(block_elements: Optional[int], device: torch.device) -> int:
-    """Block size of the chunked path: ``block_elements`` if given, else a default for ``device`` (CPU:
-    :data:`DEFAULT_BLOCK_ELEMENTS` per intra-op thread, at most 8 threads' worth; other devices:
-    :data:`CUDA_BLOCK_ELEMENTS`)."""
+    """Block size of the chunked path: ``block_elements``, else the default for ``device``."""
     if block_elements is not None:
         if block_elements < 1:
             raise ValueError(f'block_elements must be >= 1, got {block_elements}')
@@ -45,12 +42,8 @@ def _split(total: int, max_step: int) -> int:
 
 
 def plan_blocks(num_classes: int, rows: int, cols: int, block_elements: int) -> Tuple[int, int]:
-    """Block shape ``(classes, rows)`` for a ``[classes, rows, cols]`` block of at most ``block_elements``.
-
-    Whole rows of ``cols`` elements are kept; when one class's ``rows x cols`` slab is larger than the block,
-    rows are split evenly instead (``classes = 1``). So a block always has whole rows or a single class, and
-    its slice of a ``[classes, rows]``-major output is contiguous (the chunked kernels write it in place).
-    """
+    """Block shape ``(classes, rows)`` of a ``[classes, rows, cols]`` block of at most ``block_elements``: whole
+    rows, or one class with its rows split evenly, so each block's output slice is contiguous."""
     per_class = max(1, rows * cols)
     if per_class <= block_elements:
         return _split(num_classes, block_elements // per_class), rows
@@ -133,9 +126,8 @@ def autocast_enabled(device: torch.device) -> bool:
 
 
 def lean_autograd_applies(*tensors: Optional[Tensor]) -> bool:
-    """Whether a memory-lean custom autograd function may stand in for autograd ops on ``tensors`` (eqs. 2 and 4
-    in training): a gradient is needed, the tensors share one dtype, autocast is off on their device (it picks a
-    dtype per op), and nothing is traced or compiled (those need the plain ops)."""
+    """Whether a memory-lean autograd function may replace autograd ops on ``tensors``: a gradient is needed,
+    one dtype, no autocast, nothing traced or compiled."""
     present = [t for t in tensors if t is not None]
     return (needs_grad(*present) and all(t.dtype == present[0].dtype for t in present)
             and not autocast_enabled(present[0].device)
@@ -146,10 +138,8 @@ _ONE_TIME_WORK = threading.local()  # .active: this thread is a one-time-work th
 
 
 def one_time_work(fn: Callable[[], object]) -> object:
-    """Run ``fn`` (a compile, its first call) in a short-lived thread and return its result: glibc gives the
-    thread its own malloc arena, so the compiler's allocations do not fragment the main heap among a training
-    step's activations (peak RSS, benchmarks/RESULTS.md); free heap pages go back to the OS afterwards. The thread
-    gets the caller's thread count, grad and inference mode; nested calls run inline."""
+    """Run ``fn`` (a compile) in a short-lived thread with the caller's thread count and grad mode, so its
+    allocations do not fragment the main heap; nested calls run inline."""
     if getattr(_ONE_TIME_WORK, 'active', False):
         return fn()
     threads, grad, inference = torch.get_num_threads(), torch.is_grad_enabled(), torch.is_inference_mode_enabled()

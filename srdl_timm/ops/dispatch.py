@@ -1,8 +1,6 @@
-"""Eqs. 5-6 of the CAR head with the implementation ``impl`` picks, the top layer of :mod:`srdl_timm.ops`:
-eq. 5's inner sum ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])`` (:func:`spatial_attention_logits`) and eq. 6 +
-GMP ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` (:func:`attention_max_pool`), feature maps passed
-flattened as ``[B, P, d]``. ``impl`` is one of :data:`ATTENTION_IMPLS`; ``'auto'`` is a fixed rule
-(:func:`select_impl`), never a timing. The biases, sigmoids and weights live in ``layers/car.py``."""
+"""Eqs. 5-6 of the CAR head with the implementation ``impl`` picks: :func:`spatial_attention_logits` (eq. 5's inner sum)
+and :func:`attention_max_pool` (eq. 6 + GMP), features flattened as ``[B, P, d]``. ``'auto'`` is a fixed rule
+(:func:`select_impl`), never a timing."""
 import warnings
 from typing import Callable, Dict, NamedTuple, Optional
 
@@ -45,14 +43,11 @@ def reset() -> None:
 
 def select_impl(impl: str, device: Optional[torch.device] = None, elements: int = 0,
                 dtype: torch.dtype = torch.float32) -> str:
-    """Resolve ``impl`` (one of :data:`ATTENTION_IMPLS`) for inputs on ``device`` (None: CPU) of ``dtype`` with a
-    ``B*C*P*d`` product of ``elements``.
+    """Resolve ``impl`` for inputs on ``device`` of ``dtype`` with a ``B*C*P*d`` product of ``elements``.
 
-    ``'auto'``: the reference under TorchScript, tracing and ``torch.compile`` (the compilers fuse it); on CUDA
-    the Triton kernels only once they passed :func:`~.triton_launch.passed_check` on that device and dtype in this
-    process, else the chunked path; on CPU the compiled kernels from :data:`AUTO_MIN_ELEMENTS` on (unless compiling
-    failed in this process or a dispatch mode such as fake tensors is active), else the chunked path. Other
-    choices are returned as given (``'compiled'`` also gives the reference under tracing/compiling).
+    ``'auto'``: the reference under TorchScript, tracing and compile; on CUDA Triton only after
+    :func:`~.triton_launch.passed_check` on that device and dtype, else chunked; on CPU compiled from
+    :data:`AUTO_MIN_ELEMENTS` on (when compiling works), else chunked. Other choices are returned as given.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f'Unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}')
@@ -120,14 +115,12 @@ def _run_eager(op: _Implementations, impl: str, block_elements: Optional[int], *
 def spatial_attention_logits(
         s: Tensor, e: Tensor, w: Tensor, impl: str = 'auto', block_elements: Optional[int] = None,
 ) -> Tensor:
-    """Eq. 5's inner sum ``sum_k w[k] tanh(s[b,p,k] e[c,k])`` -> ``[B, C, P]`` with the implementation ``impl``
-    selects.
+    """Eq. 5's inner sum ``sum_k w[k] tanh(s[b,p,k] e[c,k])`` -> ``[B, C, P]``.
 
     Args:
-        s: ``f_sa(F)`` ``[B, P, d]``; e: ``f_w(x_c)`` ``[C, d]``; w: ``f_s``'s weight ``[d]`` (one device).
+        s: ``[B, P, d]``; e: ``[C, d]``; w: ``[d]``.
         impl: one of :data:`ATTENTION_IMPLS`.
-        block_elements: block size of the chunked path (elements of the ``B x C x P x d`` product); None
-            picks :func:`~.common.resolve_block_elements`'s default.
+        block_elements: block size of the chunked path (None: the default).
     """
     if torch.jit.is_scripting():
         return spatial_attention_logits_reference(s, e, w)
@@ -145,15 +138,12 @@ def attention_max_pool(
         feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
         impl: str = 'auto', block_elements: Optional[int] = None,
 ) -> Tensor:
-    """Eq. 6 + GMP ``max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` -> ``[B, C, d]`` with the implementation
-    ``impl`` selects (without SA, the ``O(B*C*d)`` closed form of the reference).
+    """Eq. 6 + GMP ``max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` -> ``[B, C, d]``.
 
     Args:
         feat: ``[B, P, d]``; sa: ``[B, C, P]`` or None; ca: ``[B, C, d]`` or None.
-        sa_weight, ca_weight: eq. 6's weights (0.5 each; 1 for the one left when the other is ablated).
-        impl: one of :data:`ATTENTION_IMPLS`.
-        block_elements: block size of the chunked path; None picks :func:`~.common.resolve_block_elements`'s
-            default.
+        sa_weight, ca_weight: eq. 6's weights.
+        impl, block_elements: as :func:`spatial_attention_logits`.
     """
     if torch.jit.is_scripting():
         return attention_max_pool_reference(feat, sa, ca, sa_weight, ca_weight)

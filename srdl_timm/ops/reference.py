@@ -1,7 +1,5 @@
-"""Reference kernels of eqs. 5-6: the direct broadcast the paper writes with tensor repetition, building the
-``B x C x P x d`` product in eager mode. Readable, the tests' oracle, and what TorchScript, tracing (ONNX export) and
-``torch.compile`` run (Inductor fuses each op into one reduction loop, so there nothing of size ``B*C*P*d`` is
-stored)."""
+"""Reference kernels of eqs. 5-6 by direct broadcast (the ``B x C x P x d`` product in eager mode): the tests' oracle,
+and what TorchScript, tracing and ``torch.compile`` run."""
 from typing import Optional
 
 import torch
@@ -11,15 +9,8 @@ __all__ = ['spatial_attention_logits_reference', 'attention_max_pool_reference']
 
 
 def spatial_attention_logits_reference(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
-    """Eq. 5's inner sum ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])`` by direct broadcast.
-
-    Args:
-        s: ``f_sa(F)`` per position, ``[B, P, d]``.
-        e: ``f_w(x_c)`` per category, ``[C, d]``.
-        w: weight of ``f_s`` (d -> 1), ``[d]``.
-    Returns:
-        ``[B, C, P]`` pre-bias logits of the spatial attention.
-    """
+    """Eq. 5's inner sum ``z[b,c,p] = sum_k w[k] tanh(s[b,p,k] e[c,k])``: ``s`` ``[B, P, d]``, ``e`` ``[C, d]``,
+    ``w`` ``[d]`` -> ``[B, C, P]``."""
     product = torch.tanh(s.unsqueeze(1) * e.unsqueeze(0).unsqueeze(2))
     if not torch.jit.is_scripting() and torch.compiler.is_compiling():
         # a mul + sum is one fused reduction for Inductor; a matmul would be an external kernel on the product
@@ -30,16 +21,8 @@ def spatial_attention_logits_reference(s: Tensor, e: Tensor, w: Tensor) -> Tenso
 def attention_max_pool_reference(
         feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
 ) -> Tensor:
-    """Eq. 6 + GMP ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])`` by direct broadcast.
-
-    Args:
-        feat: feature map ``[B, P, d]``.
-        sa: spatial attention ``[B, C, P]`` or None.
-        ca: channel attention ``[B, C, d]`` or None.
-    Returns:
-        Category features ``[B, C, d]``. The gradient of the max goes to one maximal position (the first
-        on CPU); the other paths pick the first.
-    """
+    """Eq. 6 + GMP ``f[b,c,k] = max_p F[b,p,k] (a SA[b,c,p] + b CA[b,c,k])``: ``feat`` ``[B, P, d]``, ``sa``
+    ``[B, C, P]`` or None, ``ca`` ``[B, C, d]`` or None -> ``[B, C, d]``."""
     if sa is None:
         pooled = feat.amax(dim=1)
         if ca is None:

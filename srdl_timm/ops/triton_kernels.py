@@ -1,9 +1,5 @@
-"""Triton kernels of eqs. 5-6 of the CAR head, launched by :mod:`srdl_timm.ops.triton_launch` (which imports this
-module lazily: it imports Triton, an optional dependency); compiled for CUDA, or interpreted on the host when
-Python was started with ``TRITON_INTERPRET=1`` (the tests on CPU). All take contiguous tensors and accumulate in
-``ACC`` (float32, or float64 for float64 inputs); ``FAST`` selects the hardware ``tanh.approx.f32`` (CUDA, 16-bit
-inputs only). The ``B x C x P x d`` product lives only in registers, one ``BLOCK_C x BLOCK_P x BLOCK_K`` tile at a
-time; each kernel's comment gives its formula and program grid."""
+"""Triton kernels of eqs. 5-6, launched by :mod:`srdl_timm.ops.triton_launch` (imported lazily). They take contiguous
+tensors and accumulate in ``ACC``; ``FAST`` selects ``tanh.approx.f32`` (CUDA, 16-bit only)."""
 import triton
 import triton.language as tl
 

@@ -1,11 +1,5 @@
-"""Triton kernels of eqs. 5-6 (``impl='triton'``): availability, launches, and the hookup to the shared autograd
-functions. On CUDA the kernels of :mod:`.triton_kernels` run compiled; on CPU tensors they run in Triton's
-interpreter when Python was started with ``TRITON_INTERPRET=1`` (slow; for testing the kernel logic without a
-GPU). Eq. 5's forward is one kernel and its backward two (``ds`` with ``dw`` partials, ``de`` partials per batch
-item), each recomputing ``tanh``; eq. 6 + GMP is one kernel that also writes the arg-max (int32) when a gradient is
-needed, its backward the shared :func:`~.autograd_functions.attention_max_pool_backward`. Triton is optional and
-imported lazily: importing this module never needs it.
-"""
+"""Triton kernels of eqs. 5-6 (``impl='triton'``): availability, launches, the shared autograd functions and the numeric
+check. Compiled on CUDA, interpreted on CPU with ``TRITON_INTERPRET=1``; Triton is imported lazily."""
 import functools
 import importlib.util
 import os
@@ -52,11 +46,7 @@ def interpreting() -> bool:
 
 
 def is_available(device: Optional[torch.device] = None) -> bool:
-    """Whether the Triton path can run on ``device``.
-
-    CUDA: Triton importable and a card of compute capability 7.0 or newer. CPU (``None`` means CPU): Triton
-    importable and interpreter mode on (``TRITON_INTERPRET=1`` set before Python starts).
-    """
+    """Whether the Triton path can run on ``device`` (CUDA: compute capability >= 7.0; CPU: interpreter mode)."""
     if not _triton_importable():
         return False
     if device is None or device.type == 'cpu':
@@ -116,10 +106,6 @@ class _DeviceGuard:
         return False
 
 
-# ----------------------------------------------------------------------------------------------------------
-# eq. 5 inner sum
-# ----------------------------------------------------------------------------------------------------------
-
 def _logits_fwd(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
     k = _kernels_for(s)
     s, e, w = s.contiguous(), e.contiguous(), w.contiguous()
@@ -175,17 +161,9 @@ def _logits_bwd_or_zeros(
 
 @torch.compiler.disable
 def spatial_attention_logits_triton(s: Tensor, e: Tensor, w: Tensor) -> Tensor:
-    """``sum_k w[k] tanh(s[b,p,k] e[c,k])`` -> ``[B, C, P]`` with the Triton kernels (differentiable).
-
-    Args:
-        s: ``[B, P, d]``; e: ``[C, d]``; w: ``[d]``; one dtype (fp32/bf16/fp16/fp64), one device.
-    """
+    """Eq. 5's inner sum -> ``[B, C, P]`` with the Triton kernels (differentiable)."""
     return run_spatial_attention_logits(_logits_fwd, _logits_bwd_or_zeros, s, e, w)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# eq. 6 + GMP
-# ----------------------------------------------------------------------------------------------------------
 
 def _pool_fwd(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float, ca_weight: float, with_index: bool,
@@ -213,18 +191,9 @@ def _pool_fwd(
 def attention_max_pool_triton(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
 ) -> Tensor:
-    """Eq. 6 + GMP -> ``[B, C, d]`` with the Triton kernel (differentiable; arg-max ties go to the first
-    position).
-
-    Args:
-        feat: ``[B, P, d]``; sa: ``[B, C, P]``; ca: ``[B, C, d]`` or None; one dtype, one device.
-    """
+    """Eq. 6 + GMP -> ``[B, C, d]`` with the Triton kernel (differentiable)."""
     return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
 
-
-# ----------------------------------------------------------------------------------------------------------
-# the numeric check that lets 'auto' use these kernels
-# ----------------------------------------------------------------------------------------------------------
 
 #: Largest error :func:`passed_check` accepts, relative to the largest reference value, per input dtype (16-bit
 #: inputs may use the hardware ``tanh``).

@@ -1,9 +1,7 @@
 """``srdl-train``'s configuration: :class:`TrainConfig`, the ``paper`` recipe and :func:`resolve_config`.
 
-``recipe='paper'`` is §4.2 of the paper: Adam with betas (0.9, 0.999), lr 1e-5, weight decay 5e-4 (on every
-parameter, as ``torch.optim.Adam(model.parameters(), weight_decay=5e-4)``), a global batch of 16, 20 epochs, lr ÷10
-every 10 epochs, 448×448 input with the paper's augmentation (resize 512, random square crop of side
-{512, 448, 384, 320, 256}, resize 448, horizontal flip), an ImageNet-pretrained backbone, OE with top-K 3 and
+``recipe='paper'`` is §4.2: Adam (0.9, 0.999), lr 1e-5, weight decay 5e-4 on every parameter, global batch 16,
+20 epochs, lr ÷10 every 10 epochs, 448×448 input with the paper's augmentation, an ImageNet backbone, OE top-3
 α 0.5. An explicitly set field overrides the recipe's value.
 """
 import dataclasses
@@ -44,51 +42,9 @@ _DEFAULTS: Dict[str, Any] = dict(
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. Fields left at None are filled by :func:`resolve_config` from the
-    recipe (``recipe='paper'``) or the defaults; explicitly set fields always win.
-
-    Data: ``data`` (coco | voc | csv | coco-json), ``root``, ``train_split`` / ``val_split`` (default train/val,
-    VOC trainval/test), ``voc_difficult`` (training policy for VOC difficult-only labels; evaluation always
-    ignores them), ``ann_file`` / ``image_dir`` (csv/coco-json overrides for the train split), ``keep_empty``,
-    ``on_corrupt``.
-
-    Model: ``model`` (timm name; ``srdl_*`` or any timm classifier as a baseline), ``pretrained`` (SRDL weights),
-    ``pretrained_backbone`` (ImageNet backbone), ``num_classes`` (checked against the dataset), ``label_embeddings``
-    ('auto' | 'none' | 'coco' | 'voc' | 'glove-6b-50d' | path), ``use_gcn`` / ``use_ca`` / ``use_sa`` (Table 6
-    ablations), ``oe`` / ``oe_topk`` / ``oe_alpha`` (§3.3), ``drop_rate``, ``model_kwargs``.
-
-    Loss (:class:`~srdl_timm.loss.SRDLLoss`): ``loss`` ('bce', the paper's binary cross-entropy, or 'asl', the
-    asymmetric loss, for L_ori and L_era both) with ``asl_gamma_neg`` / ``asl_gamma_pos`` / ``asl_clip`` (None: the
-    ASL paper's values, :data:`~srdl_timm.loss.ASL_DEFAULTS`; 'asl' only), ``era_scope`` ('all' = eq. 12 over every
-    entry, or 'erased' = the K erased classes only), ``era_weight`` (weight of L_era in eq. 13), ``loss_reduction``
-    ('mean' or 'sum' over a mini-batch's labelled entries).
-
-    Decision thresholds: ``tune_thresholds`` (at the end, per-class thresholds with the best F1 on the validation
-    split, :func:`srdl_timm.labels.tune_thresholds`, stored in ``train_config.json`` beside the weights).
-
-    Input: ``img_size``, ``train_resize`` (first resize of the paper's augmentation; default img_size·512/448),
-    ``aug`` ('paper' or 'none' = eval transform for training).
-
-    Optimisation: ``opt``, ``opt_betas``, ``opt_eps``, ``momentum``, ``lr``, ``weight_decay``,
-    ``wd_exclude_bias_norm`` (timm's habit of no decay on biases/norms; the paper's recipe decays everything),
-    ``batch_size`` (per process), ``global_batch_size`` (recipe: batch per process = global / (world × accum)),
-    ``val_batch_size``, ``epochs``, ``sched`` (step | multistep | cosine | poly | none), ``decay_epochs``,
-    ``decay_milestones``, ``decay_rate``, ``warmup_epochs``, ``warmup_lr``, ``min_lr``, ``sched_on_updates``,
-    ``clip_grad``, ``grad_accum_steps``.
-
-    Precision / speed: ``amp`` + ``amp_dtype`` (bfloat16 | float16; float16 uses a GradScaler), ``channels_last``,
-    ``compile``, ``freeze_bn`` (BatchNorm uses its running statistics and does not update them: batch-size
-    independent, exactly equivalent under DDP), ``sync_bn`` (CUDA DDP).
-
-    EMA: ``model_ema``, ``model_ema_decay``, ``report_checkpoint`` ('final' | 'ema', declared before training:
-    the reported metrics and ``model.safetensors`` come from that model only).
-
-    Run: ``output`` (owned by one run, see :mod:`srdl_timm.training.run_folder`), ``resume`` (checkpoint dir,
-    output dir, or 'auto' = ``output/last`` if present), ``overwrite`` (move another run's files in ``output``
-    aside), ``seed``, ``workers``, ``device``, ``log_interval`` (optimizer steps), ``checkpoint_interval_steps``
-    (0 = only at epoch ends), ``keep_checkpoints``, ``max_steps`` (stop, with a checkpoint, after this many
-    optimizer steps in total), ``progress``, ``deterministic``.
-    """
+    """Everything that defines a training run, field for field the ``srdl-train`` flags (their help says what
+    each does). Fields left at None are filled by :func:`resolve_config` from the recipe or the defaults; explicitly
+    set fields always win."""
     # data
     data: str = 'csv'
     root: str = ''
@@ -206,14 +162,10 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
     Args:
         config: the requested configuration (not modified).
         world_size: number of training processes (the recipe's global batch is split over them).
-        model: a model instance :func:`srdl_timm.training.fit` trains instead of building ``config.model`` (then
-            ``config.model`` is only its recorded name, and OE is possible when the model has ``set_object_erasing``).
-
-    Returns:
-        A new, fully resolved :class:`TrainConfig`.
+        model: a model instance trained instead of building ``config.model``.
 
     Raises:
-        InputError: an unknown choice or an out-of-range value, naming the flag (a ``ValueError``).
+        InputError: an unknown choice or an out-of-range value, naming the flag.
     """
     cfg = dataclasses.replace(config, model_kwargs=dict(config.model_kwargs))
     if cfg.recipe is not None and cfg.recipe not in RECIPES:
@@ -250,61 +202,76 @@ def resolve_config(config: TrainConfig, world_size: int = 1, model: Optional[Any
     elif 'batch_size' in cfg.explicit:
         cfg.global_batch_size = None
 
-    def check(ok: bool, message: str) -> None:
-        if not ok:
-            raise InputError(message)
+    _check_optimisation(cfg)
+    _check_model_and_run(cfg, is_srdl)
+    return cfg
 
-    check(isinstance(cfg.lr, (int, float)) and 0.0 < cfg.lr <= 1.0 and math.isfinite(cfg.lr),
-          f'--lr must be in (0, 1], got {cfg.lr}')
-    check(isinstance(cfg.epochs, int) and 1 <= cfg.epochs <= 100_000, f'--epochs must be in [1, 100000], got {cfg.epochs}')
-    check(isinstance(cfg.batch_size, int) and 1 <= cfg.batch_size <= 65_536,
-          f'--batch-size must be in [1, 65536], got {cfg.batch_size}')
-    check(cfg.val_batch_size is None or cfg.val_batch_size >= 1, f'--val-batch-size must be >= 1, got {cfg.val_batch_size}')
-    check(0.0 <= cfg.weight_decay <= 1.0, f'--weight-decay must be in [0, 1], got {cfg.weight_decay}')
-    check(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1,
-          f'--grad-accum-steps must be >= 1, got {cfg.grad_accum_steps}')
-    check(cfg.workers >= 0, f'--workers must be >= 0, got {cfg.workers}')
-    check(cfg.log_interval >= 1, f'--log-interval must be >= 1, got {cfg.log_interval}')
-    check(cfg.checkpoint_interval_steps >= 0,
-          f'--checkpoint-interval-steps must be >= 0, got {cfg.checkpoint_interval_steps}')
-    check(cfg.keep_checkpoints >= 1, f'--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}')
-    check(cfg.max_steps is None or cfg.max_steps >= 1, f'--max-steps must be >= 1, got {cfg.max_steps}')
-    check(cfg.oe_topk >= 1, f'--oe-topk must be >= 1, got {cfg.oe_topk}')
-    check(0.0 < cfg.oe_alpha < 1.0, f'--oe-alpha must be in (0, 1), got {cfg.oe_alpha}')
-    check(cfg.amp_dtype in ('bfloat16', 'float16'), f'--amp-dtype must be bfloat16 or float16, got {cfg.amp_dtype}')
-    check(cfg.report_checkpoint in ('final', 'ema'),
-          f'--report-checkpoint must be final or ema, got {cfg.report_checkpoint}')
-    check(cfg.report_checkpoint != 'ema' or cfg.model_ema, '--report-checkpoint ema needs --model-ema')
-    check(0.0 < cfg.model_ema_decay < 1.0, f'--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}')
-    check(cfg.aug in ('paper', 'none'), f'--aug must be paper or none, got {cfg.aug}')
-    check(cfg.sched in SCHEDULERS, f'--sched must be one of {SCHEDULERS}, got {cfg.sched}')
-    check(cfg.decay_rate is None or 0.0 < cfg.decay_rate <= 1.0, f'--decay-rate must be in (0, 1], got {cfg.decay_rate}')
-    check(cfg.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {cfg.warmup_epochs}')
-    check(cfg.img_size is None or 32 <= cfg.img_size <= 4096, f'--img-size must be in [32, 4096], got {cfg.img_size}')
-    check(cfg.train_resize is None or cfg.train_resize >= 32, f'--train-resize must be >= 32, got {cfg.train_resize}')
-    check(cfg.clip_grad is None or cfg.clip_grad > 0, f'--clip-grad must be > 0, got {cfg.clip_grad}')
-    check(cfg.num_classes is None or cfg.num_classes >= 1, f'--num-classes must be >= 1, got {cfg.num_classes}')
-    check(not cfg.oe or cfg.use_sa, 'object erasing (--oe) needs the spatial attention: drop --no-sa or add --no-oe')
-    check(not cfg.oe or is_srdl, f'--oe needs an SRDL model, {cfg.model!r} is not one: add --no-oe')
-    check(0.0 <= cfg.drop_rate < 1.0, f'--drop must be in [0, 1), got {cfg.drop_rate}')
-    check(cfg.era_scope in ERA_SCOPES, f'--era-scope must be one of {ERA_SCOPES}, got {cfg.era_scope!r}')
-    check(cfg.era_weight >= 0.0 and math.isfinite(cfg.era_weight), f'--era-weight must be >= 0, got {cfg.era_weight}')
-    check(cfg.loss_reduction in REDUCTIONS, f'--loss-reduction must be one of {REDUCTIONS}, got {cfg.loss_reduction!r}')
-    check(cfg.loss in LOSSES, f'--loss must be one of {LOSSES}, got {cfg.loss!r}')
-    for key, default in ASL_DEFAULTS.items():
-        flag, value = f'--asl-{key.replace("_", "-")}', getattr(cfg, f'asl_{key}')
-        check(value is None or cfg.loss == 'asl', f'{flag} is a parameter of the asymmetric loss: add --loss asl')
-        if cfg.loss == 'asl':
-            value = default if value is None else value
-            check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
-                  and (key != 'clip' or value < 1), f'{flag} must be >= 0{" and < 1" if key == "clip" else ""}, '
-                                                    f'got {value}')
-            setattr(cfg, f'asl_{key}', float(value))
-    check(bool(cfg.root), '--root (dataset folder) is required')
-    check(cfg.voc_difficult in ('positive', 'negative', 'ignore'),
-          f'--voc-difficult must be positive, negative or ignore, got {cfg.voc_difficult}')
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise InputError(message)
+
+
+def _check_optimisation(cfg: TrainConfig) -> None:
+    """Range checks of the optimisation and run flags, naming the flag."""
+    _check(isinstance(cfg.lr, (int, float)) and 0.0 < cfg.lr <= 1.0 and math.isfinite(cfg.lr),
+           f'--lr must be in (0, 1], got {cfg.lr}')
+    _check(isinstance(cfg.epochs, int) and 1 <= cfg.epochs <= 100_000,
+           f'--epochs must be in [1, 100000], got {cfg.epochs}')
+    _check(isinstance(cfg.batch_size, int) and 1 <= cfg.batch_size <= 65_536,
+           f'--batch-size must be in [1, 65536], got {cfg.batch_size}')
+    _check(cfg.val_batch_size is None or cfg.val_batch_size >= 1,
+           f'--val-batch-size must be >= 1, got {cfg.val_batch_size}')
+    _check(0.0 <= cfg.weight_decay <= 1.0, f'--weight-decay must be in [0, 1], got {cfg.weight_decay}')
+    _check(isinstance(cfg.grad_accum_steps, int) and cfg.grad_accum_steps >= 1,
+           f'--grad-accum-steps must be >= 1, got {cfg.grad_accum_steps}')
+    _check(cfg.workers >= 0, f'--workers must be >= 0, got {cfg.workers}')
+    _check(cfg.log_interval >= 1, f'--log-interval must be >= 1, got {cfg.log_interval}')
+    _check(cfg.checkpoint_interval_steps >= 0,
+           f'--checkpoint-interval-steps must be >= 0, got {cfg.checkpoint_interval_steps}')
+    _check(cfg.keep_checkpoints >= 1, f'--keep-checkpoints must be >= 1, got {cfg.keep_checkpoints}')
+    _check(cfg.max_steps is None or cfg.max_steps >= 1, f'--max-steps must be >= 1, got {cfg.max_steps}')
     if cfg.opt_betas is not None:
         cfg.opt_betas = tuple(float(b) for b in cfg.opt_betas)
-        check(len(cfg.opt_betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.opt_betas),
-              f'--opt-betas must be two values in [0, 1), got {cfg.opt_betas}')
-    return cfg
+        _check(len(cfg.opt_betas) == 2 and all(0.0 <= b < 1.0 for b in cfg.opt_betas),
+               f'--opt-betas must be two values in [0, 1), got {cfg.opt_betas}')
+
+
+def _check_model_and_run(cfg: TrainConfig, is_srdl: bool) -> None:
+    """Checks of the model, loss, precision and data flags, naming the flag; fills the ASL defaults."""
+    _check(cfg.oe_topk >= 1, f'--oe-topk must be >= 1, got {cfg.oe_topk}')
+    _check(0.0 < cfg.oe_alpha < 1.0, f'--oe-alpha must be in (0, 1), got {cfg.oe_alpha}')
+    _check(cfg.amp_dtype in ('bfloat16', 'float16'), f'--amp-dtype must be bfloat16 or float16, got {cfg.amp_dtype}')
+    _check(cfg.report_checkpoint in ('final', 'ema'),
+           f'--report-checkpoint must be final or ema, got {cfg.report_checkpoint}')
+    _check(cfg.report_checkpoint != 'ema' or cfg.model_ema, '--report-checkpoint ema needs --model-ema')
+    _check(0.0 < cfg.model_ema_decay < 1.0, f'--model-ema-decay must be in (0, 1), got {cfg.model_ema_decay}')
+    _check(cfg.aug in ('paper', 'none'), f'--aug must be paper or none, got {cfg.aug}')
+    _check(cfg.sched in SCHEDULERS, f'--sched must be one of {SCHEDULERS}, got {cfg.sched}')
+    _check(cfg.decay_rate is None or 0.0 < cfg.decay_rate <= 1.0,
+           f'--decay-rate must be in (0, 1], got {cfg.decay_rate}')
+    _check(cfg.warmup_epochs >= 0, f'--warmup-epochs must be >= 0, got {cfg.warmup_epochs}')
+    _check(cfg.img_size is None or 32 <= cfg.img_size <= 4096, f'--img-size must be in [32, 4096], got {cfg.img_size}')
+    _check(cfg.train_resize is None or cfg.train_resize >= 32, f'--train-resize must be >= 32, got {cfg.train_resize}')
+    _check(cfg.clip_grad is None or cfg.clip_grad > 0, f'--clip-grad must be > 0, got {cfg.clip_grad}')
+    _check(cfg.num_classes is None or cfg.num_classes >= 1, f'--num-classes must be >= 1, got {cfg.num_classes}')
+    _check(not cfg.oe or cfg.use_sa, 'object erasing (--oe) needs the spatial attention: drop --no-sa or add --no-oe')
+    _check(not cfg.oe or is_srdl, f'--oe needs an SRDL model, {cfg.model!r} is not one: add --no-oe')
+    _check(0.0 <= cfg.drop_rate < 1.0, f'--drop must be in [0, 1), got {cfg.drop_rate}')
+    _check(cfg.era_scope in ERA_SCOPES, f'--era-scope must be one of {ERA_SCOPES}, got {cfg.era_scope!r}')
+    _check(cfg.era_weight >= 0.0 and math.isfinite(cfg.era_weight), f'--era-weight must be >= 0, got {cfg.era_weight}')
+    _check(cfg.loss_reduction in REDUCTIONS,
+           f'--loss-reduction must be one of {REDUCTIONS}, got {cfg.loss_reduction!r}')
+    _check(cfg.loss in LOSSES, f'--loss must be one of {LOSSES}, got {cfg.loss!r}')
+    for key, default in ASL_DEFAULTS.items():
+        flag, value = f'--asl-{key.replace("_", "-")}', getattr(cfg, f'asl_{key}')
+        _check(value is None or cfg.loss == 'asl', f'{flag} is a parameter of the asymmetric loss: add --loss asl')
+        if cfg.loss == 'asl':
+            value = default if value is None else value
+            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
+                   and (key != 'clip' or value < 1), f'{flag} must be >= 0{" and < 1" if key == "clip" else ""}, '
+                                                    f'got {value}')
+            setattr(cfg, f'asl_{key}', float(value))
+    _check(bool(cfg.root), '--root (dataset folder) is required')
+    _check(cfg.voc_difficult in ('positive', 'negative', 'ignore'),
+           f'--voc-difficult must be positive, negative or ignore, got {cfg.voc_difficult}')

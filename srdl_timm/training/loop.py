@@ -1,13 +1,8 @@
-"""The training loop of ``srdl-train`` on timm's task API: :class:`~srdl_timm.training.task.SRDLTask` computes the
-loss (eqs. 11-13 through :class:`~srdl_timm.loss.SRDLLoss`), wraps DDP (``prepare_distributed``), ``torch.compile``
-and the EMA (``setup_ema`` / ``update_ema``); timm's optimizer and scheduler factories and ``NativeScaler`` do
-the rest. This module adds what exact resumption needs: a data stream that is a pure function of
-``(seed, epoch, position)`` (:class:`~srdl_timm.data.EpochBatchSampler`, :class:`~srdl_timm.data.SeededDataset`),
-checkpoints at any optimizer step (:mod:`srdl_timm.training.checkpoint`), and a global finiteness check before
-every weight update; and the three collectives training needs under DDP (:func:`all_reduce_mean`,
-:func:`all_gather_objects`, :func:`barrier`).
+"""The training loop of ``srdl-train`` on timm's task API (:class:`~srdl_timm.training.task.SRDLTask`: loss of
+eqs. 11-13, DDP, compile, EMA) and timm's optimizer, scheduler and ``NativeScaler``.
 
-:func:`srdl_timm.training.fit` runs a whole training run on top of these pieces.
+This module adds what exact resumption needs (a data stream that is a pure function of ``(seed, epoch,
+position)``, checkpoints at any optimizer step) and the collectives training needs under DDP.
 """
 import contextlib
 import logging
@@ -148,28 +143,9 @@ def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 
 @dataclass
 class TrainState:
-    """The live objects of a run.
-
-    Attributes:
-        config: resolved configuration.
-        task: the :class:`SRDLTask` (its ``trainable_module`` is what the forward runs through: DDP / compile
-            wrappers of ``model``; its EMA, when any, is ``task.get_trainable_module(ema=True)``).
-        model: the plain model (weights that get saved).
-        optimizer, scheduler, loss_scaler: timm's (scheduler None for ``--sched none``; ``loss_scaler`` a
-            ``timm.utils.NativeScaler`` for float16 AMP only).
-        device, rank, world_size: placement.
-        micro_batches_per_epoch / updates_per_epoch: epoch geometry (per rank).
-        label_names: dataset class names.
-        label_vectors: how each label name became its label-graph node vector (:meth:`LabelVectors.report`), None
-            when the nodes were not looked up by name.
-        unknown_entries: ``{'train': n, 'val': m}``, the (image, class) entries of each split that are not
-            annotated (target -1: left out of the loss and the metrics).
-        val_split: the validation split's :func:`srdl_timm.labels.split_fingerprint` (where thresholds are tuned).
-        val_outputs: ``(logits, targets)`` of the last evaluation (float32 ``[N, C]``), None before the first.
-        global_step: optimizer updates done so far; history: one dict per finished epoch;
-        last_checkpoint: newest checkpoint directory written (rank 0);
-        epoch_loss_sums / epoch_micro_batches: running loss sums of the epoch in progress (checkpointed).
-    """
+    """The live objects of a run: config, task (DDP/compile wrappers and EMA), the plain ``model``, timm's
+    optimizer/scheduler/scaler, placement, epoch geometry, label names and vectors, the not-annotated entries per
+    split, the validation split's fingerprint and last outputs, and the resumable counters."""
     config: TrainConfig
     task: SRDLTask
     model: nn.Module
@@ -251,11 +227,45 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
                    model: Optional[nn.Module] = None) -> Tuple[TrainState, Any, Any, Dict[str, Any]]:
     """Datasets, model, task (with its EMA), optimizer, scheduler and AMP scaler for a resolved config.
 
-    ``model``: train this instance (its class count must match the data) instead of building ``cfg.model``.
-
-    Returns:
-        ``(state, train_dataset, val_loader, data_config)``.
+    ``model``: train this instance instead of building ``cfg.model``. Returns ``(state, train_dataset, val_loader,
+    data_config)``.
     """
+    train_ds, val_ds = _datasets(cfg)
+    num_classes = train_ds.num_classes
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed % 2 ** 32)
+    if model is None:
+        model, label_report = _create_model(cfg, num_classes, train_ds.label_names)
+    elif getattr(model, 'num_classes', None) != num_classes:
+        raise InputError(f'the model to train has {getattr(model, "num_classes", "?")} outputs but {cfg.data} at '
+                         f'{cfg.root} has {num_classes} classes')
+    else:
+        label_report = None
+    data_config = _set_transforms(cfg, model, train_ds, val_ds)
+    micro = _micro_batches_per_epoch(cfg, len(train_ds), world_size)
+    updates_per_epoch = micro // cfg.grad_accum_steps
+    model, task = _place_model(cfg, model, device, rank, world_size)
+    optimizer, scheduler = _optimizer_and_scheduler(cfg, model, updates_per_epoch)
+    loss_scaler = NativeScaler(device.type) if cfg.amp and cfg.amp_dtype == 'float16' else None
+    unknown = {'train': int((train_ds.targets == -1).sum()), 'val': int((val_ds.targets == -1).sum())}
+    if any(unknown.values()) and rank == 0:
+        _logger.info('entries (image, class) not annotated, left out of the loss and the metrics: %s of %s in the '
+                     'training split, %s of %s in the validation split', f'{unknown["train"]:,}',
+                     f'{train_ds.targets.size:,}', f'{unknown["val"]:,}', f'{val_ds.targets.size:,}')
+    state = TrainState(
+        config=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, loss_scaler=loss_scaler,
+        device=device, rank=rank, world_size=world_size, micro_batches_per_epoch=micro,
+        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report,
+        unknown_entries=unknown,
+        val_split=split_fingerprint(val_ds.image_paths, cfg.root, cfg.data, cfg.val_split))
+    val_loader = create_multilabel_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
+                                          num_workers=cfg.workers, distributed=world_size > 1,
+                                          pin_memory=device.type == 'cuda')
+    return state, train_ds, val_loader, data_config
+
+
+def _datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
+    """The training and validation datasets, with the same classes; sets ``cfg.num_classes``."""
     train_ds = create_multilabel_dataset(
         cfg.data, cfg.root, cfg.train_split, **_dataset_options(cfg, True),
         **{k: v for k, v in (('ann_file', cfg.ann_file), ('image_dir', cfg.image_dir)) if v})
@@ -276,20 +286,16 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     cfg.num_classes = num_classes
     if cfg.oe and cfg.oe_topk > num_classes:
         _logger.warning('--oe-topk %d exceeds the %d classes; OE erases all of them', cfg.oe_topk, num_classes)
+    return train_ds, val_ds
 
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed % 2 ** 32)
-    if model is None:
-        model, label_report = _create_model(cfg, num_classes, train_ds.label_names)
-    elif getattr(model, 'num_classes', None) != num_classes:
-        raise InputError(f'the model to train has {getattr(model, "num_classes", "?")} outputs but {cfg.data} at '
-                         f'{cfg.root} has {num_classes} classes')
-    else:
-        label_report = None
+
+def _set_transforms(cfg: TrainConfig, model: nn.Module, train_ds: Any, val_ds: Any) -> Dict[str, Any]:
+    """Give both datasets their transforms from timm's data config of ``model`` (its input channels, ``cfg``'s
+    size); sets ``cfg.img_size`` and ``cfg.train_resize``; returns the data config."""
     data_config = resolve_data_config({}, model=model)
     size = cfg.img_size or int(data_config['input_size'][-1])
     cfg.img_size = size
-    data_config['input_size'] = (3, size, size)
+    data_config['input_size'] = (data_config['input_size'][0], size, size)
     if cfg.aug == 'paper':
         resize = cfg.train_resize or int(round(size * 512 / 448))
         cfg.train_resize = resize
@@ -297,25 +303,34 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     else:
         train_ds.transform = create_paper_transform(data_config, is_training=False, size=size)
     val_ds.transform = create_paper_transform(data_config, is_training=False, size=size)
+    return data_config
 
+
+def _micro_batches_per_epoch(cfg: TrainConfig, num_images: int, world_size: int) -> int:
+    """Micro-batches per epoch and process (a multiple of ``grad_accum_steps``); may lower the default batch size
+    on a split smaller than one step."""
     global_batch = cfg.batch_size * world_size
-    micro = len(train_ds) // global_batch
+    micro = num_images // global_batch
     micro -= micro % cfg.grad_accum_steps
-    fitting = len(train_ds) // (world_size * cfg.grad_accum_steps)
+    fitting = num_images // (world_size * cfg.grad_accum_steps)
     if micro == 0 and 'batch_size' not in cfg.explicit and not cfg.global_batch_size and fitting >= 2:
         # the plain default batch (no --batch-size, no recipe) on a split smaller than one step: a batch that fits
         # (>= 2 images for BatchNorm), recorded in train_config.json, so --resume recomputes the same one
         _logger.warning('the training split has %d images, fewer than one step of the default --batch-size %d: '
-                        'training with --batch-size %d', len(train_ds), cfg.batch_size, fitting)
+                        'training with --batch-size %d', num_images, cfg.batch_size, fitting)
         cfg.batch_size = fitting
         global_batch = cfg.batch_size * world_size
-        micro = (len(train_ds) // global_batch) // cfg.grad_accum_steps * cfg.grad_accum_steps
+        micro = (num_images // global_batch) // cfg.grad_accum_steps * cfg.grad_accum_steps
     if micro == 0:
-        raise InputError(f'the training split has {len(train_ds)} images, fewer than one optimizer step needs '
+        raise InputError(f'the training split has {num_images} images, fewer than one optimizer step needs '
                          f'(batch size {cfg.batch_size} x {world_size} process(es) x {cfg.grad_accum_steps} '
                          f'accumulation steps = {global_batch * cfg.grad_accum_steps}); lower --batch-size')
-    updates_per_epoch = micro // cfg.grad_accum_steps
+    return micro
 
+
+def _place_model(cfg: TrainConfig, model: nn.Module, device: torch.device, rank: int,
+                 world_size: int) -> Tuple[nn.Module, SRDLTask]:
+    """The model on ``device`` (SyncBatchNorm, channels-last as asked) and its task with loss and EMA."""
     model.to(device)
     if cfg.sync_bn and world_size > 1:
         if device.type != 'cuda':
@@ -329,39 +344,26 @@ def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size
     task = SRDLTask(model, object_erasing=bool(cfg.oe), loss=loss, device=device, verbose=rank == 0)
     if cfg.model_ema:
         task.setup_ema(decay=cfg.model_ema_decay)
+    return model, task
 
+
+def _optimizer_and_scheduler(cfg: TrainConfig, model: nn.Module, updates_per_epoch: int) -> Tuple[Any, Any]:
+    """timm's optimizer and lr scheduler (None for ``--sched none``) for ``cfg``."""
     optimizer = create_optimizer_v2(
         model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
         filter_bias_and_bn=bool(cfg.wd_exclude_bias_norm),
         **{k: v for k, v in (('betas', cfg.opt_betas), ('eps', cfg.opt_eps)) if v is not None})
-    scheduler = None
-    if cfg.sched != 'none':
-        sched_kwargs: Dict[str, Any] = dict(
-            sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.decay_rate, min_lr=cfg.min_lr,
-            warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=not cfg.sched_on_updates,
-            updates_per_epoch=updates_per_epoch)
-        if cfg.decay_epochs is not None:
-            sched_kwargs['decay_epochs'] = cfg.decay_epochs
-        if cfg.decay_milestones:
-            sched_kwargs['decay_milestones'] = list(cfg.decay_milestones)
-        scheduler, _ = create_scheduler_v2(optimizer, **sched_kwargs)
-    loss_scaler = NativeScaler(device.type) if cfg.amp and cfg.amp_dtype == 'float16' else None
-
-    unknown = {'train': int((train_ds.targets == -1).sum()), 'val': int((val_ds.targets == -1).sum())}
-    if any(unknown.values()) and rank == 0:
-        _logger.info('entries (image, class) not annotated, left out of the loss and the metrics: %s of %s in the '
-                     'training split, %s of %s in the validation split', f'{unknown["train"]:,}',
-                     f'{train_ds.targets.size:,}', f'{unknown["val"]:,}', f'{val_ds.targets.size:,}')
-    state = TrainState(
-        config=cfg, task=task, model=model, optimizer=optimizer, scheduler=scheduler, loss_scaler=loss_scaler,
-        device=device, rank=rank, world_size=world_size, micro_batches_per_epoch=micro,
-        updates_per_epoch=updates_per_epoch, label_names=list(train_ds.label_names), label_vectors=label_report,
-        unknown_entries=unknown,
-        val_split=split_fingerprint(val_ds.image_paths, cfg.root, cfg.data, cfg.val_split))
-    val_loader = create_multilabel_loader(val_ds, cfg.val_batch_size or cfg.batch_size, is_training=False,
-                                          num_workers=cfg.workers, distributed=world_size > 1,
-                                          pin_memory=device.type == 'cuda')
-    return state, train_ds, val_loader, data_config
+    if cfg.sched == 'none':
+        return optimizer, None
+    sched_kwargs: Dict[str, Any] = dict(
+        sched=cfg.sched, num_epochs=cfg.epochs, decay_rate=cfg.decay_rate, min_lr=cfg.min_lr,
+        warmup_lr=cfg.warmup_lr, warmup_epochs=cfg.warmup_epochs, step_on_epochs=not cfg.sched_on_updates,
+        updates_per_epoch=updates_per_epoch)
+    if cfg.decay_epochs is not None:
+        sched_kwargs['decay_epochs'] = cfg.decay_epochs
+    if cfg.decay_milestones:
+        sched_kwargs['decay_milestones'] = list(cfg.decay_milestones)
+    return optimizer, create_scheduler_v2(optimizer, **sched_kwargs)[0]
 
 
 def prepare_for_training(state: TrainState) -> None:
@@ -508,10 +510,8 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
 
 
 def evaluate(state: TrainState, loader: DataLoader) -> Dict[str, Any]:
-    """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`; eval mode, so
-    OE is off). Scalars in percent (mAP interpolated / non-interpolated, CP/CR/CF1/OP/OR/OF1 at threshold 0.5 and
-    top-3), counts, per-class APs as lists. Under DDP every rank must call it (logits gathered without padding).
-    The logits and targets are kept in ``state.val_outputs`` (for the decision thresholds tuned at the end)."""
+    """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`); a collective
+    under DDP. The logits and targets are kept in ``state.val_outputs``."""
     cfg = state.config
     result = validate(state.report_model, loader, state.device, amp_dtype=amp_dtype(cfg),
                       channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names,

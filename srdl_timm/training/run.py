@@ -1,19 +1,9 @@
 """Run (or resume) a whole ``srdl-train`` run: :func:`fit`.
 
-Python API (what the console script wraps)::
-
-    from srdl_timm.training import TrainConfig, fit
-    result = fit(TrainConfig(recipe='paper', data='voc', root='/data/VOCdevkit', output='runs/voc'))
-    result['final_metrics']['mAP_interpolated'], result['model_path']
-
-Outputs (``output``, owned by this run while it runs, see :mod:`srdl_timm.training.run_folder`):
-``train_config.json`` (the resolved configuration, the label names, how each became its label-graph node vector,
-the entries not annotated per split, the ``model_args`` that rebuild the trained architecture, read by
-:func:`srdl_timm.loading.load_model`, and at the end the per-class decision thresholds tuned on the validation split,
-``label_thresholds`` + ``label_thresholds_info``, which the loaders put on the model);
-``log.csv`` / ``log.json`` (per-epoch losses, lr and validation metrics); ``checkpoints/…`` + the ``last`` link
-(see :mod:`srdl_timm.training.checkpoint`); at the end ``model.safetensors`` (the reported weights: the final
-model, or its EMA when ``report_checkpoint='ema'`` was declared up front) and ``summary.json``.
+``fit(TrainConfig(recipe='paper', data='voc', root=..., output='runs/voc'))`` writes to ``output``:
+``train_config.json`` (resolved config, label names and vectors, ``model_args``, tuned decision thresholds),
+``log.csv`` / ``log.json``, ``checkpoints/`` + ``last``, and at the end ``model.safetensors`` (the reported
+weights) and ``summary.json``.
 """
 import json
 import logging
@@ -237,23 +227,14 @@ def _train_epochs(state: TrainState, train_ds: Any, val_loader: Any, start_epoch
 def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
     """Run (or resume) a training run end to end.
 
-    ``model``: a model instance to train (in place) instead of building ``config.model`` -- e.g. another head on a
-    timm backbone, trained by the same loop, data pipeline and checkpoints; ``config.model`` is then only its
-    recorded name. Its class count must match the data.
-
-    Initialises torch.distributed from torchrun's environment when ``WORLD_SIZE`` > 1, claims (locks) the output
-    folder, trains with per-epoch validation, writes logs and checkpoints, and finally the reported weights
-    (``output/model.safetensors``).
+    ``model``: a model instance to train in place instead of building ``config.model``.
 
     Returns:
         ``{'final_metrics', 'history', 'model_path', 'last_checkpoint', 'output', 'reported', 'global_step',
         'epochs_completed', 'stopped_early', 'config'}``.
 
     Raises:
-        InputError: bad configuration or data (before anything is trained);
-            :class:`~srdl_timm.training.run_folder.OutputDirError` when ``output`` is a file, not writable, in use or
-            holds another run; :class:`CheckpointError` when ``resume`` points at a
-            missing/incomplete/corrupt/incompatible checkpoint.
+        InputError: bad configuration, data, output folder or checkpoint (before anything is trained).
         NonFiniteLossError: NaN/inf loss (the last checkpoint is left intact).
         TrainingError: out of memory (with advice).
     """

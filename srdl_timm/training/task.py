@@ -14,22 +14,10 @@ __all__ = ['SRDLTask']
 class SRDLTask(MultiLabelClassificationTask):
     """``timm.task.MultiLabelClassificationTask`` that trains SRDL with object erasing.
 
-    With ``object_erasing=True`` (the default) OE is switched on in the model, so the training forward yields
-    ``(logits, erased_logits)`` and the criterion ``loss`` (:class:`~srdl_timm.loss.SRDLLoss`, eq. 13) adds the
-    erased term. With ``object_erasing=False`` any timm classifier works (a multi-label baseline trained with the
-    same masked BCE, eq. 11). Evaluation (eval mode) returns logits only, so timm's multi-label evaluator works
-    unchanged. DDP (:meth:`prepare_distributed`), ``torch.compile`` (:meth:`compile`), EMA (:meth:`setup_ema`,
-    :meth:`update_ema`) and gradient-accumulation ``no_sync`` are timm's, inherited.
-
-    The result dict holds ``loss`` (to back-propagate), ``output`` (the original logits) and, for logging,
-    ``loss_ori`` (eq. 11, detached) and, with OE, ``loss_era = loss - loss_ori`` (the erased term as weighted by
-    ``loss``, detached).
-
-    Example::
-
-        task = SRDLTask(timm.create_model('srdl_resnet50', num_classes=20))
-        result = task(images, targets)   # {'loss', 'output', 'loss_ori', 'loss_era'}
-        result['loss'].backward()
+    With ``object_erasing=True`` the training forward yields ``(logits, erased_logits)`` and ``loss``
+    (:class:`~srdl_timm.loss.SRDLLoss`, eq. 13) adds the erased term; with False any timm classifier trains with the
+    masked BCE of eq. 11. DDP, compile, EMA and ``no_sync`` are timm's. The result holds ``loss``, ``output`` and,
+    detached for logging, ``loss_ori`` and ``loss_era``.
     """
 
     def __init__(
