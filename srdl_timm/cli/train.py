@@ -23,8 +23,9 @@ from typing import Optional, Sequence
 from ..data import DATASETS
 from ..loss import ASL_DEFAULTS, LOSSES
 from ..training import RECIPES, SCHEDULERS, TrainConfig, fit
+from ..training.run_folder import write_failure_note
 from ..utils import parse_model_kwargs
-from . import add_common_args, run_cli
+from . import STORAGE_ERRNOS, add_common_args, run_cli
 
 __all__ = ['build_parser', 'config_from_args', 'run', 'main']
 
@@ -162,10 +163,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-
 def run(args: argparse.Namespace) -> int:
-    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary)."""
-    fit(config_from_args(args))
+    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary; a failed write
+    into the output folder gets a note saying what is intact and how to resume)."""
+    cfg = config_from_args(args)
+    try:
+        fit(cfg)
+    except OSError as e:
+        name = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else ''
+        if e.errno in STORAGE_ERRNOS or name.startswith(os.path.join(os.path.abspath(cfg.output), '')):
+            e.add_note(write_failure_note(cfg.output, e))
+        raise
     return 0
 
 
