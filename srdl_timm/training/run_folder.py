@@ -200,7 +200,8 @@ def write_failure_note(folder: str, exc: OSError) -> str:
     except CheckpointError:
         last = None
     intact = f'the last complete checkpoint {last} is intact' if last else 'no checkpoint was completed yet'
-    fix = 'make the file system writable' if exc.errno == errno.EROFS else 'free space'
+    fix = {errno.EROFS: 'make the file system writable', errno.EFBIG: 'raise the file-size limit (ulimit -f) or use '
+           'a file system that allows larger files'}.get(exc.errno, 'free space')
     return f'{intact} (nothing half-written was kept); {fix}, then run the same command with --resume auto'
 
 
