@@ -178,7 +178,8 @@ def test_full_file_system_ends_with_two_lines_and_resumes_after_space_is_freed(c
     assert len(lines) == 2, lines
     assert lines[0].startswith(f'srdl-train: error: cannot write {out}/checkpoints/.tmp-epoch-0000-')
     assert ': No space left on device; ' in lines[0] and lines[0].endswith(' MiB free on its file system')
-    assert lines[1] == f'the last complete checkpoint {last} is intact (nothing half-written was kept); free space, ' + FIX
+    intact = f'the last complete checkpoint {last} is intact (nothing half-written was kept)'
+    assert lines[1] == f'{intact}; free space, {FIX}'
     verify_checkpoint(last)
     leftovers = [n for d in (out, out / 'checkpoints') for n in os.listdir(d) if '.tmp' in n]
     assert not leftovers
