@@ -211,24 +211,40 @@ def test_file_size_limit_ends_with_two_lines_and_nothing_half_written(csv_root, 
     assert os.listdir(out / 'checkpoints') == [] and not os.path.lexists(out / 'last')
 
 
-def test_atomic_write_refused_by_a_file_size_limit_keeps_the_old_file(tmp_path):
-    """atomic_write_bytes (every report, log, config and export goes through it) under a file-size limit (in a
-    forked child): an OSError (EFBIG) naming the target, the previous file byte-identical, no temporary file."""
-    target = tmp_path / 'report.json'
-    target.write_text('{"old": true}')
+def _errno_and_file_under_a_size_limit(limit, write):
+    """Run ``write()`` in a forked child under a file-size limit; 'ERRNO FILE' of the OSError it raised."""
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: limit, write, report errno and file name, exit without pytest's clean-up
+    if pid == 0:  # the child: limit, write, report, exit without pytest's clean-up
         try:
-            _file_size_limit(1024)()
-            atomic_write_bytes(target, bytes(4096))
+            _file_size_limit(limit)()
+            write()
             os.write(write_end, b'no error')
-        except OSError as e:
-            os.write(write_end, f'{e.errno} {e.filename}'.encode())
+        except BaseException as e:
+            os.write(write_end, f'{getattr(e, "errno", None)} {getattr(e, "filename", repr(e))}'.encode())
         finally:
             os._exit(0)
     os.close(write_end)
     os.waitpid(pid, 0)
     with os.fdopen(read_end) as f:
-        assert f.read() == f'{errno.EFBIG} {target}'
+        return f.read()
+
+
+def test_atomic_write_refused_by_a_file_size_limit_keeps_the_old_file(tmp_path):
+    """atomic_write_bytes (every report, log, config, export and overlay goes through it) under a file-size limit:
+    an OSError (EFBIG) naming the target, the previous file byte-identical, no temporary file."""
+    target = tmp_path / 'report.json'
+    target.write_text('{"old": true}')
+    assert _errno_and_file_under_a_size_limit(1024, lambda: atomic_write_bytes(target, bytes(4096))) == \
+        f'{errno.EFBIG} {target}'
     assert target.read_text() == '{"old": true}' and os.listdir(tmp_path) == ['report.json']
+
+
+def test_publishing_refused_by_a_file_size_limit_names_the_weights_file(source, tmp_path):
+    """hub.save_pretrained_dir (srdl-publish --local-dir) under a file-size limit: the safetensors writer's error
+    comes back as the OSError (EFBIG) naming model.safetensors, and no weights file is left in the folder."""
+    from srdl_timm import hub
+    folder = tmp_path / 'published'
+    got = _errno_and_file_under_a_size_limit(4096, lambda: hub.save_pretrained_dir(source, folder, repo_id='a/b'))
+    assert got == f'{errno.EFBIG} {folder / "model.safetensors"}'
+    assert 'model.safetensors' not in os.listdir(folder)

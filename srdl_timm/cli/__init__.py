@@ -89,10 +89,9 @@ def _free_space(path: str) -> str:
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
-    try:
+    with contextlib.suppress(OSError):
         return f'; {shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free on its file system'
-    except OSError:
-        return ''
+    return ''
 
 
 def format_error(prog: str, exc: BaseException) -> str:

@@ -164,14 +164,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary; a failed write
-    into the output folder gets a note saying what is intact and how to resume)."""
+    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary; a write the
+    file system refused gets a note saying what is intact and how to resume)."""
     cfg = config_from_args(args)
     try:
         fit(cfg)
     except OSError as e:
-        name = os.path.abspath(os.fsdecode(e.filename)) if e.filename is not None else ''
-        if e.errno in STORAGE_ERRNOS or name.startswith(os.path.join(os.path.abspath(cfg.output), '')):
+        if e.errno in STORAGE_ERRNOS:
             e.add_note(write_failure_note(cfg.output, e))
         raise
     return 0

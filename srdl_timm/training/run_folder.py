@@ -7,9 +7,8 @@
 * a run holds an exclusive POSIX record lock (``fcntl.lockf``) on ``DIR/.srdl-train.lock`` (holding its pid) for
   as long as it runs; a second run on the same folder is refused with the first one's pid. The kernel drops the lock
   when the process ends however it ends (SIGKILL included), and ``fork`` does not pass it on, so neither a killed
-  run nor its still-exiting data-loader workers keep the folder locked. (A POSIX lock is dropped when the process
-  closes *any* descriptor of the file: nothing but :class:`RunLock` opens it, and a second claim of a folder this
-  process already holds is refused before the file is opened.);
+  run nor its still-exiting data-loader workers keep the folder locked. Closing *any* descriptor of the file drops
+  a POSIX lock: only :class:`RunLock` opens it, and refuses a folder its own process holds before opening it;
 * a folder holding another run's files (``train_config.json``, ``model.safetensors``, ``checkpoints/``, ``last``,
   logs) is refused unless the run continues it (``--resume auto`` or a checkpoint inside it) or ``--overwrite`` is
   given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted). A folder
