@@ -4,6 +4,7 @@
 (§3.3, eqs. 7-10) would erase; :func:`render_overlay` and :func:`save_explanation` draw them. The eval transform
 squash-resizes the whole image, so each upsampled grid cell lies on the region it saw.
 """
+import io
 import logging
 import math
 import os
@@ -19,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from .errors import InputError
 from .labels import resolve_label_names
 from .layers.oe import erase_region
+from .utils import atomic_write_bytes
 
 __all__ = [
     'explain', 'explain_batch', 'attention_forward', 'default_eval_transform',
@@ -344,6 +346,13 @@ def _safe_name(text: str) -> str:
     return name[:64] or 'label'
 
 
+def _save_png(image: Image.Image, path: str) -> None:
+    """PNG-encode in memory, then write atomically: a full disk leaves no truncated image and names the file."""
+    buf = io.BytesIO()
+    image.save(buf, format='PNG')
+    atomic_write_bytes(path, buf.getbuffer())
+
+
 def save_explanation(
         image: Image.Image,
         result: Dict[str, Any],
@@ -365,11 +374,11 @@ def save_explanation(
         overlay = render_overlay(image, result['maps_raw'][r - 1], label, float(score),
                                  None if masks is None else masks[r - 1], normalize=normalize)
         path = os.path.join(os.fspath(out_dir), f'{stem}_top{r}_{_safe_name(label)}.png')
-        overlay.save(path, format='PNG')
+        _save_png(overlay, path)
         written.append(path)
     if panel:
         path = os.path.join(os.fspath(out_dir), f'{stem}_panel.png')
-        render_panel(image, result, panel_height, erase=erase, normalize=normalize).save(path, format='PNG')
+        _save_png(render_panel(image, result, panel_height, erase=erase, normalize=normalize), path)
         written.append(path)
     _logger.debug('wrote %d explanation images for %s', len(written), stem)
     return written

@@ -5,9 +5,9 @@ and decision thresholds are stored as metadata. The checks raise :class:`ExportC
 ``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere.
 """
 import importlib
+import io
 import json
 import logging
-import os
 import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .errors import InputError, OperationError
 from .labels import model_label_names, model_label_thresholds
+from .utils import atomic_write_bytes
 
 __all__ = [
     'ExportCheckError', 'prepare_for_export', 'export_metadata', 'export_onnx', 'export_torchscript',
@@ -178,7 +179,6 @@ def export_onnx(
         axes = {_INPUT: {0: 'batch'}, _OUTPUT: {0: 'batch'}}
     if dynamic_size:
         axes.setdefault(_INPUT, {}).update({2: 'height', 3: 'width'})
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     example = _random_input(example_batch, size, seed=0)
     with warnings.catch_warnings():
         # the legacy exporter is deprecated but needs no onnxscript; tracer warnings about shape checks turned
@@ -187,11 +187,12 @@ def export_onnx(
         warnings.filterwarnings('ignore', category=FutureWarning)
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
         with torch.no_grad():
-            torch.onnx.export(model, (example,), path, dynamo=False, opset_version=opset, input_names=[_INPUT],
+            buf = io.BytesIO()  # in memory, then one atomic write: a full disk names the file, leaves no half file
+            torch.onnx.export(model, (example,), buf, dynamo=False, opset_version=opset, input_names=[_INPUT],
                               output_names=[_OUTPUT], dynamic_axes=axes or None, do_constant_folding=True)
-    proto = onnx.load(path)
+    proto = onnx.load_from_string(buf.getvalue())
     onnx.helper.set_model_props(proto, dict(metadata))
-    onnx.save(proto, path)
+    atomic_write_bytes(path, proto.SerializeToString())
     onnx.checker.check_model(path)
     _logger.info('exported ONNX (opset %d, dynamic axes %s) to %s', opset, axes or 'none', path)
     return path
@@ -244,7 +245,6 @@ def export_torchscript(
     model.cpu()
     if metadata is None:
         metadata = export_metadata(model, size)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', category=FutureWarning)  # torch.jit is deprecated in favour of export
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)
@@ -253,7 +253,9 @@ def export_torchscript(
                 scripted = torch.jit.script(model)
             else:
                 scripted = torch.jit.trace(model, _random_input(example_batch, size, seed=0))
-        torch.jit.save(scripted, path, _extra_files={'config.json': json.dumps(metadata)})
+        buf = io.BytesIO()
+        torch.jit.save(scripted, buf, _extra_files={'config.json': json.dumps(metadata)})
+    atomic_write_bytes(path, buf.getbuffer())
     _logger.info('exported TorchScript (%s) to %s', method, path)
     return path
 

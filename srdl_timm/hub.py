@@ -10,12 +10,14 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import InputError
 from .labels import model_label_thresholds, read_thresholds_file, store_label_thresholds
@@ -27,7 +29,7 @@ from .models.pretrained import (
     MANIFEST_SCHEMA_VERSION, REPO_ID_RE, ChecksumMismatchError, MissingPretrainedWeightsError, load_manifest,
     manifest_path, verify_sha256, weights_dir,
 )
-from .utils import PathLike, sha256_file
+from .utils import PathLike, atomic_write_bytes, sha256_file
 from .weight_files import WEIGHTS_FILENAME, read_config_json, read_weight_file
 
 __all__ = [
@@ -189,7 +191,7 @@ def save_pretrained_dir(
     readme = model_card(config, repo_id=repo_id, local_dir=folder, metrics=values, protocol=proto, dataset=dataset,
                         hub_dataset=hub_dataset, license=license, recipe=recipe, sha256=digest, num_params=num_params,
                         description=description)
-    (folder / 'README.md').write_text(readme, encoding='utf-8')
+    atomic_write_bytes(folder / 'README.md', readme.encode('utf-8'))
     files = tuple(sorted(p.name for p in folder.iterdir()))
     _logger.info('wrote %s: %s (model.safetensors sha256 %s)', folder, ', '.join(files), digest)
     return PublishResult(repo_id=repo_id, local_dir=folder, url=None, revision=None, sha256=digest, files=files,
@@ -305,6 +307,13 @@ def _save_for_hf(model: torch.nn.Module, folder: Path, label_names: Optional[Lis
     try:
         save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
                     data_config=dict(data_config) if data_config else None)
+    except OSError as e:  # config.json (written after the weights), by Python, without naming the file
+        raise OSError(e.errno, e.strerror, e.filename or str(folder / 'config.json')) from e
+    except SafetensorError as e:  # the weights: a full disk is a Rust I/O error; give the OS error back, named
+        code = re.search(r'os error (\d+)', str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(folder / WEIGHTS_FILENAME)) from e
     finally:
         if saved_args is None:
             del model._model_args

@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from .errors import InputError
 
-__all__ = ['PathLike', 'sha256_file', 'parse_model_kwargs', 'jsonable', 'fsync_dir', 'atomic_write_bytes',
-           'atomic_write_json', 'read_label_names']
+__all__ = ['PathLike', 'sha256_file', 'parse_model_kwargs', 'jsonable', 'fsync_dir', 'write_synced',
+           'atomic_write_bytes', 'atomic_write_json', 'read_label_names']
 
 #: a file-system path as the package's functions accept it (the one definition; every module imports it)
 PathLike = Union[str, os.PathLike]
@@ -77,18 +77,30 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir."""
+def write_synced(path: PathLike, data: Union[bytes, memoryview]) -> None:
+    """Write ``data`` to ``path`` and fsync it. ``f.write`` raises an OSError without a file name (disk full, quota,
+    read-only file system); this one names ``path``, so the error boundary can say which file failed."""
+    try:
+        with open(path, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from e
+
+
+def atomic_write_bytes(path: PathLike, data: Union[bytes, memoryview]) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir.
+    On failure the temporary file is removed and ``path`` is what it was; the OSError names ``path``."""
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
     os.makedirs(folder or '.', exist_ok=True)
     tmp = os.path.join(folder, f'.{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}')
     try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from e
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

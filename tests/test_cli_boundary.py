@@ -76,6 +76,27 @@ def test_os_errors_name_the_file_and_the_reason(tmp_path, capsys):
     assert capsys.readouterr().err == f'{PROG}: error: {missing} -> {other}: No such file or directory\n'
 
 
+def test_a_refused_write_names_the_file_and_the_free_space_and_notes_follow(capsys):
+    """A write the file system refuses (a real ENOSPC: /dev/full) exits 2 with 'cannot write FILE: reason; N MiB
+    free on its file system'; a note added on the way (srdl-train's 'what is intact, what to do') is the second
+    line."""
+    from srdl_timm.utils import write_synced
+
+    def fill(args):
+        try:
+            write_synced('/dev/full', b'x' * 4096)
+        except OSError as e:
+            e.add_note('the last complete checkpoint is intact')
+            raise
+
+    if not os.path.exists('/dev/full'):
+        pytest.skip('no /dev/full on this system')
+    assert _cli(fill) == 2
+    first, second = capsys.readouterr().err.splitlines()
+    assert first.startswith(f'{PROG}: error: cannot write /dev/full: No space left on device; ')
+    assert first.endswith(' MiB free on its file system') and second == 'the last complete checkpoint is intact'
+
+
 def test_expected_error_behind_a_wrapper_is_found(capsys):
     """An unexpected exception raised *from* an expected one (a library wrapping it) reports the expected root cause
     and its exit code."""

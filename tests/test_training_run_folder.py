@@ -108,3 +108,21 @@ def test_unwritable_output_is_a_clear_error(csv_root, tmp_path, capsys, monkeypa
     err = capsys.readouterr().err
     assert err.strip() == (f'srdl-train: error: --output {target} is not writable (Permission denied); choose a '
                            'folder you can write to')
+
+
+def test_a_folder_this_process_holds_is_refused_and_stays_locked(tmp_path):
+    """A POSIX record lock cannot refuse its own process, and closing any descriptor of the file would drop it: a
+    second claim in the same process is refused (naming this pid) without opening the file, and another process is
+    still refused afterwards; after release the folder can be claimed again."""
+    import pytest
+    from srdl_timm.training.run_folder import OutputDirError, RunLock
+    lock = RunLock(str(tmp_path)).acquire()
+    try:
+        with pytest.raises(OutputDirError, match=f'another srdl-train run \\(pid {os.getpid()}, this process'):
+            RunLock(str(tmp_path)).acquire()
+        other = subprocess.run([sys.executable, '-c', 'import sys\nfrom srdl_timm.training.run_folder import RunLock\n'
+                                'RunLock(sys.argv[1]).acquire()', str(tmp_path)], capture_output=True, text=True)
+        assert other.returncode != 0 and f'(pid {os.getpid()} on ' in other.stderr
+    finally:
+        lock.release()
+    RunLock(str(tmp_path)).acquire().release()

@@ -3,15 +3,18 @@
 Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)`` with ``run(args) -> int`` doing the
 work through the library. :func:`run_cli` turns expected errors into one ``PROG: error: ...`` line and an exit
 status (:class:`~srdl_timm.errors.SRDLError`: its ``exit_code``, 2 input, 1 run failure; ``OSError``: the file and
-the reason, 2; Ctrl-C: 130); anything else is a bug and keeps its traceback, as expected errors do with ``--debug``
-or ``SRDL_DEBUG=1``. :func:`add_model_args` and :func:`model_spec_from_args` are the inference scripts' model flags.
+the reason, for a refused write also the free space, 2; Ctrl-C: 130); anything else is a bug and keeps its
+traceback, as expected errors do with ``--debug`` or ``SRDL_DEBUG=1``. :func:`add_model_args` and
+:func:`model_spec_from_args` are the inference scripts' model flags.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
+import shutil
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -19,9 +22,12 @@ from ..errors import SRDLError
 from ..loading import ModelSpec
 from ..utils import parse_model_kwargs
 
-__all__ = ['run_cli', 'add_common_args', 'add_model_args', 'model_spec_from_args', 'progress_enabled', 'format_error']
+__all__ = ['run_cli', 'add_common_args', 'add_model_args', 'model_spec_from_args', 'progress_enabled', 'format_error',
+           'STORAGE_ERRNOS']
 
 DEBUG_ENV = 'SRDL_DEBUG'
+#: errno values of a write the file system refused: full, over quota, over the file size limit, read-only
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -79,19 +85,32 @@ def _root_cause(exc: BaseException) -> BaseException:
     return None
 
 
+def _free_space(path: str) -> str:
+    """'; N MiB free on its file system' for the nearest existing folder of ``path`` ('' where unknown)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    with contextlib.suppress(OSError):
+        return f'; {shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB free on its file system'
+    return ''
+
+
 def format_error(prog: str, exc: BaseException) -> str:
-    """``PROG: error: MESSAGE``; an OSError names its file(s) and the reason."""
+    """``PROG: error: MESSAGE``; an OSError names its file(s) and the reason, a failed write (full disk, quota, file
+    size limit, read-only file system) also the free space; notes added on the way (``add_note``) follow."""
     if isinstance(exc, OSError) and not isinstance(exc, SRDLError):
         where = ' -> '.join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
         reason = exc.strerror or str(exc)
         message = f'{where}: {reason}' if where else reason
+        if exc.errno in STORAGE_ERRNOS and exc.filename is not None:
+            message = f'cannot write {message}{_free_space(os.fsdecode(exc.filename))}'
     else:
         message = str(exc) or type(exc).__name__
     if 'Original Traceback' in message:  # re-raised from a DataLoader worker: keep the original message only
         last = [line for line in message.splitlines() if line.strip()][-1].strip()
         head, _, rest = last.partition(': ')
         message = rest if rest and head.rsplit('.', 1)[-1] == type(exc).__name__ else last
-    return f'{prog}: error: {message}'
+    return '\n'.join([f'{prog}: error: {message}', *getattr(exc, '__notes__', ())])
 
 
 def _debug_requested(argv: Sequence[str]) -> bool:

@@ -15,8 +15,9 @@ from typing import Any, Optional, Sequence
 from ..data import DATASETS
 from ..loss import ASL_DEFAULTS, LOSSES
 from ..training import RECIPES, SCHEDULERS, TrainConfig, fit
+from ..training.run_folder import write_failure_note
 from ..utils import parse_model_kwargs
-from . import add_common_args, run_cli
+from . import STORAGE_ERRNOS, add_common_args, run_cli
 
 __all__ = ['build_parser', 'config_from_args', 'run', 'main']
 
@@ -181,8 +182,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary)."""
-    fit(config_from_args(args))
+    """Train with the parsed flags (errors propagate to the :func:`~srdl_timm.cli.run_cli` boundary; a write the
+    file system refused gets a note saying what is intact and how to resume)."""
+    cfg = config_from_args(args)
+    try:
+        fit(cfg)
+    except OSError as e:
+        if e.errno in STORAGE_ERRNOS:
+            e.add_note(write_failure_note(cfg.output, e))
+        raise
     return 0
 
 

@@ -26,6 +26,7 @@ the first one was never finished); stale ``.tmp-*`` / ``.trash-*`` directories a
 manifest (sizes and hashes), so a truncated or corrupted file raises :class:`CheckpointError` naming that file
 instead of resuming from garbage.
 """
+import io
 import json
 import logging
 import os
@@ -36,11 +37,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import save, save_file
+from safetensors.torch import save
 from timm.utils import unwrap_model
 
 from ..errors import InputError
-from ..utils import atomic_write_bytes, fsync_dir, jsonable, sha256_file
+from ..utils import atomic_write_bytes, fsync_dir, jsonable, sha256_file, write_synced
 from ..weight_files import load_state_dict, read_weight_file
 
 __all__ = [
@@ -75,19 +76,6 @@ def state_dict_for_save(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
     (``timm.utils.unwrap_model``), so the keys are those of the plain model.
     """
     return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in unwrap_model(module).state_dict().items()}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _save_file_synced(tensors: Dict[str, torch.Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
-    save_file(tensors, path, metadata=metadata)
-    os.chmod(path, 0o666 & ~_umask())
-    with open(path, 'rb+') as f:
-        os.fsync(f.fileno())
 
 
 def save_safetensors_atomic(tensors: Dict[str, torch.Tensor], path: str,
@@ -258,29 +246,24 @@ def save_checkpoint(
     state = dict(training_state, format=_FORMAT, format_version=_FORMAT_VERSION)
     _check_weights_only_loadable(state, os.path.join(final_dir, STATE_FILE))
     try:
-        files = {MODEL_FILE: None, STATE_FILE: None, CONFIG_FILE: None}
-        _save_file_synced(model_state, os.path.join(tmp_dir, MODEL_FILE), metadata={'format': 'pt'})
+        # serialised in memory, written by Python: a full disk is an OSError naming the file (safetensors and
+        # torch.save writing to a file would turn it into a SafetensorError / RuntimeError)
+        files = {MODEL_FILE: save(model_state, metadata={'format': 'pt'})}
         if ema_state is not None:
-            _save_file_synced(ema_state, os.path.join(tmp_dir, EMA_FILE), metadata={'format': 'pt'})
-            files[EMA_FILE] = None
-        with open(os.path.join(tmp_dir, STATE_FILE), 'wb') as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(os.path.join(tmp_dir, CONFIG_FILE), 'w', encoding='utf-8') as f:
-            f.write(json.dumps(jsonable(config), indent=2) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
+            files[EMA_FILE] = save(ema_state, metadata={'format': 'pt'})
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        files[STATE_FILE] = buf.getbuffer()
+        files[CONFIG_FILE] = (json.dumps(jsonable(config), indent=2) + '\n').encode('utf-8')
+        for fn, data in files.items():
+            write_synced(os.path.join(tmp_dir, fn), data)
         manifest = {
             'format': _FORMAT, 'format_version': _FORMAT_VERSION, 'epoch': epoch,
             'batch_in_epoch': training_state['batch_in_epoch'], 'global_step': step,
             'files': {fn: {'size': os.path.getsize(os.path.join(tmp_dir, fn)),
                            'sha256': sha256_file(os.path.join(tmp_dir, fn))} for fn in files},
         }
-        with open(os.path.join(tmp_dir, MANIFEST_FILE), 'w', encoding='utf-8') as f:
-            f.write(json.dumps(manifest, indent=2) + '\n')
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(os.path.join(tmp_dir, MANIFEST_FILE), (json.dumps(manifest, indent=2) + '\n').encode('utf-8'))
         fsync_dir(tmp_dir)
         os.rename(tmp_dir, final_dir)
     except BaseException:

@@ -4,9 +4,11 @@
 
 * ``DIR`` must be a folder that can be created and written: an existing file, a file in the path or a folder
   without write permission is an :class:`OutputDirError` naming the path (exit status 2), not a traceback;
-* a run holds an exclusive ``fcntl.flock`` on ``DIR/.srdl-train.lock`` (holding its pid) for as long as it runs;
-  a second run on the same folder is refused with the first one's pid. The kernel drops the lock when the process
-  ends however it ends (SIGKILL included), so a killed run never leaves a stale lock behind;
+* a run holds an exclusive POSIX record lock (``fcntl.lockf``) on ``DIR/.srdl-train.lock`` (holding its pid) for
+  as long as it runs; a second run on the same folder is refused with the first one's pid. The kernel drops the lock
+  when the process ends however it ends (SIGKILL included), and ``fork`` does not pass it on, so neither a killed
+  run nor its still-exiting data-loader workers keep the folder locked. Closing *any* descriptor of the file drops
+  a POSIX lock: only :class:`RunLock` opens it, and refuses a folder its own process holds before opening it;
 * a folder holding another run's files (``train_config.json``, ``model.safetensors``, ``checkpoints/``, ``last``,
   logs) is refused unless the run continues it (``--resume auto`` or a checkpoint inside it) or ``--overwrite`` is
   given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted). A folder
@@ -21,11 +23,11 @@ import logging
 import math
 import os
 import socket
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from ..errors import InputError
 from ..utils import atomic_write_bytes, atomic_write_json
-from .checkpoint import CHECKPOINT_DIR, CONFIG_FILE, LAST_LINK, remove_stale_tmp
+from .checkpoint import CHECKPOINT_DIR, CONFIG_FILE, LAST_LINK, CheckpointError, find_last_checkpoint, remove_stale_tmp
 
 try:
     import fcntl
@@ -33,7 +35,7 @@ except ImportError:  # pragma: no cover - Windows: no advisory lock, the ownersh
     fcntl = None
 
 __all__ = ['OutputDirError', 'RunLock', 'claim_output_dir', 'previous_run_files', 'LOCK_FILE', 'write_logs',
-           'format_summary']
+           'format_summary', 'write_failure_note']
 
 _logger = logging.getLogger(__name__)
 
@@ -55,34 +57,49 @@ def _unusable(path: str, exc: OSError) -> OutputDirError:
     return OutputDirError(f'--output {path} cannot be used: {exc.strerror or exc}')
 
 
+#: realpath of each lock file this process holds (a POSIX lock cannot refuse its own process)
+_HELD: Set[str] = set()
+
+
 class RunLock:
-    """An exclusive advisory lock on ``folder/.srdl-train.lock`` (``fcntl.flock``), released on :meth:`release`
-    or when the process ends. The file keeps the holder's pid, host and start time for the refusal message."""
+    """An exclusive POSIX record lock on ``folder/.srdl-train.lock`` (``fcntl.lockf``: not inherited by forked
+    children), released on :meth:`release` or when the process ends. The file keeps the holder's pid, host and start
+    time for the refusal message."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
         self.path = os.path.join(folder, LOCK_FILE)
         self._fd: Optional[int] = None
 
+    def _busy(self, holder: str) -> OutputDirError:
+        return OutputDirError(f'--output {self.folder} is in use by another srdl-train run ({holder}; lock '
+                              f'{self.path}); wait for it to finish or choose another --output')
+
     def acquire(self) -> 'RunLock':
+        key = os.path.realpath(self.path)
+        if key in _HELD:  # opening and closing the file here would drop this process's own lock
+            raise self._busy(f'pid {os.getpid()}, this process')
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             raise _unusable(self.folder, e) from e
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 holder = os.read(fd, 200).decode('utf-8', 'replace').strip() or 'unknown pid'
                 os.close(fd)
-                raise OutputDirError(
-                    f'--output {self.folder} is in use by another srdl-train run ({holder}; lock {self.path}); '
-                    'wait for it to finish or choose another --output') from e
+                raise self._busy(holder) from e
         started = datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%dT%H:%M:%SZ')
-        os.ftruncate(fd, 0)
-        os.write(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode('utf-8'))
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f'pid {os.getpid()} on {socket.gethostname()} since {started}\n'.encode('utf-8'))
+            os.fsync(fd)
+        except OSError as e:  # a full or read-only file system
+            os.close(fd)
+            raise _unusable(self.folder, e) from e
         self._fd = fd
+        _HELD.add(key)
         return self
 
     def release(self) -> None:
@@ -92,7 +109,8 @@ class RunLock:
             try:
                 os.ftruncate(fd, 0)
             finally:
-                os.close(fd)  # closing drops the flock
+                os.close(fd)  # closing drops the lock
+                _HELD.discard(os.path.realpath(self.path))
 
     def __enter__(self) -> 'RunLock':
         return self.acquire()
@@ -171,6 +189,19 @@ def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = F
         lock.release()
         raise
     return lock
+
+
+def write_failure_note(folder: str, exc: OSError) -> str:
+    """After a write into the run folder ``folder`` failed (``exc``: full disk, quota, read-only, I/O error): what is
+    intact and how to go on. Every writer of a run is atomic, so nothing half-written is left to be loaded."""
+    try:
+        last = find_last_checkpoint(folder)
+    except CheckpointError:
+        last = None
+    intact = f'the last complete checkpoint {last} is intact' if last else 'no checkpoint was completed yet'
+    fix = {errno.EROFS: 'make the file system writable', errno.EFBIG: 'raise the file-size limit (ulimit -f) or use '
+           'a file system that allows larger files'}.get(exc.errno, 'free space')
+    return f'{intact} (nothing half-written was kept); {fix}, then run the same command with --resume auto'
 
 
 def write_logs(output: str, history: List[Dict[str, Any]]) -> None:
