@@ -182,5 +182,7 @@ def test_partial_labels_asl_and_thresholds_tuned_on_the_validation_split(tmp_pat
     assert list(model_label_thresholds(load_model(None, out / 'model.safetensors')).values) == values
     evaluation = evaluate_dataset(ModelSpec(checkpoint=str(out / 'model.safetensors')), 'csv', str(root), 'val',
                                   workers=0, tune_thresholds_file=str(tmp_path / 'th.json'))
-    assert evaluation.report['tuned_thresholds']['label_thresholds'] == pytest.approx(values, abs=1e-12)
+    # the same thresholds up to float32 rounding of the logits: the two evaluations run in different processes'
+    # oneDNN kernels (measured 7e-10 apart on an AMX Xeon)
+    assert evaluation.report['tuned_thresholds']['label_thresholds'] == pytest.approx(values, abs=1e-6)
     assert evaluation.report['tuned_thresholds']['label_thresholds_info']['tuned_on'] == info['tuned_on']
