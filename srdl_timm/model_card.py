@@ -254,7 +254,10 @@ def _details(config: Mapping[str, Any], dataset: Optional[str], hub_dataset: Opt
         ('Architecture', f'`{arch}`: backbone `{margs.get("backbone")}`, node width {margs.get("embed_dim")}, '
                          f'{margs.get("graph_layers")} graph layer(s), use_gcn={margs.get("use_gcn")}, '
                          f'use_ca={margs.get("use_ca")}, use_sa={margs.get("use_sa")}, '
-                         f'OE top-K {margs.get("oe_topk")}, alpha {margs.get("oe_alpha")}'),
+                         f'OE top-K {margs.get("oe_topk")}, alpha {margs.get("oe_alpha")}, '
+                         f'attention {margs.get("attention", "paper")!r}, OE erases {margs.get("oe_erase", "attention")!r}'
+                         + ('' if margs.get('attention', 'paper') == 'paper' and margs.get('oe_erase', 'attention')
+                            == 'attention' else " (not the paper's: see MODEL_CARD.md, 'Attention variants')")),
         ('Classes', _labels_line(config)),
     ]
     if num_params is not None:
