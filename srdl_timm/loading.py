@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .errors import InputError
 from .labels import LabelThresholds, store_label_names, store_label_thresholds
+from .layers import state_graph_kind
 from .models.pretrained import check_pretrained_weights
 from .models.srdl import SRDL, check_graph_kind
 from .utils import PathLike
@@ -236,6 +237,10 @@ def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str
         args.setdefault('embed_dim', int(nodes.shape[1]))
         if nodes.shape[0] == args.get('num_classes'):
             args['label_embeddings'] = nodes  # the weights' own nodes: nothing random, nothing looked up
+    if state_graph_kind(state) is not None:  # a config without graph_kind (weights alone): the weights' own kind
+        args.setdefault('graph_kind', state_graph_kind(state))
+    if 'label_graph.neighbor_index' in state:
+        args.setdefault('graph_neighbors', int(state['label_graph.neighbor_index'].shape[1]))
     try:
         model = timm.create_model(arch, pretrained=False, **args)
     except (TypeError, ValueError) as e:

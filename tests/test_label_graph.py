@@ -145,3 +145,49 @@ def test_graph_kind_rule_and_state_kind():
     assert state_graph_kind(LabelGraph(nodes).state_dict(), prefix='') == 'dense'
     assert state_graph_kind(LabelGraph(nodes, neighbors=3).state_dict(), prefix='') == 'knn'
     assert state_graph_kind(LabelGraph(nodes, num_layers=0, neighbors=3).state_dict(), prefix='') is None
+
+
+def _knn_weights(tmp_path, num_classes=5):
+    """A kNN-graph srdl_test_resnet saved as a bare safetensors file (no config beside it)."""
+    import timm
+    from safetensors.torch import save_file
+    import srdl_timm  # noqa: F401
+    model = timm.create_model('srdl_test_resnet', num_classes=num_classes, graph_kind='knn', graph_neighbors=3,
+                              label_embeddings='random')
+    save_file(model.state_dict(), tmp_path / 'knn.safetensors')
+    return model, tmp_path / 'knn.safetensors'
+
+
+def test_model_records_kind_and_loads_it_from_weights_alone(tmp_path):
+    """SRDL's model_args record the resolved kind and k; weights without a config load into their own kind (the
+    pattern included), exactly."""
+    from srdl_timm.loading import load_model, model_args
+    model, file = _knn_weights(tmp_path)
+    assert (model_args(model)['graph_kind'], model_args(model)['graph_neighbors']) == ('knn', 3)
+    loaded = load_model('srdl_test_resnet', file)
+    assert loaded.graph_kind == 'knn'
+    assert torch.equal(loaded.label_graph.neighbor_index, model.label_graph.neighbor_index)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model.eval()(x))
+
+
+def test_a_checkpoint_of_the_other_kind_is_refused_by_name(tmp_path):
+    """A kNN checkpoint never loads into a dense graph (nor the reverse), through the strict loader and through
+    timm's pretrained path (checkpoint_filter_fn, which would otherwise drop V): the error names both kinds and the
+    argument to pass. For other categories the graph is re-initialised anyway, so fine-tuning is not refused."""
+    import timm
+    from srdl_timm.loading import load_model
+    from srdl_timm.models.srdl import checkpoint_filter_fn
+    knn, file = _knn_weights(tmp_path)
+    message = "label graph V \\(eq. 3\\) is knn but the model was built with a dense one: pass graph_kind='knn'"
+    with pytest.raises(ValueError, match=message):
+        load_model('srdl_test_resnet', file, model_kwargs=dict(graph_kind='dense'))
+    with pytest.raises(ValueError, match=message):
+        timm.create_model('srdl_test_resnet', pretrained=True, num_classes=5,
+                          pretrained_cfg_overlay=dict(file=str(file)))
+    dense = timm.create_model('srdl_test_resnet', num_classes=5, label_embeddings='random')
+    with pytest.raises(ValueError, match="is dense but the model was built with a knn one: pass graph_kind='dense'"):
+        checkpoint_filter_fn(dense.state_dict(), knn)
+    other = timm.create_model('srdl_test_resnet', num_classes=7, label_embeddings='random')
+    assert 'label_graph.adjacency' not in checkpoint_filter_fn(knn.state_dict(), other)
