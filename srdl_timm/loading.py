@@ -129,6 +129,7 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
     """Construction arguments that rebuild ``model``'s architecture exactly (its weights then load strictly).
 
     For SRDL: backbone, num_classes, in_chans, global_pool, node width ``embed_dim``, ``graph_layers``, the
+    resolved ``graph_kind`` and its ``graph_neighbors``, the
     ablation switches ``use_gcn``/``use_ca``/``use_sa``, OE's ``oe_topk``/``oe_alpha``, ``attention_impl``, the
     backbone's ``img_size`` when one was given (a ViT's position-embedding grid) and any JSON-serialisable
     ``backbone_kwargs``. Label names go to the config's top level and label-graph nodes are in
