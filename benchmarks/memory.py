@@ -60,6 +60,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--object-erasing', choices=('on', 'off'), default='on')
     p.add_argument('--attention-impl', default='auto')
+    p.add_argument('--graph-kind', choices=('auto', 'dense', 'knn'), default='auto',
+                   help="SRDL's label graph V (eq. 3): the paper's dense C x C, the C x k kNN one, or 'auto'")
     p.add_argument('--backbone', nargs='+', default=None, metavar='NAME',
                    help='SRDL on each of these timm backbones against the bare backbone with its own classifier, at '
                         'every C (instead of the srdl_resnet101 series)')
@@ -111,7 +113,8 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
         embeddings = np.random.default_rng(0).standard_normal((num_classes, 300)).astype('float32')
         extra = dict(backbone=backbone, img_size=args.img_size) if kind == 'srdl' else {}
         model = timm.create_model('srdl_resnet101' if kind == 'srdl' else kind, num_classes=num_classes,
-                                  label_embeddings=embeddings, attention_impl=args.attention_impl, **extra)
+                                  label_embeddings=embeddings, attention_impl=args.attention_impl,
+                                  graph_kind=args.graph_kind, **extra)
         model.set_object_erasing(args.object_erasing == 'on' and not head_only)
     model.train()
     if head_only:  # the CAR head + classifier on a fixed feature map: the C-dependent part alone
@@ -128,10 +131,24 @@ def run_child(args: argparse.Namespace, model_name: str, num_classes: int) -> Di
         loss.backward()
         seconds = time.perf_counter() - t0
     hwm = _status_kib('VmHWM')
+    sizes = _model_sizes(model)  # after the peak: writing the file takes memory too
     from srdl_timm.ops import dispatch
     picks = sorted(f'{op}:{choice}' for op, choice in dispatch.auto_decisions().items())
     return dict(model=model_name, classes=num_classes, peak_rss=hwm * 1024, peak_run=(hwm - rss0) * 1024,
-                rss_before=rss0 * 1024, seconds=seconds, loss=float(loss), auto='/'.join(picks) or None)
+                rss_before=rss0 * 1024, seconds=seconds, loss=float(loss), auto='/'.join(picks) or None, **sizes)
+
+
+def _model_sizes(model) -> Dict[str, Any]:
+    """Parameter counts (whole model, label graph) and the size of its safetensors file, written to a temp dir."""
+    import tempfile
+    from safetensors.torch import save_file
+    graph = getattr(model, 'label_graph', None)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(tmp, 'w.safetensors'))
+        file_bytes = os.path.getsize(os.path.join(tmp, 'w.safetensors'))
+    return dict(params=sum(p.numel() for p in model.parameters()), file_bytes=file_bytes,
+                graph_params=sum(p.numel() for p in graph.parameters()) if graph is not None else 0,
+                graph_kind=getattr(model, 'graph_kind', None))
 
 
 def _bare_backbone(name: str, num_classes: int, img_size: int):
@@ -258,11 +275,12 @@ def _backbone_main(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     lines = [f"{env['cpu']}; torch {env['torch']}; {env['date']}; CPU only",
              f"{args.img_size}x{args.img_size}, batch {args.batch_size}, one training step (forward + loss + backward; "
              f"SRDL: object erasing {args.object_erasing}), attention {env['attention_impl']}, threads {args.threads}, "
-             f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold or 'default'}, steps {args.steps}; "
-             f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
+             f"MALLOC_MMAP_THRESHOLD_={args.malloc_mmap_threshold or 'default'}, steps {args.steps}, "
+             f"graph_kind {args.graph_kind}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}",
              '', '| backbone | C | bare: peak of the run (MiB) | SRDL: peak of the run (MiB) | memory ratio | '
-                 'bare: step s | SRDL: step s | time ratio | SRDL head only: peak of the run (MiB) | auto chose |',
-             '|---|---|---|---|---|---|---|---|---|---|']
+                 'bare: step s | SRDL: step s | time ratio | SRDL head only: peak of the run (MiB) | auto chose | '
+                 'graph | SRDL params (M) | graph params (M) | SRDL file (MB) | bare params (M) |',
+             '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for backbone in args.backbone:
         for c in args.classes:
             bare, srdl = by_key.get((f'bare:{backbone}', c)), by_key[(f'srdl:{backbone}', c)]
@@ -272,7 +290,9 @@ def _backbone_main(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
                 f'| {backbone}', str(c), cell(bare and bare['peak_run'] / mib, '.0f'), cell(srdl['peak_run'] / mib, '.0f'),
                 cell(bare and srdl['peak_run'] / bare['peak_run'], '.2f'), cell(bare and bare['seconds'], '.2f'),
                 cell(srdl['seconds'], '.2f'), cell(bare and srdl['seconds'] / bare['seconds'], '.2f'),
-                cell(head and head['peak_run'] / mib, '.0f'), (srdl.get('auto') or '-') + ' |']))
+                cell(head and head['peak_run'] / mib, '.0f'), srdl.get('auto') or '-', str(srdl['graph_kind']),
+                f"{srdl['params'] / 1e6:.2f}", f"{srdl['graph_params'] / 1e6:.3f}", f"{srdl['file_bytes'] / 1e6:.1f}",
+                cell(bare and bare['params'] / 1e6, '.2f') + ' |']))
     table = '\n'.join(lines) + '\n'
     print(table)
     out = dict(env=env, args=vars(args), rows=rows)

@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--spatial-init', default='zero', choices=('zero', 'torch'),
                    help="SRDL rows: f_s of eq. 5 zero-initialised (the model's default; SA starts at 0.5) or PyTorch's "
                         'init (the init of the tables measured before 2026-11-30)')
+    g.add_argument('--graph-kind', default='auto', choices=('auto', 'dense', 'knn'),
+                   help="SRDL rows: eq. 3's V, the paper's dense C x C or the kNN C x k (graph_kind of SRDL)")
+    g.add_argument('--graph-neighbors', type=int, default=16, help='SRDL rows: k of the kNN V (graph_neighbors)')
     g.add_argument('--batchnorm', default=None, choices=('frozen', 'train'),
                    help='frozen-trunk: BatchNorm of the trained units on running (frozen) or batch (train) statistics')
     g.add_argument('--oe-topk', type=int, default=DEFAULT_OE_TOPK, help='OE top-K of the table rows')
@@ -191,7 +194,8 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
             raise InputError(f'--row-lr expects ROW=LR, got {item!r}')
     mode = 'paper' if args.data in ('coco', 'voc') else args.mode
     output = args.output or os.path.join('benchmark-results', f'{args.data}-{mode}'
-                                         + ('' if args.loss == 'bce' else f'-{args.loss}'))
+                                         + ('' if args.loss == 'bce' else f'-{args.loss}')
+                                         + ('' if args.graph_kind == 'auto' else f'-{args.graph_kind}'))
     command = f'python {PROG} ' + ' '.join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     return BenchmarkConfig(
         data=args.data, root=args.root, preset=args.preset, dataset_seed=(args.dataset_seeds or [0])[0],
@@ -203,7 +207,8 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
         loss_reduction=args.loss_reduction,
         img_size=args.img_size, train_stages=args.train_stages,
         output_stride=args.output_stride, batchnorm=args.batchnorm,
-        zero_init_spatial=args.spatial_init == 'zero', oe_topk=args.oe_topk, oe_alpha=args.oe_alpha,
+        zero_init_spatial=args.spatial_init == 'zero', graph_kind=args.graph_kind,
+        graph_neighbors=args.graph_neighbors, oe_topk=args.oe_topk, oe_alpha=args.oe_alpha,
         amp=args.amp, val_every_epoch=args.val_every_epoch, sweeps=args.sweeps, sweep_topk=args.sweep_topk,
         sweep_alpha=args.sweep_alpha, sweep_seeds=args.sweep_seeds, overlays=args.overlays, bootstrap=args.bootstrap,
         export=args.export, register=args.register, manifest=args.manifest, output=output, device=args.device,

@@ -19,8 +19,9 @@ from torch import Tensor
 
 from .errors import InputError
 from .labels import LabelThresholds, store_label_names, store_label_thresholds
+from .layers import state_graph_kind
 from .models.pretrained import check_pretrained_weights
-from .models.srdl import SRDL
+from .models.srdl import SRDL, check_graph_kind
 from .utils import PathLike
 from .weight_files import (
     CONFIG_FILES, ModelLoadError, check_class_count, hub_folder, load_state_dict, read_config_json, weights_in,
@@ -120,6 +121,8 @@ def model_args(model: nn.Module) -> Dict[str, Any]:
         global_pool=model.global_pool,
         embed_dim=int(model.embed_dim),
         graph_layers=int(model.graph_layers),
+        graph_kind=model.graph_kind,
+        graph_neighbors=int(model.graph_neighbors),
         use_gcn=bool(model.use_gcn),
         use_ca=bool(model.use_ca),
         use_sa=bool(model.use_sa),
@@ -156,6 +159,8 @@ def _names(keys: List[str], limit: int = 6) -> str:
 def _check_fit(model: nn.Module, state: Mapping[str, Tensor], file: Path, arch: str, args: Mapping[str, Any],
                where: str) -> None:
     """Raise a ModelLoadError naming ``file`` and the tensors if ``state`` does not fit ``model`` exactly."""
+    if isinstance(model, SRDL):
+        check_graph_kind(dict(state), model)
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -206,6 +211,10 @@ def _build_and_load(arch: str, args: Dict[str, Any], file: Path, state: Dict[str
         args.setdefault('embed_dim', int(nodes.shape[1]))
         if nodes.shape[0] == args.get('num_classes'):
             args['label_embeddings'] = nodes  # the weights' own nodes: nothing random, nothing looked up
+    if state_graph_kind(state) is not None:  # a config without graph_kind (weights alone): the weights' own kind
+        args.setdefault('graph_kind', state_graph_kind(state))
+    if 'label_graph.neighbor_index' in state:
+        args.setdefault('graph_neighbors', int(state['label_graph.neighbor_index'].shape[1]))
     try:
         model = timm.create_model(arch, pretrained=False, **args)
     except (TypeError, ValueError) as e:

@@ -161,6 +161,12 @@ def _thresholds_section(config: Mapping[str, Any]) -> List[str]:
     return lines
 
 
+def _graph_kind(margs: Mapping[str, Any]) -> str:
+    if margs.get('graph_kind') == 'knn':
+        return f'kNN (C x {margs.get("graph_neighbors")}, not the paper\'s dense C x C)'
+    return 'dense C x C (the paper\'s)'
+
+
 def _labels_line(config: Mapping[str, Any]) -> str:
     names = config.get('label_names') or []
     count = config.get('num_classes')
@@ -252,7 +258,8 @@ def _details(config: Mapping[str, Any], dataset: Optional[str], hub_dataset: Opt
     details = [
         ('Model type', 'multi-label image classification (independent sigmoid per class)'),
         ('Architecture', f'`{arch}`: backbone `{margs.get("backbone")}`, node width {margs.get("embed_dim")}, '
-                         f'{margs.get("graph_layers")} graph layer(s), use_gcn={margs.get("use_gcn")}, '
+                         f'{margs.get("graph_layers")} graph layer(s), label graph V {_graph_kind(margs)}, '
+                         f'use_gcn={margs.get("use_gcn")}, '
                          f'use_ca={margs.get("use_ca")}, use_sa={margs.get("use_sa")}, '
                          f'OE top-K {margs.get("oe_topk")}, alpha {margs.get("oe_alpha")}, '
                          f'attention {margs.get("attention", "paper")!r}, OE erases {margs.get("oe_erase", "attention")!r}'

@@ -37,9 +37,9 @@ CONFIG_FILES = ('config.json', 'train_config.json')
 #: JSON types of the model arguments a config records (:func:`srdl_timm.loading.model_args` writes these)
 MODEL_ARG_TYPES: Dict[str, Tuple[type, ...]] = {
     'backbone': (str,), 'num_classes': (int,), 'in_chans': (int,), 'global_pool': (str,), 'embed_dim': (int,),
-    'graph_layers': (int,), 'use_gcn': (bool,), 'use_ca': (bool,), 'use_sa': (bool,), 'oe_topk': (int,),
-    'oe_alpha': (Real,), 'attention': (str,), 'oe_erase': (str,), 'attention_impl': (str,),
-    'backbone_kwargs': (dict,), 'img_size': (int, list),
+    'graph_layers': (int,), 'graph_kind': (str,), 'graph_neighbors': (int,), 'use_gcn': (bool,), 'use_ca': (bool,),
+    'use_sa': (bool,), 'oe_topk': (int,), 'oe_alpha': (Real,), 'attention': (str,), 'oe_erase': (str,),
+    'attention_impl': (str,), 'backbone_kwargs': (dict,), 'img_size': (int, list),
 }
 _TYPE_WORDS = {str: 'a string', int: 'an integer', bool: 'true or false', Real: 'a number', dict: 'a JSON object',
                list: 'a list'}

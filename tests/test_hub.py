@@ -55,7 +55,8 @@ def test_config_model_args_rebuild_the_exact_model(published, source):
     config = json.loads((folder / 'config.json').read_text())
     args = config['model_args']
     assert args == {'backbone': 'test_resnet', 'num_classes': 3, 'in_chans': 3, **HPARAMS, 'use_gcn': True,
-                    'use_sa': True, 'attention': 'paper', 'oe_erase': 'attention'}
+                    'use_sa': True, 'attention': 'paper', 'oe_erase': 'attention', 'graph_kind': 'dense',
+                    'graph_neighbors': 16}
     rebuilt = timm.create_model(config['architecture'], **args)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in source.state_dict().items()}
     for attr in ('backbone_name', 'embed_dim', 'graph_layers', 'use_gcn', 'use_ca', 'use_sa', 'attention_impl',

@@ -65,8 +65,9 @@ def test_model_args_rebuild_the_exact_architecture():
     source = _model()
     args = model_args(source)
     assert args == dict(backbone='test_resnet', num_classes=3, in_chans=3, global_pool='avg', embed_dim=8,
-                        graph_layers=1, use_gcn=True, use_ca=False, use_sa=True, oe_topk=2, oe_alpha=0.3,
-                        attention_impl='reference', attention='paper', oe_erase='attention')
+                        graph_layers=1, graph_kind='dense', graph_neighbors=16, use_gcn=True, use_ca=False,
+                        use_sa=True, oe_topk=2, oe_alpha=0.3, attention_impl='reference', attention='paper',
+                        oe_erase='attention')
     json.dumps(args)
     rebuilt = timm.create_model('srdl_test_resnet', **args, label_embeddings='random')
     rebuilt.load_state_dict(source.state_dict(), strict=True)

@@ -43,18 +43,29 @@ def chain(tmp_path_factory):
         yield _run_chain(tmp_path)
 
 
-def _run_chain(tmp_path):
+@pytest.fixture(scope='module')
+def knn_chain(tmp_path_factory):
+    """The chain with the kNN label graph (``--model-kwargs graph_kind=knn graph_neighbors=2``), also exported to
+    ONNX; the working directory is restored after it (the test using it changes to it)."""
+    tmp_path = tmp_path_factory.mktemp('knn_chain')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        mp.setenv('HF_HUB_OFFLINE', '1')
+        return _run_chain(tmp_path, ['--model-kwargs', 'graph_kind=knn', 'graph_neighbors=2'], ['--onnx', 'model.onnx'])
+
+
+def _run_chain(tmp_path, train_args=(), export_args=()):
     write_csv('data', 'train', num_images=8, label_names=NAMES, image_size=(64, 64), seed=0)
     val = write_csv('data', 'val', num_images=6, label_names=NAMES, image_size=(64, 64), seed=1)
     fast = ['--workers', '0', '--log-level', 'WARNING']
     assert train_cli.main(['--data', 'csv', '--root', 'data', '--model', 'srdl_test_resnet', '--img-size', '64',
-                           '--epochs', '1', '--no-progress', '--output', 'run', *fast]) == 0
+                           '--epochs', '1', '--no-progress', '--output', 'run', *fast, *train_args]) == 0
     assert validate_cli.main(['--checkpoint', 'run/model.safetensors', '--data', 'csv', '--root', 'data',
                               '--output', 'val.json', '--quiet', *fast]) == 0
     assert predict_cli.main(['data/images/val', '--checkpoint', 'run/model.safetensors', '--threshold', '0',
                              '--format', 'json', '--output', 'preds.json', '--quiet', *fast]) == 0
     assert export_cli.main(['--checkpoint', 'run/model.safetensors', '--torchscript', 'model.pt',
-                            '--log-level', 'WARNING']) == 0
+                            '--log-level', 'WARNING', *export_args]) == 0
     assert publish_cli.main(['--checkpoint', 'run/model.safetensors', '--local-dir', 'pub', '--metrics', 'val.json',
                              '--log-level', 'WARNING']) == 0
     return tmp_path, val
@@ -65,7 +76,25 @@ def test_train_validate_predict_export_publish_load_agree(chain):
     """Each step of the chain succeeds and every artefact describes the same model: identical logits from the
     published folder and the run's weights, the run's final metrics re-measured by srdl-validate, srdl-predict's
     scores equal to the published model's sigmoids, the TorchScript export equal to it, label names carried."""
-    root, val = chain
+    _check_chain(*chain)
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.load` is deprecated')
+def test_knn_label_graph_through_the_chain(knn_chain, monkeypatch):
+    """The kNN label graph goes through the same chain with the same agreement; its kind and k are recorded in the
+    run's and the published config's model_args (so local-dir: rebuilds it), and the checked ONNX export exists."""
+    root, val = knn_chain
+    monkeypatch.chdir(root)
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    _check_chain(root, val)
+    for config in (root / 'run' / 'train_config.json', root / 'pub' / 'config.json'):
+        args = json.loads(config.read_text())['model_args']
+        assert (args['graph_kind'], args['graph_neighbors']) == ('knn', 2), config
+    assert (root / 'model.onnx').stat().st_size > 0
+    assert timm.create_model(f'local-dir:{root / "pub"}', pretrained=True).label_graph.neighbor_index.shape == (3, 2)
+
+
+def _check_chain(root, val):
     train_config = json.loads((root / 'run' / 'train_config.json').read_text())
     assert train_config['batch_size'] == 8  # the default 16 lowered to the 8-image split, and recorded
 

@@ -205,6 +205,8 @@ class BenchmarkConfig:
     output_stride: Optional[int] = None
     batchnorm: Optional[str] = None
     zero_init_spatial: bool = True
+    graph_kind: str = 'auto'
+    graph_neighbors: int = 16
     dataset_seeds: Optional[Sequence[int]] = None
     oe_topk: int = DEFAULT_OE_TOPK
     oe_alpha: float = DEFAULT_OE_ALPHA

@@ -66,7 +66,8 @@ def create_model(cfg: BenchmarkConfig, spec: DataSpec, row: Row, topk: int, alph
                                  adjacency=adjacency if row.peer == 'ml_gcn' else None)
     kwargs: Dict[str, Any] = dict(num_classes=len(spec.label_names), label_names=spec.label_names,
                                   pretrained_backbone=cfg.pretrained_backbone, oe_topk=topk, oe_alpha=alpha,
-                                  zero_init_spatial=cfg.zero_init_spatial, **row.model_kwargs())
+                                  zero_init_spatial=cfg.zero_init_spatial, graph_kind=cfg.graph_kind,
+                                  graph_neighbors=cfg.graph_neighbors, **row.model_kwargs())
     if row.use_ca or row.use_sa:
         kwargs['label_embeddings'] = embeddings
     if cfg.backbone:

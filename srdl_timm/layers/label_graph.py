@@ -1,11 +1,46 @@
-"""Label graph over word-vector nodes (paper §3.2, eq. 3)."""
+"""Label graph over word-vector nodes (paper §3.2, eq. 3): the paper's dense ``V`` or a k-nearest-neighbour one."""
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ['LabelGraph']
+__all__ = ['LabelGraph', 'GRAPH_KINDS', 'DENSE_MAX_CLASSES', 'resolve_graph_kind', 'state_graph_kind', 'knn_pattern']
+
+#: ``V`` of eq. 3: 'dense' (the paper's ``C x C``) or 'knn' (``C x k`` on a fixed neighbour pattern, not the paper's)
+GRAPH_KINDS = ('dense', 'knn')
+#: ``graph_kind='auto'`` takes the dense ``V`` up to this many categories and the kNN ``V`` above
+DENSE_MAX_CLASSES = 1000
+
+
+def resolve_graph_kind(kind: str, num_classes: int) -> str:
+    """'dense' or 'knn' for ``kind`` ('auto': dense up to :data:`DENSE_MAX_CLASSES` categories, kNN above)."""
+    if kind == 'auto':
+        return 'dense' if num_classes <= DENSE_MAX_CLASSES else 'knn'
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"graph_kind must be 'auto', 'dense' or 'knn', got {kind!r}")
+    return kind
+
+
+def state_graph_kind(state: Mapping[str, Tensor], prefix: str = 'label_graph.') -> Optional[str]:
+    """The kind of ``V`` a state dict holds: 'knn' (a neighbour pattern), 'dense', or None (no graph layers)."""
+    if prefix + 'neighbor_index' in state:
+        return 'knn'
+    return 'dense' if prefix + 'adjacency' in state else None
+
+
+def knn_pattern(nodes: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """``[C, k]`` indices of each node's ``k`` most cosine-similar nodes, itself first; similarities are computed
+    ``chunk`` rows at a time, so no ``C x C`` tensor is built."""
+    unit = F.normalize(nodes.detach().float(), dim=1)
+    rows = []
+    for start in range(0, unit.shape[0], chunk):
+        sim = unit[start:start + chunk] @ unit.T
+        own = torch.arange(sim.shape[0])
+        sim[own, own + start] = float('inf')
+        rows.append(sim.topk(k, dim=1).indices)
+    return torch.cat(rows)
 
 
 class LabelGraph(nn.Module):
@@ -19,6 +54,11 @@ class LabelGraph(nn.Module):
       categories stay distinguishable at initialisation, the diagonal of ``V`` starts at
       ``log(self_weight / (1 - self_weight) * (C - 1))``, which gives each node ``self_weight`` (0.8, ML-GCN's
       re-weighting with p = 0.2) of its own feature and shares the rest out.
+    * ``neighbors=k`` (not the paper's; for large C, where a ``C x C`` ``V`` outweighs the backbone): ``V`` keeps
+      only the entries of a fixed pattern, each node and its ``k - 1`` nearest nodes by cosine similarity of
+      ``A^0`` (:func:`knn_pattern`, a buffer), so ``V`` is ``C x k``. ``V_hat`` is the same row softmax over those
+      ``k`` entries (a dense ``V`` that is ``-inf`` off the pattern gives the same ``V_hat``), initialised the same
+      way with ``k`` in place of ``C``; ``V_hat A W`` is a weighted gather (``embedding_bag``), linear in C.
     * ``W^l`` is ``d' x d'`` without bias; LeakyReLU slope 0.2 (as ML-GCN); ``h`` after every layer.
     * ``A^0`` is a buffer: the word vectors are inputs, not parameters.
     * ``num_layers = 0`` (the "CAR without GCN" ablation of Table 6) returns ``A^0`` itself.
@@ -30,6 +70,7 @@ class LabelGraph(nn.Module):
             num_layers: int = 2,
             negative_slope: float = 0.2,
             self_weight: float = 0.8,
+            neighbors: Optional[int] = None,
     ):
         super().__init__()
         if node_features.ndim != 2:
@@ -38,14 +79,20 @@ class LabelGraph(nn.Module):
             raise ValueError(f'num_layers must be >= 0, got {num_layers}')
         if not 0.0 < self_weight < 1.0:
             raise ValueError(f'self_weight must be in (0, 1), got {self_weight}')
+        if neighbors is not None and neighbors < 1:
+            raise ValueError(f'neighbors must be >= 1 (the node itself included), got {neighbors}')
         num_classes, embed_dim = node_features.shape
         self.num_classes = num_classes
         self.embed_dim = embed_dim
         self.num_layers = num_layers
         self.self_weight = self_weight
+        self.kind = 'dense' if neighbors is None else 'knn'
         self.register_buffer('node_features', node_features.detach().clone().float())
+        knn = neighbors is not None and num_layers > 0
+        self.register_buffer('neighbor_index', knn_pattern(node_features, min(neighbors, num_classes)) if knn else None)
         if num_layers > 0:
-            self.adjacency = nn.Parameter(torch.empty(num_classes, num_classes))
+            width = min(neighbors, num_classes) if knn else num_classes
+            self.adjacency = nn.Parameter(torch.empty(num_classes, width))
         else:
             self.register_parameter('adjacency', None)
         self.layers = nn.ModuleList([nn.Linear(embed_dim, embed_dim, bias=False) for _ in range(num_layers)])
@@ -55,15 +102,16 @@ class LabelGraph(nn.Module):
     def reset_parameters(self) -> None:
         if self.adjacency is not None:
             nn.init.normal_(self.adjacency, std=0.1)
-            if self.num_classes > 1:
-                diag = math.log(self.self_weight / (1.0 - self.self_weight) * (self.num_classes - 1))
+            width = self.adjacency.shape[1]  # C, or k (the node itself is column 0 of its pattern)
+            if width > 1:
+                diag = math.log(self.self_weight / (1.0 - self.self_weight) * (width - 1))
                 with torch.no_grad():
-                    self.adjacency.diagonal().add_(diag)
+                    (self.adjacency.diagonal() if self.neighbor_index is None else self.adjacency[:, 0]).add_(diag)
         for layer in self.layers:
             nn.init.xavier_uniform_(layer.weight)
 
     def normalized_adjacency(self) -> Optional[Tensor]:
-        """``V_hat``: the row-softmax of ``V`` (rows non-negative, summing to one)."""
+        """``V_hat``: the row-softmax of ``V`` (rows non-negative, summing to one); ``[C, k]`` for the kNN ``V``."""
         if self.adjacency is None:
             return None
         return torch.softmax(self.adjacency, dim=1)
@@ -75,8 +123,17 @@ class LabelGraph(nn.Module):
         if adjacency is None:
             return nodes
         for layer in self.layers:
-            nodes = self.act(adjacency.to(nodes.dtype) @ layer(nodes))
+            nodes = self.act(self._propagate(adjacency, layer(nodes)))
         return nodes
 
+    def _propagate(self, adjacency: Tensor, features: Tensor) -> Tensor:
+        """``V_hat H``: a matrix product, or for the kNN ``V`` the ``V_hat``-weighted sum of each node's neighbours."""
+        if self.neighbor_index is None:
+            return adjacency.to(features.dtype) @ features
+        return F.embedding_bag(self.neighbor_index, features, per_sample_weights=adjacency.to(features.dtype),
+                               mode='sum')
+
     def extra_repr(self) -> str:
-        return f'num_classes={self.num_classes}, embed_dim={self.embed_dim}, num_layers={self.num_layers}'
+        knn = '' if self.neighbor_index is None else f', neighbors={self.neighbor_index.shape[1]}'
+        return (f'num_classes={self.num_classes}, embed_dim={self.embed_dim}, num_layers={self.num_layers}, '
+                f'kind={self.kind}{knn}')

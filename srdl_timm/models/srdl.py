@@ -19,19 +19,21 @@ from ..errors import InputError
 from ..labels import (
     LabelEmbeddingSpec, known_label_names, known_label_set, resolve_label_nodes, store_label_names,
     store_label_thresholds)
-from ..layers import ATTENTION_VARIANTS, CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing
+from ..layers import (ATTENTION_VARIANTS, CategoryAttention, CategoryClassifier, LabelGraph, ObjectErasing,
+                      resolve_graph_kind, state_graph_kind)
 from ..ops import ATTENTION_IMPLS
 from .backbone import (backbone_cfg, backbone_group_matcher, create_backbone, default_out_indices,
                        last_intermediate, probe_feature_shape)
 from .pretrained import check_pretrained_weights
 
-__all__ = ['SRDL', 'checkpoint_filter_fn', 'CLASS_DEPENDENT_KEYS']
+__all__ = ['SRDL', 'checkpoint_filter_fn', 'check_graph_kind', 'CLASS_DEPENDENT_KEYS']
 
 _logger = logging.getLogger(__name__)
 
 #: State-dict entries whose shape depends on the number of categories.
 CLASS_DEPENDENT_KEYS = (
-    'label_graph.node_features', 'label_graph.adjacency', 'classifier.weight', 'classifier.bias',
+    'label_graph.node_features', 'label_graph.adjacency', 'label_graph.neighbor_index', 'classifier.weight',
+    'classifier.bias',
 )
 
 
@@ -89,6 +91,9 @@ class SRDL(nn.Module):
             names, ``pretrained_cfg['label_names']`` (read with :func:`srdl_timm.labels.model_label_names`).
         embed_dim: node width d' when the nodes are random (default 300); the vectors' width otherwise.
         graph_layers: L in eq. 3 (0 = no GCN, the Table 6 ablation "CAR w/o GCN").
+        graph_kind: ``V`` of eq. 3: 'dense' (the paper's ``C x C``), 'knn' (``C x graph_neighbors`` on the nearest
+            label vectors; not the paper's, see ``LabelGraph``) or 'auto' (dense up to 1,000 categories, kNN above).
+        graph_neighbors: k of the kNN ``V`` (the node itself included).
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
         object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
         oe_topk / oe_alpha: K and alpha of §3.3.
@@ -118,6 +123,8 @@ class SRDL(nn.Module):
             label_names: Optional[Sequence[str]] = None,
             embed_dim: Optional[int] = None,
             graph_layers: int = 2,
+            graph_kind: str = 'auto',
+            graph_neighbors: int = 16,
             use_gcn: bool = True,
             use_ca: bool = True,
             use_sa: bool = True,
@@ -146,6 +153,8 @@ class SRDL(nn.Module):
         self._embed_dim_arg = embed_dim
         self.label_embeddings_source = 'none'
         self.graph_layers = graph_layers if use_gcn else 0
+        self._graph_kind_arg = graph_kind
+        self.graph_neighbors = graph_neighbors
         self.use_gcn = use_gcn
         self.use_ca = use_ca
         self.use_sa = use_sa
@@ -183,6 +192,7 @@ class SRDL(nn.Module):
     def _build_head(self, num_classes: int, label_embeddings: LabelEmbeddingSpec = None,
                     device=None, dtype=None) -> None:
         self.num_classes = num_classes
+        self.graph_kind = resolve_graph_kind(self._graph_kind_arg, num_classes)
         if num_classes == 0:
             self.label_graph = None
             self.car = None
@@ -196,7 +206,8 @@ class SRDL(nn.Module):
             if self.label_names is None and names is not None:
                 self.label_names = list(names)
             self.embed_dim = nodes.shape[1]
-            graph = LabelGraph(nodes, num_layers=self.graph_layers)
+            neighbors = self.graph_neighbors if self.graph_kind == 'knn' else None
+            graph = LabelGraph(nodes, num_layers=self.graph_layers, neighbors=neighbors)
             self.label_graph = graph.to(device=device, dtype=dtype)
         else:
             self.label_graph = None
@@ -381,8 +392,21 @@ class SRDL(nn.Module):
         return out
 
 
+def check_graph_kind(state_dict: Dict[str, Tensor], model: SRDL) -> None:
+    """Raise an InputError naming both kinds if ``state_dict`` holds another kind of label graph ``V`` than ``model``
+    for the same categories (for other categories the graph is re-initialised anyway)."""
+    kind = state_graph_kind(state_dict)
+    nodes = state_dict.get('label_graph.node_features')
+    own = state_graph_kind(model.state_dict())
+    if kind and own and kind != own and nodes is not None and nodes.shape[0] == model.num_classes:
+        raise InputError(f"the checkpoint's label graph V (eq. 3) is {kind} but the model was built with a {own} "
+                         f"one: pass graph_kind='{kind}' (the kind the config beside the weights records)")
+
+
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str, Tensor]:
-    """Drop category-dependent tensors whose shape differs from ``model`` (a deliberate num_classes change)."""
+    """Drop category-dependent tensors whose shape differs from ``model`` (a deliberate num_classes change); a label
+    graph of another kind is an error (:func:`check_graph_kind`)."""
+    check_graph_kind(state_dict, model)
     model_state = model.state_dict()
     out = {}
     dropped = []
