@@ -11,29 +11,18 @@ from ..ops.common import lean_autograd_applies
 
 __all__ = ['CategoryAttention', 'CategoryClassifier', 'ATTENTION_VARIANTS']
 
-#: How SA is normalised and fused (``attention=``): 'paper' is eqs. 5-6 as written; the others are not the paper's
-#: (MODEL_CARD.md, "Attention variants"): 'gated' drops eq. 6's additive bypass (``f_c = CA * max_p F_p SA_p``),
-#: 'softmax' normalises SA over positions and pools its branch as a weighted sum (``0.5 sum_p SA_p F_p + 0.5 CA *
-#: GMP(F)``), 'softmax_gated' does both (``f_c = CA * sum_p SA_p F_p``).
+#: How SA is normalised and fused: 'paper' is eqs. 5-6 as written; not the paper's: 'gated' (``f_c = CA * max_p
+#: F_p SA_p``), 'softmax' (``0.5 sum_p SA_p F_p + 0.5 CA * GMP(F)``, SA softmax over p), 'softmax_gated' (both).
 ATTENTION_VARIANTS = ('paper', 'gated', 'softmax', 'softmax_gated')
 
 
 class CategoryAttention(nn.Module):
     """Channel-wise (eq. 4) and spatial-wise (eq. 5) attention per category, fused and pooled (eq. 6).
 
-    ``f_ca``, ``f_sa``, ``f_c``: d -> d; ``f_w``: d' -> d; ``f_s``: d -> 1 (the paper's "2048-to-2048" for
-    ``f_s`` cannot give one value per position). All are fully connected layers with bias.
-
-    Ablations of Table 6: ``use_ca=False`` drops eq. 4 and eq. 6 becomes ``F * SA``; ``use_sa=False`` drops
-    eq. 5 and eq. 6 becomes ``F * CA``; with both off the head is the plain GMP baseline (``f_c = GMP(F)``).
-
-    ``zero_init_spatial=True`` zero-initialises ``f_s`` (the paper gives no initialisation), so SA starts at 0.5
-    at every position, sigmoid's steepest point, instead of a random offset. With PyTorch's default init and the
-    additive eq. 6, training can push SA to ~0 everywhere once CA selects the channels (sigmoid's slope then
-    vanishes and SA never localises); zero-initialised, SA localises (measured in benchmarks/offline_benchmark.md).
-    The SRDL model uses it by default; the layer's default keeps PyTorch's init.
-
-    ``attention`` picks eqs. 5-6 as written ('paper') or a variant of :data:`ATTENTION_VARIANTS`.
+    ``f_ca``, ``f_sa``, ``f_c``: d -> d; ``f_w``: d' -> d; ``f_s``: d -> 1 (one value per position). Table 6
+    ablations: ``use_ca=False`` / ``use_sa=False`` drop eq. 4 / eq. 5; with both off ``f_c = GMP(F)``.
+    ``zero_init_spatial=True`` zero-initialises ``f_s`` so SA starts at 0.5, sigmoid's steepest point, and does not
+    collapse to ~0 once CA selects the channels. ``attention`` is one of :data:`ATTENTION_VARIANTS`.
     """
 
     def __init__(
@@ -77,7 +66,6 @@ class CategoryAttention(nn.Module):
             pooled: ``GMP(F)`` ``[B, d]``.
             embeddings: ``f_w(x_c)`` ``[C, d]``.
             class_index: ``[B, K]``: the CA of those categories only, ``[B, K, d]`` (OE's erased pass).
-        Training keeps no ``[B, C, d]`` intermediate but CA itself (:mod:`srdl_timm.ops.channel_attention`).
         """
         assert self.f_ca is not None and self.f_c is not None
         return channel_kernels.channel_attention(self.f_ca(pooled), embeddings, self.f_c.weight, self.f_c.bias,
@@ -85,20 +73,14 @@ class CategoryAttention(nn.Module):
 
     def selected_channel_attention(self, feat: Tensor, nodes: Optional[Tensor], class_index: Tensor
                                    ) -> Optional[Tensor]:
-        """Eq. 4 for the categories ``class_index`` ``[B, K]`` of each image -> ``[B, K, d]`` (None without CA):
-        the values of ``forward``'s CA at those categories, computed from ``feat`` ``[B, P, d]`` and ``nodes``."""
+        """Eq. 4 for the categories ``class_index`` ``[B, K]`` of each image -> ``[B, K, d]`` (None without CA)."""
         if not self.use_ca or nodes is None or self.f_w is None:
             return None
         return self.channel_attention(feat.amax(dim=1), self.f_w(nodes.to(feat.dtype)), class_index)
 
     def spatial_attention(self, feat: Tensor, embeddings: Tensor) -> Tensor:
-        """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]``; the softmax variants
-        replace the sigmoid by a softmax over the positions p (SSGRL's normalisation), so each map sums to 1.
-
-        Args:
-            feat: feature map ``[B, P, d]``.
-            embeddings: ``f_w(x_c)`` ``[C, d]``.
-        """
+        """Eq. 5: ``SA[p] = sigmoid(f_s(tanh(f_sa(F_p) * f_w(x_c))))`` -> ``[B, C, P]`` from ``feat`` ``[B, P, d]``
+        and ``embeddings`` ``[C, d]``; the softmax variants use a softmax over the positions p instead."""
         assert self.f_sa is not None and self.f_s is not None
         projected = self.f_sa(feat)
         if torch.jit.is_scripting():
@@ -119,9 +101,8 @@ class CategoryAttention(nn.Module):
 
     def pool(self, feat: Tensor, sa: Optional[Tensor], ca: Optional[Tensor], pooled: Optional[Tensor] = None
              ) -> Tensor:
-        """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]`` (no [B,C,P,d] tensor), or the
-        fusion of the ``attention`` variant. ``pooled``: ``GMP(F)`` of each category ``[B, C, d]`` where it is not
-        ``GMP`` of ``feat`` (OE's erased feature maps; softmax variants only)."""
+        """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]``, or the ``attention`` variant's
+        fusion; ``pooled``: per-category ``GMP(F)`` ``[B, C, d]`` where it is not that of ``feat`` (OE)."""
         if self.attention == 'paper' or sa is None and pooled is None:
             return self._max_pool(feat, sa, ca, self.sa_weight, self.ca_weight)
         if sa is None:  # CA alone: max_p F_p * CA == CA * GMP(F) (CA > 0)
@@ -140,11 +121,8 @@ class CategoryAttention(nn.Module):
 
     def erased_features(self, feat: Tensor, nodes: Tensor, sa: Tensor, class_index: Tensor, erased: Tensor
                         ) -> Tensor:
-        """OE's feature erasing (not the paper's): the category features ``[B, K, d]`` of the categories
-        ``class_index`` ``[B, K]`` with their region ``erased`` (bool ``[B, K, P]``) removed from the feature map
-        on every path into the category: eq. 4's GMP pools ``F * (1 - M)``, SA (``sa`` ``[B, K, P]``) is zeroed
-        there (the softmax variants renormalise it over the positions left). 'paper' cannot erase its additive
-        CA term per position without a ``[B, K, P, d]`` tensor, so it is refused by the model."""
+        """OE's feature erasing (not the paper's): features ``[B, K, d]`` of the categories ``class_index`` with
+        their region ``erased`` (bool ``[B, K, P]``) removed from eq. 4's GMP and from SA ``sa`` ``[B, K, P]``."""
         keep = (~erased).to(feat.dtype)
         pooled = self._max_pool(feat, keep, None, 1.0, 1.0)  # GMP(F * (1 - M)) per category
         ca: Optional[Tensor] = None
@@ -191,9 +169,7 @@ def _dot_per_category(features: Tensor, weight: Tensor) -> Tensor:
 
 
 class _CategoryLogits(torch.autograd.Function):
-    """Eq. 2's dot products ``<f_c, w_c>`` whose backward writes ``df`` directly as a contiguous ``[B, C, d]`` (through
-    autograd, bmm's gradient comes out transposed and is copied once more, a third ``[B, C, d]`` tensor alive at the
-    training step's memory peak)."""
+    """Eq. 2's dot products ``<f_c, w_c>`` whose backward writes ``df`` directly as a contiguous ``[B, C, d]``."""
 
     @staticmethod
     def forward(ctx, features: Tensor, weight: Tensor) -> Tensor:
@@ -227,10 +203,7 @@ def _category_logits_eager(features: Tensor, weight: Tensor) -> Tensor:
 
 
 class CategoryClassifier(nn.Module):
-    """``phi`` of eq. 2: one weight vector and bias per category over its own feature ``f_c``.
-
-    ``logit_c = <w_c, f_c> + b_c``; sigmoid (``psi``) is applied by the loss / at prediction time.
-    """
+    """``phi`` of eq. 2: ``logit_c = <w_c, f_c> + b_c`` (sigmoid ``psi`` is applied by the loss / at prediction)."""
 
     def __init__(self, num_features: int, num_classes: int):
         super().__init__()

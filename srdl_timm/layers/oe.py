@@ -9,19 +9,13 @@ __all__ = ['ObjectErasing', 'above_threshold_runs', 'peak_interval', 'erase_regi
 
 
 def select_erased_classes(logits: Tensor, topk: int) -> Tensor:
-    """The categories OE erases (§3.3): the top-``topk`` of the *detached* predicted scores, ``[B, K]``.
-
-    The paper sorts the probability score vectors (sigmoid is monotonic, so the logits sort the same); ground truth
-    is not used. ``K = min(topk, C)``; ties keep ``torch.topk``'s order. The one definition of the selection: the
-    model (:class:`ObjectErasing`) and the loss (``SRDLLoss(era_scope='erased')``) both call it.
-    """
+    """The categories OE erases (§3.3): the top-``min(topk, C)`` of the *detached* predicted scores, ``[B, K]``
+    (ground truth is not used); shared by the model and ``SRDLLoss(era_scope='erased')``."""
     return logits.detach().topk(min(topk, logits.shape[1]), dim=1).indices
 
 
 def above_threshold_runs(marginal: Tensor, alpha: float) -> Tuple[Tensor, Tensor]:
-    """Eqs. 9-10 on one axis: the runs of positions with ``Norm(marginal) >= alpha`` (min-max normalised).
-
-    A flat marginal (max == min) is entirely above any threshold. Vectorised over leading dims.
+    """Eqs. 9-10 on one axis: the runs of positions with ``Norm(marginal) >= alpha`` (a flat marginal is all above).
 
     Returns:
         ``(run, width)``, both int64 ``[..., L]``: the run id of each position (1, 2, ... from the left; 0 below the
@@ -42,15 +36,8 @@ def above_threshold_runs(marginal: Tensor, alpha: float) -> Tuple[Tensor, Tensor
 
 
 def peak_interval(marginal: Tensor, alpha: float) -> Tensor:
-    """Eqs. 7-10 on one axis, the paper's rule (§3.3): the above-threshold interval holding the global maximum;
-    with several global maxima in different intervals, the widest of them (the first among equally wide ones).
-
-    Args:
-        marginal: ``[..., L]`` marginal maxima of an attention map along one axis.
-        alpha: threshold in (0, 1).
-    Returns:
-        bool ``[..., L]``, True inside the chosen interval.
-    """
+    """Eqs. 7-10 on one axis (§3.3): bool ``[..., L]``, True in the above-``alpha`` interval of ``marginal`` holding
+    the global maximum (with several, the widest; the first among equally wide ones)."""
     run, width = above_threshold_runs(marginal, alpha)
     peak = marginal == marginal.amax(dim=-1, keepdim=True)
     best = torch.where(peak, width, torch.full_like(width, -1)).argmax(dim=-1, keepdim=True)  # first widest peak
@@ -58,20 +45,12 @@ def peak_interval(marginal: Tensor, alpha: float) -> Tensor:
 
 
 def erase_region(attention: Tensor, alpha: float) -> Tensor:
-    """Rectangle OE erases from spatial attention maps ``[..., h, w]`` (eqs. 7-10).
+    """Rectangle OE erases from spatial attention maps ``[..., h, w]`` (eqs. 7-10): bool, True where erased.
 
-    Column marginal ``m_x = Norm(max_y SA)`` (eq. 7) and row marginal ``m_y = Norm(max_x SA)`` (eq. 8) split each
-    axis into above-threshold intervals (eqs. 9-10); the region is a row interval times a column interval. With one
-    global maximum this is the paper's rule: on each axis, the interval holding the maximum. For several global
-    maxima the paper takes "the widest interval"; we apply that to the tied 2-D maxima together: each maximum
-    spans its row interval x its column interval, and the maximum whose rectangle is the largest (the first in
-    row-major order among equal ones) is erased. Choosing each axis on its own marginal
-    (:func:`peak_interval` twice) can combine one peak's rows with another peak's columns and erase a rectangle
-    that holds no maximum (MODEL_CARD.md, "OE"). A flat map (max == min, which includes every 1x1 map) erases
-    nothing. Vectorised; no host synchronisation.
-
-    Returns:
-        bool ``[..., h, w]``, True where the attention is erased.
+    The marginals ``m_x`` (eq. 7) and ``m_y`` (eq. 8) split each axis into above-threshold intervals (eqs. 9-10);
+    the region is the row x column interval of the global maximum. Tied maxima are chosen together in 2-D (the
+    largest rectangle, first in row-major order), so rows and columns never come from different peaks. A flat map
+    erases nothing.
     """
     width = attention.shape[-1]
     col_run, col_width = above_threshold_runs(attention.amax(dim=-2), alpha)  # [..., w]
@@ -87,11 +66,7 @@ def erase_region(attention: Tensor, alpha: float) -> Tensor:
 
 
 class ObjectErasing(nn.Module):
-    """Select the top-K categories and erase their most obvious region in SA (§3.3).
-
-    Categories are the top-K by *detached* predicted score (the paper sorts the probability score vectors;
-    ground truth is not used). The mask carries no gradient; gradients flow through the kept attention.
-    """
+    """Select the top-K categories and erase their most obvious region in SA (§3.3); the mask carries no gradient."""
 
     def __init__(self, topk: int = 3, alpha: float = 0.5):
         super().__init__()
@@ -103,15 +78,8 @@ class ObjectErasing(nn.Module):
         self.alpha = alpha
 
     def forward(self, logits: Tensor, sa: Tensor, height: int, width: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """Erase the selected categories' regions.
-
-        Args:
-            logits: ``[B, C]`` scores of the original pass.
-            sa: spatial attention ``[B, C, P]`` with ``P = height * width``.
-        Returns:
-            ``(class_index [B, K], erased SA of those classes [B, K, P], region bool [B, K, P])``: the SA of the
-            selected classes with the region (eqs. 7-10, True where erased) set to 0.
-        """
+        """From ``logits`` ``[B, C]`` and SA ``[B, C, P]`` (``P = height * width``): ``(class_index [B, K], their SA
+        with the region set to 0 [B, K, P], region bool [B, K, P])``."""
         class_index = select_erased_classes(logits, self.topk)
         selected = torch.gather(sa, 1, class_index.unsqueeze(-1).expand(-1, -1, sa.shape[-1]))
         mask = erase_region(selected.detach().unflatten(-1, (height, width)), self.alpha).flatten(-2)

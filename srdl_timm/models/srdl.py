@@ -74,41 +74,26 @@ class SRDL(nn.Module):
     """SRDL multi-label classifier: timm backbone + CAR head (+ OE in training).
 
     Args:
-        backbone: timm model name (a tag picks its pretrained weights): any model with a spatial grid of features
-            -- a CNN's map, a ViT's patch tokens (prefix tokens dropped), an NHWC map (Swin), or the last map of
-            its ``forward_intermediates`` (:mod:`srdl_timm.models.backbone`).
+        backbone: timm model name with a spatial feature grid (:mod:`srdl_timm.models.backbone`).
         num_classes: number of categories C; 0 gives pooled image features (timm convention).
-        in_chans: input channels.
-        drop_rate: dropout on the category features before the classifier.
-        global_pool: pooling of the ``num_classes=0`` / ``pre_logits`` output: 'max' (GMP, as eq. 4/6) or
-            'avg'; '' keeps the feature map.
-        pretrained_backbone: initialise the backbone from its ImageNet weights (separate from SRDL weights).
-        label_embeddings: node init ``A^0`` of eq. 3: None (the shipped COCO-80 / VOC-20 GloVe vectors when the
-            classes are that benchmark's, else seeded random with a warning), ``'random'`` (seeded random, no
-            warning), an array ``[C, d']``, a path, or a source name resolved by :mod:`srdl_timm.labels.vectors`.
-        label_names: category names, used to look up word vectors by name; filled in when the label set is known
-            (COCO-80 / VOC-20 defaults, ``'coco'`` / ``'voc'``). The builder stores them where timm keeps a model's
-            names, ``pretrained_cfg['label_names']`` (read with :func:`srdl_timm.labels.model_label_names`).
-        embed_dim: node width d' when the nodes are random (default 300); the vectors' width otherwise.
-        graph_layers: L in eq. 3 (0 = no GCN, the Table 6 ablation "CAR w/o GCN").
-        graph_kind: ``V`` of eq. 3: 'dense' (the paper's ``C x C``), 'knn' (``C x graph_neighbors`` on the nearest
-            label vectors; not the paper's, see ``LabelGraph``) or 'auto' (dense up to 1,000 categories, kNN above).
-        graph_neighbors: k of the kNN ``V`` (the node itself included).
+        global_pool: pooling of the ``num_classes=0`` / ``pre_logits`` output: 'max' (GMP), 'avg' or '' (map).
+        pretrained_backbone: initialise the backbone from its ImageNet weights.
+        label_embeddings: node init ``A^0`` of eq. 3: None (shipped GloVe vectors for COCO-80 / VOC-20, else seeded
+            random with a warning), ``'random'``, an array ``[C, d']``, a path or a source name
+            (:mod:`srdl_timm.labels.vectors`).
+        label_names: category names, stored in ``pretrained_cfg['label_names']``.
+        embed_dim: node width d' when the nodes are random (default 300).
+        graph_layers: L in eq. 3 (0 = no GCN).
+        graph_kind: ``V`` of eq. 3: 'dense' (the paper's), 'knn' (``C x graph_neighbors``) or 'auto'.
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
         object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
         oe_topk / oe_alpha: K and alpha of §3.3.
-        attention: 'paper' (eqs. 5-6 as written) or a variant that is not the paper's, 'gated', 'softmax',
-            'softmax_gated' (:data:`srdl_timm.layers.ATTENTION_VARIANTS`; MODEL_CARD.md, "Attention variants").
-        oe_erase: what OE erases in its region: 'attention' (the paper: the category's SA) or 'features' (not the
-            paper's: the feature map on every path into the category; not with ``attention='paper'``).
-        attention_impl: 'auto' | 'reference' | 'chunked' | 'compiled' | 'triton' kernels for eqs. 5-6 (see ``ops``).
-        zero_init_spatial: zero-initialise ``f_s`` of eq. 5 so SA starts at 0.5 everywhere (default; with PyTorch's
-            init SA was measured to collapse to ~0 instead of localising, see ``CategoryAttention``). Init only:
-            loaded weights replace it.
-        img_size: input size the backbone is built for, where it has one (ViT position embeddings, Swin windows;
-            pretrained ones resampled from the backbone's own size as timm does); None = the backbone's default.
-            Backbones that take ``dynamic_img_size`` are built with it, so other input sizes work too.
-        backbone_kwargs: extra kwargs for ``timm.create_model(backbone, ...)``.
+        attention: 'paper' (eqs. 5-6 as written) or a variant that is not the paper's (``ATTENTION_VARIANTS``).
+        oe_erase: 'attention' (the paper: the category's SA) or 'features' (not with ``attention='paper'``).
+        attention_impl: kernel for eqs. 5-6 (see ``ops``).
+        zero_init_spatial: zero-initialise ``f_s`` of eq. 5 so SA starts at 0.5 everywhere.
+        img_size: input size the backbone is built for, where it has one; None = the backbone's default.
+        backbone_kwargs: extra kwargs for ``timm.create_model``.
     """
 
     def __init__(
@@ -333,8 +318,7 @@ class SRDL(nn.Module):
         return self.car(feat, nodes, self.num_classes)
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]`` (timm's
-        contract; the per-category features are :meth:`forward_category_features`)."""
+        """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]``."""
         if pre_logits or self.num_classes == 0:
             return self._pool_image(x)
         features, _, _ = self.forward_category_features(x)
@@ -355,8 +339,7 @@ class SRDL(nn.Module):
 
     @torch.jit.unused
     def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
-        """The OE pass of :meth:`forward_head_erasing` with its intermediates (original and erased SA, features,
-        regions, class indices), for analysis."""
+        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
@@ -450,8 +433,7 @@ def _create_srdl(variant: str, pretrained: bool = False, model_args: Optional[Di
     kwargs = dict(model_args or {}, **kwargs)
     thresholds = kwargs.pop('label_thresholds', None)  # per-class decision thresholds: not architecture
     if pretrained:
-        # models/pretrained.py: an error saying why and what to do when no weights exist, the shipped file's
-        # path, the sha256 check of manifest weights, and the arguments those weights were built with
+        # models/pretrained.py: the weight file (checked) and the arguments those weights were built with
         kwargs = check_pretrained_weights(variant, dict(kwargs, label_thresholds=thresholds))
         thresholds = kwargs.pop('label_thresholds')
         if kwargs.get('label_embeddings') is None and not known_label_set(
@@ -471,12 +453,10 @@ def _create_srdl(variant: str, pretrained: bool = False, model_args: Optional[Di
     )
     inner = getattr(model, 'model', model)  # features_only wraps the model
     if isinstance(inner, SRDL):
-        # the head's names go to pretrained_cfg['label_names']; without any, the names timm put there from a
-        # local-dir:/hf-hub: config are kept if they fit the head (a default cfg's for another head are dropped)
+        # the head's names go to pretrained_cfg['label_names'] (timm's, from a config, kept if they fit the head)
         inner.label_names = store_label_names(model, inner.label_names, inner.num_classes)
         store_label_thresholds(inner, thresholds)
-        # the first conv belongs to whichever backbone was chosen (backbone= may override the variant's), as do the
-        # pool size and, for a backbone that runs only at its own size, the input size
+        # first conv, pool size and (fixed-size backbones) input size follow the backbone actually chosen
         fitted = backbone_cfg(inner.backbone, inner.feature_grid, inner.in_chans,
                               inner.pretrained_cfg['input_size'] if other_backbone else None)
         for c in {id(c): c for c in (model.pretrained_cfg, inner.pretrained_cfg)}.values():
@@ -507,10 +487,7 @@ _LITE0 = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic'
 #: the ViT backbones' own preprocessing (their pretrained_cfg: mean/std 0.5, bicubic; tests/test_srdl.py checks it)
 _VIT = dict(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), interpolation='bicubic', first_conv='backbone.patch_embed.proj')
 
-#: Pretrained tags '<arch>.<tag>', declared statically as in timm. weights/manifest.json is the record of each
-#: weight (sha256, metrics, recipe, model_args); tests/test_pretrained.py checks that these cfgs agree with it.
-#: A shipped weight's ``file`` is its name in the package's weights folder (models/pretrained.py resolves it).
-#: As in timm, an architecture with weights is listed only under its tags; its first tag is its default cfg.
+#: Pretrained tags '<arch>.<tag>', declared statically as in timm; weights/manifest.json records each weight.
 default_cfgs = generate_default_cfgs({
     'srdl_resnet101': _cfg(),
     'srdl_resnet50': _cfg(),
@@ -531,8 +508,7 @@ default_cfgs = generate_default_cfgs({
 
 @register_model
 def srdl_resnet101(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, COCO-80 by default; backbone weights
-    ``resnet101.tv_in1k``, the paper's torchvision ImageNet model)."""
+    """SRDL with a ResNet-101 backbone, the paper's configuration (448 px, ``resnet101.tv_in1k``)."""
     model_args = dict(backbone='resnet101.tv_in1k')
     return _create_srdl('srdl_resnet101', pretrained=pretrained, model_args=model_args, **kwargs)
 
@@ -560,8 +536,7 @@ def srdl_efficientnet_lite0(pretrained: bool = False, **kwargs) -> SRDL:
 
 @register_model
 def srdl_vit_base_patch16_448(pretrained: bool = False, **kwargs) -> SRDL:
-    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens (``augreg2`` ImageNet weights,
-    position embeddings resampled as timm does)."""
+    """SRDL on ViT-B/16 at 448 px: F is the 28 x 28 grid of patch tokens."""
     model_args = dict(backbone='vit_base_patch16_224.augreg2_in21k_ft_in1k', img_size=448)
     return _create_srdl('srdl_vit_base_patch16_448', pretrained=pretrained, model_args=model_args, **kwargs)
 

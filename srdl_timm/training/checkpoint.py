@@ -1,30 +1,11 @@
 """Atomic, verifiable training checkpoints: safetensors weights + a ``weights_only``-loadable training state.
 
-A checkpoint is a directory::
-
-    checkpoints/epoch-0003-step-00001234-<id>/
-        model.safetensors     plain SRDL ``state_dict`` (unwrapped: no DDP ``module.`` / compile prefixes)
-        ema.safetensors       EMA weights (only when training with --model-ema)
-        training_state.pt     optimizer, scheduler, AMP scaler, epoch, step, RNG states, sampler position, history
-                              (only tensors, numbers, strings, lists and dicts: loads with torch.load(weights_only=True))
-        train_config.json     the resolved training configuration
-        manifest.json         written last: size and SHA-256 of every file above, epoch, step
-
-Writing is crash-safe at every instant:
-
-1. every file goes into a fresh hidden directory ``.tmp-…`` and is flushed and ``fsync``'ed; ``manifest.json`` is
-   written last;
-2. the directory is renamed to its final, never-before-used name (``rename(2)`` is atomic) and its parent is
-   ``fsync``'ed;
-3. the ``last`` symlink in the output directory is re-pointed with ``os.replace`` of a freshly made symlink (atomic);
-4. only then are older checkpoint directories deleted: each is first renamed to a hidden ``.trash-…`` name
-   (atomic), then deleted, so a kill during the deletion never leaves a half-deleted folder that looks like a
-   checkpoint.
-
-A process killed at any point therefore leaves ``last`` pointing at a complete, verified checkpoint (or at none, if
-the first one was never finished); stale ``.tmp-*`` / ``.trash-*`` directories are removed by the next run. Loading verifies the
-manifest (sizes and hashes), so a truncated or corrupted file raises :class:`CheckpointError` naming that file
-instead of resuming from garbage.
+A checkpoint directory ``checkpoints/epoch-E-batch-B-step-S-<id>/`` holds ``model.safetensors``, ``ema.safetensors``
+(with --model-ema), ``training_state.pt``, ``train_config.json`` and, written last, ``manifest.json`` (size and
+SHA-256 of every file). Files go to a hidden ``.tmp-…`` directory, are fsync'ed, and the directory is renamed
+atomically; the ``last`` link is then re-pointed atomically and only then are older checkpoints pruned (via a
+``.trash-…`` rename). A killed process thus leaves ``last`` at a complete checkpoint; loading verifies the manifest
+and raises :class:`CheckpointError` naming a truncated or corrupt file.
 """
 import io
 import json
@@ -70,11 +51,7 @@ class CheckpointError(InputError):
 
 
 def state_dict_for_save(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
-    """A module's ``state_dict`` as detached, contiguous CPU tensors with shared storage broken (safetensors-ready).
-
-    DDP (``module.``), ``torch.compile`` (``_orig_mod.``) and EMA wrappers are unwrapped first
-    (``timm.utils.unwrap_model``), so the keys are those of the plain model.
-    """
+    """A module's unwrapped ``state_dict`` as detached, contiguous CPU copies (safetensors-ready)."""
     return {k: v.detach().to('cpu', copy=True).contiguous() for k, v in unwrap_model(module).state_dict().items()}
 
 
@@ -128,16 +105,8 @@ def restore_rng_state(state: Dict[str, Any]) -> None:
 # checkpoint directories
 # ------------------------------------------------------------------------------------------------------------
 class Checkpoint:
-    """A loaded, verified checkpoint.
-
-    Attributes:
-        path: the checkpoint directory.
-        model: model ``state_dict`` (CPU tensors).
-        ema: EMA ``state_dict`` or None.
-        state: the training state dict (see :func:`save_checkpoint`).
-        config: the training configuration saved with it (dict).
-        manifest: the manifest (epoch, step, files).
-    """
+    """A loaded, verified checkpoint: directory ``path``, ``model`` / ``ema`` state dicts, training ``state``,
+    ``config`` and ``manifest``."""
 
     def __init__(self, path: str, model: Dict[str, torch.Tensor], ema: Optional[Dict[str, torch.Tensor]],
                  state: Dict[str, Any], config: Dict[str, Any], manifest: Dict[str, Any]) -> None:
@@ -165,8 +134,7 @@ class Checkpoint:
 
 
 def remove_stale_tmp(output_dir: str) -> List[str]:
-    """Delete leftovers of an interrupted run under ``output_dir/checkpoints``: half-written ``.tmp-*`` and
-    half-pruned ``.trash-*`` directories, and temporary ``last`` links. Returns the names removed."""
+    """Delete an interrupted run's ``.tmp-*`` / ``.trash-*`` directories and temporary ``last`` links; return them."""
     removed = []
     ckpt_root = os.path.join(output_dir, CHECKPOINT_DIR)
     if os.path.isdir(ckpt_root):
@@ -219,12 +187,9 @@ def save_checkpoint(
     """Write a checkpoint directory atomically, point ``output_dir/last`` at it, prune older ones.
 
     Args:
-        output_dir: the run's output directory (checkpoints go to ``output_dir/checkpoints/``).
-        model_state: model ``state_dict`` (see :func:`state_dict_for_save`).
-        training_state: must contain int ``epoch``, ``batch_in_epoch`` and ``global_step``; any other entries must be
-            tensors / numbers / strings / None in nested lists and dicts.
-        config: JSON-serialisable training configuration (written as ``train_config.json``).
-        ema_state: EMA ``state_dict`` (optional).
+        output_dir: the run's output directory.
+        training_state: int ``epoch``, ``batch_in_epoch``, ``global_step``; the rest ``weights_only``-loadable.
+        config: JSON-serialisable training configuration.
         keep_last: how many of the newest checkpoints to keep (>= 1).
         keep: checkpoint directory paths never to delete.
 
@@ -246,8 +211,7 @@ def save_checkpoint(
     state = dict(training_state, format=_FORMAT, format_version=_FORMAT_VERSION)
     _check_weights_only_loadable(state, os.path.join(final_dir, STATE_FILE))
     try:
-        # serialised in memory, written by Python: a full disk is an OSError naming the file (safetensors and
-        # torch.save writing to a file would turn it into a SafetensorError / RuntimeError)
+        # serialised in memory so that a full disk is an OSError naming the file
         files = {MODEL_FILE: save(model_state, metadata={'format': 'pt'})}
         if ema_state is not None:
             files[EMA_FILE] = save(ema_state, metadata={'format': 'pt'})
@@ -295,9 +259,7 @@ def save_checkpoint(
 
 
 def prune_checkpoint_dir(path: str) -> None:
-    """Delete a checkpoint directory crash-safely: rename it to a hidden ``.trash-…`` name (atomic; the parent is
-    fsync'ed), then delete it. A kill during the deletion leaves only the hidden folder, which is never taken for a
-    checkpoint and which :func:`remove_stale_tmp` removes on the next start or resume."""
+    """Delete a checkpoint directory crash-safely: atomic rename to a hidden ``.trash-…`` name, then delete."""
     parent, name = os.path.split(os.path.abspath(path))
     trash = os.path.join(parent, f'{TRASH_PREFIX}{name}')
     os.rename(path, trash)
@@ -344,14 +306,8 @@ def resolve_checkpoint_dir(path: str) -> str:
 
 
 def verify_checkpoint(ckpt_dir: str) -> Dict[str, Any]:
-    """Check the manifest of a checkpoint directory: every listed file present with the recorded size and SHA-256.
-
-    Returns:
-        The manifest.
-
-    Raises:
-        CheckpointError: naming the missing, truncated or corrupt file.
-    """
+    """Check every file of the manifest for size and SHA-256; return the manifest, or raise :class:`CheckpointError`
+    naming the missing, truncated or corrupt file."""
     manifest_path = os.path.join(ckpt_dir, MANIFEST_FILE)
     if not os.path.isfile(manifest_path):
         raise CheckpointError(f'{manifest_path} is missing: {ckpt_dir} is an incomplete checkpoint (the run was '
@@ -386,15 +342,8 @@ def _load_state(path: str) -> Dict[str, Any]:
 
 
 def load_checkpoint(path: str, verify: bool = True) -> Checkpoint:
-    """Load and verify a checkpoint (directory, ``last`` link or output directory).
-
-    Args:
-        path: see :func:`resolve_checkpoint_dir`.
-        verify: check sizes and SHA-256 against the manifest first (recommended).
-
-    Raises:
-        CheckpointError: missing/incomplete/truncated/corrupt checkpoint, naming the file.
-    """
+    """Load a checkpoint (directory, ``last`` link or output directory), first verifying the manifest if ``verify``;
+    raise :class:`CheckpointError` naming a missing or corrupt file."""
     ckpt_dir = resolve_checkpoint_dir(path)
     manifest = verify_checkpoint(ckpt_dir) if verify else {}
     model = load_state_dict(os.path.join(ckpt_dir, MODEL_FILE), CheckpointError)
