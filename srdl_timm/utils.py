@@ -131,16 +131,8 @@ _MALLOC_TRIM: Any = None  # glibc's malloc_trim, False where there is none; look
 
 
 def release_free_heap() -> bool:
-    """Hand the free pages of the C heap back to the OS (glibc ``malloc_trim(0)``; a no-op on other C libraries).
-
-    glibc keeps freed blocks below its mmap threshold in the heap, and the heap only shrinks from its top, so
-    RSS stays at the largest the heap ever was. Called once after a one-time job that allocated and freed in
-    the middle of a training step (compiling the CAR kernels): the step's later peak then starts from the
-    memory in use rather than from what glibc kept. Costs milliseconds.
-
-    Returns:
-        Whether the C library did the trim (False: not glibc).
-    """
+    """Hand the free pages of the C heap back to the OS (glibc ``malloc_trim(0)``), e.g. after compiling the CAR
+    kernels, so a later peak starts from the memory in use; returns whether it was done (False: not glibc)."""
     global _MALLOC_TRIM
     if _MALLOC_TRIM is None:
         _MALLOC_TRIM = False

@@ -1,11 +1,8 @@
 """Thin console scripts: their one error boundary and the flags they share.
 
-Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)`` with ``run(args) -> int`` doing the
-work through the library. :func:`run_cli` turns expected errors into one ``PROG: error: ...`` line and an exit
-status (:class:`~srdl_timm.errors.SRDLError`: its ``exit_code``, 2 input, 1 run failure; ``OSError``: the file and
-the reason, for a refused write also the free space, 2; Ctrl-C: 130); anything else is a bug and keeps its
-traceback, as expected errors do with ``--debug`` or ``SRDL_DEBUG=1``. :func:`add_model_args` and
-:func:`model_spec_from_args` are the inference scripts' model flags.
+Every ``srdl-*`` script is ``main = run_cli('srdl-NAME', build_parser, run)``. :func:`run_cli` turns expected
+errors (:class:`~srdl_timm.errors.SRDLError`, ``OSError``, Ctrl-C) into one ``PROG: error: ...`` line and an exit
+status; anything else keeps its traceback, as all do with ``--debug`` or ``SRDL_DEBUG=1``.
 """
 from __future__ import annotations
 

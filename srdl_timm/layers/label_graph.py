@@ -46,22 +46,11 @@ def knn_pattern(nodes: Tensor, k: int, chunk: int = 1024) -> Tensor:
 class LabelGraph(nn.Module):
     """Contextualised semantic embeddings ``x_c`` from label-name word vectors (eq. 3).
 
-    ``A^{l+1} = h(V_hat A^l W^l)`` with ``h`` = LeakyReLU, ``L`` layers, ``A^0`` the word vectors. Choices the
-    paper leaves open (all recorded in MODEL_CARD.md):
-
-    * ``V`` is a learnable ``C x C`` parameter, randomly initialised (N(0, 0.1^2)); ``V_hat = softmax(V)`` row-wise,
-      so ``V_hat`` is always a valid propagation matrix (non-negative rows that sum to one). So that
-      categories stay distinguishable at initialisation, the diagonal of ``V`` starts at
-      ``log(self_weight / (1 - self_weight) * (C - 1))``, which gives each node ``self_weight`` (0.8, ML-GCN's
-      re-weighting with p = 0.2) of its own feature and shares the rest out.
-    * ``neighbors=k`` (not the paper's; for large C, where a ``C x C`` ``V`` outweighs the backbone): ``V`` keeps
-      only the entries of a fixed pattern, each node and its ``k - 1`` nearest nodes by cosine similarity of
-      ``A^0`` (:func:`knn_pattern`, a buffer), so ``V`` is ``C x k``. ``V_hat`` is the same row softmax over those
-      ``k`` entries (a dense ``V`` that is ``-inf`` off the pattern gives the same ``V_hat``), initialised the same
-      way with ``k`` in place of ``C``; ``V_hat A W`` is a weighted gather (``embedding_bag``), linear in C.
-    * ``W^l`` is ``d' x d'`` without bias; LeakyReLU slope 0.2 (as ML-GCN); ``h`` after every layer.
-    * ``A^0`` is a buffer: the word vectors are inputs, not parameters.
-    * ``num_layers = 0`` (the "CAR without GCN" ablation of Table 6) returns ``A^0`` itself.
+    ``A^{l+1} = h(V_hat A^l W^l)`` with ``h`` = LeakyReLU (slope 0.2), ``W^l`` ``d' x d'`` without bias, ``A^0``
+    the word vectors (a buffer). ``V`` is learnable, N(0, 0.1^2), ``V_hat = softmax(V)`` row-wise; its diagonal
+    starts so each node keeps ``self_weight`` of its own feature (ML-GCN's p = 0.2). ``neighbors=k`` (not the
+    paper's) keeps only each node and its ``k - 1`` nearest by cosine of ``A^0`` (:func:`knn_pattern`), so ``V``
+    is ``C x k`` and ``V_hat A W`` a weighted gather. ``num_layers = 0`` (Table 6's "CAR w/o GCN") returns ``A^0``.
     """
 
     def __init__(

@@ -1,9 +1,6 @@
 """The training loop of ``srdl-train`` on timm's task API (:class:`~srdl_timm.training.task.SRDLTask`: loss of
-eqs. 11-13, DDP, compile, EMA) and timm's optimizer, scheduler and ``NativeScaler``.
-
-This module adds what exact resumption needs (a data stream that is a pure function of ``(seed, epoch,
-position)``, checkpoints at any optimizer step) and the collectives training needs under DDP.
-"""
+eqs. 11-13, DDP, compile, EMA) and timm's optimizer, scheduler and ``NativeScaler``, with exact resumption (a
+data stream that is a pure function of ``(seed, epoch, position)``, checkpoints at any optimizer step)."""
 import contextlib
 import logging
 import sys
@@ -143,9 +140,8 @@ def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 
 @dataclass
 class TrainState:
-    """The live objects of a run: config, task (DDP/compile wrappers and EMA), the plain ``model``, timm's
-    optimizer/scheduler/scaler, placement, epoch geometry, label names and vectors, the not-annotated entries per
-    split, the validation split's fingerprint and last outputs, and the resumable counters."""
+    """The live objects of a run: config, task, plain ``model``, optimizer/scheduler/scaler, data geometry, labels
+    and the resumable counters."""
     config: TrainConfig
     task: SRDLTask
     model: nn.Module
@@ -225,11 +221,8 @@ class TrainState:
 
 def setup_training(cfg: TrainConfig, device: torch.device, rank: int, world_size: int,
                    model: Optional[nn.Module] = None) -> Tuple[TrainState, Any, Any, Dict[str, Any]]:
-    """Datasets, model, task (with its EMA), optimizer, scheduler and AMP scaler for a resolved config.
-
-    ``model``: train this instance instead of building ``cfg.model``. Returns ``(state, train_dataset, val_loader,
-    data_config)``.
-    """
+    """Datasets, model (``model``, or built from ``cfg.model``), task, optimizer, scheduler and AMP scaler for a
+    resolved config; returns ``(state, train_dataset, val_loader, data_config)``."""
     train_ds, val_ds = _datasets(cfg)
     num_classes = train_ds.num_classes
     torch.manual_seed(cfg.seed)
@@ -314,8 +307,7 @@ def _micro_batches_per_epoch(cfg: TrainConfig, num_images: int, world_size: int)
     micro -= micro % cfg.grad_accum_steps
     fitting = num_images // (world_size * cfg.grad_accum_steps)
     if micro == 0 and 'batch_size' not in cfg.explicit and not cfg.global_batch_size and fitting >= 2:
-        # the plain default batch (no --batch-size, no recipe) on a split smaller than one step: a batch that fits
-        # (>= 2 images for BatchNorm), recorded in train_config.json, so --resume recomputes the same one
+        # the default batch on a split smaller than one step: a batch that fits (>= 2 images for BatchNorm)
         _logger.warning('the training split has %d images, fewer than one step of the default --batch-size %d: '
                         'training with --batch-size %d', num_images, cfg.batch_size, fitting)
         cfg.batch_size = fitting
@@ -400,10 +392,8 @@ def _backward_step(state: TrainState, loss: torch.Tensor, update: bool) -> None:
 
 
 def _check_finite(state: TrainState, first_bad: torch.Tensor, epoch: int) -> None:
-    """The deferred non-finite-loss check (a host sync): raise if any rank saw a NaN/inf loss since the last check.
-
-    ``first_bad`` holds the first optimizer step whose loss was not finite (0: none). Called at log intervals, before
-    every checkpoint and at the end of the epoch, so nothing non-finite is ever saved."""
+    """The deferred non-finite-loss check (a host sync): raise if any rank saw a NaN/inf loss since the last check
+    (``first_bad``: the first such optimizer step, 0: none)."""
     if is_dist_initialized() and dist.get_world_size() > 1:
         first_bad = first_bad.clone()
         dist.all_reduce(first_bad, op=dist.ReduceOp.MAX)
@@ -426,12 +416,8 @@ def _epoch_means(state: TrainState, sums: torch.Tensor, count: int) -> List[floa
 def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_batch: int = 0) -> Dict[str, Any]:
     """Train over ``loader`` (this rank's micro-batches of ``epoch`` from ``start_batch`` on).
 
-    Per micro-batch: the task's forward + loss (autocast when AMP; the loss in float32), backward of
-    ``L / grad_accum_steps`` (DDP gradient sync only on the last micro-batch of a step, ``task.no_sync()``). Per
-    optimizer step: optional unscale + clipping, step, EMA update, per-update lr schedule. The loss sums and the
-    finiteness check stay on the device; the host syncs only at log intervals, checkpoints (every
-    ``checkpoint_interval_steps``), the ``max_steps`` stop and the epoch's end, where a NaN/inf loss since the last
-    sync raises :class:`NonFiniteLossError` before anything is saved (:func:`_check_finite`).
+    Loss sums and the finiteness check stay on the device; the host syncs only at log intervals, checkpoints, the
+    ``max_steps`` stop and the epoch's end, where a NaN/inf loss raises :class:`NonFiniteLossError` before any save.
 
     Returns:
         ``{'loss', 'loss_ori', 'loss_era', 'lr', 'steps', 'stopped', 'time_s', 'micro_batches'}`` (losses: mean

@@ -1,9 +1,7 @@
 """Run (or resume) a whole ``srdl-train`` run: :func:`fit`.
 
-``fit(TrainConfig(recipe='paper', data='voc', root=..., output='runs/voc'))`` writes to ``output``:
-``train_config.json`` (resolved config, label names and vectors, ``model_args``, tuned decision thresholds),
-``log.csv`` / ``log.json``, ``checkpoints/`` + ``last``, and at the end ``model.safetensors`` (the reported
-weights) and ``summary.json``.
+It writes ``train_config.json``, ``log.csv`` / ``log.json``, ``checkpoints/`` + ``last``, and at the end
+``model.safetensors`` (the reported weights) and ``summary.json`` to ``output``.
 """
 import json
 import logging
@@ -157,9 +155,8 @@ def _write_train_config(state: TrainState, data_config: Dict[str, Any]) -> None:
 
 
 def _tune_thresholds(state: TrainState, val_loader: Any) -> Optional[LabelThresholds]:
-    """Per-class thresholds of the reported model, tuned on the validation split (its last evaluation's logits, or a
-    new one after a resume that had nothing left to train: a collective), put on the model and, by rank 0, into
-    ``train_config.json`` beside the weights."""
+    """Per-class thresholds of the reported model, tuned on the validation split, put on the model and (rank 0) into
+    ``train_config.json``."""
     if not state.config.tune_thresholds:
         return None
     if state.val_outputs is None:
@@ -225,9 +222,7 @@ def _train_epochs(state: TrainState, train_ds: Any, val_loader: Any, start_epoch
 
 
 def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
-    """Run (or resume) a training run end to end.
-
-    ``model``: a model instance to train in place instead of building ``config.model``.
+    """Run (or resume) a training run end to end (``model``: train this instance instead of ``config.model``).
 
     Returns:
         ``{'final_metrics', 'history', 'model_path', 'last_checkpoint', 'output', 'reported', 'global_step',
@@ -235,8 +230,7 @@ def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[st
 
     Raises:
         InputError: bad configuration, data, output folder or checkpoint (before anything is trained).
-        NonFiniteLossError: NaN/inf loss (the last checkpoint is left intact).
-        TrainingError: out of memory (with advice).
+        NonFiniteLossError / TrainingError: NaN/inf loss / out of memory.
     """
     device_name = config.device or ('cuda' if torch.cuda.is_available() else 'cpu')
     device, rank, world_size = init_distributed_from_env(device_name)

@@ -1,19 +1,10 @@
 """A training run's output folder: one run owns it (a lock while it runs, no silent reuse), and its logs.
 
-``srdl-train --output DIR`` calls :func:`claim_output_dir` before anything is written:
-
-* ``DIR`` must be a folder that can be created and written: an existing file, a file in the path or a folder
-  without write permission is an :class:`OutputDirError` naming the path (exit status 2), not a traceback;
-* a run holds an exclusive POSIX record lock (``fcntl.lockf``) on ``DIR/.srdl-train.lock`` (holding its pid) for
-  as long as it runs; a second run on the same folder is refused with the first one's pid. The kernel drops the lock
-  when the process ends however it ends (SIGKILL included), and ``fork`` does not pass it on, so neither a killed
-  run nor its still-exiting data-loader workers keep the folder locked. Closing *any* descriptor of the file drops
-  a POSIX lock: only :class:`RunLock` opens it, and refuses a folder its own process holds before opening it;
-* a folder holding another run's files (``train_config.json``, ``model.safetensors``, ``checkpoints/``, ``last``,
-  logs) is refused unless the run continues it (``--resume auto`` or a checkpoint inside it) or ``--overwrite`` is
-  given, which moves the old files to a sibling ``DIR.old-<UTC time>`` folder (logged; nothing is deleted). A folder
-  holding only ``train_config.json`` (a run that stopped before its first checkpoint, e.g. on a corrupt image)
-  has nothing to lose: the same command re-run after the fix starts over in it.
+:func:`claim_output_dir` runs before anything is written: an unwritable ``--output`` is an :class:`OutputDirError`
+naming the path; a running run holds a POSIX record lock on ``DIR/.srdl-train.lock`` (dropped by the kernel however
+the process ends, not inherited by ``fork``); a folder holding another run's files is refused unless the run
+continues it or ``--overwrite`` moves them to ``DIR.old-<UTC time>``. A folder holding only ``train_config.json``
+(a run that stopped before its first checkpoint) is started over.
 """
 import csv
 import datetime
@@ -62,9 +53,8 @@ _HELD: Set[str] = set()
 
 
 class RunLock:
-    """An exclusive POSIX record lock on ``folder/.srdl-train.lock`` (``fcntl.lockf``: not inherited by forked
-    children), released on :meth:`release` or when the process ends. The file keeps the holder's pid, host and start
-    time for the refusal message."""
+    """An exclusive POSIX record lock on ``folder/.srdl-train.lock``, released on :meth:`release` or when the process
+    ends; the file keeps the holder's pid, host and start time for the refusal message."""
 
     def __init__(self, folder: str) -> None:
         self.folder = folder
@@ -148,14 +138,11 @@ def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = F
 
     Args:
         folder: the ``--output`` path.
-        resume_here: this run continues the run in ``folder`` (``--resume auto`` or a checkpoint inside it).
-        overwrite: ``--overwrite``: move another run's files to ``folder.old-<time>`` instead of refusing.
+        resume_here: this run continues the run in ``folder``.
+        overwrite: move another run's files to ``folder.old-<time>`` instead of refusing.
 
     Returns:
         The held :class:`RunLock` (release it when the run ends).
-
-    Raises:
-        OutputDirError: ``folder`` is a file / not writable / locked by a running run / holds another run.
     """
     if os.path.lexists(folder) and not os.path.isdir(folder):
         raise OutputDirError(f'--output {folder} is an existing file, not a folder; choose a folder path')
@@ -170,8 +157,7 @@ def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = F
     try:
         previous = previous_run_files(folder)
         if previous == [CONFIG_FILE] and not resume_here:
-            # a run that stopped before its first checkpoint (bad image, bad flag, Ctrl-C in epoch 1): it trained
-            # nothing that could be lost, so the same command, re-run after the fix, starts over
+            # a run that stopped before its first checkpoint trained nothing that could be lost
             _logger.info('%s holds only the %s of a run that stopped before its first checkpoint; starting over',
                          folder, CONFIG_FILE)
             previous = []
