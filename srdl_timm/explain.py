@@ -1,9 +1,5 @@
-"""Spatial attention maps of SRDL as arrays and as PNG overlays (the paper's Figure 5).
-
-:func:`explain` gives the SA maps (eq. 5) of the top-k categories, optionally with the rectangle object erasing
-(§3.3, eqs. 7-10) would erase; :func:`render_overlay` and :func:`save_explanation` draw them. The eval transform
-squash-resizes the whole image, so each upsampled grid cell lies on the region it saw.
-"""
+"""Spatial attention maps (eq. 5) of SRDL as arrays and as PNG overlays (the paper's Figure 5), optionally with the
+rectangle object erasing would erase (eqs. 7-10)."""
 import io
 import logging
 import math
@@ -208,18 +204,16 @@ def explain(
     """Spatial attention maps of the top-k predicted categories of each image (the paper's Figure 5).
 
     Args:
-        model: an SRDL model (put in eval mode, run on its parameters' device).
-        images: PIL images, paths, ``uint8`` arrays, or a normalised batch tensor (then ``transform`` is unused).
-        topk: categories per image, by predicted score (Figure 5: 3).
-        label_names: category names (default: :func:`srdl_timm.labels.resolve_label_names`).
+        model: an SRDL model (put in eval mode).
+        images: PIL images, paths, ``uint8`` arrays, or a normalised batch tensor.
+        topk: categories per image, by predicted score.
         erase, erase_alpha: also compute the region OE would erase (alpha default: the model's).
-        transform, batch_size, amp_dtype: the forward pass (the head stays float32).
         upsample: include ``maps`` at image resolution.
 
     Returns:
-        One dict per image: ``size``, ``class_index``, ``labels``, ``scores`` (top-k, decreasing), ``probabilities``
-        ``[C]``, ``maps_raw`` ``[k, h, w]``, ``maps`` ``[k, H, W]`` (with ``upsample``), ``spatial_attention``
-        ``[C, h, w]``; with ``erase`` also ``erase_alpha``, ``erase_masks`` and ``erase_boxes`` (image pixels).
+        One dict per image: ``size``, ``class_index``, ``labels``, ``scores``, ``probabilities``, ``maps_raw``
+        ``[k, h, w]``, ``maps`` ``[k, H, W]``, ``spatial_attention`` ``[C, h, w]``; with ``erase`` also
+        ``erase_alpha``, ``erase_masks`` and ``erase_boxes``.
     """
     check_explainable(model)
     if batch_size < 1:
@@ -283,9 +277,8 @@ def render_overlay(
         opacity: float = 0.5,
         normalize: bool = True,
 ) -> Image.Image:
-    """Draw one attention map (``[h, w]`` or ``[H, W]``) over ``image`` as a heat map, captioned
-    ``"label score"``, with the OE rectangle of ``erase_mask`` outlined in green; ``normalize`` min-max scales the
-    map before colouring. Returns a new RGB image of ``image.size``."""
+    """A new RGB image: one attention map over ``image`` as a heat map, captioned ``"label score"``, with the OE
+    rectangle of ``erase_mask`` outlined in green."""
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f'opacity must be in [0, 1], got {opacity}')
     image = image.convert('RGB') if image.mode != 'RGB' else image

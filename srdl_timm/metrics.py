@@ -1,7 +1,6 @@
 """Multi-label metrics (paper §4.1, eqs. 14–16): per-class AP / mAP in both definitions, CP/CR/CF1/OP/OR/OF1.
 
-Target -1 removes that (image, class) entry from its class's ranking and every count; a class without a positive
-has AP NaN and is left out of the averages.
+Target -1 leaves that entry out of every ranking and count; a class without a positive has AP NaN (not averaged).
 """
 import logging
 import math
@@ -65,10 +64,10 @@ def average_precision(
     """Per-class average precision (§4.1), as a fraction in [0, 1].
 
     Args:
-        scores: ``[N, C]`` (or ``[N]``) scores; only their order matters (rank fp32 logits).
+        scores: ``[N, C]`` (or ``[N]``) scores; only their order matters.
         targets: same shape; 1 = positive, 0 = negative, -1 = ignore.
-        mode: ``'non_interpolated'`` (mean precision at each positive's rank; scikit-learn's) or ``'interpolated'``
-            (all-point, VOC2010+). Tied scores form one threshold, so AP does not depend on sample order.
+        mode: ``'non_interpolated'`` (scikit-learn's) or ``'interpolated'`` (all-point, VOC2010+); ties are one
+            threshold.
         ignore: optional boolean mask of entries to leave out.
 
     Returns:
@@ -141,9 +140,8 @@ def _logit(p: Union[float, Sequence[float]]) -> Union[float, np.ndarray]:
 class MultiLabelMetrics:
     """Streaming multi-label evaluation: accumulate ``(logits, targets)`` batches, then :meth:`compute`.
 
-    "Predicted" is sigmoid(logit) >= ``threshold`` (global or per class). The top-k variants predict the k
-    highest-scored classes (ties → lower index) that also pass the threshold unless ``topk_requires_threshold`` is
-    False. Under ``torch.distributed`` :meth:`compute` is a collective that gathers every rank's samples.
+    "Predicted" is sigmoid(logit) >= ``threshold`` (global or per class); top-k variants predict the k highest
+    (that also pass the threshold unless ``topk_requires_threshold=False``). :meth:`compute` may be a collective.
     """
 
     def __init__(
@@ -212,9 +210,7 @@ class MultiLabelMetrics:
         return all_gather_concat(logits), all_gather_concat(targets)
 
     def compute(self, distributed: Optional[bool] = None) -> Dict[str, Any]:
-        """Every metric over all accumulated samples, in percent (``distributed``: gather every rank's first;
-        default when torch.distributed is initialised): both mAPs and per-class APs, CP … OF1 and ``_top{k}``, counts.
-        """
+        """Every metric over all accumulated samples (of every rank if ``distributed``), in percent."""
         logits_t, targets_t = self.gather(distributed)
         return self.compute_from(logits_t, targets_t)
 

@@ -1,9 +1,5 @@
-"""Label-graph node vectors ``A⁰`` (paper eq. 3): one word vector per label name, and how each was made.
-
-:func:`embed_label_names` applies one rule whatever the source (exact word, else the mean of the known words,
-else a random vector seeded by the name); the COCO-80 and VOC-20 rows it gives from GloVe 6B 50-d ship in
-``srdl_timm/assets`` (``tools/build_label_embeddings.py`` rebuilds or verifies them).
-"""
+"""Label-graph node vectors ``A⁰`` (paper eq. 3): one word vector per label name, and how each was made; the
+COCO-80 and VOC-20 rows from GloVe 6B 50-d ship in ``srdl_timm/assets``."""
 import hashlib
 import json
 import logging
@@ -109,10 +105,8 @@ def embed_label_names(
 ) -> LabelVectors:
     """Word vectors of label names by one rule, with the per-name report.
 
-    1. **exact**: the lower-cased, stripped name is a word of the source;
-    2. **mean of [words]**: else the mean (float64) of the vectors of its known words (:func:`label_tokens`);
-    3. **random**: else a standard-normal vector seeded by the name's sha256, rescaled to the mean norm of the
-       resolved rows.
+    The name itself if it is a word of the source, else the mean of its known words' vectors, else a normal vector
+    seeded by the name's sha256 and rescaled to the mean norm of the resolved rows.
 
     Args:
         label_names: the C class names, in class-index order.
@@ -180,8 +174,7 @@ def _read_shipped(key: str, asset_dir: Optional[str]) -> Tuple[List[str], np.nda
 
 def shipped_label_embeddings(label_set: str, asset_dir: Optional[str] = None) -> Tuple[List[str], np.ndarray]:
     """The shipped label names and GloVe 6B 50-d rows of ``label_set`` (``'coco'`` / ``'voc'``):
-    ``(names, [C, 50] float32 copy)``; an asset that is missing or does not match its manifest is an error saying how
-    to rebuild it."""
+    ``(names, [C, 50] float32 copy)``, checked against the asset manifest."""
     key = str(label_set).lower()
     if key not in SHIPPED_FILES:
         raise ValueError(f'Unknown label set {label_set!r}; shipped label sets: {sorted(SHIPPED_FILES)}.')
@@ -217,9 +210,8 @@ def _check_rows(arr: np.ndarray, label_names: Optional[Sequence[str]], what: str
 def label_vectors(spec: LabelEmbeddingSpec, label_names: Optional[Sequence[str]] = None) -> Optional[LabelVectors]:
     """Turn a label-embedding specification into :class:`LabelVectors` (None for ``spec=None``).
 
-    ``spec``: an array ``[C, d]`` (used as is); ``'coco'`` / ``'voc'`` (shipped rows, re-ordered by name);
-    ``'glove-6b-50d'``, a :class:`WordVectors` or a word-vector file (the rule applied to ``label_names``); or a ready
-    ``X.npy``. Raises ValueError / TypeError naming what is wrong.
+    ``spec``: an array ``[C, d]``; ``'coco'`` / ``'voc'`` (shipped rows); ``'glove-6b-50d'``, a :class:`WordVectors`
+    or a word-vector file (applied to ``label_names``); or a ``X.npy``.
     """
     if spec is None:
         return None
@@ -273,8 +265,7 @@ def resolve_label_nodes(
 ) -> Tuple[Tensor, str, Optional[List[str]]]:
     """The SRDL head's ``A⁰``: ``([C, d'] float tensor, source, label names | None)``.
 
-    ``None`` gives the shipped COCO / VOC rows for those classes, else seeded random nodes with a warning;
-    ``'random'`` gives them without one (placeholders that pretrained weights replace); else :func:`label_vectors`.
+    ``None``: the shipped COCO / VOC rows, else seeded random nodes with a warning; ``'random'``: without one.
     """
     if label_embeddings is None:
         key = known_label_set(num_classes, label_names)
