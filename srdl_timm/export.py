@@ -1,9 +1,5 @@
-"""ONNX and TorchScript files of an inference model, checked against PyTorch after export (``srdl-export``).
-
-Input ``input`` ``[batch, C, H, W]`` (normalised), output ``logits`` ``[batch, C]``; the preprocessing, label names
-and decision thresholds are stored as metadata. The checks raise :class:`ExportCheckError` unless
-``|exported - pytorch| <= atol + rtol * |pytorch|`` everywhere.
-"""
+"""ONNX and TorchScript files of an inference model (``input`` ``[batch, C, H, W]`` -> ``logits`` ``[batch, C]``,
+preprocessing and labels as metadata), checked against PyTorch after export (:class:`ExportCheckError`)."""
 import importlib
 import io
 import json
@@ -154,17 +150,14 @@ def export_onnx(
         metadata: Optional[Dict[str, str]] = None,
         example_batch: int = 2,
 ) -> str:
-    """Export the inference form of ``model`` (on CPU) to ONNX (TorchScript-based exporter) and validate it with
-    ``onnx.checker``.
+    """Export the inference form of ``model`` (on CPU) to ONNX and validate it with ``onnx.checker``.
 
     Args:
         model: a timm model (:func:`prepare_for_export` is applied in place).
-        path: output ``.onnx`` file.
         input_size: ``(C, H, W)`` (default: the model's data config).
         opset: ONNX opset, >= :data:`MIN_OPSET`.
         dynamic_batch, dynamic_size: dynamic batch axis, and H and W.
         metadata: stored as ``metadata_props`` (default: :func:`export_metadata`).
-        example_batch: batch size of the tracing input.
     """
     onnx = _export_dependency('onnx', 'ONNX export')
     if opset < MIN_OPSET:
@@ -181,8 +174,7 @@ def export_onnx(
         axes.setdefault(_INPUT, {}).update({2: 'height', 3: 'width'})
     example = _random_input(example_batch, size, seed=0)
     with warnings.catch_warnings():
-        # the legacy exporter is deprecated but needs no onnxscript; tracer warnings about shape checks turned
-        # into constants are covered by the numerical check at other batch sizes
+        # the legacy exporter needs no onnxscript; tracer warnings are covered by the numerical check
         warnings.filterwarnings('ignore', category=DeprecationWarning)
         warnings.filterwarnings('ignore', category=FutureWarning)
         warnings.filterwarnings('ignore', category=torch.jit.TracerWarning)

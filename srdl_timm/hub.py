@@ -1,8 +1,5 @@
-"""Publishing SRDL weights in timm's Hugging Face Hub layout: a local folder, or a push to the Hub.
-
-The folder is what timm's ``push_to_hf_hub`` writes (``save_for_hf``: model.safetensors, config.json) plus the
-model card of :mod:`srdl_timm.model_card`; it loads with ``timm.create_model('local-dir:...' / 'hf-hub:...',
-pretrained=True)`` after ``import srdl_timm``.
+"""Publishing SRDL weights in timm's Hugging Face Hub layout (model.safetensors, config.json, model card): a local
+folder or a push to the Hub, loadable with ``timm.create_model('local-dir:...' / 'hf-hub:...', pretrained=True)``.
 """
 from __future__ import annotations
 
@@ -95,8 +92,6 @@ def load_for_publishing(
 ) -> torch.nn.Module:
     """The model to publish, loaded strictly by :func:`srdl_timm.loading.load_model`.
 
-    A timm ``train.py`` checkpoint is read with ``weights_only=True`` and rebuilt from the arguments it records.
-
     Args:
         checkpoint: weights file or folder; ``None`` loads ``model``'s pretrained weights.
         model, model_kwargs, label_names: override the recorded ones.
@@ -157,14 +152,9 @@ def save_pretrained_dir(
     Args:
         model: an SRDL model built with ``timm.create_model``.
         path: the folder (created; it may hold only the three files written here).
-        repo_id: the Hub repo the folder is meant for (card usage snippet), if any.
+        repo_id: the Hub repo the folder is meant for, if any.
         metrics, protocol: an srdl-validate report (path or dict) or metric values, and protocol overrides.
-        dataset, hub_dataset, license, recipe, description: stated in the card.
         data_config: pre-processing to record (default: the protocol's, else the model's).
-
-    Raises:
-        FileExistsError: ``path`` holds other files.
-        InputError: metrics without their protocol, or label names that disagree with the model's.
     """
     _check_srdl(model)
     if repo_id is not None and not REPO_ID_RE.match(repo_id):
@@ -182,8 +172,7 @@ def save_pretrained_dir(
                               'would be uploaded / found by timm\'s local-dir loader)')
 
     _save_for_hf(model, folder, label_names, data_config)
-    # safetensors >= 0.8 writes through a private (0600) temporary file; give the weights config.json's permissions
-    # (the umask's), so a published folder is readable by whoever may read its config and card
+    # safetensors writes a private (0600) file; give the weights config.json's (the umask's) permissions
     os.chmod(folder / WEIGHTS_FILENAME, stat.S_IMODE((folder / 'config.json').stat().st_mode))
     config = read_config_json(folder / 'config.json')
     digest = sha256_file(folder / WEIGHTS_FILENAME)
@@ -301,8 +290,7 @@ def _save_for_hf(model: torch.nn.Module, folder: Path, label_names: Optional[Lis
     if thresholds is not None:
         model_config.update(thresholds.to_json())
     saved_args = model.__dict__.get('_model_args')
-    # config.json's model_args must be exactly srdl_model_args(): timm merges the factory's recorded kwargs
-    # (which may hold label_embeddings arrays, pretrained_backbone=True, ...) under explicit ones otherwise
+    # config.json's model_args must be exactly srdl_model_args(), not merged with the factory's recorded kwargs
     model._model_args = {}
     try:
         save_for_hf(model, folder, model_config=model_config, model_args=model_args, safe_serialization=True,
