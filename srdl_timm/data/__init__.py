@@ -1,7 +1,4 @@
-"""Multi-label data: COCO 2014, VOC 2007 and custom datasets, the paper's transforms (§4.2), loaders.
-
-Every dataset yields ``(image, target)`` with a float32 target ``[C]``: 1 = present, 0 = absent, -1 = ignore.
-"""
+"""Multi-label data: COCO, VOC and custom datasets (targets ``[C]``: 1 / 0 / -1 ignore), transforms (§4.2), loaders."""
 from .coco import CocoFormatMultiLabel, CocoMultiLabel, coco_multilabel_targets, load_coco_json
 from .custom import LABELS_FROM_FILE, CocoJsonMultiLabel, CsvMultiLabel, read_label_names
 from .factory import DATASETS, DEFAULT_SPLITS, create_multilabel_dataset, create_multilabel_loader

@@ -1,9 +1,5 @@
-"""MS-COCO multi-label datasets (paper §4.1) read through pycocotools.
-
-A label is 1 for every category with an instance annotation in the image (crowd included), 0 elsewhere, -1 for
-partial labels the image declares not annotated; columns follow ascending category id, and images without
-annotations are skipped unless ``keep_empty=True``.
-"""
+"""MS-COCO multi-label datasets (paper §4.1) read through pycocotools: 1 for every category annotated in the image
+(crowd included), 0 elsewhere, -1 where the image declares it not annotated; columns in category-id order."""
 import contextlib
 import io
 import json
@@ -122,10 +118,7 @@ def coco_multilabel_targets(
         data: Dict[str, Any],
         keep_empty: bool = False,
 ) -> Tuple[List[Dict[str, Any]], np.ndarray, List[str], List[int], Dict[str, int]]:
-    """Image-level multi-label targets of checked COCO data (:func:`load_coco_json`) via pycocotools.
-
-    Partial labels per image: ``neg_category_ids`` (LVIS: checked absent, every other unannotated category -1) or
-    ``not_annotated_category_ids`` (those -1, others absent).
+    """Image-level multi-label targets of checked COCO data (:func:`load_coco_json`), with LVIS-style partial labels.
 
     Returns:
         ``(images, targets [N, C] float32, label_names, category_ids, counts)``.

@@ -14,8 +14,7 @@ from .images import AnnotationError, MultiLabelDataset, check_files_exist
 __all__ = ['CsvMultiLabel', 'CocoJsonMultiLabel', 'read_label_names', 'LABELS_FROM_FILE', 'NOT_ANNOTATED', 'ABSENT',
            'ALL_OTHERS_NOT_ANNOTATED']
 
-#: ``info['label_names_from']`` of a list-layout CSV given neither ``label_names`` nor a ``classes.txt``: its classes
-#: are just the labels it happens to hold (a split may lack one), so callers may supply the real label set.
+#: ``info['label_names_from']`` of a list-layout CSV whose classes are just the labels it happens to hold.
 LABELS_FROM_FILE = 'sorted labels in the file'
 
 _logger = logging.getLogger(__name__)
@@ -80,22 +79,18 @@ def _list_row(tokens: Sequence[str], index: Dict[str, int], where: str, names_fr
 class CsvMultiLabel(MultiLabelDataset):
     """A CSV file of image paths and labels, with a header row, in one of two layouts.
 
-    * list layout: an image column and a label column of present labels joined by ``label_sep`` (``';'``), e.g.
-      ``img/0001.jpg,person;traffic light``. Names come from ``label_names``, else ``classes.txt`` beside the CSV,
-      else the sorted labels in the file. ``?name`` marks a class not annotated (-1), ``?*`` every class not named,
-      ``!name`` one checked absent.
+    * list layout: an image column and a label column of present labels joined by ``label_sep``, e.g.
+      ``img/0001.jpg,person;traffic light`` (names from ``label_names``, else ``classes.txt``, else the file);
+      ``?name`` marks a class not annotated (-1), ``?*`` every class not named, ``!name`` one checked absent.
     * wide layout: no label column; every other column is a class with cells ``1`` / ``0`` / ``-1``.
 
     Args:
         csv_file: the CSV file (UTF-8).
         image_dir: folder the image paths are relative to; default: the CSV's folder.
         label_names, label_names_from: class names in column order (list layout) and where they come from.
-        label_sep, image_column, label_column: the layout, when not the defaults.
-        keep_empty, on_corrupt, check_files, transform, name: as the other datasets.
 
     Raises:
-        FileNotFoundError: the CSV, ``image_dir`` or a listed image is missing.
-        AnnotationError: malformed CSV, row or label, naming file and line.
+        FileNotFoundError / AnnotationError: a missing file, or a malformed CSV, row or label (file and line).
     """
 
     def __init__(

@@ -46,11 +46,7 @@ def create_multilabel_dataset(
     Args:
         name, root, split: dataset format, folder and split.
         transform: applied to each PIL RGB image.
-        **options: dataset options (``keep_empty``, ``on_corrupt``, ``check_files``, ``ann_file``, ``image_dir``,
-            VOC's ``difficult``, CSV's ``label_names`` ...).
-
-    Raises:
-        ValueError: unknown dataset name or an option the dataset does not take.
+        **options: dataset options; one the dataset does not take is a ValueError.
     """
     key = name.lower()
     if key not in DATASETS:
@@ -85,11 +81,7 @@ def create_multilabel_loader(
         persistent_workers: bool = True,
 ) -> DataLoader:
     """Create a DataLoader for training (shuffled with ``seed``, drop_last) or evaluation (in order, every sample
-    exactly once: :class:`~srdl_timm.data.samplers.DistributedEvalSampler` when distributed, never padded).
-
-    Raises:
-        ValueError: ``drop_last=True`` for evaluation, ``distributed=True`` without a process group, bad sizes.
-    """
+    exactly once, never padded)."""
     if batch_size <= 0:
         raise InputError(f'batch_size must be positive, got {batch_size}')
     if num_workers < 0:

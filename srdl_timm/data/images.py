@@ -1,8 +1,4 @@
-"""Robust image opening and the multi-label dataset base class.
-
-:func:`open_image` gives 8-bit RGB whatever is on disk (no EXIF rotation, alpha dropped, as timm's loader);
-:class:`MultiLabelDataset` holds paths and ``[N, C]`` float32 targets (1 present, 0 absent, -1 ignore).
-"""
+"""Robust image opening (8-bit RGB, as timm's loader) and the multi-label dataset base class."""
 import logging
 import os
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -26,9 +22,7 @@ _PLACEHOLDER_SIZE = 64
 
 
 class UnreadableImageError(InputError):
-    """An image file exists but cannot be decoded (truncated, corrupt, not an image, unsupported mode).
-
-    The message starts with the file's path. A ``ValueError`` (via :class:`~srdl_timm.errors.InputError`)."""
+    """An image file exists but cannot be decoded; the message starts with the file's path."""
 
 
 class AnnotationError(InputError):
@@ -62,12 +56,7 @@ def _to_rgb(img: Image.Image, path: str) -> Image.Image:
 
 
 def open_image(path: Union[str, os.PathLike]) -> Image.Image:
-    """Open an image file fully decoded as 8-bit RGB (16/32-bit gray scaled to 8 bits).
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        UnreadableImageError: truncated, corrupt, not an image, or an unsupported mode.
-    """
+    """Open an image file fully decoded as 8-bit RGB; raise ``FileNotFoundError`` or :class:`UnreadableImageError`."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f'image file not found: {path}')
@@ -100,9 +89,8 @@ def _check_targets(targets: np.ndarray, num_images: int, num_classes: int, where
 class MultiLabelDataset(Dataset):
     """A list of images with multi-label targets; the base of every dataset in :mod:`srdl_timm.data`.
 
-    ``dataset[i]`` is ``(transform(image), target)``, target float32 ``[C]`` (1 / 0 / -1). ``on_corrupt='skip'``
-    returns an unreadable image as a black placeholder with an all ``-1`` target (it adds to no AP, count or loss);
-    ``'error'`` raises :class:`UnreadableImageError`. ``info`` describes how the dataset was built.
+    ``dataset[i]`` is ``(transform(image), target)``, target float32 ``[C]``; ``on_corrupt='skip'`` gives an
+    unreadable image as a black placeholder with an all ``-1`` target, ``'error'`` raises.
     """
 
     def __init__(

@@ -91,9 +91,8 @@ def _folder_files(folder: str, recursive: bool, extensions: Sequence[str]) -> Tu
 def collect_inputs(
         inputs: Iterable[str], recursive: bool = False, extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> List[InputItem]:
-    """Expand files, folders (image extensions only; sub-folders with ``recursive``) and glob patterns into the
-    images to predict, sorted and without duplicates; a missing path, an empty folder, a broken link or a pattern
-    matching nothing is one failed item."""
+    """Expand files, folders and glob patterns into the images to predict, sorted and without duplicates; a path
+    that gives no image is one failed item."""
     items: List[InputItem] = []
     seen = set()
 

@@ -1,10 +1,7 @@
 """Samplers that split the data over epochs and processes, and the process-group helpers they rest on.
 
-Training needs the data stream to be a pure function of ``(seed, epoch, position)`` for exact resumption and
-single-process/DDP equivalence: :class:`EpochBatchSampler` gives rank ``r`` a contiguous slice of each global batch
-of a ``(seed, epoch)`` permutation (no padding; ``start_batch`` skips trained batches), and
-:class:`SeededDataset` runs each sample's transform under its own seed. Evaluation:
-:class:`DistributedEvalSampler` gives each rank a disjoint slice without padding (every image counts once).
+For exact resumption and single-process/DDP equivalence the training stream is a pure function of ``(seed, epoch,
+position)``; evaluation gives each rank a disjoint slice without padding.
 """
 import logging
 import random
@@ -49,9 +46,7 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
     Args:
         num_samples, batch_size: dataset length N and per-rank batch size b.
         seed, epoch: the permutation depends on these only.
-        rank, world_size: default: the process group's.
         num_batches: batches per epoch per rank (at most ``N // (b * world_size)``).
-        start_batch: leading batches to skip; shuffle: permute or keep dataset order.
     """
 
     def __init__(self, num_samples: int, batch_size: int, seed: int, epoch: int, rank: Optional[int] = None,

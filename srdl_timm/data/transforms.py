@@ -73,13 +73,8 @@ def create_paper_transform(
 ) -> T.Compose:
     """Build the §4.2 train or eval transform for PIL RGB images.
 
-    Train: squash-resize to ``resize`` → square crop of a side drawn from ``scales`` (given for a 512 resize, scaled
-    by ``resize / 512``) → squash-resize to ``size`` → horizontal flip → normalise. Eval: squash-resize to ``size``
-    (no centre crop) → normalise. Mean, std, interpolation and channels come from ``data_config``
-    (``timm.data.resolve_data_config({}, model=model)``).
-
-    Returns:
-        A torchvision ``Compose`` mapping a PIL image to a normalised float tensor ``[C, H, W]``.
+    Train: squash-resize to ``resize`` → square crop of a side from ``scales`` (for a 512 resize) → squash-resize to
+    ``size`` → flip → normalise. Eval: squash-resize to ``size`` → normalise (statistics from ``data_config``).
     """
     for key in ('mean', 'std'):
         if key not in data_config:

@@ -1,8 +1,4 @@
-"""Pascal VOC 2007 multi-label dataset (paper §4.1, 20 classes) from the devkit's XML annotations.
-
-Labels are ternary per (image, class): present, difficult-only (every object of the class difficult) or absent;
-:class:`VocMultiLabel`'s ``difficult`` policy chooses the target of difficult-only entries.
-"""
+"""Pascal VOC 2007 multi-label dataset (paper §4.1, 20 classes) from the devkit's XML annotations."""
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -79,9 +75,8 @@ def _read_split(split_file: str) -> List[str]:
 class VocMultiLabel(MultiLabelDataset):
     """Pascal VOC 2007 as a multi-label dataset with ternary labels and a selectable difficult policy.
 
-    ``difficult``: 1 (``'positive'``), 0 (``'negative'``) or -1 (``'ignore'``, standard evaluation) for difficult-only
-    entries; None → ``'ignore'`` for ``test``, ``'positive'`` otherwise; settable after construction.
-    ``present`` and ``difficult_only`` are ``[N, C]`` bool arrays.
+    ``difficult``: the target of difficult-only entries, ``'positive'``, ``'negative'`` or ``'ignore'`` (None:
+    ``'ignore'`` for ``test``, else ``'positive'``).
     """
 
     def __init__(
