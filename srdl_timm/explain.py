@@ -51,8 +51,7 @@ class NotExplainableError(InputError, TypeError):
 
 
 def check_explainable(model: nn.Module) -> None:
-    """Raise :class:`NotExplainableError` unless ``model`` has spatial attention maps to explain: an SRDL model
-    (``attention_maps`` / ``forward_category_features``) with a category head, built with ``use_sa=True``."""
+    """Raise :class:`NotExplainableError` unless ``model`` is an SRDL model with a category head and ``use_sa``."""
     if not hasattr(model, 'attention_maps') or not hasattr(model, 'forward_category_features'):
         raise NotExplainableError(f'{type(model).__name__} has no spatial attention maps to explain: explanations '
                                   'need an SRDL model (srdl_timm.SRDL)')
@@ -65,8 +64,7 @@ def check_explainable(model: nn.Module) -> None:
 def attention_forward(
         model: nn.Module, batch: torch.Tensor, amp_dtype: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """One eval forward returning float32 ``(logits [B, C], SA [B, C, h, w])``; with ``amp_dtype`` only the
-    backbone runs under autocast. The caller sets eval mode and inference mode."""
+    """One eval forward returning float32 ``(logits [B, C], SA [B, C, h, w])`` (only the backbone under AMP)."""
     check_explainable(model)
     if amp_dtype is None:
         out = model.attention_maps(batch)
@@ -356,8 +354,7 @@ def save_explanation(
         panel: bool = True,
         panel_height: int = PANEL_HEIGHT,
 ) -> List[str]:
-    """Write ``{stem}_top{r}_{label}.png`` per category and, with ``panel``, ``{stem}_panel.png``; returns the
-    paths written."""
+    """Write ``{stem}_top{r}_{label}.png`` per category (and ``{stem}_panel.png``); returns the paths written."""
     if tuple(image.size) != tuple(result['size']):
         raise ValueError(f'image size {image.size} differs from the explained size {tuple(result["size"])}')
     os.makedirs(out_dir, exist_ok=True)

@@ -1,5 +1,4 @@
-"""One of each small helper the package needs: sha256, ``--model-kwargs`` parsing, JSON sanitising, atomic writes,
-label-file reading, returning free heap memory. Everything else imports these; nothing keeps its own copy."""
+"""One of each small helper the package needs: sha256, JSON sanitising, atomic writes, label files, heap trim."""
 import ast
 import ctypes
 import hashlib
@@ -78,8 +77,7 @@ def fsync_dir(path: str) -> None:
 
 
 def write_synced(path: PathLike, data: Union[bytes, memoryview]) -> None:
-    """Write ``data`` to ``path`` and fsync it. ``f.write`` raises an OSError without a file name (disk full, quota,
-    read-only file system); this one names ``path``, so the error boundary can say which file failed."""
+    """Write ``data`` to ``path`` and fsync it; an OSError names ``path`` (``f.write``'s does not)."""
     try:
         with open(path, 'wb') as f:
             f.write(data)
@@ -90,8 +88,7 @@ def write_synced(path: PathLike, data: Union[bytes, memoryview]) -> None:
 
 
 def atomic_write_bytes(path: PathLike, data: Union[bytes, memoryview]) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder, fsync, ``os.replace``, fsync dir.
-    On failure the temporary file is removed and ``path`` is what it was; the OSError names ``path``."""
+    """Write ``data`` to ``path`` atomically (temporary file, fsync, ``os.replace``, fsync dir)."""
     path = os.path.abspath(os.fspath(path))
     folder, name = os.path.split(path)
     os.makedirs(folder or '.', exist_ok=True)

@@ -55,15 +55,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
 
 
 def model_spec_from_args(args: argparse.Namespace) -> ModelSpec:
-    """The :class:`~srdl_timm.loading.ModelSpec` the flags of :func:`add_model_args` describe (load it with
-    :func:`srdl_timm.loading.load_model_from_spec`)."""
+    """The :class:`~srdl_timm.loading.ModelSpec` the flags of :func:`add_model_args` describe."""
     return ModelSpec(model=args.model, checkpoint=args.checkpoint, num_classes=args.num_classes,
                      model_kwargs=parse_model_kwargs(args.model_kwargs), random_init=bool(args.random_init))
 
 
 def progress_enabled(args: argparse.Namespace) -> bool:
-    """Progress bar: ``--progress`` forces it, ``--quiet`` / ``--no-progress`` hide it, else on when stderr is a
-    terminal (where tqdm writes)."""
+    """Progress bar: ``--progress`` / ``--quiet`` / ``--no-progress``, else on when stderr is a terminal."""
     if getattr(args, 'quiet', False) or getattr(args, 'no_progress', False):
         return False
     if getattr(args, 'progress', False):

@@ -1,10 +1,5 @@
-"""SRDL: Semantic Representation and Dependency Learning for multi-label image recognition (Pu et al.).
-
-Any timm backbone with a spatial grid (:mod:`srdl_timm.models.backbone`) followed by the CAR head (label graph,
-eq. 3; channel and spatial attention, eqs. 4-5; fusion + GMP, eq. 6; per-category classifier, eq. 2). Object
-erasing (OE, eqs. 7-10) runs only in training when switched on; then ``model(x)`` returns ``(logits,
-erased_logits)`` for the loss of eqs. 11-13.
-"""
+"""SRDL (Pu et al.): a timm backbone + the CAR head (eqs. 2-6), and object erasing (eqs. 7-10) in training, when
+``model(x)`` returns ``(logits, erased_logits)`` for the loss of eqs. 11-13."""
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -78,16 +73,13 @@ class SRDL(nn.Module):
         num_classes: number of categories C; 0 gives pooled image features (timm convention).
         global_pool: pooling of the ``num_classes=0`` / ``pre_logits`` output: 'max' (GMP), 'avg' or '' (map).
         pretrained_backbone: initialise the backbone from its ImageNet weights.
-        label_embeddings: node init ``A^0`` of eq. 3: None (shipped GloVe vectors for COCO-80 / VOC-20, else seeded
-            random with a warning), ``'random'``, an array ``[C, d']``, a path or a source name
-            (:mod:`srdl_timm.labels.vectors`).
+        label_embeddings: node init ``A^0`` of eq. 3 (:func:`srdl_timm.labels.vectors.resolve_label_nodes`).
         label_names: category names, stored in ``pretrained_cfg['label_names']``.
         embed_dim: node width d' when the nodes are random (default 300).
         graph_layers: L in eq. 3 (0 = no GCN).
         graph_kind: ``V`` of eq. 3: 'dense' (the paper's), 'knn' (``C x graph_neighbors``) or 'auto'.
         use_gcn / use_ca / use_sa: ablation switches of Table 6.
-        object_erasing: start with OE on (training forward returns ``(logits, erased_logits)``).
-        oe_topk / oe_alpha: K and alpha of §3.3.
+        object_erasing, oe_topk, oe_alpha: start with OE on; K and alpha of §3.3.
         attention: 'paper' (eqs. 5-6 as written) or a variant that is not the paper's (``ATTENTION_VARIANTS``).
         oe_erase: 'attention' (the paper: the category's SA) or 'features' (not with ``attention='paper'``).
         attention_impl: kernel for eqs. 5-6 (see ``ops``).
@@ -332,8 +324,7 @@ class SRDL(nn.Module):
 
     @torch.jit.unused
     def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
-        """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10, then eq. 12's
-        erased pass on the top-K categories)."""
+        """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10)."""
         out = self.forward_erasing(x)
         return out['logits'], out['erased_logits']
 
@@ -376,8 +367,7 @@ class SRDL(nn.Module):
 
 
 def check_graph_kind(state_dict: Dict[str, Tensor], model: SRDL) -> None:
-    """Raise an InputError naming both kinds if ``state_dict`` holds another kind of label graph ``V`` than ``model``
-    for the same categories (for other categories the graph is re-initialised anyway)."""
+    """Raise an InputError if ``state_dict`` holds another kind of label graph ``V`` than ``model``."""
     kind = state_graph_kind(state_dict)
     nodes = state_dict.get('label_graph.node_features')
     own = state_graph_kind(model.state_dict())
@@ -387,8 +377,7 @@ def check_graph_kind(state_dict: Dict[str, Tensor], model: SRDL) -> None:
 
 
 def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: SRDL) -> Dict[str, Tensor]:
-    """Drop category-dependent tensors whose shape differs from ``model`` (a deliberate num_classes change); a label
-    graph of another kind is an error (:func:`check_graph_kind`)."""
+    """Drop category-dependent tensors whose shape differs from ``model`` (a deliberate num_classes change)."""
     check_graph_kind(state_dict, model)
     model_state = model.state_dict()
     out = {}

@@ -77,8 +77,7 @@ def barrier() -> None:
 
 
 def _resolve_label_embeddings(cfg: TrainConfig, label_names: List[str]) -> Tuple[Any, Optional[Dict[str, Any]]]:
-    """The model's ``label_embeddings=`` and, when looked up by name, how each name became a vector (logged here,
-    one line per name that was not an exact word; :mod:`srdl_timm.labels.vectors` states the rule)."""
+    """The model's ``label_embeddings=``, logging each name that was not an exact word."""
     spec = cfg.label_embeddings
     if spec in (None, 'none', 'random'):
         return (None if spec == 'none' else spec), None
@@ -140,8 +139,7 @@ def amp_dtype(cfg: TrainConfig) -> Optional[torch.dtype]:
 
 @dataclass
 class TrainState:
-    """The live objects of a run: config, task, plain ``model``, optimizer/scheduler/scaler, data geometry, labels
-    and the resumable counters."""
+    """The live objects of a run: config, task, model, optimizer, data geometry, labels and resumable counters."""
     config: TrainConfig
     task: SRDLTask
     model: nn.Module
@@ -283,8 +281,7 @@ def _datasets(cfg: TrainConfig) -> Tuple[Any, Any]:
 
 
 def _set_transforms(cfg: TrainConfig, model: nn.Module, train_ds: Any, val_ds: Any) -> Dict[str, Any]:
-    """Give both datasets their transforms from timm's data config of ``model`` (its input channels, ``cfg``'s
-    size); sets ``cfg.img_size`` and ``cfg.train_resize``; returns the data config."""
+    """Give both datasets their transforms from timm's data config of ``model``; returns the data config."""
     data_config = resolve_data_config({}, model=model)
     size = cfg.img_size or int(data_config['input_size'][-1])
     cfg.img_size = size
@@ -300,8 +297,7 @@ def _set_transforms(cfg: TrainConfig, model: nn.Module, train_ds: Any, val_ds: A
 
 
 def _micro_batches_per_epoch(cfg: TrainConfig, num_images: int, world_size: int) -> int:
-    """Micro-batches per epoch and process (a multiple of ``grad_accum_steps``); may lower the default batch size
-    on a split smaller than one step."""
+    """Micro-batches per epoch and process (a multiple of ``grad_accum_steps``)."""
     global_batch = cfg.batch_size * world_size
     micro = num_images // global_batch
     micro -= micro % cfg.grad_accum_steps
@@ -377,8 +373,7 @@ def make_train_loader(state: TrainState, dataset: Any, epoch: int, start_batch: 
 
 
 def _backward_step(state: TrainState, loss: torch.Tensor, update: bool) -> None:
-    """Backward of ``loss``; on the last micro-batch of a step also clip and step (timm's ``NativeScaler`` for
-    float16 AMP, else plain backward + ``dispatch_clip_grad`` + step)."""
+    """Backward of ``loss``; on the last micro-batch of a step also clip and step."""
     cfg = state.config
     params = state.task.get_clip_parameters() if cfg.clip_grad is not None else None
     if state.loss_scaler is not None:
@@ -420,8 +415,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
     ``max_steps`` stop and the epoch's end, where a NaN/inf loss raises :class:`NonFiniteLossError` before any save.
 
     Returns:
-        ``{'loss', 'loss_ori', 'loss_era', 'lr', 'steps', 'stopped', 'time_s', 'micro_batches'}`` (losses: mean
-        over the epoch's micro-batches and ranks).
+        ``{'loss', 'loss_ori', 'loss_era', 'lr', 'steps', 'stopped', 'time_s', 'micro_batches'}``.
     """
     cfg, task = state.config, state.task
     accum = cfg.grad_accum_steps
@@ -496,8 +490,7 @@ def train_one_epoch(state: TrainState, loader: DataLoader, epoch: int, start_bat
 
 
 def evaluate(state: TrainState, loader: DataLoader) -> Dict[str, Any]:
-    """Validation metrics of the reported model on ``loader`` (:func:`srdl_timm.validate.validate`); a collective
-    under DDP. The logits and targets are kept in ``state.val_outputs``."""
+    """Validation metrics of the reported model on ``loader``, keeping the outputs in ``state.val_outputs``."""
     cfg = state.config
     result = validate(state.report_model, loader, state.device, amp_dtype=amp_dtype(cfg),
                       channels_last=cfg.channels_last, progress=cfg.progress, label_names=state.label_names,

@@ -1,8 +1,4 @@
-"""Run (or resume) a whole ``srdl-train`` run: :func:`fit`.
-
-It writes ``train_config.json``, ``log.csv`` / ``log.json``, ``checkpoints/`` + ``last``, and at the end
-``model.safetensors`` (the reported weights) and ``summary.json`` to ``output``.
-"""
+"""Run (or resume) a whole ``srdl-train`` run: :func:`fit`."""
 import json
 import logging
 import os
@@ -155,8 +151,7 @@ def _write_train_config(state: TrainState, data_config: Dict[str, Any]) -> None:
 
 
 def _tune_thresholds(state: TrainState, val_loader: Any) -> Optional[LabelThresholds]:
-    """Per-class thresholds of the reported model, tuned on the validation split, put on the model and (rank 0) into
-    ``train_config.json``."""
+    """Per-class thresholds tuned on the validation split, put on the model and into ``train_config.json``."""
     if not state.config.tune_thresholds:
         return None
     if state.val_outputs is None:
