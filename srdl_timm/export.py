@@ -32,8 +32,7 @@ class ExportCheckError(OperationError):
 
 
 def prepare_for_export(model: nn.Module) -> nn.Module:
-    """Put ``model`` in its inference form, in place: eval, OE off, the exportable ``'reference'`` attention
-    kernels (SRDL). Returns the same module."""
+    """Put ``model`` in its inference form, in place (eval, OE off, ``'reference'`` kernels); returns it."""
     model.eval()
     if hasattr(model, 'set_object_erasing'):
         model.set_object_erasing(False)
@@ -43,8 +42,7 @@ def prepare_for_export(model: nn.Module) -> nn.Module:
 
 
 def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = None) -> Tuple[int, int, int]:
-    """The ``(C, H, W)`` an export uses: ``input_size`` if given, else the model's timm data config's; an
-    :class:`~srdl_timm.errors.InputError` when it is not three positive integers."""
+    """The ``(C, H, W)`` an export uses: ``input_size`` if given, else the model's timm data config's."""
     if input_size is None:
         from timm.data import resolve_data_config
         input_size = resolve_data_config({}, model=model)['input_size']
@@ -57,8 +55,7 @@ def resolve_input_size(model: nn.Module, input_size: Optional[Sequence[int]] = N
 def export_metadata(
         model: nn.Module, input_size: Optional[Sequence[int]] = None, label_names: Optional[Sequence[str]] = None,
 ) -> Dict[str, str]:
-    """String metadata stored with an export (architecture, input size, mean/std, interpolation, labels,
-    post-processing and thresholds, versions); lists as JSON."""
+    """String metadata stored with an export (preprocessing, labels, thresholds, versions); lists as JSON."""
     import timm
     from timm.data import resolve_data_config
 
@@ -200,8 +197,7 @@ def check_onnx(
         atol: float = 1e-4,
         seed: int = 1,
 ) -> Dict[str, float]:
-    """Run the ONNX file with onnxruntime (CPU) and compare with ``model`` on random inputs (batch sizes other
-    than the trace's); returns ``{'BxCxHxW': max |diff|}``."""
+    """Compare the ONNX file (onnxruntime, CPU) with ``model`` on random inputs; returns ``{'BxCxHxW': max |diff|}``."""
     onnx = _export_dependency('onnx', 'checking an ONNX export')
     ort = _export_dependency('onnxruntime', 'checking an ONNX export (or pass --no-check)')
     proto = onnx.load(path, load_external_data=False)
@@ -228,8 +224,7 @@ def export_torchscript(
         metadata: Optional[Dict[str, str]] = None,
         example_batch: int = 2,
 ) -> str:
-    """Save the inference form of ``model`` (CPU) as TorchScript (script or trace), ``metadata`` as extra file
-    ``config.json``. Returns ``path``."""
+    """Save the inference form of ``model`` as TorchScript (``metadata`` as extra file ``config.json``)."""
     if method not in ('script', 'trace'):
         raise InputError(f"method must be 'script' or 'trace', got {method!r}")
     size = resolve_input_size(model, input_size)

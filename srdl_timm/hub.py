@@ -1,6 +1,5 @@
 """Publishing SRDL weights in timm's Hugging Face Hub layout (model.safetensors, config.json, model card): a local
-folder or a push to the Hub, loadable with ``timm.create_model('local-dir:...' / 'hf-hub:...', pretrained=True)``.
-"""
+folder or a push to the Hub, loadable with ``timm.create_model('local-dir:...' / 'hf-hub:...', pretrained=True)``."""
 from __future__ import annotations
 
 import argparse
@@ -60,8 +59,7 @@ _TIMM_CHECKPOINT_SUFFIXES = ('.pth', '.tar', '.pt', '.bin')
 
 
 def timm_checkpoint_model(path: PathLike) -> Dict[str, Any]:
-    """The ``model``, ``num_classes`` and ``model_kwargs`` a timm ``train.py`` checkpoint records (read with
-    ``weights_only=True``); empty for other or unreadable files."""
+    """The ``model``, ``num_classes`` and ``model_kwargs`` a timm ``train.py`` checkpoint records (or empty)."""
     if not os.fspath(path).endswith(_TIMM_CHECKPOINT_SUFFIXES) or not Path(path).is_file():
         return {}
     try:
@@ -279,8 +277,7 @@ def _publish_label_names(model: torch.nn.Module, metric_names: Optional[List[str
 
 def _save_for_hf(model: torch.nn.Module, folder: Path, label_names: Optional[List[str]],
                  data_config: Optional[Mapping[str, Any]]) -> None:
-    """timm's ``save_for_hf`` with config.json's ``model_args`` exactly :func:`srdl_model_args`, the label names and
-    thresholds at the top level (timm's loader rejects unknown pretrained_cfg keys)."""
+    """timm's ``save_for_hf`` with ``model_args`` exactly :func:`srdl_model_args`, label names and thresholds."""
     from timm.models import save_for_hf
     model_args = srdl_model_args(model)
     model_config: Dict[str, Any] = {}

@@ -66,8 +66,7 @@ def average_precision(
     Args:
         scores: ``[N, C]`` (or ``[N]``) scores; only their order matters.
         targets: same shape; 1 = positive, 0 = negative, -1 = ignore.
-        mode: ``'non_interpolated'`` (scikit-learn's) or ``'interpolated'`` (all-point, VOC2010+); ties are one
-            threshold.
+        mode: ``'non_interpolated'`` (scikit-learn's) or ``'interpolated'`` (all-point, VOC2010+).
         ignore: optional boolean mask of entries to leave out.
 
     Returns:
@@ -179,8 +178,7 @@ class MultiLabelMetrics:
         return sum(x.shape[0] for x in self._logits)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        """Add a batch: ``logits`` ``[B, C]`` (any float dtype, stored as float32) and ``targets`` ``[B, C]``
-        with 1 / 0 / -1 (ignore)."""
+        """Add a batch: ``logits`` ``[B, C]`` (stored as float32) and ``targets`` ``[B, C]`` (1 / 0 / -1)."""
         logits = torch.as_tensor(logits).detach().to('cpu', torch.float32)
         targets = torch.as_tensor(targets).detach().to('cpu', torch.float32)
         if logits.ndim != 2 or logits.shape != targets.shape:
@@ -197,8 +195,7 @@ class MultiLabelMetrics:
         self._targets.append(targets)
 
     def gather(self, distributed: Optional[bool] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Accumulated ``(logits, targets)`` ``[N, C]``; with ``distributed`` (default: when a process group is
-        initialised) from every rank, concatenated in rank order — a collective every rank must call."""
+        """Accumulated ``(logits, targets)`` ``[N, C]``; with ``distributed`` a collective over every rank."""
         from .data.samplers import all_gather_concat, is_dist_initialized
         c = self.num_classes or 0
         logits = torch.cat(self._logits) if self._logits else torch.zeros(0, c)
@@ -215,8 +212,7 @@ class MultiLabelMetrics:
         return self.compute_from(logits_t, targets_t)
 
     def compute_from(self, logits: ArrayLike, targets: ArrayLike) -> Dict[str, Any]:
-        """:meth:`compute` on given ``logits`` and ``targets`` ``[N, C]`` (1 / 0 / -1) instead of the accumulated
-        ones, with this object's threshold and top-k (e.g. the same logits under another ignore policy)."""
+        """:meth:`compute` on given ``logits`` and ``targets`` ``[N, C]`` instead of the accumulated ones."""
         logits = _to_numpy(logits)
         targets = _to_numpy(targets)
         _check_scores_targets(logits, targets)

@@ -31,8 +31,7 @@ def state_graph_kind(state: Mapping[str, Tensor], prefix: str = 'label_graph.') 
 
 
 def knn_pattern(nodes: Tensor, k: int, chunk: int = 1024) -> Tensor:
-    """``[C, k]`` indices of each node's ``k`` most cosine-similar nodes, itself first; similarities are computed
-    ``chunk`` rows at a time, so no ``C x C`` tensor is built."""
+    """``[C, k]`` indices of each node's ``k`` most cosine-similar nodes, itself first (no ``C x C`` tensor)."""
     unit = F.normalize(nodes.detach().float(), dim=1)
     rows = []
     for start in range(0, unit.shape[0], chunk):

@@ -289,8 +289,7 @@ def find_last_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def resolve_checkpoint_dir(path: str) -> str:
-    """Accept a checkpoint directory, a ``last`` link, an output directory (uses its ``last``) or a file inside a
-    checkpoint directory; return the checkpoint directory."""
+    """The checkpoint directory of a checkpoint directory, ``last`` link, output directory or file inside one."""
     if not os.path.exists(path):
         raise CheckpointError(f'checkpoint not found: {path}')
     if os.path.isfile(path):

@@ -178,8 +178,7 @@ def claim_output_dir(folder: str, resume_here: bool = False, overwrite: bool = F
 
 
 def write_failure_note(folder: str, exc: OSError) -> str:
-    """After a write into the run folder ``folder`` failed (``exc``: full disk, quota, read-only, I/O error): what is
-    intact and how to go on. Every writer of a run is atomic, so nothing half-written is left to be loaded."""
+    """After a write into the run folder ``folder`` failed (``exc``): what is intact and how to go on."""
     try:
         last = find_last_checkpoint(folder)
     except CheckpointError:
