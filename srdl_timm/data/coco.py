@@ -77,8 +77,7 @@ def _check_ids(ann_file: str, data: Dict[str, Any]) -> Tuple[set, set]:
 
 
 def load_coco_json(ann_file: str) -> Dict[str, Any]:
-    """Read a COCO-format annotation file and check its structure (keys, id types, unique ids, references,
-    partial-label lists); an :class:`AnnotationError` names the file and the entry at fault."""
+    """Read a COCO-format annotation file and check its structure (:class:`AnnotationError` names the entry)."""
     if not os.path.isfile(ann_file):
         raise FileNotFoundError(f'COCO annotation file not found: {ann_file}')
     try:

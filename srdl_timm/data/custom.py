@@ -56,8 +56,7 @@ def _parse_label(token: str, names: set) -> Tuple[Optional[str], float]:
 
 
 def _list_row(tokens: Sequence[str], index: Dict[str, int], where: str, names_from: str) -> np.ndarray:
-    """The target row of one list-layout cell (markers: :data:`NOT_ANNOTATED`, :data:`ABSENT`,
-    :data:`ALL_OTHERS_NOT_ANNOTATED`)."""
+    """The target row of one list-layout cell."""
     parsed = [_parse_label(t, set(index)) for t in tokens]
     others = -1.0 if any(n is None for n, _ in parsed) else 0.0
     row = np.full(len(index), others, dtype=np.float32)

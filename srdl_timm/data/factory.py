@@ -80,8 +80,7 @@ def create_multilabel_loader(
         pin_memory: bool = False,
         persistent_workers: bool = True,
 ) -> DataLoader:
-    """Create a DataLoader for training (shuffled with ``seed``, drop_last) or evaluation (in order, every sample
-    exactly once, never padded)."""
+    """Create a DataLoader for training (shuffled with ``seed``) or evaluation (every sample once, in order)."""
     if batch_size <= 0:
         raise InputError(f'batch_size must be positive, got {batch_size}')
     if num_workers < 0:

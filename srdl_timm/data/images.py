@@ -26,8 +26,7 @@ class UnreadableImageError(InputError):
 
 
 class AnnotationError(InputError):
-    """A dataset's annotation file (COCO JSON, VOC XML or image-set list, CSV) is malformed or inconsistent; the
-    message names the file and, where there is one, the line or entry. A ``ValueError``."""
+    """A dataset's annotation file is malformed or inconsistent; the message names the file and line or entry."""
 
 
 def _to_rgb(img: Image.Image, path: str) -> Image.Image:

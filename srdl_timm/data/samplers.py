@@ -95,8 +95,7 @@ class EpochBatchSampler(Sampler[List[Tuple[int, int]]]):
 
 
 class SeededDataset(Dataset):
-    """``ds[(index, seed)]`` runs ``dataset[index]`` with every RNG seeded by ``seed``; the caller's RNG states are
-    restored afterwards."""
+    """``ds[(index, seed)]`` runs ``dataset[index]`` with every RNG seeded by ``seed`` (then restored)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -152,8 +151,7 @@ def _gather_device() -> torch.device:
 
 
 def all_gather_concat(tensor: torch.Tensor) -> torch.Tensor:
-    """All-gather tensors whose first dimension differs across ranks, concatenated in rank order (a collective;
-    ``tensor`` unchanged without a process group)."""
+    """All-gather tensors whose first dimension differs across ranks, concatenated in rank order (a collective)."""
     if not is_dist_initialized() or dist.get_world_size() == 1:
         return tensor
     device = _gather_device()

@@ -15,8 +15,7 @@ PAPER_SCALES = (512, 448, 384, 320, 256)
 
 
 class RandomSquareCrop(torch.nn.Module):
-    """Crop a square whose side is drawn uniformly from ``sizes`` (clipped to the image) at a uniformly random
-    position (§4.2), with torch's generator."""
+    """Crop a square of a side drawn from ``sizes`` at a uniformly random position (§4.2)."""
 
     def __init__(self, sizes: Sequence[int]) -> None:
         super().__init__()

@@ -20,8 +20,7 @@ _POLICY_VALUE = {'positive': 1.0, 'negative': 0.0, 'ignore': -1.0}
 
 
 def find_voc_root(root: str, year: str = '2007') -> str:
-    """The ``VOC{year}`` folder under ``root`` (``VOCdevkit/VOC{year}``, ``VOC{year}`` or ``root``), else a
-    FileNotFoundError listing the candidates."""
+    """The ``VOC{year}`` folder under ``root``, else a FileNotFoundError listing the candidates."""
     root = os.fspath(root)
     candidates = [os.path.join(root, 'VOCdevkit', f'VOC{year}'), os.path.join(root, f'VOC{year}'), root]
     for c in candidates:
