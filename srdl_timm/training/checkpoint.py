@@ -175,6 +175,16 @@ def _check_weights_only_loadable(state: Dict[str, Any], path: str) -> None:
     walk(state, 'state')
 
 
+def _prune(ckpt_root: str, keep_last: int, protected: set) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints (by step, then mtime) and the ``protected`` paths."""
+    candidates = [os.path.join(ckpt_root, other) for other in os.listdir(ckpt_root)
+                  if not other.startswith('.') and os.path.isdir(os.path.join(ckpt_root, other))]
+    candidates.sort(key=_checkpoint_order, reverse=True)
+    for path in candidates[keep_last:]:
+        if os.path.realpath(path) not in protected:
+            prune_checkpoint_dir(path)
+
+
 def save_checkpoint(
         output_dir: str,
         model_state: Dict[str, torch.Tensor],
@@ -243,18 +253,7 @@ def save_checkpoint(
     fsync_dir(output_dir)
     _logger.info('checkpoint written: %s (epoch %d, step %d)', final_dir, epoch, step)
 
-    # prune: keep the newest keep_last (by step, then mtime) and anything in keep
-    protected = {os.path.realpath(p) for p in keep} | {os.path.realpath(final_dir)}
-    candidates = []
-    for other in os.listdir(ckpt_root):
-        path = os.path.join(ckpt_root, other)
-        if other.startswith('.') or not os.path.isdir(path):
-            continue
-        candidates.append(path)
-    candidates.sort(key=_checkpoint_order, reverse=True)
-    for path in candidates[keep_last:]:
-        if os.path.realpath(path) not in protected:
-            prune_checkpoint_dir(path)
+    _prune(ckpt_root, keep_last, {os.path.realpath(p) for p in keep} | {os.path.realpath(final_dir)})
     return final_dir
 
 
