@@ -305,7 +305,7 @@ class SRDL(nn.Module):
 
     @torch.jit.unused
     def _last_intermediate(self, x: Tensor) -> Tensor:
-        return last_intermediate(self.backbone, x, self.feature_grid.intermediates_norm)
+        return last_intermediate(self.backbone, x)
 
     def _pool_image(self, x: Tensor) -> Tensor:
         if self.global_pool == 'max':
