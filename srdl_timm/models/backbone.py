@@ -21,7 +21,7 @@ from ..pretrained_backbones import OFFLINE_BACKBONES, imagenet_weights_error, lo
 __all__ = [
     'LAYOUTS', 'FeatureGrid', 'create_backbone', 'feature_map', 'last_intermediate',
     'tokens_to_grid', 'token_grid_size', 'probe_feature_shape', 'backbone_cfg', 'backbone_group_matcher',
-    'default_out_indices', 'meta_copy',
+    'default_out_indices',
 ]
 
 _logger = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def feature_map(backbone: nn.Module, grid: FeatureGrid, x: Tensor) -> Tensor:
     return grid(backbone.forward_features(x), x.shape[-2], x.shape[-1])
 
 
-def meta_copy(backbone: nn.Module) -> nn.Module:
+def _meta_copy(backbone: nn.Module) -> nn.Module:
     """The backbone in eval mode with every parameter and buffer on the ``meta`` device (shapes only, no data
     copied; shared modules and tensors stay shared), for shape probes that leave the backbone untouched."""
     with torch.inference_mode(False):  # normal tensors even where the backbone is built under inference_mode
@@ -107,11 +107,12 @@ def _infer_grid(meta: nn.Module, name: str, x: Tensor) -> FeatureGrid:
     stride = int(((getattr(meta, 'feature_info', None) or [{}])[-1]).get('reduction', 0))
     prefix = int(getattr(meta, 'num_prefix_tokens', 0) or 0)
     out = meta.forward_features(x)
-    if out.dim() == 4:
-        nhwc = str(getattr(getattr(meta, 'output_fmt', ''), 'value', getattr(meta, 'output_fmt', ''))) == 'NHWC'
+    described = f'a {out.dim()}-D tensor {list(out.shape)}' if isinstance(out, Tensor) else f'a {type(out).__name__}'
+    if isinstance(out, Tensor) and out.dim() == 4:
+        nhwc = getattr(meta, 'output_fmt', 'NCHW') == 'NHWC'  # timm's Format is a str enum
         if out.shape[-1 if nhwc else 1] == d:
             return FeatureGrid('NHWC' if nhwc else 'NCHW', d, _reduction(stride, height, out.shape[2 - nhwc]))
-    if out.dim() == 3 and out.shape[-1] == d and stride:
+    if isinstance(out, Tensor) and out.dim() == 3 and out.shape[-1] == d and stride:
         try:
             token_grid_size(out.shape[1] - prefix, height, width, stride)
             return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix)
@@ -122,7 +123,7 @@ def _infer_grid(meta: nn.Module, name: str, x: Tensor) -> FeatureGrid:
     except Exception as e:  # noqa: BLE001  (any model error: reported below)
         raise ValueError(
             f'backbone {name!r} has no spatial feature grid for SRDL: for a {height}x{width} input its '
-            f'forward_features gives a {out.dim()}-D tensor {list(out.shape)} (num_features={d}, num_prefix_tokens='
+            f'forward_features gives {described} (num_features={d}, num_prefix_tokens='
             f'{prefix}, feature_info stride {stride}) and forward_intermediates fails ({type(e).__name__}: {e}). '
             'SRDL needs a map [B, d, h, w]: a CNN, a ViT-style patch-token grid, or an NHWC map') from e
     return FeatureGrid('intermediates', last.shape[1], _reduction(stride, height, last.shape[2]))
@@ -183,21 +184,10 @@ def create_backbone(
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
 ) -> Tuple[nn.Module, FeatureGrid, Dict[str, Any]]:
-    """Build the timm model ``name`` as a feature extractor and find how it gives ``[B, d, h, w]``.
-
-    Args:
-        name: timm model name (a tag picks its weights).
-        in_chans: input channels.
-        img_size: the input size the backbone is built for, where it takes one (``dynamic_img_size`` too).
-        pretrained: its ImageNet weights (offline ones where known, else timm's).
-        kwargs: more arguments for ``timm.create_model``.
-
-    Returns:
-        ``(backbone, grid, build_kwargs)``.
-
-    Raises:
-        ValueError: ``name`` is no timm model, or its features have no spatial grid.
-    """
+    """``(backbone, grid, build_kwargs)``: the timm model ``name`` without classifier (built for ``img_size`` and
+    with ``dynamic_img_size`` where it takes them; ImageNet weights with ``pretrained``, offline ones where known),
+    the :class:`FeatureGrid` giving its ``[B, d, h, w]``, and the ``timm.create_model`` arguments it took.
+    ValueError for a name that is no timm model or a model without a spatial grid."""
     if not timm.is_model(name):
         raise ValueError(f'Unknown backbone {name!r}: not a timm model name (see timm.list_models())')
     optional = {'dynamic_img_size': True} if 'dynamic_img_size' not in kwargs else {}
@@ -211,7 +201,7 @@ def create_backbone(
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     else:
         size = tuple(timm.models.get_model_input_config(backbone)['input_size'][-2:])
-    meta = meta_copy(backbone)
+    meta = _meta_copy(backbone)
     with torch.inference_mode(False), torch.enable_grad():  # the parameters F gets no gradient from are frozen
         x = torch.empty(1, in_chans, *size, device='meta')
         grid = _infer_grid(meta, name, x)
@@ -229,7 +219,7 @@ def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, s
                         ) -> Tuple[int, int, int]:
     """``(d, h, w)`` of ``F`` for an input of ``size = (H, W)``, from a meta-device pass (no compute)."""
     with torch.no_grad():
-        out = feature_map(meta_copy(backbone), grid, torch.empty(1, in_chans, *size, device='meta'))
+        out = feature_map(_meta_copy(backbone), grid, torch.empty(1, in_chans, *size, device='meta'))
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 
