@@ -7,7 +7,6 @@ of ``forward_intermediates``. Parameters ``forward_features`` never uses are fro
 import copy
 import logging
 import re
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -157,24 +156,6 @@ def _build(name: str, in_chans: int, device, dtype, pretrained: bool, optional: 
             raise imagenet_weights_error(name, e) from e
 
 
-_FX_WRAPPED: set = set()
-
-
-def _fx_wrap_timm_helpers(backbone: nn.Module) -> None:
-    """Let torch.fx trace the backbone inside another model as timm traces it alone (timm's not-traceable
-    helpers registered with ``torch.fx.wrap`` in the backbone's modules)."""
-    notrace = {id(f) for f in timm.layers.get_notrace_functions() if callable(f)}
-    for cls in type(backbone).__mro__:
-        module = sys.modules.get(cls.__module__)
-        if module is None or not cls.__module__.startswith('timm.'):
-            continue
-        namespace = vars(module)
-        for name, value in list(namespace.items()):
-            if id(value) in notrace and (cls.__module__, name) not in _FX_WRAPPED:
-                exec(compile(f'__import__("torch").fx.wrap({name!r})', cls.__module__, 'exec'), namespace)
-                _FX_WRAPPED.add((cls.__module__, name))
-
-
 def create_backbone(
         name: str,
         in_chans: int = 3,
@@ -195,7 +176,6 @@ def create_backbone(
         optional['img_size'] = img_size
     offline = pretrained and name in OFFLINE_BACKBONES
     backbone, taken = _build(name, in_chans, device, dtype, pretrained and not offline, optional, kwargs)
-    _fx_wrap_timm_helpers(backbone)
     build_kwargs = dict(kwargs, **taken)
     if img_size is not None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
