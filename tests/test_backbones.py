@@ -115,9 +115,8 @@ def test_token_and_nhwc_grids_equal_timm_intermediates(name, kwargs, size, layou
     x = torch.randn(2, 3, *size)
     with torch.no_grad():
         got = model.forward_features(x)
-        norm = model.feature_grid.intermediates_norm if layout == 'intermediates' else True
         try:
-            want = model.backbone.forward_intermediates(x, indices=1, norm=norm, output_fmt='NCHW',
+            want = model.backbone.forward_intermediates(x, indices=1, norm=True, output_fmt='NCHW',
                                                         intermediates_only=True)[-1]
         except AssertionError:  # Hiera: no norm of intermediates (its forward_features has none either)
             want = model.backbone.forward_intermediates(x, indices=1, output_fmt='NCHW', intermediates_only=True)[-1]

@@ -4,15 +4,14 @@
 ``forward_features``: NCHW as it is, NHWC permuted, NLC tokens with the prefix tokens dropped, else the last map
 of ``forward_intermediates``. Parameters ``forward_features`` never uses are frozen (DDP needs gradients).
 """
+import copy
 import logging
 import re
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 from torch import Tensor
-from torch.func import functional_call
 
 import timm
 
@@ -53,10 +52,9 @@ def tokens_to_grid(tokens: Tensor, height: int, width: int, num_prefix_tokens: i
 
 class FeatureGrid(nn.Module):
     """How a backbone's ``forward_features`` output becomes ``F = [B, d, h, w]`` (``layout``, ``num_features``,
-    ``reduction``, ``num_prefix_tokens``, ``intermediates_norm``; no parameters)."""
+    ``reduction``, ``num_prefix_tokens``; no parameters)."""
 
-    def __init__(self, layout: str, num_features: int, reduction: int, num_prefix_tokens: int = 0,
-                 intermediates_norm: bool = False):
+    def __init__(self, layout: str, num_features: int, reduction: int, num_prefix_tokens: int = 0):
         super().__init__()
         if layout not in LAYOUTS:
             raise ValueError(f'layout must be one of {LAYOUTS}, got {layout!r}')
@@ -64,7 +62,6 @@ class FeatureGrid(nn.Module):
         self.num_features = int(num_features)
         self.reduction = int(reduction)
         self.num_prefix_tokens = int(num_prefix_tokens)
-        self.intermediates_norm = bool(intermediates_norm)
         self.from_intermediates = layout == 'intermediates'
 
     def forward(self, features: Tensor, height: int, width: int) -> Tensor:
@@ -76,140 +73,62 @@ class FeatureGrid(nn.Module):
         return features
 
     def extra_repr(self) -> str:
-        extra = f', num_prefix_tokens={self.num_prefix_tokens}' if self.layout == 'NLC' else ''
-        if self.from_intermediates:
-            extra = f', norm={self.intermediates_norm}'
-        return f'layout={self.layout!r}, num_features={self.num_features}, reduction={self.reduction}{extra}'
+        return (f'layout={self.layout!r}, num_features={self.num_features}, reduction={self.reduction}, '
+                f'num_prefix_tokens={self.num_prefix_tokens}')
 
 
-def last_intermediate(backbone: nn.Module, x: Tensor, norm: bool) -> Tensor:
-    """The last feature map of timm's ``forward_intermediates(x, output_fmt='NCHW')``, ``[B, d, h, w]``."""
-    return backbone.forward_intermediates(x, indices=1, norm=norm, stop_early=True, output_fmt='NCHW',
+def last_intermediate(backbone: nn.Module, x: Tensor) -> Tensor:
+    """The last feature map of timm's ``forward_intermediates(x, norm=True, output_fmt='NCHW')``, ``[B, d, h, w]``."""
+    return backbone.forward_intermediates(x, indices=1, norm=True, stop_early=True, output_fmt='NCHW',
                                           intermediates_only=True)[-1]
 
 
 def feature_map(backbone: nn.Module, grid: FeatureGrid, x: Tensor) -> Tensor:
     """``F = [B, d, h, w]`` of an image batch ``x`` (eager; ``SRDL.forward_features`` is the scriptable twin)."""
     if grid.from_intermediates:
-        return last_intermediate(backbone, x, grid.intermediates_norm)
+        return last_intermediate(backbone, x)
     return grid(backbone.forward_features(x), x.shape[-2], x.shape[-1])
 
 
-class _Probe(nn.Module):
-    """``forward_features`` (or the last intermediate) of a backbone as a module's forward, for functional_call."""
-
-    def __init__(self, backbone: nn.Module, grid: Optional[FeatureGrid] = None, intermediates_norm: Optional[bool] = None):
-        super().__init__()
-        self.backbone = backbone
-        self.grid = grid
-        self.intermediates_norm = intermediates_norm
-
-    def forward(self, x: Tensor) -> Any:
-        if self.intermediates_norm is not None:
-            return last_intermediate(self.backbone, x, self.intermediates_norm)
-        if self.grid is not None:
-            return feature_map(self.backbone, self.grid, x)
-        return self.backbone.forward_features(x)
+def _meta_copy(backbone: nn.Module) -> nn.Module:
+    """The backbone in eval mode with every parameter and buffer on the ``meta`` device (shapes only, no data
+    copied; shared modules and tensors stay shared), for shape probes that leave the backbone untouched."""
+    with torch.inference_mode(False):  # normal tensors even where the backbone is built under inference_mode
+        memo: Dict[int, Any] = {id(b): b.to('meta') for b in backbone.buffers()}
+        memo.update({id(p): nn.Parameter(p.to('meta'), p.requires_grad) for p in backbone.parameters()})
+        return copy.deepcopy(backbone, memo).eval()
 
 
-def _on_meta(backbone: nn.Module, x_shape: Sequence[int], grid: Optional[FeatureGrid] = None,
-             intermediates_norm: Optional[bool] = None, unused: bool = False) -> Tuple[Any, List[str]]:
-    """Run the probe on the ``meta`` device: shapes only, the backbone's own tensors untouched (eval mode for the
-    call). With ``unused``, also the names of trainable parameters that get no gradient from the output (a tensor)."""
-    probe = _Probe(backbone, grid, intermediates_norm)
-    modes = [(m, m.training) for m in backbone.modules()]
-    backbone.eval()
-    try:  # autograd on (and no inference tensors) even where the model is built under no_grad / inference_mode
-        with torch.inference_mode(False), torch.set_grad_enabled(unused):
-            # one entry per module slot: a module registered twice (CoaT's shared convolutions) swapped twice would
-            # be restored to the meta tensor; a tensor shared by two modules is replaced (and restored) in each
-            named_params, state = [], {}
-            for prefix, module in probe.named_modules():
-                dot = prefix + '.' if prefix else ''
-                named_params += [(dot + name, p) for name, p in module.named_parameters(recurse=False)]
-                state.update({dot + name: b.to('meta') for name, b in module.named_buffers(recurse=False)})
-            metas = {id(p): p.detach().to('meta').requires_grad_(unused and p.requires_grad) for _, p in named_params}
-            state.update({name: metas[id(p)] for name, p in named_params})
-            out = functional_call(probe, state, (torch.empty(*x_shape, device='meta'),), tie_weights=False)
-            if not unused or not isinstance(out, Tensor):
-                return out, []
-            leaves = {id(p): (name, metas[id(p)]) for name, p in reversed(named_params) if p.requires_grad}
-            leaves = list(leaves.values())  # one per tensor, under its first name
-            grads = torch.autograd.grad(out.float().sum(), [t for _, t in leaves], allow_unused=True)
-            return out, [name[len('backbone.'):] for (name, _), g in zip(leaves, grads) if g is None]
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
-def _describe(out: Any) -> str:
-    if isinstance(out, Tensor):
-        return f'a {out.dim()}-D tensor {list(out.shape)}'
-    if isinstance(out, (list, tuple)):
-        return f'a {type(out).__name__} of {len(out)}'
-    return f'a {type(out).__name__}'
-
-
-def _output_fmt(backbone: nn.Module) -> str:
-    fmt = getattr(backbone, 'output_fmt', 'NCHW')
-    return str(getattr(fmt, 'value', fmt))
-
-
-def _stride(backbone: nn.Module) -> Optional[int]:
-    info = getattr(backbone, 'feature_info', None)
-    if isinstance(info, (list, tuple)) and info and isinstance(info[-1], dict) and 'reduction' in info[-1]:
-        return int(info[-1]['reduction'])
-    return None
-
-
-def _infer_grid(backbone: nn.Module, name: str, in_chans: int, size: Tuple[int, int]
-                ) -> Tuple[FeatureGrid, Optional[List[str]]]:
-    """The :data:`LAYOUTS` entry of ``backbone``'s grid (one meta-device forward) and the parameters without a
-    gradient in it (None for an intermediate's F)."""
-    height, width = size
-    shape = (1, in_chans, height, width)
-    d = int(getattr(backbone, 'num_features', 0) or 0)
-    stride = _stride(backbone)
-    prefix = int(getattr(backbone, 'num_prefix_tokens', 0) or 0)
-    try:
-        out, unused = _on_meta(backbone, shape, unused=True)
-        described = _describe(out)
-    except Exception as e:  # noqa: BLE001  (any model error: reported below if no other route works)
-        out, unused, described = None, None, f'an error ({type(e).__name__}: {e})'
+def _infer_grid(meta: nn.Module, name: str, x: Tensor) -> FeatureGrid:
+    """The :data:`LAYOUTS` entry of a (meta) backbone's grid: ``forward_features`` if it gives a map or a
+    patch-token grid, else the last ``forward_intermediates`` map."""
+    d, (height, width) = int(getattr(meta, 'num_features', 0) or 0), x.shape[-2:]
+    stride = int(((getattr(meta, 'feature_info', None) or [{}])[-1]).get('reduction', 0))
+    prefix = int(getattr(meta, 'num_prefix_tokens', 0) or 0)
+    out = meta.forward_features(x)
+    described = f'a {out.dim()}-D tensor {list(out.shape)}' if isinstance(out, Tensor) else f'a {type(out).__name__}'
     if isinstance(out, Tensor) and out.dim() == 4:
-        channels_last = out.shape[-1] == d and (_output_fmt(backbone) == 'NHWC' or out.shape[1] != d)
-        if channels_last:
-            return FeatureGrid('NHWC', d, _reduction(stride, height, out.shape[1])), unused
-        if out.shape[1] == d:
-            return FeatureGrid('NCHW', d, _reduction(stride, height, out.shape[2])), unused
+        nhwc = getattr(meta, 'output_fmt', 'NCHW') == 'NHWC'  # timm's Format is a str enum
+        if out.shape[-1 if nhwc else 1] == d:
+            return FeatureGrid('NHWC' if nhwc else 'NCHW', d, _reduction(stride, height, out.shape[2 - nhwc]))
     if isinstance(out, Tensor) and out.dim() == 3 and out.shape[-1] == d and stride:
         try:
             token_grid_size(out.shape[1] - prefix, height, width, stride)
+            return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix)
         except ValueError:
             pass
-        else:
-            return FeatureGrid('NLC', d, stride, num_prefix_tokens=prefix), unused
-    tried = ''
-    if hasattr(backbone, 'forward_intermediates'):
-        for norm in (True, False):
-            try:
-                last, _ = _on_meta(backbone, shape, intermediates_norm=norm)
-            except Exception as e:  # noqa: BLE001
-                tried = f'; forward_intermediates(output_fmt="NCHW") failed ({type(e).__name__}: {e})'
-                continue
-            if isinstance(last, Tensor) and last.dim() == 4:
-                return FeatureGrid('intermediates', int(last.shape[1]), _reduction(stride, height, last.shape[2]),
-                                   intermediates_norm=norm), None
-            tried = f'; forward_intermediates gives {_describe(last)}'
-    else:
-        tried = '; it has no forward_intermediates'
-    raise ValueError(
-        f'backbone {name!r} has no spatial feature grid for SRDL: for a {height}x{width} input its forward_features '
-        f'gives {described} (num_features={d}, num_prefix_tokens={prefix}, feature_info stride {stride}){tried}. '
-        'SRDL needs a map [B, d, h, w]: a CNN, a ViT-style patch-token grid, or an NHWC map; choose another backbone')
+    try:
+        last = last_intermediate(meta, x)
+    except Exception as e:  # noqa: BLE001  (any model error: reported below)
+        raise ValueError(
+            f'backbone {name!r} has no spatial feature grid for SRDL: for a {height}x{width} input its '
+            f'forward_features gives {described} (num_features={d}, num_prefix_tokens='
+            f'{prefix}, feature_info stride {stride}) and forward_intermediates fails ({type(e).__name__}: {e}). '
+            'SRDL needs a map [B, d, h, w]: a CNN, a ViT-style patch-token grid, or an NHWC map') from e
+    return FeatureGrid('intermediates', last.shape[1], _reduction(stride, height, last.shape[2]))
 
 
-def _reduction(stride: Optional[int], height: int, grid_height: int) -> int:
+def _reduction(stride: int, height: int, grid_height: int) -> int:
     """The total stride: ``feature_info``'s when it gives this grid height, else the measured ratio."""
     if stride and grid_height in (height // stride, -(-height // stride)):
         return stride
@@ -237,24 +156,6 @@ def _build(name: str, in_chans: int, device, dtype, pretrained: bool, optional: 
             raise imagenet_weights_error(name, e) from e
 
 
-_FX_WRAPPED: set = set()
-
-
-def _fx_wrap_timm_helpers(backbone: nn.Module) -> None:
-    """Let torch.fx trace the backbone inside another model as timm traces it alone (timm's not-traceable
-    helpers registered with ``torch.fx.wrap`` in the backbone's modules)."""
-    notrace = {id(f) for f in timm.layers.get_notrace_functions() if callable(f)}
-    for cls in type(backbone).__mro__:
-        module = sys.modules.get(cls.__module__)
-        if module is None or not cls.__module__.startswith('timm.'):
-            continue
-        namespace = vars(module)
-        for name, value in list(namespace.items()):
-            if id(value) in notrace and (cls.__module__, name) not in _FX_WRAPPED:
-                exec(compile(f'__import__("torch").fx.wrap({name!r})', cls.__module__, 'exec'), namespace)
-                _FX_WRAPPED.add((cls.__module__, name))
-
-
 def create_backbone(
         name: str,
         in_chans: int = 3,
@@ -264,21 +165,10 @@ def create_backbone(
         dtype: Optional[torch.dtype] = None,
         **kwargs: Any,
 ) -> Tuple[nn.Module, FeatureGrid, Dict[str, Any]]:
-    """Build the timm model ``name`` as a feature extractor and find how it gives ``[B, d, h, w]``.
-
-    Args:
-        name: timm model name (a tag picks its weights).
-        in_chans: input channels.
-        img_size: the input size the backbone is built for, where it takes one (``dynamic_img_size`` too).
-        pretrained: its ImageNet weights (offline ones where known, else timm's).
-        kwargs: more arguments for ``timm.create_model``.
-
-    Returns:
-        ``(backbone, grid, build_kwargs)``.
-
-    Raises:
-        ValueError: ``name`` is no timm model, or its features have no spatial grid.
-    """
+    """``(backbone, grid, build_kwargs)``: the timm model ``name`` without classifier (built for ``img_size`` and
+    with ``dynamic_img_size`` where it takes them; ImageNet weights with ``pretrained``, offline ones where known),
+    the :class:`FeatureGrid` giving its ``[B, d, h, w]``, and the ``timm.create_model`` arguments it took.
+    ValueError for a name that is no timm model or a model without a spatial grid."""
     if not timm.is_model(name):
         raise ValueError(f'Unknown backbone {name!r}: not a timm model name (see timm.list_models())')
     optional = {'dynamic_img_size': True} if 'dynamic_img_size' not in kwargs else {}
@@ -286,20 +176,20 @@ def create_backbone(
         optional['img_size'] = img_size
     offline = pretrained and name in OFFLINE_BACKBONES
     backbone, taken = _build(name, in_chans, device, dtype, pretrained and not offline, optional, kwargs)
-    _fx_wrap_timm_helpers(backbone)
     build_kwargs = dict(kwargs, **taken)
     if img_size is not None:
         size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
     else:
         size = tuple(timm.models.get_model_input_config(backbone)['input_size'][-2:])
-    grid, unused = _infer_grid(backbone, name, in_chans, size)
-    if unused is None:
-        _, unused = _on_meta(backbone, (1, in_chans, *size), grid=grid, unused=True)
-    if unused:
-        params = dict(backbone.named_parameters())
-        for param_name in unused:
-            params[param_name].requires_grad_(False)
-        _logger.debug('backbone %s: %d parameters unused by its features frozen: %s', name, len(unused), unused)
+    meta = _meta_copy(backbone)
+    with torch.inference_mode(False), torch.enable_grad():  # the parameters F gets no gradient from are frozen
+        x = torch.empty(1, in_chans, *size, device='meta')
+        grid = _infer_grid(meta, name, x)
+        feature_map(meta, grid, x).float().sum().backward()
+    unused = [n for n, p in meta.named_parameters() if p.requires_grad and p.grad is None]
+    for param_name in unused:
+        backbone.get_parameter(param_name).requires_grad_(False)
+    _logger.debug('backbone %s: %d parameters unused by its features frozen: %s', name, len(unused), unused)
     if offline:
         load_pretrained_backbone(backbone, name)
     return backbone, grid, build_kwargs
@@ -308,7 +198,8 @@ def create_backbone(
 def probe_feature_shape(backbone: nn.Module, grid: FeatureGrid, in_chans: int, size: Tuple[int, int]
                         ) -> Tuple[int, int, int]:
     """``(d, h, w)`` of ``F`` for an input of ``size = (H, W)``, from a meta-device pass (no compute)."""
-    out, _ = _on_meta(backbone, (1, in_chans, int(size[0]), int(size[1])), grid=grid)
+    with torch.no_grad():
+        out = feature_map(_meta_copy(backbone), grid, torch.empty(1, in_chans, *size, device='meta'))
     return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
 
 

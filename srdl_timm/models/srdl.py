@@ -289,11 +289,24 @@ class SRDL(nn.Module):
         x = _check_input(x, self.in_chans)
         if self.feature_grid.from_intermediates:
             return self._last_intermediate(x)
+        if not torch.jit.is_scripting():
+            if isinstance(x, torch.fx.Proxy):
+                return self._traced_features(x)
         return self.feature_grid(self.backbone.forward_features(x), x.shape[-2], x.shape[-1])
 
     @torch.jit.unused
+    def _traced_features(self, x: Tensor) -> Tensor:
+        """Under torch.fx the backbone is called as a module (its ``forward`` being ``forward_features`` for the
+        call), so the tracer wraps the not-traceable helpers of timm's file as when it traces the backbone alone."""
+        self.backbone.forward = self.backbone.forward_features
+        try:
+            return self.feature_grid(self.backbone(x), x.shape[-2], x.shape[-1])
+        finally:
+            del self.backbone.forward
+
+    @torch.jit.unused
     def _last_intermediate(self, x: Tensor) -> Tensor:
-        return last_intermediate(self.backbone, x, self.feature_grid.intermediates_norm)
+        return last_intermediate(self.backbone, x)
 
     def _pool_image(self, x: Tensor) -> Tensor:
         if self.global_pool == 'max':
