@@ -103,7 +103,7 @@ class CategoryAttention(nn.Module):
              ) -> Tensor:
         """Eq. 6 then GMP: ``f_c = max_p F_p * (0.5 SA_p + 0.5 CA)`` -> ``[B, C, d]``, or the ``attention`` variant's
         fusion; ``pooled``: per-category ``GMP(F)`` ``[B, C, d]`` where it is not that of ``feat`` (OE)."""
-        if self.attention == 'paper' or sa is None and pooled is None:
+        if self.attention == 'paper' or (sa is None and pooled is None):
             return self._max_pool(feat, sa, ca, self.sa_weight, self.ca_weight)
         if sa is None:  # CA alone: max_p F_p * CA == CA * GMP(F) (CA > 0)
             assert ca is not None and pooled is not None
