@@ -135,6 +135,9 @@ def _add_optimisation_args(p: argparse.ArgumentParser) -> None:
                    help='float16 adds a GradScaler')
     g.add_argument('--channels-last', action='store_true')
     g.add_argument('--compile', action='store_true', help='torch.compile the model')
+    g.add_argument('--fast-depthwise', default='auto', choices=('auto', 'on', 'off'),
+                   help="depthwise convolutions with a faster backward (srdl_timm.layers.depthwise); auto: on for "
+                        "CPU training, off on CUDA (where it has not been checked)")
     g.add_argument('--freeze-bn', action='store_true', help='BatchNorm in eval mode (running statistics) in training')
     g.add_argument('--sync-bn', action='store_true', help='SyncBatchNorm under multi-GPU DDP')
     g = p.add_argument_group('EMA')

@@ -109,6 +109,7 @@ class TrainConfig:
     amp_dtype: str = 'bfloat16'
     channels_last: bool = False
     compile: bool = False
+    fast_depthwise: str = 'auto'
     freeze_bn: bool = False
     sync_bn: bool = False
     # EMA
@@ -242,6 +243,8 @@ def _check_model_and_run(cfg: TrainConfig, is_srdl: bool) -> None:
     _check(cfg.oe_topk >= 1, f'--oe-topk must be >= 1, got {cfg.oe_topk}')
     _check(0.0 < cfg.oe_alpha < 1.0, f'--oe-alpha must be in (0, 1), got {cfg.oe_alpha}')
     _check(cfg.amp_dtype in ('bfloat16', 'float16'), f'--amp-dtype must be bfloat16 or float16, got {cfg.amp_dtype}')
+    _check(cfg.fast_depthwise in ('auto', 'on', 'off'),
+           f'--fast-depthwise must be auto, on or off, got {cfg.fast_depthwise}')
     _check(cfg.report_checkpoint in ('final', 'ema'),
            f'--report-checkpoint must be final or ema, got {cfg.report_checkpoint}')
     _check(cfg.report_checkpoint != 'ema' or cfg.model_ema, '--report-checkpoint ema needs --model-ema')

@@ -26,6 +26,7 @@ from ..data import (
     create_paper_transform, is_dist_initialized)
 from ..errors import InputError, OperationError
 from ..labels import DEFAULT_SOURCE, label_vectors, split_fingerprint
+from ..layers.depthwise import convert_depthwise
 from ..loss import SRDLLoss
 from ..validate import validate
 from .checkpoint import capture_rng_state, save_checkpoint, state_dict_for_save
@@ -326,6 +327,9 @@ def _place_model(cfg: TrainConfig, model: nn.Module, device: torch.device, rank:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
+    if cfg.fast_depthwise == 'on' or (cfg.fast_depthwise == 'auto' and device.type == 'cpu'):
+        _logger.info('--fast-depthwise: %d depthwise convolutions use the faster backward',
+                     convert_depthwise(model))
     loss = SRDLLoss(erased_weight=cfg.era_weight, era_scope=cfg.era_scope,
                     topk=cfg.oe_topk if cfg.era_scope == 'erased' else None, reduction=cfg.loss_reduction,
                     loss=cfg.loss, asl=cfg.asl_params())

@@ -8,6 +8,7 @@ import torch
 
 from ..data import init_distributed_from_env
 from ..labels import LabelThresholds, store_label_thresholds, tune_thresholds
+from ..layers.depthwise import restore_depthwise
 from ..loading import model_args
 from ..utils import atomic_write_json, jsonable
 from .checkpoint import (
@@ -276,5 +277,7 @@ def fit(config: TrainConfig, model: Optional[torch.nn.Module] = None) -> Dict[st
         barrier()
         return result
     finally:
+        if model is not None:
+            restore_depthwise(model)  # the caller's model leaves as it came (scriptable, exportable)
         if lock is not None:
             lock.release()
