@@ -337,3 +337,26 @@ def test_cli_prints_summary(tmp_path, capsys):
     assert len(d['images']) == 5 and d['info']['seed'] == 2
     assert fs.main(['--root', str(tmp_path / 'cli2'), '--preset', 'tiny', '--fmnist-dir', str(tmp_path)]) == 2
     assert 'apt-get install dataset-fashion-mnist' in capsys.readouterr().err
+
+
+@needs_fmnist
+def test_concurrent_builds_of_one_root_build_once_and_both_read_it(tiny_root, tmp_path):
+    """Three processes started together on one root (as parallel benchmark jobs do): each returns the complete
+    build's statistics, the root is byte-identical to a serial build, exactly one of them built it (the others
+    reused it: one 'built' log line in all), and no partial folder is left."""
+    import subprocess
+    root, _ = tiny_root
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = ('import logging, sys; sys.path.insert(0, sys.argv[1]); logging.basicConfig(level=logging.INFO); '
+            'import benchmarks.fashion_scenes as fs; import json; '
+            'print(json.dumps(fs.build_fashion_scenes(sys.argv[2], seed=0, preset="tiny")["splits"]["test"]))')
+    target = tmp_path / 'shared'
+    procs = [subprocess.Popen([sys.executable, '-c', code, repo, str(target)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS='1'))
+             for _ in range(3)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in results]
+    assert len({out for out, _ in results}) == 1
+    assert sum(err.count('built Fashion Scenes') for _, err in results) == 1
+    assert _tree_digest(target) == _tree_digest(root)
+    assert not list(tmp_path.glob(f'{fs.sources._PARTIAL_PREFIX}*'))

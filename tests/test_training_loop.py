@@ -43,6 +43,25 @@ def test_amp_channels_last_ema_and_per_update_schedule(csv_root, tmp_path, amp_d
     assert all(torch.equal(ema[k], ckpt.ema[k]) for k in ema)  # model.safetensors holds the declared EMA weights
 
 
+def test_fast_depthwise_trains_as_pytorch_layers_and_returns_the_model_plain(csv_root, tmp_path, caplog):
+    """--fast-depthwise on (srdl_timm.layers.depthwise) reaches the weights --fast-depthwise off reaches (2 epochs,
+    a backbone with depthwise convolutions, difference < 1e-4: float summation order only; the log says both of its
+    depthwise layers were swapped), and a model passed to fit() comes back with PyTorch's layer classes."""
+    import logging
+    import timm
+    from srdl_timm.layers.depthwise import DepthwiseConv2d, DepthwiseConv2dSame
+    caplog.set_level(logging.INFO, logger='srdl_timm')
+    weights = {}
+    for mode in ('off', 'on'):
+        torch.manual_seed(0)
+        model = timm.create_model('srdl_test_resnet', backbone='test_efficientnet', num_classes=3)
+        result = fit(_cfg(csv_root, tmp_path / mode, epochs=2, batch_size=4, fast_depthwise=mode), model=model)
+        assert not any(isinstance(m, (DepthwiseConv2d, DepthwiseConv2dSame)) for m in model.modules())
+        weights[mode] = load_file(result['model_path'])
+    assert '--fast-depthwise: 2 depthwise convolutions use the faster backward' in caplog.text
+    assert max((weights['on'][k] - weights['off'][k]).abs().max().item() for k in weights['on']) < 1e-4
+
+
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(csv_root, tmp_path, capsys):
     """A non-finite loss (here from a real misconfiguration: normalisation std 1e-40 turns pixels into inf) stops
     training with the first non-finite step's number at the next host sync (log interval, checkpoint or epoch end),

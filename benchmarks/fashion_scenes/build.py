@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import io
 import json
@@ -13,7 +15,7 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -339,8 +341,28 @@ def build_fashion_scenes(root: Union[str, os.PathLike], preset: str = 'quick', s
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f'seed must be a non-negative int, got {seed!r}')
     params = resolve_params(preset, **overrides)
-    identity = _identity(seed, preset, params)
     root = Path(root).expanduser().absolute()
+    with _build_lock(root):  # concurrent builds of one root: the first builds, the others then reuse its build
+        return _build_or_reuse(root, seed, preset, params, overwrite, workers, fmnist_dir)
+
+
+@contextlib.contextmanager
+def _build_lock(root: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``root``'s parent folder, held while ``root`` is checked and built (no lock file
+    is left behind; builds of other roots in the same folder wait too)."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _build_or_reuse(root: Path, seed: int, preset: str, params: Dict[str, Any], overwrite: bool, workers: int,
+                    fmnist_dir: Optional[Union[str, os.PathLike]]) -> Dict[str, Any]:
+    """:func:`build_fashion_scenes` under its lock."""
+    identity = _identity(seed, preset, params)
     ok, reason = _check_complete(root, identity)
     if ok:
         _logger.info('reusing complete Fashion Scenes build in %s (seed %d, preset %s)', root, seed, preset)
@@ -368,7 +390,6 @@ def build_fashion_scenes(root: Union[str, os.PathLike], preset: str = 'quick', s
                                       f'({reason}); pass overwrite=True to replace it or choose another root')
             _logger.warning('%s holds an incomplete or outdated Fashion Scenes build (%s); rebuilding', root, reason)
     parent = root.parent
-    parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_partials(parent, root.name)
     tmp = Path(tempfile.mkdtemp(prefix=f'{_PARTIAL_PREFIX}{root.name}-', dir=parent))
     os.chmod(tmp, 0o755)  # mkdtemp makes it private (0700); the build is an ordinary shared folder
