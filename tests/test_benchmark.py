@@ -688,3 +688,23 @@ def test_lr_grid_selects_per_row_on_validation_and_the_table_uses_it(tmp_path, c
     capsys.readouterr()
     assert select_lr.main([str(tmp_path / 'missing')]) == 2
     assert 'missing/results.json' in capsys.readouterr().err
+
+
+def test_variant_choice_rule_targets_first_then_validation_map():
+    """benchmarks/select_variant.py's rule: a variant meeting all three map targets (correlation <= 0.5,
+    discriminative rate >= shared-map + 15, pointing >= 2x chance) beats a higher validation mAP meeting two; among
+    equals the higher validation mAP wins; each target's boundary counts as met."""
+    from benchmarks import select_variant
+
+    def stats(corr, rate, shared, hit, chance):
+        return {'similarity': {'same_image_corr': corr}, 'discriminative': {'rate': rate, 'same_map': shared},
+                'hit_rate': hit, 'chance': chance}
+
+    on_boundary = stats(0.5, 60.0, 45.0, 30.0, 15.0)
+    assert select_variant.meets(on_boundary) == {'correlation': True, 'discriminative': True, 'pointing': True}
+    assert select_variant.meets(stats(0.51, 59.9, 45.0, 29.9, 15.0)) == {
+        'correlation': False, 'discriminative': False, 'pointing': False}
+    cands = [dict(row='a', val_mAP=78.0, met_count=2), dict(row='b', val_mAP=76.0, met_count=3),
+             dict(row='c', val_mAP=77.0, met_count=3)]
+    assert select_variant.pick(cands)['row'] == 'c'
+    assert select_variant.pick(cands[:1] + [dict(row='d', val_mAP=79.0, met_count=2)])['row'] == 'd'
