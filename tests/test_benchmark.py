@@ -708,3 +708,37 @@ def test_variant_choice_rule_targets_first_then_validation_map():
              dict(row='c', val_mAP=77.0, met_count=3)]
     assert select_variant.pick(cands)['row'] == 'c'
     assert select_variant.pick(cands[:1] + [dict(row='d', val_mAP=79.0, met_count=2)])['row'] == 'd'
+
+
+def test_pair_rows_pairs_by_data_set_and_seed_across_folders(tmp_path):
+    """benchmarks/pair_rows.py: runs of two rows in separate folders are grouped by data set and paired by seed;
+    the difference is b - a of the test mAPs computed from the stored logits (mean over the paired seeds), a seed
+    only one row has is reported but not paired, and logits of other test images are refused by file name."""
+    import json as _json
+
+    from benchmarks import pair_rows
+    from benchmarks.offline.stats import hierarchical_bootstrap
+    rng = np.random.default_rng(0)
+    targets = (rng.random((40, 3)) < 0.4).astype(np.float32)
+    targets[0] = 1
+    folders, logits = [], {}
+    for row, seed, noise in (('a', 0, 2.0), ('a', 1, 1.5), ('b', 0, 0.5), ('b', 1, 0.7), ('b', 2, 0.6)):
+        folder = tmp_path / f'{row}{seed}'
+        (folder / 'logits').mkdir(parents=True)
+        logits[(row, seed)] = (targets * 2 - 1 + noise * rng.standard_normal(targets.shape)).astype(np.float32)
+        np.savez(folder / 'logits' / 'run.npz', test_logits=logits[(row, seed)], test_targets=targets)
+        run = dict(row=row, seed=seed, purpose='table', logits_file='logits/run.npz',
+                   test={'mAP_interpolated': 50.0 + seed}, val={'mAP_interpolated': 40.0 + seed},
+                   pointing_game={'hit_rate': 30.0, 'chance': 15.0, 'similarity': {'same_image_corr': 0.4}})
+        (folder / 'results.json').write_text(_json.dumps({'data': {'root': '/data/ds0'}, 'runs': [run]}))
+        folders.append(str(folder))
+    pairs = pair_rows.pair(pair_rows.load_runs(folders), 'a', 'b', num_resamples=0)
+    assert len(pairs) == 1 and pairs[0]['paired_seeds'] == [0, 1] and pairs[0]['b']['seeds'] == [0, 1, 2]
+    expected = hierarchical_bootstrap([logits[('b', 0)], logits[('b', 1)]], [logits[('a', 0)], logits[('a', 1)]],
+                                      targets, num_resamples=0)
+    assert pairs[0]['difference']['diff'] == pytest.approx(expected['diff'], abs=1e-12)
+    assert expected['diff'] > 0  # b's logits are less noisy
+    assert pairs[0]['a']['test_mAP']['mean'] == pytest.approx(50.5) and pairs[0]['b']['corr_same'] == pytest.approx(0.4)
+    np.savez(tmp_path / 'b1' / 'logits' / 'run.npz', test_logits=logits[('b', 1)], test_targets=targets[::-1])
+    with pytest.raises(ValueError, match='other test images'):
+        pair_rows.pair(pair_rows.load_runs(folders), 'a', 'b', num_resamples=0)
