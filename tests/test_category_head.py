@@ -34,9 +34,12 @@ def _reference(a, e, wc, bc, feat, sa, w):
     return (attention_max_pool_reference(feat, sa, ca, 0.5, 0.5) * w).sum(-1)
 
 
+@pytest.mark.parametrize('save_ca', [True, False])  # CA kept, or recomputed in the backward
 @pytest.mark.parametrize('chunk_elements', [1, 2 * B * D, 10 ** 6])  # 1 class, 2 (7 = 2+2+2+1), all at once
-def test_fused_function_equals_the_float64_reference_with_all_gradients(chunk_elements):
-    """Logits and the gradients of all seven inputs equal the reference kernels' in float64, any chunking."""
+def test_fused_function_equals_the_float64_reference_with_all_gradients(chunk_elements, save_ca, monkeypatch):
+    """Logits and the gradients of all seven inputs equal the reference kernels' in float64, any chunking, with CA
+    kept for the backward or recomputed there."""
+    monkeypatch.setattr(category_head, 'SAVE_CA_MAX_ELEMENTS', 10 ** 9 if save_ca else 0)
     inputs = _inputs()
     ref = _reference(*inputs)
     cot = torch.randn_like(ref)
@@ -48,8 +51,10 @@ def test_fused_function_equals_the_float64_reference_with_all_gradients(chunk_el
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12, msg=name)
 
 
-def test_fused_function_passes_gradcheck():
+@pytest.mark.parametrize('save_ca', [True, False])
+def test_fused_function_passes_gradcheck(save_ca, monkeypatch):
     """torch.autograd.gradcheck of the fused function (2 categories per chunk) in float64."""
+    monkeypatch.setattr(category_head, 'SAVE_CA_MAX_ELEMENTS', 10 ** 9 if save_ca else 0)
     assert torch.autograd.gradcheck(lambda *t: category_head_logits(*t, impl='chunked', chunk_elements=2 * B * D),
                                     tuple(_inputs()))
 
@@ -79,9 +84,11 @@ def test_training_logits_are_bit_identical_to_the_separate_functions():
     assert torch.equal(model.forward_head(feat_map), separate['logits'])
 
 
-def test_every_parameter_gradient_equals_the_float64_reference(monkeypatch):
-    """One OE training step in float64: the gradient of every parameter with the fused path (chunked kernels)
-    equals that of the reference kernels run as separate functions."""
+@pytest.mark.parametrize('save_ca', [True, False])
+def test_every_parameter_gradient_equals_the_float64_reference(save_ca, monkeypatch):
+    """One OE training step in float64: the gradient of every parameter with the fused path (chunked kernels; CA
+    kept or recomputed) equals that of the reference kernels run as separate functions."""
+    monkeypatch.setattr(category_head, 'SAVE_CA_MAX_ELEMENTS', 10 ** 9 if save_ca else 0)
     calls = []
     monkeypatch.setattr(category_head, 'category_head_logits',
                         lambda *a, **k: calls.append(1) or category_head_logits(*a, **k))
@@ -113,14 +120,17 @@ def _saved_category_sized(model, feat_map, keep_features, num_classes):
 
 
 @pytest.mark.parametrize('num_classes', [7, 40])
-def test_training_step_keeps_ca_and_the_arg_max_only(num_classes):
-    """Of the [B, C, d]-sized tensors the fused OE step keeps only CA (float) and eq. 6's arg-max (int16): not the
-    pooled f_c; the separate functions keep f_c as a second float [B, C, d] (the probe can tell)."""
+def test_training_step_keeps_the_arg_max_and_small_ca_only(num_classes, monkeypatch):
+    """Of the [B, C, d]-sized tensors the fused OE step keeps eq. 6's arg-max (int16), and CA (float) only up to
+    SAVE_CA_MAX_ELEMENTS: never the pooled f_c; the separate functions keep f_c and CA, two float [B, C, d] (the
+    probe can tell)."""
     model = _model(num_classes=num_classes)
     feat_map = model.forward_features(_images()).detach().requires_grad_()
     size = feat_map.shape[0] * num_classes * model.num_features
     fused = _saved_category_sized(model, feat_map, False, num_classes)
     assert fused == sorted([(size, 'torch.float32'), (size, 'torch.int16')]), fused
+    monkeypatch.setattr(category_head, 'SAVE_CA_MAX_ELEMENTS', size - 1)  # as at OpenImages scale
+    assert _saved_category_sized(model, feat_map, False, num_classes) == [(size, 'torch.int16')]
     separate = _saved_category_sized(model, feat_map, True, num_classes)
     assert sum(dtype == 'torch.float32' for _, dtype in separate) == 2, separate
 
@@ -142,8 +152,10 @@ class _LargestAllocation(TorchDispatchMode):
         return out
 
 
-def test_backward_allocates_no_b_c_d_tensor():
+@pytest.mark.parametrize('save_ca', [True, False])
+def test_backward_allocates_no_b_c_d_tensor(save_ca, monkeypatch):
     """With 2 categories per chunk, no op of the fused backward outputs a [B, C, d]-sized tensor."""
+    monkeypatch.setattr(category_head, 'SAVE_CA_MAX_ELEMENTS', 10 ** 9 if save_ca else 0)
     inputs = _inputs(torch.float32)
     out = category_head_logits(*inputs, impl='chunked', chunk_elements=2 * B * D)
     with _LargestAllocation() as probe:

@@ -339,7 +339,8 @@ class SRDL(nn.Module):
         (:meth:`CategoryAttention.category_logits`: the pooled ``f_c`` is not kept for the backward), or None where
         that path does not apply (not the paper's attention, an active dropout, no gradient, 16-bit, ...)."""
         classifier = self.classifier
-        if self.car is None or self.label_graph is None or not isinstance(classifier, CategoryClassifier):
+        if isinstance(feat, torch.fx.Proxy) or self.car is None or self.label_graph is None \
+                or not isinstance(classifier, CategoryClassifier):
             return None
         if self.training and self.head_drop.p > 0:
             return None

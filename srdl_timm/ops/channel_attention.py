@@ -60,12 +60,14 @@ def channel_attention_forward(gate_input: Tensor, embeddings: Tensor, weight: Te
 
 def channel_attention_backward_chunk(grad_ca: Tensor, ca: Tensor, gate_input: Tensor, embeddings: Tensor,
                                      weight: Tensor, grad_a: Optional[Tensor], grad_w: Optional[Tensor],
-                                     grad_b: Optional[Tensor], need_e: bool) -> Optional[Tensor]:
+                                     grad_b: Optional[Tensor], need_e: bool, gate: Optional[Tensor] = None
+                                     ) -> Optional[Tensor]:
     """Eq. 4's backward for one chunk of categories: ``grad_ca``, ``ca`` ``[B, n, d]`` and their ``embeddings``
     ``[n, d]``; accumulates into ``grad_a``, ``grad_w``, ``grad_b`` and returns ``dL/de`` ``[n, d]`` (if
-    ``need_e``). The tanh gate is recomputed."""
+    ``need_e``). The tanh ``gate`` is recomputed unless given."""
     channels = gate_input.shape[1]
-    gate = torch.tanh(gate_input.unsqueeze(1) * embeddings)  # [B, n, d], recomputed
+    if gate is None:
+        gate = torch.tanh(gate_input.unsqueeze(1) * embeddings)  # [B, n, d], recomputed
     grad_z = (grad_ca * ca).mul_(1 - ca)  # through the sigmoid
     rows_z, rows_gate = grad_z.reshape(-1, channels), gate.reshape(-1, channels)
     if grad_w is not None:
