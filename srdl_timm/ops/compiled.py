@@ -19,7 +19,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'spatial_attention_logits_compiled', 'attention_max_pool_compiled', 'logits_forward', 'logits_backward',
-    'pool_forward', 'attention_max_pool_indexed_compiled', 'available', 'unavailable_reason', 'disable', 'reset', 'ShapeLimitError', 'MAX_SHAPES',
+    'pool_forward', 'attention_max_pool_indexed_compiled', 'available', 'unavailable_reason', 'disable', 'reset',
+    'ShapeLimitError', 'MAX_SHAPES',
 ]
 
 #: Shapes (with dtype and flags) compiled per kernel in one process, within Dynamo's default recompile limit (past

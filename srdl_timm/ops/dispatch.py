@@ -11,8 +11,8 @@ from . import chunked, compiled, triton_launch
 from .common import resolve_block_elements
 from .reference import attention_max_pool_reference, spatial_attention_logits_reference
 
-__all__ = ['spatial_attention_logits', 'attention_max_pool', 'attention_max_pool_indexed', 'ATTENTION_IMPLS', 'select_impl', 'auto_decisions', 'reset',
-           'AUTO_MIN_ELEMENTS']
+__all__ = ['spatial_attention_logits', 'attention_max_pool', 'attention_max_pool_indexed', 'ATTENTION_IMPLS',
+           'select_impl', 'auto_decisions', 'reset', 'AUTO_MIN_ELEMENTS']
 
 ATTENTION_IMPLS = ('auto', 'reference', 'chunked', 'triton', 'compiled')
 
