@@ -5,6 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import channel_attention as channel_kernels
+from ..ops import category_head
 from ..ops import dispatch as kernels
 from ..ops import reference as reference_kernels
 from ..ops.common import lean_autograd_applies
@@ -118,6 +119,28 @@ class CategoryAttention(nn.Module):
             return ca * spatial
         gmp = feat.amax(dim=1, keepdim=True) if pooled is None else pooled
         return self.sa_weight * spatial + self.ca_weight * (ca * gmp)
+
+    def fused_logits_apply(self, feat: Tensor, weight: Tensor) -> bool:
+        """Whether :meth:`category_logits` may stand in for ``forward`` + eq. 2: the paper's eqs. 4-6 with both
+        attentions, a non-reference kernel, float32/64 training in eager mode (see ``lean_autograd_applies``)."""
+        if torch.jit.is_scripting() or not (self.attention == 'paper' and self.use_ca and self.use_sa):
+            return False
+        if self.attention_impl == 'reference' or feat.dtype not in (torch.float32, torch.float64):
+            return False
+        return lean_autograd_applies(feat, weight, *self.parameters())
+
+    @torch.jit.unused
+    def category_logits(self, feat: Tensor, nodes: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+        """Eq. 2's ``<w_c, f_c>`` ``[B, C]`` (no bias) of this head's ``f_c`` (eqs. 4-6) and SA ``[B, C, P]``,
+        through one memory-lean function (:mod:`~srdl_timm.ops.category_head`): ``f_c`` is not kept for the
+        backward. Values equal ``forward`` then :func:`category_logits` bit for bit."""
+        assert self.f_w is not None and self.f_ca is not None and self.f_c is not None
+        embeddings = self.f_w(nodes.to(feat.dtype))
+        sa = self.spatial_attention(feat, embeddings)
+        logits = category_head.category_head_logits(
+            self.f_ca(feat.amax(dim=1)), embeddings, self.f_c.weight, self.f_c.bias, feat, sa, weight,
+            self.sa_weight, self.ca_weight, self.attention_impl)
+        return logits, sa
 
     def erased_features(self, feat: Tensor, nodes: Tensor, sa: Tensor, class_index: Tensor, erased: Tensor
                         ) -> Tensor:

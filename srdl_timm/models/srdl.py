@@ -326,8 +326,30 @@ class SRDL(nn.Module):
         """Logits ``[B, C]`` from a feature map; ``pre_logits`` gives the pooled image feature ``[B, d]``."""
         if pre_logits or self.num_classes == 0:
             return self._pool_image(x)
+        if not torch.jit.is_scripting():
+            lean = self._lean_logits(x.flatten(2).transpose(1, 2))
+            if lean is not None:
+                return lean[0]
         features, _, _ = self.forward_category_features(x)
         return self.classifier(self.head_drop(features))
+
+    @torch.jit.unused
+    def _lean_logits(self, feat: Tensor, nodes: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tensor]]:
+        """Training logits ``[B, C]`` and SA from ``feat`` ``[B, P, d]`` through the fused eqs. 4, 6 and 2
+        (:meth:`CategoryAttention.category_logits`: the pooled ``f_c`` is not kept for the backward), or None where
+        that path does not apply (not the paper's attention, an active dropout, no gradient, 16-bit, ...)."""
+        classifier = self.classifier
+        if isinstance(feat, torch.fx.Proxy) or self.car is None or self.label_graph is None \
+                or not isinstance(classifier, CategoryClassifier):
+            return None
+        if self.training and self.head_drop.p > 0:
+            return None
+        weight = classifier.weight.to(feat.dtype)
+        if not self.car.fused_logits_apply(feat, weight):
+            return None
+        nodes = self.label_graph() if nodes is None else nodes
+        logits, sa = self.car.category_logits(feat, nodes, weight)
+        return logits + classifier.bias.to(feat.dtype), sa
 
     def forward(self, x: Tensor) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         x = self.forward_features(x)
@@ -338,18 +360,23 @@ class SRDL(nn.Module):
     @torch.jit.unused
     def forward_head_erasing(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """``(logits, erased_logits)`` from a feature map: the training forward with OE (eqs. 7-10)."""
-        out = self.forward_erasing(x)
+        out = self.forward_erasing(x, keep_features=False)
         return out['logits'], out['erased_logits']
 
     @torch.jit.unused
-    def forward_erasing(self, x: Tensor) -> Dict[str, Tensor]:
-        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis."""
+    def forward_erasing(self, x: Tensor, keep_features: bool = True) -> Dict[str, Tensor]:
+        """The OE pass of :meth:`forward_head_erasing` with its intermediates, for analysis. ``keep_features=False``
+        lets training use the fused eqs. 4/6/2 (no ``'features'`` in the result then, and less memory)."""
         assert self.car is not None and isinstance(self.classifier, CategoryClassifier)
         height, width = x.shape[-2:]
         feat = x.flatten(2).transpose(1, 2)
         nodes = self.label_graph() if self.label_graph is not None else None
-        features, sa, ca = self.car(feat, nodes, self.num_classes)
-        logits = self.classifier(self.head_drop(features))
+        lean = None if keep_features else self._lean_logits(feat, nodes)
+        if lean is not None:
+            (logits, sa), features = lean, None
+        else:
+            features, sa, _ = self.car(feat, nodes, self.num_classes)
+            logits = self.classifier(self.head_drop(features))
         assert sa is not None
         class_index, erased_sa, region = self.object_eraser(logits, sa, height, width)
         if self.oe_erase == 'features':
@@ -357,13 +384,15 @@ class SRDL(nn.Module):
             erased_features = self.car.erased_features(feat, nodes, erased_sa, class_index, region)
         else:
             # CA of the erased categories recomputed (eq. 4), not gathered: no [B, C, d] gradient buffer at the peak
-            erased_ca = None if ca is None else self.car.selected_channel_attention(feat, nodes, class_index)
+            erased_ca = self.car.selected_channel_attention(feat, nodes, class_index)  # None without CA
             erased_features = self.car.pool(feat, erased_sa, erased_ca)
         erased_selected = self.classifier(self.head_drop(erased_features), class_index)
         erased_logits = logits.scatter(1, class_index, erased_selected)
-        return {'logits': logits, 'features': features, 'sa': sa, 'class_index': class_index, 'region': region,
-                'erased_sa': erased_sa,
-                'erased_features': erased_features, 'erased_logits': erased_logits}
+        out = {'logits': logits, 'sa': sa, 'class_index': class_index, 'region': region, 'erased_sa': erased_sa,
+               'erased_features': erased_features, 'erased_logits': erased_logits}
+        if features is not None:
+            out['features'] = features
+        return out
 
     @torch.jit.ignore
     def attention_maps(self, x: Tensor) -> Dict[str, Tensor]:

@@ -11,8 +11,8 @@ from .common import (
     index_dtype, logits_grads_in_compute_dtype, logits_in_compute_dtype, plan_blocks, pool_in_compute_dtype,
 )
 
-__all__ = ['spatial_attention_logits_chunked', 'attention_max_pool_chunked', 'logits_forward', 'logits_backward',
-           'pool_forward']
+__all__ = ['spatial_attention_logits_chunked', 'attention_max_pool_chunked', 'attention_max_pool_indexed_chunked',
+           'logits_forward', 'logits_backward', 'pool_forward']
 
 
 def spatial_attention_logits_chunked(s: Tensor, e: Tensor, w: Tensor, block_elements: int) -> Tensor:
@@ -38,6 +38,15 @@ def attention_max_pool_chunked(feat: Tensor, sa: Tensor, ca: Optional[Tensor], s
         return pool_in_compute_dtype(pool_forward, feat_, sa_, ca_, a, b, block_elements, with_index)
 
     return run_attention_max_pool(forward, feat, sa, ca, sa_weight, ca_weight)
+
+
+def attention_max_pool_indexed_chunked(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float,
+                                       ca_weight: float, block_elements: int) -> Tuple[Tensor, Tensor]:
+    """Eq. 6 + GMP ``[B, C, d]`` and its first arg-max position ``[B, C, d]`` (no autograd: for a caller's own
+    backward)."""
+    out, index = pool_in_compute_dtype(pool_forward, feat, sa, ca, sa_weight, ca_weight, block_elements, True)
+    assert index is not None
+    return out, index
 
 
 def _buffer(numel: int, like: Tensor) -> Tensor:

@@ -19,7 +19,8 @@ _logger = logging.getLogger(__name__)
 
 __all__ = [
     'spatial_attention_logits_compiled', 'attention_max_pool_compiled', 'logits_forward', 'logits_backward',
-    'pool_forward', 'available', 'unavailable_reason', 'disable', 'reset', 'ShapeLimitError', 'MAX_SHAPES',
+    'pool_forward', 'attention_max_pool_indexed_compiled', 'available', 'unavailable_reason', 'disable', 'reset',
+    'ShapeLimitError', 'MAX_SHAPES',
 ]
 
 #: Shapes (with dtype and flags) compiled per kernel in one process, within Dynamo's default recompile limit (past
@@ -204,3 +205,12 @@ def attention_max_pool_compiled(feat: Tensor, sa: Tensor, ca: Optional[Tensor], 
         return pool_in_compute_dtype(pool_forward, feat_, sa_, ca_, a, b, True, index_dtype(feat_.shape[1]))
 
     return run_attention_max_pool(forward, feat, sa, ca, sa_weight, ca_weight)
+
+
+def attention_max_pool_indexed_compiled(feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float,
+                                        ca_weight: float) -> Tuple[Tensor, Tensor]:
+    """Eq. 6 + GMP ``[B, C, d]`` and its first arg-max position (no autograd: for a caller's own backward)."""
+    out, index = pool_in_compute_dtype(pool_forward, feat, sa, ca, sa_weight, ca_weight, True,
+                                       index_dtype(feat.shape[1]))
+    assert index is not None
+    return out, index

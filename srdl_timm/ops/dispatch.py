@@ -2,7 +2,7 @@
 and :func:`attention_max_pool` (eq. 6 + GMP), features flattened as ``[B, P, d]``. ``'auto'`` is a fixed rule
 (:func:`select_impl`), never a timing."""
 import warnings
-from typing import Callable, Dict, NamedTuple, Optional
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -11,8 +11,8 @@ from . import chunked, compiled, triton_launch
 from .common import resolve_block_elements
 from .reference import attention_max_pool_reference, spatial_attention_logits_reference
 
-__all__ = ['spatial_attention_logits', 'attention_max_pool', 'ATTENTION_IMPLS', 'select_impl', 'auto_decisions', 'reset',
-           'AUTO_MIN_ELEMENTS']
+__all__ = ['spatial_attention_logits', 'attention_max_pool', 'attention_max_pool_indexed', 'ATTENTION_IMPLS',
+           'select_impl', 'auto_decisions', 'reset', 'AUTO_MIN_ELEMENTS']
 
 ATTENTION_IMPLS = ('auto', 'reference', 'chunked', 'triton', 'compiled')
 
@@ -83,8 +83,17 @@ _POOL = _Implementations('pool', lambda feat, sa, *_: feat.numel() * sa.shape[1]
                          triton_launch.attention_max_pool_triton, compiled.attention_max_pool_compiled,
                          chunked.attention_max_pool_chunked)
 
+# (out, first arg-max) without autograd, for a caller's own backward (:mod:`.category_head`); the reference's
+# place is taken by the chunked path (bitwise the reference's values)
+_POOL_INDEXED = _Implementations(
+    'pool', _POOL.elements,
+    lambda feat, sa, ca, a, b: chunked.attention_max_pool_indexed_chunked(
+        feat, sa, ca, a, b, resolve_block_elements(None, feat.device)),
+    triton_launch.attention_max_pool_indexed_triton, compiled.attention_max_pool_indexed_compiled,
+    chunked.attention_max_pool_indexed_chunked)
 
-def _run_eager(op: _Implementations, impl: str, block_elements: Optional[int], *args) -> Tensor:
+
+def _run_eager(op: _Implementations, impl: str, block_elements: Optional[int], *args):
     """``op(*args)`` under :func:`select_impl`'s choice in eager mode. The compiled path's shape limit, and under
     ``'auto'`` a failed compile (turning the compiled path off in this process), fall back to the chunked path."""
     device = args[0].device
@@ -157,3 +166,15 @@ def _attention_max_pool_eager(
     if sa is None:  # O(B*C*d) closed form, no per-position product
         return attention_max_pool_reference(feat, sa, ca, sa_weight, ca_weight)
     return _run_eager(_POOL, impl, block_elements, feat, sa, ca, sa_weight, ca_weight)
+
+
+@torch.jit.unused
+def attention_max_pool_indexed(
+        feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
+        impl: str = 'auto', block_elements: Optional[int] = None,
+) -> Tuple[Tensor, Tensor]:
+    """Eq. 6 + GMP ``[B, C, d]`` (values as :func:`attention_max_pool`'s with the same ``impl``) and the first
+    arg-max position over ``p`` ``[B, C, d]``, recording no autograd: for a fused backward that recomputes the
+    pooled values from the index."""
+    with torch.no_grad():
+        return _run_eager(_POOL_INDEXED, impl, block_elements, feat, sa, ca, sa_weight, ca_weight)

@@ -15,6 +15,7 @@ from .reference import attention_max_pool_reference, spatial_attention_logits_re
 
 __all__ = [
     'is_available', 'interpreting', 'load_kernels', 'spatial_attention_logits_triton', 'attention_max_pool_triton',
+    'attention_max_pool_indexed_triton',
     'BLOCK_C', 'BLOCK_P', 'BLOCK_K', 'BLOCK_K_BACKWARD', 'FAST_TANH_16BIT', 'check_against_reference', 'passed_check',
     'CHECK_TOLERANCE',
 ]
@@ -194,6 +195,16 @@ def attention_max_pool_triton(
     """Eq. 6 + GMP -> ``[B, C, d]`` with the Triton kernel (differentiable)."""
     return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
 
+
+
+@torch.compiler.disable
+def attention_max_pool_indexed_triton(
+        feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
+) -> Tuple[Tensor, Tensor]:
+    """Eq. 6 + GMP ``[B, C, d]`` and its arg-max position with the Triton kernel (no autograd)."""
+    out, index = _pool_fwd(feat, sa, ca, sa_weight, ca_weight, True)
+    assert index is not None
+    return out, index
 
 #: Largest error :func:`passed_check` accepts, relative to the largest reference value, per input dtype (16-bit
 #: inputs may use the hardware ``tanh``).
