@@ -109,14 +109,15 @@ MODES: Dict[str, Dict[str, Any]] = {
     # the whole backbone trained (#22): the faithful protocol's data, 192 px at output stride 16 (12x12 grid) and
     # ImageNet EfficientNet-Lite0, but every backbone unit trained from images with the paper's augmentation (scaled
     # to 192 px) by the library's training loop (srdl_timm.training.fit), for SRDL's Table 5 rows and the two
-    # strongest peers of the faithful protocol; 3 seeds on each of 2 independently built data sets, one process per
-    # data set.
-    # Epochs and lr were chosen on the *val* split of data set 0 (baseline and CAR + OE, offline_benchmark.md).
+    # strongest peers of the faithful protocol, plus the attention variant chosen on validation (`gated`, issue #28,
+    # benchmarks/select_variant.py); 3 seeds on each of 3 independently built data sets (the race of issue #29),
+    # one process per data set. Epochs and lr were chosen on the *val* split of data set 0 (baseline and CAR + OE,
+    # offline_benchmark.md); per-row rates: --row-lr-from (benchmarks/select_lr.py). On an AMX CPU add --amp.
     'end-to-end': dict(
         preset='quick', trainer='fit', img_size=192, output_stride=16, train_stages=None, epochs=6, batch_size=32,
-        lr=1e-3, weight_decay=1e-4, warmup_epochs=1, optimizer='adamw', seeds=(0, 1, 2), dataset_seeds=(0, 1),
+        lr=1e-3, weight_decay=1e-4, warmup_epochs=1, optimizer='adamw', seeds=(0, 1, 2), dataset_seeds=(0, 1, 2),
         sweep_topk=(1, 2, 3, 5, 8), sweep_alpha=(0.1, 0.3, 0.5, 0.7, 0.9), sweep_seeds=(0,), overlays=4,
-        bootstrap=1000, workers=0, rows=('car_oe', 'car', 'baseline', 'ml_decoder', 'csra'),
+        bootstrap=1000, workers=0, rows=('car_oe', 'car', 'baseline', 'car_gated', 'ml_decoder', 'csra'),
     ),
     # a GPU: Fashion Scenes 'full' (20,000 / 2,000 / 5,000 images, 224 px), end to end as srdl-train trains
     'full': dict(
