@@ -35,7 +35,10 @@ def load_runs(folders: Sequence[str]) -> Dict[Tuple[str, str, int], Dict[str, An
     """``(data root, row, seed) -> run`` (with ``folder`` added) from the results.json of each folder."""
     runs = {}
     for folder in folders:
-        report = json.loads((Path(folder) / 'results.json').read_text(encoding='utf-8'))
+        path = Path(folder) / 'results.json'
+        if not path.is_file():
+            raise SystemExit(f'{folder}: no results.json here (not a finished benchmark output folder)')
+        report = json.loads(path.read_text(encoding='utf-8'))
         for run in report['runs']:
             if run.get('purpose', 'table') == 'table':
                 runs[(report['data']['root'], run['row'], run['seed'])] = dict(run, folder=str(folder))
@@ -47,6 +50,12 @@ def _stat(run: Dict[str, Any], path: Sequence[str]) -> float:
     for key in path:
         value = value.get(key, {}) if isinstance(value, dict) else {}
     return float(value) if isinstance(value, (int, float)) else float('nan')
+
+
+def _mean(values: Sequence[float]) -> float:
+    """Mean of the values that are not NaN (NaN if none is)."""
+    finite = [v for v in values if not np.isnan(v)]
+    return float(np.mean(finite)) if finite else float('nan')
 
 
 def pair(runs: Dict[Tuple[str, str, int], Dict[str, Any]], row_a: str, row_b: str, num_resamples: int
@@ -66,8 +75,7 @@ def pair(runs: Dict[Tuple[str, str, int], Dict[str, Any]], row_a: str, row_b: st
                            if seeds else None,
                            'val_mAP': summarize([rows[row][s]['val']['mAP_interpolated'] for s in seeds])
                            if seeds else None,
-                           **{name: float(np.nanmean([_stat(rows[row][s], path) for s in seeds])) if seeds
-                              else float('nan') for name, path in MAP_STATS}}
+                           **{name: _mean([_stat(rows[row][s], path) for s in seeds]) for name, path in MAP_STATS}}
         common = sorted(set(rows.get(row_a, {})) & set(rows.get(row_b, {})))
         entry['paired_seeds'] = common
         if common:
