@@ -5,8 +5,8 @@ forward when the convolution is dilated (the last stages of a backbone run at ``
 incoming gradient is not in the input's memory format, or under bfloat16 autocast (``benchmarks/RESULTS.md``,
 issue #29). The input gradient of a stride-1 depthwise convolution is itself a depthwise forward convolution with
 the spatially flipped kernel, which oneDNN runs fast; the weight gradient keeps PyTorch's kernel but gets its
-operands in one memory format and in float32. Depthwise convolutions run in float32 under autocast (their bfloat16
-backward is the slow one); the matrix-heavy 1x1 convolutions stay in the autocast dtype.
+operands in one memory format and in float32 (PyTorch's bfloat16 weight gradient is the slow one). The forward and
+the stride-1 input gradient run in the autocast dtype, as PyTorch's layer would.
 
 :func:`convert_depthwise` swaps the class of every depthwise ``nn.Conv2d`` (and timm's ``Conv2dSame``) in a model:
 parameters, their names and the state dict stay the same objects, so optimizers, checkpoints and published weights
@@ -35,9 +35,9 @@ def _memory_format(x: Tensor) -> torch.memory_format:
 
 
 class _DepthwiseConv2dFunction(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=channels)`` computed in float32 (returned in
-    float32 under autocast, else in ``x``'s dtype), with the input gradient of stride-1 convolutions computed as the
-    forward convolution of the output gradient with the flipped kernel."""
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=channels)`` in the autocast dtype (else ``x``'s),
+    with the input gradient of stride-1 convolutions computed as the forward convolution of the output gradient with
+    the flipped kernel, and the weight gradient in float32."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, stride: Tuple[int, int], padding: Tuple[int, int],
@@ -76,7 +76,7 @@ class _DepthwiseConv2dFunction(torch.autograd.Function):
 
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Tensor = None, stride: Tuple[int, int] = (1, 1),
                      padding: Tuple[int, int] = (0, 0), dilation: Tuple[int, int] = (1, 1)) -> Tensor:
-    """A depthwise convolution (``weight`` shaped ``[C, 1, kh, kw]``) in float32 with the faster backward."""
+    """A depthwise convolution (``weight`` shaped ``[C, 1, kh, kw]``) with the faster backward."""
     if weight.shape[0] != x.shape[1] or weight.shape[1] != 1:
         raise ValueError(f'depthwise_conv2d needs a [C, 1, kh, kw] weight for {x.shape[1]} input channels, got '
                          f'{tuple(weight.shape)}')
