@@ -196,7 +196,6 @@ def attention_max_pool_triton(
     return run_attention_max_pool(_pool_fwd, feat, sa, ca, sa_weight, ca_weight)
 
 
-
 @torch.compiler.disable
 def attention_max_pool_indexed_triton(
         feat: Tensor, sa: Tensor, ca: Optional[Tensor], sa_weight: float = 0.5, ca_weight: float = 0.5,
@@ -205,6 +204,7 @@ def attention_max_pool_indexed_triton(
     out, index = _pool_fwd(feat, sa, ca, sa_weight, ca_weight, True)
     assert index is not None
     return out, index
+
 
 #: Largest error :func:`passed_check` accepts, relative to the largest reference value, per input dtype (16-bit
 #: inputs may use the hardware ``tanh``).
