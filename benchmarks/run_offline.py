@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--compare', nargs=2, default=None, metavar=('DIR_A', 'DIR_B'),
                    help='only compare two finished invocations that differ in one setting (e.g. --loss bce and asl): '
                         'per row, mean ± std of each and the bootstrap interval of the mAP difference B - A')
+    g.add_argument('--margin', type=float, default=None, metavar='MAP_POINTS',
+                   help='with --compare: a non-inferiority margin fixed before the runs; a row whose interval of '
+                        'B - A lies above -MARGIN reads "b not worse than a by MARGIN"')
     g.add_argument('--report-from', default=None, metavar='DIR',
                    help="only print the tables of DIR/results.json (also of an unfinished run: its finished runs; "
                         "written to DIR/results-partial.md)")
@@ -221,12 +224,16 @@ def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     if args.report_from:
         print(report_from_results(args.report_from)['markdown'])
         return 0
+    if args.margin is not None and not args.margin > 0:
+        raise InputError(f'--margin {args.margin:g}: a margin is a positive number of mAP points')
     if args.compare:
         try:
-            print(compare_folders(*args.compare, num_resamples=args.bootstrap or 1000)['markdown'])
+            print(compare_folders(*args.compare, num_resamples=args.bootstrap or 1000, margin=args.margin)['markdown'])
         except (OSError, ValueError) as e:
             raise InputError(f'--compare {" ".join(args.compare)}: {e}') from e
         return 0
+    if args.margin is not None:
+        raise InputError('--margin is read only with --compare DIR_A DIR_B')
     threads_given = args.threads  # None: --parallel-datasets splits the CPUs between its processes
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

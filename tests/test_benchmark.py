@@ -271,6 +271,22 @@ def test_hierarchical_bootstrap_interval_includes_the_spread_between_seeds():
     assert alone['ci_low'] > 0
 
 
+def test_interval_verdict_reads_superiority_and_a_margin_fixed_in_advance():
+    """An interval above 0 (or below) decides; one that spans 0 is "not resolved" unless a non-inferiority margin is
+    given and the low end lies above minus the margin (strictly: a low end exactly at -margin is not enough)."""
+    from benchmarks.offline.report import interval_verdict
+
+    def verdict(low, high, margin=None):
+        return interval_verdict({'ci_low': low, 'ci_high': high, 'resamples': 100}, 'b', 'a', margin=margin)
+
+    assert verdict(0.1, 2.0) == verdict(0.1, 2.0, margin=1.0) == 'b > a'
+    assert verdict(-2.0, -0.1, margin=5.0) == 'b < a'
+    assert verdict(-0.9, 0.5) == 'not resolved'
+    assert verdict(-0.9, 0.5, margin=1.0) == 'b not worse than a by 1'
+    assert verdict(-1.0, 0.5, margin=1.0) == verdict(-1.2, 0.5, margin=1.0) == 'not resolved'
+    assert interval_verdict({'ci_low': 0.0, 'ci_high': 0.0, 'resamples': 0}, 'b', 'a', margin=1.0) == '—'
+
+
 def test_pointing_game_hits_misses_and_chance(tmp_path):
     """A map peaking inside the class's box is a hit, one peaking elsewhere a miss; chance is the fraction of grid
     cells overlapping the boxes; boxes come from the COCO file in dataset order."""
@@ -519,6 +535,17 @@ def test_cli_loss_asl_trains_every_row_with_asl_and_compares_with_bce(tmp_path, 
     compared = bm.compare_folders(str(tmp_path / 'bce'), str(tmp_path / 'asl'), num_resamples=20)
     assert compared['differences'] == {'loss': ['bce', 'asl']}
     assert compared['rows']['car_oe']['interpolated']['resamples'] == 20
+    # a margin wider than any difference of two 1-epoch runs: every row is "not worse" (or better) and says by what
+    assert benchmark_main(['--compare', str(tmp_path / 'bce'), str(tmp_path / 'asl'), '--bootstrap', '20',
+                           '--margin', '100']) == 0
+    printed = capsys.readouterr().out
+    assert 'non-inferiority margin 100 mAP points' in printed
+    assert all(line.endswith(('| b not worse than a by 100 |', '| b > a |')) for line in printed.splitlines()
+               if line.startswith(('| CAR + OE', '| CSRA')))
+    assert benchmark_main(['--margin', '1', '--preset', 'tiny', '--root', str(tmp_path / 'fs_tiny')]) == 2
+    assert '--margin is read only with --compare' in capsys.readouterr().err
+    assert benchmark_main(['--compare', str(tmp_path / 'bce'), str(tmp_path / 'asl'), '--margin', '-1']) == 2
+    assert '--margin -1: a margin is a positive number of mAP points' in capsys.readouterr().err
     from benchmarks.run_offline import build_parser, config_from_args  # an ASL invocation's default output folder
     assert config_from_args(build_parser().parse_args(['--loss', 'asl'])).output.endswith('fashion-scenes-quick-asl')
     assert config_from_args(build_parser().parse_args([])).output.endswith('fashion-scenes-quick')

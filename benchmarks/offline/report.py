@@ -128,14 +128,30 @@ def comparisons(runs: Sequence[RunResult], out: Path, num_resamples: int) -> Lis
     return results
 
 
+def interval_verdict(interval: Mapping[str, Any], first: str, second: str,
+                     margin: Optional[float] = None) -> str:
+    """What the 95% interval of ``first − second`` says: ``first > second`` or ``first < second`` where it
+    excludes 0; with a non-inferiority ``margin`` (mAP points, fixed before the runs), ``first not worse than
+    second by margin`` where its low end lies above ``−margin``; else ``not resolved`` (``—``: no resample)."""
+    if not interval.get('resamples'):
+        return '—'
+    low, high = interval['ci_low'], interval['ci_high']
+    if low > 0:
+        return f'{first} > {second}'
+    if high < 0:
+        return f'{first} < {second}'
+    if margin is not None and low > -margin:
+        return f'{first} not worse than {second} by {margin:g}'
+    return 'not resolved'
+
+
 def _format_comparisons(entries: Sequence[Mapping[str, Any]]) -> str:
     lines = ['| Comparison | Δ mAP (interp.) | 95% interval | per seed | Δ mAP (non-interp.) | 95% interval | verdict |',
              '|---|---|---|---|---|---|---|']
     for c in entries:
         i, n = c['interpolated'], c['non_interpolated']
         per_seed = ', '.join(f'{v:+.2f}' for v in i.get('per_seed', []))
-        verdict = ('a > b' if i['ci_low'] > 0 else 'a < b' if i['ci_high'] < 0 else 'not resolved') \
-            if i.get('resamples') else '—'
+        verdict = interval_verdict(i, 'a', 'b')
         lines.append(f"| {ROWS[c['a']].name} − {ROWS[c['b']].name} | {i['diff']:+.2f} | "
                      f"[{i['ci_low']:+.2f}, {i['ci_high']:+.2f}] | {per_seed} | {n['diff']:+.2f} | "
                      f"[{n['ci_low']:+.2f}, {n['ci_high']:+.2f}] | {verdict} |")
@@ -296,7 +312,8 @@ def markdown(report: Mapping[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000) -> Dict[str, Any]:
+def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000,
+                    margin: Optional[float] = None) -> Dict[str, Any]:
     """Two benchmark invocations that differ in one setting (e.g. ``--loss bce`` and ``--loss asl``): for every row
     both trained, mean ± std over seeds of each side and the hierarchical bootstrap (training seeds and test images,
     :func:`.stats.hierarchical_bootstrap`) of the mAP difference b − a over their common seeds, on the same test
@@ -304,7 +321,8 @@ def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000) -> 
 
     Returns:
         ``{'a', 'b', 'differences' (the config fields that differ, ``{field: [a, b]}``), 'rows' (per row: name,
-        seeds, ``a`` / ``b`` metric summaries, ``interpolated`` / ``non_interpolated`` bootstrap), 'markdown'}``.
+        seeds, ``a`` / ``b`` metric summaries, ``interpolated`` / ``non_interpolated`` bootstrap), 'markdown'}``;
+        the verdict per row is :func:`interval_verdict`'s, with ``margin`` (mAP points) when given.
 
     Raises:
         ValueError: no row with a common seed, or different test images.
@@ -345,12 +363,13 @@ def compare_folders(folder_a: str, folder_b: str, num_resamples: int = 1000) -> 
     heads = ['Row', 'seeds'] + [f'{METRIC_LABELS.get(m, m)} {side}' for m in TABLE_METRICS for side in ('a', 'b')]
     lines = [f'a = {folder_a} ({name_a}); b = {folder_b} ({name_b}); mean ± sample std over seeds, percent; '
              f'Δ = b − a, 95% interval of the hierarchical bootstrap (training seeds and test images, '
-             f'{num_resamples} resamples).', '', '| ' + ' | '.join(heads + ['Δ mAP (interp.) [95%]', 'Δ mAP (non-interp.) [95%]',
-                                                          'verdict']) + ' |', '|' + '---|' * (len(heads) + 3)]
+             f'{num_resamples} resamples)'
+             + (f'; non-inferiority margin {margin:g} mAP points (interp.).' if margin is not None else '.'), '',
+             '| ' + ' | '.join(heads + ['Δ mAP (interp.) [95%]', 'Δ mAP (non-interp.) [95%]', 'verdict']) + ' |',
+             '|' + '---|' * (len(heads) + 3)]
     for key, e in rows.items():
         i, n = e['interpolated'], e['non_interpolated']
-        verdict = ('b > a' if i['ci_low'] > 0 else 'b < a' if i['ci_high'] < 0 else 'not resolved') \
-            if i.get('resamples') else '—'
+        verdict = interval_verdict(i, 'b', 'a', margin=margin)
         cells = [e['name'], ', '.join(map(str, e['seeds']))]
         cells += [_fmt_cell(e[side][m]) for m in TABLE_METRICS for side in ('a', 'b')]
         cells += [f"{i['diff']:+.2f} [{i['ci_low']:+.2f}, {i['ci_high']:+.2f}]",
