@@ -221,19 +221,19 @@ def config_from_args(args: argparse.Namespace, argv: Optional[Sequence[str]] = N
 def run(args: argparse.Namespace, argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark; print the tables and where the outputs are."""
     t0 = time.perf_counter()
+    if args.margin is not None and not args.compare:
+        raise InputError('--margin is read only with --compare DIR_A DIR_B')
+    if args.margin is not None and not args.margin > 0:
+        raise InputError(f'--margin {args.margin:g}: a margin is a positive number of mAP points')
     if args.report_from:
         print(report_from_results(args.report_from)['markdown'])
         return 0
-    if args.margin is not None and not args.margin > 0:
-        raise InputError(f'--margin {args.margin:g}: a margin is a positive number of mAP points')
     if args.compare:
         try:
             print(compare_folders(*args.compare, num_resamples=args.bootstrap or 1000, margin=args.margin)['markdown'])
         except (OSError, ValueError) as e:
             raise InputError(f'--compare {" ".join(args.compare)}: {e}') from e
         return 0
-    if args.margin is not None:
-        raise InputError('--margin is read only with --compare DIR_A DIR_B')
     threads_given = args.threads  # None: --parallel-datasets splits the CPUs between its processes
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
